@@ -1,0 +1,284 @@
+//! The command line: argument definitions, human and JSON output, and the indicatif progress display.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::base::BaseModel;
+use crate::convert::{self, Input, OutType};
+use crate::peft::{Adapter, Report};
+use crate::progress::Progress;
+
+#[derive(Parser, Debug)]
+#[command(name = "ollama-tools", version, about = "Fine-tuned LoRA adapters into Ollama and llama.cpp, exactly")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Convert PEFT LoRA adapter(s) into one GGUF LoRA adapter for llama.cpp / Ollama.
+    Convert {
+        /// Adapter folder (or its adapter_config.json / .safetensors), optionally with a weight:
+        /// `./a:0.7`. Several adapters are stacked into one.
+        #[arg(required = true, value_name = "ADAPTER[:WEIGHT]")]
+        adapters: Vec<String>,
+        /// The base model: a GGUF file, or a Hugging Face model directory with config.json.
+        #[arg(long, value_name = "BASE")]
+        base: PathBuf,
+        /// Output GGUF file.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Tensor type of the output.
+        #[arg(long, value_enum, default_value_t = OutType::Auto)]
+        outtype: OutType,
+        /// Multiply the adapter's effect (0.5 = half strength).
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+        scale: f64,
+        /// general.name of the adapter (default: the adapter folder name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace the output file if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what an adapter is and whether it converts.
+    Inspect {
+        /// Adapter folder (or its adapter_config.json / .safetensors).
+        adapter: PathBuf,
+        /// Print a stable JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a parsed command line; errors are printed here, once, with their cause chain.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Convert { adapters, base, output, outtype, scale, name, force, json } => {
+            let opts = convert::Options { outtype, scale, name, force };
+            run_convert(&adapters, &base, &output, &opts, json, cli.quiet)
+        }
+        Command::Inspect { adapter, json } => run_inspect(&adapter, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `path:weight` -> (path, weight); a path that exists as written is taken whole, so paths with
+/// colons still work.
+fn parse_adapter_arg(arg: &str) -> anyhow::Result<(PathBuf, f64)> {
+    if Path::new(arg).exists() {
+        return Ok((arg.into(), 1.0));
+    }
+    if let Some((path, w)) = arg.rsplit_once(':') {
+        if let Ok(weight) = w.parse::<f64>() {
+            return Ok((path.into(), weight));
+        }
+    }
+    Ok((arg.into(), 1.0))
+}
+
+fn run_convert(args: &[String], base: &Path, output: &Path, opts: &convert::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
+    let mut inputs = Vec::new();
+    for arg in args {
+        let (path, weight) = parse_adapter_arg(arg)?;
+        let adapter = Adapter::open(&path)?;
+        inputs.push(Input { adapter, weight });
+    }
+    let base = BaseModel::load(base)?;
+    let bar = Bar::new(quiet);
+    let summary = convert::convert(&inputs, &base, output, opts, &bar)
+        .with_context(|| format!("converting to {}", output.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    let types: Vec<String> = summary.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    println!(
+        "wrote {}: {} LoRA adapter, {} tensor pairs ({}), alpha {}, {}",
+        summary.output.display(),
+        summary.arch,
+        summary.pairs,
+        types.join(", "),
+        summary.alpha,
+        human_bytes(summary.bytes)
+    );
+    if summary.folded > 0 {
+        println!("  {} pairs carry a scale other than alpha/rank, folded into their lora_B", summary.folded);
+    }
+    Ok(())
+}
+
+fn run_inspect(path: &Path, json: bool) -> anyhow::Result<()> {
+    let adapter = Adapter::open(path)?;
+    let analysis = adapter.analyze();
+    let report = Report::new(&adapter, &analysis);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", format_report(&report));
+    }
+    Ok(())
+}
+
+/// "0-3, 5, 7-9" for a sorted list of layers.
+fn ranges(layers: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < layers.len() {
+        let start = layers[i];
+        while i + 1 < layers.len() && layers[i + 1] == layers[i] + 1 {
+            i += 1;
+        }
+        out.push(if layers[i] == start { start.to_string() } else { format!("{start}-{}", layers[i]) });
+        i += 1;
+    }
+    out.join(", ")
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn format_report(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not set)".into());
+    let _ = writeln!(s, "adapter       {}", r.adapter.display());
+    let _ = writeln!(
+        s,
+        "peft type     {}{}{}",
+        opt(&r.peft_type),
+        r.task_type.as_ref().map_or(String::new(), |t| format!(" ({t})")),
+        r.peft_version.as_ref().map_or(String::new(), |v| format!(", written by PEFT {v}"))
+    );
+    let _ = writeln!(s, "base model    {}", opt(&r.base_model));
+    let _ = writeln!(
+        s,
+        "rank          {}{}",
+        r.r.map_or("(not set)".into(), |v| v.to_string()),
+        if r.rank_pattern.is_empty() { String::new() } else { format!("  rank_pattern {:?}", r.rank_pattern) }
+    );
+    let _ = writeln!(
+        s,
+        "alpha         {}  scale = {}{}",
+        r.lora_alpha.map_or("(not set)".into(), |v| v.to_string()),
+        if r.use_rslora { "alpha/sqrt(r) (rsLoRA)" } else { "alpha/r" },
+        if r.alpha_pattern.is_empty() { String::new() } else { format!("  alpha_pattern {:?}", r.alpha_pattern) }
+    );
+    let targets = match &r.target_modules {
+        Some(serde_json::Value::Array(items)) => {
+            items.iter().map(|v| v.as_str().unwrap_or("?").to_string()).collect::<Vec<_>>().join(", ")
+        }
+        Some(serde_json::Value::String(re)) => format!("regex {re}"),
+        Some(other) => other.to_string(),
+        None => "(not set)".into(),
+    };
+    let _ = writeln!(s, "targets       {targets}");
+    if !r.modules.is_empty() {
+        let _ = writeln!(s, "modules       {:<14} {:<12} {:>5} {:>8} {:>10}", "module", "layers", "rank", "alpha", "scale");
+        for m in &r.modules {
+            let layers = if m.layers.is_empty() { "-".to_string() } else { ranges(&m.layers) };
+            let _ = writeln!(s, "              {:<14} {:<12} {:>5} {:>8} {:>10.4}", m.module, layers, m.rank, m.alpha, m.scale);
+        }
+    }
+    let _ = writeln!(s, "layers        {} ({} layers)", if r.layers.is_empty() { "-".into() } else { ranges(&r.layers) }, r.layers.len());
+    let dtypes: Vec<String> = r.dtypes.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    let _ = writeln!(
+        s,
+        "tensors       {} ({}), {} parameters, {}",
+        r.tensor_count,
+        dtypes.join(", "),
+        r.parameter_count,
+        human_bytes(r.file_size)
+    );
+    for n in &r.notices {
+        let _ = writeln!(s, "note          {n}");
+    }
+    if r.convertible {
+        let _ = writeln!(s, "converts      yes");
+    } else if r.problems.is_empty() {
+        let _ = writeln!(s, "converts      no: it holds no LoRA weights");
+    } else {
+        let _ = writeln!(s, "converts      no, {} problem(s):", r.problems.len());
+        for p in &r.problems {
+            let _ = writeln!(s, "  - {}: {}\n    what to do: {}", p.subject, p.why, p.hint);
+        }
+    }
+    s
+}
+
+/// indicatif progress on stderr; hidden when stderr is not a terminal or with --quiet.
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    fn new(quiet: bool) -> Self {
+        let bar = if quiet || !std::io::stderr().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        Bar { bar }
+    }
+}
+
+impl Progress for Bar {
+    fn stage(&self, name: &str, total: u64) {
+        self.bar.reset();
+        self.bar.set_length(total);
+        self.bar.set_message(name.to_string());
+    }
+    fn advance(&self, n: u64) {
+        self.bar.inc(n);
+    }
+    fn notice(&self, msg: &str) {
+        // Notices are part of the result, so they go to stderr even when the bar is hidden.
+        self.bar.suspend(|| eprintln!("note: {msg}"));
+    }
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_ranges() {
+        assert_eq!(ranges(&[0, 1, 2, 3, 5, 7, 8]), "0-3, 5, 7-8");
+        assert_eq!(ranges(&[4]), "4");
+    }
+
+    #[test]
+    fn adapter_weights() {
+        assert_eq!(parse_adapter_arg("/no/such/a:0.5").unwrap(), (PathBuf::from("/no/such/a"), 0.5));
+        assert_eq!(parse_adapter_arg("/no/such/b").unwrap(), (PathBuf::from("/no/such/b"), 1.0));
+        assert_eq!(parse_adapter_arg("/no/such/c:-1").unwrap(), (PathBuf::from("/no/such/c"), -1.0));
+    }
+}

@@ -1,0 +1,519 @@
+//! PEFT LoRA adapter(s) -> one GGUF LoRA adapter that llama.cpp applies exactly as PEFT does.
+//!
+//! llama.cpp computes `W x + (alpha / rank) * B (A x)` with one `alpha` per file and `rank` read from
+//! each tensor's shape. PEFT's per-module scale (`alpha/r`, rsLoRA's `alpha/sqrt(r)`, `rank_pattern`,
+//! `alpha_pattern`), adapter weights, `--scale` and stacking all reduce to one factor per LoRA pair;
+//! we choose the file alpha that makes most factors exactly 1, and multiply the rest into lora_B in
+//! f32 before rounding to the output type. Stacking concatenates ranks:
+//! `s1·B1A1 + s2·B2A2 = [s1·B1 | s2·B2] @ [A1; A2]`.
+//!
+//! The work is streamed: a plan from the headers, one pass over the weights for statistics
+//! (non-finite values, f16 range), then one pass that writes each tensor to a temporary file that is
+//! renamed into place at the end. At most one output tensor is in memory at a time.
+
+use std::collections::BTreeMap;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16, slice::HalfFloatSliceExt};
+use safetensors::Dtype;
+
+use crate::arch::{self, Site};
+use crate::base::BaseModel;
+use crate::error::{Error, Result};
+use crate::gguf::{self, GgmlType, TensorSpec, Value};
+use crate::peft::{self, Adapter, LoraModule, RawTensor};
+use crate::progress::Progress;
+
+#[cfg(target_endian = "big")]
+compile_error!("GGUF and safetensors are little-endian; this code writes memory as is");
+
+/// Requested tensor type of the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutType {
+    /// f16, except f32 for a tensor whose values f16 cannot hold (overflow, or all in f16's subnormal range).
+    #[default]
+    Auto,
+    F16,
+    Bf16,
+    F32,
+}
+
+/// One adapter to convert, with its weight when several are stacked.
+pub struct Input {
+    pub adapter: Adapter,
+    pub weight: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub outtype: OutType,
+    /// Multiplies the whole effect (0.5 = half strength).
+    pub scale: f64,
+    /// `general.name`; defaults to the adapter folder names.
+    pub name: Option<String>,
+    /// Replace an existing output file.
+    pub force: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { outtype: OutType::Auto, scale: 1.0, name: None, force: false }
+    }
+}
+
+/// What was written.
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    pub output: PathBuf,
+    pub arch: String,
+    pub alpha: f32,
+    /// LoRA pairs written.
+    pub pairs: usize,
+    /// Pairs whose scale did not fit the file alpha and was folded into lora_B.
+    pub folded: usize,
+    /// Tensor type name -> count.
+    pub types: BTreeMap<String, usize>,
+    pub bytes: u64,
+    pub notices: Vec<String>,
+}
+
+/// How one source tensor goes into an output tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    /// lora_A of a linear layer: rows stacked, `[r_k, in]` at row offset.
+    RowsA,
+    /// lora_B (linear or embedding): `[out, r_k]` at column offset, times the factor, rows permuted.
+    ColsB,
+    /// lora_embedding_A: llama.cpp wants it transposed, `[vocab, r_k]` at column offset.
+    TransposedA,
+}
+
+#[derive(Clone, Debug)]
+struct Part {
+    input: usize,
+    tensor: usize,
+    rank: usize,
+    /// Multiplier folded into this part (1.0 for lora_A).
+    factor: f64,
+}
+
+struct OutTensor {
+    spec: TensorSpec,
+    layout: Layout,
+    /// numpy shape `[rows, cols]`.
+    rows: usize,
+    cols: usize,
+    parts: Vec<Part>,
+    /// For llama's Q/K: source row of each output row.
+    row_perm: Option<Vec<usize>>,
+}
+
+/// The refusal for an adapter with problems, all of them listed.
+fn refuse_problems(adapter: &Adapter, problems: &[peft::Problem]) -> Error {
+    let mut msg = format!("cannot be converted ({} problem{}):", problems.len(), if problems.len() == 1 { "" } else { "s" });
+    for p in problems.iter().take(12) {
+        msg.push_str(&format!("\n  - {}: {}\n    what to do: {}", p.subject, p.why, p.hint));
+    }
+    if problems.len() > 12 {
+        msg.push_str(&format!("\n  ... and {} more (run `ollama-tools inspect` for all)", problems.len() - 12));
+    }
+    Error::Refused { path: adapter.path.clone(), msg, hint: None }
+}
+
+/// The name of an adapter for `general.name`: its folder.
+fn adapter_label(adapter: &Adapter) -> String {
+    let dir = adapter.config_path.parent().unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    dir.file_name().map_or_else(|| "adapter".to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// Converts `inputs` for `base` into the GGUF LoRA adapter `output`.
+pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
+    if !(opts.scale.is_finite() && opts.scale != 0.0) {
+        return Err(Error::Usage(format!("--scale must be a non-zero finite number, got {}", opts.scale)));
+    }
+    if let Some(i) = inputs.iter().find(|i| !(i.weight.is_finite() && i.weight != 0.0)) {
+        return Err(Error::Usage(format!("adapter weight must be a non-zero finite number, got {} for {}", i.weight, i.adapter.path.display())));
+    }
+    if inputs.is_empty() {
+        return Err(Error::Usage("no adapter given".into()));
+    }
+    if output.exists() && !opts.force {
+        return Err(Error::Refused {
+            path: output.to_path_buf(),
+            msg: "already exists".into(),
+            hint: Some("pass --force to replace it, or choose another -o".into()),
+        });
+    }
+    let arch = base.arch_spec().ok_or_else(|| {
+        Error::refused(
+            &base.source,
+            format!("base architecture `{}` is not supported", base.arch),
+            format!("supported: {}", arch::supported_list()),
+        )
+    })?;
+
+    let mut notices = Vec::new();
+    let mut by_site: BTreeMap<Site, Vec<(usize, LoraModule)>> = BTreeMap::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let analysis = input.adapter.analyze();
+        if !analysis.problems.is_empty() {
+            return Err(refuse_problems(&input.adapter, &analysis.problems));
+        }
+        if analysis.modules.is_empty() {
+            return Err(Error::refused(&input.adapter.weights_path, "no LoRA weights to convert", "check that this is the adapter you trained"));
+        }
+        notices.extend(analysis.notices);
+        for m in analysis.modules {
+            by_site.entry(m.site.clone()).or_default().push((i, m));
+        }
+    }
+
+    let mut tensors = Vec::new();
+    for (site, mods) in &by_site {
+        let first = &inputs[mods[0].0].adapter;
+        let key_a = &first.tensors[mods[0].1.a].key;
+        let name = arch.tensor_name(site).ok_or_else(|| {
+            Error::refused(
+                &first.weights_path,
+                format!("`{key_a}` adapts `{}`, which the `{}` architecture does not have", mods[0].1.path, arch.name),
+                format!("modules of `{}`: {}", arch.name, arch.layer_modules.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")),
+            )
+        })?;
+        let base_t = base.tensors.get(&name).ok_or_else(|| {
+            let hint = match site {
+                Site::Output => "the base ties its output to the token embeddings, so there is no separate output weight for an lm_head LoRA".to_string(),
+                Site::Layer { layer, .. } if u64::from(*layer) >= base.block_count => {
+                    format!("the base has {} layers; this adapter was trained on a deeper model", base.block_count)
+                }
+                _ => "the adapter was trained for a different model: pass the base it was trained on".to_string(),
+            };
+            Error::refused(&first.weights_path, format!("`{key_a}` maps to `{name}`, which the base model {} does not have", base.source.display()), hint)
+        })?;
+        let embedding = matches!(site, Site::Embedding);
+        for (i, m) in mods {
+            // llama.cpp's shape checks, done here so a wrong base fails before anything is written.
+            let want = if embedding { [m.out_features, m.in_features] } else { [m.in_features, m.out_features] };
+            if base_t.ne.len() != 2 || base_t.ne[..] != want[..] {
+                return Err(Error::refused(
+                    &inputs[*i].adapter.weights_path,
+                    format!(
+                        "`{}` (lora_A {:?}, lora_B {:?}) needs base tensor `{name}` with ggml shape {want:?}, but the base has {:?}",
+                        inputs[*i].adapter.tensors[m.a].key,
+                        inputs[*i].adapter.tensors[m.a].shape,
+                        inputs[*i].adapter.tensors[m.b].shape,
+                        base_t.ne
+                    ),
+                    "the adapter was trained for another size or family of model: pass the base it was trained on",
+                ));
+            }
+        }
+        let total_rank: u64 = mods.iter().map(|(_, m)| m.rank).sum();
+        // The factor each part needs so that llama.cpp's alpha/total_rank reproduces it; alpha comes later.
+        let parts_b: Vec<Part> = mods
+            .iter()
+            .map(|(i, m)| Part {
+                input: *i,
+                tensor: m.b,
+                rank: m.rank as usize,
+                factor: m.scale * inputs[*i].weight * opts.scale * total_rank as f64,
+            })
+            .collect();
+        let parts_a: Vec<Part> =
+            mods.iter().map(|(i, m)| Part { input: *i, tensor: m.a, rank: m.rank as usize, factor: 1.0 }).collect();
+        let (out_features, in_features) = (mods[0].1.out_features as usize, mods[0].1.in_features as usize);
+        let r = total_rank as usize;
+        let row_perm = match arch.row_permutation(site, base.head_count, base.head_count_kv) {
+            Some(heads) => Some(arch::permute_rows(out_features, heads as usize).ok_or_else(|| {
+                Error::invalid(&base.source, format!("`{name}` has {out_features} rows, which do not split into {heads} heads of even size"))
+            })?),
+            None => None,
+        };
+        let (a_layout, a_rows, a_cols) =
+            if embedding { (Layout::TransposedA, in_features, r) } else { (Layout::RowsA, r, in_features) };
+        tensors.push(OutTensor {
+            spec: TensorSpec { name: format!("{name}.lora_a"), ne: vec![a_cols as u64, a_rows as u64], ty: GgmlType::F32 },
+            layout: a_layout,
+            rows: a_rows,
+            cols: a_cols,
+            parts: parts_a,
+            row_perm: None,
+        });
+        tensors.push(OutTensor {
+            spec: TensorSpec { name: format!("{name}.lora_b"), ne: vec![r as u64, out_features as u64], ty: GgmlType::F32 },
+            layout: Layout::ColsB,
+            rows: out_features,
+            cols: r,
+            parts: parts_b,
+            row_perm,
+        });
+    }
+
+    // The file alpha: the most common magnitude among tensors whose parts share one factor, so those
+    // need no folding (for a plain adapter this is exactly lora_alpha).
+    let mut votes: Vec<(f64, usize)> = Vec::new();
+    for t in tensors.iter().filter(|t| t.layout == Layout::ColsB) {
+        let f = t.parts[0].factor.abs();
+        if t.parts.iter().all(|p| p.factor.abs() == f) {
+            match votes.iter_mut().find(|(v, _)| *v == f) {
+                Some((_, n)) => *n += 1,
+                None => votes.push((f, 1)),
+            }
+        }
+    }
+    let alpha_f64 = votes.iter().max_by_key(|(_, n)| *n).map_or_else(
+        || tensors.iter().find(|t| t.layout == Layout::ColsB).map_or(1.0, |t| t.parts[0].factor.abs()),
+        |(v, _)| *v,
+    );
+    let alpha = alpha_f64 as f32;
+    let mut folded = 0;
+    for t in tensors.iter_mut().filter(|t| t.layout == Layout::ColsB) {
+        let mut any = false;
+        for p in &mut t.parts {
+            p.factor /= f64::from(alpha);
+            // Within f32 rounding of the stored alpha counts as exact: folding would change nothing.
+            if (p.factor - 1.0).abs() < 1e-6 {
+                p.factor = 1.0;
+            } else {
+                any = true;
+            }
+        }
+        folded += usize::from(any);
+    }
+
+    // Pass 1: statistics, so bad values are refused and tensor types fixed before anything is written.
+    let total_bytes: u64 = tensors.iter().flat_map(|t| &t.parts).map(|p| src(inputs, p).1.byte_len() as u64).sum();
+    progress.stage("checking", total_bytes);
+    let mut buf = Vec::new();
+    for t in &mut tensors {
+        let (mut max_abs, mut sum_sq, mut count) = (0f64, 0f64, 0usize);
+        for p in &t.parts {
+            let (adapter, raw) = src(inputs, p);
+            adapter.read_f32(raw, &mut buf);
+            let (m, s) = stats(&buf).ok_or_else(|| {
+                Error::invalid(&adapter.weights_path, format!("tensor `{}` holds NaN or infinite values", raw.key))
+                    .with_hint("the training diverged or the file is damaged; use an earlier checkpoint")
+            })?;
+            adapter.release(raw);
+            progress.advance(raw.byte_len() as u64);
+            max_abs = max_abs.max(m * p.factor.abs());
+            sum_sq += s * p.factor * p.factor;
+            count += buf.len();
+        }
+        if !max_abs.is_finite() || max_abs > f64::from(f32::MAX) {
+            return Err(Error::Refused {
+                path: output.to_path_buf(),
+                msg: format!("`{}` would hold values beyond f32 range after scaling", t.spec.name),
+                hint: Some("use a smaller --scale or adapter weight".into()),
+            });
+        }
+        let rms = (sum_sq / count.max(1) as f64).sqrt();
+        t.spec.ty = match opts.outtype {
+            OutType::F32 => GgmlType::F32,
+            OutType::Bf16 => GgmlType::BF16,
+            OutType::F16 if max_abs > F16_MAX => {
+                return Err(Error::Refused {
+                    path: output.to_path_buf(),
+                    msg: format!("`{}` has values up to {max_abs:.4e}, beyond f16's range (65504)", t.spec.name),
+                    hint: Some("use --outtype auto (f32 where needed) or --outtype f32".into()),
+                });
+            }
+            OutType::F16 => GgmlType::F16,
+            OutType::Auto if max_abs > F16_MAX || (max_abs > 0.0 && rms < F16_MIN_NORMAL) => {
+                notices.push(format!(
+                    "`{}` written as f32: its values (max {max_abs:.3e}, rms {rms:.3e}) would not survive f16",
+                    t.spec.name
+                ));
+                GgmlType::F32
+            }
+            OutType::Auto => GgmlType::F16,
+        };
+    }
+    progress.finish();
+
+    let kvs = metadata(inputs, base, opts, alpha, &tensors);
+    let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", output.file_name().map_or("out".into(), |n| n.to_string_lossy())))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    let io_err = |e| Error::io(tmp.path(), e);
+    let mut writer = gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), &kvs, &specs).map_err(io_err)?;
+
+    // Pass 2: write.
+    progress.stage("writing", total_bytes);
+    let mut out_f32 = Vec::new();
+    let mut out_bytes = Vec::new();
+    for t in &tensors {
+        if let Some(bytes) = passthrough(inputs, t) {
+            writer.write_tensor(bytes).map_err(io_err)?;
+        } else {
+            assemble(inputs, t, &mut buf, &mut out_f32);
+            encode(&out_f32, t.spec.ty, &mut out_bytes);
+            writer.write_tensor(&out_bytes).map_err(io_err)?;
+        }
+        for p in &t.parts {
+            let (adapter, raw) = src(inputs, p);
+            adapter.release(raw);
+            progress.advance(raw.byte_len() as u64);
+        }
+    }
+    writer.finish().map_err(io_err)?;
+    progress.finish();
+    let bytes = tmp.as_file().metadata().map_err(io_err)?.len();
+    if opts.force {
+        tmp.persist(output).map_err(|e| Error::io(output, e.error))?;
+    } else {
+        tmp.persist_noclobber(output).map_err(|e| Error::io(output, e.error))?;
+    }
+
+    let mut types = BTreeMap::new();
+    for t in &tensors {
+        *types.entry(t.spec.ty.name()).or_insert(0) += 1;
+    }
+    for n in &notices {
+        progress.notice(n);
+    }
+    Ok(Summary { output: output.to_path_buf(), arch: arch.name.to_string(), alpha, pairs: tensors.len() / 2, folded, types, bytes, notices })
+}
+
+const F16_MAX: f64 = 65504.0;
+/// Below this f16 has no more than the absolute precision of its subnormals.
+const F16_MIN_NORMAL: f64 = 6.103_515_625e-5;
+
+fn src<'a>(inputs: &'a [Input], p: &Part) -> (&'a Adapter, &'a RawTensor) {
+    let adapter = &inputs[p.input].adapter;
+    (adapter, &adapter.tensors[p.tensor])
+}
+
+/// Max |x| and sum of squares, or `None` if any value is not finite.
+fn stats(values: &[f32]) -> Option<(f64, f64)> {
+    let (mut max, mut sum) = (0f32, 0f64);
+    let mut finite = true;
+    for chunk in values.chunks(4096) {
+        let mut s = 0f32;
+        for &v in chunk {
+            finite &= v.is_finite();
+            max = max.max(v.abs());
+            s += v * v;
+        }
+        sum += f64::from(s);
+    }
+    finite.then_some((f64::from(max), sum))
+}
+
+/// The source bytes themselves when the output tensor is exactly one unmodified source tensor of the
+/// same type: the common case, written without touching the values.
+fn passthrough<'a>(inputs: &'a [Input], t: &OutTensor) -> Option<&'a [u8]> {
+    let [p] = &t.parts[..] else { return None };
+    let (adapter, raw) = src(inputs, p);
+    let same_type = matches!(
+        (raw.dtype, t.spec.ty),
+        (Dtype::F32, GgmlType::F32) | (Dtype::F16, GgmlType::F16) | (Dtype::BF16, GgmlType::BF16)
+    );
+    (same_type && p.factor == 1.0 && t.row_perm.is_none() && t.layout != Layout::TransposedA).then(|| adapter.bytes(raw))
+}
+
+/// Builds the output tensor in f32 from its parts.
+fn assemble(inputs: &[Input], t: &OutTensor, buf: &mut Vec<f32>, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(t.rows * t.cols, 0.0);
+    let mut offset = 0;
+    for p in &t.parts {
+        let (adapter, raw) = src(inputs, p);
+        adapter.read_f32(raw, buf);
+        let f = p.factor as f32;
+        match t.layout {
+            Layout::RowsA => out[offset * t.cols..][..buf.len()].copy_from_slice(buf),
+            Layout::ColsB => {
+                for (o, row) in out.chunks_exact_mut(t.cols).enumerate() {
+                    let s = t.row_perm.as_ref().map_or(o, |perm| perm[o]);
+                    let src_row = &buf[s * p.rank..][..p.rank];
+                    for (d, &v) in row[offset..offset + p.rank].iter_mut().zip(src_row) {
+                        *d = v * f;
+                    }
+                }
+            }
+            Layout::TransposedA => {
+                // Source is [r_k, vocab]; output row v takes column v.
+                let vocab = t.rows;
+                for (v, row) in out.chunks_exact_mut(t.cols).enumerate() {
+                    for j in 0..p.rank {
+                        row[offset + j] = buf[j * vocab + v];
+                    }
+                }
+            }
+        }
+        offset += p.rank;
+    }
+}
+
+/// Encodes f32 values as the output type's little-endian bytes.
+fn encode(values: &[f32], ty: GgmlType, out: &mut Vec<u8>) {
+    out.clear();
+    match ty {
+        GgmlType::F32 => out.extend_from_slice(bytemuck::cast_slice(values)),
+        GgmlType::F16 => {
+            let mut h = vec![f16::ZERO; values.len()];
+            h.convert_from_f32_slice(values);
+            out.extend_from_slice(bytemuck::cast_slice(&h));
+        }
+        GgmlType::BF16 => {
+            let mut h = vec![bf16::ZERO; values.len()];
+            h.convert_from_f32_slice(values);
+            out.extend_from_slice(bytemuck::cast_slice(&h));
+        }
+        other => unreachable!("convert writes F32/F16/BF16 only, not {other}"),
+    }
+}
+
+/// The GGUF metadata: what llama.cpp requires, plus provenance under the GGUF naming convention's keys.
+fn metadata(inputs: &[Input], base: &BaseModel, opts: &Options, alpha: f32, tensors: &[OutTensor]) -> Vec<(String, Value)> {
+    let s = |v: &str| Value::String(v.to_string());
+    let name = opts.name.clone().unwrap_or_else(|| {
+        let labels: Vec<String> = inputs.iter().map(|i| adapter_label(&i.adapter)).collect();
+        labels.join(" + ")
+    });
+    // llama_ftype of the bulk of the data: MOSTLY_F16 = 1, ALL_F32 = 0, MOSTLY_BF16 = 32.
+    let ftype = match opts.outtype {
+        OutType::F32 => 0,
+        OutType::Bf16 => 32,
+        _ if tensors.iter().all(|t| t.spec.ty == GgmlType::F32) => 0,
+        _ => 1,
+    };
+    let mut kvs = vec![
+        ("general.architecture".to_string(), s(&base.arch)),
+        ("general.type".to_string(), s("adapter")),
+        ("general.name".to_string(), s(&name)),
+        ("general.file_type".to_string(), Value::U32(ftype)),
+        ("adapter.type".to_string(), s("lora")),
+        ("adapter.lora.alpha".to_string(), Value::F32(alpha)),
+    ];
+    let mut bases: Vec<String> = Vec::new();
+    for i in inputs {
+        if let Some(id) = i.adapter.config.base_model_name_or_path.as_deref().and_then(peft::hub_repo_id) {
+            if !bases.contains(&id) {
+                bases.push(id);
+            }
+        }
+    }
+    if !bases.is_empty() {
+        kvs.push(("general.base_model.count".to_string(), Value::U32(bases.len() as u32)));
+        for (n, id) in bases.iter().enumerate() {
+            let (org, model) = id.split_once('/').unwrap_or(("", id));
+            kvs.push((format!("general.base_model.{n}.name"), s(model)));
+            kvs.push((format!("general.base_model.{n}.organization"), s(org)));
+            kvs.push((format!("general.base_model.{n}.repo_url"), s(&format!("https://huggingface.co/{id}"))));
+        }
+    }
+    // The adapter's own repository, when it sits in a Hugging Face cache snapshot.
+    if let [only] = inputs {
+        if let Some(id) = only.adapter.config_path.to_str().and_then(peft::hub_cache_repo) {
+            kvs.push(("general.source.repo_url".to_string(), s(&format!("https://huggingface.co/{id}"))));
+        }
+    }
+    kvs
+}

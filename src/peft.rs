@@ -1,0 +1,843 @@
+//! Hugging Face PEFT LoRA adapters on disk: `adapter_config.json` + `adapter_model.safetensors`.
+//!
+//! [`Adapter::open`] reads the config and the safetensors header (the weights stay memory-mapped and
+//! are read one tensor at a time); [`Adapter::analyze`] pairs lora_A/lora_B tensors into modules with
+//! PEFT's own scale rules, and lists everything a GGUF LoRA adapter cannot carry, each with the reason
+//! and what to do. Nothing here knows about GGUF or architectures beyond where a module sits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::arch::{self, Site};
+use crate::error::{Error, Result};
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+const PICKLE_FILE: &str = "adapter_model.bin";
+
+/// How to turn a pickled adapter into safetensors, for the refusal message.
+const PICKLE_HINT: &str = "ollama-tools reads only safetensors (a pickle can run code when loaded and needs PyTorch). \
+Re-save it next to the .bin with: python -c \"import torch, safetensors.torch as st; \
+st.save_file({k: v.contiguous() for k, v in torch.load('adapter_model.bin', map_location='cpu', weights_only=True).items()}, \
+'adapter_model.safetensors', metadata={'format': 'pt'})\"";
+
+/// The fields of `adapter_config.json` that decide what the adapter does. Unknown fields are ignored:
+/// PEFT adds new ones every release.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoraConfig {
+    pub peft_type: Option<String>,
+    pub task_type: Option<String>,
+    pub base_model_name_or_path: Option<String>,
+    pub revision: Option<String>,
+    pub peft_version: Option<String>,
+    pub r: Option<u64>,
+    pub lora_alpha: Option<f64>,
+    pub use_rslora: bool,
+    pub use_dora: bool,
+    pub fan_in_fan_out: bool,
+    /// Pattern -> rank, in file order (PEFT takes the first pattern that matches).
+    pub rank_pattern: Vec<(String, u64)>,
+    /// Pattern -> alpha, in file order.
+    pub alpha_pattern: Vec<(String, f64)>,
+    /// As written: a list of names, a regex string, or absent.
+    pub target_modules: Option<Json>,
+    pub modules_to_save: Vec<String>,
+    pub layers_to_transform: Option<Vec<u64>>,
+    pub bias: String,
+    /// Fields set to a value that changes what the adapter computes in a way GGUF cannot carry.
+    #[serde(skip)]
+    unsupported: Vec<Problem>,
+}
+
+/// Something that keeps an adapter from converting: what, why, and what the user can do.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Problem {
+    /// The config field or tensor name concerned.
+    pub subject: String,
+    pub why: String,
+    pub hint: String,
+}
+
+fn problem(subject: impl Into<String>, why: impl Into<String>, hint: impl Into<String>) -> Problem {
+    Problem { subject: subject.into(), why: why.into(), hint: hint.into() }
+}
+
+impl LoraConfig {
+    /// Parses `adapter_config.json` text. Only malformed JSON or wrongly typed fields are errors here;
+    /// features we cannot convert are collected for [`Adapter::analyze`] so `inspect` can show them all.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let root: Json = serde_json::from_str(text).map_err(|e| {
+            let mut err = Error::invalid(path, format!("not valid JSON: {e}"));
+            if text.starts_with("version https://git-lfs") {
+                err = Error::invalid(path, "this is a Git LFS pointer, not the file itself")
+                    .with_hint("run `git lfs pull` in the repository, or download the file from the Hub");
+            }
+            err
+        })?;
+        let obj = root.as_object().ok_or_else(|| Error::invalid(path, "expected a JSON object"))?;
+        let field_err = |key: &str, want: &str, got: &Json| {
+            Error::invalid(path, format!("field `{key}` must be {want}, found {got}"))
+        };
+        let string = |key: &str| -> Result<Option<String>> {
+            match obj.get(key) {
+                None | Some(Json::Null) => Ok(None),
+                Some(Json::String(s)) => Ok(Some(s.clone())),
+                Some(v) => Err(field_err(key, "a string", v)),
+            }
+        };
+        let flag = |key: &str| -> Result<bool> {
+            match obj.get(key) {
+                None | Some(Json::Null) => Ok(false),
+                Some(Json::Bool(b)) => Ok(*b),
+                Some(v) => Err(field_err(key, "true or false", v)),
+            }
+        };
+        let uint = |key: &str, v: &Json| -> Result<u64> {
+            // PEFT writes ints, but hand-written configs carry `16.0`: accept whole floats.
+            v.as_u64()
+                .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+                .ok_or_else(|| field_err(key, "a non-negative integer", v))
+        };
+        let number = |key: &str, v: &Json| v.as_f64().ok_or_else(|| field_err(key, "a number", v));
+        let map = |key: &str| -> Result<Vec<(String, Json)>> {
+            match obj.get(key) {
+                None | Some(Json::Null) => Ok(vec![]),
+                Some(Json::Object(m)) => Ok(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+                Some(v) => Err(field_err(key, "an object", v)),
+            }
+        };
+
+        if obj.get("peft_type").is_none() {
+            let why = if obj.contains_key("lora_parameters") || obj.contains_key("fine_tune_type") {
+                "this is an MLX-LM adapter config, not a PEFT one"
+            } else if obj.contains_key("model_type") || obj.contains_key("architectures") {
+                "this is a transformers model config.json, not a PEFT adapter config"
+            } else {
+                "no `peft_type`: not a PEFT adapter config"
+            };
+            return Err(Error::invalid(path, why).with_hint(
+                "point ollama-tools at the folder PEFT's save_pretrained() wrote (adapter_config.json + adapter_model.safetensors)",
+            ));
+        }
+
+        let mut cfg = LoraConfig {
+            peft_type: string("peft_type")?,
+            task_type: string("task_type")?,
+            base_model_name_or_path: string("base_model_name_or_path")?,
+            revision: string("revision")?,
+            peft_version: string("peft_version")?,
+            r: obj.get("r").filter(|v| !v.is_null()).map(|v| uint("r", v)).transpose()?,
+            lora_alpha: obj.get("lora_alpha").filter(|v| !v.is_null()).map(|v| number("lora_alpha", v)).transpose()?,
+            use_rslora: flag("use_rslora")?,
+            use_dora: flag("use_dora")?,
+            fan_in_fan_out: flag("fan_in_fan_out")?,
+            rank_pattern: map("rank_pattern")?
+                .into_iter()
+                .map(|(k, v)| Ok((k.clone(), uint(&format!("rank_pattern.{k}"), &v)?)))
+                .collect::<Result<_>>()?,
+            alpha_pattern: map("alpha_pattern")?
+                .into_iter()
+                .map(|(k, v)| Ok((k.clone(), number(&format!("alpha_pattern.{k}"), &v)?)))
+                .collect::<Result<_>>()?,
+            target_modules: obj.get("target_modules").filter(|v| !v.is_null()).cloned(),
+            modules_to_save: match obj.get("modules_to_save") {
+                None | Some(Json::Null) => vec![],
+                Some(Json::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                Some(v) => return Err(field_err("modules_to_save", "a list of module names", v)),
+            },
+            layers_to_transform: match obj.get("layers_to_transform") {
+                None | Some(Json::Null) => None,
+                Some(Json::Array(items)) => {
+                    Some(items.iter().map(|v| uint("layers_to_transform", v)).collect::<Result<_>>()?)
+                }
+                Some(v) => Some(vec![uint("layers_to_transform", v)?]),
+            },
+            bias: string("bias")?.unwrap_or_else(|| "none".into()),
+            unsupported: vec![],
+        };
+        let patterns = cfg.rank_pattern.iter().map(|(p, _)| p).chain(cfg.alpha_pattern.iter().map(|(p, _)| p));
+        for pattern in patterns {
+            pattern_regex(pattern).map_err(|e| Error::invalid(path, format!("pattern `{pattern}`: {e}")))?;
+        }
+
+        // Features that change what the adapter computes. Checked here, reported by analyze().
+        let set = |key: &str| obj.get(key).is_some_and(|v| !v.is_null() && v != &Json::Bool(false) && v != &serde_json::json!([]) && v != &serde_json::json!({}));
+        if set("target_parameters") {
+            cfg.unsupported.push(problem(
+                "target_parameters",
+                "LoRA on raw parameters (e.g. fused MoE expert weights) has no GGUF LoRA form",
+                "merge it with PEFT (merge_and_unload) and convert the merged model instead",
+            ));
+        }
+        for (key, why) in [
+            ("layer_replication", "layer_replication changes the model's layer stack, which llama.cpp cannot reproduce"),
+            ("alora_invocation_tokens", "activated LoRA applies only after its invocation tokens; llama.cpp applies adapters everywhere"),
+            ("trainable_token_indices", "trainable tokens replace embedding rows, which a GGUF LoRA cannot carry"),
+            ("arrow_config", "Arrow routing mixes several LoRAs per token; GGUF LoRA is one static adapter"),
+        ] {
+            if set(key) {
+                cfg.unsupported.push(problem(key, why, "merge it with PEFT (merge_and_unload) and convert the merged model instead"));
+            }
+        }
+        if let Some(Json::String(init)) = obj.get("init_lora_weights") {
+            let lower = init.to_ascii_lowercase();
+            if ["pissa", "olora", "corda", "loftq"].iter().any(|m| lower.starts_with(m)) {
+                cfg.unsupported.push(problem(
+                    "init_lora_weights",
+                    format!("`{init}` initialisation changes the base weights, so this adapter only fits that modified base"),
+                    "re-save with PEFT's save_pretrained(..., path_initial_model_for_weight_conversion=...) to get a plain LoRA",
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// PEFT's rule (`get_pattern_key`): the first pattern, in file order, that matches the end of the
+    /// module's name at a dot boundary.
+    fn pattern_value<'a, T>(patterns: &'a [(String, T)], module_path: &str) -> Option<&'a T> {
+        patterns
+            .iter()
+            .find(|(p, _)| pattern_regex(p).is_ok_and(|re| re.is_match(module_path)))
+            .map(|(_, v)| v)
+    }
+
+    /// The configured rank of a module: its `rank_pattern` entry, else `r`.
+    pub fn rank_for(&self, module_path: &str) -> Option<u64> {
+        Self::pattern_value(&self.rank_pattern, module_path).copied().or(self.r)
+    }
+
+    /// The alpha of a module: its `alpha_pattern` entry, else `lora_alpha`.
+    pub fn alpha_for(&self, module_path: &str) -> Option<f64> {
+        Self::pattern_value(&self.alpha_pattern, module_path).copied().or(self.lora_alpha)
+    }
+
+    /// PEFT's scaling for a module: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
+    pub fn scale(&self, rank: u64, alpha: f64) -> f64 {
+        if self.use_rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 }
+    }
+}
+
+fn pattern_regex(pattern: &str) -> std::result::Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!(r"^(?:.*\.)?(?:{pattern})$"))
+}
+
+/// One tensor of the safetensors file.
+#[derive(Clone, Debug)]
+pub struct RawTensor {
+    pub key: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Byte range inside the memory map.
+    range: (usize, usize),
+}
+
+impl RawTensor {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn byte_len(&self) -> usize {
+        self.range.1 - self.range.0
+    }
+}
+
+/// `ORG/NAME` when `path` lies in a Hugging Face cache (`.../models--ORG--NAME/snapshots/<sha>/...`).
+pub fn hub_cache_repo(path: &str) -> Option<String> {
+    let seg = path.split(['/', '\\']).find_map(|s| s.strip_prefix("models--"))?;
+    let (org, name) = seg.split_once("--")?;
+    (!org.is_empty() && !name.is_empty()).then(|| format!("{org}/{name}"))
+}
+
+/// The Hub repo id in a `base_model_name_or_path`: `ORG/NAME` as written, or recovered from a local
+/// Hugging Face cache path. `None` for other local paths and for bare names.
+pub fn hub_repo_id(base: &str) -> Option<String> {
+    if let Some(id) = hub_cache_repo(base) {
+        return Some(id);
+    }
+    let (org, name) = base.split_once('/')?;
+    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !s.starts_with('.');
+    (ok(org) && ok(name)).then(|| base.to_string())
+}
+
+/// An opened PEFT adapter: parsed config, safetensors header, memory-mapped weights.
+pub struct Adapter {
+    /// What the user passed, for messages.
+    pub path: PathBuf,
+    pub config_path: PathBuf,
+    pub weights_path: PathBuf,
+    pub config: LoraConfig,
+    pub file_size: u64,
+    pub metadata: Option<HashMap<String, String>>,
+    /// In file order.
+    pub tensors: Vec<RawTensor>,
+    mmap: Mmap,
+}
+
+impl std::fmt::Debug for Adapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adapter").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
+    }
+}
+
+/// Finds `adapter_config.json` and `adapter_model.safetensors` from a folder or either file.
+fn locate(path: &Path) -> Result<(PathBuf, PathBuf)> {
+    let not_found = |p: &Path, what: &str| {
+        Error::invalid(p, format!("{what} not found")).with_hint(
+            "pass the adapter folder PEFT's save_pretrained() wrote, holding adapter_config.json and adapter_model.safetensors",
+        )
+    };
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else if path.is_file() {
+        match ext {
+            "bin" | "pt" | "pth" => {
+                return Err(Error::refused(path, "this is a pickled PyTorch adapter, not safetensors", PICKLE_HINT));
+            }
+            "gguf" => {
+                return Err(Error::invalid(path, "this is already a GGUF file")
+                    .with_hint("convert takes a PEFT adapter folder; a GGUF adapter can be used by llama.cpp/Ollama as it is"));
+            }
+            "json" => {
+                let weights = path.with_file_name(WEIGHTS_FILE);
+                return Ok((path.to_path_buf(), weights));
+            }
+            _ => {
+                let config = path.with_file_name(CONFIG_FILE);
+                if !config.is_file() {
+                    return Err(not_found(&config, CONFIG_FILE));
+                }
+                return Ok((config, path.to_path_buf()));
+            }
+        }
+    } else {
+        return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+    };
+    let config = dir.join(CONFIG_FILE);
+    let weights = dir.join(WEIGHTS_FILE);
+    if !config.is_file() {
+        return Err(not_found(&config, CONFIG_FILE));
+    }
+    Ok((config, weights))
+}
+
+fn safetensors_error(path: &Path, e: safetensors::SafeTensorError, file_size: u64) -> Error {
+    use safetensors::SafeTensorError as E;
+    let msg = match &e {
+        E::HeaderTooSmall if file_size == 0 => "the file is empty".to_string(),
+        E::MetadataIncompleteBuffer | E::InvalidHeaderLength | E::HeaderTooSmall => {
+            format!("not a complete safetensors file ({e}; {file_size} bytes on disk)")
+        }
+        _ => format!("not a valid safetensors file: {e}"),
+    };
+    Error::invalid(path, msg).with_hint("the download may be incomplete or the file damaged: fetch it again")
+}
+
+impl Adapter {
+    /// Opens an adapter from its folder, its `adapter_config.json`, or its `.safetensors` file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let (config_path, weights_path) = locate(path)?;
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config = LoraConfig::parse(&config_path, &text)?;
+        if !weights_path.is_file() {
+            let pickle = weights_path.with_file_name(PICKLE_FILE);
+            if pickle.is_file() {
+                return Err(Error::refused(&pickle, "the adapter weights are a pickled PyTorch file, not safetensors", PICKLE_HINT));
+            }
+            return Err(Error::invalid(&weights_path, "adapter weights not found")
+                .with_hint("the folder needs adapter_model.safetensors next to adapter_config.json"));
+        }
+        let file = File::open(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
+        let file_size = file.metadata().map_err(|e| Error::io(&weights_path, e))?.len();
+        let mut head = [0u8; 24];
+        let n = std::io::Read::read(&mut &file, &mut head).unwrap_or(0);
+        if head[..n].starts_with(b"version https://git-lfs") {
+            return Err(Error::invalid(&weights_path, "this is a Git LFS pointer, not the weights")
+                .with_hint("run `git lfs pull` in the repository, or download the file from the Hub"));
+        }
+        // SAFETY: the map is read-only; like every mmap reader we rely on nobody truncating the file
+        // while we run (if someone does, the process gets SIGBUS rather than reading garbage).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&weights_path, e))?;
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| safetensors_error(&weights_path, e, file_size))?;
+        let data_start = 8 + header_len;
+        let mut tensors: Vec<RawTensor> = meta
+            .tensors()
+            .into_iter()
+            .map(|(key, info)| RawTensor {
+                key,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                range: (data_start + info.data_offsets.0, data_start + info.data_offsets.1),
+            })
+            .collect();
+        tensors.sort_by_key(|t| t.range.0);
+        Ok(Adapter {
+            path: path.to_path_buf(),
+            config_path,
+            weights_path,
+            config,
+            file_size,
+            metadata: meta.metadata().clone(),
+            tensors,
+            mmap,
+        })
+    }
+
+    /// The raw little-endian bytes of a tensor.
+    pub fn bytes(&self, t: &RawTensor) -> &[u8] {
+        &self.mmap[t.range.0..t.range.1]
+    }
+
+    /// Reads a tensor as f32 into `out` (cleared first).
+    pub fn read_f32(&self, t: &RawTensor, out: &mut Vec<f32>) {
+        let bytes = self.bytes(t);
+        out.clear();
+        out.reserve(t.len());
+        match t.dtype {
+            Dtype::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+            Dtype::F16 => out.extend(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
+            Dtype::BF16 => out.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+            other => unreachable!("analyze() refuses dtype {other:?}"),
+        }
+    }
+
+    /// Tells the kernel we are done with a tensor's pages, so resident memory stays at about one
+    /// tensor however large the file (the pages stay in the page cache for a second pass).
+    pub fn release(&self, t: &RawTensor) {
+        // SAFETY: the map is a read-only private file mapping: after MADV_DONTNEED the next access
+        // reads the file again, so no data the program can see changes.
+        let _ = unsafe {
+            self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, t.range.0, t.range.1 - t.range.0)
+        };
+    }
+
+    /// Pairs lora_A/lora_B tensors into modules with their PEFT scale, and lists every problem.
+    pub fn analyze(&self) -> Analysis {
+        analyze(self)
+    }
+}
+
+/// Which half of a LoRA pair a tensor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Half {
+    A,
+    B,
+}
+
+/// What a safetensors key holds.
+#[derive(Debug, PartialEq)]
+enum KeyKind {
+    Lora { module: String, half: Half, embedding: bool, adapter_name: Option<String> },
+    LoraBias { module: String },
+    Dora { module: String },
+    /// A full tensor (modules_to_save copy, a bias, a classifier head...).
+    Full,
+}
+
+/// Parses a PEFT state-dict key, e.g.
+/// `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` or `...lora_embedding_B.default`.
+fn parse_key(key: &str) -> KeyKind {
+    let key = key.strip_prefix("base_model.model.").unwrap_or(key);
+    let parts: Vec<&str> = key.split('.').collect();
+    let Some(i) = parts.iter().position(|p| {
+        matches!(*p, "lora_A" | "lora_B" | "lora_embedding_A" | "lora_embedding_B" | "lora_magnitude_vector")
+    }) else {
+        return KeyKind::Full;
+    };
+    let module = parts[..i].join(".");
+    if parts[i] == "lora_magnitude_vector" {
+        return KeyKind::Dora { module };
+    }
+    let embedding = parts[i].starts_with("lora_embedding");
+    let half = if parts[i].ends_with('A') { Half::A } else { Half::B };
+    match &parts[i + 1..] {
+        [.., "bias"] => KeyKind::LoraBias { module },
+        [] | ["weight"] => KeyKind::Lora { module, half, embedding, adapter_name: None },
+        [name] | [name, "weight"] => KeyKind::Lora { module, half, embedding, adapter_name: Some(name.to_string()) },
+        _ => KeyKind::Full,
+    }
+}
+
+/// A complete LoRA pair with PEFT's scale.
+#[derive(Clone, Debug)]
+pub struct LoraModule {
+    /// Module name in the HF model, e.g. `model.layers.0.self_attn.q_proj`.
+    pub path: String,
+    pub site: Site,
+    /// Embedding LoRA (`lora_embedding_A/B`): A is `[r, vocab]`, B `[hidden, r]`.
+    pub embedding: bool,
+    /// Indices into [`Adapter::tensors`].
+    pub a: usize,
+    pub b: usize,
+    pub rank: u64,
+    /// Input width of the adapted weight (vocab size for an embedding).
+    pub in_features: u64,
+    pub out_features: u64,
+    pub alpha: f64,
+    /// `alpha / rank` or `alpha / sqrt(rank)`.
+    pub scale: f64,
+}
+
+/// The result of pairing and checking an adapter's tensors.
+#[derive(Debug, Default)]
+pub struct Analysis {
+    pub modules: Vec<LoraModule>,
+    /// Everything that keeps the adapter from converting.
+    pub problems: Vec<Problem>,
+    /// Things done that the user should know about (tensors skipped per PEFT's own rules).
+    pub notices: Vec<String>,
+}
+
+fn analyze(adapter: &Adapter) -> Analysis {
+    let cfg = &adapter.config;
+    let mut out = Analysis { problems: cfg.unsupported.clone(), ..Default::default() };
+    let merge_hint = "merge it with PEFT (merge_and_unload) and convert the merged model, or retrain without it";
+    match cfg.peft_type.as_deref() {
+        Some("LORA") => {}
+        other => out.problems.push(problem(
+            "peft_type",
+            format!(
+                "peft_type is {}, and only LORA adapters have a GGUF form",
+                other.map_or_else(|| "missing".to_string(), |t| format!("`{t}`"))
+            ),
+            if other == Some("ADALORA") {
+                "an AdaLoRA adapter can be merged with PEFT (merge_and_unload) and the merged model converted"
+            } else {
+                "llama.cpp and Ollama apply LoRA adapters only; merge this adapter with PEFT and convert the merged model"
+            },
+        )),
+    }
+    if cfg.r.is_none_or(|r| r == 0) {
+        out.problems.push(problem("r", "the rank `r` is missing or zero", "the config must say the rank PEFT trained with"));
+    }
+    if cfg.lora_alpha.is_none_or(|a| !(a > 0.0) || !a.is_finite()) {
+        out.problems.push(problem(
+            "lora_alpha",
+            format!("lora_alpha must be a positive number, found {:?}", cfg.lora_alpha),
+            "set lora_alpha to the value used in training (PEFT's default is 8)",
+        ));
+    }
+    if cfg.use_dora {
+        out.problems.push(problem(
+            "use_dora",
+            "DoRA rescales each weight column by a learned magnitude, which GGUF LoRA adapters cannot express",
+            merge_hint,
+        ));
+    }
+
+    let mut pairs: BTreeMap<(String, bool), [Option<usize>; 2]> = BTreeMap::new();
+    let mut adapter_names = std::collections::BTreeSet::new();
+    for (i, t) in adapter.tensors.iter().enumerate() {
+        match parse_key(&t.key) {
+            KeyKind::Lora { module, half, embedding, adapter_name } => {
+                adapter_names.insert(adapter_name);
+                if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+                    out.problems.push(problem(
+                        &t.key,
+                        format!("dtype {:?} is not a float type LoRA weights are stored in", t.dtype),
+                        "re-save the adapter in float32, float16 or bfloat16",
+                    ));
+                }
+                if t.shape.len() != 2 {
+                    out.problems.push(problem(&t.key, format!("expected a 2-D tensor, found shape {:?}", t.shape), "this is not a LoRA weight PEFT writes for linear or embedding layers"));
+                    continue;
+                }
+                pairs.entry((module, embedding)).or_default()[half as usize] = Some(i);
+            }
+            KeyKind::LoraBias { .. } => out.problems.push(problem(
+                &t.key,
+                "a LoRA bias (`lora_bias=True`) has no place in a GGUF LoRA adapter",
+                merge_hint,
+            )),
+            KeyKind::Dora { .. } => out.problems.push(problem(
+                &t.key,
+                "a DoRA magnitude vector: DoRA rescales weight columns, which GGUF LoRA adapters cannot express",
+                merge_hint,
+            )),
+            KeyKind::Full => {
+                let saved = cfg.modules_to_save.iter().any(|m| t.key.contains(&format!(".{m}.")) || t.key.contains("modules_to_save"));
+                let why = if saved {
+                    "a full copy of a module (`modules_to_save`): a GGUF LoRA adapter can only add low-rank deltas, not replace weights"
+                } else if t.key.ends_with("bias") {
+                    "a bias tensor (bias training): a GGUF LoRA adapter cannot carry biases"
+                } else {
+                    "not a LoRA weight: a GGUF LoRA adapter can only carry lora_A/lora_B pairs"
+                };
+                out.problems.push(problem(&t.key, why, merge_hint));
+            }
+        }
+    }
+    if adapter_names.len() > 1 {
+        out.problems.push(problem(
+            "tensors",
+            format!("the file holds several named adapters ({:?})", adapter_names.iter().flatten().collect::<Vec<_>>()),
+            "save each adapter on its own with PEFT's save_pretrained(selected_adapters=[...])",
+        ));
+    }
+    if adapter.tensors.is_empty() {
+        out.problems.push(problem(
+            "adapter_model.safetensors",
+            "the file holds no tensors",
+            "the adapter was saved before training or saving failed: save it again with save_pretrained()",
+        ));
+    }
+
+    for ((module, embedding), [a, b]) in pairs {
+        let (a, b) = match (a, b) {
+            (Some(a), Some(b)) => (a, b),
+            (Some(i), None) | (None, Some(i)) => {
+                let (has, lacks) = if a.is_some() { ("lora_A", "lora_B") } else { ("lora_B", "lora_A") };
+                out.problems.push(problem(
+                    &adapter.tensors[i].key,
+                    format!("{has} of `{module}` has no {lacks}"),
+                    "the file is incomplete: save the adapter again",
+                ));
+                continue;
+            }
+            (None, None) => unreachable!(),
+        };
+        let (ta, tb) = (&adapter.tensors[a], &adapter.tensors[b]);
+        let (rank, in_features, out_features) = (ta.shape[0] as u64, ta.shape[1] as u64, tb.shape[0] as u64);
+        if tb.shape[1] as u64 != rank {
+            out.problems.push(problem(
+                &tb.key,
+                format!("rank mismatch: lora_A {:?} has rank {rank}, lora_B {:?} has rank {}", ta.shape, tb.shape, tb.shape[1]),
+                "the file is damaged or was edited: save the adapter again",
+            ));
+            continue;
+        }
+        let Some(site) = arch::site_of(&module) else {
+            out.problems.push(problem(
+                &ta.key,
+                format!("LoRA on `{module}`, which is not a layer of a supported decoder (attention/MLP projections, embed_tokens, lm_head)"),
+                format!("ollama-tools converts adapters for: {}", arch::supported_list()),
+            ));
+            continue;
+        };
+        if let (Some(layers), Site::Layer { layer, .. }) = (&cfg.layers_to_transform, &site) {
+            if !layers.contains(&u64::from(*layer)) {
+                out.notices.push(format!(
+                    "skipped `{module}`: layer {layer} is not in layers_to_transform {layers:?}, so PEFT does not apply it either"
+                ));
+                continue;
+            }
+        }
+        let configured = cfg.rank_for(&module);
+        if configured.is_some_and(|r| r != 0 && r != rank) {
+            out.problems.push(problem(
+                &ta.key,
+                format!(
+                    "tensor rank {rank} differs from the configured rank {} (r / rank_pattern), so the scale alpha/r would be wrong",
+                    configured.unwrap_or(0)
+                ),
+                "fix `r` or `rank_pattern` in adapter_config.json to the rank the adapter was trained with",
+            ));
+            continue;
+        }
+        let alpha = cfg.alpha_for(&module).unwrap_or(f64::NAN);
+        out.modules.push(LoraModule {
+            scale: cfg.scale(rank, alpha),
+            path: module,
+            site,
+            embedding,
+            a,
+            b,
+            rank,
+            in_features,
+            out_features,
+            alpha,
+        });
+    }
+    out
+}
+
+/// `inspect`'s view of an adapter: everything a user wants to know before using it.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub adapter: PathBuf,
+    pub config_file: PathBuf,
+    pub weights_file: PathBuf,
+    pub file_size: u64,
+    pub peft_type: Option<String>,
+    pub task_type: Option<String>,
+    pub peft_version: Option<String>,
+    pub base_model: Option<String>,
+    pub r: Option<u64>,
+    pub lora_alpha: Option<f64>,
+    pub use_rslora: bool,
+    pub use_dora: bool,
+    pub fan_in_fan_out: bool,
+    pub rank_pattern: BTreeMap<String, u64>,
+    pub alpha_pattern: BTreeMap<String, f64>,
+    pub target_modules: Option<Json>,
+    /// One entry per module name and (rank, alpha): e.g. q_proj over layers 0-31 at rank 16.
+    pub modules: Vec<ModuleGroup>,
+    pub layers: Vec<u32>,
+    pub tensor_count: usize,
+    pub parameter_count: u64,
+    /// dtype name -> tensor count.
+    pub dtypes: BTreeMap<String, usize>,
+    pub convertible: bool,
+    pub problems: Vec<Problem>,
+    pub notices: Vec<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ModuleGroup {
+    /// `q_proj`, `embed_tokens`, `lm_head`.
+    pub module: String,
+    pub layers: Vec<u32>,
+    pub rank: u64,
+    pub alpha: f64,
+    pub scale: f64,
+}
+
+impl Report {
+    pub fn new(adapter: &Adapter, analysis: &Analysis) -> Self {
+        let cfg = &adapter.config;
+        let mut groups: BTreeMap<(String, u64, u64), ModuleGroup> = BTreeMap::new();
+        let mut layers = std::collections::BTreeSet::new();
+        for m in &analysis.modules {
+            let (name, layer) = match &m.site {
+                Site::Layer { layer, module } => (module.clone(), Some(*layer)),
+                Site::Embedding => ("embed_tokens".to_string(), None),
+                Site::Output => ("lm_head".to_string(), None),
+            };
+            let g = groups.entry((name.clone(), m.rank, m.alpha.to_bits())).or_insert_with(|| ModuleGroup {
+                module: name,
+                layers: vec![],
+                rank: m.rank,
+                alpha: m.alpha,
+                scale: m.scale,
+            });
+            if let Some(l) = layer {
+                g.layers.push(l);
+                layers.insert(l);
+            }
+        }
+        let mut dtypes = BTreeMap::new();
+        for t in &adapter.tensors {
+            *dtypes.entry(format!("{:?}", t.dtype)).or_insert(0) += 1;
+        }
+        Report {
+            adapter: adapter.path.clone(),
+            config_file: adapter.config_path.clone(),
+            weights_file: adapter.weights_path.clone(),
+            file_size: adapter.file_size,
+            peft_type: cfg.peft_type.clone(),
+            task_type: cfg.task_type.clone(),
+            peft_version: cfg.peft_version.clone(),
+            base_model: cfg.base_model_name_or_path.clone(),
+            r: cfg.r,
+            lora_alpha: cfg.lora_alpha,
+            use_rslora: cfg.use_rslora,
+            use_dora: cfg.use_dora,
+            fan_in_fan_out: cfg.fan_in_fan_out,
+            rank_pattern: cfg.rank_pattern.iter().cloned().collect(),
+            alpha_pattern: cfg.alpha_pattern.iter().cloned().collect(),
+            target_modules: cfg.target_modules.clone(),
+            modules: groups.into_values().collect(),
+            layers: layers.into_iter().collect(),
+            tensor_count: adapter.tensors.len(),
+            parameter_count: adapter.tensors.iter().map(|t| t.len() as u64).sum(),
+            dtypes,
+            convertible: analysis.problems.is_empty() && !analysis.modules.is_empty(),
+            problems: analysis.problems.clone(),
+            notices: analysis.notices.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_with_and_without_adapter_name() {
+        let k = parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+        assert_eq!(
+            k,
+            KeyKind::Lora { module: "model.layers.0.self_attn.q_proj".into(), half: Half::A, embedding: false, adapter_name: None }
+        );
+        let k = parse_key("base_model.model.model.layers.0.mlp.down_proj.lora_B.default.weight");
+        assert_eq!(
+            k,
+            KeyKind::Lora {
+                module: "model.layers.0.mlp.down_proj".into(),
+                half: Half::B,
+                embedding: false,
+                adapter_name: Some("default".into())
+            }
+        );
+        let k = parse_key("base_model.model.model.embed_tokens.lora_embedding_A");
+        assert_eq!(k, KeyKind::Lora { module: "model.embed_tokens".into(), half: Half::A, embedding: true, adapter_name: None });
+        assert_eq!(
+            parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"),
+            KeyKind::Dora { module: "model.layers.0.self_attn.q_proj".into() }
+        );
+        assert_eq!(
+            parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias"),
+            KeyKind::LoraBias { module: "model.layers.0.self_attn.q_proj".into() }
+        );
+        assert_eq!(parse_key("base_model.model.lm_head.weight"), KeyKind::Full);
+    }
+
+    fn cfg(json: &str) -> LoraConfig {
+        LoraConfig::parse(Path::new("adapter_config.json"), json).unwrap()
+    }
+
+    #[test]
+    fn scale_rules_follow_peft() {
+        let c = cfg(r#"{"peft_type":"LORA","r":16,"lora_alpha":32}"#);
+        assert_eq!(c.scale(16, 32.0), 2.0);
+        let c = cfg(r#"{"peft_type":"LORA","r":16,"lora_alpha":32,"use_rslora":true}"#);
+        assert_eq!(c.scale(16, 32.0), 8.0);
+        let c = cfg(
+            r#"{"peft_type":"LORA","r":8,"lora_alpha":16,
+                "rank_pattern":{"model.layers.0.self_attn.q_proj":4,"v_proj":2},
+                "alpha_pattern":{"layers.1.mlp.down_proj":64}}"#,
+        );
+        assert_eq!(c.rank_for("model.layers.0.self_attn.q_proj"), Some(4));
+        assert_eq!(c.rank_for("model.layers.10.self_attn.q_proj"), Some(8), "layers.10 must not match layers.0 patterns");
+        assert_eq!(c.rank_for("model.layers.3.self_attn.v_proj"), Some(2));
+        // A pattern matches at a dot boundary only: `v_proj` does not match `xv_proj`.
+        assert_eq!(c.rank_for("model.layers.3.self_attn.xv_proj"), Some(8));
+        assert_eq!(c.alpha_for("model.layers.1.mlp.down_proj"), Some(64.0));
+        assert_eq!(c.alpha_for("model.layers.11.mlp.down_proj"), Some(16.0));
+    }
+
+    #[test]
+    fn hub_ids_from_base_model_field() {
+        assert_eq!(hub_repo_id("meta-llama/Llama-3.2-1B").as_deref(), Some("meta-llama/Llama-3.2-1B"));
+        assert_eq!(
+            hub_repo_id("/content/llama3_model/models--meta-llama--Meta-Llama-3-8B/snapshots/8cde5ca8").as_deref(),
+            Some("meta-llama/Meta-Llama-3-8B")
+        );
+        assert_eq!(hub_repo_id("/content/drive/base"), None);
+        assert_eq!(hub_repo_id("./outputs"), None);
+        assert_eq!(hub_repo_id("gpt2"), None);
+        assert_eq!(hub_cache_repo("/home/u/my-adapter/adapter_config.json"), None);
+    }
+
+    #[test]
+    fn foreign_configs_are_named() {
+        let p = Path::new("adapter_config.json");
+        let e = LoraConfig::parse(p, r#"{"model_type":"llama","hidden_size":1}"#).unwrap_err().to_string();
+        assert!(e.contains("transformers model config.json"), "{e}");
+        let e = LoraConfig::parse(p, r#"{"lora_parameters":{"rank":8}}"#).unwrap_err().to_string();
+        assert!(e.contains("MLX-LM"), "{e}");
+        let e = LoraConfig::parse(p, r#"{"peft_type":"LORA","r":"eight"}"#).unwrap_err().to_string();
+        assert!(e.contains("field `r` must be a non-negative integer"), "{e}");
+        let e = LoraConfig::parse(p, "{\"peft_type\": \"LORA\",").unwrap_err().to_string();
+        assert!(e.contains("not valid JSON"), "{e}");
+    }
+}

@@ -1,0 +1,18 @@
+//! How the library reports progress without printing: the CLI implements [`Progress`] with
+//! indicatif; tests and library users pass [`Silent`].
+
+pub trait Progress: Sync {
+    /// A new stage that will process `total` units (bytes, for conversions).
+    fn stage(&self, _name: &str, _total: u64) {}
+    /// `n` more units of the current stage are done.
+    fn advance(&self, _n: u64) {}
+    /// Something the user should read even when all goes well (a tensor kept in f32, a skipped tensor).
+    fn notice(&self, _msg: &str) {}
+    /// The current stage is over.
+    fn finish(&self) {}
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Progress for Silent {}
