@@ -503,18 +503,24 @@ fn analyze(adapter: &Adapter) -> Analysis {
     let merge_hint = "merge it with PEFT (merge_and_unload) and convert the merged model, or retrain without it";
     match cfg.peft_type.as_deref() {
         Some("LORA") => {}
-        other => out.problems.push(problem(
+        other => {
+            out.problems.push(problem(
             "peft_type",
             format!(
                 "peft_type is {}, and only LORA adapters have a GGUF form",
                 other.map_or_else(|| "missing".to_string(), |t| format!("`{t}`"))
             ),
-            if other == Some("ADALORA") {
-                "an AdaLoRA adapter can be merged with PEFT (merge_and_unload) and the merged model converted"
-            } else {
-                "llama.cpp and Ollama apply LoRA adapters only; merge this adapter with PEFT and convert the merged model"
+            match other {
+                Some("PROMPT_TUNING" | "PREFIX_TUNING" | "P_TUNING" | "MULTITASK_PROMPT_TUNING" | "CPT") => {
+                    "soft prompts are extra inputs, not weight changes: llama.cpp and Ollama cannot apply them; retrain as LoRA"
+                }
+                None => "this config does not say what kind of adapter it is; PEFT LoRA configs have \"peft_type\": \"LORA\"",
+                _ => "llama.cpp and Ollama apply LoRA adapters only; merge this adapter into the base with PEFT (merge_and_unload) and convert the merged model",
             },
-        )),
+            ));
+            // Nothing else about a non-LoRA adapter matters to a LoRA conversion.
+            return out;
+        }
     }
     if cfg.r.is_none_or(|r| r == 0) {
         out.problems.push(problem("r", "the rank `r` is missing or zero", "the config must say the rank PEFT trained with"));
@@ -618,7 +624,7 @@ fn analyze(adapter: &Adapter) -> Analysis {
         let Some(site) = arch::site_of(&module) else {
             out.problems.push(problem(
                 &ta.key,
-                format!("LoRA on `{module}`, which is not a layer of a supported decoder (attention/MLP projections, embed_tokens, lm_head)"),
+                "LoRA on a module that is not part of a supported decoder (layers.N.self_attn.*, layers.N.mlp.*, embed_tokens, lm_head)",
                 format!("ollama-tools converts adapters for: {}", arch::supported_list()),
             ));
             continue;
@@ -657,7 +663,42 @@ fn analyze(adapter: &Adapter) -> Analysis {
             alpha,
         });
     }
+    if cfg.fan_in_fan_out && !out.modules.is_empty() {
+        out.notices.push(
+            "fan_in_fan_out is true, but it only concerns GPT-2 style Conv1D layers: PEFT ignores it on the Linear \
+             layers of these models, and so does the conversion (lora_A/lora_B are stored [r, in] / [out, r] either way)"
+                .into(),
+        );
+    }
+    out.problems = group_problems(std::mem::take(&mut out.problems));
     out
+}
+
+/// Merges problems with the same reason into one entry naming a few of the tensors, so a GPT-2
+/// adapter yields one line, not 36.
+fn group_problems(problems: Vec<Problem>) -> Vec<Problem> {
+    const SHOWN: usize = 3;
+    let mut grouped: Vec<(Problem, usize)> = Vec::new();
+    for p in problems {
+        match grouped.iter_mut().find(|(q, _)| q.why == p.why && q.hint == p.hint) {
+            Some((q, n)) => {
+                *n += 1;
+                if *n <= SHOWN {
+                    q.subject = format!("{}, {}", q.subject, p.subject);
+                }
+            }
+            None => grouped.push((p, 1)),
+        }
+    }
+    grouped
+        .into_iter()
+        .map(|(mut p, n)| {
+            if n > SHOWN {
+                p.subject = format!("{} and {} more", p.subject, n - SHOWN);
+            }
+            p
+        })
+        .collect()
 }
 
 /// `inspect`'s view of an adapter: everything a user wants to know before using it.
