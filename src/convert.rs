@@ -192,6 +192,17 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
             Error::refused(&first.weights_path, format!("`{key_a}` maps to `{name}`, which the base model {} does not have", base.source.display()), hint)
         })?;
         let embedding = matches!(site, Site::Embedding);
+        if embedding && !base.tensors.contains_key("output.weight") {
+            // Measured in llama.cpp (tests/interop): with tied embeddings the output projection *is*
+            // token_embd.weight, so the loader applies this LoRA there too, in a layout that aborts
+            // the process (GGML_ASSERT(ggml_can_mul_mat)). PEFT changes only the input embedding.
+            return Err(Error::refused(
+                &first.weights_path,
+                format!("`{key_a}` is an embedding LoRA, and the base ties its output projection to the token embeddings"),
+                "llama.cpp would apply it to the output projection too and abort; retrain without embed_tokens in \
+                 target_modules, or merge the adapter into the base weights with PEFT (merge_and_unload)",
+            ));
+        }
         for (i, m) in mods {
             // llama.cpp's shape checks, done here so a wrong base fails before anything is written.
             let want = if embedding { [m.out_features, m.in_features] } else { [m.in_features, m.out_features] };
@@ -285,21 +296,14 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
     // Pass 1: statistics, so bad values are refused and tensor types fixed before anything is written.
     let total_bytes: u64 = tensors.iter().flat_map(|t| &t.parts).map(|p| src(inputs, p).1.byte_len() as u64).sum();
     progress.stage("checking", total_bytes);
-    let mut buf = Vec::new();
-    for t in &mut tensors {
+    let part_stats = scan(inputs, &tensors, progress)?;
+    progress.finish();
+    for (t, stats) in tensors.iter_mut().zip(part_stats) {
         let (mut max_abs, mut sum_sq, mut count) = (0f64, 0f64, 0usize);
-        for p in &t.parts {
-            let (adapter, raw) = src(inputs, p);
-            adapter.read_f32(raw, &mut buf);
-            let (m, s) = stats(&buf).ok_or_else(|| {
-                Error::invalid(&adapter.weights_path, format!("tensor `{}` holds NaN or infinite values", raw.key))
-                    .with_hint("the training diverged or the file is damaged; use an earlier checkpoint")
-            })?;
-            adapter.release(raw);
-            progress.advance(raw.byte_len() as u64);
-            max_abs = max_abs.max(m * p.factor.abs());
-            sum_sq += s * p.factor * p.factor;
-            count += buf.len();
+        for (p, s) in t.parts.iter().zip(stats) {
+            max_abs = max_abs.max(s.max_abs * p.factor.abs());
+            sum_sq += s.sum_sq * p.factor * p.factor;
+            count += s.count;
         }
         if !max_abs.is_finite() || max_abs > f64::from(f32::MAX) {
             return Err(Error::Refused {
@@ -330,7 +334,6 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
             OutType::Auto => GgmlType::F16,
         };
     }
-    progress.finish();
 
     let kvs = metadata(inputs, base, opts, alpha, &tensors);
     let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
@@ -343,24 +346,44 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
     let io_err = |e| Error::io(tmp.path(), e);
     let mut writer = gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), &kvs, &specs).map_err(io_err)?;
 
-    // Pass 2: write.
+    // Pass 2: workers assemble and encode tensors (round-robin, at most one finished tensor waiting
+    // per worker, so memory stays at a few tensors); this thread writes them in table order.
     progress.stage("writing", total_bytes);
-    let mut out_f32 = Vec::new();
-    let mut out_bytes = Vec::new();
-    for t in &tensors {
-        if let Some(bytes) = passthrough(inputs, t) {
-            writer.write_tensor(bytes).map_err(io_err)?;
-        } else {
-            assemble(inputs, t, &mut buf, &mut out_f32);
-            encode(&out_f32, t.spec.ty, &mut out_bytes);
-            writer.write_tensor(&out_bytes).map_err(io_err)?;
+    let workers = worker_count(tensors.len());
+    std::thread::scope(|scope| -> Result<()> {
+        let mut queues = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Encoded>(1);
+            queues.push(rx);
+            let tensors = &tensors;
+            scope.spawn(move || {
+                let (mut buf, mut assembled) = (Vec::new(), Vec::new());
+                for t in tensors.iter().skip(w).step_by(workers) {
+                    let data = match passthrough(inputs, t) {
+                        Some(bytes) => Encoded::Source(bytes),
+                        None => {
+                            assemble(inputs, t, &mut buf, &mut assembled);
+                            encode(std::mem::take(&mut assembled), t.spec.ty)
+                        }
+                    };
+                    // The writer stopped (an error): nothing more to do.
+                    if tx.send(data).is_err() {
+                        return;
+                    }
+                }
+            });
         }
-        for p in &t.parts {
-            let (adapter, raw) = src(inputs, p);
-            adapter.release(raw);
-            progress.advance(raw.byte_len() as u64);
+        for (i, t) in tensors.iter().enumerate() {
+            let data = queues[i % workers].recv().expect("conversion worker panicked");
+            writer.write_tensor(data.bytes()).map_err(io_err)?;
+            for p in &t.parts {
+                let (adapter, raw) = src(inputs, p);
+                adapter.release(raw);
+                progress.advance(raw.byte_len() as u64);
+            }
         }
-    }
+        Ok(())
+    })?;
     writer.finish().map_err(io_err)?;
     progress.finish();
     let bytes = tmp.as_file().metadata().map_err(io_err)?.len();
@@ -389,20 +412,90 @@ fn src<'a>(inputs: &'a [Input], p: &Part) -> (&'a Adapter, &'a RawTensor) {
     (adapter, &adapter.tensors[p.tensor])
 }
 
-/// Max |x| and sum of squares, or `None` if any value is not finite.
-fn stats(values: &[f32]) -> Option<(f64, f64)> {
-    let (mut max, mut sum) = (0f32, 0f64);
-    let mut finite = true;
-    for chunk in values.chunks(4096) {
-        let mut s = 0f32;
-        for &v in chunk {
-            finite &= v.is_finite();
-            max = max.max(v.abs());
-            s += v * v;
+/// What pass 1 learns about one source tensor.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stats {
+    max_abs: f64,
+    sum_sq: f64,
+    count: usize,
+}
+
+/// How many threads to convert with: the machine's cores, but no more than there is work.
+fn worker_count(jobs: usize) -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, jobs.max(1))
+}
+
+/// Statistics of every part of every output tensor, computed on all cores; refuses non-finite values.
+fn scan(inputs: &[Input], tensors: &[OutTensor], progress: &dyn Progress) -> Result<Vec<Vec<Stats>>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = worker_count(tensors.len());
+    let results: Vec<Result<Vec<(usize, Vec<Stats>)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut buf = Vec::new();
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(t) = tensors.get(i) else { return Ok(done) };
+                        let mut per_part = Vec::with_capacity(t.parts.len());
+                        for p in &t.parts {
+                            let (adapter, raw) = src(inputs, p);
+                            adapter.read_f32(raw, &mut buf);
+                            let s = stats(&buf).ok_or_else(|| {
+                                Error::invalid(&adapter.weights_path, format!("tensor `{}` holds NaN or infinite values", raw.key))
+                                    .with_hint("the training diverged or the file is damaged; use an earlier checkpoint")
+                            })?;
+                            adapter.release(raw);
+                            progress.advance(raw.byte_len() as u64);
+                            per_part.push(s);
+                        }
+                        done.push((i, per_part));
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("scan worker panicked")).collect()
+    });
+    let mut out = vec![Vec::new(); tensors.len()];
+    for r in results {
+        for (i, s) in r? {
+            out[i] = s;
         }
-        sum += f64::from(s);
     }
-    finite.then_some((f64::from(max), sum))
+    Ok(out)
+}
+
+/// Max |x| and sum of squares, or `None` if any value is not finite. Eight independent lanes let the
+/// compiler vectorise; a NaN poisons the sum and an infinity the maximum, so one check at the end
+/// suffices (with an exact recount when only the sum overflowed).
+fn stats(values: &[f32]) -> Option<Stats> {
+    const LANES: usize = 8;
+    let (mut max, mut sum) = ([0f32; LANES], 0f64);
+    for chunk in values.chunks(4096) {
+        let mut sq = [0f32; LANES];
+        let mut lanes = chunk.chunks_exact(LANES);
+        for c in &mut lanes {
+            for i in 0..LANES {
+                let a = c[i].abs();
+                max[i] = if a > max[i] { a } else { max[i] };
+                sq[i] += c[i] * c[i];
+            }
+        }
+        for &v in lanes.remainder() {
+            max[0] = max[0].max(v.abs());
+            sq[0] += v * v;
+        }
+        sum += sq.iter().map(|&x| f64::from(x)).sum::<f64>();
+    }
+    let max_abs = f64::from(max.iter().fold(0f32, |m, &x| m.max(x)));
+    if !(sum.is_finite() && max_abs.is_finite()) {
+        if !values.iter().all(|v| v.is_finite()) {
+            return None;
+        }
+        sum = values.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    }
+    Some(Stats { max_abs, sum_sq: sum, count: values.len() })
 }
 
 /// The source bytes themselves when the output tensor is exactly one unmodified source tensor of the
@@ -451,20 +544,39 @@ fn assemble(inputs: &[Input], t: &OutTensor, buf: &mut Vec<f32>, out: &mut Vec<f
     }
 }
 
-/// Encodes f32 values as the output type's little-endian bytes.
-fn encode(values: &[f32], ty: GgmlType, out: &mut Vec<u8>) {
-    out.clear();
+/// A tensor's bytes, ready to write.
+enum Encoded<'a> {
+    /// Unchanged from the adapter file.
+    Source(&'a [u8]),
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl Encoded<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Encoded::Source(b) => b,
+            Encoded::F32(v) => bytemuck::cast_slice(v),
+            Encoded::F16(v) => bytemuck::cast_slice(v),
+            Encoded::BF16(v) => bytemuck::cast_slice(v),
+        }
+    }
+}
+
+/// Rounds f32 values to the output type (round to nearest even).
+fn encode(values: Vec<f32>, ty: GgmlType) -> Encoded<'static> {
     match ty {
-        GgmlType::F32 => out.extend_from_slice(bytemuck::cast_slice(values)),
+        GgmlType::F32 => Encoded::F32(values),
         GgmlType::F16 => {
             let mut h = vec![f16::ZERO; values.len()];
-            h.convert_from_f32_slice(values);
-            out.extend_from_slice(bytemuck::cast_slice(&h));
+            h.convert_from_f32_slice(&values);
+            Encoded::F16(h)
         }
         GgmlType::BF16 => {
             let mut h = vec![bf16::ZERO; values.len()];
-            h.convert_from_f32_slice(values);
-            out.extend_from_slice(bytemuck::cast_slice(&h));
+            h.convert_from_f32_slice(&values);
+            Encoded::BF16(h)
         }
         other => unreachable!("convert writes F32/F16/BF16 only, not {other}"),
     }

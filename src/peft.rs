@@ -399,13 +399,25 @@ impl Adapter {
 
     /// Reads a tensor as f32 into `out` (cleared first).
     pub fn read_f32(&self, t: &RawTensor, out: &mut Vec<f32>) {
+        use half::slice::HalfFloatSliceExt;
         let bytes = self.bytes(t);
         out.clear();
-        out.reserve(t.len());
+        out.resize(t.len(), 0.0);
+        // Slice conversions (SIMD in `half`) when the data is aligned, as safetensors writers align it;
+        // element by element otherwise.
         match t.dtype {
-            Dtype::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-            Dtype::F16 => out.extend(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
-            Dtype::BF16 => out.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+            Dtype::F32 => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+                Ok(src) => out.copy_from_slice(src),
+                Err(_) => out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            },
+            Dtype::F16 => match bytemuck::try_cast_slice::<u8, half::f16>(bytes) {
+                Ok(src) => src.convert_to_f32_slice(out),
+                Err(_) => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(d, b)| *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+            },
+            Dtype::BF16 => match bytemuck::try_cast_slice::<u8, half::bf16>(bytes) {
+                Ok(src) => src.convert_to_f32_slice(out),
+                Err(_) => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(d, b)| *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            },
             other => unreachable!("analyze() refuses dtype {other:?}"),
         }
     }

@@ -109,6 +109,17 @@ fn lm_head_on_a_base_with_tied_embeddings() {
 }
 
 #[test]
+fn embedding_lora_on_a_base_with_tied_embeddings() {
+    let d = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(2);
+    adapter(d.path(), cfg(json!({"target_modules": ["embed_tokens"]})), vec![
+        t("base_model.model.model.embed_tokens.lora_embedding_A", &[2, 40], rng.vec(80, 0.3)),
+        t("base_model.model.model.embed_tokens.lora_embedding_B", &[32, 2], rng.vec(64, 0.3)),
+    ]);
+    refused(d.path(), "llama", Dims { tied: true, ..TINY }, &["embedding LoRA", "ties its output projection", "embed_tokens"]);
+}
+
+#[test]
 fn unsupported_base_architecture_lists_supported() {
     let d = tempfile::tempdir().unwrap();
     adapter(d.path(), cfg(json!({})), pair(0, "q_proj", 2));
