@@ -682,6 +682,7 @@ fn analyze(adapter: &Adapter) -> Analysis {
                 .into(),
         );
     }
+    out.modules.sort_by(|a, b| a.site.cmp(&b.site));
     out.problems = group_problems(std::mem::take(&mut out.problems));
     out
 }
