@@ -12,12 +12,15 @@
 # Environment:
 #   OLLAMA_TOOLS_BIN  binary to benchmark (default: build with `cargo build --release`)
 #   BENCH_RUNS        timed runs per command (default 7, at least 5)
+#   BENCH_LAYERS      decoder layers of the generated adapter (default 32, Llama-3.1-8B; 96 makes a
+#                     1 GB adapter, to see that peak memory does not grow with the adapter)
 #   BENCH_NO_HYPERFINE=1  time with a bash loop even if hyperfine is installed
 #   PYTHON            python with numpy + safetensors (default tests/interop/.venv/bin/python, created if missing)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-WORK=${1:-${BENCH_DIR:-$ROOT/target/bench}}
+export BENCH_LAYERS=${BENCH_LAYERS:-32}
+WORK=${1:-${BENCH_DIR:-$ROOT/target/bench$([[ $BENCH_LAYERS == 32 ]] || echo "-L$BENCH_LAYERS")}}
 RUNS=${BENCH_RUNS:-7}
 (( RUNS >= 5 )) || RUNS=5
 mkdir -p "$WORK"
@@ -64,7 +67,8 @@ adapter, base = os.path.join(work, "adapter"), os.path.join(work, "base")
 os.makedirs(adapter, exist_ok=True)
 os.makedirs(base, exist_ok=True)
 
-L, H, NH, NKV, HD, FFN, VOCAB, R = 32, 4096, 32, 8, 128, 14336, 128256, 64
+L = int(os.environ["BENCH_LAYERS"])
+H, NH, NKV, HD, FFN, VOCAB, R = 4096, 32, 8, 128, 14336, 128256, 64
 KV = NKV * HD
 modules = [  # (prefix, name, in, out)
     ("self_attn", "q_proj", H, NH * HD), ("self_attn", "k_proj", H, KV), ("self_attn", "v_proj", H, KV),
@@ -194,7 +198,7 @@ LARGEST=$((14336 * 64))
 echo
 echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
 echo "Binary:  $BIN ($("$BIN" --version 2>/dev/null || echo '?'))"
-echo "Input:   $WEIGHTS ($IN_BYTES bytes = $IN_MB MB, 448 BF16 tensors, Llama-3.1-8B shape, r=64)"
+echo "Input:   $WEIGHTS ($IN_BYTES bytes = $IN_MB MB, $((BENCH_LAYERS * 14)) BF16 tensors, Llama-3.1-8B layer shapes x $BENCH_LAYERS layers, r=64)"
 echo "Output:  f16 $(stat -c %s "$OUT") bytes, bf16 $(stat -c %s "$OUT_BF16") bytes"
 echo "Largest tensor (mlp lora_B / down_proj lora_A, 14336x64): $(awk -v n=$LARGEST 'BEGIN { printf "%.2f MiB as BF16 input, %.2f MiB as f32", n * 2 / 1048576, n * 4 / 1048576 }')"
 echo

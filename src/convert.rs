@@ -353,18 +353,16 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
     std::thread::scope(|scope| -> Result<()> {
         let mut queues = Vec::with_capacity(workers);
         for w in 0..workers {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Encoded>(1);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Encoded>>(1);
             queues.push(rx);
             let tensors = &tensors;
             scope.spawn(move || {
-                let (mut buf, mut assembled) = (Vec::new(), Vec::new());
+                let (mut raw, mut buf, mut assembled) = (Vec::new(), Vec::new(), Vec::new());
                 for t in tensors.iter().skip(w).step_by(workers) {
                     let data = match passthrough(inputs, t) {
-                        Some(bytes) => Encoded::Source(bytes),
-                        None => {
-                            assemble(inputs, t, &mut buf, &mut assembled);
-                            encode(std::mem::take(&mut assembled), t.spec.ty)
-                        }
+                        Some((adapter, src)) => adapter.read_raw(src, &mut raw).map(|()| Encoded::Raw(std::mem::take(&mut raw))),
+                        None => assemble(inputs, t, &mut raw, &mut buf, &mut assembled)
+                            .map(|()| encode(std::mem::take(&mut assembled), t.spec.ty)),
                     };
                     // The writer stopped (an error): nothing more to do.
                     if tx.send(data).is_err() {
@@ -374,13 +372,9 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
             });
         }
         for (i, t) in tensors.iter().enumerate() {
-            let data = queues[i % workers].recv().expect("conversion worker panicked");
+            let data = queues[i % workers].recv().expect("conversion worker panicked")?;
             writer.write_tensor(data.bytes()).map_err(io_err)?;
-            for p in &t.parts {
-                let (adapter, raw) = src(inputs, p);
-                adapter.release(raw);
-                progress.advance(raw.byte_len() as u64);
-            }
+            progress.advance(t.parts.iter().map(|p| src(inputs, p).1.byte_len() as u64).sum());
         }
         Ok(())
     })?;
@@ -433,7 +427,7 @@ fn scan(inputs: &[Input], tensors: &[OutTensor], progress: &dyn Progress) -> Res
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut buf = Vec::new();
+                    let (mut raw_buf, mut buf) = (Vec::new(), Vec::new());
                     let mut done = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -441,12 +435,11 @@ fn scan(inputs: &[Input], tensors: &[OutTensor], progress: &dyn Progress) -> Res
                         let mut per_part = Vec::with_capacity(t.parts.len());
                         for p in &t.parts {
                             let (adapter, raw) = src(inputs, p);
-                            adapter.read_f32(raw, &mut buf);
+                            adapter.read_f32(raw, &mut raw_buf, &mut buf)?;
                             let s = stats(&buf).ok_or_else(|| {
                                 Error::invalid(&adapter.weights_path, format!("tensor `{}` holds NaN or infinite values", raw.key))
                                     .with_hint("the training diverged or the file is damaged; use an earlier checkpoint")
                             })?;
-                            adapter.release(raw);
                             progress.advance(raw.byte_len() as u64);
                             per_part.push(s);
                         }
@@ -498,26 +491,26 @@ fn stats(values: &[f32]) -> Option<Stats> {
     Some(Stats { max_abs, sum_sq: sum, count: values.len() })
 }
 
-/// The source bytes themselves when the output tensor is exactly one unmodified source tensor of the
+/// The source tensor itself when the output tensor is exactly one unmodified source tensor of the
 /// same type: the common case, written without touching the values.
-fn passthrough<'a>(inputs: &'a [Input], t: &OutTensor) -> Option<&'a [u8]> {
+fn passthrough<'a>(inputs: &'a [Input], t: &OutTensor) -> Option<(&'a Adapter, &'a RawTensor)> {
     let [p] = &t.parts[..] else { return None };
     let (adapter, raw) = src(inputs, p);
     let same_type = matches!(
         (raw.dtype, t.spec.ty),
         (Dtype::F32, GgmlType::F32) | (Dtype::F16, GgmlType::F16) | (Dtype::BF16, GgmlType::BF16)
     );
-    (same_type && p.factor == 1.0 && t.row_perm.is_none() && t.layout != Layout::TransposedA).then(|| adapter.bytes(raw))
+    (same_type && p.factor == 1.0 && t.row_perm.is_none() && t.layout != Layout::TransposedA).then_some((adapter, raw))
 }
 
 /// Builds the output tensor in f32 from its parts.
-fn assemble(inputs: &[Input], t: &OutTensor, buf: &mut Vec<f32>, out: &mut Vec<f32>) {
+fn assemble(inputs: &[Input], t: &OutTensor, raw_buf: &mut Vec<u8>, buf: &mut Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
     out.clear();
     out.resize(t.rows * t.cols, 0.0);
     let mut offset = 0;
     for p in &t.parts {
         let (adapter, raw) = src(inputs, p);
-        adapter.read_f32(raw, buf);
+        adapter.read_f32(raw, raw_buf, buf)?;
         let f = p.factor as f32;
         match t.layout {
             Layout::RowsA => out[offset * t.cols..][..buf.len()].copy_from_slice(buf),
@@ -542,21 +535,22 @@ fn assemble(inputs: &[Input], t: &OutTensor, buf: &mut Vec<f32>, out: &mut Vec<f
         }
         offset += p.rank;
     }
+    Ok(())
 }
 
 /// A tensor's bytes, ready to write.
-enum Encoded<'a> {
+enum Encoded {
     /// Unchanged from the adapter file.
-    Source(&'a [u8]),
+    Raw(Vec<u8>),
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
 }
 
-impl Encoded<'_> {
+impl Encoded {
     fn bytes(&self) -> &[u8] {
         match self {
-            Encoded::Source(b) => b,
+            Encoded::Raw(b) => b,
             Encoded::F32(v) => bytemuck::cast_slice(v),
             Encoded::F16(v) => bytemuck::cast_slice(v),
             Encoded::BF16(v) => bytemuck::cast_slice(v),
@@ -565,7 +559,7 @@ impl Encoded<'_> {
 }
 
 /// Rounds f32 values to the output type (round to nearest even).
-fn encode(values: Vec<f32>, ty: GgmlType) -> Encoded<'static> {
+fn encode(values: Vec<f32>, ty: GgmlType) -> Encoded {
     match ty {
         GgmlType::F32 => Encoded::F32(values),
         GgmlType::F16 => {

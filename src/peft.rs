@@ -278,7 +278,9 @@ pub struct Adapter {
     pub metadata: Option<HashMap<String, String>>,
     /// In file order.
     pub tensors: Vec<RawTensor>,
-    mmap: Mmap,
+    /// Tensors are read with positioned reads into the caller's buffers, not through a map: resident
+    /// memory then stays at the buffers whatever the file's size.
+    file: File,
 }
 
 impl std::fmt::Debug for Adapter {
@@ -329,6 +331,26 @@ fn locate(path: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((config, weights))
 }
 
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn safetensors_error(path: &Path, e: safetensors::SafeTensorError, file_size: u64) -> Error {
     use safetensors::SafeTensorError as E;
     let msg = match &e {
@@ -363,11 +385,14 @@ impl Adapter {
             return Err(Error::invalid(&weights_path, "this is a Git LFS pointer, not the weights")
                 .with_hint("run `git lfs pull` in the repository, or download the file from the Hub"));
         }
-        // SAFETY: the map is read-only; like every mmap reader we rely on nobody truncating the file
-        // while we run (if someone does, the process gets SIGBUS rather than reading garbage).
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&weights_path, e))?;
-        let (header_len, meta) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| safetensors_error(&weights_path, e, file_size))?;
+        // The safetensors crate validates a header against the whole file, so it gets a map of the
+        // file; only the header's pages are touched, and the map is gone before any tensor is read.
+        // SAFETY: read-only map, dropped at the end of this statement; a concurrent truncation could
+        // only fault on header pages being parsed.
+        let (header_len, meta) = {
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&weights_path, e))?;
+            SafeTensors::read_metadata(&mmap).map_err(|e| safetensors_error(&weights_path, e, file_size))?
+        };
         let data_start = 8 + header_len;
         let mut tensors: Vec<RawTensor> = meta
             .tensors()
@@ -388,22 +413,26 @@ impl Adapter {
             file_size,
             metadata: meta.metadata().clone(),
             tensors,
-            mmap,
+            file,
         })
     }
 
-    /// The raw little-endian bytes of a tensor.
-    pub fn bytes(&self, t: &RawTensor) -> &[u8] {
-        &self.mmap[t.range.0..t.range.1]
+    /// Reads the raw little-endian bytes of a tensor into `buf` (resized to fit).
+    pub fn read_raw(&self, t: &RawTensor, buf: &mut Vec<u8>) -> Result<()> {
+        buf.resize(t.byte_len(), 0);
+        read_exact_at(&self.file, buf, t.range.0 as u64).map_err(|e| {
+            Error::io(&self.weights_path, std::io::Error::new(e.kind(), format!("reading tensor `{}`: {e}", t.key)))
+        })
     }
 
-    /// Reads a tensor as f32 into `out` (cleared first).
-    pub fn read_f32(&self, t: &RawTensor, out: &mut Vec<f32>) {
+    /// Reads a tensor as f32 into `out`, using `raw` as the read buffer.
+    pub fn read_f32(&self, t: &RawTensor, raw: &mut Vec<u8>, out: &mut Vec<f32>) -> Result<()> {
         use half::slice::HalfFloatSliceExt;
-        let bytes = self.bytes(t);
+        self.read_raw(t, raw)?;
+        let bytes = &raw[..];
         out.clear();
         out.resize(t.len(), 0.0);
-        // Slice conversions (SIMD in `half`) when the data is aligned, as safetensors writers align it;
+        // Slice conversions (SIMD in `half`) when the buffer is aligned, as allocators align it;
         // element by element otherwise.
         match t.dtype {
             Dtype::F32 => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
@@ -420,16 +449,7 @@ impl Adapter {
             },
             other => unreachable!("analyze() refuses dtype {other:?}"),
         }
-    }
-
-    /// Tells the kernel we are done with a tensor's pages, so resident memory stays at about one
-    /// tensor however large the file (the pages stay in the page cache for a second pass).
-    pub fn release(&self, t: &RawTensor) {
-        // SAFETY: the map is a read-only private file mapping: after MADV_DONTNEED the next access
-        // reads the file again, so no data the program can see changes.
-        let _ = unsafe {
-            self.mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, t.range.0, t.range.1 - t.range.0)
-        };
+        Ok(())
     }
 
     /// Pairs lora_A/lora_B tensors into modules with their PEFT scale, and lists every problem.
