@@ -125,6 +125,8 @@ def module_names(arch, cfg: dict, targets) -> list[str]:
                 out.append(full)
     if "embed_tokens" in targets:
         out.append(EMBED)
+    if "lm_head" in targets:
+        out.append("lm_head")
     return out
 
 

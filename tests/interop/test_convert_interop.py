@@ -36,7 +36,7 @@ MIN_ADAPTER_EFFECT = 0.1   # the adapter must move the reference logits at least
 class AdapterSpec:
     r: int = 8
     alpha: float = 16
-    targets: str = "plain"       # plain | attn | all | embed | stack_b (resolved per arch)
+    targets: str = "plain"       # plain | attn | all | embed | lm_head | stack_b (resolved per arch)
     use_rslora: bool = False
     patterns: tuple = ()         # subset of ("rank", "alpha")
     dtype: str = "f32"           # safetensors dtype of A/B
@@ -52,7 +52,7 @@ class Case:
     global_scale: float = 1.0        # what --scale should multiply the effect by
     expect_type: str | None = None   # ggml type all lora tensors must have (--outtype)
     naive_check: bool = False        # show that alpha/r-everywhere would be caught
-    needs_untied: bool = False       # embedding LoRA: only on bases with an lm_head
+    needs_untied: bool = False       # embedding / lm_head LoRA: only on bases with an lm_head
 
 
 CASES = {
@@ -70,6 +70,8 @@ CASES = {
     "default_keys": Case((AdapterSpec(default_keys=True, seed=8),)),
     "embedding": Case((AdapterSpec(targets="embed", seed=9),), needs_untied=True),
     "scale_0.5": Case((AdapterSpec(seed=10),), args=("--scale", "0.5"), global_scale=0.5),
+    "scale_negative": Case((AdapterSpec(seed=15),), args=("--scale", "-1"), global_scale=-1.0),
+    "lm_head": Case((AdapterSpec(targets="lm_head", seed=16),), needs_untied=True),
     "stacked_A1_B0.5": Case((AdapterSpec(r=8, alpha=16, targets="plain", seed=11, cli_weight=1.0),
                              AdapterSpec(r=4, alpha=32, targets="stack_b", seed=12, cli_weight=0.5))),
     "attn_only": Case((AdapterSpec(targets="attn", seed=13),)),
@@ -87,6 +89,8 @@ def resolve_targets(arch, kind: str) -> list[str]:
         return list(arch.LORA_MODULES)
     if kind == "embed":
         return attn[::2] + ["embed_tokens"]
+    if kind == "lm_head":
+        return attn[::2] + ["lm_head"]
     if kind == "stack_b":    # overlaps "plain" on attn[0], adds modules it lacks
         return list(dict.fromkeys([attn[0], attn[-1]] + mlp[:1]))
     raise ValueError(kind)
