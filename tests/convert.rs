@@ -345,6 +345,12 @@ fn inspect_reports_ranks_scales_and_layers_as_json() {
     let q = v["modules"].as_array().unwrap().iter().find(|m| m["module"] == "q_proj").unwrap();
     assert!((q["scale"].as_f64().unwrap() - 16.0 / 8f64.sqrt()).abs() < 1e-12);
     assert_eq!(v["dtypes"], json!({"F32": 28}));
+    // The adapter may be named by either of its files too.
+    for file in ["adapter_config.json", "adapter_model.safetensors"] {
+        let out = bin().args(["inspect", "--json"]).arg(dir.path().join("a").join(file)).assert().success();
+        let w: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        assert_eq!(w["modules"], v["modules"], "{file}");
+    }
     // The text form says the same.
     bin()
         .arg("inspect")
