@@ -41,6 +41,20 @@ pub struct BaseModel {
     pub gguf_path: Option<PathBuf>,
 }
 
+/// transformers' config-class defaults for fields a `config.json` may leave out.
+fn hf_default(arch: &str, key: &str) -> Option<u64> {
+    match (arch, key) {
+        ("gemma" | "gemma2" | "gemma3", "head_dim") => Some(256),
+        ("gemma3", "vocab_size") => Some(262_208),
+        ("gemma3", "hidden_size") => Some(2304),
+        ("gemma3", "intermediate_size") => Some(9216),
+        ("gemma3", "num_hidden_layers") => Some(26),
+        ("gemma3", "num_attention_heads") => Some(8),
+        ("gemma3", "num_key_value_heads") => Some(4),
+        _ => None,
+    }
+}
+
 impl BaseModel {
     /// Reads a base from a GGUF file or from a directory (or file) holding a Hugging Face `config.json`.
     pub fn load(path: &Path) -> Result<Self> {
@@ -77,14 +91,26 @@ impl BaseModel {
                 .with_hint("pass the model the adapter was trained for as --base"));
         }
         let get_u64 = |key: &str| header.get(&format!("{arch}.{key}")).and_then(gguf::Value::as_u64);
-        let need = |key: &str| {
-            get_u64(key).ok_or_else(|| {
-                Error::invalid(path, format!("GGUF metadata `{arch}.{key}` is missing or not a single integer"))
-            })
+        // Head counts may be per-layer arrays (llama.cpp reads either); one value is all we can use.
+        let heads = |key: &str| -> Result<Option<u64>> {
+            let full = format!("{arch}.{key}");
+            let Some(v) = header.get(&full) else { return Ok(None) };
+            let mut values: Vec<Option<u64>> = match v {
+                gguf::Value::Array(_, items) => items.iter().map(gguf::Value::as_u64).collect(),
+                single => vec![single.as_u64()],
+            };
+            values.dedup();
+            match values[..] {
+                [Some(n)] => Ok(Some(n)),
+                _ => Err(Error::invalid(path, format!("GGUF metadata `{full}` is not one head count for all layers ({v:?})"))
+                    .with_hint("models with per-layer head counts are not supported")),
+            }
         };
-        let block_count = need("block_count")?;
-        let head_count = need("attention.head_count")?;
-        let head_count_kv = get_u64("attention.head_count_kv").unwrap_or(head_count);
+        let block_count = get_u64("block_count")
+            .ok_or_else(|| Error::invalid(path, format!("GGUF metadata `{arch}.block_count` is missing or not an integer")))?;
+        let head_count = heads("attention.head_count")?
+            .ok_or_else(|| Error::invalid(path, format!("GGUF metadata `{arch}.attention.head_count` is missing")))?;
+        let head_count_kv = heads("attention.head_count_kv")?.unwrap_or(head_count);
         let tensors: BTreeMap<_, _> =
             header.tensors.iter().map(|t| (t.name.clone(), BaseTensor { ne: t.ne.clone(), ty: Some(t.ty) })).collect();
         let vocab_size = get_u64("vocab_size")
@@ -121,17 +147,29 @@ impl BaseModel {
                 format!("supported: {}", arch::supported_list()),
             )
         })?;
-        let get = |key: &str| cfg.get(key).and_then(Json::as_u64);
-        let need = |key: &str| {
-            get(key).ok_or_else(|| Error::invalid(path, format!("config.json field `{key}` is missing or not an integer")))
+        // A field the config leaves out takes its transformers config-class default where that
+        // default is a number (Gemma 3's text_config omits several); bounds keep a damaged config
+        // from asking for absurd tables.
+        let get = |key: &str, max: u64| -> Result<Option<u64>> {
+            match cfg.get(key).filter(|v| !v.is_null()) {
+                None => Ok(hf_default(arch.name, key)),
+                Some(v) => match v.as_u64() {
+                    Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
+                    _ => Err(Error::invalid(path, format!("config.json field `{key}` must be an integer from 1 to {max}, found {v}"))),
+                },
+            }
         };
-        let hidden = need("hidden_size")?;
-        let n_layer = need("num_hidden_layers")?;
-        let n_head = need("num_attention_heads")?;
-        let n_kv = get("num_key_value_heads").unwrap_or(n_head);
-        let head_dim = get("head_dim").unwrap_or(hidden / n_head.max(1));
-        let ffn = need("intermediate_size")?;
-        let vocab = need("vocab_size")?;
+        let need = |key: &str, max: u64| {
+            get(key, max)?.ok_or_else(|| Error::invalid(path, format!("config.json field `{key}` is missing")))
+        };
+        const DIM: u64 = 1 << 20;
+        let hidden = need("hidden_size", DIM)?;
+        let n_layer = need("num_hidden_layers", 4096)?;
+        let n_head = need("num_attention_heads", 4096)?;
+        let n_kv = get("num_key_value_heads", 4096)?.unwrap_or(n_head);
+        let head_dim = get("head_dim", DIM)?.unwrap_or(hidden / n_head);
+        let ffn = need("intermediate_size", DIM)?;
+        let vocab = need("vocab_size", 1 << 24)?;
         let tied_default = arch.name.starts_with("gemma");
         let tied = cfg
             .get("tie_word_embeddings")
@@ -201,6 +239,60 @@ mod tests {
         assert_eq!(base.tensors["blk.0.ffn_down.weight"].ne, vec![8192, 2048]);
         assert!(!base.tensors.contains_key("output.weight"), "tied embeddings have no output tensor");
         assert!(!base.tensors.contains_key("blk.16.attn_q.weight"));
+    }
+
+    #[test]
+    fn gemma3_text_config_takes_transformers_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        // A multimodal Gemma 3 config whose text_config leaves out what Gemma3TextConfig defaults.
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type":"gemma3","text_config":{"model_type":"gemma3_text","hidden_size":2560,
+                "intermediate_size":10240,"num_hidden_layers":34}}"#,
+        )
+        .unwrap();
+        let base = BaseModel::load(dir.path()).unwrap();
+        assert_eq!((base.arch.as_str(), base.head_count, base.head_count_kv, base.vocab_size), ("gemma3", 8, 4, Some(262_208)));
+        assert_eq!(base.tensors["blk.0.attn_q.weight"].ne, vec![2560, 8 * 256]);
+        assert!(!base.tensors.contains_key("output.weight"), "Gemma ties embeddings by default");
+    }
+
+    #[test]
+    fn absurd_hf_configs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type":"llama","hidden_size":64,"num_hidden_layers":1000000000000,"num_attention_heads":4,
+                "intermediate_size":128,"vocab_size":100}"#,
+        )
+        .unwrap();
+        let err = BaseModel::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("num_hidden_layers") && err.contains("from 1 to 4096"), "{err}");
+    }
+
+    #[test]
+    fn per_layer_head_counts_in_gguf() {
+        use crate::gguf::{TensorSpec, Value, Writer};
+        let write = |kv: Value| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("b.gguf");
+            let kvs = vec![
+                ("general.architecture".to_string(), Value::String("llama".into())),
+                ("llama.block_count".to_string(), Value::U32(2)),
+                ("llama.attention.head_count".to_string(), Value::U32(4)),
+                ("llama.attention.head_count_kv".to_string(), kv),
+            ];
+            let specs = [TensorSpec { name: "token_embd.weight".into(), ne: vec![8, 4], ty: GgmlType::F32 }];
+            let mut w = Writer::new(std::fs::File::create(&path).unwrap(), &kvs, &specs).unwrap();
+            w.write_tensor(&[0u8; 128]).unwrap();
+            w.finish().unwrap();
+            (dir, BaseModel::load(&path))
+        };
+        let (_d, same) = write(Value::Array(4, vec![Value::U32(2), Value::U32(2)]));
+        assert_eq!(same.unwrap().head_count_kv, 2);
+        let (_d, differ) = write(Value::Array(4, vec![Value::U32(2), Value::U32(1)]));
+        let err = differ.unwrap_err().to_string();
+        assert!(err.contains("head_count_kv") && err.contains("not one head count"), "{err}");
     }
 
     #[test]

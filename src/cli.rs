@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -63,8 +64,17 @@ pub enum Command {
     },
 }
 
+/// Set by Ctrl-C; long operations see it through [`Progress::cancelled`], stop, and clean up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
 /// Runs a parsed command line; errors are printed here, once, with their cause chain.
 pub fn run(cli: Cli) -> ExitCode {
+    // A second Ctrl-C ends the process at once, for whoever does not want to wait for the clean-up.
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
     let result = match cli.command {
         Command::Convert { adapters, base, output, outtype, scale, name, force, json } => {
             let opts = convert::Options { outtype, scale, name, force };
@@ -74,6 +84,10 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.chain().any(|c| matches!(c.downcast_ref(), Some(crate::Error::Cancelled))) => {
+            eprintln!("interrupted; nothing was written");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -179,14 +193,14 @@ fn format_report(r: &Report) -> String {
         s,
         "rank          {}{}",
         r.r.map_or("(not set)".into(), |v| v.to_string()),
-        if r.rank_pattern.is_empty() { String::new() } else { format!("  rank_pattern {:?}", r.rank_pattern) }
+        if r.rank_pattern.is_empty() { String::new() } else { format!("  rank_pattern {}", serde_json::to_string(&r.rank_pattern).unwrap_or_default()) }
     );
     let _ = writeln!(
         s,
         "alpha         {}  scale = {}{}",
         r.lora_alpha.map_or("(not set)".into(), |v| v.to_string()),
         if r.use_rslora { "alpha/sqrt(r) (rsLoRA)" } else { "alpha/r" },
-        if r.alpha_pattern.is_empty() { String::new() } else { format!("  alpha_pattern {:?}", r.alpha_pattern) }
+        if r.alpha_pattern.is_empty() { String::new() } else { format!("  alpha_pattern {}", serde_json::to_string(&r.alpha_pattern).unwrap_or_default()) }
     );
     let targets = match &r.target_modules {
         Some(serde_json::Value::Array(items)) => {
@@ -262,6 +276,9 @@ impl Progress for Bar {
     }
     fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+    fn cancelled(&self) -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
     }
 }
 

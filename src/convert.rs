@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use safetensors::Dtype;
 
-use crate::arch::{self, Site};
+use crate::arch::{self, Arch, Site};
 use crate::base::BaseModel;
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgmlType, TensorSpec, Value};
@@ -153,7 +153,54 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
             format!("supported: {}", arch::supported_list()),
         )
     })?;
+    let mut plan = plan(inputs, base, arch, opts)?;
 
+    // Pass 1: statistics, so bad values are refused and tensor types fixed before anything is written.
+    let total_bytes: u64 = plan.tensors.iter().flat_map(|t| &t.parts).map(|p| src(inputs, p).1.byte_len() as u64).sum();
+    progress.stage("checking", total_bytes);
+    let stats = scan(inputs, &plan.tensors, progress)?;
+    progress.finish();
+    for (t, stats) in plan.tensors.iter_mut().zip(stats) {
+        t.spec.ty = choose_type(t, &stats, opts.outtype, output, &mut plan.notices)?;
+    }
+
+    // Pass 2.
+    progress.stage("writing", total_bytes);
+    let kvs = metadata(inputs, base, opts, plan.alpha, &plan.tensors);
+    let bytes = write(inputs, &plan.tensors, &kvs, output, opts.force, progress)?;
+    progress.finish();
+
+    let mut types = BTreeMap::new();
+    for t in &plan.tensors {
+        *types.entry(t.spec.ty.name()).or_insert(0) += 1;
+    }
+    for n in &plan.notices {
+        progress.notice(n);
+    }
+    Ok(Summary {
+        output: output.to_path_buf(),
+        arch: arch.name.to_string(),
+        alpha: plan.alpha,
+        pairs: plan.tensors.len() / 2,
+        folded: plan.folded,
+        types,
+        bytes,
+        notices: plan.notices,
+    })
+}
+
+/// The output tensors, the file alpha, and what the user should be told, from the headers alone.
+struct Plan {
+    tensors: Vec<OutTensor>,
+    alpha: f32,
+    /// Pairs whose factor was folded into lora_B.
+    folded: usize,
+    notices: Vec<String>,
+}
+
+/// Pairs every adapter's modules with the base's tensors (refusing what llama.cpp would not load),
+/// stacks modules that adapt the same tensor, and folds each part's scale against one file alpha.
+fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Options) -> Result<Plan> {
     let mut notices = Vec::new();
     let mut by_site: BTreeMap<Site, Vec<(usize, LoraModule)>> = BTreeMap::new();
     for (i, input) in inputs.iter().enumerate() {
@@ -172,54 +219,8 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
 
     let mut tensors = Vec::new();
     for (site, mods) in &by_site {
-        let first = &inputs[mods[0].0].adapter;
-        let key_a = &first.tensors[mods[0].1.a].key;
-        let name = arch.tensor_name(site).ok_or_else(|| {
-            Error::refused(
-                &first.weights_path,
-                format!("`{key_a}` adapts `{}`, which the `{}` architecture does not have", mods[0].1.path, arch.name),
-                format!("modules of `{}`: {}", arch.name, arch.layer_modules.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")),
-            )
-        })?;
-        let base_t = base.tensors.get(&name).ok_or_else(|| {
-            let hint = match site {
-                Site::Output => "the base ties its output to the token embeddings, so there is no separate output weight for an lm_head LoRA".to_string(),
-                Site::Layer { layer, .. } if u64::from(*layer) >= base.block_count => {
-                    format!("the base has {} layers; this adapter was trained on a deeper model", base.block_count)
-                }
-                _ => "the adapter was trained for a different model: pass the base it was trained on".to_string(),
-            };
-            Error::refused(&first.weights_path, format!("`{key_a}` maps to `{name}`, which the base model {} does not have", base.source.display()), hint)
-        })?;
+        let name = check_site(inputs, base, arch, site, mods)?;
         let embedding = matches!(site, Site::Embedding);
-        if embedding && !base.tensors.contains_key("output.weight") {
-            // Measured in llama.cpp (tests/interop): with tied embeddings the output projection *is*
-            // token_embd.weight, so the loader applies this LoRA there too, in a layout that aborts
-            // the process (GGML_ASSERT(ggml_can_mul_mat)). PEFT changes only the input embedding.
-            return Err(Error::refused(
-                &first.weights_path,
-                format!("`{key_a}` is an embedding LoRA, and the base ties its output projection to the token embeddings"),
-                "llama.cpp would apply it to the output projection too and abort; retrain without embed_tokens in \
-                 target_modules, or merge the adapter into the base weights with PEFT (merge_and_unload)",
-            ));
-        }
-        for (i, m) in mods {
-            // llama.cpp's shape checks, done here so a wrong base fails before anything is written.
-            let want = if embedding { [m.out_features, m.in_features] } else { [m.in_features, m.out_features] };
-            if base_t.ne.len() != 2 || base_t.ne[..] != want[..] {
-                return Err(Error::refused(
-                    &inputs[*i].adapter.weights_path,
-                    format!(
-                        "`{}` (lora_A {:?}, lora_B {:?}) needs base tensor `{name}` with ggml shape {want:?}, but the base has {:?}",
-                        inputs[*i].adapter.tensors[m.a].key,
-                        inputs[*i].adapter.tensors[m.a].shape,
-                        inputs[*i].adapter.tensors[m.b].shape,
-                        base_t.ne
-                    ),
-                    "the adapter was trained for another size or family of model: pass the base it was trained on",
-                ));
-            }
-        }
         let total_rank: u64 = mods.iter().map(|(_, m)| m.rank).sum();
         // The factor each part needs so that llama.cpp's alpha/total_rank reproduces it; alpha comes later.
         let parts_b: Vec<Part> = mods
@@ -277,6 +278,13 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
         || tensors.iter().find(|t| t.layout == Layout::ColsB).map_or(1.0, |t| t.parts[0].factor.abs()),
         |(v, _)| *v,
     );
+    // llama.cpp computes alpha / rank in f32: keep alpha well inside f32's normal range.
+    if !(1e-20..=1e20).contains(&alpha_f64) {
+        return Err(Error::Usage(format!(
+            "the adapter's scale works out to alpha = {alpha_f64:e}, which a GGUF adapter's f32 alpha cannot carry reliably; \
+             check lora_alpha / alpha_pattern in adapter_config.json and --scale / the adapter weights"
+        )));
+    }
     let alpha = alpha_f64 as f32;
     let mut folded = 0;
     for t in tensors.iter_mut().filter(|t| t.layout == Layout::ColsB) {
@@ -289,79 +297,139 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
             } else {
                 any = true;
             }
+            if !(p.factor.is_finite() && p.factor.abs() < 1e30) {
+                return Err(Error::Usage(format!(
+                    "`{}` needs a scale {:e} times the file's alpha {alpha}: the modules' scales are too far apart to fold; \
+                     check alpha_pattern / rank_pattern and the adapter weights",
+                    t.spec.name, p.factor
+                )));
+            }
         }
         folded += usize::from(any);
     }
+    Ok(Plan { tensors, alpha, folded, notices })
+}
 
-    // Pass 1: statistics, so bad values are refused and tensor types fixed before anything is written.
-    let total_bytes: u64 = tensors.iter().flat_map(|t| &t.parts).map(|p| src(inputs, p).1.byte_len() as u64).sum();
-    progress.stage("checking", total_bytes);
-    let part_stats = scan(inputs, &tensors, progress)?;
-    progress.finish();
-    for (t, stats) in tensors.iter_mut().zip(part_stats) {
-        let (mut max_abs, mut sum_sq, mut count) = (0f64, 0f64, 0usize);
-        for (p, s) in t.parts.iter().zip(stats) {
-            max_abs = max_abs.max(s.max_abs * p.factor.abs());
-            sum_sq += s.sum_sq * p.factor * p.factor;
-            count += s.count;
+/// The base tensor a site's modules adapt, after llama.cpp's own checks: the tensor exists, its
+/// shape fits every module, and an embedding LoRA does not meet a tied output projection.
+fn check_site(inputs: &[Input], base: &BaseModel, arch: &Arch, site: &Site, mods: &[(usize, LoraModule)]) -> Result<String> {
+    let first = &inputs[mods[0].0].adapter;
+    let key_a = &first.tensors[mods[0].1.a].key;
+    let name = arch.tensor_name(site).ok_or_else(|| {
+        Error::refused(
+            &first.weights_path,
+            format!("`{key_a}` adapts `{}`, which the `{}` architecture does not have", mods[0].1.path, arch.name),
+            format!("modules of `{}`: {}", arch.name, arch.layer_modules.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")),
+        )
+    })?;
+    let base_t = base.tensors.get(&name).ok_or_else(|| {
+        let hint = match site {
+            Site::Output => "the base ties its output to the token embeddings, so there is no separate output weight for an lm_head LoRA".to_string(),
+            Site::Layer { layer, .. } if u64::from(*layer) >= base.block_count => {
+                format!("the base has {} layers; this adapter was trained on a deeper model", base.block_count)
+            }
+            _ => "the adapter was trained for a different model: pass the base it was trained on".to_string(),
+        };
+        Error::refused(&first.weights_path, format!("`{key_a}` maps to `{name}`, which the base model {} does not have", base.source.display()), hint)
+    })?;
+    let embedding = matches!(site, Site::Embedding);
+    if embedding && !base.tensors.contains_key("output.weight") {
+        // Measured in llama.cpp (tests/interop): with tied embeddings the output projection *is*
+        // token_embd.weight, so the loader applies this LoRA there too, in a layout that aborts
+        // the process (GGML_ASSERT(ggml_can_mul_mat)). PEFT changes only the input embedding.
+        return Err(Error::refused(
+            &first.weights_path,
+            format!("`{key_a}` is an embedding LoRA, and the base ties its output projection to the token embeddings"),
+            "llama.cpp would apply it to the output projection too and abort; retrain without embed_tokens in \
+             target_modules, or merge the adapter into the base weights with PEFT (merge_and_unload)",
+        ));
+    }
+    for (i, m) in mods {
+        let want = if embedding { [m.out_features, m.in_features] } else { [m.in_features, m.out_features] };
+        if base_t.ne[..] != want[..] {
+            let adapter = &inputs[*i].adapter;
+            return Err(Error::refused(
+                &adapter.weights_path,
+                format!(
+                    "`{}` (lora_A {:?}, lora_B {:?}) needs base tensor `{name}` with ggml shape {want:?}, but the base has {:?}",
+                    adapter.tensors[m.a].key, adapter.tensors[m.a].shape, adapter.tensors[m.b].shape, base_t.ne
+                ),
+                "the adapter was trained for another size or family of model: pass the base it was trained on",
+            ));
         }
-        if !max_abs.is_finite() || max_abs > f64::from(f32::MAX) {
+    }
+    Ok(name)
+}
+
+/// The output type of a tensor, from its parts' statistics (already scaled by nothing: the factors
+/// are applied here).
+fn choose_type(t: &OutTensor, stats: &[Stats], outtype: OutType, output: &Path, notices: &mut Vec<String>) -> Result<GgmlType> {
+    let max_abs = t.parts.iter().zip(stats).map(|(p, s)| s.max_abs * p.factor.abs()).fold(0.0, f64::max);
+    // Judged per part: a stacked part with a tiny weight must not hide behind a large one.
+    let min_rms = t
+        .parts
+        .iter()
+        .zip(stats)
+        .filter(|(_, s)| s.max_abs > 0.0)
+        .map(|(p, s)| (s.sum_sq / s.count.max(1) as f64).sqrt() * p.factor.abs())
+        .fold(f64::INFINITY, f64::min);
+    if !max_abs.is_finite() || max_abs > f64::from(f32::MAX) {
+        return Err(Error::Refused {
+            path: output.to_path_buf(),
+            msg: format!("`{}` would hold values beyond f32 range after scaling", t.spec.name),
+            hint: Some("use a smaller --scale or adapter weight".into()),
+        });
+    }
+    Ok(match outtype {
+        OutType::F32 => GgmlType::F32,
+        OutType::Bf16 => GgmlType::BF16,
+        OutType::F16 if max_abs > F16_MAX => {
             return Err(Error::Refused {
                 path: output.to_path_buf(),
-                msg: format!("`{}` would hold values beyond f32 range after scaling", t.spec.name),
-                hint: Some("use a smaller --scale or adapter weight".into()),
+                msg: format!("`{}` has values up to {max_abs:.4e}, beyond f16's range (65504)", t.spec.name),
+                hint: Some("use --outtype auto (f32 where needed) or --outtype f32".into()),
             });
         }
-        let rms = (sum_sq / count.max(1) as f64).sqrt();
-        t.spec.ty = match opts.outtype {
-            OutType::F32 => GgmlType::F32,
-            OutType::Bf16 => GgmlType::BF16,
-            OutType::F16 if max_abs > F16_MAX => {
-                return Err(Error::Refused {
-                    path: output.to_path_buf(),
-                    msg: format!("`{}` has values up to {max_abs:.4e}, beyond f16's range (65504)", t.spec.name),
-                    hint: Some("use --outtype auto (f32 where needed) or --outtype f32".into()),
-                });
-            }
-            OutType::F16 => GgmlType::F16,
-            OutType::Auto if max_abs > F16_MAX || (max_abs > 0.0 && rms < F16_MIN_NORMAL) => {
-                notices.push(format!(
-                    "`{}` written as f32: its values (max {max_abs:.3e}, rms {rms:.3e}) would not survive f16",
-                    t.spec.name
-                ));
-                GgmlType::F32
-            }
-            OutType::Auto => GgmlType::F16,
-        };
-    }
+        OutType::F16 => GgmlType::F16,
+        OutType::Auto if max_abs > F16_MAX || min_rms < F16_MIN_NORMAL => {
+            notices.push(format!(
+                "`{}` written as f32: its values (max {max_abs:.3e}, rms {min_rms:.3e}) would not survive f16",
+                t.spec.name
+            ));
+            GgmlType::F32
+        }
+        OutType::Auto => GgmlType::F16,
+    })
+}
 
-    let kvs = metadata(inputs, base, opts, alpha, &tensors);
+/// Pass 2: workers assemble and encode tensors (round-robin, at most one finished tensor waiting per
+/// worker, so memory stays at a few tensors); this thread writes them in table order into a
+/// temporary file beside `output`, renamed into place at the end. Returns the file's size.
+fn write(inputs: &[Input], tensors: &[OutTensor], kvs: &[(String, Value)], output: &Path, force: bool, progress: &dyn Progress) -> Result<u64> {
     let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
     let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", output.file_name().map_or("out".into(), |n| n.to_string_lossy())))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
+    let prefix = format!(".{}.", output.file_name().map_or("out".into(), |n| n.to_string_lossy()));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // tempfile creates 0600; an adapter is no secret, and llama.cpp or Ollama may run as another user.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
     let io_err = |e| Error::io(tmp.path(), e);
-    let mut writer = gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), &kvs, &specs).map_err(io_err)?;
+    let mut writer = gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), kvs, &specs).map_err(io_err)?;
 
-    // Pass 2: workers assemble and encode tensors (round-robin, at most one finished tensor waiting
-    // per worker, so memory stays at a few tensors); this thread writes them in table order.
-    progress.stage("writing", total_bytes);
     let workers = worker_count(tensors.len());
     std::thread::scope(|scope| -> Result<()> {
         let mut queues = Vec::with_capacity(workers);
         for w in 0..workers {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Encoded>>(1);
             queues.push(rx);
-            let tensors = &tensors;
             scope.spawn(move || {
-                let (mut raw, mut buf, mut assembled) = (Vec::new(), Vec::new(), Vec::new());
+                let (mut raw, mut halves, mut buf, mut assembled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 for t in tensors.iter().skip(w).step_by(workers) {
                     let data = match passthrough(inputs, t) {
                         Some((adapter, src)) => adapter.read_raw(src, &mut raw).map(|()| Encoded::Raw(std::mem::take(&mut raw))),
-                        None => assemble(inputs, t, &mut raw, &mut buf, &mut assembled)
+                        None => assemble(inputs, t, &mut halves, &mut buf, &mut assembled)
                             .map(|()| encode(std::mem::take(&mut assembled), t.spec.ty)),
                     };
                     // The writer stopped (an error): nothing more to do.
@@ -372,6 +440,9 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
             });
         }
         for (i, t) in tensors.iter().enumerate() {
+            if progress.cancelled() {
+                return Err(Error::Cancelled);
+            }
             let data = queues[i % workers].recv().expect("conversion worker panicked")?;
             writer.write_tensor(data.bytes()).map_err(io_err)?;
             progress.advance(t.parts.iter().map(|p| src(inputs, p).1.byte_len() as u64).sum());
@@ -379,22 +450,13 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
         Ok(())
     })?;
     writer.finish().map_err(io_err)?;
-    progress.finish();
     let bytes = tmp.as_file().metadata().map_err(io_err)?.len();
-    if opts.force {
+    if force {
         tmp.persist(output).map_err(|e| Error::io(output, e.error))?;
     } else {
         tmp.persist_noclobber(output).map_err(|e| Error::io(output, e.error))?;
     }
-
-    let mut types = BTreeMap::new();
-    for t in &tensors {
-        *types.entry(t.spec.ty.name()).or_insert(0) += 1;
-    }
-    for n in &notices {
-        progress.notice(n);
-    }
-    Ok(Summary { output: output.to_path_buf(), arch: arch.name.to_string(), alpha, pairs: tensors.len() / 2, folded, types, bytes, notices })
+    Ok(bytes)
 }
 
 const F16_MAX: f64 = 65504.0;
@@ -427,15 +489,18 @@ fn scan(inputs: &[Input], tensors: &[OutTensor], progress: &dyn Progress) -> Res
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
-                    let (mut raw_buf, mut buf) = (Vec::new(), Vec::new());
+                    let (mut halves, mut buf) = (Vec::new(), Vec::new());
                     let mut done = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(t) = tensors.get(i) else { return Ok(done) };
+                        if progress.cancelled() {
+                            return Err(Error::Cancelled);
+                        }
                         let mut per_part = Vec::with_capacity(t.parts.len());
                         for p in &t.parts {
                             let (adapter, raw) = src(inputs, p);
-                            adapter.read_f32(raw, &mut raw_buf, &mut buf)?;
+                            adapter.read_f32(raw, &mut halves, &mut buf)?;
                             let s = stats(&buf).ok_or_else(|| {
                                 Error::invalid(&adapter.weights_path, format!("tensor `{}` holds NaN or infinite values", raw.key))
                                     .with_hint("the training diverged or the file is damaged; use an earlier checkpoint")
@@ -504,13 +569,13 @@ fn passthrough<'a>(inputs: &'a [Input], t: &OutTensor) -> Option<(&'a Adapter, &
 }
 
 /// Builds the output tensor in f32 from its parts.
-fn assemble(inputs: &[Input], t: &OutTensor, raw_buf: &mut Vec<u8>, buf: &mut Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+fn assemble(inputs: &[Input], t: &OutTensor, halves: &mut Vec<u16>, buf: &mut Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
     out.clear();
     out.resize(t.rows * t.cols, 0.0);
     let mut offset = 0;
     for p in &t.parts {
         let (adapter, raw) = src(inputs, p);
-        adapter.read_f32(raw, raw_buf, buf)?;
+        adapter.read_f32(raw, halves, buf)?;
         let f = p.factor as f32;
         match t.layout {
             Layout::RowsA => out[offset * t.cols..][..buf.len()].copy_from_slice(buf),

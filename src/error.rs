@@ -17,6 +17,9 @@ pub enum Error {
     /// Options that do not fit together.
     #[error("{0}")]
     Usage(String),
+    /// The user interrupted; nothing was left behind.
+    #[error("interrupted; nothing was written")]
+    Cancelled,
 }
 
 fn fmt_hint(hint: &Option<String>) -> String {

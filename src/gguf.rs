@@ -70,8 +70,15 @@ impl GgmlType {
             28 => ("F64", 1, 8),
             29 => ("IQ1_M", 256, 56),
             30 => ("BF16", 1, 2),
+            // Repacked layouts older GGUFs may hold: Q4_0 / IQ4_NL blocks in another order.
+            31 => ("Q4_0_4_4", 32, 18),
+            32 => ("Q4_0_4_8", 32, 18),
+            33 => ("Q4_0_8_8", 32, 18),
             34 => ("TQ1_0", 256, 54),
             35 => ("TQ2_0", 256, 66),
+            36 => ("IQ4_NL_4_4", 32, 18),
+            37 => ("IQ4_NL_4_8", 32, 18),
+            38 => ("IQ4_NL_8_8", 32, 18),
             39 => ("MXFP4", 32, 17),
             _ => return None,
         })
@@ -237,15 +244,16 @@ impl<R: Read> Counting<R> {
     fn u64(&mut self) -> io::Result<u64> {
         Ok(u64::from_le_bytes(self.bytes()?))
     }
-    fn len(&mut self, what: &str) -> io::Result<usize> {
+    /// A count of items of at least `item_size` bytes each, checked against the bytes left in the file.
+    fn len(&mut self, what: &str, item_size: u64) -> io::Result<usize> {
         let n = self.u64()?;
-        if n > self.limit {
-            return Err(invalid(format!("{what} length {n} at byte {} exceeds the file size", self.pos - 8)));
+        if n.saturating_mul(item_size) > self.limit.saturating_sub(self.pos) {
+            return Err(invalid(format!("{what} count {n} at byte {} exceeds what is left of the file", self.pos - 8)));
         }
         Ok(n as usize)
     }
     fn string(&mut self) -> io::Result<String> {
-        let n = self.len("string")?;
+        let n = self.len("string", 1)?;
         let mut buf = vec![0u8; n];
         self.inner.read_exact(&mut buf)?;
         self.pos += n as u64;
@@ -268,7 +276,14 @@ impl<R: Read> Counting<R> {
             8 => Value::String(self.string()?),
             9 if depth == 0 => {
                 let elem = self.u32()?;
-                let n = self.len("array")?;
+                // Smallest encoding of one element: strings carry an 8-byte length.
+                let item_size = match elem {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    _ => 8,
+                };
+                let n = self.len("array", item_size)?;
                 let mut items = Vec::with_capacity(n.min(1 << 20));
                 for _ in 0..n {
                     items.push(self.value(elem, depth + 1)?);
@@ -297,8 +312,9 @@ pub fn read_header(path: &Path) -> io::Result<Header> {
     if !(2..=3).contains(&version) {
         return Err(invalid(format!("GGUF version {version} is not supported (2 and 3 are)")));
     }
-    let n_tensors = r.len("tensor count")?;
-    let n_kv = r.len("metadata count")?;
+    // A tensor info takes at least 32 bytes, a KV at least 13.
+    let n_tensors = r.len("tensor count", 32)?;
+    let n_kv = r.len("metadata count", 13)?;
     let mut kvs = Vec::with_capacity(n_kv.min(4096));
     for _ in 0..n_kv {
         let key = r.string()?;
@@ -324,12 +340,17 @@ pub fn read_header(path: &Path) -> io::Result<Header> {
     };
     let data_offset = r.pos.next_multiple_of(alignment);
     for t in &tensors {
-        let size = t.ty.byte_size(&t.ne).ok_or_else(|| {
-            invalid(format!("tensor `{}`: type {} with dimensions {:?} has no valid size", t.name, t.ty, t.ne))
-        })?;
         if t.offset % alignment != 0 {
             return Err(invalid(format!("tensor `{}` offset {} is not aligned to {alignment}", t.name, t.offset)));
         }
+        // A type this table does not know (newer ggml) cannot be sized; its shape is still right,
+        // which is all a LoRA needs, so it is only the bounds check that is skipped.
+        let Some(size) = t.ty.byte_size(&t.ne) else {
+            if t.ty.traits().is_some() {
+                return Err(invalid(format!("tensor `{}`: a row of {} is not a whole number of {} blocks", t.name, t.ne[0], t.ty)));
+            }
+            continue;
+        };
         let end = data_offset.checked_add(t.offset).and_then(|o| o.checked_add(size));
         if end.is_none_or(|end| end > file_len) {
             return Err(invalid(format!(

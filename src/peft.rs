@@ -1,7 +1,7 @@
 //! Hugging Face PEFT LoRA adapters on disk: `adapter_config.json` + `adapter_model.safetensors`.
 //!
-//! [`Adapter::open`] reads the config and the safetensors header (the weights stay memory-mapped and
-//! are read one tensor at a time); [`Adapter::analyze`] pairs lora_A/lora_B tensors into modules with
+//! [`Adapter::open`] reads the config and the safetensors header (the weights are read later, one
+//! tensor at a time, into the caller's buffers); [`Adapter::analyze`] pairs lora_A/lora_B tensors into modules with
 //! PEFT's own scale rules, and lists everything a GGUF LoRA adapter cannot carry, each with the reason
 //! and what to do. Nothing here knows about GGUF or architectures beyond where a module sits.
 
@@ -29,7 +29,7 @@ st.save_file({k: v.contiguous() for k, v in torch.load('adapter_model.bin', map_
 
 /// The fields of `adapter_config.json` that decide what the adapter does. Unknown fields are ignored:
 /// PEFT adds new ones every release.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct LoraConfig {
     pub peft_type: Option<String>,
     pub task_type: Option<String>,
@@ -41,17 +41,16 @@ pub struct LoraConfig {
     pub use_rslora: bool,
     pub use_dora: bool,
     pub fan_in_fan_out: bool,
-    /// Pattern -> rank, in file order (PEFT takes the first pattern that matches).
-    pub rank_pattern: Vec<(String, u64)>,
-    /// Pattern -> alpha, in file order.
-    pub alpha_pattern: Vec<(String, f64)>,
+    /// Pattern -> rank (PEFT takes the first pattern, in file order, that matches).
+    pub rank_pattern: Patterns<u64>,
+    /// Pattern -> alpha.
+    pub alpha_pattern: Patterns<f64>,
     /// As written: a list of names, a regex string, or absent.
     pub target_modules: Option<Json>,
     pub modules_to_save: Vec<String>,
     pub layers_to_transform: Option<Vec<u64>>,
     pub bias: String,
     /// Fields set to a value that changes what the adapter computes in a way GGUF cannot carry.
-    #[serde(skip)]
     unsupported: Vec<Problem>,
 }
 
@@ -137,14 +136,12 @@ impl LoraConfig {
             use_rslora: flag("use_rslora")?,
             use_dora: flag("use_dora")?,
             fan_in_fan_out: flag("fan_in_fan_out")?,
-            rank_pattern: map("rank_pattern")?
-                .into_iter()
-                .map(|(k, v)| Ok((k.clone(), uint(&format!("rank_pattern.{k}"), &v)?)))
-                .collect::<Result<_>>()?,
-            alpha_pattern: map("alpha_pattern")?
-                .into_iter()
-                .map(|(k, v)| Ok((k.clone(), number(&format!("alpha_pattern.{k}"), &v)?)))
-                .collect::<Result<_>>()?,
+            rank_pattern: Patterns::parse(path, "rank_pattern", map("rank_pattern")?, |key, v| {
+                uint(key, v).and_then(|r| if r > 0 { Ok(r) } else { Err(field_err(key, "a positive rank", v)) })
+            })?,
+            alpha_pattern: Patterns::parse(path, "alpha_pattern", map("alpha_pattern")?, |key, v| {
+                number(key, v).and_then(|a| if a > 0.0 && a.is_finite() { Ok(a) } else { Err(field_err(key, "a positive number", v)) })
+            })?,
             target_modules: obj.get("target_modules").filter(|v| !v.is_null()).cloned(),
             modules_to_save: match obj.get("modules_to_save") {
                 None | Some(Json::Null) => vec![],
@@ -161,11 +158,6 @@ impl LoraConfig {
             bias: string("bias")?.unwrap_or_else(|| "none".into()),
             unsupported: vec![],
         };
-        let patterns = cfg.rank_pattern.iter().map(|(p, _)| p).chain(cfg.alpha_pattern.iter().map(|(p, _)| p));
-        for pattern in patterns {
-            pattern_regex(pattern).map_err(|e| Error::invalid(path, format!("pattern `{pattern}`: {e}")))?;
-        }
-
         // Features that change what the adapter computes. Checked here, reported by analyze().
         let set = |key: &str| obj.get(key).is_some_and(|v| !v.is_null() && v != &Json::Bool(false) && v != &serde_json::json!([]) && v != &serde_json::json!({}));
         if set("target_parameters") {
@@ -198,23 +190,14 @@ impl LoraConfig {
         Ok(cfg)
     }
 
-    /// PEFT's rule (`get_pattern_key`): the first pattern, in file order, that matches the end of the
-    /// module's name at a dot boundary.
-    fn pattern_value<'a, T>(patterns: &'a [(String, T)], module_path: &str) -> Option<&'a T> {
-        patterns
-            .iter()
-            .find(|(p, _)| pattern_regex(p).is_ok_and(|re| re.is_match(module_path)))
-            .map(|(_, v)| v)
-    }
-
     /// The configured rank of a module: its `rank_pattern` entry, else `r`.
     pub fn rank_for(&self, module_path: &str) -> Option<u64> {
-        Self::pattern_value(&self.rank_pattern, module_path).copied().or(self.r)
+        self.rank_pattern.lookup(module_path).or(self.r)
     }
 
     /// The alpha of a module: its `alpha_pattern` entry, else `lora_alpha`.
     pub fn alpha_for(&self, module_path: &str) -> Option<f64> {
-        Self::pattern_value(&self.alpha_pattern, module_path).copied().or(self.lora_alpha)
+        self.alpha_pattern.lookup(module_path).or(self.lora_alpha)
     }
 
     /// PEFT's scaling for a module: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
@@ -223,8 +206,51 @@ impl LoraConfig {
     }
 }
 
-fn pattern_regex(pattern: &str) -> std::result::Result<regex::Regex, regex::Error> {
-    regex::Regex::new(&format!(r"^(?:.*\.)?(?:{pattern})$"))
+/// `rank_pattern` / `alpha_pattern`: module-name patterns with their values, in file order,
+/// compiled once.
+#[derive(Clone, Debug, Default)]
+pub struct Patterns<T> {
+    entries: Vec<(String, regex::Regex, T)>,
+}
+
+impl<T: Copy> Patterns<T> {
+    fn parse(
+        path: &Path,
+        field: &str,
+        items: Vec<(String, Json)>,
+        value: impl Fn(&str, &Json) -> Result<T>,
+    ) -> Result<Self> {
+        let mut entries = Vec::with_capacity(items.len());
+        for (pattern, v) in items {
+            // PEFT's rule (`get_pattern_key`): `re.match(rf"(.*\.)?({key})$", module_name)`, i.e. the
+            // pattern matches the end of the module name at a dot boundary.
+            let re = regex::Regex::new(&format!(r"^(?:.*\.)?(?:{pattern})$"))
+                .map_err(|e| Error::invalid(path, format!("{field} pattern `{pattern}` is not a valid regular expression: {e}")))?;
+            let v = value(&format!("{field}.{pattern}"), &v)?;
+            entries.push((pattern, re, v));
+        }
+        Ok(Patterns { entries })
+    }
+
+    /// The value of the first pattern, in file order, that matches `module_path`.
+    pub fn lookup(&self, module_path: &str) -> Option<T> {
+        self.entries.iter().find(|(_, re, _)| re.is_match(module_path)).map(|(_, _, v)| *v)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, T)> {
+        self.entries.iter().map(|(p, _, v)| (p.as_str(), *v))
+    }
+}
+
+/// As a JSON object in file order (the order decides which pattern applies).
+impl<T: Copy + Serialize> Serialize for Patterns<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
 }
 
 /// One tensor of the safetensors file.
@@ -267,7 +293,7 @@ pub fn hub_repo_id(base: &str) -> Option<String> {
     (ok(org) && ok(name)).then(|| base.to_string())
 }
 
-/// An opened PEFT adapter: parsed config, safetensors header, memory-mapped weights.
+/// An opened PEFT adapter: parsed config, safetensors header, and the open weights file.
 pub struct Adapter {
     /// What the user passed, for messages.
     pub path: PathBuf,
@@ -420,33 +446,31 @@ impl Adapter {
     /// Reads the raw little-endian bytes of a tensor into `buf` (resized to fit).
     pub fn read_raw(&self, t: &RawTensor, buf: &mut Vec<u8>) -> Result<()> {
         buf.resize(t.byte_len(), 0);
+        self.read_into(t, buf)
+    }
+
+    fn read_into(&self, t: &RawTensor, buf: &mut [u8]) -> Result<()> {
+        debug_assert_eq!(buf.len(), t.byte_len());
         read_exact_at(&self.file, buf, t.range.0 as u64).map_err(|e| {
             Error::io(&self.weights_path, std::io::Error::new(e.kind(), format!("reading tensor `{}`: {e}", t.key)))
         })
     }
 
-    /// Reads a tensor as f32 into `out`, using `raw` as the read buffer.
-    pub fn read_f32(&self, t: &RawTensor, raw: &mut Vec<u8>, out: &mut Vec<f32>) -> Result<()> {
+    /// Reads a tensor as f32 into `out`; `halves` is the read buffer for 16-bit types. Reading into
+    /// typed buffers keeps them aligned for `half`'s SIMD slice conversions.
+    pub fn read_f32(&self, t: &RawTensor, halves: &mut Vec<u16>, out: &mut Vec<f32>) -> Result<()> {
         use half::slice::HalfFloatSliceExt;
-        self.read_raw(t, raw)?;
-        let bytes = &raw[..];
         out.clear();
         out.resize(t.len(), 0.0);
-        // Slice conversions (SIMD in `half`) when the buffer is aligned, as allocators align it;
-        // element by element otherwise.
+        if t.dtype == Dtype::F32 {
+            return self.read_into(t, bytemuck::cast_slice_mut(out));
+        }
+        halves.clear();
+        halves.resize(t.len(), 0);
+        self.read_into(t, bytemuck::cast_slice_mut(halves))?;
         match t.dtype {
-            Dtype::F32 => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
-                Ok(src) => out.copy_from_slice(src),
-                Err(_) => out.iter_mut().zip(bytes.chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            },
-            Dtype::F16 => match bytemuck::try_cast_slice::<u8, half::f16>(bytes) {
-                Ok(src) => src.convert_to_f32_slice(out),
-                Err(_) => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(d, b)| *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-            },
-            Dtype::BF16 => match bytemuck::try_cast_slice::<u8, half::bf16>(bytes) {
-                Ok(src) => src.convert_to_f32_slice(out),
-                Err(_) => out.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(d, b)| *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-            },
+            Dtype::F16 => bytemuck::cast_slice::<u16, half::f16>(halves).convert_to_f32_slice(out),
+            Dtype::BF16 => bytemuck::cast_slice::<u16, half::bf16>(halves).convert_to_f32_slice(out),
             other => unreachable!("analyze() refuses dtype {other:?}"),
         }
         Ok(())
@@ -469,8 +493,8 @@ enum Half {
 #[derive(Debug, PartialEq)]
 enum KeyKind {
     Lora { module: String, half: Half, embedding: bool, adapter_name: Option<String> },
-    LoraBias { module: String },
-    Dora { module: String },
+    LoraBias,
+    Dora,
     /// A full tensor (modules_to_save copy, a bias, a classifier head...).
     Full,
 }
@@ -487,12 +511,12 @@ fn parse_key(key: &str) -> KeyKind {
     };
     let module = parts[..i].join(".");
     if parts[i] == "lora_magnitude_vector" {
-        return KeyKind::Dora { module };
+        return KeyKind::Dora;
     }
     let embedding = parts[i].starts_with("lora_embedding");
     let half = if parts[i].ends_with('A') { Half::A } else { Half::B };
     match &parts[i + 1..] {
-        [.., "bias"] => KeyKind::LoraBias { module },
+        [.., "bias"] => KeyKind::LoraBias,
         [] | ["weight"] => KeyKind::Lora { module, half, embedding, adapter_name: None },
         [name] | [name, "weight"] => KeyKind::Lora { module, half, embedding, adapter_name: Some(name.to_string()) },
         _ => KeyKind::Full,
@@ -591,12 +615,12 @@ fn analyze(adapter: &Adapter) -> Analysis {
                 }
                 pairs.entry((module, embedding)).or_default()[half as usize] = Some(i);
             }
-            KeyKind::LoraBias { .. } => out.problems.push(problem(
+            KeyKind::LoraBias => out.problems.push(problem(
                 &t.key,
                 "a LoRA bias (`lora_bias=True`) has no place in a GGUF LoRA adapter",
                 merge_hint,
             )),
-            KeyKind::Dora { .. } => out.problems.push(problem(
+            KeyKind::Dora => out.problems.push(problem(
                 &t.key,
                 "a DoRA magnitude vector: DoRA rescales weight columns, which GGUF LoRA adapters cannot express",
                 merge_hint,
@@ -645,6 +669,14 @@ fn analyze(adapter: &Adapter) -> Analysis {
         };
         let (ta, tb) = (&adapter.tensors[a], &adapter.tensors[b]);
         let (rank, in_features, out_features) = (ta.shape[0] as u64, ta.shape[1] as u64, tb.shape[0] as u64);
+        if rank == 0 || in_features == 0 || out_features == 0 {
+            out.problems.push(problem(
+                &ta.key,
+                format!("empty LoRA pair: lora_A {:?}, lora_B {:?}", ta.shape, tb.shape),
+                "the file is damaged or was edited: save the adapter again",
+            ));
+            continue;
+        }
         if tb.shape[1] as u64 != rank {
             out.problems.push(problem(
                 &tb.key,
@@ -670,7 +702,7 @@ fn analyze(adapter: &Adapter) -> Analysis {
             }
         }
         let configured = cfg.rank_for(&module);
-        if configured.is_some_and(|r| r != 0 && r != rank) {
+        if configured.is_some_and(|r| r != rank) {
             out.problems.push(problem(
                 &ta.key,
                 format!(
@@ -750,8 +782,8 @@ pub struct Report {
     pub use_rslora: bool,
     pub use_dora: bool,
     pub fan_in_fan_out: bool,
-    pub rank_pattern: BTreeMap<String, u64>,
-    pub alpha_pattern: BTreeMap<String, f64>,
+    pub rank_pattern: Patterns<u64>,
+    pub alpha_pattern: Patterns<f64>,
     pub target_modules: Option<Json>,
     /// One entry per module name and (rank, alpha): e.g. q_proj over layers 0-31 at rank 16.
     pub modules: Vec<ModuleGroup>,
@@ -816,8 +848,8 @@ impl Report {
             use_rslora: cfg.use_rslora,
             use_dora: cfg.use_dora,
             fan_in_fan_out: cfg.fan_in_fan_out,
-            rank_pattern: cfg.rank_pattern.iter().cloned().collect(),
-            alpha_pattern: cfg.alpha_pattern.iter().cloned().collect(),
+            rank_pattern: cfg.rank_pattern.clone(),
+            alpha_pattern: cfg.alpha_pattern.clone(),
             target_modules: cfg.target_modules.clone(),
             modules: groups.into_values().collect(),
             layers: layers.into_iter().collect(),
@@ -856,11 +888,11 @@ mod tests {
         assert_eq!(k, KeyKind::Lora { module: "model.embed_tokens".into(), half: Half::A, embedding: true, adapter_name: None });
         assert_eq!(
             parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"),
-            KeyKind::Dora { module: "model.layers.0.self_attn.q_proj".into() }
+            KeyKind::Dora
         );
         assert_eq!(
             parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias"),
-            KeyKind::LoraBias { module: "model.layers.0.self_attn.q_proj".into() }
+            KeyKind::LoraBias
         );
         assert_eq!(parse_key("base_model.model.lm_head.weight"), KeyKind::Full);
     }
@@ -887,6 +919,39 @@ mod tests {
         assert_eq!(c.rank_for("model.layers.3.self_attn.xv_proj"), Some(8));
         assert_eq!(c.alpha_for("model.layers.1.mlp.down_proj"), Some(64.0));
         assert_eq!(c.alpha_for("model.layers.11.mlp.down_proj"), Some(16.0));
+    }
+
+    #[test]
+    fn overlapping_patterns_first_in_file_order_wins() {
+        // Both patterns match layer 0's q_proj: PEFT takes the first written, not the most specific.
+        let c = cfg(r#"{"peft_type":"LORA","r":8,"lora_alpha":16,
+                        "rank_pattern":{"q_proj":2,"model.layers.0.self_attn.q_proj":4}}"#);
+        assert_eq!(c.rank_for("model.layers.0.self_attn.q_proj"), Some(2));
+        let c = cfg(r#"{"peft_type":"LORA","r":8,"lora_alpha":16,
+                        "rank_pattern":{"model.layers.0.self_attn.q_proj":4,"q_proj":2}}"#);
+        assert_eq!(c.rank_for("model.layers.0.self_attn.q_proj"), Some(4));
+        assert_eq!(c.rank_for("model.layers.1.self_attn.q_proj"), Some(2));
+        // Alternation is a regex too.
+        let c = cfg(r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"alpha_pattern":{"q_proj|k_proj":4}}"#);
+        assert_eq!(c.alpha_for("model.layers.3.self_attn.k_proj"), Some(4.0));
+        assert_eq!(c.alpha_for("model.layers.3.self_attn.v_proj"), Some(16.0));
+    }
+
+    #[test]
+    fn pattern_values_must_be_positive() {
+        let p = Path::new("adapter_config.json");
+        let e = LoraConfig::parse(p, r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"rank_pattern":{"q_proj":0}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rank_pattern.q_proj") && e.contains("positive rank"), "{e}");
+        let e = LoraConfig::parse(p, r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"alpha_pattern":{"q_proj":0}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("alpha_pattern.q_proj") && e.contains("positive number"), "{e}");
+        let e = LoraConfig::parse(p, r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"rank_pattern":{"(q_proj":2}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a valid regular expression"), "{e}");
     }
 
     #[test]

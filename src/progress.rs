@@ -10,6 +10,11 @@ pub trait Progress: Sync {
     fn notice(&self, _msg: &str) {}
     /// The current stage is over.
     fn finish(&self) {}
+    /// The user asked to stop (Ctrl-C): long operations check this between steps, stop, and remove
+    /// what they had started writing.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// Reports nothing.

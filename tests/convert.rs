@@ -360,3 +360,32 @@ fn inspect_reports_ranks_scales_and_layers_as_json() {
         .stdout(predicates::str::contains("alpha/sqrt(r) (rsLoRA)"))
         .stdout(predicates::str::contains("converts      yes"));
 }
+
+#[test]
+fn phi3_fused_projections_map_without_permutation() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("phi3.gguf");
+    write_base_gguf(&base, "phi3", TINY);
+    let (h, q, kv, f) = (32usize, 32usize, 16usize, 48usize);
+    let mut rng = Rng::new(12);
+    let mut tensors = Vec::new();
+    let mut expect = Vec::new();
+    for (block, module, out, stem) in [("self_attn", "qkv_proj", q + 2 * kv, "attn_qkv"), ("mlp", "gate_up_proj", 2 * f, "ffn_up")] {
+        let (a, b) = (rng.vec(2 * h, 0.5), rng.vec(out * 2, 0.5));
+        let p = format!("base_model.model.model.layers.1.{block}.{module}");
+        tensors.push(t(&format!("{p}.lora_A.weight"), &[2, h], a.clone()));
+        tensors.push(t(&format!("{p}.lora_B.weight"), &[out, 2], b.clone()));
+        expect.push((stem, a, b));
+    }
+    write_adapter(&dir.path().join("a"), &lora_config(json!({"r": 2, "lora_alpha": 4})), &tensors);
+    let out = dir.path().join("out.gguf");
+    convert(&[dir.path().join("a").to_str().unwrap(), "--base", base.to_str().unwrap(), "-o", out.to_str().unwrap(), "--outtype", "f32"])
+        .success();
+    let (hd, t) = read_gguf(&out);
+    assert_eq!(hd.get_str("general.architecture"), Some("phi3"));
+    for (stem, a, b) in expect {
+        // Fused tensors keep Hugging Face's row order (q, k, v / gate, up): PEFT's A and B unchanged.
+        assert_eq!(t[&format!("blk.1.{stem}.weight.lora_a")].values, a, "{stem}");
+        assert_eq!(t[&format!("blk.1.{stem}.weight.lora_b")].values, b, "{stem}");
+    }
+}

@@ -161,6 +161,16 @@ fn non_finite_values() {
 }
 
 #[test]
+fn rank_zero_pattern_and_alpha_scale_out_of_range() {
+    let d = tempfile::tempdir().unwrap();
+    adapter(d.path(), cfg(json!({"rank_pattern": {"q_proj": 0}})), pair(0, "q_proj", 2));
+    refused(d.path(), "llama", TINY, &["rank_pattern.q_proj", "positive rank"]);
+    let d = tempfile::tempdir().unwrap();
+    adapter(d.path(), cfg(json!({"lora_alpha": 1e39})), pair(0, "q_proj", 2));
+    refused(d.path(), "llama", TINY, &["alpha = ", "lora_alpha"]);
+}
+
+#[test]
 fn missing_or_bad_alpha() {
     let d = tempfile::tempdir().unwrap();
     adapter(d.path(), cfg(json!({"lora_alpha": 0})), pair(0, "q_proj", 2));

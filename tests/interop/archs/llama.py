@@ -6,7 +6,6 @@ forward() uses the HF layout, so a test passes only if the adapter got the layou
 """
 from __future__ import annotations
 
-import gguf
 import numpy as np
 
 from . import _common as C
@@ -14,27 +13,7 @@ from . import _common as C
 ARCH = "llama"
 
 # HF module name -> its path inside a decoder layer (weights are model.layers.{i}.<path>.weight)
-LORA_MODULES = {
-    "q_proj": ("self_attn.q_proj",),
-    "k_proj": ("self_attn.k_proj",),
-    "v_proj": ("self_attn.v_proj",),
-    "o_proj": ("self_attn.o_proj",),
-    "gate_proj": ("mlp.gate_proj",),
-    "up_proj": ("mlp.up_proj",),
-    "down_proj": ("mlp.down_proj",),
-}
-
-_GGUF_LAYER = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+LORA_MODULES = {module: (path,) for module, path in C.LLAMA_LORA_PATHS.items()}
 
 
 def tiny_config(**overrides) -> dict:
@@ -57,24 +36,7 @@ def tiny_config(**overrides) -> dict:
 
 
 def random_weights(cfg: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    h, ff, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    hd, nh, nkv = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    w: dict[str, np.ndarray] = {"model.embed_tokens.weight": C.randn(rng, (v, h), 1.0)}
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        w[p + "input_layernorm.weight"] = (1.0 + C.randn(rng, (h,), 0.1)).astype(np.float32)
-        w[p + "self_attn.q_proj.weight"] = C.randn(rng, (nh * hd, h), h ** -0.5)
-        w[p + "self_attn.k_proj.weight"] = C.randn(rng, (nkv * hd, h), h ** -0.5)
-        w[p + "self_attn.v_proj.weight"] = C.randn(rng, (nkv * hd, h), h ** -0.5)
-        w[p + "self_attn.o_proj.weight"] = C.randn(rng, (h, nh * hd), (nh * hd) ** -0.5)
-        w[p + "post_attention_layernorm.weight"] = (1.0 + C.randn(rng, (h,), 0.1)).astype(np.float32)
-        w[p + "mlp.gate_proj.weight"] = C.randn(rng, (ff, h), h ** -0.5)
-        w[p + "mlp.up_proj.weight"] = C.randn(rng, (ff, h), h ** -0.5)
-        w[p + "mlp.down_proj.weight"] = C.randn(rng, (h, ff), ff ** -0.5)
-    w["model.norm.weight"] = (1.0 + C.randn(rng, (h,), 0.1)).astype(np.float32)
-    if not cfg["tie_word_embeddings"]:
-        w["lm_head.weight"] = C.randn(rng, (v, h), 2.0 * h ** -0.5)
-    return w
+    return C.llama_random_weights(cfg, rng)
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -84,55 +46,16 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f32") -> None:
-    wr = gguf.GGUFWriter(str(path), ARCH)
-    wr.add_name("tiny-llama-interop")
-    wr.add_context_length(cfg["max_position_embeddings"])
-    wr.add_embedding_length(cfg["hidden_size"])
-    wr.add_block_count(cfg["num_hidden_layers"])
-    wr.add_feed_forward_length(cfg["intermediate_size"])
-    wr.add_head_count(cfg["num_attention_heads"])
-    wr.add_head_count_kv(cfg["num_key_value_heads"])
-    wr.add_key_length(cfg["head_dim"])
-    wr.add_value_length(cfg["head_dim"])
+    wr = C.gguf_writer(path, ARCH, cfg, dtype, name="tiny-llama-interop",
+                       key_value_length=cfg["head_dim"])
     wr.add_rope_dimension_count(cfg["head_dim"])
-    wr.add_rope_freq_base(cfg["rope_theta"])
-    wr.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    wr.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
-    C.add_no_vocab_tokenizer(wr, cfg["vocab_size"])
-
-    t = {"token_embd.weight": weights["model.embed_tokens.weight"]}
+    hf = dict(weights)
     for i in range(cfg["num_hidden_layers"]):
-        for hf, gg in _GGUF_LAYER.items():
-            arr = weights[f"model.layers.{i}.{hf}"]
-            if hf == "self_attn.q_proj.weight":
-                arr = permute_qk(arr, cfg["num_attention_heads"])
-            elif hf == "self_attn.k_proj.weight":
-                arr = permute_qk(arr, cfg["num_key_value_heads"])
-            t[f"blk.{i}.{gg}"] = arr
-    t["output_norm.weight"] = weights["model.norm.weight"]
-    if "lm_head.weight" in weights:
-        t["output.weight"] = weights["lm_head.weight"]
-    C.write_tensors_and_close(wr, t, dtype)
+        for proj, n_head in (("q_proj", cfg["num_attention_heads"]), ("k_proj", cfg["num_key_value_heads"])):
+            name = f"model.layers.{i}.self_attn.{proj}.weight"
+            hf[name] = permute_qk(hf[name], n_head)
+    C.write_tensors_and_close(wr, C.gguf_tensor_names(ARCH, cfg["num_hidden_layers"], hf), dtype)
 
 
 def forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
-    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
-    eps, n = cfg["rms_norm_eps"], len(tokens)
-    pos = np.arange(n)
-    x = weights["model.embed_tokens.weight"].astype(np.float64)[np.asarray(tokens)]
-    for i in range(cfg["num_hidden_layers"]):
-        g = lambda k: weights[f"model.layers.{i}.{k}"]  # noqa: E731
-        h = C.rms_norm(x, g("input_layernorm.weight"), eps)
-        q = C.linear(h, g("self_attn.q_proj.weight")).reshape(n, nh, hd)
-        k = C.linear(h, g("self_attn.k_proj.weight")).reshape(n, nkv, hd)
-        v = C.linear(h, g("self_attn.v_proj.weight")).reshape(n, nkv, hd)
-        q = C.rope_rotate_half(q, pos, cfg["rope_theta"])
-        k = C.rope_rotate_half(k, pos, cfg["rope_theta"])
-        a = C.causal_attention(q, k, v, hd ** -0.5)
-        x = x + C.linear(a, g("self_attn.o_proj.weight"))
-        h = C.rms_norm(x, g("post_attention_layernorm.weight"), eps)
-        x = x + C.linear(C.silu(C.linear(h, g("mlp.gate_proj.weight"))) * C.linear(h, g("mlp.up_proj.weight")),
-                         g("mlp.down_proj.weight"))
-    x = C.rms_norm(x, weights["model.norm.weight"], eps)
-    out = weights.get("lm_head.weight", weights["model.embed_tokens.weight"])
-    return C.linear(x, out)
+    return C.decoder_forward(cfg, weights, tokens)

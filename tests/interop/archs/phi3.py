@@ -22,9 +22,9 @@ Facts the code relies on (checked against llama.cpp's phi3 model code and the co
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from . import _common as C
 
 # HF module name -> its path inside model.layers.{i}
 _LORA_MODULES = {
@@ -43,94 +43,28 @@ _GGUF_STEMS = {
 }
 
 
-def _rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    # Phi3RMSNorm: w * x * rsqrt(mean(x^2) + eps)
-    var = np.mean(x * x, axis=-1, keepdims=True)
-    return x / np.sqrt(var + eps) * w
-
-
-def _rope_neox(x: np.ndarray, positions: np.ndarray, base: float, rot_dim: int) -> np.ndarray:
-    """HF apply_rotary_pos_emb (rotate_half) on the first rot_dim dims of [heads, tokens, hd]."""
-    inv_freq = 1.0 / (base ** (np.arange(0, rot_dim, 2, dtype=np.float64) / rot_dim))
-    freqs = positions[:, None].astype(np.float64) * inv_freq[None, :]
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    cos, sin = np.cos(emb), np.sin(emb)
-    xr, xp = x[..., :rot_dim], x[..., rot_dim:]
-    x1, x2 = xr[..., : rot_dim // 2], xr[..., rot_dim // 2 :]
-    rotated = np.concatenate([-x2, x1], axis=-1)
-    return np.concatenate([xr * cos + rotated * sin, xp], axis=-1)
-
-
-def _head_dim(cfg: dict) -> int:
-    return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-
-
 def _rot_dim(cfg: dict) -> int:
     # HF: int(head_dim * partial_rotary_factor); converter: int(pct * hidden) // n_head
-    return int(_head_dim(cfg) * cfg.get("partial_rotary_factor", 1.0))
+    return int(C.head_dim(cfg) * cfg.get("partial_rotary_factor", 1.0))
 
 
 def _forward(cfg: dict, weights: dict, tokens: list[int]) -> np.ndarray:
-    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], _head_dim(cfg)
-    eps = cfg["rms_norm_eps"]
-    I = cfg["intermediate_size"]
-    n = len(tokens)
-    W = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
-    pos = np.arange(n)
-    rot = _rot_dim(cfg)
+    # HF Phi3 applies sliding_window when set; the tiny config sets None (see docstring)
     window = cfg.get("sliding_window")
-
-    h = W["model.embed_tokens.weight"][np.asarray(tokens, dtype=np.int64)]
-    qi = np.arange(n)[:, None]
-    ki = np.arange(n)[None, :]
-    mask = ki <= qi
-    if window is not None:
-        # HF Phi3 applies sliding_window when set; the tiny config sets None (see docstring)
-        mask = mask & (qi - ki < window)
-
-    for il in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{il}."
-        x = _rms_norm(h, W[p + "input_layernorm.weight"], eps)
-        qkv = x @ W[p + "self_attn.qkv_proj.weight"].T
-        qpos = nh * hd
-        q = qkv[:, :qpos].reshape(n, nh, hd).transpose(1, 0, 2)
-        k = qkv[:, qpos : qpos + nkv * hd].reshape(n, nkv, hd).transpose(1, 0, 2)
-        v = qkv[:, qpos + nkv * hd :].reshape(n, nkv, hd).transpose(1, 0, 2)
-        q = _rope_neox(q, pos, cfg["rope_theta"], rot)
-        k = _rope_neox(k, pos, cfg["rope_theta"], rot)
-        k = np.repeat(k, nh // nkv, axis=0)
-        v = np.repeat(v, nh // nkv, axis=0)
-        s = (q @ k.transpose(0, 2, 1)) * hd**-0.5
-        s = np.where(mask[None], s, -np.inf)
-        s = s - s.max(axis=-1, keepdims=True)
-        pr = np.exp(s)
-        pr /= pr.sum(axis=-1, keepdims=True)
-        a = (pr @ v).transpose(1, 0, 2).reshape(n, nh * hd)
-        h = h + a @ W[p + "self_attn.o_proj.weight"].T
-
-        x = _rms_norm(h, W[p + "post_attention_layernorm.weight"], eps)
-        gu = x @ W[p + "mlp.gate_up_proj.weight"].T
-        gate, up = gu[:, :I], gu[:, I:]
-        silu = gate / (1.0 + np.exp(-gate))
-        h = h + (up * silu) @ W[p + "mlp.down_proj.weight"].T
-
-    h = _rms_norm(h, W["model.norm.weight"], eps)
-    lm = W.get("lm_head.weight")
-    if lm is None:  # only when a caller ties embeddings; the tiny config does not
-        lm = W["model.embed_tokens.weight"]
-    return h @ lm.T
+    return C.decoder_forward(cfg, weights, tokens, fused_qkv=True, fused_gate_up=True,
+                             rope_dim=_rot_dim(cfg), layer_attention=lambda il: (cfg["rope_theta"], window))
 
 
 def _random_weights(cfg: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
     H, I, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], _head_dim(cfg)
+    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], C.head_dim(cfg)
 
     def lin(out_f, in_f, gain=1.0):
-        return (rng.standard_normal((out_f, in_f)) * gain / math.sqrt(in_f)).astype(np.float32)
+        return C.lin_weight(rng, out_f, in_f, gain)
 
     def norm(dim):
         # Phi3RMSNorm's neutral weight is 1
-        return (1.0 + 0.1 * rng.standard_normal(dim)).astype(np.float32)
+        return C.norm_weight(rng, dim, neutral=1.0)
 
     w: dict[str, np.ndarray] = {}
     w["model.embed_tokens.weight"] = rng.standard_normal((V, H)).astype(np.float32)
@@ -149,48 +83,18 @@ def _random_weights(cfg: dict, rng: np.random.Generator) -> dict[str, np.ndarray
 
 
 def _write_gguf(path, cfg: dict, weights: dict, dtype: str = "f32") -> None:
-    import gguf
-
-    if dtype not in ("f32", "f16"):
-        raise ValueError(f"dtype must be 'f32' or 'f16', not {dtype!r}")
     H, nh = cfg["hidden_size"], cfg["num_attention_heads"]
-    if _head_dim(cfg) * nh != H:
+    if C.head_dim(cfg) * nh != H:
         raise ValueError("llama.cpp's phi3 needs head_dim == hidden_size / num_attention_heads")
     if cfg.get("rope_scaling"):
         raise ValueError("rope_scaling (longrope) is not modelled by this tiny Phi-3")
 
-    arch_enum = gguf.MODEL_ARCH.PHI3
-    w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch_enum])
-    w.add_context_length(cfg["max_position_embeddings"])
+    w = C.gguf_writer(path, Phi3.ARCH, cfg, dtype)
     w.add_rope_scaling_orig_ctx_len(cfg["original_max_position_embeddings"])
-    w.add_embedding_length(H)
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_head_count(nh)
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_dimension_count(int(cfg.get("partial_rotary_factor", 1.0) * H) // nh)
-    w.add_rope_freq_base(float(cfg["rope_theta"]))
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
     w.add_sliding_window(cfg.get("sliding_window") or 0)
-    # no tokenizer: llama.cpp accepts "no_vocab" and sizes the vocab from phi3.vocab_size
-    w.add_tokenizer_model("no_vocab")
-    w.add_vocab_size(cfg["vocab_size"])
-
-    tmap = gguf.get_tensor_name_map(arch_enum, cfg["num_hidden_layers"])
-    for name in sorted(weights):
-        data = np.asarray(weights[name], dtype=np.float32)
-        new_name = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
-        if new_name is None:
-            raise ValueError(f"no GGUF name for {name!r} in arch phi3")
-        # 1-D tensors (norms) stay F32, as in the converter
-        if dtype == "f16" and data.ndim == 2:
-            data = data.astype(np.float16)
-        w.add_tensor(new_name, data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    # the converter renames tensors only (see module docstring)
+    C.write_tensors_and_close(w, C.gguf_tensor_names(Phi3.ARCH, cfg["num_hidden_layers"], weights), dtype)
 
 
 class Phi3:
