@@ -485,7 +485,8 @@ fn worker_count(jobs: usize) -> usize {
 fn scan(inputs: &[Input], tensors: &[OutTensor], progress: &dyn Progress) -> Result<Vec<Vec<Stats>>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let workers = worker_count(tensors.len());
-    let results: Vec<Result<Vec<(usize, Vec<Stats>)>>> = std::thread::scope(|scope| {
+    type Done = Vec<(usize, Vec<Stats>)>;
+    let results: Vec<Result<Done>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {

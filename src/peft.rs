@@ -581,7 +581,7 @@ fn analyze(adapter: &Adapter) -> Analysis {
     if cfg.r.is_none_or(|r| r == 0) {
         out.problems.push(problem("r", "the rank `r` is missing or zero", "the config must say the rank PEFT trained with"));
     }
-    if cfg.lora_alpha.is_none_or(|a| !(a > 0.0) || !a.is_finite()) {
+    if !cfg.lora_alpha.is_some_and(|a| a > 0.0 && a.is_finite()) {
         out.problems.push(problem(
             "lora_alpha",
             format!("lora_alpha must be a positive number, found {:?}", cfg.lora_alpha),
