@@ -1,9 +1,10 @@
 //! The base model an adapter is applied to, described the same way whatever it was read from.
 //!
-//! Sources today: a GGUF file (the file Ollama stores as a model blob; only its header is read) and a
-//! Hugging Face model directory with `config.json` (tensor shapes derived from the hyper-parameters
-//! the way llama.cpp's converter lays them out). Every source fills [`BaseModel`], so consumers never
-//! care where it came from.
+//! Sources: an Ollama model name, answered by the server's `/api/show` or, when no server answers,
+//! read from the local model store (manifest -> GGUF blob); a GGUF file (only its header is read); a
+//! Hugging Face model directory with `config.json` (tensor shapes derived from the hyper-parameters the
+//! way llama.cpp's converter lays them out). Every source fills [`BaseModel`]; [`resolve`] picks the
+//! source for what the user typed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,13 +14,14 @@ use serde_json::Value as Json;
 use crate::arch::{self, Arch};
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgmlType};
+use crate::ollama::{self, ModelName};
 
 /// A tensor of the base model as llama.cpp names and shapes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BaseTensor {
     /// ggml order (`ne[0]` = input width for a weight matrix).
     pub ne: Vec<u64>,
-    /// Known for GGUF sources only.
+    /// Known when the source lists tensors (GGUF, the store, `/api/show`), not for `config.json`.
     pub ty: Option<GgmlType>,
 }
 
@@ -37,8 +39,145 @@ pub struct BaseModel {
     pub vocab_size: Option<u64>,
     /// GGUF tensor name -> shape (and type where known).
     pub tensors: BTreeMap<String, BaseTensor>,
+    /// Whether `tensors` was listed by the source, or derived from hyper-parameters (`config.json`,
+    /// or a server that does not list tensors).
+    pub exact_tensors: bool,
     /// The GGUF file, when the base is one (the merge needs its bytes).
     pub gguf_path: Option<PathBuf>,
+    /// `gguf`, or what Ollama reports for a model imported otherwise (`safetensors`, MLX...); `None`
+    /// for a `config.json` description, which only describes shapes.
+    pub format: Option<String>,
+    /// `general.size_label` / Ollama's `parameter_size`, e.g. `3B`, `3.2B`.
+    pub size_label: Option<String>,
+    /// `general.file_type` / Ollama's `quantization_level`, e.g. `Q4_K_M`.
+    pub quantization: Option<String>,
+    /// Tensor types the source names that this tool does not know, `tensor: type`.
+    pub unknown_types: Vec<String>,
+}
+
+/// Hyper-parameters from which tensor shapes are derived when the source lists none.
+struct Dims {
+    layers: u64,
+    hidden: u64,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    ffn: u64,
+    vocab: u64,
+    tied: bool,
+}
+
+/// The tensors llama.cpp's converter writes for `arch` with these hyper-parameters (the weights a
+/// LoRA can touch).
+fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
+    let (q, kv) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
+    let mut tensors = BTreeMap::new();
+    let mut add = |name: String, ne: [u64; 2]| {
+        tensors.insert(name, BaseTensor { ne: ne.to_vec(), ty: None });
+    };
+    add("token_embd.weight".into(), [d.hidden, d.vocab]);
+    if !d.tied {
+        add("output.weight".into(), [d.hidden, d.vocab]);
+    }
+    for i in 0..d.layers {
+        for (_, stem) in arch.layer_modules {
+            let ne = match *stem {
+                "attn_q" => [d.hidden, q],
+                "attn_k" | "attn_v" => [d.hidden, kv],
+                "attn_qkv" => [d.hidden, q + 2 * kv],
+                "attn_output" => [q, d.hidden],
+                "ffn_gate" => [d.hidden, d.ffn],
+                "ffn_up" if arch.name == "phi3" => [d.hidden, 2 * d.ffn],
+                "ffn_up" => [d.hidden, d.ffn],
+                "ffn_down" => [d.ffn, d.hidden],
+                other => unreachable!("arch table stem {other} without a shape rule"),
+            };
+            add(format!("blk.{i}.{stem}.weight"), ne);
+        }
+    }
+    tensors
+}
+
+/// llama.cpp's `llama_ftype` names, for `general.file_type`.
+fn file_type_name(ftype: u64) -> Option<&'static str> {
+    Some(match ftype {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        19 => "IQ2_XXS",
+        20 => "IQ2_XS",
+        21 => "Q2_K_S",
+        22 => "IQ3_XS",
+        23 => "IQ3_XXS",
+        24 => "IQ1_S",
+        25 => "IQ4_NL",
+        26 => "IQ3_S",
+        27 => "IQ3_M",
+        28 => "IQ2_S",
+        29 => "IQ2_M",
+        30 => "IQ4_XS",
+        31 => "IQ1_M",
+        32 => "BF16",
+        36 => "TQ1_0",
+        37 => "TQ2_0",
+        _ => return None,
+    })
+}
+
+/// What the user typed as `--base`: an existing file or folder, else an Ollama model name, asked of
+/// the server at `OLLAMA_HOST` and, when no server answers, read from the local store.
+pub fn resolve(spec: &str) -> Result<BaseModel> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return BaseModel::load(path);
+    }
+    let looks_like_path =
+        spec.starts_with(['.', '/', '~']) || spec.ends_with(".gguf") || spec.ends_with(".json") || spec.contains('\\');
+    let name = match ModelName::parse(spec) {
+        Some(name) if !looks_like_path => name,
+        _ => {
+            return Err(Error::invalid(path, "no such file or folder")
+                .with_hint("--base takes a GGUF file, a Hugging Face model folder with config.json, or an Ollama model name"));
+        }
+    };
+    let client = ollama::Client::new(&ollama::host());
+    match client.show(spec) {
+        Ok(show) => BaseModel::from_show(&name, &show, client.base()),
+        Err(ollama::ApiError::Unreachable { url, err }) => {
+            let store = ollama::store_dir();
+            BaseModel::from_store(&name, &store).map_err(|e| match e {
+                Error::Invalid { msg, .. } | Error::Refused { msg, .. } if !name.manifest_path(&store).exists() => Error::Refused {
+                    path: PathBuf::from(spec),
+                    msg: format!("no Ollama server answers at {url} ({err}), and {msg}"),
+                    hint: Some(
+                        "start Ollama (`ollama serve`) or point OLLAMA_HOST at it; or set OLLAMA_MODELS to the model store; \
+                         or pass the model's GGUF file"
+                            .into(),
+                    ),
+                },
+                other => other,
+            })
+        }
+        Err(ollama::ApiError::Status { url, status: 404, message }) => Err(Error::Refused {
+            path: PathBuf::from(spec),
+            msg: format!("the Ollama server at {url} says: {message}"),
+            hint: Some(format!("pull it first (`ollama pull {spec}`), or check the name with `ollama list`")),
+        }),
+        Err(e) => Err(Error::Refused { path: PathBuf::from(spec), msg: e.to_string(), hint: None }),
+    }
 }
 
 /// transformers' config-class defaults for fields a `config.json` may leave out.
@@ -116,6 +255,12 @@ impl BaseModel {
         let vocab_size = get_u64("vocab_size")
             .or_else(|| header.get("tokenizer.ggml.tokens").and_then(gguf::Value::array_len).map(|n| n as u64))
             .or_else(|| tensors.get("token_embd.weight").and_then(|t| t.ne.get(1).copied()));
+        let unknown_types = header
+            .tensors
+            .iter()
+            .filter(|t| !t.ty.is_known())
+            .map(|t| format!("{}: {}", t.name, t.ty))
+            .collect();
         Ok(BaseModel {
             source: path.to_path_buf(),
             name: header.get_str("general.name").map(str::to_string),
@@ -125,7 +270,15 @@ impl BaseModel {
             head_count_kv,
             vocab_size,
             tensors,
+            exact_tensors: true,
             gguf_path: Some(path.to_path_buf()),
+            format: Some("gguf".into()),
+            size_label: header.get_str("general.size_label").map(str::to_string),
+            quantization: header
+                .get("general.file_type")
+                .and_then(gguf::Value::as_u64)
+                .map(|t| file_type_name(t).map_or_else(|| format!("file type {t}"), str::to_string)),
+            unknown_types,
         })
     }
 
@@ -177,31 +330,7 @@ impl BaseModel {
             .and_then(Json::as_bool)
             .unwrap_or(tied_default);
 
-        let (q, kv) = (n_head * head_dim, n_kv * head_dim);
-        let mut tensors = BTreeMap::new();
-        let mut add = |name: String, ne: [u64; 2]| {
-            tensors.insert(name, BaseTensor { ne: ne.to_vec(), ty: None });
-        };
-        add("token_embd.weight".into(), [hidden, vocab]);
-        if !tied {
-            add("output.weight".into(), [hidden, vocab]);
-        }
-        for i in 0..n_layer {
-            for (_, stem) in arch.layer_modules {
-                let ne = match *stem {
-                    "attn_q" => [hidden, q],
-                    "attn_k" | "attn_v" => [hidden, kv],
-                    "attn_qkv" => [hidden, q + 2 * kv],
-                    "attn_output" => [q, hidden],
-                    "ffn_gate" => [hidden, ffn],
-                    "ffn_up" if arch.name == "phi3" => [hidden, 2 * ffn],
-                    "ffn_up" => [hidden, ffn],
-                    "ffn_down" => [ffn, hidden],
-                    other => unreachable!("arch table stem {other} without a shape rule"),
-                };
-                add(format!("blk.{i}.{stem}.weight"), ne);
-            }
-        }
+        let dims = Dims { layers: n_layer, hidden, heads: n_head, kv_heads: n_kv, head_dim, ffn, vocab, tied };
         Ok(BaseModel {
             source: path.to_path_buf(),
             arch: arch.name.to_string(),
@@ -210,9 +339,127 @@ impl BaseModel {
             head_count: n_head,
             head_count_kv: n_kv,
             vocab_size: Some(vocab),
-            tensors,
+            tensors: derive_tensors(arch, &dims),
+            exact_tensors: false,
             gguf_path: None,
+            format: None,
+            size_label: None,
+            quantization: root.get("torch_dtype").or_else(|| cfg.get("torch_dtype")).and_then(Json::as_str).map(str::to_string),
+            unknown_types: vec![],
         })
+    }
+
+    /// From a server's `/api/show` (verbose): hyper-parameters from `model_info`, tensors as listed
+    /// (derived from the hyper-parameters when the server lists none).
+    pub fn from_show(name: &ModelName, show: &ollama::Show, server: &str) -> Result<Self> {
+        let source = PathBuf::from(name.to_string());
+        let info = &show.model_info;
+        let bad = |msg: String| Error::invalid(&source, format!("{msg} (from the Ollama server at {server})"));
+        let arch = info.get("general.architecture").and_then(Json::as_str).unwrap_or(&show.details.family).to_string();
+        let int = |key: &str| info.get(&format!("{arch}.{key}")).and_then(Json::as_u64);
+        // Head counts may be per-layer arrays; one value for all layers is what we can use.
+        let heads = |key: &str| -> Result<Option<u64>> {
+            match info.get(&format!("{arch}.{key}")) {
+                None | Some(Json::Null) => Ok(None),
+                Some(Json::Array(items)) => {
+                    let mut v: Vec<Option<u64>> = items.iter().map(Json::as_u64).collect();
+                    v.dedup();
+                    match v[..] {
+                        [Some(n)] => Ok(Some(n)),
+                        _ => Err(bad(format!("`{arch}.{key}` is not one head count for all layers"))),
+                    }
+                }
+                Some(v) => v.as_u64().map(Some).ok_or_else(|| bad(format!("`{arch}.{key}` is not an integer"))),
+            }
+        };
+        let gguf = show.details.format.is_empty() || show.details.format == "gguf";
+        let block_count = int("block_count").unwrap_or(0);
+        let head_count = heads("attention.head_count")?.unwrap_or(0);
+        let head_count_kv = heads("attention.head_count_kv")?.unwrap_or(head_count);
+        let mut unknown_types = Vec::new();
+        let mut tensors: BTreeMap<String, BaseTensor> = show
+            .tensors
+            .iter()
+            .map(|t| {
+                let ty = GgmlType::from_name(&t.ty);
+                if ty.is_none() {
+                    unknown_types.push(format!("{}: {}", t.name, t.ty));
+                }
+                (t.name.clone(), BaseTensor { ne: t.shape.clone(), ty })
+            })
+            .collect();
+        let vocab_size = int("vocab_size")
+            .or_else(|| info.get("tokenizer.ggml.tokens").and_then(Json::as_array).map(|a| a.len() as u64))
+            .or_else(|| tensors.get("token_embd.weight").and_then(|t| t.ne.get(1).copied()));
+        let exact_tensors = !tensors.is_empty();
+        if !exact_tensors && gguf {
+            if let (Some(arch_spec), Some(hidden), Some(vocab)) = (arch::by_name(&arch), int("embedding_length"), vocab_size) {
+                let heads = head_count.max(1);
+                let dims = Dims {
+                    layers: block_count,
+                    hidden,
+                    heads,
+                    kv_heads: head_count_kv,
+                    head_dim: int("attention.key_length").unwrap_or(hidden / heads),
+                    ffn: int("feed_forward_length").unwrap_or(0),
+                    vocab,
+                    // Unknown without a tensor list: assume tied, so an embedding or lm_head LoRA is
+                    // refused rather than handed to llama.cpp on a guess.
+                    tied: true,
+                };
+                tensors = derive_tensors(arch_spec, &dims);
+            }
+        }
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        Ok(BaseModel {
+            source,
+            name: info.get("general.name").and_then(Json::as_str).map(str::to_string),
+            arch,
+            block_count,
+            head_count,
+            head_count_kv,
+            vocab_size,
+            tensors,
+            exact_tensors,
+            gguf_path: None,
+            format: Some(if show.details.format.is_empty() { "gguf".into() } else { show.details.format.clone() }),
+            size_label: non_empty(&show.details.parameter_size),
+            quantization: non_empty(&show.details.quantization_level),
+            unknown_types,
+        })
+    }
+
+    /// From the local model store: the manifest's model layer is a GGUF blob, whose header is read.
+    pub fn from_store(name: &ModelName, store: &Path) -> Result<Self> {
+        let manifest_path = name.manifest_path(store);
+        let text = match std::fs::read_to_string(&manifest_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::invalid(
+                    &manifest_path,
+                    format!("the model store {} has no `{name}`", store.display()),
+                ));
+            }
+            Err(e) => return Err(Error::io(&manifest_path, e)),
+        };
+        let manifest: ollama::Manifest = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(&manifest_path, format!("not an Ollama manifest: {e}")))?;
+        let layer = manifest.layers.iter().find(|l| l.media_type == ollama::MODEL_LAYER).ok_or_else(|| {
+            Error::refused(
+                &manifest_path,
+                format!("`{name}` has no GGUF model layer ({})", ollama::MODEL_LAYER),
+                "models imported from safetensors and run by the MLX runner take neither an adapter nor a GGUF merge",
+            )
+        })?;
+        let blob = ollama::blob_path(store, &layer.digest)
+            .ok_or_else(|| Error::invalid(&manifest_path, format!("layer digest `{}` is not sha256:<64 hex>", layer.digest)))?;
+        if !blob.is_file() {
+            return Err(Error::invalid(&blob, format!("the store's manifest for `{name}` names this blob, which is missing"))
+                .with_hint(format!("pull the model again: `ollama pull {name}`")));
+        }
+        let mut base = Self::from_gguf(&blob)?;
+        base.source = PathBuf::from(name.to_string());
+        Ok(base)
     }
 }
 

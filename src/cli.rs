@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::base::BaseModel;
+use crate::base;
+use crate::validate::{self, Validation};
 use crate::convert::{self, Input, OutType};
 use crate::peft::{Adapter, Report};
 use crate::progress::Progress;
@@ -32,9 +33,13 @@ pub enum Command {
         /// `./a:0.7`. Several adapters are stacked into one.
         #[arg(required = true, value_name = "ADAPTER[:WEIGHT]")]
         adapters: Vec<String>,
-        /// The base model: a GGUF file, or a Hugging Face model directory with config.json.
+        /// The base model: an Ollama model name (asked of the server at OLLAMA_HOST, else read from the
+        /// local store), a GGUF file, or a Hugging Face model directory with config.json.
         #[arg(long, value_name = "BASE")]
-        base: PathBuf,
+        base: String,
+        /// Treat validation warnings (other family or size, vocabulary, low-bit base) as errors.
+        #[arg(long)]
+        strict: bool,
         /// Output GGUF file.
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
@@ -51,6 +56,20 @@ pub enum Command {
         #[arg(long)]
         force: bool,
         /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that an adapter fits a base model, and say what was checked.
+    Validate {
+        /// Adapter folder (or its adapter_config.json / .safetensors).
+        adapter: PathBuf,
+        /// The base model: an Ollama model name, a GGUF file, or a Hugging Face model directory.
+        #[arg(long, value_name = "BASE")]
+        base: String,
+        /// Treat warnings as errors (exit status 1).
+        #[arg(long)]
+        strict: bool,
+        /// Print a stable JSON document instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -76,10 +95,11 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     });
     let result = match cli.command {
-        Command::Convert { adapters, base, output, outtype, scale, name, force, json } => {
-            let opts = convert::Options { outtype, scale, name, force };
+        Command::Convert { adapters, base, strict, output, outtype, scale, name, force, json } => {
+            let opts = convert::Options { outtype, scale, name, force, strict };
             run_convert(&adapters, &base, &output, &opts, json, cli.quiet)
         }
+        Command::Validate { adapter, base, strict, json } => run_validate(&adapter, &base, strict, json),
         Command::Inspect { adapter, json } => run_inspect(&adapter, json),
     };
     match result {
@@ -109,14 +129,14 @@ fn parse_adapter_arg(arg: &str) -> anyhow::Result<(PathBuf, f64)> {
     Ok((arg.into(), 1.0))
 }
 
-fn run_convert(args: &[String], base: &Path, output: &Path, opts: &convert::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
+fn run_convert(args: &[String], base: &str, output: &Path, opts: &convert::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
     let mut inputs = Vec::new();
     for arg in args {
         let (path, weight) = parse_adapter_arg(arg)?;
         let adapter = Adapter::open(&path)?;
         inputs.push(Input { adapter, weight });
     }
-    let base = BaseModel::load(base)?;
+    let base = base::resolve(base)?;
     let bar = Bar::new(quiet);
     let summary = convert::convert(&inputs, &base, output, opts, &bar)
         .with_context(|| format!("converting to {}", output.display()))?;
@@ -138,6 +158,43 @@ fn run_convert(args: &[String], base: &Path, output: &Path, opts: &convert::Opti
         println!("  {} pairs carry a scale other than alpha/rank, folded into their lora_B", summary.folded);
     }
     Ok(())
+}
+
+fn run_validate(path: &Path, base: &str, strict: bool, json: bool) -> anyhow::Result<()> {
+    let adapter = Adapter::open(path)?;
+    let base = base::resolve(base)?;
+    let v = validate::validate(&adapter, &base);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", format_validation(&v));
+    }
+    if !v.ok() {
+        anyhow::bail!("{}: {}", path.display(), v.summary);
+    }
+    if strict && !v.warnings.is_empty() {
+        anyhow::bail!("{}: {} warning(s), and --strict makes them errors", path.display(), v.warnings.len());
+    }
+    Ok(())
+}
+
+fn format_validation(v: &Validation) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{} on {}", v.adapter.display(), v.base);
+    for c in &v.checks {
+        let _ = writeln!(s, "  ok       {c}");
+    }
+    for n in &v.notices {
+        let _ = writeln!(s, "  note     {n}");
+    }
+    for (label, list) in [("warning", &v.warnings), ("error", &v.errors)] {
+        for f in list {
+            let _ = writeln!(s, "  {label:<8} {}: {}\n           what to do: {}", f.subject, f.message, f.hint);
+        }
+    }
+    let _ = writeln!(s, "{}", v.summary);
+    s
 }
 
 fn run_inspect(path: &Path, json: bool) -> anyhow::Result<()> {

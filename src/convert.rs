@@ -23,6 +23,7 @@ use crate::base::BaseModel;
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgmlType, TensorSpec, Value};
 use crate::peft::{self, Adapter, LoraModule, RawTensor};
+use crate::validate::{validate, Finding};
 use crate::progress::Progress;
 
 #[cfg(target_endian = "big")]
@@ -54,11 +55,13 @@ pub struct Options {
     pub name: Option<String>,
     /// Replace an existing output file.
     pub force: bool,
+    /// Treat validation warnings as errors.
+    pub strict: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { outtype: OutType::Auto, scale: 1.0, name: None, force: false }
+        Options { outtype: OutType::Auto, scale: 1.0, name: None, force: false, strict: false }
     }
 }
 
@@ -109,14 +112,15 @@ struct OutTensor {
     row_perm: Option<Vec<usize>>,
 }
 
-/// The refusal for an adapter with problems, all of them listed.
-fn refuse_problems(adapter: &Adapter, problems: &[peft::Problem]) -> Error {
-    let mut msg = format!("cannot be converted ({} problem{}):", problems.len(), if problems.len() == 1 { "" } else { "s" });
-    for p in problems.iter().take(12) {
-        msg.push_str(&format!("\n  - {}: {}\n    what to do: {}", p.subject, p.why, p.hint));
+/// The refusal for an adapter that failed validation, every finding listed.
+fn refuse(adapter: &Adapter, base: &BaseModel, findings: &[Finding]) -> Error {
+    let n = findings.len();
+    let mut msg = format!("does not fit {} ({n} problem{}):", base.source.display(), if n == 1 { "" } else { "s" });
+    for f in findings.iter().take(12) {
+        msg.push_str(&format!("\n  - {}: {}\n    what to do: {}", f.subject, f.message, f.hint));
     }
-    if problems.len() > 12 {
-        msg.push_str(&format!("\n  ... and {} more (run `ollama-tools inspect` for all)", problems.len() - 12));
+    if n > 12 {
+        msg.push_str(&format!("\n  ... and {} more (run `ollama-tools validate` for all)", n - 12));
     }
     Error::Refused { path: adapter.path.clone(), msg, hint: None }
 }
@@ -202,30 +206,35 @@ struct Plan {
 /// stacks modules that adapt the same tensor, and folds each part's scale against one file alpha.
 fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Options) -> Result<Plan> {
     let mut notices = Vec::new();
-    let mut by_site: BTreeMap<Site, Vec<(usize, LoraModule)>> = BTreeMap::new();
+    let mut by_site: BTreeMap<Site, Vec<(usize, LoraModule, String)>> = BTreeMap::new();
     for (i, input) in inputs.iter().enumerate() {
-        let analysis = input.adapter.analyze();
-        if !analysis.problems.is_empty() {
-            return Err(refuse_problems(&input.adapter, &analysis.problems));
+        let v = validate(&input.adapter, base);
+        let mut errors = v.errors;
+        if opts.strict {
+            errors.extend(v.warnings.iter().cloned());
         }
-        if analysis.modules.is_empty() {
+        if !errors.is_empty() {
+            return Err(refuse(&input.adapter, base, &errors));
+        }
+        if v.modules.is_empty() {
             return Err(Error::refused(&input.adapter.weights_path, "no LoRA weights to convert", "check that this is the adapter you trained"));
         }
-        notices.extend(analysis.notices);
-        for m in analysis.modules {
-            by_site.entry(m.site.clone()).or_default().push((i, m));
+        notices.extend(v.notices);
+        notices.extend(v.warnings.iter().map(|w| format!("warning: {}: {} ({})", w.subject, w.message, w.hint)));
+        for (m, name) in v.modules {
+            by_site.entry(m.site.clone()).or_default().push((i, m, name));
         }
     }
 
     let mut tensors = Vec::new();
     for (site, mods) in &by_site {
-        let name = check_site(inputs, base, arch, site, mods)?;
+        let name = &mods[0].2;
         let embedding = matches!(site, Site::Embedding);
-        let total_rank: u64 = mods.iter().map(|(_, m)| m.rank).sum();
+        let total_rank: u64 = mods.iter().map(|(_, m, _)| m.rank).sum();
         // The factor each part needs so that llama.cpp's alpha/total_rank reproduces it; alpha comes later.
         let parts_b: Vec<Part> = mods
             .iter()
-            .map(|(i, m)| Part {
+            .map(|(i, m, _)| Part {
                 input: *i,
                 tensor: m.b,
                 rank: m.rank as usize,
@@ -233,7 +242,7 @@ fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Options) -> Resu
             })
             .collect();
         let parts_a: Vec<Part> =
-            mods.iter().map(|(i, m)| Part { input: *i, tensor: m.a, rank: m.rank as usize, factor: 1.0 }).collect();
+            mods.iter().map(|(i, m, _)| Part { input: *i, tensor: m.a, rank: m.rank as usize, factor: 1.0 }).collect();
         let (out_features, in_features) = (mods[0].1.out_features as usize, mods[0].1.in_features as usize);
         let r = total_rank as usize;
         let row_perm = match arch.row_permutation(site, base.head_count, base.head_count_kv) {
@@ -308,57 +317,6 @@ fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Options) -> Resu
         folded += usize::from(any);
     }
     Ok(Plan { tensors, alpha, folded, notices })
-}
-
-/// The base tensor a site's modules adapt, after llama.cpp's own checks: the tensor exists, its
-/// shape fits every module, and an embedding LoRA does not meet a tied output projection.
-fn check_site(inputs: &[Input], base: &BaseModel, arch: &Arch, site: &Site, mods: &[(usize, LoraModule)]) -> Result<String> {
-    let first = &inputs[mods[0].0].adapter;
-    let key_a = &first.tensors[mods[0].1.a].key;
-    let name = arch.tensor_name(site).ok_or_else(|| {
-        Error::refused(
-            &first.weights_path,
-            format!("`{key_a}` adapts `{}`, which the `{}` architecture does not have", mods[0].1.path, arch.name),
-            format!("modules of `{}`: {}", arch.name, arch.layer_modules.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")),
-        )
-    })?;
-    let base_t = base.tensors.get(&name).ok_or_else(|| {
-        let hint = match site {
-            Site::Output => "the base ties its output to the token embeddings, so there is no separate output weight for an lm_head LoRA".to_string(),
-            Site::Layer { layer, .. } if u64::from(*layer) >= base.block_count => {
-                format!("the base has {} layers; this adapter was trained on a deeper model", base.block_count)
-            }
-            _ => "the adapter was trained for a different model: pass the base it was trained on".to_string(),
-        };
-        Error::refused(&first.weights_path, format!("`{key_a}` maps to `{name}`, which the base model {} does not have", base.source.display()), hint)
-    })?;
-    let embedding = matches!(site, Site::Embedding);
-    if embedding && !base.tensors.contains_key("output.weight") {
-        // Measured in llama.cpp (tests/interop): with tied embeddings the output projection *is*
-        // token_embd.weight, so the loader applies this LoRA there too, in a layout that aborts
-        // the process (GGML_ASSERT(ggml_can_mul_mat)). PEFT changes only the input embedding.
-        return Err(Error::refused(
-            &first.weights_path,
-            format!("`{key_a}` is an embedding LoRA, and the base ties its output projection to the token embeddings"),
-            "llama.cpp would apply it to the output projection too and abort; retrain without embed_tokens in \
-             target_modules, or merge the adapter into the base weights with PEFT (merge_and_unload)",
-        ));
-    }
-    for (i, m) in mods {
-        let want = if embedding { [m.out_features, m.in_features] } else { [m.in_features, m.out_features] };
-        if base_t.ne[..] != want[..] {
-            let adapter = &inputs[*i].adapter;
-            return Err(Error::refused(
-                &adapter.weights_path,
-                format!(
-                    "`{}` (lora_A {:?}, lora_B {:?}) needs base tensor `{name}` with ggml shape {want:?}, but the base has {:?}",
-                    adapter.tensors[m.a].key, adapter.tensors[m.a].shape, adapter.tensors[m.b].shape, base_t.ne
-                ),
-                "the adapter was trained for another size or family of model: pass the base it was trained on",
-            ));
-        }
-    }
-    Ok(name)
 }
 
 /// The output type of a tensor, from its parts' statistics (already scaled by nothing: the factors

@@ -84,6 +84,16 @@ impl GgmlType {
         })
     }
 
+    /// The type of a ggml type name (`Q4_K`, `F16`), as Ollama's API reports them.
+    pub fn from_name(name: &str) -> Option<Self> {
+        (0..64).map(GgmlType).find(|t| t.traits().is_some_and(|(n, _, _)| n.eq_ignore_ascii_case(name)))
+    }
+
+    /// Whether this table knows the type (its block layout, so its size).
+    pub fn is_known(self) -> bool {
+        self.traits().is_some()
+    }
+
     pub fn name(self) -> String {
         self.traits().map_or_else(|| format!("type {}", self.0), |t| t.0.to_string())
     }

@@ -1,7 +1,8 @@
 //! ollama-tools: turn Hugging Face PEFT LoRA adapters into something llama.cpp and Ollama run exactly.
 //!
 //! One module per concept: [`peft`] reads adapters, [`arch`] holds the per-architecture tables,
-//! [`gguf`] reads and writes the container, [`base`] describes the base model whatever its source,
+//! [`gguf`] reads and writes the container, [`base`] describes the base model whatever its source
+//! ([`ollama`] speaks to Ollama's server and store), [`validate`] checks an adapter against a base,
 //! [`convert`] plans and writes GGUF LoRA adapters, [`cli`] is the command line on top. The library
 //! never prints; it reports through [`progress::Progress`].
 
@@ -11,7 +12,9 @@ pub mod cli;
 pub mod convert;
 pub mod error;
 pub mod gguf;
+pub mod ollama;
 pub mod peft;
 pub mod progress;
+pub mod validate;
 
 pub use error::{Error, Result};

@@ -1,0 +1,352 @@
+//! Does this adapter fit this base? Every check that can be made before converting or uploading,
+//! with errors (the adapter cannot be used on this base), warnings (it can, but probably should not)
+//! and the list of what was checked, so a user sees what passed and not only what failed.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::arch::{self, Site};
+use crate::base::BaseModel;
+use crate::gguf::GgmlType;
+use crate::peft::{Adapter, LoraModule};
+
+/// One error or warning: what it is about, what is wrong, what to do.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Finding {
+    pub subject: String,
+    pub message: String,
+    pub hint: String,
+}
+
+fn finding(subject: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Finding {
+    Finding { subject: subject.into(), message: message.into(), hint: hint.into() }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Validation {
+    pub adapter: PathBuf,
+    pub base: String,
+    pub arch: String,
+    /// What was checked and passed, in words.
+    pub checks: Vec<String>,
+    pub errors: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+    /// Notices from reading the adapter (tensors skipped per PEFT's own rules).
+    pub notices: Vec<String>,
+    /// One line: "32 layers, 224 tensors, all shapes match llama3.2:3b", or what failed.
+    pub summary: String,
+    /// Every LoRA pair with the base tensor it adapts (complete only when there are no errors).
+    #[serde(skip)]
+    pub modules: Vec<(LoraModule, String)>,
+}
+
+impl Validation {
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Types below 4 bits per weight: a LoRA applied on top of them loses much of its effect.
+fn below_q4(t: GgmlType) -> bool {
+    matches!(t.name().as_str(), "Q2_K" | "Q3_K" | "IQ2_XXS" | "IQ2_XS" | "IQ2_S" | "IQ3_XXS" | "IQ3_S" | "IQ1_S" | "IQ1_M" | "TQ1_0" | "TQ2_0")
+}
+
+/// The llama.cpp architecture a Hugging Face model id most likely has, from its name.
+fn family_of(id: &str) -> Option<&'static str> {
+    let id = id.to_ascii_lowercase();
+    let name = id.rsplit('/').next().unwrap_or(&id);
+    const TABLE: &[(&str, &str)] = &[
+        ("qwen3", "qwen3"),
+        ("qwen2", "qwen2"),
+        ("qwen1.5", "qwen2"),
+        ("gemma-3", "gemma3"),
+        ("gemma3", "gemma3"),
+        ("gemma-2", "gemma2"),
+        ("gemma2", "gemma2"),
+        ("gemma", "gemma"),
+        ("phi-3", "phi3"),
+        ("phi3", "phi3"),
+        ("phi-4", "phi3"),
+        ("phi-2", "phi2"),
+        ("llama", "llama"),
+        ("mistral", "llama"),
+        ("mixtral", "llama"),
+        ("falcon", "falcon"),
+        ("gpt2", "gpt2"),
+    ];
+    TABLE.iter().find(|(k, _)| name.contains(k)).map(|(_, a)| *a)
+}
+
+/// Parameter count in billions from a name or label: `Llama-3.2-3B-Instruct` -> 3, `gemma-3-270m` -> 0.27,
+/// `3.2B` -> 3.2. The last such token wins (`Qwen2.5-Coder-7B` -> 7, not the version).
+fn size_of(s: &str) -> Option<f64> {
+    let mut found = None;
+    for token in s.split(|c: char| matches!(c, '-' | '_' | '/' | ' ' | ':')) {
+        let t = token.to_ascii_lowercase();
+        let (num, mult) = match t.chars().last() {
+            Some('b') => (&t[..t.len() - 1], 1.0),
+            Some('m') => (&t[..t.len() - 1], 1e-3),
+            _ => continue,
+        };
+        if let Ok(v) = num.parse::<f64>() {
+            if v > 0.0 {
+                found = Some(v * mult);
+            }
+        }
+    }
+    found
+}
+
+/// Checks `adapter` against `base`.
+pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
+    let analysis = adapter.analyze();
+    let base_name = base.source.display().to_string();
+    let mut v = Validation {
+        adapter: adapter.path.clone(),
+        base: base_name.clone(),
+        arch: base.arch.clone(),
+        checks: vec![],
+        errors: analysis.problems.iter().map(|p| finding(&p.subject, &p.why, &p.hint)).collect(),
+        warnings: vec![],
+        notices: analysis.notices.clone(),
+        summary: String::new(),
+        modules: vec![],
+    };
+    let base_id = adapter.config.base_model_name_or_path.clone().unwrap_or_default();
+
+    // The base itself.
+    match base.format.as_deref() {
+        Some(f) if f != "gguf" => v.errors.push(finding(
+            "base",
+            format!("{base_name} is a {f} model, not GGUF: Ollama applies adapters only to GGUF models, and only a GGUF base can be merged"),
+            "use a GGUF build of the model, e.g. one from the Ollama library",
+        )),
+        _ => {}
+    }
+    if !base.unknown_types.is_empty() {
+        v.errors.push(finding(
+            "base",
+            format!("tensor types this tool can neither apply an adapter to nor re-quantize: {}", base.unknown_types.join(", ")),
+            "use a build of the base model with common types (F16, Q8_0, Q4_K_M ...)",
+        ));
+    }
+    let Some(arch) = base.arch_spec() else {
+        v.errors.push(finding(
+            "base",
+            format!("base architecture `{}` is not supported", base.arch),
+            format!("supported: {}", arch::supported_list()),
+        ));
+        return finish(v, base, 0);
+    };
+    v.checks.push(format!(
+        "base {base_name}: {} architecture `{}`, {} layers{}{}",
+        base.format.as_deref().map_or("config.json,".to_string(), |f| format!("{}", f.to_uppercase())),
+        arch.name,
+        base.block_count,
+        base.size_label.as_ref().map_or(String::new(), |s| format!(", {s}")),
+        base.quantization.as_ref().map_or(String::new(), |q| format!(", {q}")),
+    ));
+    if !base.exact_tensors {
+        v.checks.push("tensor shapes derived from the base's hyper-parameters (the source lists no tensors)".into());
+    }
+
+    // Every LoRA pair against the base's tensors: what llama.cpp's loader checks, and more.
+    let mut shape_errors: Vec<Finding> = Vec::new();
+    let mut layers = std::collections::BTreeSet::new();
+    let mut low_bit = std::collections::BTreeSet::new();
+    let mut types = std::collections::BTreeSet::new();
+    for m in &analysis.modules {
+        let key_a = &adapter.tensors[m.a].key;
+        let Some(name) = arch.tensor_name(&m.site) else {
+            v.errors.push(finding(
+                key_a,
+                format!("adapts `{}`, which the `{}` architecture does not have", m.path, arch.name),
+                format!("modules of `{}`: {}", arch.name, arch.layer_modules.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")),
+            ));
+            continue;
+        };
+        if let Site::Layer { layer, .. } = m.site {
+            if u64::from(layer) >= base.block_count {
+                v.errors.push(finding(
+                    key_a,
+                    format!("maps to `{name}`, but the base has {} layers (0-{})", base.block_count, base.block_count.saturating_sub(1)),
+                    format!("the base has {} layers; this adapter was trained on a deeper model{}", base.block_count, trained_for(&base_id)),
+                ));
+                continue;
+            }
+            layers.insert(layer);
+        }
+        let Some(base_t) = base.tensors.get(&name) else {
+            let hint = match m.site {
+                Site::Output => "the base ties its output to the token embeddings, so there is no separate output weight for an lm_head LoRA".to_string(),
+                _ => format!("the adapter was trained for a different model: pass the base it was trained on{}", trained_for(&base_id)),
+            };
+            v.errors.push(finding(key_a, format!("maps to `{name}`, which the base model {base_name} does not have"), hint));
+            continue;
+        };
+        if m.embedding && !base.tensors.contains_key("output.weight") {
+            // Measured in llama.cpp (tests/interop): with tied embeddings the output projection *is*
+            // token_embd.weight, so the loader applies this LoRA there too, in a layout that aborts
+            // the process (GGML_ASSERT(ggml_can_mul_mat)). PEFT changes only the input embedding.
+            v.errors.push(finding(
+                key_a,
+                "an embedding LoRA, and the base ties its output projection to the token embeddings",
+                "llama.cpp would apply it to the output projection too and abort; retrain without embed_tokens in \
+                 target_modules, or merge the adapter into the base weights with PEFT (merge_and_unload)",
+            ));
+            continue;
+        }
+        let want = if m.embedding { [m.out_features, m.in_features] } else { [m.in_features, m.out_features] };
+        if base_t.ne[..] != want[..] {
+            shape_errors.push(finding(
+                &name,
+                format!(
+                    "`{key_a}` (lora_A {:?}, lora_B {:?}) needs base tensor `{name}` with ggml shape {want:?}, but the base has {:?}",
+                    adapter.tensors[m.a].shape, adapter.tensors[m.b].shape, base_t.ne
+                ),
+                format!("the adapter was trained for another size or family of model: pass the base it was trained on{}", trained_for(&base_id)),
+            ));
+            continue;
+        }
+        if let Some(t) = base_t.ty {
+            types.insert(t.name());
+            if below_q4(t) {
+                low_bit.insert(t.name());
+            }
+        }
+        v.modules.push((m.clone(), name));
+    }
+    // The first offending tensor in full, and how many more: one wrong base makes them all wrong.
+    if let Some(first) = shape_errors.first() {
+        let mut f = first.clone();
+        if shape_errors.len() > 1 {
+            f.message.push_str(&format!(" ({} more tensors do not fit either)", shape_errors.len() - 1));
+        }
+        v.errors.push(f);
+    }
+    if v.errors.is_empty() {
+        v.checks.push(format!(
+            "{} LoRA pairs map to tensors of the `{}` architecture, in layers {} (the base has {})",
+            v.modules.len(),
+            arch.name,
+            layer_list(&layers),
+            base.block_count
+        ));
+        v.checks.push("every lora_A input width and lora_B output height matches its base tensor".into());
+        let ranks: std::collections::BTreeSet<u64> = analysis.modules.iter().map(|m| m.rank).collect();
+        v.checks.push(format!("ranks {ranks:?} match r / rank_pattern; alpha positive"));
+        if !types.is_empty() {
+            v.checks.push(format!("base tensor types {} take an adapter and can be re-quantized", types.into_iter().collect::<Vec<_>>().join(", ")));
+        }
+    }
+
+    // Warnings: it fits, but probably is not what the user wants.
+    if !low_bit.is_empty() {
+        v.warnings.push(finding(
+            "base",
+            format!("the adapted base tensors are quantized below 4 bits ({}): the adapter's effect degrades", low_bit.into_iter().collect::<Vec<_>>().join(", ")),
+            "use a Q4_K_M or better build of the base",
+        ));
+    }
+    check_identity(&mut v, base, &base_id);
+    check_vocab(&mut v, &analysis.modules, base);
+    let layers_n = layers.len();
+    finish(v, base, layers_n)
+}
+
+fn trained_for(base_id: &str) -> String {
+    if base_id.is_empty() { String::new() } else { format!(" (`{base_id}`, says its adapter_config.json)") }
+}
+
+fn layer_list(layers: &std::collections::BTreeSet<u32>) -> String {
+    match (layers.first(), layers.last()) {
+        (Some(a), Some(b)) if layers.len() as u32 == b - a + 1 => format!("{a}-{b}"),
+        (Some(_), Some(_)) => format!("{:?}", layers),
+        _ => "(none)".into(),
+    }
+}
+
+/// Family, size and 4-bit warnings from the adapter's `base_model_name_or_path`.
+fn check_identity(v: &mut Validation, base: &BaseModel, base_id: &str) {
+    if base_id.is_empty() {
+        v.checks.push("adapter names no base model (base_model_name_or_path), so family and size were not compared".into());
+        return;
+    }
+    let lower = base_id.to_ascii_lowercase();
+    if lower.contains("bnb") || lower.contains("4bit") {
+        v.warnings.push(finding(
+            "base_model_name_or_path",
+            format!("the adapter was trained on a 4-bit (bitsandbytes / QLoRA) copy of the base, `{base_id}`"),
+            "expected for QLoRA: on the full-precision or GGUF base the result is close to, not exactly, what was trained",
+        ));
+    }
+    match family_of(base_id) {
+        Some(f) if f != base.arch => v.warnings.push(finding(
+            "base_model_name_or_path",
+            format!("the adapter was trained on `{base_id}` (a {f} model), but the base is `{}`", base.arch),
+            "pass the base model the adapter was trained on",
+        )),
+        Some(f) => v.checks.push(format!("adapter's base `{base_id}` is a {f} model, like the base")),
+        None => {}
+    }
+    let base_size = base.size_label.as_deref().and_then(size_of).or_else(|| base.name.as_deref().and_then(size_of));
+    match (size_of(base_id), base_size) {
+        (Some(a), Some(b)) if (a - b).abs() / a.max(b) > 0.3 => v.warnings.push(finding(
+            "base_model_name_or_path",
+            format!("the adapter was trained on `{base_id}` ({a}B parameters), but the base is a {b}B model"),
+            "pass the base of the size the adapter was trained on",
+        )),
+        (Some(a), Some(b)) => v.checks.push(format!("sizes agree: adapter's base {a}B, base {b}B")),
+        _ => {}
+    }
+}
+
+/// The adapter's vocabulary, where its tensors show it (embedding or lm_head LoRA), against the base's.
+fn check_vocab(v: &mut Validation, modules: &[LoraModule], base: &BaseModel) {
+    let adapter_vocab = modules.iter().find_map(|m| match m.site {
+        Site::Embedding => Some(m.in_features),
+        Site::Output => Some(m.out_features),
+        Site::Layer { .. } => None,
+    });
+    match (adapter_vocab, base.vocab_size) {
+        (Some(a), Some(b)) if a != b => v.warnings.push(finding(
+            "vocabulary",
+            format!("the adapter's embedding/lm_head LoRA covers {a} tokens, the base has {b}: tokens were added or removed in training"),
+            "the base's tokenizer does not know the new tokens; use a base with the same vocabulary",
+        )),
+        (Some(a), Some(_)) => v.checks.push(format!("vocabulary of {a} tokens matches")),
+        _ => v.checks.push("vocabulary not compared (the adapter has no embedding or lm_head LoRA)".into()),
+    }
+}
+
+fn finish(mut v: Validation, base: &BaseModel, layers: usize) -> Validation {
+    v.summary = if v.errors.is_empty() {
+        format!("{layers} layers, {} tensors, all shapes match {}", v.modules.len() * 2, base.source.display())
+    } else {
+        format!("{} error{} against {}", v.errors.len(), if v.errors.len() == 1 { "" } else { "s" }, base.source.display())
+    };
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_families_from_names() {
+        assert_eq!(size_of("meta-llama/Llama-3.2-3B-Instruct"), Some(3.0));
+        assert_eq!(size_of("google/gemma-3-270m-it"), Some(0.27));
+        assert_eq!(size_of("Qwen/Qwen2.5-0.5B-Instruct"), Some(0.5));
+        assert_eq!(size_of("3.2B"), Some(3.2));
+        assert_eq!(size_of("unsloth/llama-3-8b-bnb-4bit"), Some(8.0));
+        assert_eq!(size_of("mistralai/Mistral-7B-Instruct-v0.3"), Some(7.0));
+        assert_eq!(size_of("gpt2"), None);
+        assert_eq!(family_of("unsloth/tinyllama-bnb-4bit"), Some("llama"));
+        assert_eq!(family_of("Qwen/Qwen2.5-0.5B-Instruct"), Some("qwen2"));
+        assert_eq!(family_of("google/gemma-3-270m-it"), Some("gemma3"));
+        assert_eq!(family_of("microsoft/Phi-3.5-mini-instruct"), Some("phi3"));
+        assert_eq!(family_of("mistralai/Mistral-7B-v0.1"), Some("llama"));
+        assert_eq!(family_of("some/model"), None);
+    }
+}
