@@ -531,6 +531,84 @@ mod tests {
         assert_eq!(&bytes[(h.data_offset + 32) as usize..][..10], &[2u8; 10]);
     }
 
+    /// A header built byte by byte with sizes from ggml's block tables (not from this module's own
+    /// table): Q4_K 144 bytes per 256 values, Q6_K 210 per 256, Q8_0 34 per 32.
+    #[test]
+    fn quantized_tensor_sizes_read_from_a_hand_built_file() {
+        let tensors: [(&str, u32, [u64; 2], u64); 3] =
+            [("a.q4k", 12, [256, 2], 2 * 144), ("b.q6k", 14, [512, 1], 2 * 210), ("c.q80", 8, [64, 3], 3 * 2 * 34)];
+        let mut b = Vec::new();
+        b.extend_from_slice(b"GGUF");
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&(20u64).to_le_bytes());
+        b.extend_from_slice(b"general.architecture");
+        b.extend_from_slice(&8u32.to_le_bytes());
+        b.extend_from_slice(&5u64.to_le_bytes());
+        b.extend_from_slice(b"llama");
+        let mut offset = 0u64;
+        let mut offsets = Vec::new();
+        for (name, ty, ne, size) in tensors {
+            b.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&2u32.to_le_bytes());
+            b.extend_from_slice(&ne[0].to_le_bytes());
+            b.extend_from_slice(&ne[1].to_le_bytes());
+            b.extend_from_slice(&ty.to_le_bytes());
+            b.extend_from_slice(&offset.to_le_bytes());
+            offsets.push(offset);
+            offset = (offset + size).div_ceil(32) * 32;
+        }
+        let data_start = b.len().div_ceil(32) * 32;
+        let end = data_start as u64 + offsets[2] + tensors[2].3;
+        b.resize(end as usize, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.gguf");
+        std::fs::write(&path, &b).unwrap();
+        let h = read_header(&path).unwrap();
+        assert_eq!(h.data_offset, data_start as u64);
+        for (t, (name, ty, ne, size)) in h.tensors.iter().zip(tensors) {
+            assert_eq!((t.name.as_str(), t.ty.0, t.ne.as_slice()), (name, ty, &ne[..]));
+            assert_eq!(t.ty.byte_size(&t.ne), Some(size), "{name}");
+        }
+        assert_eq!(h.tensors[2].offset, 736);
+        // One byte short of the last tensor is a truncated file.
+        std::fs::write(&path, &b[..b.len() - 1]).unwrap();
+        assert!(read_header(&path).unwrap_err().to_string().contains("truncated"));
+    }
+
+    /// Only the header is read: a multi-gigabyte model (sparse here) costs what its header costs.
+    #[test]
+    fn header_of_a_large_quantized_model_without_reading_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.gguf");
+        // Llama-3.1-8B's layer shapes in Q4_K/Q6_K: about 4.6 GB of data, never written.
+        let mut specs = Vec::new();
+        for i in 0..32 {
+            for (stem, ne, ty) in [
+                ("attn_q", [4096, 4096], GgmlType::Q4_K),
+                ("attn_k", [4096, 1024], GgmlType::Q4_K),
+                ("attn_v", [4096, 1024], GgmlType::Q6_K),
+                ("attn_output", [4096, 4096], GgmlType::Q4_K),
+                ("ffn_gate", [4096, 14336], GgmlType::Q4_K),
+                ("ffn_up", [4096, 14336], GgmlType::Q4_K),
+                ("ffn_down", [14336, 4096], GgmlType::Q6_K),
+            ] {
+                specs.push(TensorSpec { name: format!("blk.{i}.{stem}.weight"), ne: ne.to_vec(), ty });
+            }
+        }
+        let file = File::create(&path).unwrap();
+        Writer::new(&file, &[("general.architecture".into(), Value::String("llama".into()))], &specs).unwrap();
+        let header_len = file.metadata().unwrap().len();
+        let total: u64 = specs.iter().map(|s| s.byte_size().next_multiple_of(32)).sum();
+        file.set_len(header_len + total).unwrap();
+        assert!(total > 4_000_000_000);
+        let h = read_header(&path).unwrap();
+        assert_eq!(h.tensors.len(), 224);
+        assert_eq!(h.tensors[4].ty.byte_size(&h.tensors[4].ne), Some(14336 * 16 * 144));
+    }
+
     #[test]
     fn truncated_and_foreign_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -140,8 +140,8 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         return finish(v, base, 0);
     };
     v.checks.push(format!(
-        "base {base_name}: {} architecture `{}`, {} layers{}{}",
-        base.format.as_deref().map_or("config.json,".to_string(), |f| format!("{}", f.to_uppercase())),
+        "base {base_name} ({}): architecture `{}`, {} layers{}{}",
+        base.format.as_deref().map_or("described by config.json".to_string(), |f| format!("{} model", f.to_uppercase())),
         arch.name,
         base.block_count,
         base.size_label.as_ref().map_or(String::new(), |s| format!(", {s}")),
@@ -250,7 +250,7 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         ));
     }
     check_identity(&mut v, base, &base_id);
-    check_vocab(&mut v, &analysis.modules, base);
+    check_vocab(&mut v, adapter, &analysis.modules, base);
     let layers_n = layers.len();
     finish(v, base, layers_n)
 }
@@ -302,21 +302,27 @@ fn check_identity(v: &mut Validation, base: &BaseModel, base_id: &str) {
     }
 }
 
-/// The adapter's vocabulary, where its tensors show it (embedding or lm_head LoRA), against the base's.
-fn check_vocab(v: &mut Validation, modules: &[LoraModule], base: &BaseModel) {
-    let adapter_vocab = modules.iter().find_map(|m| match m.site {
+/// The adapter's vocabulary, where its tensors show it, against the base's: an embedding or lm_head
+/// LoRA, or the full embedding / lm_head PEFT saves when training resized the vocabulary.
+fn check_vocab(v: &mut Validation, adapter: &Adapter, modules: &[LoraModule], base: &BaseModel) {
+    let from_lora = modules.iter().find_map(|m| match m.site {
         Site::Embedding => Some(m.in_features),
         Site::Output => Some(m.out_features),
         Site::Layer { .. } => None,
     });
+    let from_full = adapter.tensors.iter().find_map(|t| {
+        let full = t.key.ends_with("embed_tokens.weight") || t.key.ends_with("lm_head.weight");
+        (full && t.shape.len() == 2).then(|| t.shape[0] as u64)
+    });
+    let adapter_vocab = from_lora.or(from_full);
     match (adapter_vocab, base.vocab_size) {
         (Some(a), Some(b)) if a != b => v.warnings.push(finding(
             "vocabulary",
-            format!("the adapter's embedding/lm_head LoRA covers {a} tokens, the base has {b}: tokens were added or removed in training"),
+            format!("the adapter's embedding / lm_head tensors cover {a} tokens, the base has {b}: tokens were added or removed in training"),
             "the base's tokenizer does not know the new tokens; use a base with the same vocabulary",
         )),
         (Some(a), Some(_)) => v.checks.push(format!("vocabulary of {a} tokens matches")),
-        _ => v.checks.push("vocabulary not compared (the adapter has no embedding or lm_head LoRA)".into()),
+        _ => v.checks.push("vocabulary not compared (the adapter has no embedding or lm_head tensors)".into()),
     }
 }
 

@@ -173,3 +173,131 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
 pub fn bin() -> assert_cmd::Command {
     assert_cmd::Command::cargo_bin("ollama-tools").unwrap()
 }
+
+/// The `/api/show` answer of a tiny llama model as an Ollama server gives it (verbose): GGUF metadata
+/// in `model_info`, tensors with ggml type names and ggml-order shapes.
+pub fn show_json(d: Dims, tensor_type: &str, with_tensors: bool) -> serde_json::Value {
+    let (q, kv) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
+    let mut tensors = vec![serde_json::json!({"name": "token_embd.weight", "type": "Q6_K", "shape": [d.hidden, d.vocab]})];
+    if !d.tied {
+        tensors.push(serde_json::json!({"name": "output.weight", "type": "Q6_K", "shape": [d.hidden, d.vocab]}));
+    }
+    for i in 0..d.layers {
+        for (stem, ne) in [
+            ("attn_q", [d.hidden, q]),
+            ("attn_k", [d.hidden, kv]),
+            ("attn_v", [d.hidden, kv]),
+            ("attn_output", [q, d.hidden]),
+            ("ffn_gate", [d.hidden, d.ffn]),
+            ("ffn_up", [d.hidden, d.ffn]),
+            ("ffn_down", [d.ffn, d.hidden]),
+        ] {
+            tensors.push(serde_json::json!({"name": format!("blk.{i}.{stem}.weight"), "type": tensor_type, "shape": ne}));
+        }
+        tensors.push(serde_json::json!({"name": format!("blk.{i}.attn_norm.weight"), "type": "F32", "shape": [d.hidden]}));
+    }
+    let mut show = serde_json::json!({
+        "license": "LLAMA 3.2 COMMUNITY LICENSE AGREEMENT",
+        "modelfile": "FROM /root/.ollama/models/blobs/sha256-...",
+        "parameters": "stop \"<|eot_id|>\"",
+        "template": "{{ .Prompt }}",
+        "details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
+                    "parameter_size": "1.2B", "quantization_level": "Q4_K_M"},
+        "model_info": {
+            "general.architecture": "llama", "general.basename": "Llama-3.2", "general.file_type": 15,
+            "general.parameter_count": 1_235_814_432u64, "general.size_label": "1B",
+            "llama.block_count": d.layers, "llama.embedding_length": d.hidden, "llama.feed_forward_length": d.ffn,
+            "llama.attention.head_count": d.heads, "llama.attention.head_count_kv": d.kv_heads,
+            "llama.attention.key_length": d.head_dim, "llama.vocab_size": d.vocab,
+            "llama.context_length": 131072, "tokenizer.ggml.model": "gpt2"
+        },
+        "capabilities": ["completion", "tools"],
+        "modified_at": "2026-11-01T10:00:00.000000000Z"
+    });
+    if with_tensors {
+        show["tensors"] = serde_json::Value::Array(tensors);
+    }
+    show
+}
+
+/// An in-process server that answers `/api/show` and `/api/version` the way Ollama documents them,
+/// including its error bodies (`{"error": "model 'x' not found"}` with 404).
+pub struct TestOllama {
+    pub url: String,
+    _runtime: tokio::runtime::Runtime,
+}
+
+pub fn start_ollama(models: Vec<(&str, serde_json::Value)>) -> TestOllama {
+    use axum::{Json, Router, extract::State, http::StatusCode, routing::{get, post}};
+    use std::sync::Arc;
+    type Models = Arc<HashMap<String, serde_json::Value>>;
+    // Ollama looks names up with the tag defaulted to `latest`.
+    let full = |n: &str| if n.rsplit('/').next().unwrap_or(n).contains(':') { n.to_string() } else { format!("{n}:latest") };
+    let models: Models = Arc::new(models.into_iter().map(|(n, v)| (full(n), v)).collect());
+    async fn show(State(models): State<Models>, body: String) -> (StatusCode, Json<serde_json::Value>) {
+        let Ok(req) = serde_json::from_str::<serde_json::Value>(&body) else {
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "invalid character looking for beginning of value"})));
+        };
+        let name = req["model"].as_str().unwrap_or_default().to_string();
+        let key = if name.rsplit('/').next().unwrap_or(&name).contains(':') { name.clone() } else { format!("{name}:latest") };
+        match models.get(&key) {
+            Some(v) => (StatusCode::OK, Json(v.clone())),
+            None => (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": format!("model '{name}' not found")}))),
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new()
+        .route("/api/show", post(show))
+        .route("/api/version", get(|| async { Json(serde_json::json!({"version": "0.34.2"})) }))
+        .with_state(models);
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    TestOllama { url, _runtime: runtime }
+}
+
+/// An address where nothing listens: connections are refused at once.
+pub const NO_SERVER: &str = "127.0.0.1:1";
+
+/// Lays out an Ollama model store the way Ollama does: the GGUF as a content-addressed blob, a
+/// manifest under manifests/<registry>/<namespace>/<model>/<tag> naming it with its media type.
+pub fn write_store(store: &Path, registry: &str, namespace: &str, model: &str, tag: &str, gguf: &Path) {
+    use sha2::Digest;
+    let bytes = std::fs::read(gguf).unwrap();
+    let hex: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(store.join("blobs")).unwrap();
+    std::fs::write(store.join("blobs").join(format!("sha256-{hex}")), &bytes).unwrap();
+    let template = b"{{ .Prompt }}";
+    let thex: String = sha2::Sha256::digest(template).iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(store.join("blobs").join(format!("sha256-{thex}")), template).unwrap();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": format!("sha256:{thex}"), "size": template.len()},
+        "layers": [
+            {"mediaType": "application/vnd.ollama.image.model", "digest": format!("sha256:{hex}"), "size": bytes.len()},
+            {"mediaType": "application/vnd.ollama.image.template", "digest": format!("sha256:{thex}"), "size": template.len()}
+        ]
+    });
+    let dir = store.join("manifests").join(registry).join(namespace).join(model);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(tag), serde_json::to_string(&manifest).unwrap()).unwrap();
+}
+
+/// A LoRA on q_proj and v_proj of every layer of the TINY llama, r=2; `config` overrides the defaults.
+pub fn tiny_adapter(dir: &Path, config: serde_json::Value, extra: Vec<T>) -> PathBuf {
+    let mut cfg = serde_json::json!({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "lora_alpha": 4,
+        "target_modules": ["q_proj", "v_proj"], "bias": "none"});
+    cfg.as_object_mut().unwrap().extend(config.as_object().unwrap().clone());
+    let mut rng = Rng::new(99);
+    let mut tensors = Vec::new();
+    for layer in 0..TINY.layers as usize {
+        for (module, out) in [("q_proj", 32), ("v_proj", 16)] {
+            let p = format!("base_model.model.model.layers.{layer}.self_attn.{module}");
+            tensors.push(t(&format!("{p}.lora_A.weight"), &[2, 32], rng.vec(64, 0.3)));
+            tensors.push(t(&format!("{p}.lora_B.weight"), &[out, 2], rng.vec(out * 2, 0.3)));
+        }
+    }
+    tensors.extend(extra);
+    write_adapter(dir, &cfg, &tensors)
+}
