@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{self, GgmlType, TensorSpec, Value};
 use crate::peft::{self, Adapter, LoraModule, RawTensor};
 use crate::validate::{validate, Finding};
+use crate::pipeline;
 use crate::progress::Progress;
 
 #[cfg(target_endian = "big")]
@@ -376,37 +377,22 @@ fn write(inputs: &[Input], tensors: &[OutTensor], kvs: &[(String, Value)], outpu
     let io_err = |e| Error::io(tmp.path(), e);
     let mut writer = gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), kvs, &specs).map_err(io_err)?;
 
-    let workers = worker_count(tensors.len());
-    std::thread::scope(|scope| -> Result<()> {
-        let mut queues = Vec::with_capacity(workers);
-        for w in 0..workers {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Encoded>>(1);
-            queues.push(rx);
-            scope.spawn(move || {
-                let (mut raw, mut halves, mut buf, mut assembled) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-                for t in tensors.iter().skip(w).step_by(workers) {
-                    let data = match passthrough(inputs, t) {
-                        Some((adapter, src)) => adapter.read_raw(src, &mut raw).map(|()| Encoded::Raw(std::mem::take(&mut raw))),
-                        None => assemble(inputs, t, &mut halves, &mut buf, &mut assembled)
-                            .map(|()| encode(std::mem::take(&mut assembled), t.spec.ty)),
-                    };
-                    // The writer stopped (an error): nothing more to do.
-                    if tx.send(data).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        for (i, t) in tensors.iter().enumerate() {
+    pipeline::ordered(
+        tensors,
+        || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        |(raw, halves, buf, assembled), t| match passthrough(inputs, t) {
+            Some((adapter, src)) => adapter.read_raw(src, raw).map(|()| Encoded::Raw(std::mem::take(raw))),
+            None => assemble(inputs, t, halves, buf, assembled).map(|()| encode(std::mem::take(assembled), t.spec.ty)),
+        },
+        |t, data| {
             if progress.cancelled() {
                 return Err(Error::Cancelled);
             }
-            let data = queues[i % workers].recv().expect("conversion worker panicked")?;
-            writer.write_tensor(data.bytes()).map_err(io_err)?;
+            writer.write_tensor(data?.bytes()).map_err(io_err)?;
             progress.advance(t.parts.iter().map(|p| src(inputs, p).1.byte_len() as u64).sum());
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     writer.finish().map_err(io_err)?;
     let bytes = tmp.as_file().metadata().map_err(io_err)?.len();
     if force {
@@ -434,15 +420,10 @@ struct Stats {
     count: usize,
 }
 
-/// How many threads to convert with: the machine's cores, but no more than there is work.
-fn worker_count(jobs: usize) -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, jobs.max(1))
-}
-
 /// Statistics of every part of every output tensor, computed on all cores; refuses non-finite values.
 fn scan(inputs: &[Input], tensors: &[OutTensor], progress: &dyn Progress) -> Result<Vec<Vec<Stats>>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = worker_count(tensors.len());
+    let workers = pipeline::worker_count(tensors.len());
     type Done = Vec<(usize, Vec<Stats>)>;
     let results: Vec<Result<Done>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)

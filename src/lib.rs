@@ -14,6 +14,7 @@ pub mod error;
 pub mod gguf;
 pub mod ollama;
 pub mod peft;
+pub mod pipeline;
 pub mod progress;
 pub mod validate;
 
