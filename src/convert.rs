@@ -84,7 +84,7 @@ pub struct Summary {
 
 /// How one source tensor goes into an output tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Layout {
+pub(crate) enum Layout {
     /// lora_A of a linear layer: rows stacked, `[r_k, in]` at row offset.
     RowsA,
     /// lora_B (linear or embedding): `[out, r_k]` at column offset, times the factor, rows permuted.
@@ -102,19 +102,19 @@ struct Part {
     factor: f64,
 }
 
-struct OutTensor {
-    spec: TensorSpec,
-    layout: Layout,
+pub(crate) struct OutTensor {
+    pub(crate) spec: TensorSpec,
+    pub(crate) layout: Layout,
     /// numpy shape `[rows, cols]`.
-    rows: usize,
-    cols: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
     parts: Vec<Part>,
     /// For llama's Q/K: source row of each output row.
     row_perm: Option<Vec<usize>>,
 }
 
 /// The refusal for an adapter that failed validation, every finding listed.
-fn refuse(adapter: &Adapter, base: &BaseModel, findings: &[Finding]) -> Error {
+pub(crate) fn refuse(adapter: &Adapter, base: &BaseModel, findings: &[Finding]) -> Error {
     let n = findings.len();
     let mut msg = format!("does not fit {} ({n} problem{}):", base.source.display(), if n == 1 { "" } else { "s" });
     for f in findings.iter().take(12) {
@@ -127,7 +127,7 @@ fn refuse(adapter: &Adapter, base: &BaseModel, findings: &[Finding]) -> Error {
 }
 
 /// The name of an adapter for `general.name`: its folder.
-fn adapter_label(adapter: &Adapter) -> String {
+pub(crate) fn adapter_label(adapter: &Adapter) -> String {
     let dir = adapter.config_path.parent().unwrap_or(Path::new("."));
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     dir.file_name().map_or_else(|| "adapter".to_string(), |n| n.to_string_lossy().into_owned())
@@ -135,30 +135,8 @@ fn adapter_label(adapter: &Adapter) -> String {
 
 /// Converts `inputs` for `base` into the GGUF LoRA adapter `output`.
 pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
-    if !(opts.scale.is_finite() && opts.scale != 0.0) {
-        return Err(Error::Usage(format!("--scale must be a non-zero finite number, got {}", opts.scale)));
-    }
-    if let Some(i) = inputs.iter().find(|i| !(i.weight.is_finite() && i.weight != 0.0)) {
-        return Err(Error::Usage(format!("adapter weight must be a non-zero finite number, got {} for {}", i.weight, i.adapter.path.display())));
-    }
-    if inputs.is_empty() {
-        return Err(Error::Usage("no adapter given".into()));
-    }
-    if output.exists() && !opts.force {
-        return Err(Error::Refused {
-            path: output.to_path_buf(),
-            msg: "already exists".into(),
-            hint: Some("pass --force to replace it, or choose another -o".into()),
-        });
-    }
-    let arch = base.arch_spec().ok_or_else(|| {
-        Error::refused(
-            &base.source,
-            format!("base architecture `{}` is not supported", base.arch),
-            format!("supported: {}", arch::supported_list()),
-        )
-    })?;
-    let mut plan = plan(inputs, base, arch, opts)?;
+    let mut plan = prepare(inputs, base, output, opts)?;
+    let arch = base.arch.clone();
 
     // Pass 1: statistics, so bad values are refused and tensor types fixed before anything is written.
     let total_bytes: u64 = plan.tensors.iter().flat_map(|t| &t.parts).map(|p| src(inputs, p).1.byte_len() as u64).sum();
@@ -184,7 +162,7 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
     }
     Ok(Summary {
         output: output.to_path_buf(),
-        arch: arch.name.to_string(),
+        arch,
         alpha: plan.alpha,
         pairs: plan.tensors.len() / 2,
         folded: plan.folded,
@@ -194,18 +172,66 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
     })
 }
 
+/// What every command that writes from adapters checks first (options, the output, the base's
+/// architecture, the adapters against the base), and then the plan.
+pub(crate) fn prepare(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options) -> Result<Plan> {
+    if !(opts.scale.is_finite() && opts.scale != 0.0) {
+        return Err(Error::Usage(format!("--scale must be a non-zero finite number, got {}", opts.scale)));
+    }
+    if let Some(i) = inputs.iter().find(|i| !(i.weight.is_finite() && i.weight != 0.0)) {
+        return Err(Error::Usage(format!("adapter weight must be a non-zero finite number, got {} for {}", i.weight, i.adapter.path.display())));
+    }
+    if inputs.is_empty() {
+        return Err(Error::Usage("no adapter given".into()));
+    }
+    if output.exists() && !opts.force {
+        return Err(Error::Refused {
+            path: output.to_path_buf(),
+            msg: "already exists".into(),
+            hint: Some("pass --force to replace it, or choose another -o".into()),
+        });
+    }
+    let arch = base.arch_spec().ok_or_else(|| {
+        Error::refused(
+            &base.source,
+            format!("base architecture `{}` is not supported", base.arch),
+            format!("supported: {}", arch::supported_list()),
+        )
+    })?;
+    plan(inputs, base, arch, opts)
+}
+
+/// A temporary file beside `output` (same filesystem, so the final rename is atomic), readable by
+/// others as a normal file would be (tempfile creates 0600; llama.cpp or Ollama may run as another user).
+pub(crate) fn temp_beside(output: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let prefix = format!(".{}.", output.file_name().map_or("out".into(), |n| n.to_string_lossy()));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Renames the finished temporary file into place; without `force` an existing file is kept.
+pub(crate) fn persist(tmp: tempfile::NamedTempFile, output: &Path, force: bool) -> Result<()> {
+    let done = if force { tmp.persist(output) } else { tmp.persist_noclobber(output) };
+    done.map(|_| ()).map_err(|e| Error::io(output, e.error))
+}
+
 /// The output tensors, the file alpha, and what the user should be told, from the headers alone.
-struct Plan {
-    tensors: Vec<OutTensor>,
-    alpha: f32,
+/// `tensors` holds, per adapted base tensor, its lora_a then its lora_b.
+pub(crate) struct Plan {
+    pub(crate) tensors: Vec<OutTensor>,
+    pub(crate) alpha: f32,
     /// Pairs whose factor was folded into lora_B.
     folded: usize,
-    notices: Vec<String>,
+    pub(crate) notices: Vec<String>,
 }
 
 /// Pairs every adapter's modules with the base's tensors (refusing what llama.cpp would not load),
 /// stacks modules that adapt the same tensor, and folds each part's scale against one file alpha.
-fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Options) -> Result<Plan> {
+pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Options) -> Result<Plan> {
     let mut notices = Vec::new();
     let mut by_site: BTreeMap<Site, Vec<(usize, LoraModule, String)>> = BTreeMap::new();
     for (i, input) in inputs.iter().enumerate() {
@@ -366,14 +392,7 @@ fn choose_type(t: &OutTensor, stats: &[Stats], outtype: OutType, output: &Path, 
 /// temporary file beside `output`, renamed into place at the end. Returns the file's size.
 fn write(inputs: &[Input], tensors: &[OutTensor], kvs: &[(String, Value)], output: &Path, force: bool, progress: &dyn Progress) -> Result<u64> {
     let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let prefix = format!(".{}.", output.file_name().map_or("out".into(), |n| n.to_string_lossy()));
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".tmp");
-    // tempfile creates 0600; an adapter is no secret, and llama.cpp or Ollama may run as another user.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = temp_beside(output)?;
     let io_err = |e| Error::io(tmp.path(), e);
     let mut writer = gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), kvs, &specs).map_err(io_err)?;
 
@@ -395,11 +414,7 @@ fn write(inputs: &[Input], tensors: &[OutTensor], kvs: &[(String, Value)], outpu
     )?;
     writer.finish().map_err(io_err)?;
     let bytes = tmp.as_file().metadata().map_err(io_err)?.len();
-    if force {
-        tmp.persist(output).map_err(|e| Error::io(output, e.error))?;
-    } else {
-        tmp.persist_noclobber(output).map_err(|e| Error::io(output, e.error))?;
-    }
+    persist(tmp, output, force)?;
     Ok(bytes)
 }
 
@@ -509,7 +524,7 @@ fn passthrough<'a>(inputs: &'a [Input], t: &OutTensor) -> Option<(&'a Adapter, &
 }
 
 /// Builds the output tensor in f32 from its parts.
-fn assemble(inputs: &[Input], t: &OutTensor, halves: &mut Vec<u16>, buf: &mut Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+pub(crate) fn assemble(inputs: &[Input], t: &OutTensor, halves: &mut Vec<u16>, buf: &mut Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
     out.clear();
     out.resize(t.rows * t.cols, 0.0);
     let mut offset = 0;

@@ -386,11 +386,13 @@ impl TensorSpec {
     }
 }
 
-/// Streams a GGUF file: header first, then each tensor's bytes in table order.
+/// Streams a GGUF file: header first, then each tensor's bytes in table order, whole or in pieces.
 pub struct Writer<W: Write> {
     out: W,
     sizes: Vec<u64>,
     next: usize,
+    /// Bytes of the current tensor written so far.
+    written: u64,
 }
 
 fn put_string(out: &mut impl Write, s: &str) -> io::Result<()> {
@@ -460,18 +462,35 @@ impl<W: Write> Writer<W> {
         pos += header.len() as u64;
         out.write_all(&header)?;
         out.write_all(&PADDING[..(pos.next_multiple_of(DEFAULT_ALIGNMENT) - pos) as usize])?;
-        Ok(Self { out, sizes, next: 0 })
+        Ok(Self { out, sizes, next: 0, written: 0 })
     }
 
     /// Writes the next tensor's bytes, then the padding that aligns the one after it.
     pub fn write_tensor(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_part(data)?;
+        self.end_tensor()
+    }
+
+    /// Appends bytes to the current tensor (for tensors streamed in pieces).
+    pub fn write_part(&mut self, data: &[u8]) -> io::Result<()> {
         let expected = *self.sizes.get(self.next).ok_or_else(|| invalid("more tensors written than declared"))?;
-        if data.len() as u64 != expected {
-            return Err(invalid(format!("tensor {} has {} bytes, declared {expected}", self.next, data.len())));
+        if self.written + data.len() as u64 > expected {
+            return Err(invalid(format!("tensor {} gets more than its declared {expected} bytes", self.next)));
         }
         self.out.write_all(data)?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the current tensor: checks it is complete and pads to the next alignment.
+    pub fn end_tensor(&mut self) -> io::Result<()> {
+        let expected = *self.sizes.get(self.next).ok_or_else(|| invalid("more tensors written than declared"))?;
+        if self.written != expected {
+            return Err(invalid(format!("tensor {} has {} bytes, declared {expected}", self.next, self.written)));
+        }
         self.out.write_all(&PADDING[..(expected.next_multiple_of(DEFAULT_ALIGNMENT) - expected) as usize])?;
         self.next += 1;
+        self.written = 0;
         Ok(())
     }
 
