@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::base;
 use crate::validate::{self, Validation};
 use crate::convert::{self, Input, OutType};
+use crate::merge::{self, MergedType};
 use crate::peft::{Adapter, Report};
 use crate::progress::Progress;
 
@@ -52,6 +53,38 @@ pub enum Command {
         /// general.name of the adapter (default: the adapter folder name).
         #[arg(long)]
         name: Option<String>,
+        /// Replace the output file if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merge PEFT LoRA adapter(s) into the base model's GGUF, keeping its quantization.
+    Merge {
+        /// Adapter folder (or either file of it), optionally with a weight: `./a:0.7`. Several are
+        /// merged together.
+        #[arg(required = true, value_name = "ADAPTER[:WEIGHT]")]
+        adapters: Vec<String>,
+        /// The base model: a GGUF file, or an Ollama model name (its GGUF blob is read from the local
+        /// store, or downloaded from its registry when the store is elsewhere).
+        #[arg(long, value_name = "BASE")]
+        base: String,
+        /// The base's GGUF file, when --base names a model whose store is not on this machine.
+        #[arg(long, value_name = "FILE")]
+        base_gguf: Option<PathBuf>,
+        /// Output GGUF file.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// Type of the merged tensors: the base tensor's own (keep), or f16 / q8_0.
+        #[arg(long, value_enum, default_value_t = MergedType::Keep)]
+        merged_type: MergedType,
+        /// Multiply the adapters' effect (0.5 = half strength).
+        #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+        scale: f64,
+        /// Treat validation warnings as errors.
+        #[arg(long)]
+        strict: bool,
         /// Replace the output file if it exists.
         #[arg(long)]
         force: bool,
@@ -100,6 +133,10 @@ pub fn run(cli: Cli) -> ExitCode {
             run_convert(&adapters, &base, &output, &opts, json, cli.quiet)
         }
         Command::Validate { adapter, base, strict, json } => run_validate(&adapter, &base, strict, json),
+        Command::Merge { adapters, base, base_gguf, output, merged_type, scale, strict, force, json } => {
+            let opts = merge::Options { merged_type, scale, force, strict };
+            run_merge(&adapters, &base, base_gguf.as_deref(), &output, &opts, json, cli.quiet)
+        }
         Command::Inspect { adapter, json } => run_inspect(&adapter, json),
     };
     match result {
@@ -130,12 +167,7 @@ fn parse_adapter_arg(arg: &str) -> anyhow::Result<(PathBuf, f64)> {
 }
 
 fn run_convert(args: &[String], base: &str, output: &Path, opts: &convert::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
-    let mut inputs = Vec::new();
-    for arg in args {
-        let (path, weight) = parse_adapter_arg(arg)?;
-        let adapter = Adapter::open(&path)?;
-        inputs.push(Input { adapter, weight });
-    }
+    let inputs = open_inputs(args)?;
     let base = base::resolve(base)?;
     let bar = Bar::new(quiet);
     let summary = convert::convert(&inputs, &base, output, opts, &bar)
@@ -157,6 +189,40 @@ fn run_convert(args: &[String], base: &str, output: &Path, opts: &convert::Optio
     if summary.folded > 0 {
         println!("  {} pairs carry a scale other than alpha/rank, folded into their lora_B", summary.folded);
     }
+    Ok(())
+}
+
+fn open_inputs(args: &[String]) -> anyhow::Result<Vec<Input>> {
+    args.iter()
+        .map(|arg| {
+            let (path, weight) = parse_adapter_arg(arg)?;
+            Ok(Input { adapter: Adapter::open(&path)?, weight })
+        })
+        .collect()
+}
+
+fn run_merge(args: &[String], base: &str, base_gguf: Option<&Path>, output: &Path, opts: &merge::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
+    let inputs = open_inputs(args)?;
+    let bar = Bar::new(quiet);
+    let base = match base_gguf {
+        Some(file) => base::BaseModel::from_gguf(file)?,
+        None => base::resolve_gguf(base, &bar)?,
+    };
+    let summary = merge::merge(&inputs, &base, output, opts, &bar).with_context(|| format!("merging into {}", output.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    let types: Vec<String> = summary.merged_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    println!(
+        "wrote {}: {} tensors merged ({}), {} copied unchanged, {} (base {})",
+        summary.output.display(),
+        summary.merged,
+        types.join(", "),
+        summary.copied,
+        human_bytes(summary.bytes),
+        human_bytes(summary.base_bytes)
+    );
     Ok(())
 }
 

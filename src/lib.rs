@@ -2,8 +2,10 @@
 //!
 //! One module per concept: [`peft`] reads adapters, [`arch`] holds the per-architecture tables,
 //! [`gguf`] reads and writes the container, [`base`] describes the base model whatever its source
-//! ([`ollama`] speaks to Ollama's server and store), [`validate`] checks an adapter against a base,
-//! [`convert`] plans and writes GGUF LoRA adapters, [`cli`] is the command line on top. The library
+//! ([`ollama`] speaks to Ollama's server and store, [`registry`] downloads a model's GGUF from an Ollama
+//! registry), [`validate`] checks an adapter against a base,
+//! [`convert`] plans and writes GGUF LoRA adapters, [`quant`] converts ggml tensor blocks to and from
+//! f32, [`cli`] is the command line on top. The library
 //! never prints; it reports through [`progress::Progress`].
 
 pub mod arch;
@@ -12,10 +14,13 @@ pub mod cli;
 pub mod convert;
 pub mod error;
 pub mod gguf;
+pub mod merge;
 pub mod ollama;
 pub mod peft;
 pub mod pipeline;
 pub mod progress;
+pub mod quant;
+pub mod registry;
 pub mod validate;
 
 pub use error::{Error, Result};

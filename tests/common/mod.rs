@@ -113,9 +113,13 @@ pub fn write_base_gguf(path: &Path, arch: &str, d: Dims) {
         (format!("{arch}.attention.head_count_kv"), Value::U32(d.kv_heads as u32)),
         (format!("{arch}.vocab_size"), Value::U32(d.vocab as u32)),
     ];
+    // Deterministic non-zero weights, so a merge test can tell base from delta.
+    let mut rng = Rng::new(7);
     let mut w = gguf::Writer::new(std::fs::File::create(path).unwrap(), &kvs, &specs).unwrap();
     for spec in &specs {
-        w.write_tensor(&vec![0u8; spec.byte_size() as usize]).unwrap();
+        let n = (spec.byte_size() / 4) as usize;
+        let bytes: Vec<u8> = rng.vec(n, 0.1).iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_tensor(&bytes).unwrap();
     }
     w.finish().unwrap();
 }

@@ -1,0 +1,344 @@
+//! PEFT LoRA adapter(s) merged into the base model's GGUF, each touched tensor re-quantized to its own
+//! type: what `llama-export-lora` + `llama-quantize` do, in one streaming pass that keeps the base's
+//! quantization (Ollama 0.34.1 and later no longer create models with an adapter layer).
+//!
+//! For every tensor an adapter touches: dequantize the base rows to f32, add llama.cpp's own delta
+//! `alpha / rank * lora_b @ lora_a` (the same lora_a / lora_b `convert` writes, so every scale rule,
+//! the Q/K row order and the embedding layout carry over), quantize back. Every other tensor and every
+//! metadata value is copied as is. Work is split into row blocks of a few megabytes, computed on all
+//! cores and written in order, so memory stays at a few blocks whatever the model's size.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use crate::base::BaseModel;
+use crate::convert::{self, Input, Layout, OutTensor, Plan};
+use crate::error::{Error, Result};
+use crate::gguf::{self, GgmlType, TensorSpec, Value};
+use crate::pipeline;
+use crate::progress::Progress;
+use crate::quant;
+
+/// The type touched tensors are written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MergedType {
+    /// The base tensor's own type (Q8_0 for a type this tool cannot re-quantize).
+    #[default]
+    Keep,
+    F16,
+    Q8_0,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub merged_type: MergedType,
+    /// Multiplies the adapters' effect.
+    pub scale: f64,
+    pub force: bool,
+    pub strict: bool,
+}
+
+/// What was written.
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    pub output: PathBuf,
+    pub base: PathBuf,
+    /// Tensors the adapters changed, and tensors copied unchanged.
+    pub merged: usize,
+    pub copied: usize,
+    /// Type name of the merged tensors -> count.
+    pub merged_types: std::collections::BTreeMap<String, usize>,
+    pub bytes: u64,
+    pub base_bytes: u64,
+    pub notices: Vec<String>,
+}
+
+/// About 4 M values per block: 16 MiB of f32 per worker.
+const BLOCK_VALUES: usize = 1 << 22;
+
+/// One unit of work, in output order.
+enum Job {
+    /// An untouched tensor, copied from the base file.
+    Copy { tensor: usize },
+    /// Rows `start..end` of a touched tensor.
+    Rows { tensor: usize, pair: usize, start: usize, end: usize },
+}
+
+/// The LoRA of one base tensor, in the base GGUF's layout.
+struct Pair {
+    a: usize,
+    b: usize,
+    /// Target type of the merged tensor.
+    ty: GgmlType,
+}
+
+enum Piece {
+    Copy,
+    Bytes(Vec<u8>),
+}
+
+/// Merges `inputs` into the GGUF of `base` (which must have one), writing `output`.
+pub fn merge(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
+    let base_path = base.gguf_path.clone().ok_or_else(|| {
+        Error::refused(
+            &base.source,
+            "merging needs the base model's GGUF file, and this base description has none",
+            "pass the GGUF file as --base (or --base-gguf), or an Ollama model whose blob is in the local store",
+        )
+    })?;
+    let convert_opts = convert::Options { scale: opts.scale, force: opts.force, strict: opts.strict, ..Default::default() };
+    let plan = convert::prepare(inputs, base, output, &convert_opts)?;
+    let header = gguf::read_header(&base_path).map_err(|e| Error::invalid(&base_path, e.to_string()))?;
+    let mut notices = plan.notices.clone();
+
+    // Which base tensors the adapters touch, and what type each becomes.
+    let by_name: HashMap<&str, usize> = header.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let mut pairs: Vec<Pair> = Vec::new();
+    let mut pair_of = HashMap::new();
+    for (k, ab) in plan.tensors.chunks(2).enumerate() {
+        let name = ab[0].spec.name.strip_suffix(".lora_a").expect("plan pairs lora_a with lora_b");
+        let &i = by_name.get(name).ok_or_else(|| Error::invalid(&base_path, format!("tensor `{name}` is missing")))?;
+        let t = &header.tensors[i];
+        if !quant::can_dequantize(t.ty) {
+            return Err(Error::refused(
+                &base_path,
+                format!("`{name}` is {}, which this tool cannot read to merge into", t.ty),
+                "use a build of the base with F16, BF16, Q8_0, Q4_0/Q4_1/Q5_0/Q5_1 or K-quant tensors",
+            ));
+        }
+        let wanted = match opts.merged_type {
+            MergedType::Keep => t.ty,
+            MergedType::F16 => GgmlType::F16,
+            MergedType::Q8_0 => GgmlType::Q8_0,
+        };
+        let fits = |ty: GgmlType| quant::can_quantize(ty) && t.ne[0] as usize % quant::block_len(ty) == 0;
+        let ty = if fits(wanted) {
+            wanted
+        } else {
+            let fallback = if fits(GgmlType::Q8_0) { GgmlType::Q8_0 } else { GgmlType::F16 };
+            notices.push(format!("`{name}` written as {fallback}: {wanted} cannot be written for it"));
+            fallback
+        };
+        pair_of.insert(i, pairs.len());
+        pairs.push(Pair { a: 2 * k, b: 2 * k + 1, ty });
+    }
+
+    // The jobs, in file order: whole tensors to copy, row blocks to merge.
+    let mut jobs = Vec::new();
+    let mut specs = Vec::with_capacity(header.tensors.len());
+    for (i, t) in header.tensors.iter().enumerate() {
+        match pair_of.get(&i) {
+            None => {
+                jobs.push(Job::Copy { tensor: i });
+                specs.push(TensorSpec { name: t.name.clone(), ne: t.ne.clone(), ty: t.ty });
+            }
+            Some(&pair) => {
+                let (cols, rows) = (t.ne[0] as usize, t.ne[1..].iter().product::<u64>() as usize);
+                let step = (BLOCK_VALUES / cols).max(1);
+                for start in (0..rows).step_by(step) {
+                    jobs.push(Job::Rows { tensor: i, pair, start, end: (start + step).min(rows) });
+                }
+                specs.push(TensorSpec { name: t.name.clone(), ne: t.ne.clone(), ty: pairs[pair].ty });
+            }
+        }
+    }
+    let kvs = metadata(&header, inputs, opts);
+
+    let tmp = convert::temp_beside(output)?;
+    let io_err = |e| Error::io(tmp.path(), e);
+    let mut writer = gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), &kvs, &specs).map_err(io_err)?;
+    let base_file = File::open(&base_path).map_err(|e| Error::io(&base_path, e))?;
+    let total: u64 = specs.iter().map(TensorSpec::byte_size).sum();
+    progress.stage("merging", total);
+
+    let merger = Merger { inputs, plan: &plan, pairs: &pairs, header: &header, base_file: &base_file, base_path: &base_path };
+    let mut copy_buf = vec![0u8; 8 << 20];
+    let mut source = &base_file;
+    pipeline::ordered(
+        &jobs,
+        WorkerState::default,
+        |state, job| match job {
+            Job::Copy { .. } => Ok(Piece::Copy),
+            Job::Rows { tensor, pair, start, end } => merger.rows(state, *tensor, *pair, *start, *end).map(Piece::Bytes),
+        },
+        |job, piece| {
+            if progress.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            match (job, piece?) {
+                (Job::Copy { tensor }, _) => {
+                    let t = &header.tensors[*tensor];
+                    let mut left = t.ty.byte_size(&t.ne).expect("validated base tensor types have sizes");
+                    source.seek(SeekFrom::Start(header.data_offset + t.offset)).map_err(|e| Error::io(&base_path, e))?;
+                    while left > 0 {
+                        let n = left.min(copy_buf.len() as u64) as usize;
+                        source.read_exact(&mut copy_buf[..n]).map_err(|e| Error::io(&base_path, e))?;
+                        writer.write_part(&copy_buf[..n]).map_err(io_err)?;
+                        progress.advance(n as u64);
+                        left -= n as u64;
+                    }
+                    writer.end_tensor().map_err(io_err)?;
+                }
+                (Job::Rows { tensor, end, .. }, Piece::Bytes(bytes)) => {
+                    writer.write_part(&bytes).map_err(io_err)?;
+                    progress.advance(bytes.len() as u64);
+                    let t = &header.tensors[*tensor];
+                    if *end == t.ne[1..].iter().product::<u64>() as usize {
+                        writer.end_tensor().map_err(io_err)?;
+                    }
+                }
+                (Job::Rows { .. }, Piece::Copy) => unreachable!("row jobs give bytes"),
+            }
+            Ok(())
+        },
+    )?;
+    writer.finish().map_err(io_err)?;
+    progress.finish();
+    let bytes = tmp.as_file().metadata().map_err(io_err)?.len();
+    convert::persist(tmp, output, opts.force)?;
+
+    let mut merged_types = std::collections::BTreeMap::new();
+    for p in &pairs {
+        *merged_types.entry(p.ty.name()).or_insert(0) += 1;
+    }
+    for n in &notices {
+        progress.notice(n);
+    }
+    Ok(Summary {
+        output: output.to_path_buf(),
+        base: base_path.clone(),
+        merged: pairs.len(),
+        copied: header.tensors.len() - pairs.len(),
+        merged_types,
+        bytes,
+        base_bytes: std::fs::metadata(&base_path).map(|m| m.len()).unwrap_or(0),
+        notices,
+    })
+}
+
+/// Per-worker scratch: the LoRA of the tensor it last worked on (blocks of one tensor come in a
+/// row, so each worker assembles a tensor's lora_a / lora_b once), and buffers.
+#[derive(Default)]
+struct WorkerState {
+    pair: Option<usize>,
+    lora_a: Vec<f32>,
+    lora_b: Vec<f32>,
+    halves: Vec<u16>,
+    scratch: Vec<f32>,
+    raw: Vec<u8>,
+    rows: Vec<f32>,
+}
+
+struct Merger<'a> {
+    inputs: &'a [Input],
+    plan: &'a Plan,
+    pairs: &'a [Pair],
+    header: &'a gguf::Header,
+    base_file: &'a File,
+    base_path: &'a Path,
+}
+
+impl Merger<'_> {
+    /// Rows `start..end` of base tensor `tensor`, merged and encoded in the pair's target type.
+    fn rows(&self, s: &mut WorkerState, tensor: usize, pair: usize, start: usize, end: usize) -> Result<Vec<u8>> {
+        let t = &self.header.tensors[tensor];
+        let p = &self.pairs[pair];
+        let (a, b) = (&self.plan.tensors[p.a], &self.plan.tensors[p.b]);
+        if s.pair != Some(pair) {
+            convert::assemble(self.inputs, a, &mut s.halves, &mut s.scratch, &mut s.lora_a)?;
+            convert::assemble(self.inputs, b, &mut s.halves, &mut s.scratch, &mut s.lora_b)?;
+            s.pair = Some(pair);
+        }
+        let cols = t.ne[0] as usize;
+        let n = (end - start) * cols;
+        let row_bytes = t.ty.byte_size(&[t.ne[0]]).expect("validated type") as usize;
+        s.raw.resize((end - start) * row_bytes, 0);
+        read_at(self.base_file, &mut s.raw, self.header.data_offset + t.offset + (start * row_bytes) as u64)
+            .map_err(|e| Error::io(self.base_path, e))?;
+        s.rows.resize(n, 0.0);
+        quant::dequantize(t.ty, &s.raw, &mut s.rows).map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
+        add_delta(a, b, self.plan.alpha, &s.lora_a, &s.lora_b, start, end, cols, &mut s.rows);
+        let mut out = vec![0u8; p.ty.byte_size(&[cols as u64, (end - start) as u64]).expect("target types have sizes") as usize];
+        quant::quantize(p.ty, &s.rows, &mut out).map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
+        Ok(out)
+    }
+}
+
+/// Adds llama.cpp's delta for rows `start..end` to `rows` (`[end - start, cols]`, row-major):
+/// `alpha / rank * lora_b @ lora_a` for a linear weight, and for the token embedding (whose lora_a
+/// is stored transposed, `[vocab, rank]`) `alpha / rank * lora_a @ lora_b^T`.
+#[allow(clippy::too_many_arguments)]
+fn add_delta(a: &OutTensor, b: &OutTensor, alpha: f32, lora_a: &[f32], lora_b: &[f32], start: usize, end: usize, cols: usize, rows: &mut [f32]) {
+    let rank = b.cols;
+    let scale = alpha / rank as f32;
+    let m = end - start;
+    // (left: [m, rank] row-major; right: [rank, cols] with strides).
+    let (left, right, rs_right, cs_right) = match a.layout {
+        Layout::TransposedA => (&lora_a[start * rank..end * rank], lora_b, 1, rank as isize),
+        _ => (&lora_b[start * rank..end * rank], lora_a, cols as isize, 1),
+    };
+    debug_assert_eq!(right.len(), rank * cols);
+    // SAFETY: the pointers and strides describe `left` ([m, rank]), `right` ([rank, cols]) and `rows`
+    // ([m, cols]) within their slices' bounds, checked by the slicing above and the lengths here.
+    assert!(left.len() == m * rank && rows.len() == m * cols && right.len() == rank * cols);
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            rank,
+            cols,
+            scale,
+            left.as_ptr(),
+            rank as isize,
+            1,
+            right.as_ptr(),
+            rs_right,
+            cs_right,
+            1.0,
+            rows.as_mut_ptr(),
+            cols as isize,
+            1,
+        );
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The base's metadata as it is (its alignment aside: the writer aligns to 32, the default), plus
+/// where the merge came from.
+fn metadata(header: &gguf::Header, inputs: &[Input], opts: &Options) -> Vec<(String, Value)> {
+    let mut kvs: Vec<(String, Value)> =
+        header.kvs.iter().filter(|(k, _)| k != "general.alignment" && !k.starts_with("ollama_tools.")).cloned().collect();
+    let strings = |f: &dyn Fn(&Input) -> String| Value::Array(8, inputs.iter().map(|i| Value::String(f(i))).collect());
+    kvs.push(("ollama_tools.version".into(), Value::String(env!("CARGO_PKG_VERSION").into())));
+    kvs.push((
+        "ollama_tools.merged.adapters".into(),
+        strings(&|i| {
+            let cfg = i.adapter.config_path.to_string_lossy().into_owned();
+            crate::peft::hub_cache_repo(&cfg).unwrap_or_else(|| convert::adapter_label(&i.adapter))
+        }),
+    ));
+    kvs.push(("ollama_tools.merged.revisions".into(), strings(&|i| i.adapter.config.revision.clone().unwrap_or_default())));
+    kvs.push(("ollama_tools.merged.weights".into(), Value::Array(6, inputs.iter().map(|i| Value::F32(i.weight as f32)).collect())));
+    kvs.push(("ollama_tools.merged.scale".into(), Value::F32(opts.scale as f32)));
+    kvs
+}

@@ -1,0 +1,405 @@
+//! Downloading a model's GGUF from an Ollama registry: a test registry (axum on 127.0.0.1:0) that
+//! speaks the OCI distribution API as Ollama's does, with Range support, and can be told to cut a
+//! connection, corrupt a byte, ignore Range, or refuse with 404 / 401.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ollama_tools::Error;
+use ollama_tools::ollama::ModelName;
+use ollama_tools::progress::{Progress, Silent};
+use ollama_tools::registry::pull_model_blob;
+use sha2::{Digest, Sha256};
+
+const MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// What the test registry should do wrong.
+#[derive(Default)]
+struct Misbehave {
+    /// Answer manifest requests with this status and an OCI error body (404 or 401).
+    manifest_status: Option<u16>,
+    /// Serve a manifest without a model layer.
+    no_model_layer: bool,
+    /// Cut this many blob responses half-way through what they were asked for.
+    cuts: usize,
+    /// Flip one byte of the blob in every response.
+    corrupt: bool,
+    /// Answer Range requests with 200 and the whole blob.
+    ignore_range: bool,
+}
+
+struct Registry {
+    blob: Vec<u8>,
+    digest: String,
+    misbehave: Mutex<Misbehave>,
+    manifest_requests: AtomicUsize,
+    blob_requests: AtomicUsize,
+    /// The Range header of each blob request.
+    ranges: Mutex<Vec<Option<String>>>,
+}
+
+struct Server {
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Server {
+    fn start(misbehave: Misbehave) -> Server {
+        let data = blob_bytes(3 << 20 | 17);
+        let digest = format!("sha256:{}", sha256_hex(&data));
+        let registry = Arc::new(Registry {
+            blob: data,
+            digest,
+            misbehave: Mutex::new(misbehave),
+            manifest_requests: AtomicUsize::new(0),
+            blob_requests: AtomicUsize::new(0),
+            ranges: Mutex::new(Vec::new()),
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let app = Router::new()
+            .route("/v2/{ns}/{model}/manifests/{tag}", get(manifest))
+            .route("/v2/{ns}/{model}/blobs/{digest}", get(blob))
+            .with_state(registry.clone());
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Server { addr, registry, _rt: rt }
+    }
+
+    fn name(&self) -> ModelName {
+        ModelName::parse(&format!("{}/library/tiny:latest", self.addr)).unwrap()
+    }
+
+    fn blob_requests(&self) -> usize {
+        self.registry.blob_requests.load(Ordering::SeqCst)
+    }
+
+    fn ranges(&self) -> Vec<Option<String>> {
+        self.registry.ranges.lock().unwrap().clone()
+    }
+}
+
+fn oci_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "errors": [{ "code": code, "message": message }] });
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn manifest(State(reg): State<Arc<Registry>>, UrlPath((ns, model, tag)): UrlPath<(String, String, String)>, headers: HeaderMap) -> Response {
+    reg.manifest_requests.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(headers.get(header::ACCEPT).unwrap(), MANIFEST_V2);
+    let m = reg.misbehave.lock().unwrap();
+    match m.manifest_status {
+        Some(404) => return oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown"),
+        Some(401) => return oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required"),
+        _ => {}
+    }
+    if (ns.as_str(), model.as_str(), tag.as_str()) != ("library", "tiny", "latest") {
+        return oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown");
+    }
+    let layer = |media: &str, digest: &str, size: usize| serde_json::json!({ "mediaType": media, "digest": digest, "size": size });
+    let template = format!("sha256:{}", sha256_hex(b"{{ .Prompt }}"));
+    let mut layers = vec![layer("application/vnd.ollama.image.template", &template, 13)];
+    if !m.no_model_layer {
+        layers.insert(0, layer("application/vnd.ollama.image.model", &reg.digest, reg.blob.len()));
+    }
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_V2,
+        "config": layer("application/vnd.docker.container.image.v1+json", &format!("sha256:{}", sha256_hex(b"{}")), 2),
+        "layers": layers,
+    });
+    ([(header::CONTENT_TYPE, MANIFEST_V2)], body.to_string()).into_response()
+}
+
+async fn blob(State(reg): State<Arc<Registry>>, UrlPath((_ns, _model, digest)): UrlPath<(String, String, String)>, headers: HeaderMap) -> Response {
+    reg.blob_requests.fetch_add(1, Ordering::SeqCst);
+    let range = headers.get(header::RANGE).map(|v| v.to_str().unwrap().to_string());
+    reg.ranges.lock().unwrap().push(range.clone());
+    if digest != reg.digest {
+        return oci_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown to registry");
+    }
+    let (corrupt, cut, ignore_range) = {
+        let mut m = reg.misbehave.lock().unwrap();
+        let cut = m.cuts > 0;
+        if cut {
+            m.cuts -= 1;
+        }
+        (m.corrupt, cut, m.ignore_range)
+    };
+    let len = reg.blob.len();
+    let start = match range.as_deref().filter(|_| !ignore_range) {
+        Some(r) => r.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).unwrap().parse::<usize>().unwrap(),
+        None => 0,
+    };
+    if start >= len {
+        return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))]).into_response();
+    }
+    let mut data = reg.blob[start..].to_vec();
+    if corrupt && len / 2 >= start {
+        data[len / 2 - start] ^= 0x40;
+    }
+    let mut builder = Response::builder().header(header::CONTENT_LENGTH, data.len());
+    builder = if start > 0 {
+        builder.status(StatusCode::PARTIAL_CONTENT).header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", len - 1))
+    } else {
+        builder.status(StatusCode::OK)
+    };
+    let body = if cut {
+        // Half of what was asked for, a pause so it reaches the client, then a broken connection.
+        let half = data[..data.len() / 2].to_vec();
+        let stream = futures_util::stream::unfold(0u8, move |step| {
+            let half = half.clone();
+            async move {
+                match step {
+                    0 => Some((Ok(Bytes::from(half)), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Some((Err(std::io::Error::other("cut")), 2))
+                    }
+                    _ => None,
+                }
+            }
+        });
+        Body::from_stream(stream)
+    } else {
+        Body::from(data)
+    };
+    builder.body(body).unwrap()
+}
+
+/// Deterministic bytes that do not compress or repeat.
+fn blob_bytes(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Records what the download reports; cancels once `cancel_after` bytes were reported.
+#[derive(Default)]
+struct Recorder {
+    stages: Mutex<Vec<(String, u64)>>,
+    advanced: AtomicU64,
+    finished: AtomicUsize,
+    notices: Mutex<Vec<String>>,
+    cancel_after: Option<u64>,
+}
+
+impl Progress for Recorder {
+    fn stage(&self, name: &str, total: u64) {
+        self.stages.lock().unwrap().push((name.to_string(), total));
+        self.advanced.store(0, Ordering::SeqCst);
+    }
+    fn advance(&self, n: u64) {
+        self.advanced.fetch_add(n, Ordering::SeqCst);
+    }
+    fn notice(&self, msg: &str) {
+        self.notices.lock().unwrap().push(msg.to_string());
+    }
+    fn finish(&self) {
+        self.finished.fetch_add(1, Ordering::SeqCst);
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel_after.is_some_and(|n| self.advanced.load(Ordering::SeqCst) >= n)
+    }
+}
+
+fn blob_file(cache: &Path, server: &Server) -> PathBuf {
+    cache.join("blobs").join(server.registry.digest.replace(':', "-"))
+}
+
+fn partial_file(cache: &Path, server: &Server) -> PathBuf {
+    cache.join("blobs").join(format!("{}.partial", server.registry.digest.replace(':', "-")))
+}
+
+fn err_text(e: &Error) -> String {
+    e.to_string()
+}
+
+#[test]
+fn full_download_is_verified_and_then_reused() {
+    let server = Server::start(Misbehave::default());
+    let cache = tempfile::tempdir().unwrap();
+    let rec = Recorder::default();
+    let path = pull_model_blob(&server.name(), cache.path(), &rec).unwrap();
+    assert_eq!(path, blob_file(cache.path(), &server));
+    assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
+    assert!(!partial_file(cache.path(), &server).exists());
+    let len = server.registry.blob.len() as u64;
+    assert_eq!(rec.stages.lock().unwrap().last().unwrap().1, len);
+    assert_eq!(rec.advanced.load(Ordering::SeqCst), len);
+    assert_eq!(rec.finished.load(Ordering::SeqCst), 1);
+    assert_eq!(server.ranges(), vec![None]);
+
+    // The cached blob is used as it is: the manifest is asked for, the blob is not.
+    let again = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap();
+    assert_eq!(again, path);
+    assert_eq!(server.blob_requests(), 1);
+    assert_eq!(server.registry.manifest_requests.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_cut_connection_resumes_where_it_stopped() {
+    let server = Server::start(Misbehave { cuts: 1, ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let rec = Recorder::default();
+    let path = pull_model_blob(&server.name(), cache.path(), &rec).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
+    let half = server.registry.blob.len() / 2;
+    assert_eq!(server.ranges(), vec![None, Some(format!("bytes={half}-"))]);
+    assert!(rec.notices.lock().unwrap().iter().any(|n| n.contains("broke off") && n.contains(&half.to_string())));
+    assert_eq!(rec.advanced.load(Ordering::SeqCst), server.registry.blob.len() as u64);
+}
+
+#[test]
+fn a_registry_that_ignores_range_gets_the_whole_blob_again() {
+    let server = Server::start(Misbehave { cuts: 1, ignore_range: true, ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let path = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
+    assert_eq!(server.blob_requests(), 2);
+    assert!(server.ranges()[1].is_some());
+}
+
+#[test]
+fn cut_twice_fails_naming_the_digest_and_keeps_the_partial_for_a_rerun() {
+    let server = Server::start(Misbehave { cuts: 2, ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let err = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err();
+    let text = err_text(&err);
+    assert!(text.contains(&server.registry.digest), "{text}");
+    assert!(text.contains("broke off") && text.contains("run the command again"), "{text}");
+    let partial = partial_file(cache.path(), &server);
+    let len = server.registry.blob.len();
+    // Half, then half of the rest.
+    assert_eq!(std::fs::metadata(&partial).unwrap().len() as usize, len / 2 + (len - len / 2) / 2);
+    assert!(!blob_file(cache.path(), &server).exists());
+
+    // The rerun resumes from the partial file.
+    let path = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
+    assert_eq!(server.ranges().last().unwrap().as_deref(), Some(format!("bytes={}-", len / 2 + (len - len / 2) / 2).as_str()));
+}
+
+#[test]
+fn a_corrupted_blob_is_refused_and_nothing_is_left() {
+    let server = Server::start(Misbehave { corrupt: true, ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let err = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err();
+    let text = err_text(&err);
+    assert!(matches!(err, Error::Invalid { .. }), "{text}");
+    assert!(text.contains(&format!("expected {}", server.registry.digest)), "{text}");
+    let mut bad = server.registry.blob.clone();
+    let half = bad.len() / 2;
+    bad[half] ^= 0x40;
+    assert!(text.contains(&format!("found sha256:{}", sha256_hex(&bad))), "{text}");
+    assert!(!blob_file(cache.path(), &server).exists());
+    assert!(!partial_file(cache.path(), &server).exists());
+}
+
+#[test]
+fn a_wrong_partial_from_an_earlier_run_is_rehashed_and_caught() {
+    let server = Server::start(Misbehave::default());
+    let cache = tempfile::tempdir().unwrap();
+    let partial = partial_file(cache.path(), &server);
+    std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+    let mut start = server.registry.blob[..1000].to_vec();
+    start[10] ^= 1;
+    std::fs::write(&partial, &start).unwrap();
+    let err = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err();
+    assert!(err_text(&err).contains("does not match its digest"), "{err}");
+    assert_eq!(server.ranges(), vec![Some("bytes=1000-".to_string())]);
+    assert!(!partial.exists());
+    // Deleted, so the next run starts afresh and succeeds.
+    let path = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
+}
+
+#[test]
+fn missing_model_or_tag() {
+    let server = Server::start(Misbehave { manifest_status: Some(404), ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let err = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err();
+    let text = err_text(&err);
+    assert!(text.contains("not found") && text.contains("MANIFEST_UNKNOWN: manifest unknown"), "{text}");
+    assert!(text.contains("library/tiny:latest") && text.contains("check the model name and tag"), "{text}");
+    assert_eq!(server.blob_requests(), 0);
+
+    // An unknown tag on a well-behaved registry says the same.
+    let server = Server::start(Misbehave::default());
+    let name = ModelName::parse(&format!("{}/library/tiny:nope", server.addr)).unwrap();
+    let text = err_text(&pull_model_blob(&name, cache.path(), &Silent).unwrap_err());
+    assert!(text.contains("tiny:nope") && text.contains("not found"), "{text}");
+}
+
+#[test]
+fn unauthorized_passes_the_registry_text_on() {
+    let server = Server::start(Misbehave { manifest_status: Some(401), ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let err = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err();
+    let text = err_text(&err);
+    assert!(matches!(err, Error::Refused { .. }), "{text}");
+    assert!(text.contains("401") && text.contains("UNAUTHORIZED: authentication required"), "{text}");
+    assert_eq!(server.blob_requests(), 0);
+}
+
+#[test]
+fn a_manifest_without_a_model_layer_is_refused() {
+    let server = Server::start(Misbehave { no_model_layer: true, ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let text = err_text(&pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err());
+    assert!(text.contains("no GGUF model layer") && text.contains("application/vnd.ollama.image.template"), "{text}");
+    assert_eq!(server.blob_requests(), 0);
+}
+
+#[test]
+fn cancel_keeps_the_partial_and_the_next_run_resumes() {
+    let server = Server::start(Misbehave::default());
+    let cache = tempfile::tempdir().unwrap();
+    let rec = Recorder { cancel_after: Some(1 << 20), ..Default::default() };
+    let err = pull_model_blob(&server.name(), cache.path(), &rec).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    let partial = partial_file(cache.path(), &server);
+    let have = std::fs::metadata(&partial).unwrap().len();
+    assert!(have >= 1 << 20 && have < server.registry.blob.len() as u64, "{have}");
+    assert!(!blob_file(cache.path(), &server).exists());
+
+    let path = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
+    assert_eq!(server.ranges().last().unwrap().as_deref(), Some(format!("bytes={have}-").as_str()));
+
+    // Cancelled before anything arrives: no blob request at all.
+    let other = tempfile::tempdir().unwrap();
+    let rec = Recorder { cancel_after: Some(0), ..Default::default() };
+    let before = server.blob_requests();
+    assert!(matches!(pull_model_blob(&server.name(), other.path(), &rec), Err(Error::Cancelled)));
+    assert_eq!(server.blob_requests(), before);
+}
+
+#[test]
+fn an_unreachable_registry_is_named() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let name = ModelName::parse(&format!("127.0.0.1:{port}/library/tiny")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let text = err_text(&pull_model_blob(&name, cache.path(), &Silent).unwrap_err());
+    assert!(text.contains(&format!("http://127.0.0.1:{port}")) && text.contains("no registry answers"), "{text}");
+}
