@@ -82,7 +82,7 @@ fn family_of(id: &str) -> Option<&'static str> {
 /// `3.2B` -> 3.2. The last such token wins (`Qwen2.5-Coder-7B` -> 7, not the version).
 fn size_of(s: &str) -> Option<f64> {
     let mut found = None;
-    for token in s.split(|c: char| matches!(c, '-' | '_' | '/' | ' ' | ':')) {
+    for token in s.split(['-', '_', '/', ' ', ':']) {
         let t = token.to_ascii_lowercase();
         let (num, mult) = match t.chars().last() {
             Some('b') => (&t[..t.len() - 1], 1.0),
