@@ -18,7 +18,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// The user interrupted; nothing was left behind.
-    #[error("interrupted; nothing was written")]
+    #[error("interrupted; no output file was written")]
     Cancelled,
 }
 
