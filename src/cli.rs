@@ -142,7 +142,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.chain().any(|c| matches!(c.downcast_ref(), Some(crate::Error::Cancelled))) => {
-            eprintln!("interrupted; no output file was written (a partial download is kept, and resumes next time)");
+            eprintln!("interrupted; no output file was written (a download in progress resumes next time)");
             ExitCode::from(130)
         }
         Err(e) => {
