@@ -28,6 +28,7 @@ pub enum MergedType {
     #[default]
     Keep,
     F16,
+    #[value(name = "q8_0")]
     Q8_0,
 }
 
