@@ -20,6 +20,8 @@ use ollama_tools::progress::{Progress, Silent};
 use ollama_tools::registry::pull_model_blob;
 use sha2::{Digest, Sha256};
 
+mod common;
+
 const MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// What the test registry should do wrong.
@@ -55,7 +57,10 @@ struct Server {
 
 impl Server {
     fn start(misbehave: Misbehave) -> Server {
-        let data = blob_bytes(3 << 20 | 17);
+        Self::serving(blob_bytes(3 << 20 | 17), misbehave)
+    }
+
+    fn serving(data: Vec<u8>, misbehave: Misbehave) -> Server {
         let digest = format!("sha256:{}", sha256_hex(&data));
         let registry = Arc::new(Registry {
             blob: data,
@@ -402,4 +407,37 @@ fn an_unreachable_registry_is_named() {
     let cache = tempfile::tempdir().unwrap();
     let text = err_text(&pull_model_blob(&name, cache.path(), &Silent).unwrap_err());
     assert!(text.contains(&format!("http://127.0.0.1:{port}")) && text.contains("no registry answers"), "{text}");
+}
+
+/// The whole path as a user meets it: the Ollama server is elsewhere (it answers /api/show, the
+/// local store is empty), so `merge` pulls the base's GGUF layer from the model's registry, verifies
+/// it, caches it, and merges into it; a second merge uses the cache.
+#[test]
+fn merge_pulls_the_base_from_the_registry_when_the_store_is_elsewhere() {
+    let d = tempfile::tempdir().unwrap();
+    let gguf = d.path().join("tiny.gguf");
+    common::write_base_gguf(&gguf, "llama", common::TINY);
+    let registry = Server::serving(std::fs::read(&gguf).unwrap(), Misbehave::default());
+    let name = format!("{}/library/tiny", registry.addr);
+    let ollama = common::start_ollama(vec![(name.as_str(), common::show_json(common::TINY, "F32", true))]);
+    let adapter = common::tiny_adapter(&d.path().join("a"), serde_json::json!({}), vec![]);
+    let cache = d.path().join("cache");
+    let run = |out: &str| {
+        common::bin()
+            .arg("merge")
+            .arg(&adapter)
+            .args(["--base", &name, "-o"])
+            .arg(d.path().join(out))
+            .env("OLLAMA_HOST", &ollama.url)
+            .env("OLLAMA_MODELS", d.path().join("empty-store"))
+            .env("OLLAMA_TOOLS_CACHE", &cache)
+            .assert()
+            .success()
+    };
+    run("m1.gguf");
+    assert_eq!(registry.blob_requests(), 1);
+    assert_eq!(std::fs::read(blob_file(&cache, &registry)).unwrap(), std::fs::read(&gguf).unwrap());
+    run("m2.gguf");
+    assert_eq!(registry.blob_requests(), 1, "the cached blob is reused");
+    assert_eq!(std::fs::read(d.path().join("m1.gguf")).unwrap(), std::fs::read(d.path().join("m2.gguf")).unwrap());
 }
