@@ -256,7 +256,7 @@ impl Merger<'_> {
         let n = (end - start) * cols;
         let row_bytes = t.ty.byte_size(&[t.ne[0]]).expect("validated type") as usize;
         s.raw.resize((end - start) * row_bytes, 0);
-        read_at(self.base_file, &mut s.raw, self.header.data_offset + t.offset + (start * row_bytes) as u64)
+        crate::peft::read_exact_at(self.base_file, &mut s.raw, self.header.data_offset + t.offset + (start * row_bytes) as u64)
             .map_err(|e| Error::io(self.base_path, e))?;
         s.rows.resize(n, 0.0);
         quant::dequantize(t.ty, &s.raw, &mut s.rows).map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
@@ -302,26 +302,6 @@ fn add_delta(a: &OutTensor, b: &OutTensor, alpha: f32, lora_a: &[f32], lora_b: &
             1,
         );
     }
-}
-
-#[cfg(unix)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        match file.seek_read(buf, offset)? {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n => {
-                buf = &mut buf[n..];
-                offset += n as u64;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The base's metadata as it is (its alignment aside: the writer aligns to 32, the default), plus

@@ -203,7 +203,7 @@ impl Client {
 }
 
 /// The innermost error's text ("Connection refused"), which says more than reqwest's outer one.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;

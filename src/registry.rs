@@ -18,7 +18,7 @@ use reqwest::header::{ACCEPT, CONTENT_RANGE, RANGE};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
-use crate::ollama::{MODEL_LAYER, Manifest, ModelName, blob_path};
+use crate::ollama::{root_cause, MODEL_LAYER, Manifest, ModelName, blob_path};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -180,14 +180,6 @@ fn registry_message(body: &str) -> Option<String> {
 }
 
 /// The innermost error's text ("Connection refused"), which says more than the outer ones.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
 /// How one request for the blob ended, when nothing went wrong on our side.
 enum Attempt {
     /// The body ended (or the registry says there is nothing past what we have).
