@@ -766,17 +766,10 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
     }
 }
 
-/// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights (weights x²): signed levels
-/// `-nmax..nmax` stored as `l + nmax`, the scale refined by least squares over 19 candidate inverse
-/// scales. LANES groups of N values at once; returns levels (as floats) and scales per lane.
+/// Per lane, the largest magnitude and the value that has it (sign kept, the first on ties): where
+/// ggml's `make_qx_quants` and `make_q3_quants` start.
 #[inline(always)]
-fn make_qx_quants<const N: usize, const LANES: usize>(
-    x: &[[f32; LANES]; N],
-    nmax: i32,
-    levels: &mut [[f32; LANES]; N],
-    scale_out: &mut [f32; LANES],
-) {
-    let nmaxf = nmax as f32;
+fn lanes_signed_absmax<const N: usize, const LANES: usize>(x: &[[f32; LANES]; N]) -> ([f32; LANES], [f32; LANES]) {
     let mut amax = [0.0f32; LANES];
     let mut max = [0.0f32; LANES];
     for i in 0..N {
@@ -788,6 +781,21 @@ fn make_qx_quants<const N: usize, const LANES: usize>(
             }
         }
     }
+    (amax, max)
+}
+
+/// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights (weights x²): signed levels
+/// `-nmax..nmax` stored as `l + nmax`, the scale refined by least squares over 19 candidate inverse
+/// scales. LANES groups of N values at once; returns levels (as floats) and scales per lane.
+#[inline(always)]
+fn make_qx_quants<const N: usize, const LANES: usize>(
+    x: &[[f32; LANES]; N],
+    nmax: i32,
+    levels: &mut [[f32; LANES]; N],
+    scale_out: &mut [f32; LANES],
+) {
+    let nmaxf = nmax as f32;
+    let (amax, max) = lanes_signed_absmax(x);
     let mut iscale = [0.0f32; LANES];
     for k in 0..LANES {
         iscale[k] = -nmaxf / max[k];
@@ -875,17 +883,7 @@ fn make_q3_quants<const N: usize, const LANES: usize>(
     scale_out: &mut [f32; LANES],
 ) {
     let nmaxf = nmax as f32;
-    let mut amax = [0.0f32; LANES];
-    let mut max = [0.0f32; LANES];
-    for i in 0..N {
-        for k in 0..LANES {
-            let ax = x[i][k].abs();
-            if ax > amax[k] {
-                amax[k] = ax;
-                max[k] = x[i][k];
-            }
-        }
-    }
+    let (amax, max) = lanes_signed_absmax(x);
     let mut iscale = [0.0f32; LANES];
     for k in 0..LANES {
         iscale[k] = -nmaxf / max[k];

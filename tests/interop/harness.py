@@ -35,16 +35,26 @@ def require_binary() -> Path:
     return p
 
 
-def run_convert(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    cmd = [str(require_binary()), "convert", *map(str, args)]
+def run_tool(command: str, args: list, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`ollama-tools COMMAND ARGS...`, output captured."""
+    cmd = [str(require_binary()), command, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def convert_ok(args: list[str]) -> subprocess.CompletedProcess:
-    p = run_convert(args)
-    assert p.returncode == 0, (f"ollama-tools convert {' '.join(map(str, args))} failed with "
+def tool_ok(command: str, args: list) -> subprocess.CompletedProcess:
+    """run_tool, asserting success (the failure message carries the command and its output)."""
+    p = run_tool(command, args)
+    assert p.returncode == 0, (f"ollama-tools {command} {' '.join(map(str, args))} failed with "
                                f"{p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
     return p
+
+
+def run_convert(args: list) -> subprocess.CompletedProcess:
+    return run_tool("convert", args)
+
+
+def convert_ok(args: list) -> subprocess.CompletedProcess:
+    return tool_ok("convert", args)
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -111,16 +121,12 @@ def record_note(label: str, text: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_merge(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    cmd = [str(require_binary()), "merge", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+def run_merge(args: list) -> subprocess.CompletedProcess:
+    return run_tool("merge", args)
 
 
-def merge_ok(args: list[str]) -> subprocess.CompletedProcess:
-    p = run_merge(args)
-    assert p.returncode == 0, (f"ollama-tools merge {' '.join(map(str, args))} failed with "
-                               f"{p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
-    return p
+def merge_ok(args: list) -> subprocess.CompletedProcess:
+    return tool_ok("merge", args)
 
 
 def llama_quantize(src: Path, dst: Path, ftype: int, timeout: float = 300) -> None:
