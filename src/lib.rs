@@ -15,6 +15,7 @@ pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod merge;
+pub mod modelfile;
 pub mod ollama;
 pub mod peft;
 pub mod pipeline;

@@ -305,3 +305,6 @@ pub fn tiny_adapter(dir: &Path, config: serde_json::Value, extra: Vec<T>) -> Pat
     tensors.extend(extra);
     write_adapter(dir, &cfg, &tensors)
 }
+
+pub mod modelfile_parser;
+pub mod ollama_server;

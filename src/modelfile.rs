@@ -1,0 +1,1 @@
+//! Modelfiles: see the module body.

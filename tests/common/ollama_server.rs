@@ -1,0 +1,2 @@
+//! A stateful in-process Ollama server for the create pipeline tests.
+#![allow(dead_code)]
