@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::base;
+use crate::create::{self, Mode};
+use crate::modelfile::Parameters;
 use crate::validate::{self, Validation};
 use crate::convert::{self, Input, OutType};
 use crate::merge::{self, MergedType};
@@ -63,7 +65,7 @@ pub enum Command {
     /// Merge PEFT LoRA adapter(s) into the base model's GGUF, keeping its quantization.
     Merge {
         /// Adapter folder (or either file of it), optionally with a weight: `./a:0.7`. Several are
-        /// merged together.
+        /// merged together. One GGUF LoRA adapter file is merged as llama.cpp applies it.
         #[arg(required = true, value_name = "ADAPTER[:WEIGHT]")]
         adapters: Vec<String>,
         /// The base model: a GGUF file, or an Ollama model name (its GGUF blob is read from the local
@@ -106,6 +108,71 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create an Ollama model from a base and a LoRA adapter (merged or as an adapter layer, whichever
+    /// the server supports), and/or write the Modelfile that does the same.
+    CreateFromBase {
+        /// The base model: an Ollama model name (pulled when the server lacks it, after asking), a GGUF
+        /// file, or (with --no-create) a Hugging Face model directory with config.json.
+        #[arg(long, value_name = "BASE")]
+        base: String,
+        /// Name of the model to create, e.g. `my-model` or `me/my-model:v2`.
+        #[arg(long)]
+        name: Option<String>,
+        /// A PEFT adapter folder, or a ready GGUF LoRA adapter. Without it the model is the base with
+        /// your options.
+        #[arg(long, value_name = "ADAPTER")]
+        adapter: Option<PathBuf>,
+        /// merge: into the base's weights (every Ollama); adapter: as an adapter layer (Ollama before
+        /// 0.34.1); auto: ask the server's version, and merge if an adapter is refused.
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        mode: Mode,
+        /// System prompt.
+        #[arg(long, conflicts_with = "system_file")]
+        system: Option<String>,
+        /// System prompt read from a file.
+        #[arg(long, value_name = "FILE")]
+        system_file: Option<PathBuf>,
+        /// Sampling temperature (PARAMETER temperature).
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Context window in tokens (PARAMETER num_ctx).
+        #[arg(long)]
+        num_ctx: Option<u64>,
+        /// Any Ollama parameter, checked against Ollama's names and types; repeat for several (and
+        /// for several `stop` strings).
+        #[arg(long = "parameter", value_name = "KEY=VALUE")]
+        parameters: Vec<String>,
+        /// Prompt template (Ollama's Go template syntax) read from a file; default: the base's.
+        #[arg(long, value_name = "FILE")]
+        template: Option<PathBuf>,
+        /// License text read from a file; default: the base's.
+        #[arg(long, value_name = "FILE")]
+        license: Option<PathBuf>,
+        /// Also write the Modelfile here (`ollama create NAME -f PATH` makes the same model).
+        #[arg(long, value_name = "PATH")]
+        out_modelfile: Option<PathBuf>,
+        /// Render the Modelfile with this minijinja template instead of the built-in one.
+        #[arg(long, value_name = "FILE")]
+        modelfile_template: Option<PathBuf>,
+        /// Do not talk to a server: only build and write --out-modelfile.
+        #[arg(long, requires = "out_modelfile")]
+        no_create: bool,
+        /// Replace an existing model of that name, and an existing --out-modelfile.
+        #[arg(long)]
+        force: bool,
+        /// Pull a base the server lacks without asking.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// The Ollama server (default: OLLAMA_HOST, else http://127.0.0.1:11434).
+        #[arg(long, value_name = "URL")]
+        host: Option<String>,
+        /// Treat validation warnings as errors.
+        #[arg(long)]
+        strict: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what an adapter is and whether it converts.
     Inspect {
         /// Adapter folder (or its adapter_config.json / .safetensors).
@@ -138,6 +205,60 @@ pub fn run(cli: Cli) -> ExitCode {
             run_merge(&adapters, &base, base_gguf.as_deref(), &output, &opts, json, cli.quiet)
         }
         Command::Inspect { adapter, json } => run_inspect(&adapter, json),
+        Command::CreateFromBase {
+            base,
+            name,
+            adapter,
+            mode,
+            system,
+            system_file,
+            temperature,
+            num_ctx,
+            parameters,
+            template,
+            license,
+            out_modelfile,
+            modelfile_template,
+            no_create,
+            force,
+            yes,
+            host,
+            strict,
+            json,
+        } => (|| {
+            let mut params = Parameters::default();
+            let typed = [("temperature", temperature.map(|t| t.to_string())), ("num_ctx", num_ctx.map(|n| n.to_string()))];
+            for (key, value) in typed.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))) {
+                params.push(key, value)?;
+            }
+            for p in &parameters {
+                params.push_arg(p)?;
+            }
+            let read = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
+                p.as_ref().map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))).transpose()
+            };
+            let opts = create::Options {
+                name,
+                base,
+                adapter,
+                mode,
+                system: system.or(read(&system_file)?),
+                template: read(&template)?,
+                license: read(&license)?,
+                parameters: params,
+                out_modelfile,
+                modelfile_template: match &modelfile_template {
+                    Some(p) => Some((p.clone(), read(&Some(p.clone()))?.unwrap_or_default())),
+                    None => None,
+                },
+                no_create,
+                force,
+                yes,
+                host: host.map_or_else(crate::ollama::host, |h| crate::ollama::host_from(&h)),
+                strict,
+            };
+            run_create(&opts, json, cli.quiet)
+        })(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -202,13 +323,22 @@ fn open_inputs(args: &[String]) -> anyhow::Result<Vec<Input>> {
 }
 
 fn run_merge(args: &[String], base: &str, base_gguf: Option<&Path>, output: &Path, opts: &merge::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
-    let inputs = open_inputs(args)?;
+    // One ready GGUF LoRA adapter is merged as llama.cpp would apply it.
+    let gguf_adapter = match args {
+        [one] if Path::new(one).is_file() && one.ends_with(".gguf") => Some(Path::new(one)),
+        _ => None,
+    };
+    let inputs = if gguf_adapter.is_some() { vec![] } else { open_inputs(args)? };
     let bar = Bar::new(quiet);
     let base = match base_gguf {
         Some(file) => base::BaseModel::from_gguf(file)?,
         None => base::resolve_gguf(base, &bar)?,
     };
-    let summary = merge::merge(&inputs, &base, output, opts, &bar).with_context(|| format!("merging into {}", output.display()))?;
+    let summary = match gguf_adapter {
+        Some(adapter) => merge::merge_gguf_adapter(adapter, &base, output, opts, &bar),
+        None => merge::merge(&inputs, &base, output, opts, &bar),
+    }
+    .with_context(|| format!("merging into {}", output.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
@@ -223,6 +353,53 @@ fn run_merge(args: &[String], base: &str, base_gguf: Option<&Path>, output: &Pat
         human_bytes(summary.bytes),
         human_bytes(summary.base_bytes)
     );
+    Ok(())
+}
+
+fn run_create(opts: &create::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
+    let bar = Bar::new(quiet);
+    let r = create::create(opts, &bar)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    let mode = match r.mode {
+        create::Used::Adapter => "adapter layer",
+        create::Used::Merge => "merged into the base",
+        create::Used::Base => "base with options",
+    };
+    match (&r.name, r.created) {
+        (Some(name), true) => println!(
+            "created {name} on {} (Ollama {})",
+            r.server.as_deref().unwrap_or_default(),
+            r.server_version.as_deref().unwrap_or("?")
+        ),
+        _ => println!("built; no model created (--no-create)"),
+    }
+    println!("  mode        {mode}: {}", r.reason);
+    if let (Some(file), Some(digest), Some(bytes)) = (&r.file, &r.digest, r.file_bytes) {
+        let how = if r.reused_build { "reused from an earlier run" } else { "built now" };
+        println!("  file        {} ({}, {}; {how})", file.display(), human_bytes(bytes), digest);
+    }
+    if r.created {
+        println!("  uploaded    {}", if r.uploaded == 0 { "nothing: the server had every blob".to_string() } else { format!("{} blob(s)", r.uploaded) });
+        if let Some(size) = r.size {
+            println!("  size        {}", human_bytes(size));
+        }
+        if let Some(p) = &r.parameters {
+            for (i, line) in p.lines().enumerate() {
+                println!("  {:<11} {}", if i == 0 { "parameters" } else { "" }, line.split_whitespace().collect::<Vec<_>>().join(" "));
+            }
+        }
+    }
+    if let Some(m) = &r.modelfile {
+        println!("  modelfile   {}", m.display());
+    }
+    match (&r.name, r.created, &r.modelfile) {
+        (Some(name), true, _) => println!("run it: ollama run {name}"),
+        (name, false, Some(m)) => println!("create it: ollama create {} -f {}", name.as_deref().unwrap_or("NAME"), m.display()),
+        _ => {}
+    }
     Ok(())
 }
 
@@ -387,8 +564,26 @@ impl Bar {
 impl Progress for Bar {
     fn stage(&self, name: &str, total: u64) {
         self.bar.reset();
+        // A stage of unknown length (a server working) gets a spinner and its status text.
+        let template = if total == 0 { "{spinner} {msg}" } else { "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}" };
+        self.bar.set_style(ProgressStyle::with_template(template).expect("static template").progress_chars("=> "));
+        if total == 0 {
+            self.bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        }
         self.bar.set_length(total);
         self.bar.set_message(name.to_string());
+    }
+    fn status(&self, msg: &str) {
+        self.bar.set_message(msg.to_string());
+    }
+    fn confirm(&self, question: &str, default: bool) -> Option<bool> {
+        // Only a person at a terminal can answer; anything else must decide by flags.
+        if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+            return None;
+        }
+        self.bar.suspend(|| {
+            dialoguer::Confirm::new().with_prompt(question).default(default).interact_opt().ok().map(|a| a.unwrap_or(false))
+        })
     }
     fn advance(&self, n: u64) {
         self.bar.inc(n);
@@ -398,6 +593,7 @@ impl Progress for Bar {
         self.bar.suspend(|| eprintln!("note: {msg}"));
     }
     fn finish(&self) {
+        self.bar.disable_steady_tick();
         self.bar.finish_and_clear();
     }
     fn cancelled(&self) -> bool {

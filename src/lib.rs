@@ -12,6 +12,7 @@ pub mod arch;
 pub mod base;
 pub mod cli;
 pub mod convert;
+pub mod create;
 pub mod error;
 pub mod gguf;
 pub mod merge;

@@ -14,7 +14,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::base::BaseModel;
-use crate::convert::{self, Input, Layout, OutTensor, Plan};
+use crate::convert::{self, Input, Layout, Plan};
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgmlType, TensorSpec, Value};
 use crate::pipeline;
@@ -67,10 +67,10 @@ enum Job {
     Rows { tensor: usize, pair: usize, start: usize, end: usize },
 }
 
-/// The LoRA of one base tensor, in the base GGUF's layout.
+/// A base tensor to merge into.
 struct Pair {
-    a: usize,
-    b: usize,
+    /// Its LoRA pair, an index into the source's pairs.
+    lora: usize,
     /// Target type of the merged tensor.
     ty: GgmlType,
 }
@@ -82,24 +82,128 @@ enum Piece {
 
 /// Merges `inputs` into the GGUF of `base` (which must have one), writing `output`.
 pub fn merge(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
-    let base_path = base.gguf_path.clone().ok_or_else(|| {
+    let base_path = base_gguf(base)?;
+    let convert_opts = convert::Options { scale: opts.scale, force: opts.force, strict: opts.strict, ..Default::default() };
+    let plan = convert::prepare(inputs, base, output, &convert_opts)?;
+    let provenance = Provenance {
+        adapters: inputs
+            .iter()
+            .map(|i| {
+                let cfg = i.adapter.config_path.to_string_lossy().into_owned();
+                crate::peft::hub_cache_repo(&cfg).unwrap_or_else(|| convert::adapter_label(&i.adapter))
+            })
+            .collect(),
+        revisions: inputs.iter().map(|i| i.adapter.config.revision.clone().unwrap_or_default()).collect(),
+        weights: inputs.iter().map(|i| i.weight as f32).collect(),
+    };
+    merge_with(&Source::Peft { inputs, plan }, &base_path, provenance, output, opts, progress)
+}
+
+/// Merges a ready GGUF LoRA adapter (checked against `base` first) into the GGUF of `base`.
+pub fn merge_gguf_adapter(adapter: &Path, base: &BaseModel, output: &Path, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
+    let base_path = base_gguf(base)?;
+    let checked = crate::validate::check_gguf_adapter(adapter, base)?;
+    let file = File::open(adapter).map_err(|e| Error::io(adapter, e))?;
+    let label = adapter.file_name().map_or_else(|| "adapter".into(), |n| n.to_string_lossy().into_owned());
+    let provenance = Provenance { adapters: vec![label], revisions: vec![String::new()], weights: vec![1.0] };
+    merge_with(&Source::Gguf { adapter: checked, file, scale: opts.scale as f32 }, &base_path, provenance, output, opts, progress)
+}
+
+fn base_gguf(base: &BaseModel) -> Result<PathBuf> {
+    base.gguf_path.clone().ok_or_else(|| {
         Error::refused(
             &base.source,
             "merging needs the base model's GGUF file, and this base description has none",
             "pass the GGUF file as --base (or --base-gguf), or an Ollama model whose blob is in the local store",
         )
-    })?;
-    let convert_opts = convert::Options { scale: opts.scale, force: opts.force, strict: opts.strict, ..Default::default() };
-    let plan = convert::prepare(inputs, base, output, &convert_opts)?;
+    })
+}
+
+/// Where the LoRA pairs come from: PEFT adapters through convert's plan (every scale rule, the Q/K
+/// row order and the embedding layout already applied), or a GGUF LoRA adapter as llama.cpp reads it.
+enum Source<'a> {
+    Peft { inputs: &'a [Input], plan: Plan },
+    Gguf { adapter: crate::validate::GgufAdapter, file: File, scale: f32 },
+}
+
+/// One LoRA pair, by the indexes of its two matrices in the source.
+struct LoraPair {
+    /// The base tensor it adapts.
+    name: String,
+    a: usize,
+    b: usize,
+}
+
+impl Source<'_> {
+    fn pairs(&self) -> Vec<LoraPair> {
+        match self {
+            Source::Peft { plan, .. } => plan
+                .tensors
+                .chunks(2)
+                .enumerate()
+                .map(|(k, ab)| LoraPair {
+                    name: ab[0].spec.name.strip_suffix(".lora_a").expect("plan pairs lora_a with lora_b").to_string(),
+                    a: 2 * k,
+                    b: 2 * k + 1,
+                })
+                .collect(),
+            Source::Gguf { adapter, .. } => adapter.pairs.iter().map(|(name, a, b)| LoraPair { name: name.clone(), a: *a, b: *b }).collect(),
+        }
+    }
+
+    fn notices(&self) -> Vec<String> {
+        match self {
+            Source::Peft { plan, .. } => plan.notices.clone(),
+            Source::Gguf { .. } => vec![],
+        }
+    }
+
+    /// Fills `s.lora_a` / `s.lora_b` (row-major, numpy order) for `pair`; returns (rank, the
+    /// factor of `lora_b @ lora_a`, whether lora_a is stored transposed as for the token embedding).
+    fn load(&self, pair: &LoraPair, s: &mut WorkerState) -> Result<(usize, f32, bool)> {
+        match self {
+            Source::Peft { inputs, plan } => {
+                let (a, b) = (&plan.tensors[pair.a], &plan.tensors[pair.b]);
+                convert::assemble(inputs, a, &mut s.halves, &mut s.scratch, &mut s.lora_a)?;
+                convert::assemble(inputs, b, &mut s.halves, &mut s.scratch, &mut s.lora_b)?;
+                Ok((b.cols, plan.alpha / b.cols as f32, a.layout == Layout::TransposedA))
+            }
+            Source::Gguf { adapter, file, scale } => {
+                let h = &adapter.header;
+                for (index, out) in [(pair.a, &mut s.lora_a), (pair.b, &mut s.lora_b)] {
+                    let t = &h.tensors[index];
+                    let size = t.ty.byte_size(&t.ne).expect("checked adapter tensor types have sizes") as usize;
+                    s.raw.resize(size, 0);
+                    crate::peft::read_exact_at(file, &mut s.raw, h.data_offset + t.offset).map_err(|e| Error::io(&adapter.path, e))?;
+                    out.resize(t.ne.iter().product::<u64>() as usize, 0.0);
+                    quant::dequantize(t.ty, &s.raw, out).map_err(|e| Error::invalid(&adapter.path, format!("`{}`: {e}", t.name)))?;
+                }
+                let rank = h.tensors[pair.b].ne[0];
+                Ok((rank as usize, adapter.scale(rank) * scale, pair.name == "token_embd.weight"))
+            }
+        }
+    }
+}
+
+/// What the merged file records about where it came from (`ollama_tools.merged.*`).
+struct Provenance {
+    adapters: Vec<String>,
+    revisions: Vec<String>,
+    weights: Vec<f32>,
+}
+
+fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output: &Path, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
+    let base_path = base_path.to_path_buf();
     let header = gguf::read_header(&base_path).map_err(|e| Error::invalid(&base_path, e.to_string()))?;
-    let mut notices = plan.notices.clone();
+    let mut notices = source.notices();
+    let lora_pairs = source.pairs();
 
     // Which base tensors the adapters touch, and what type each becomes.
     let by_name: HashMap<&str, usize> = header.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
     let mut pairs: Vec<Pair> = Vec::new();
     let mut pair_of = HashMap::new();
-    for (k, ab) in plan.tensors.chunks(2).enumerate() {
-        let name = ab[0].spec.name.strip_suffix(".lora_a").expect("plan pairs lora_a with lora_b");
+    for (k, lp) in lora_pairs.iter().enumerate() {
+        let name = lp.name.as_str();
         let &i = by_name.get(name).ok_or_else(|| Error::invalid(&base_path, format!("tensor `{name}` is missing")))?;
         let t = &header.tensors[i];
         if !quant::can_dequantize(t.ty) {
@@ -123,7 +227,7 @@ pub fn merge(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, 
             fallback
         };
         pair_of.insert(i, pairs.len());
-        pairs.push(Pair { a: 2 * k, b: 2 * k + 1, ty });
+        pairs.push(Pair { lora: k, ty });
     }
 
     // The jobs, in file order: whole tensors to copy, row blocks to merge.
@@ -145,7 +249,7 @@ pub fn merge(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, 
             }
         }
     }
-    let kvs = metadata(&header, inputs, opts);
+    let kvs = metadata(&header, &provenance, opts);
 
     let tmp = convert::temp_beside(output)?;
     let io_err = |e| Error::io(tmp.path(), e);
@@ -154,7 +258,7 @@ pub fn merge(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, 
     let total: u64 = specs.iter().map(TensorSpec::byte_size).sum();
     progress.stage("merging", total);
 
-    let merger = Merger { inputs, plan: &plan, pairs: &pairs, header: &header, base_file: &base_file, base_path: &base_path };
+    let merger = Merger { source, lora_pairs: &lora_pairs, pairs: &pairs, header: &header, base_file: &base_file, base_path: &base_path };
     let mut copy_buf = vec![0u8; 8 << 20];
     let mut source = &base_file;
     pipeline::ordered(
@@ -224,6 +328,8 @@ pub fn merge(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, 
 #[derive(Default)]
 struct WorkerState {
     pair: Option<usize>,
+    /// Of the pair loaded: rank, factor, lora_a transposed.
+    loaded: (usize, f32, bool),
     lora_a: Vec<f32>,
     lora_b: Vec<f32>,
     halves: Vec<u16>,
@@ -233,8 +339,8 @@ struct WorkerState {
 }
 
 struct Merger<'a> {
-    inputs: &'a [Input],
-    plan: &'a Plan,
+    source: &'a Source<'a>,
+    lora_pairs: &'a [LoraPair],
     pairs: &'a [Pair],
     header: &'a gguf::Header,
     base_file: &'a File,
@@ -246,12 +352,11 @@ impl Merger<'_> {
     fn rows(&self, s: &mut WorkerState, tensor: usize, pair: usize, start: usize, end: usize) -> Result<Vec<u8>> {
         let t = &self.header.tensors[tensor];
         let p = &self.pairs[pair];
-        let (a, b) = (&self.plan.tensors[p.a], &self.plan.tensors[p.b]);
         if s.pair != Some(pair) {
-            convert::assemble(self.inputs, a, &mut s.halves, &mut s.scratch, &mut s.lora_a)?;
-            convert::assemble(self.inputs, b, &mut s.halves, &mut s.scratch, &mut s.lora_b)?;
+            s.loaded = self.source.load(&self.lora_pairs[p.lora], s)?;
             s.pair = Some(pair);
         }
+        let (rank, factor, transposed) = s.loaded;
         let cols = t.ne[0] as usize;
         let n = (end - start) * cols;
         let row_bytes = t.ty.byte_size(&[t.ne[0]]).expect("validated type") as usize;
@@ -260,7 +365,7 @@ impl Merger<'_> {
             .map_err(|e| Error::io(self.base_path, e))?;
         s.rows.resize(n, 0.0);
         quant::dequantize(t.ty, &s.raw, &mut s.rows).map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
-        add_delta(a, b, self.plan.alpha, &s.lora_a, &s.lora_b, start, end, cols, &mut s.rows);
+        add_delta(rank, factor, transposed, &s.lora_a, &s.lora_b, start, end, cols, &mut s.rows);
         let mut out = vec![0u8; p.ty.byte_size(&[cols as u64, (end - start) as u64]).expect("target types have sizes") as usize];
         quant::quantize(p.ty, &s.rows, &mut out).map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
         Ok(out)
@@ -268,17 +373,16 @@ impl Merger<'_> {
 }
 
 /// Adds llama.cpp's delta for rows `start..end` to `rows` (`[end - start, cols]`, row-major):
-/// `alpha / rank * lora_b @ lora_a` for a linear weight, and for the token embedding (whose lora_a
-/// is stored transposed, `[vocab, rank]`) `alpha / rank * lora_a @ lora_b^T`.
+/// `scale * lora_b @ lora_a` for a linear weight, and for the token embedding (whose lora_a is
+/// stored transposed, `[vocab, rank]`) `scale * lora_a @ lora_b^T`. llama.cpp's scale is `alpha / rank`.
 #[allow(clippy::too_many_arguments)]
-fn add_delta(a: &OutTensor, b: &OutTensor, alpha: f32, lora_a: &[f32], lora_b: &[f32], start: usize, end: usize, cols: usize, rows: &mut [f32]) {
-    let rank = b.cols;
-    let scale = alpha / rank as f32;
+fn add_delta(rank: usize, scale: f32, transposed: bool, lora_a: &[f32], lora_b: &[f32], start: usize, end: usize, cols: usize, rows: &mut [f32]) {
     let m = end - start;
     // (left: [m, rank] row-major; right: [rank, cols] with strides).
-    let (left, right, rs_right, cs_right) = match a.layout {
-        Layout::TransposedA => (&lora_a[start * rank..end * rank], lora_b, 1, rank as isize),
-        _ => (&lora_b[start * rank..end * rank], lora_a, cols as isize, 1),
+    let (left, right, rs_right, cs_right) = if transposed {
+        (&lora_a[start * rank..end * rank], lora_b, 1, rank as isize)
+    } else {
+        (&lora_b[start * rank..end * rank], lora_a, cols as isize, 1)
     };
     debug_assert_eq!(right.len(), rank * cols);
     // SAFETY: the pointers and strides describe `left` ([m, rank]), `right` ([rank, cols]) and `rows`
@@ -306,20 +410,14 @@ fn add_delta(a: &OutTensor, b: &OutTensor, alpha: f32, lora_a: &[f32], lora_b: &
 
 /// The base's metadata as it is (its alignment aside: the writer aligns to 32, the default), plus
 /// where the merge came from.
-fn metadata(header: &gguf::Header, inputs: &[Input], opts: &Options) -> Vec<(String, Value)> {
+fn metadata(header: &gguf::Header, provenance: &Provenance, opts: &Options) -> Vec<(String, Value)> {
     let mut kvs: Vec<(String, Value)> =
         header.kvs.iter().filter(|(k, _)| k != "general.alignment" && !k.starts_with("ollama_tools.")).cloned().collect();
-    let strings = |f: &dyn Fn(&Input) -> String| Value::Array(8, inputs.iter().map(|i| Value::String(f(i))).collect());
+    let strings = |v: &[String]| Value::Array(8, v.iter().map(|s| Value::String(s.clone())).collect());
     kvs.push(("ollama_tools.version".into(), Value::String(env!("CARGO_PKG_VERSION").into())));
-    kvs.push((
-        "ollama_tools.merged.adapters".into(),
-        strings(&|i| {
-            let cfg = i.adapter.config_path.to_string_lossy().into_owned();
-            crate::peft::hub_cache_repo(&cfg).unwrap_or_else(|| convert::adapter_label(&i.adapter))
-        }),
-    ));
-    kvs.push(("ollama_tools.merged.revisions".into(), strings(&|i| i.adapter.config.revision.clone().unwrap_or_default())));
-    kvs.push(("ollama_tools.merged.weights".into(), Value::Array(6, inputs.iter().map(|i| Value::F32(i.weight as f32)).collect())));
+    kvs.push(("ollama_tools.merged.adapters".into(), strings(&provenance.adapters)));
+    kvs.push(("ollama_tools.merged.revisions".into(), strings(&provenance.revisions)));
+    kvs.push(("ollama_tools.merged.weights".into(), Value::Array(6, provenance.weights.iter().map(|w| Value::F32(*w)).collect())));
     kvs.push(("ollama_tools.merged.scale".into(), Value::F32(opts.scale as f32)));
     kvs
 }

@@ -1,9 +1,15 @@
 //! Talking to Ollama: where its server is (`OLLAMA_HOST`, parsed as the ollama CLI does), what a
-//! model name means (`llama3.2`, `user/model:tag`, `host/ns/model:tag`), its `/api/show` answer, and
-//! its local model store (`OLLAMA_MODELS`: manifests pointing at content-addressed blobs).
+//! model name means (`llama3.2`, `user/model:tag`, `host/ns/model:tag`), its HTTP API (show, version,
+//! blobs, create, pull, tags), and its local model store (`OLLAMA_MODELS`: manifests pointing at
+//! content-addressed blobs).
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::progress::Progress;
 
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -13,6 +19,13 @@ pub const DEFAULT_NAMESPACE: &str = "library";
 pub const DEFAULT_TAG: &str = "latest";
 /// The media type of a manifest layer holding the model's GGUF weights.
 pub const MODEL_LAYER: &str = "application/vnd.ollama.image.model";
+/// Media types of the other layers a model's manifest may carry (text, or JSON for params/messages).
+pub const ADAPTER_LAYER: &str = "application/vnd.ollama.image.adapter";
+pub const TEMPLATE_LAYER: &str = "application/vnd.ollama.image.template";
+pub const SYSTEM_LAYER: &str = "application/vnd.ollama.image.system";
+pub const LICENSE_LAYER: &str = "application/vnd.ollama.image.license";
+pub const PARAMS_LAYER: &str = "application/vnd.ollama.image.params";
+pub const MESSAGES_LAYER: &str = "application/vnd.ollama.image.messages";
 
 /// The server's base URL from `OLLAMA_HOST`, with the ollama CLI's rules: no scheme means http;
 /// no port means 11434 (80 or 443 when the scheme is given); no host means 127.0.0.1.
@@ -124,6 +137,40 @@ pub struct Show {
     /// Tensor names, types and shapes (ggml order), where the server lists them.
     #[serde(default)]
     pub tensors: Vec<ShowTensor>,
+    /// The chat template (Go template syntax), system prompt and license the model carries.
+    #[serde(default)]
+    pub template: String,
+    #[serde(default)]
+    pub system: String,
+    /// A string; some servers send a list of licenses.
+    #[serde(default)]
+    pub license: Json,
+    /// Parameters as text: one `name value` line each, values printed as Go's `%#v`.
+    #[serde(default)]
+    pub parameters: String,
+    #[serde(default)]
+    pub messages: Vec<crate::modelfile::Message>,
+    /// Built-in prompt renderer and output parser (current Ollama's alternative to a template).
+    #[serde(default)]
+    pub renderer: String,
+    #[serde(default)]
+    pub parser: String,
+    #[serde(default)]
+    pub modified_at: String,
+    /// The model's Modelfile as the server prints it (`ADAPTER` lines show an adapter layer).
+    #[serde(default)]
+    pub modelfile: String,
+}
+
+impl Show {
+    /// The license text, several licenses joined by blank lines.
+    pub fn license_text(&self) -> String {
+        match &self.license {
+            Json::String(s) => s.clone(),
+            Json::Array(items) => items.iter().filter_map(Json::as_str).collect::<Vec<_>>().join("\n\n"),
+            _ => String::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -157,19 +204,67 @@ pub enum ApiError {
     Status { url: String, status: u16, message: String },
     #[error("Ollama at {url} sent an answer that is not what its API documents: {err}")]
     Malformed { url: String, err: String },
+    /// A streamed call ended with an `{"error": ...}` line; `message` is Ollama's own text.
+    #[error("Ollama at {url}: {message}")]
+    Failed { url: String, message: String },
+    /// The connection broke while a request body was being sent (an upload cut half-way).
+    #[error("the connection to Ollama at {url} broke during the upload ({err})")]
+    Cut { url: String, err: String },
+    /// The user pressed Ctrl-C.
+    #[error("interrupted")]
+    Cancelled,
 }
 
-/// A blocking client for the few calls that need no streaming.
+impl ApiError {
+    /// Ollama's own message, for an error the server answered.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            ApiError::Status { message, .. } | ApiError::Failed { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+}
+
+/// One line of a streamed answer (`/api/create`, `/api/pull`).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct StreamStatus {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub digest: String,
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub completed: u64,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// An entry of `GET /api/tags`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Tag {
+    pub name: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub digest: String,
+}
+
+/// A blocking client for Ollama's API. Short calls time out after a minute; uploads and streamed
+/// calls (create, pull) run as long as the server keeps sending.
 pub struct Client {
     base: String,
     http: reqwest::blocking::Client,
 }
 
+/// How long a call that answers at once may take.
+const SHORT: Duration = Duration::from_secs(60);
+
 impl Client {
     pub fn new(base: &str) -> Self {
         let http = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(60))
+            .timeout(None)
             .build()
             .expect("the HTTP client builds with the compiled-in TLS backend");
         Client { base: base.trim_end_matches('/').to_string(), http }
@@ -179,26 +274,172 @@ impl Client {
         &self.base
     }
 
+    fn unreachable(&self, e: &reqwest::Error) -> ApiError {
+        ApiError::Unreachable { url: self.base.clone(), err: root_cause(e) }
+    }
+
+    /// The body of a successful answer; Ollama's `{"error": ...}` text for any other.
+    fn body(&self, resp: reqwest::blocking::Response) -> Result<String, ApiError> {
+        let status = resp.status();
+        let body = resp.text().map_err(|e| self.unreachable(&e))?;
+        if !status.is_success() {
+            return Err(ApiError::Status { url: self.base.clone(), status: status.as_u16(), message: error_text(&body) });
+        }
+        Ok(body)
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, path: &str, body: &str) -> Result<T, ApiError> {
+        serde_json::from_str(body).map_err(|e| ApiError::Malformed { url: format!("{}{path}", self.base), err: e.to_string() })
+    }
+
     /// `POST /api/show` with `verbose: true`.
     pub fn show(&self, model: &str) -> Result<Show, ApiError> {
-        let url = format!("{}/api/show", self.base);
         let resp = self
             .http
-            .post(&url)
+            .post(format!("{}/api/show", self.base))
+            .timeout(SHORT)
             .json(&serde_json::json!({ "model": model, "verbose": true }))
             .send()
-            .map_err(|e| ApiError::Unreachable { url: self.base.clone(), err: root_cause(&e) })?;
-        let status = resp.status();
-        let body = resp.text().map_err(|e| ApiError::Unreachable { url: self.base.clone(), err: root_cause(&e) })?;
-        if !status.is_success() {
-            // Ollama's error bodies are `{"error": "..."}`; pass the text on as it is.
-            let message = serde_json::from_str::<Json>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Json::as_str).map(str::to_string))
-                .unwrap_or(body);
-            return Err(ApiError::Status { url: self.base.clone(), status: status.as_u16(), message });
+            .map_err(|e| self.unreachable(&e))?;
+        let body = self.body(resp)?;
+        self.parse("/api/show", &body)
+    }
+
+    /// Whether `model` exists on the server: its `/api/show`, or `None` on 404.
+    pub fn find(&self, model: &str) -> Result<Option<Show>, ApiError> {
+        match self.show(model) {
+            Ok(show) => Ok(Some(show)),
+            Err(ApiError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
         }
-        serde_json::from_str(&body).map_err(|e| ApiError::Malformed { url: url.clone(), err: e.to_string() })
+    }
+
+    /// `GET /api/version`: the server's version string (`0.34.2`; `0.0.0` for a build from source).
+    pub fn version(&self) -> Result<String, ApiError> {
+        #[derive(Deserialize)]
+        struct V {
+            version: String,
+        }
+        let resp = self.http.get(format!("{}/api/version", self.base)).timeout(SHORT).send().map_err(|e| self.unreachable(&e))?;
+        let body = self.body(resp)?;
+        Ok(self.parse::<V>("/api/version", &body)?.version)
+    }
+
+    /// `GET /api/tags`: the models on the server.
+    pub fn tags(&self) -> Result<Vec<Tag>, ApiError> {
+        #[derive(Deserialize)]
+        struct Tags {
+            #[serde(default)]
+            models: Vec<Tag>,
+        }
+        let resp = self.http.get(format!("{}/api/tags", self.base)).timeout(SHORT).send().map_err(|e| self.unreachable(&e))?;
+        let body = self.body(resp)?;
+        Ok(self.parse::<Tags>("/api/tags", &body)?.models)
+    }
+
+    /// `HEAD /api/blobs/<digest>`: whether the server already holds the blob.
+    pub fn has_blob(&self, digest: &str) -> Result<bool, ApiError> {
+        let resp = self.http.head(format!("{}/api/blobs/{digest}", self.base)).timeout(SHORT).send().map_err(|e| self.unreachable(&e))?;
+        match resp.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            status => Err(ApiError::Status { url: self.base.clone(), status, message: format!("HEAD /api/blobs/{digest}") }),
+        }
+    }
+
+    /// `POST /api/blobs/<digest>` with the file streamed from disk as the body. Bytes sent are reported
+    /// through `progress`; Ctrl-C aborts the upload ([`ApiError::Cancelled`]). A connection that breaks
+    /// mid-body is [`ApiError::Cut`]; a digest the server does not confirm is its 400 [`ApiError::Status`].
+    pub fn push_blob(&self, digest: &str, path: &Path, progress: &dyn Progress) -> Result<(), ApiError> {
+        let file = std::fs::File::open(path).map_err(|e| ApiError::Cut { url: self.base.clone(), err: format!("{}: {e}", path.display()) })?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let sent = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let body = reqwest::blocking::Body::sized(Counted { inner: file, sent: sent.clone(), stop: stop.clone() }, len);
+        let request = self.http.post(format!("{}/api/blobs/{digest}", self.base)).body(body);
+        // The blocking client reads the body on its own thread; this one shows progress and watches for Ctrl-C.
+        let result = std::thread::scope(|scope| {
+            let upload = scope.spawn(move || request.send());
+            let mut shown = 0;
+            while !upload.is_finished() {
+                std::thread::sleep(Duration::from_millis(50));
+                let now = sent.load(Ordering::Relaxed);
+                progress.advance(now - shown);
+                shown = now;
+                if progress.cancelled() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            progress.advance(sent.load(Ordering::Relaxed) - shown);
+            upload.join().expect("the upload thread does not panic")
+        });
+        if stop.load(Ordering::Relaxed) {
+            return Err(ApiError::Cancelled);
+        }
+        let resp = result.map_err(|e| ApiError::Cut { url: self.base.clone(), err: root_cause(&e) })?;
+        self.body(resp).map(|_| ())
+    }
+
+    /// `POST /api/create`, each streamed status passed to `on_status`. An `{"error": ...}` line is
+    /// [`ApiError::Failed`] with Ollama's text.
+    pub fn create(&self, request: &Json, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
+        self.stream("/api/create", request, on_status)
+    }
+
+    /// `POST /api/pull` for `model`, statuses (with digest, total, completed) passed to `on_status`.
+    pub fn pull(&self, model: &str, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
+        self.stream("/api/pull", &serde_json::json!({ "model": model, "stream": true }), on_status)
+    }
+
+    fn stream(&self, path: &str, request: &Json, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
+        let resp = self.http.post(format!("{}{path}", self.base)).json(request).send().map_err(|e| self.unreachable(&e))?;
+        if !resp.status().is_success() {
+            return self.body(resp).map(|_| ());
+        }
+        let mut last = String::new();
+        for line in BufReader::new(resp).lines() {
+            let line = line.map_err(|e| ApiError::Unreachable { url: self.base.clone(), err: format!("the answer to {path} broke off: {e}") })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let status: StreamStatus = self.parse(path, &line)?;
+            if let Some(message) = status.error {
+                return Err(ApiError::Failed { url: self.base.clone(), message });
+            }
+            on_status(&status);
+            last = status.status;
+        }
+        if last != "success" {
+            return Err(ApiError::Malformed { url: format!("{}{path}", self.base), err: format!("the stream ended without \"success\" (last status: {last:?})") });
+        }
+        Ok(())
+    }
+}
+
+/// Ollama's error text from an error body (`{"error": "..."}`), else the body as it is.
+fn error_text(body: &str) -> String {
+    serde_json::from_str::<Json>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Json::as_str).map(str::to_string))
+        .unwrap_or_else(|| body.trim().to_string())
+}
+
+/// A file read as a request body: counts the bytes handed to the client, and fails the read once
+/// `stop` is set (which aborts the request).
+struct Counted {
+    inner: std::fs::File,
+    sent: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("upload cancelled"));
+        }
+        let n = self.inner.read(buf)?;
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 

@@ -1,5 +1,5 @@
-//! How the library reports progress without printing: the CLI implements [`Progress`] with
-//! indicatif; tests and library users pass [`Silent`].
+//! How the library reports progress and asks questions without printing: the CLI implements
+//! [`Progress`] with indicatif and dialoguer; tests and library users pass [`Silent`].
 
 pub trait Progress: Sync {
     /// A new stage that will process `total` units (bytes, for conversions).
@@ -10,6 +10,13 @@ pub trait Progress: Sync {
     fn notice(&self, _msg: &str) {}
     /// The current stage is over.
     fn finish(&self) {}
+    /// A passing status from a server (Ollama's "writing manifest"): shown, not kept.
+    fn status(&self, _msg: &str) {}
+    /// Asks a yes/no question. `None` when nobody can answer (no terminal): the caller must then stop
+    /// and say which option decides it (`--force`, `--yes`).
+    fn confirm(&self, _question: &str, _default: bool) -> Option<bool> {
+        None
+    }
     /// The user asked to stop (Ctrl-C): long operations check this between steps, stop, and remove
     /// what they had started writing.
     fn cancelled(&self) -> bool {

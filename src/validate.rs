@@ -2,7 +2,7 @@
 //! with errors (the adapter cannot be used on this base), warnings (it can, but probably should not)
 //! and the list of what was checked, so a user sees what passed and not only what failed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -333,6 +333,93 @@ fn finish(mut v: Validation, base: &BaseModel, layers: usize) -> Validation {
         format!("{} error{} against {}", v.errors.len(), if v.errors.len() == 1 { "" } else { "s" }, base.source.display())
     };
     v
+}
+
+/// A ready GGUF LoRA adapter, checked against a base the way llama.cpp checks it when loading.
+pub struct GgufAdapter {
+    pub path: PathBuf,
+    pub header: crate::gguf::Header,
+    /// `adapter.lora.alpha`; 0 means llama.cpp applies each pair with scale 1.
+    pub alpha: f32,
+    /// Per adapted base tensor: its name and the indexes of its lora_a and lora_b in `header.tensors`.
+    pub pairs: Vec<(String, usize, usize)>,
+}
+
+impl GgufAdapter {
+    /// The factor llama.cpp multiplies `lora_b @ lora_a` by for a pair of rank `rank`.
+    pub fn scale(&self, rank: u64) -> f32 {
+        if self.alpha == 0.0 { 1.0 } else { self.alpha / rank as f32 }
+    }
+}
+
+/// Reads the GGUF LoRA adapter at `path` and checks it fits `base`: `general.type` is `adapter`, the
+/// architecture is the base's, every lora_a has its lora_b, and each pair's shapes match the base
+/// tensor as llama.cpp requires (for the token embedding, lora_a is stored transposed).
+pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAdapter> {
+    use crate::error::Error;
+    let header = crate::gguf::read_header(path).map_err(|e| Error::invalid(path, e.to_string()))?;
+    let hint = "pass a GGUF LoRA adapter (from `ollama-tools convert` or llama.cpp's convert_lora_to_gguf.py), or the PEFT adapter folder";
+    match header.get_str("general.type") {
+        Some("adapter") => {}
+        other => {
+            return Err(Error::refused(path, format!("not a GGUF LoRA adapter: general.type is {}", other.map_or("not set".into(), |t| format!("`{t}`"))), hint));
+        }
+    }
+    if let Some(t) = header.get_str("adapter.type").filter(|t| *t != "lora") {
+        return Err(Error::refused(path, format!("adapter.type is `{t}`; only LoRA adapters are applied by llama.cpp and Ollama"), hint));
+    }
+    let arch = header.get_str("general.architecture").unwrap_or_default();
+    if arch != base.arch {
+        return Err(Error::refused(
+            path,
+            format!("the adapter is for `{arch}` models, and {} is `{}`", base.source.display(), base.arch),
+            "use the base model the adapter was made for",
+        ));
+    }
+    let alpha = header.get("adapter.lora.alpha").and_then(|v| v.as_f64()).unwrap_or(0.0) as f32;
+    let index: std::collections::HashMap<&str, usize> = header.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let mut pairs = Vec::new();
+    for (i, t) in header.tensors.iter().enumerate() {
+        let Some(name) = t.name.strip_suffix(".lora_a") else {
+            if !t.name.ends_with(".lora_b") {
+                return Err(Error::refused(path, format!("tensor `{}` is neither a lora_a nor a lora_b", t.name), hint));
+            }
+            if !index.contains_key(format!("{}.lora_a", t.name.trim_end_matches(".lora_b")).as_str()) {
+                return Err(Error::invalid(path, format!("`{}` has no matching lora_a", t.name)).with_hint(hint));
+            }
+            continue;
+        };
+        let &b = index.get(format!("{name}.lora_b").as_str()).ok_or_else(|| Error::invalid(path, format!("`{}` has no matching lora_b", t.name)).with_hint(hint))?;
+        let bt = &header.tensors[b];
+        let base_t = base.tensors.get(name).ok_or_else(|| {
+            Error::refused(path, format!("`{}` adapts `{name}`, which {} does not have", t.name, base.source.display()), "use the base model the adapter was made for")
+        })?;
+        for x in [t, bt] {
+            if x.ne.len() != 2 || !crate::quant::can_dequantize(x.ty) {
+                return Err(Error::refused(path, format!("`{}` is a {}-d {} tensor; a LoRA pair is two 2-d matrices of a readable type", x.name, x.ne.len(), x.ty), hint));
+            }
+        }
+        let (bn, an, bbn) = (&base_t.ne, &t.ne, &bt.ne);
+        // llama.cpp's own checks (llama-adapter.cpp): a = [in, r], b = [r, out]; the token embedding
+        // keeps lora_a transposed, a = [r, vocab], b = [r, hidden].
+        let fits = if name == "token_embd.weight" {
+            bn.len() == 2 && bn[0] == bbn[1] && bn[1] == an[1] && an[0] == bbn[0]
+        } else {
+            bn.len() >= 2 && bn[0] == an[0] && bn[1] == bbn[1] && an[1] == bbn[0]
+        };
+        if !fits {
+            return Err(Error::refused(
+                path,
+                format!("`{name}` is {bn:?} in the base, and its lora_a {an:?} / lora_b {bbn:?} do not fit it (ggml order)"),
+                "the adapter was made for a different model; use its own base",
+            ));
+        }
+        pairs.push((name.to_string(), i, b));
+    }
+    if pairs.is_empty() {
+        return Err(Error::refused(path, "the adapter holds no LoRA tensor pairs", hint));
+    }
+    Ok(GgufAdapter { path: path.to_path_buf(), header, alpha, pairs })
 }
 
 #[cfg(test)]

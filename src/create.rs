@@ -1,0 +1,791 @@
+//! create-from-base: a base model and (optionally) a LoRA adapter into a model on an Ollama server,
+//! through its HTTP API, on old and current Ollama alike.
+//!
+//! Two ways to get an adapter in. *Adapter mode* converts it to a GGUF LoRA adapter and creates the
+//! model `from` the base with an `adapters` layer (Ollama runs it with llama.cpp's `--lora`).
+//! *Merge mode* merges it into the base's GGUF at the base's own quantization and creates the model
+//! from that file, carrying over the base's template, parameters, system prompt, license and
+//! messages. Ollama 0.34.1 and later refuse new adapter layers ([`ADAPTERS_REFUSED_SINCE`],
+//! [`ADAPTER_REFUSALS`]), so `auto` asks the server's version, and falls back to merging when an
+//! adapter is refused anyway.
+//!
+//! Every step that costs time is done once: converted and merged files are kept in this tool's cache
+//! (`builds/`), keyed by the content hashes of adapter, base and options; blobs the server already
+//! holds are not uploaded again. Nothing on the server changes before the last step, `/api/create`,
+//! and an existing model is only replaced with `--force` or the user's yes.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::base::{self, BaseModel};
+use crate::error::{Error, Result};
+use crate::modelfile::{Message, Modelfile, Parameters};
+use crate::ollama::{self, ApiError, Client, ModelName};
+use crate::peft::Adapter;
+use crate::progress::Progress;
+use crate::{convert, merge, registry};
+
+/// How to get the adapter into Ollama.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Adapter mode where the server still creates adapter layers, merge mode otherwise.
+    #[default]
+    Auto,
+    /// Merge the adapter into the base's weights (works on every Ollama version).
+    Merge,
+    /// A GGUF adapter layer on top of the base (Ollama before 0.34.1).
+    Adapter,
+}
+
+/// The first Ollama version that no longer creates models with new adapter layers.
+pub const ADAPTERS_REFUSED_SINCE: (u64, u64, u64) = (0, 34, 1);
+
+/// What Ollama answers when it refuses an adapter layer (lower case; matched as substrings of its
+/// error text). The server's `/api/create` since 0.34.1; keep this table and the version above together.
+pub const ADAPTER_REFUSALS: &[&str] = &["lora adapters are no longer supported", "adapters are no longer supported"];
+
+/// Whether Ollama's error text is its refusal of adapter layers.
+pub fn is_adapter_refusal(message: &str) -> bool {
+    let m = message.to_lowercase();
+    ADAPTER_REFUSALS.iter().any(|r| m.contains(r))
+}
+
+/// `0.34.2` -> (0, 34, 2); a pre-release (`0.34.1-rc0`) counts as its release. `None` for `0.0.0`
+/// (what a build from source reports) and anything unparsable.
+pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let core = v.trim().trim_start_matches('v').split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    let version = (parts.next()??, parts.next().flatten().unwrap_or(0), parts.next().flatten().unwrap_or(0));
+    (version != (0, 0, 0)).then_some(version)
+}
+
+/// What was done with the adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Used {
+    Adapter,
+    Merge,
+    /// No adapter: a model from the base with the given options.
+    Base,
+}
+
+/// The mode to start with, and why. `server_version` is `None` without a server; `Some("")` would
+/// not happen (a server always reports something). `can_merge`: the base has, or can get, a GGUF file.
+pub fn choose_mode(requested: Mode, has_adapter: bool, server_version: Option<&str>, can_merge: bool) -> (Used, String) {
+    if !has_adapter {
+        return (Used::Base, "no adapter given: a model from the base with the given options".into());
+    }
+    let threshold = format!("{}.{}.{}", ADAPTERS_REFUSED_SINCE.0, ADAPTERS_REFUSED_SINCE.1, ADAPTERS_REFUSED_SINCE.2);
+    match (requested, server_version) {
+        (Mode::Merge, _) => (Used::Merge, "--mode merge".into()),
+        (Mode::Adapter, _) => (Used::Adapter, "--mode adapter".into()),
+        (Mode::Auto, Some(v)) => match parse_version(v) {
+            Some(parsed) if parsed < ADAPTERS_REFUSED_SINCE => {
+                (Used::Adapter, format!("Ollama {v} creates models with adapter layers (refused only since {threshold})"))
+            }
+            Some(_) => (Used::Merge, format!("Ollama {v} no longer creates models with adapter layers (since {threshold}), so the adapter is merged into the base")),
+            None => (Used::Adapter, format!("Ollama reports version `{v}` (a build from source?): trying an adapter layer first, merging if it is refused")),
+        },
+        (Mode::Auto, None) if can_merge => (Used::Merge, "no server to ask: merged into the base, which every Ollama version runs".into()),
+        (Mode::Auto, None) => (Used::Adapter, "no server to ask, and the base has no GGUF to merge into: an ADAPTER Modelfile (Ollama before 0.34.1)".into()),
+    }
+}
+
+/// What to do about an existing model of the target name: go on or stop. `ask` is only called when
+/// the answer matters; it returns `None` when nobody can answer.
+pub fn may_replace(name: &str, exists: bool, force: bool, ask: impl FnOnce() -> Option<bool>) -> Result<()> {
+    if !exists || force {
+        return Ok(());
+    }
+    match ask() {
+        Some(true) => Ok(()),
+        Some(false) => Err(Error::Usage(format!("kept the existing model `{name}`; nothing was changed"))),
+        None => Err(Error::Refused {
+            path: PathBuf::from(name),
+            msg: "a model of this name exists, and there is no terminal to ask whether to replace it; nothing was changed".into(),
+            hint: Some("pass --force to replace it, or choose another --name".into()),
+        }),
+    }
+}
+
+/// Whether to pull a base the server does not have: `--yes`, or the user's answer.
+pub fn may_pull(base: &str, server: &str, yes: bool, ask: impl FnOnce() -> Option<bool>) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    let hint = format!("pass --yes to pull it, or run `ollama pull {base}` first");
+    match ask() {
+        Some(true) => Ok(()),
+        Some(false) => Err(Error::Usage(format!("{base} was not pulled; nothing was changed ({hint})"))),
+        None => Err(Error::Refused {
+            path: PathBuf::from(base),
+            msg: format!("the Ollama server at {server} does not have this model, and there is no terminal to ask whether to pull it"),
+            hint: Some(hint),
+        }),
+    }
+}
+
+/// Everything `create-from-base` takes.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The model to create; required unless `no_create`.
+    pub name: Option<String>,
+    pub base: String,
+    /// A PEFT adapter folder (or either of its files), or a ready GGUF LoRA adapter.
+    pub adapter: Option<PathBuf>,
+    pub mode: Mode,
+    /// Already read from their files.
+    pub system: Option<String>,
+    pub template: Option<String>,
+    pub license: Option<String>,
+    /// Checked against Ollama's parameter table.
+    pub parameters: Parameters,
+    pub out_modelfile: Option<PathBuf>,
+    /// A user's Modelfile template: (its path, for messages; its text).
+    pub modelfile_template: Option<(PathBuf, String)>,
+    pub no_create: bool,
+    pub force: bool,
+    pub yes: bool,
+    /// The server's base URL.
+    pub host: String,
+    pub strict: bool,
+}
+
+/// What was done.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub name: Option<String>,
+    pub mode: Used,
+    /// Why this mode, in words.
+    pub reason: String,
+    pub server: Option<String>,
+    pub server_version: Option<String>,
+    /// The GGUF uploaded (or that the Modelfile points at): the adapter, or the merged model.
+    pub file: Option<PathBuf>,
+    pub digest: Option<String>,
+    pub file_bytes: Option<u64>,
+    /// The file came from the cache of an earlier run.
+    pub reused_build: bool,
+    /// Blobs sent to the server (0 when it already had them).
+    pub uploaded: usize,
+    pub modelfile: Option<PathBuf>,
+    pub created: bool,
+    /// The created model's size as `/api/tags` reports it.
+    pub size: Option<u64>,
+    /// The created model's parameters as `/api/show` reports them.
+    pub parameters: Option<String>,
+    pub notices: Vec<String>,
+}
+
+/// The base's template, system prompt, license, parameters and messages, which a model created
+/// from a merged GGUF file must be given (a model created `from` the base inherits them).
+#[derive(Clone, Debug, Default)]
+struct Inherited {
+    template: Option<String>,
+    system: Option<String>,
+    license: Option<String>,
+    parameters: Parameters,
+    messages: Vec<Message>,
+    renderer: Option<String>,
+    parser: Option<String>,
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+impl Inherited {
+    fn from_show(show: &ollama::Show, base: &str) -> Result<Self> {
+        let parameters = Parameters::from_show_text(&show.parameters)
+            .map_err(|e| Error::invalid(Path::new(base), format!("the server's parameters for this model do not parse: {e}")))?;
+        Ok(Inherited {
+            template: non_empty(&show.template),
+            system: non_empty(&show.system),
+            license: non_empty(&show.license_text()),
+            parameters,
+            messages: show.messages.clone(),
+            renderer: non_empty(&show.renderer),
+            parser: non_empty(&show.parser),
+        })
+    }
+
+    /// From the manifest's layers in the local store (no server to ask).
+    fn from_store(name: &ModelName, store: &Path) -> Result<Self> {
+        let path = name.manifest_path(store);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let manifest: ollama::Manifest = serde_json::from_str(&text).map_err(|e| Error::invalid(&path, e.to_string()))?;
+        let mut out = Inherited::default();
+        for layer in &manifest.layers {
+            let Some(blob) = ollama::blob_path(store, &layer.digest) else { continue };
+            let read = || std::fs::read_to_string(&blob).map_err(|e| Error::io(&blob, e));
+            let json = |text: String| serde_json::from_str::<serde_json::Value>(&text).map_err(|e| Error::invalid(&blob, e.to_string()));
+            match layer.media_type.as_str() {
+                ollama::TEMPLATE_LAYER => out.template = Some(read()?),
+                ollama::SYSTEM_LAYER => out.system = Some(read()?),
+                ollama::LICENSE_LAYER => {
+                    let text = read()?;
+                    out.license = Some(match out.license.take() {
+                        Some(prev) => format!("{prev}\n\n{text}"),
+                        None => text,
+                    });
+                }
+                ollama::PARAMS_LAYER => {
+                    if let serde_json::Value::Object(map) = json(read()?)? {
+                        out.parameters = Parameters::from_json(&map);
+                    }
+                }
+                ollama::MESSAGES_LAYER => {
+                    out.messages = serde_json::from_value(json(read()?)?).map_err(|e| Error::invalid(&blob, e.to_string()))?;
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The file that goes to the server, with its digest.
+#[derive(Clone, Debug)]
+struct Built {
+    path: PathBuf,
+    digest: String,
+    bytes: u64,
+    reused: bool,
+}
+
+/// Runs create-from-base. The steps, in order: options checked; the server asked (version, whether
+/// the name exists, whether the base exists; pulled if wanted); the base described and the adapter
+/// validated; the adapter converted or merged (or taken from the cache); the Modelfile written; the
+/// file uploaded; the model created; the result read back.
+pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
+    if opts.name.is_none() && !opts.no_create {
+        return Err(Error::Usage("--name is required to create a model (or pass --no-create with --out-modelfile)".into()));
+    }
+    if opts.no_create && opts.out_modelfile.is_none() {
+        return Err(Error::Usage("--no-create writes nothing without --out-modelfile PATH".into()));
+    }
+    let name = match &opts.name {
+        Some(n) => Some(ModelName::parse(n).ok_or_else(|| {
+            Error::Usage(format!("`{n}` is not a model name Ollama accepts: letters, digits, `-`, `_`, `.`, as `model`, `model:tag` or `namespace/model:tag`"))
+        })?),
+        None => None,
+    };
+    if let Some(out) = &opts.out_modelfile {
+        if out.exists() && !opts.force {
+            return Err(Error::refused(out, "exists", "pass --force to replace it, or choose another --out-modelfile"));
+        }
+    }
+    let mut notices = Vec::new();
+    let base_path = Path::new(&opts.base);
+    let base_is_file = base_path.exists();
+
+    // The server: its version, and whether the name and the base exist there.
+    let client = (!opts.no_create).then(|| Client::new(&opts.host));
+    let mut base_show = None;
+    let mut server_version = None;
+    if let Some(client) = &client {
+        let version = client.version().map_err(|e| api_error(e, client.base(), "asking its version"))?;
+        server_version = Some(version);
+        let name = name.as_ref().expect("checked above");
+        let existing = client.find(&name.to_string()).map_err(|e| api_error(e, client.base(), "looking for the model"))?;
+        may_replace(&name.to_string(), existing.is_some(), opts.force, || {
+            let what = existing.as_ref().map_or(String::new(), describe_show);
+            ui.confirm(&format!("`{name}` exists on {} ({what}). Replace it with the new model?", client.base()), false)
+        })?;
+        if base_is_file {
+            if BaseModel::load(base_path)?.gguf_path.is_none() {
+                return Err(Error::refused(
+                    base_path,
+                    "a Hugging Face config.json describes the base but is not a model Ollama can create from",
+                    "pass the base's Ollama model name (or its GGUF file); or use --no-create --out-modelfile",
+                ));
+            }
+        } else {
+            base_show = Some(match client.find(&opts.base).map_err(|e| api_error(e, client.base(), "looking for the base"))? {
+                Some(show) => show,
+                None => {
+                    may_pull(&opts.base, client.base(), opts.yes, || {
+                        ui.confirm(&format!("The base `{}` is not on the Ollama server at {}. Pull it now?", opts.base, client.base()), true)
+                    })?;
+                    pull(client, &opts.base, ui)?;
+                    client.show(&opts.base).map_err(|e| api_error(e, client.base(), "reading the pulled base"))?
+                }
+            });
+        }
+    }
+    check_cancel(ui)?;
+
+    // The base described, and the mode.
+    let base_name = (!base_is_file).then(|| ModelName::parse(&opts.base)).flatten();
+    let base = match (&base_show, &base_name) {
+        (Some(show), Some(n)) => BaseModel::from_show(n, show, &opts.host)?,
+        _ => base::resolve_at(&opts.base, &opts.host)?,
+    };
+    let can_merge = base.gguf_path.is_some() || base_name.is_some();
+    let (mut used, mut reason) = choose_mode(opts.mode, opts.adapter.is_some(), server_version.as_deref(), can_merge);
+    let adapter = opts.adapter.as_deref().map(AdapterInput::open).transpose()?;
+
+    let mut report = Report {
+        name: opts.name.clone(),
+        mode: used,
+        reason: String::new(),
+        server: client.as_ref().map(|c| c.base().to_string()),
+        server_version: server_version.clone(),
+        file: None,
+        digest: None,
+        file_bytes: None,
+        reused_build: false,
+        uploaded: 0,
+        modelfile: None,
+        created: false,
+        size: None,
+        parameters: None,
+        notices: vec![],
+    };
+
+    loop {
+        check_cancel(ui)?;
+        let built = match (&adapter, used) {
+            (Some(a), Used::Adapter) => Some(build_adapter(a, &base, opts, ui)?),
+            (Some(a), Used::Merge) => Some(build_merged(a, &opts.base, &base, opts, ui)?),
+            _ => None,
+        };
+        let inherited = match used {
+            Used::Merge => match (&base_show, &base_name) {
+                (Some(show), _) => Inherited::from_show(show, &opts.base)?,
+                (None, Some(n)) if n.manifest_path(&ollama::store_dir()).exists() => Inherited::from_store(n, &ollama::store_dir())?,
+                (None, Some(n)) => {
+                    notices.push(format!("`{n}`'s template, parameters and license are not known here (no server, not in the store): the Modelfile carries only your options"));
+                    Inherited::default()
+                }
+                (None, None) => Inherited::default(),
+            },
+            _ => Inherited::default(),
+        };
+        let from = if base_is_file { absolute(base_path)?.display().to_string() } else { opts.base.clone() };
+        let modelfile = modelfile_for(used, &from, built.as_ref(), &inherited, opts)?;
+        if let Some(out) = &opts.out_modelfile {
+            write_modelfile(&modelfile, out, opts)?;
+            report.modelfile = Some(out.clone());
+        }
+        report.mode = used;
+        report.reason = reason.clone();
+        if let Some(b) = &built {
+            report.file = Some(b.path.clone());
+            report.digest = Some(b.digest.clone());
+            report.file_bytes = Some(b.bytes);
+            report.reused_build = b.reused;
+        }
+        let Some(client) = &client else { break };
+        // As typed, the way `ollama create NAME` sends it.
+        let name = opts.name.clone().expect("checked above");
+
+        // Upload what the server does not have, then create.
+        let mut files = serde_json::Map::new();
+        let mut adapters = serde_json::Map::new();
+        if base_is_file && used != Used::Merge {
+            let digest = format!("sha256:{}", sha256_file(base_path, ui)?);
+            report.uploaded += upload(client, &digest, base_path, ui)?;
+            files.insert("model.gguf".into(), digest.into());
+        }
+        if let Some(b) = &built {
+            report.uploaded += upload(client, &b.digest, &b.path, ui)?;
+            let slot = if used == Used::Merge { &mut files } else { &mut adapters };
+            slot.insert(if used == Used::Merge { "model.gguf" } else { "adapter.gguf" }.into(), b.digest.clone().into());
+        }
+        let request = create_request(&name, &modelfile, files, adapters, used == Used::Merge || base_is_file);
+        check_cancel(ui)?;
+        ui.stage(&format!("creating {name}"), 0);
+        let result = client.create(&request, &mut |s| ui.status(&s.status));
+        ui.finish();
+        match result {
+            Ok(()) => {}
+            Err(e) if used == Used::Adapter && opts.mode == Mode::Auto && e.message().is_some_and(is_adapter_refusal) => {
+                let msg = e.message().unwrap_or_default().to_string();
+                ui.notice(&format!("Ollama refused the adapter layer (\"{msg}\"): merging it into the base instead"));
+                used = Used::Merge;
+                reason = format!("Ollama refused an adapter layer (\"{msg}\"), so the adapter was merged into the base");
+                continue;
+            }
+            Err(e) => {
+                let hint = (used == Used::Adapter && e.message().is_some_and(is_adapter_refusal))
+                    .then_some("this Ollama no longer creates models with adapter layers: use --mode merge (or auto)");
+                let err = api_error(e, client.base(), &format!("creating `{name}`"));
+                return Err(match hint {
+                    Some(h) => err.with_hint(h),
+                    None => err,
+                });
+            }
+        }
+        report.created = true;
+        let show = client.show(&name).map_err(|e| api_error(e, client.base(), "reading the new model"))?;
+        report.parameters = non_empty(&show.parameters);
+        let full = ModelName::parse(&name).map(|n| n.to_string());
+        // /api/tags names models in full (`name:tag`).
+        report.size = client.tags().ok().and_then(|tags| tags.into_iter().find(|t| Some(&t.name) == full.as_ref()).map(|t| t.size));
+        break;
+    }
+    for n in &notices {
+        ui.notice(n);
+    }
+    report.notices = notices;
+    Ok(report)
+}
+
+/// The adapter the user gave: a PEFT folder, or a ready GGUF LoRA adapter.
+enum AdapterInput {
+    Peft(Box<Adapter>),
+    Gguf(PathBuf),
+}
+
+impl AdapterInput {
+    fn open(path: &Path) -> Result<Self> {
+        let is_gguf = path.is_file() && {
+            let mut magic = [0u8; 4];
+            File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+        };
+        if is_gguf {
+            return Ok(AdapterInput::Gguf(absolute(path)?));
+        }
+        Ok(AdapterInput::Peft(Box::new(Adapter::open(path)?)))
+    }
+
+    /// The files whose content decides what is built from this adapter.
+    fn files(&self) -> Vec<PathBuf> {
+        match self {
+            AdapterInput::Peft(a) => vec![a.config_path.clone(), a.weights_path.clone()],
+            AdapterInput::Gguf(p) => vec![p.clone()],
+        }
+    }
+}
+
+/// A GGUF adapter for the base: the user's own (checked, not copied), or the PEFT adapter converted
+/// into the cache.
+fn build_adapter(adapter: &AdapterInput, base: &BaseModel, opts: &Options, ui: &dyn Progress) -> Result<Built> {
+    match adapter {
+        AdapterInput::Gguf(path) => {
+            crate::validate::check_gguf_adapter(path, base)?;
+            let digest = format!("sha256:{}", sha256_file(path, ui)?);
+            let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+            Ok(Built { path: path.clone(), digest, bytes, reused: false })
+        }
+        AdapterInput::Peft(a) => {
+            // The base enters a conversion only through its architecture, head counts and shapes.
+            let shapes: Vec<String> = base.tensors.iter().map(|(n, t)| format!("{n}{:?}", t.ne)).collect();
+            let identity = format!("{} {} {} {}", base.arch, base.head_count, base.head_count_kv, shapes.join(","));
+            cached(&["adapter", &identity, &format!("strict={}", opts.strict)], adapter, ui, |out| {
+                let inputs = [convert::Input { adapter: Adapter::open(&a.path)?, weight: 1.0 }];
+                let copts = convert::Options { force: true, strict: opts.strict, ..Default::default() };
+                convert::convert(&inputs, base, out, &copts, ui).map(|s| s.notices)
+            })
+        }
+    }
+}
+
+/// The base's GGUF with the adapter merged in, at the base's own quantization.
+fn build_merged(adapter: &AdapterInput, spec: &str, base: &BaseModel, opts: &Options, ui: &dyn Progress) -> Result<Built> {
+    let gguf_base = if base.gguf_path.is_some() { base.clone() } else { base::resolve_gguf_at(spec, &opts.host, ui)? };
+    let base_file = gguf_base.gguf_path.clone().expect("resolve_gguf gives a GGUF");
+    // A store or cache blob is named by its digest; any other file is hashed.
+    let base_id = match base_file.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("sha256-")) {
+        Some(hex) if hex.len() == 64 => hex.to_string(),
+        _ => sha256_file(&base_file, ui)?,
+    };
+    cached(&["merge", &base_id, &format!("strict={}", opts.strict)], adapter, ui, |out| {
+        let mopts = merge::Options { force: true, strict: opts.strict, scale: 1.0, ..Default::default() };
+        let summary = match adapter {
+            AdapterInput::Peft(a) => merge::merge(&[convert::Input { adapter: Adapter::open(&a.path)?, weight: 1.0 }], &gguf_base, out, &mopts, ui)?,
+            AdapterInput::Gguf(p) => merge::merge_gguf_adapter(p, &gguf_base, out, &mopts, ui)?,
+        };
+        Ok(summary.notices)
+    })
+}
+
+/// The file built by `build` for this key, from the cache when an earlier run made it. The key
+/// hashes this tool's version, `parts` and the adapter files' contents; the file's own digest is
+/// kept beside it, so a reuse costs no hashing.
+fn cached(parts: &[&str], adapter: &AdapterInput, ui: &dyn Progress, build: impl FnOnce(&Path) -> Result<Vec<String>>) -> Result<Built> {
+    let mut key = Sha256::new();
+    key.update(format!("ollama-tools {}\n", env!("CARGO_PKG_VERSION")));
+    for p in parts {
+        key.update(p.as_bytes());
+        key.update(b"\n");
+    }
+    for f in adapter.files() {
+        key.update(sha256_file(&f, ui)?.as_bytes());
+        key.update(b"\n");
+    }
+    let key = hex(&key.finalize());
+    let dir = registry::cache_dir().join("builds");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let path = dir.join(format!("{}-{}.gguf", parts[0], &key[..32]));
+    let sidecar = path.with_extension("gguf.sha256");
+    if let (Ok(text), Ok(meta)) = (std::fs::read_to_string(&sidecar), std::fs::metadata(&path)) {
+        if let Some((digest, bytes)) = text.trim().split_once(' ') {
+            if bytes.parse::<u64>().ok() == Some(meta.len()) && digest.len() == 64 {
+                return Ok(Built { path, digest: format!("sha256:{digest}"), bytes: meta.len(), reused: true });
+            }
+        }
+    }
+    for n in build(&path)? {
+        ui.notice(&n);
+    }
+    let digest = sha256_file(&path, ui)?;
+    let bytes = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+    let tmp = convert::temp_beside(&sidecar)?;
+    std::fs::write(tmp.path(), format!("{digest} {bytes}\n")).map_err(|e| Error::io(tmp.path(), e))?;
+    convert::persist(tmp, &sidecar, true)?;
+    Ok(Built { path, digest: format!("sha256:{digest}"), bytes, reused: false })
+}
+
+/// The Modelfile that says what the create request says.
+fn modelfile_for(used: Used, from: &str, built: Option<&Built>, inherited: &Inherited, opts: &Options) -> Result<Modelfile> {
+    let mut m = Modelfile { from: from.to_string(), ..Default::default() };
+    let user = |o: &Option<String>, i: &Option<String>| o.clone().or_else(|| i.clone());
+    match used {
+        Used::Merge => {
+            m.from = built.expect("merge mode builds a file").path.display().to_string();
+            m.parameters = inherited.parameters.clone();
+            m.parameters.overlay(&opts.parameters);
+            m.messages = inherited.messages.clone();
+            m.renderer = inherited.renderer.clone();
+            m.parser = inherited.parser.clone();
+        }
+        Used::Adapter => {
+            m.adapter = Some(built.expect("adapter mode builds a file").path.display().to_string());
+            m.parameters = opts.parameters.clone();
+        }
+        Used::Base => m.parameters = opts.parameters.clone(),
+    }
+    m.template = user(&opts.template, &inherited.template);
+    m.system = user(&opts.system, &inherited.system);
+    m.license = user(&opts.license, &inherited.license);
+    Ok(m)
+}
+
+fn write_modelfile(m: &Modelfile, out: &Path, opts: &Options) -> Result<()> {
+    let (name, source) = match &opts.modelfile_template {
+        Some((path, text)) => (path.display().to_string(), Some(text.as_str())),
+        None => ("templates/Modelfile".to_string(), None),
+    };
+    let text = m.render(source, &name).map_err(|e| Error::invalid(out, e.to_string()))?;
+    let tmp = convert::temp_beside(out)?;
+    (&mut tmp.as_file()).write_all(text.as_bytes()).map_err(|e| Error::io(tmp.path(), e))?;
+    convert::persist(tmp, out, opts.force)
+}
+
+/// The `/api/create` body for `m`, as `ollama create -f` would send it: the FROM file and the
+/// ADAPTER as uploaded digests, a FROM name as `from`.
+fn create_request(name: &str, m: &Modelfile, files: serde_json::Map<String, serde_json::Value>, adapters: serde_json::Map<String, serde_json::Value>, from_files: bool) -> serde_json::Value {
+    let mut r = serde_json::Map::new();
+    r.insert("model".into(), name.into());
+    if from_files {
+        r.insert("files".into(), files.into());
+    } else {
+        r.insert("from".into(), m.from.clone().into());
+    }
+    if !adapters.is_empty() {
+        r.insert("adapters".into(), adapters.into());
+    }
+    for (key, value) in [("template", &m.template), ("system", &m.system), ("license", &m.license), ("renderer", &m.renderer), ("parser", &m.parser)] {
+        if let Some(v) = value {
+            r.insert(key.into(), v.clone().into());
+        }
+    }
+    if !m.parameters.is_empty() {
+        r.insert("parameters".into(), m.parameters.to_json().into());
+    }
+    if !m.messages.is_empty() {
+        r.insert("messages".into(), serde_json::to_value(&m.messages).expect("messages serialize"));
+    }
+    r.insert("stream".into(), true.into());
+    r.into()
+}
+
+/// Sends the blob unless the server has it; one retry when the connection breaks. Returns 1 when it
+/// was sent, 0 when the server had it.
+fn upload(client: &Client, digest: &str, path: &Path, ui: &dyn Progress) -> Result<usize> {
+    if client.has_blob(digest).map_err(|e| api_error(e, client.base(), "asking for a blob"))? {
+        return Ok(0);
+    }
+    let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    for attempt in 0..2 {
+        ui.stage("uploading", bytes);
+        let result = client.push_blob(digest, path, ui);
+        ui.finish();
+        match result {
+            Ok(()) => return Ok(1),
+            Err(ApiError::Cut { err, .. }) if attempt == 0 => {
+                ui.notice(&format!("the upload of {digest} broke off ({err}); sending it once more"));
+            }
+            Err(ApiError::Cut { err, url }) => {
+                return Err(Error::Refused {
+                    path: path.to_path_buf(),
+                    msg: format!("the upload of {digest} to {url} broke off twice ({err})"),
+                    hint: Some("check the server's free disk space and its log, then run again (what was built is cached)".into()),
+                });
+            }
+            Err(ApiError::Status { status: 400, message, url }) => {
+                return Err(Error::Refused {
+                    path: path.to_path_buf(),
+                    msg: format!("Ollama at {url} refused the upload of {digest}: {message}"),
+                    hint: Some("the file changed while it was sent, or something between here and the server altered it; run again".into()),
+                });
+            }
+            Err(e) => return Err(api_error(e, client.base(), &format!("uploading {digest}"))),
+        }
+    }
+    unreachable!("the loop returns on its second attempt")
+}
+
+/// `POST /api/pull` with a progress bar per layer.
+fn pull(client: &Client, model: &str, ui: &dyn Progress) -> Result<()> {
+    let mut current = String::new();
+    let mut shown = 0;
+    let result = client.pull(model, &mut |s| {
+        if s.digest.is_empty() {
+            ui.status(&s.status);
+            return;
+        }
+        if s.digest != current {
+            current = s.digest.clone();
+            shown = 0;
+            ui.stage(&format!("pulling {}", &s.digest.trim_start_matches("sha256:")[..12.min(s.digest.len() - 7)]), s.total);
+        }
+        ui.advance(s.completed.saturating_sub(shown));
+        shown = shown.max(s.completed);
+    });
+    ui.finish();
+    result.map_err(|e| api_error(e, client.base(), &format!("pulling `{model}`")))
+}
+
+/// The sha256 of a file, in hex, read in large blocks (reported as a "hashing" stage).
+pub fn sha256_file(path: &Path, ui: &dyn Progress) -> Result<String> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let big = len > 64 << 20;
+    if big {
+        ui.stage("hashing", len);
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if big {
+            ui.advance(n as u64);
+            check_cancel(ui)?;
+        }
+    }
+    if big {
+        ui.finish();
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| Error::io(path, e))
+}
+
+fn check_cancel(ui: &dyn Progress) -> Result<()> {
+    if ui.cancelled() { Err(Error::Cancelled) } else { Ok(()) }
+}
+
+/// A line about an existing model for the replace question.
+fn describe_show(s: &ollama::Show) -> String {
+    let d = &s.details;
+    let mut parts: Vec<String> = [&d.family, &d.parameter_size, &d.quantization_level].iter().filter(|v| !v.is_empty()).map(|v| v.to_string()).collect();
+    if s.modelfile.contains("ADAPTER") {
+        parts.push("with an adapter layer".into());
+    }
+    if !s.modified_at.is_empty() {
+        parts.push(format!("modified {}", s.modified_at.get(..19).unwrap_or(&s.modified_at)));
+    }
+    parts.join(", ")
+}
+
+/// An API failure as the user should read it: which server, what we were doing, Ollama's own words.
+fn api_error(e: ApiError, server: &str, doing: &str) -> Error {
+    let path = PathBuf::from(server);
+    match e {
+        ApiError::Cancelled => Error::Cancelled,
+        ApiError::Unreachable { url, err } => Error::Refused {
+            path,
+            msg: format!("no Ollama server answers at {url} ({err}) while {doing}"),
+            hint: Some("start it with `ollama serve`, or point OLLAMA_HOST (or --host) at it; --no-create --out-modelfile works without a server".into()),
+        },
+        ApiError::Status { status, message, .. } => Error::Refused { path, msg: format!("{doing}: Ollama answered {status}: {message}"), hint: None },
+        ApiError::Failed { message, .. } => Error::Refused { path, msg: format!("{doing}: Ollama says: {message}"), hint: None },
+        other => Error::Refused { path, msg: format!("{doing}: {other}"), hint: None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("0.34.2"), Some((0, 34, 2)));
+        assert_eq!(parse_version("0.34.1-rc0"), Some((0, 34, 1)));
+        assert_eq!(parse_version("v0.5"), Some((0, 5, 0)));
+        assert_eq!(parse_version("0.0.0"), None);
+        assert_eq!(parse_version("dev"), None);
+    }
+
+    #[test]
+    fn modes() {
+        let m = |req, v: Option<&str>, can_merge| choose_mode(req, true, v, can_merge).0;
+        assert_eq!(m(Mode::Auto, Some("0.33.9"), true), Used::Adapter);
+        assert_eq!(m(Mode::Auto, Some("0.34.0"), true), Used::Adapter);
+        assert_eq!(m(Mode::Auto, Some("0.34.1"), true), Used::Merge);
+        assert_eq!(m(Mode::Auto, Some("0.34.1-rc1"), true), Used::Merge);
+        assert_eq!(m(Mode::Auto, Some("1.0.0"), true), Used::Merge);
+        assert_eq!(m(Mode::Auto, Some("0.0.0"), true), Used::Adapter);
+        assert_eq!(m(Mode::Auto, None, true), Used::Merge);
+        assert_eq!(m(Mode::Auto, None, false), Used::Adapter);
+        assert_eq!(m(Mode::Adapter, Some("0.40.0"), true), Used::Adapter);
+        assert_eq!(m(Mode::Merge, Some("0.20.0"), true), Used::Merge);
+        assert_eq!(choose_mode(Mode::Merge, false, Some("0.34.2"), true).0, Used::Base);
+    }
+
+    #[test]
+    fn refusal_texts() {
+        assert!(is_adapter_refusal("LoRA adapters are no longer supported"));
+        assert!(is_adapter_refusal("error: LoRA adapters are no longer supported."));
+        assert!(!is_adapter_refusal("only one adapter is currently supported"));
+    }
+
+    #[test]
+    fn replace_decisions() {
+        let never = || -> Option<bool> { panic!("must not ask") };
+        assert!(may_replace("m", false, false, never).is_ok());
+        assert!(may_replace("m", true, true, never).is_ok());
+        assert!(may_replace("m", true, false, || Some(true)).is_ok());
+        let no = may_replace("m", true, false, || Some(false)).unwrap_err().to_string();
+        assert!(no.contains("kept the existing model") && no.contains("nothing was changed"), "{no}");
+        let tty = may_replace("m", true, false, || None).unwrap_err().to_string();
+        assert!(tty.contains("--force") && tty.contains("no terminal"), "{tty}");
+    }
+
+    #[test]
+    fn pull_decisions() {
+        assert!(may_pull("b", "http://s", true, || -> Option<bool> { panic!("must not ask") }).is_ok());
+        assert!(may_pull("b", "http://s", false, || Some(true)).is_ok());
+        let e = may_pull("b", "http://s", false, || None).unwrap_err().to_string();
+        assert!(e.contains("--yes") && e.contains("ollama pull b"), "{e}");
+        assert!(may_pull("b", "http://s", false, || Some(false)).is_err());
+    }
+}

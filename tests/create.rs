@@ -1,0 +1,454 @@
+//! `create-from-base` end to end: the built binary against an in-process Ollama (tests/common/
+//! ollama_server.rs) that checks digests, streams create statuses, refuses adapters the way 0.34.1+
+//! does, and can cut or corrupt uploads. What was uploaded is loaded in the real llama.cpp in
+//! tests/interop (test_create_interop.py); here: the requests, the Modelfile, the cache, the errors.
+
+mod common;
+use common::ollama_server::{self, Config, Fake, RefuseAdapters};
+use common::*;
+use predicates::str::contains;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+struct Env {
+    d: tempfile::TempDir,
+    store: PathBuf,
+    cache: PathBuf,
+    base_gguf: PathBuf,
+    adapter: PathBuf,
+}
+
+fn setup() -> Env {
+    let d = tempfile::tempdir().unwrap();
+    let base_gguf = d.path().join("base.gguf");
+    write_base_gguf(&base_gguf, "llama", TINY);
+    let store = d.path().join("store");
+    write_store(&store, "registry.ollama.ai", "library", "tiny", "latest", &base_gguf);
+    let adapter = tiny_adapter(&d.path().join("my-adapter"), json!({"base_model_name_or_path": "meta-llama/Llama-3.2-1B"}), vec![]);
+    Env { cache: d.path().join("cache"), store, base_gguf, adapter, d }
+}
+
+fn server(version: &str, refuse: RefuseAdapters) -> Fake {
+    ollama_server::start(Config {
+        version: version.into(),
+        refuse_adapters: refuse,
+        models: vec![("tiny".into(), show_json(TINY, "F32", true))],
+        ..Config::default()
+    })
+}
+
+/// `create-from-base --base tiny --adapter <adapter> ARGS` against `fake`.
+fn run(env: &Env, fake: &Fake, args: &[&str]) -> assert_cmd::Command {
+    let mut cmd = bin();
+    cmd.env("OLLAMA_HOST", &fake.url)
+        .env("OLLAMA_MODELS", &env.store)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .args(["create-from-base", "--base", "tiny", "--adapter"])
+        .arg(&env.adapter)
+        .args(args);
+    cmd
+}
+
+fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap();
+    format!("sha256:{}", sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+fn requests(fake: &Fake) -> Vec<Value> {
+    fake.state.lock().unwrap().create_requests.clone()
+}
+
+/// The independent Modelfile reader's view of `path`, as the `/api/create` body `ollama create -f`
+/// would send: FROM and ADAPTER files replaced by their digests.
+fn modelfile_request(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    let cmds = modelfile_parser::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let mut req = modelfile_parser::create_request(&cmds).unwrap();
+    let obj = req.as_object_mut().unwrap();
+    if let Some(from) = obj.get("from").and_then(Value::as_str).map(str::to_string) {
+        if Path::new(&from).is_absolute() {
+            obj.remove("from");
+            obj.insert("files".into(), json!({"model.gguf": sha256(Path::new(&from))}));
+        }
+    }
+    if let Some(adapters) = obj.remove("adapters") {
+        let list: Vec<Value> = match adapters {
+            Value::Array(items) => items,
+            other => vec![other],
+        };
+        assert_eq!(list.len(), 1, "{list:?}");
+        obj.insert("adapters".into(), json!({"adapter.gguf": sha256(Path::new(list[0].as_str().unwrap()))}));
+    }
+    req
+}
+
+/// The fields both requests carry, compared: what makes the model. (The ollama CLI sends LICENSE
+/// lines as a list; the API takes a string or a list.)
+fn assert_same_model(ours: &Value, theirs: &Value) {
+    let licenses = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => Some(json!([s])),
+        other => other.cloned(),
+    };
+    assert_eq!(licenses(ours.get("license")), licenses(theirs.get("license")), "license differs:\nours   {ours}\ntheirs {theirs}");
+    for key in ["from", "files", "adapters", "template", "system", "parameters", "messages", "renderer", "parser"] {
+        assert_eq!(ours.get(key), theirs.get(key), "`{key}` differs:\nours   {ours}\ntheirs {theirs}");
+    }
+}
+
+#[test]
+fn merge_mode_on_current_ollama_uploads_the_merged_gguf_with_the_bases_template_and_parameters() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    let modelfile = env.d.path().join("Modelfile");
+    run(&env, &fake, &["--name", "my-model", "--temperature", "0.7", "--num-ctx", "8192", "--parameter", "stop=</s>", "--system", "Be brief.\nVery brief."])
+        .arg("--out-modelfile")
+        .arg(&modelfile)
+        .assert()
+        .success()
+        .stdout(contains("created my-model"))
+        .stdout(contains("merged into the base: Ollama 0.34.2 no longer creates models with adapter layers"))
+        .stdout(contains("1 blob(s)"));
+
+    let reqs = requests(&fake);
+    assert_eq!(reqs.len(), 1);
+    let req = &reqs[0];
+    assert!(req.get("from").is_none() && req.get("adapters").is_none(), "{req}");
+    let digest = req["files"]["model.gguf"].as_str().unwrap().to_string();
+    // The uploaded blob is the merged model from the cache, with the base's template and license,
+    // the base's parameters overridden by ours (our stop list replaces the base's).
+    let built: Vec<PathBuf> = std::fs::read_dir(env.cache.join("builds")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "gguf")).collect();
+    assert_eq!(built.len(), 1);
+    assert_eq!(sha256(&built[0]), digest);
+    assert_eq!(fake.state.lock().unwrap().blobs[&digest], std::fs::read(&built[0]).unwrap());
+    let (h, _) = read_gguf(&built[0]);
+    assert!(h.get("ollama_tools.merged.adapters").is_some());
+    assert_eq!(req["template"], "{{ .Prompt }}");
+    assert_eq!(req["license"], "LLAMA 3.2 COMMUNITY LICENSE AGREEMENT");
+    assert_eq!(req["system"], "Be brief.\nVery brief.");
+    assert_eq!(req["parameters"], json!({"stop": ["</s>"], "temperature": 0.7, "num_ctx": 8192}));
+    // `ollama create my-model -f Modelfile` would send the same model.
+    assert_same_model(req, &modelfile_request(&modelfile));
+    // And the model exists on the server, made from that request.
+    let m = fake.model("my-model").unwrap();
+    assert_eq!(m.request.as_ref(), Some(req));
+}
+
+#[test]
+fn adapter_mode_on_older_ollama_uploads_the_gguf_adapter_and_creates_from_the_base() {
+    let env = setup();
+    let fake = server("0.33.0", RefuseAdapters::Never);
+    let modelfile = env.d.path().join("Modelfile");
+    run(&env, &fake, &["--name", "me/tuned:v1", "--parameter", "top_k=20"])
+        .arg("--out-modelfile")
+        .arg(&modelfile)
+        .assert()
+        .success()
+        .stdout(contains("adapter layer: Ollama 0.33.0 creates models with adapter layers"));
+    let req = requests(&fake).pop().unwrap();
+    assert_eq!(req["model"], "me/tuned:v1");
+    assert_eq!(req["from"], "tiny");
+    assert!(req.get("files").is_none() && req.get("template").is_none(), "the base's own template is inherited: {req}");
+    assert_eq!(req["parameters"], json!({"top_k": 20}));
+    let digest = req["adapters"]["adapter.gguf"].as_str().unwrap();
+    let blob = fake.state.lock().unwrap().blobs[digest].clone();
+    let path = env.d.path().join("uploaded.gguf");
+    std::fs::write(&path, blob).unwrap();
+    let (h, t) = read_gguf(&path);
+    assert_eq!(h.get_str("general.type"), Some("adapter"));
+    assert_eq!(t.len(), 8, "q and v of two layers, lora_a and lora_b each");
+    assert_same_model(&req, &modelfile_request(&modelfile));
+    let text = std::fs::read_to_string(&modelfile).unwrap();
+    assert!(text.contains("FROM tiny") && text.contains("ADAPTER /"), "{text}");
+}
+
+#[test]
+fn auto_falls_back_to_merging_when_the_server_refuses_the_adapter() {
+    for refuse in [RefuseAdapters::Http400, RefuseAdapters::InStream] {
+        let env = setup();
+        // A build from source reports 0.0.0: adapter mode is tried first.
+        let fake = server("0.0.0", refuse);
+        run(&env, &fake, &["--name", "m"])
+            .assert()
+            .success()
+            .stderr(contains("Ollama refused the adapter layer (\"LoRA adapters are no longer supported\"): merging it into the base instead"))
+            .stdout(contains("merged into the base: Ollama refused an adapter layer"));
+        let reqs = requests(&fake);
+        assert_eq!(reqs.len(), 2, "{reqs:?}");
+        assert!(reqs[0].get("adapters").is_some() && reqs[1].get("files").is_some());
+        assert!(fake.model("m").is_some());
+    }
+}
+
+#[test]
+fn forced_adapter_mode_on_a_refusing_server_fails_with_the_servers_words_and_what_to_do() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    run(&env, &fake, &["--name", "m", "--mode", "adapter"])
+        .assert()
+        .failure()
+        .stderr(contains("LoRA adapters are no longer supported"))
+        .stderr(contains("--mode merge"));
+    assert!(fake.model("m").is_none());
+}
+
+#[test]
+fn a_second_run_builds_nothing_and_uploads_nothing() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    run(&env, &fake, &["--name", "m"]).assert().success().stdout(contains("built now"));
+    let posts = fake.requests("POST /api/blobs");
+    run(&env, &fake, &["--name", "m2"])
+        .assert()
+        .success()
+        .stdout(contains("reused from an earlier run"))
+        .stdout(contains("nothing: the server had every blob"));
+    assert_eq!(fake.requests("POST /api/blobs"), posts, "no second upload");
+    let reqs = requests(&fake);
+    assert_eq!(reqs[0]["files"], reqs[1]["files"]);
+}
+
+#[test]
+fn an_existing_name_is_kept_without_force_and_replaced_with_it() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    run(&env, &fake, &["--name", "m"]).assert().success();
+    let creates = requests(&fake).len();
+    // No terminal to ask: stop before anything is built or sent.
+    run(&env, &fake, &["--name", "m"])
+        .assert()
+        .failure()
+        .stderr(contains("a model of this name exists"))
+        .stderr(contains("--force"));
+    assert_eq!(requests(&fake).len(), creates);
+    run(&env, &fake, &["--name", "m", "--force"]).assert().success();
+    assert_eq!(requests(&fake).len(), creates + 1);
+}
+
+#[test]
+fn a_missing_base_is_pulled_with_yes_and_refused_without_a_terminal() {
+    let env = setup();
+    let fake = ollama_server::start(Config {
+        version: "0.34.2".into(),
+        pullable: vec![("tiny".into(), show_json(TINY, "F32", true))],
+        ..Config::default()
+    });
+    run(&env, &fake, &["--name", "m"])
+        .assert()
+        .failure()
+        .stderr(contains("does not have this model"))
+        .stderr(contains("--yes"))
+        .stderr(contains("ollama pull tiny"));
+    assert_eq!(fake.requests("POST /api/pull"), 0);
+    run(&env, &fake, &["--name", "m", "--yes"]).assert().success();
+    assert_eq!(fake.requests("POST /api/pull"), 1);
+    assert!(fake.model("m").is_some());
+}
+
+#[test]
+fn an_upload_cut_once_is_sent_again_and_cut_twice_fails_naming_the_digest() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    fake.state.lock().unwrap().faults.cut_uploads = 1;
+    run(&env, &fake, &["--name", "m"]).assert().success().stderr(contains("broke off")).stderr(contains("sending it once more"));
+    assert!(fake.model("m").is_some());
+
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    fake.state.lock().unwrap().faults.cut_uploads = 2;
+    run(&env, &fake, &["--name", "m"]).assert().failure().stderr(contains("broke off twice")).stderr(contains("sha256:"));
+    assert!(fake.model("m").is_none());
+    assert!(requests(&fake).is_empty(), "no create after a failed upload");
+}
+
+#[test]
+fn a_corrupted_upload_is_reported_with_the_servers_digest_mismatch() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    fake.state.lock().unwrap().faults.corrupt_uploads = 1;
+    run(&env, &fake, &["--name", "m"]).assert().failure().stderr(contains("refused the upload of sha256:")).stderr(contains("digest mismatch"));
+    assert!(requests(&fake).is_empty());
+}
+
+#[test]
+fn server_errors_are_passed_on_verbatim_and_no_server_names_the_url() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    fake.state.lock().unwrap().faults.create_error = Some((500, "write /root/.ollama/models/manifests: no space left on device".into()));
+    run(&env, &fake, &["--name", "m"])
+        .assert()
+        .failure()
+        .stderr(contains("creating `m`: Ollama answered 500: write /root/.ollama/models/manifests: no space left on device"));
+
+    bin()
+        .env("OLLAMA_HOST", NO_SERVER)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .args(["create-from-base", "--base", "tiny", "--name", "m"])
+        .assert()
+        .failure()
+        .stderr(contains("no Ollama server answers at http://127.0.0.1:1"))
+        .stderr(contains("ollama serve"));
+}
+
+#[test]
+fn without_an_adapter_the_model_is_the_base_with_the_options() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    bin()
+        .env("OLLAMA_HOST", &fake.url)
+        .env("OLLAMA_MODELS", &env.store)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .args(["create-from-base", "--base", "tiny", "--name", "plain", "--system", "You are terse.", "--parameter", "stop=END", "--parameter", "stop=STOP"])
+        .assert()
+        .success()
+        .stdout(contains("base with options"));
+    let req = requests(&fake).pop().unwrap();
+    assert_eq!(req["from"], "tiny");
+    assert_eq!(req["system"], "You are terse.");
+    assert_eq!(req["parameters"], json!({"stop": ["END", "STOP"]}));
+    assert_eq!(fake.requests("POST /api/blobs"), 0);
+}
+
+#[test]
+fn no_create_writes_a_modelfile_without_any_server() {
+    let env = setup();
+    // A GGUF base and no server: merged, FROM the merged file.
+    let out = env.d.path().join("Modelfile");
+    bin()
+        .env("OLLAMA_HOST", NO_SERVER)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .args(["create-from-base", "--no-create", "--base"])
+        .arg(&env.base_gguf)
+        .arg("--adapter")
+        .arg(&env.adapter)
+        .arg("--out-modelfile")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(contains("no server to ask: merged"))
+        .stdout(contains("ollama create NAME -f"));
+    let req = modelfile_request(&out);
+    assert!(req["files"]["model.gguf"].as_str().unwrap().starts_with("sha256:"));
+    assert!(req.get("adapters").is_none());
+
+    // The same name in the store, no server: merged, with the store's template.
+    let out2 = env.d.path().join("Modelfile2");
+    bin()
+        .env("OLLAMA_HOST", NO_SERVER)
+        .env("OLLAMA_MODELS", &env.store)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .args(["create-from-base", "--no-create", "--base", "tiny", "--adapter"])
+        .arg(&env.adapter)
+        .arg("--out-modelfile")
+        .arg(&out2)
+        .assert()
+        .success();
+    let req2 = modelfile_request(&out2);
+    assert_eq!(req2["template"], "{{ .Prompt }}");
+    assert_eq!(req2["files"], req["files"], "the same merge, from the cache");
+
+    // A Hugging Face config folder: nothing to merge into, so an ADAPTER Modelfile.
+    let hf = env.d.path().join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    std::fs::write(
+        hf.join("config.json"),
+        json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32, "intermediate_size": 48,
+               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 40,
+               "tie_word_embeddings": false}).to_string(),
+    )
+    .unwrap();
+    let out3 = env.d.path().join("Modelfile3");
+    bin()
+        .env("OLLAMA_HOST", NO_SERVER)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .args(["create-from-base", "--no-create", "--base"])
+        .arg(&hf)
+        .arg("--adapter")
+        .arg(&env.adapter)
+        .arg("--out-modelfile")
+        .arg(&out3)
+        .assert()
+        .success()
+        .stdout(contains("adapter layer"));
+    let text = std::fs::read_to_string(&out3).unwrap();
+    assert!(text.contains("ADAPTER /"), "{text}");
+
+    // An existing Modelfile is not replaced without --force.
+    bin()
+        .env("OLLAMA_HOST", NO_SERVER)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .args(["create-from-base", "--no-create", "--base"])
+        .arg(&env.base_gguf)
+        .arg("--out-modelfile")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(contains("--force"));
+}
+
+#[test]
+fn bad_parameters_are_refused_before_anything_is_sent() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    for (arg, want) in [("num_ctx=8k", "num_ctx"), ("mirostat=1", "mirostat"), ("temprature=0.5", "temprature")] {
+        run(&env, &fake, &["--name", "m", "--parameter", arg]).assert().failure().stderr(contains(want));
+    }
+    assert!(fake.state.lock().unwrap().log.is_empty(), "nothing was asked of the server");
+}
+
+#[test]
+fn a_ready_gguf_adapter_is_uploaded_as_is_or_merged() {
+    let env = setup();
+    let gguf = env.d.path().join("adapter.gguf");
+    bin().args(["convert"]).arg(&env.adapter).arg("--base").arg(&env.base_gguf).arg("-o").arg(&gguf).assert().success();
+    let fake = server("0.33.0", RefuseAdapters::Never);
+    bin()
+        .env("OLLAMA_HOST", &fake.url)
+        .env("OLLAMA_MODELS", &env.store)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .args(["create-from-base", "--base", "tiny", "--name", "a", "--adapter"])
+        .arg(&gguf)
+        .assert()
+        .success();
+    assert_eq!(requests(&fake)[0]["adapters"]["adapter.gguf"], sha256(&gguf));
+
+    // Merged from the GGUF adapter, the result is the PEFT adapter's merge up to f16 rounding of
+    // the adapter's tensors.
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    bin()
+        .env("OLLAMA_HOST", &fake.url)
+        .env("OLLAMA_MODELS", &env.store)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .args(["create-from-base", "--base", "tiny", "--name", "b", "--adapter"])
+        .arg(&gguf)
+        .assert()
+        .success();
+    let digest = requests(&fake)[0]["files"]["model.gguf"].as_str().unwrap().to_string();
+    let from_gguf = env.d.path().join("from-gguf.gguf");
+    std::fs::write(&from_gguf, &fake.state.lock().unwrap().blobs[&digest]).unwrap();
+    let from_peft = env.d.path().join("from-peft.gguf");
+    bin().args(["merge"]).arg(&env.adapter).arg("--base").arg(&env.base_gguf).arg("-o").arg(&from_peft).assert().success();
+    let (_, a) = read_gguf(&from_gguf);
+    let (_, b) = read_gguf(&from_peft);
+    assert_eq!(a.len(), b.len());
+    for (name, ta) in &a {
+        let tb = &b[name];
+        let worst = ta.values.iter().zip(&tb.values).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 2e-3, "{name}: {worst}");
+    }
+
+    // A GGUF adapter for another architecture is refused, naming both.
+    let qwen = env.d.path().join("qwen.gguf");
+    write_base_gguf(&qwen, "qwen2", TINY);
+    bin()
+        .env("OLLAMA_HOST", &fake.url)
+        .env("OLLAMA_MODELS", &env.store)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .args(["create-from-base", "--base"])
+        .arg(&qwen)
+        .args(["--name", "c", "--adapter"])
+        .arg(&gguf)
+        .assert()
+        .failure()
+        .stderr(contains("the adapter is for `llama` models"));
+}
