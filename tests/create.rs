@@ -452,3 +452,64 @@ fn a_ready_gguf_adapter_is_uploaded_as_is_or_merged() {
         .failure()
         .stderr(contains("the adapter is for `llama` models"));
 }
+
+/// Runs the binary under a pseudo-terminal (util-linux `script`), answers `key` once the question
+/// shows, and returns (exit success, everything the terminal showed).
+fn run_in_terminal(env: &Env, fake: &Fake, args: &[&str], question: &str, key: &str) -> (bool, String) {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let exe = assert_cmd::cargo::cargo_bin("ollama-tools");
+    let mut line = format!("'{}' create-from-base --base tiny --adapter '{}'", exe.display(), env.adapter.display());
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("OLLAMA_HOST", &fake.url)
+        .env("OLLAMA_MODELS", &env.store)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .env("TERM", "dumb")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` runs");
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    // Keys typed before the question would be read by the terminal's line editing, not the prompt.
+    let mut seen = Vec::new();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut answered = false;
+    while let Ok(chunk) = rx.recv() {
+        seen.extend(chunk);
+        if !answered && String::from_utf8_lossy(&seen).contains(question) {
+            stdin.write_all(key.as_bytes()).unwrap();
+            stdin.flush().unwrap();
+            answered = true;
+        }
+    }
+    let status = child.wait().unwrap();
+    (status.success(), String::from_utf8_lossy(&seen).into_owned())
+}
+
+#[test]
+fn at_a_terminal_the_user_is_asked_before_a_model_is_replaced() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    run(&env, &fake, &["--name", "m"]).assert().success();
+    let (ok, shown) = run_in_terminal(&env, &fake, &["--name", "m"], "Replace it with the new model?", "n");
+    assert!(!ok, "{shown}");
+    assert!(shown.contains("`m:latest` exists on") && shown.contains("llama"), "the question says what exists: {shown}");
+    assert!(shown.contains("kept the existing model"), "{shown}");
+    assert_eq!(requests(&fake).len(), 1);
+    let (ok, shown) = run_in_terminal(&env, &fake, &["--name", "m"], "Replace it with the new model?", "y");
+    assert!(ok, "{shown}");
+    assert_eq!(requests(&fake).len(), 2);
+}
