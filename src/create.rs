@@ -401,7 +401,7 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         let request = create_request(&name, &modelfile, files, adapters, used == Used::Merge || base_is_file);
         check_cancel(ui)?;
         ui.stage(&format!("creating {name}"), 0);
-        let result = client.create(&request, &mut |s| ui.status(&s.status));
+        let result = client.create(&request, ui, &mut |s| ui.status(&s.status));
         ui.finish();
         match result {
             Ok(()) => {}
@@ -647,7 +647,7 @@ fn upload(client: &Client, digest: &str, path: &Path, ui: &dyn Progress) -> Resu
 fn pull(client: &Client, model: &str, ui: &dyn Progress) -> Result<()> {
     let mut current = String::new();
     let mut shown = 0;
-    let result = client.pull(model, &mut |s| {
+    let result = client.pull(model, ui, &mut |s| {
         if s.digest.is_empty() {
             ui.status(&s.status);
             return;

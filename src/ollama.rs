@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::progress::Progress;
@@ -252,6 +252,7 @@ pub struct Tag {
 
 /// A blocking client for Ollama's API. Short calls time out after a minute; uploads and streamed
 /// calls (create, pull) run as long as the server keeps sending.
+#[derive(Clone)]
 pub struct Client {
     base: String,
     http: reqwest::blocking::Client,
@@ -348,71 +349,101 @@ impl Client {
     }
 
     /// `POST /api/blobs/<digest>` with the file streamed from disk as the body. Bytes sent are reported
-    /// through `progress`; Ctrl-C aborts the upload ([`ApiError::Cancelled`]). A connection that breaks
+    /// through `progress`; Ctrl-C abandons the upload ([`ApiError::Cancelled`]). A connection that breaks
     /// mid-body is [`ApiError::Cut`]; a digest the server does not confirm is its 400 [`ApiError::Status`].
     pub fn push_blob(&self, digest: &str, path: &Path, progress: &dyn Progress) -> Result<(), ApiError> {
         let file = std::fs::File::open(path).map_err(|e| ApiError::Cut { url: self.base.clone(), err: format!("{}: {e}", path.display()) })?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let sent = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let body = reqwest::blocking::Body::sized(Counted { inner: file, sent: sent.clone(), stop: stop.clone() }, len);
+        let body = reqwest::blocking::Body::sized(Counted { inner: file, sent: sent.clone() }, len);
         let request = self.http.post(format!("{}/api/blobs/{digest}", self.base)).body(body);
-        // The blocking client reads the body on its own thread; this one shows progress and watches for Ctrl-C.
-        let result = std::thread::scope(|scope| {
-            let upload = scope.spawn(move || request.send());
-            let mut shown = 0;
-            while !upload.is_finished() {
-                std::thread::sleep(Duration::from_millis(50));
-                let now = sent.load(Ordering::Relaxed);
-                progress.advance(now - shown);
-                shown = now;
-                if progress.cancelled() {
-                    stop.store(true, Ordering::Relaxed);
-                }
-            }
-            progress.advance(sent.load(Ordering::Relaxed) - shown);
-            upload.join().expect("the upload thread does not panic")
-        });
-        if stop.load(Ordering::Relaxed) {
-            return Err(ApiError::Cancelled);
-        }
-        let resp = result.map_err(|e| ApiError::Cut { url: self.base.clone(), err: root_cause(&e) })?;
+        let mut shown = 0;
+        let resp = cancellable(progress, move |_: &dyn Fn(())| request.send(), |_| {}, || {
+            let now = sent.load(Ordering::Relaxed);
+            progress.advance(now - shown);
+            shown = now;
+        })?
+        .map_err(|e| ApiError::Cut { url: self.base.clone(), err: root_cause(&e) })?;
         self.body(resp).map(|_| ())
     }
 
     /// `POST /api/create`, each streamed status passed to `on_status`. An `{"error": ...}` line is
-    /// [`ApiError::Failed`] with Ollama's text.
-    pub fn create(&self, request: &Json, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
-        self.stream("/api/create", request, on_status)
+    /// [`ApiError::Failed`] with Ollama's text. Ctrl-C hangs up ([`ApiError::Cancelled`]): Ollama
+    /// writes a model's manifest last, so a create left half-way leaves no model.
+    pub fn create(&self, request: &Json, progress: &dyn Progress, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
+        self.stream("/api/create", request, progress, on_status)
     }
 
     /// `POST /api/pull` for `model`, statuses (with digest, total, completed) passed to `on_status`.
-    pub fn pull(&self, model: &str, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
-        self.stream("/api/pull", &serde_json::json!({ "model": model, "stream": true }), on_status)
+    pub fn pull(&self, model: &str, progress: &dyn Progress, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
+        self.stream("/api/pull", &serde_json::json!({ "model": model, "stream": true }), progress, on_status)
     }
 
-    fn stream(&self, path: &str, request: &Json, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
-        let resp = self.http.post(format!("{}{path}", self.base)).json(request).send().map_err(|e| self.unreachable(&e))?;
-        if !resp.status().is_success() {
-            return self.body(resp).map(|_| ());
-        }
-        let mut last = String::new();
-        for line in BufReader::new(resp).lines() {
-            let line = line.map_err(|e| ApiError::Unreachable { url: self.base.clone(), err: format!("the answer to {path} broke off: {e}") })?;
-            if line.trim().is_empty() {
-                continue;
+    fn stream(&self, path: &'static str, request: &Json, progress: &dyn Progress, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
+        let this = self.clone();
+        let request = request.clone();
+        let call = move |emit: &dyn Fn(StreamStatus)| -> Result<(), ApiError> {
+            let resp = this.http.post(format!("{}{path}", this.base)).json(&request).send().map_err(|e| this.unreachable(&e))?;
+            if !resp.status().is_success() {
+                return this.body(resp).map(|_| ());
             }
-            let status: StreamStatus = self.parse(path, &line)?;
-            if let Some(message) = status.error {
-                return Err(ApiError::Failed { url: self.base.clone(), message });
+            let mut last = String::new();
+            for line in BufReader::new(resp).lines() {
+                let line = line.map_err(|e| ApiError::Unreachable { url: this.base.clone(), err: format!("the answer to {path} broke off: {e}") })?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let status: StreamStatus = this.parse(path, &line)?;
+                if let Some(message) = status.error {
+                    return Err(ApiError::Failed { url: this.base.clone(), message });
+                }
+                last = status.status.clone();
+                emit(status);
             }
-            on_status(&status);
-            last = status.status;
+            if last != "success" {
+                return Err(ApiError::Malformed { url: format!("{}{path}", this.base), err: format!("the stream ended without \"success\" (last status: {last:?})") });
+            }
+            Ok(())
+        };
+        cancellable(progress, call, |s| on_status(&s), || {})?
+    }
+}
+
+/// Runs a blocking `call` on its own thread while this one passes on what it emits, calls `tick`
+/// every 50 ms, and watches for Ctrl-C: then it stops waiting ([`ApiError::Cancelled`]) and the
+/// call's thread is abandoned, to end with the process (its connection closes with it).
+fn cancellable<E: Send + 'static, R: Send + 'static>(
+    progress: &dyn Progress,
+    call: impl FnOnce(&dyn Fn(E)) -> R + Send + 'static,
+    mut on_event: impl FnMut(E),
+    mut tick: impl FnMut(),
+) -> Result<R, ApiError> {
+    enum Msg<E, R> {
+        Event(E),
+        Done(R),
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let emit_tx = tx.clone();
+        let result = call(&move |e| {
+            let _ = emit_tx.send(Msg::Event(e));
+        });
+        let _ = tx.send(Msg::Done(result));
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(Msg::Event(e)) => on_event(e),
+            Ok(Msg::Done(result)) => {
+                tick();
+                return Ok(result);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => unreachable!("the call's thread sends Done before it ends"),
         }
-        if last != "success" {
-            return Err(ApiError::Malformed { url: format!("{}{path}", self.base), err: format!("the stream ended without \"success\" (last status: {last:?})") });
+        tick();
+        if progress.cancelled() {
+            return Err(ApiError::Cancelled);
         }
-        Ok(())
     }
 }
 
@@ -424,19 +455,14 @@ fn error_text(body: &str) -> String {
         .unwrap_or_else(|| body.trim().to_string())
 }
 
-/// A file read as a request body: counts the bytes handed to the client, and fails the read once
-/// `stop` is set (which aborts the request).
+/// A file read as a request body, counting the bytes handed to the client.
 struct Counted {
     inner: std::fs::File,
     sent: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
 }
 
 impl Read for Counted {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.stop.load(Ordering::Relaxed) {
-            return Err(std::io::Error::other("upload cancelled"));
-        }
         let n = self.inner.read(buf)?;
         self.sent.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)

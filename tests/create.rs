@@ -513,3 +513,36 @@ fn at_a_terminal_the_user_is_asked_before_a_model_is_replaced() {
     assert!(ok, "{shown}");
     assert_eq!(requests(&fake).len(), 2);
 }
+
+#[test]
+fn ctrl_c_during_create_hangs_up_and_leaves_no_model_and_no_temporary_file() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    fake.state.lock().unwrap().faults.stall_create = true;
+    let exe = assert_cmd::cargo::cargo_bin("ollama-tools");
+    let mut child = std::process::Command::new(exe)
+        .env("OLLAMA_HOST", &fake.url)
+        .env("OLLAMA_MODELS", &env.store)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .args(["create-from-base", "--base", "tiny", "--name", "m", "--adapter"])
+        .arg(&env.adapter)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the server is creating (it never finishes on its own).
+    while fake.requests("POST /api/create") == 0 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(fake.model("m").is_none());
+    // The cache holds finished files only: the merged model and its digest.
+    let mut names: Vec<String> = std::fs::read_dir(env.cache.join("builds")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[0].ends_with(".gguf") && names[1].ends_with(".gguf.sha256"), "{names:?}");
+}

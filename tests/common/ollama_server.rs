@@ -106,6 +106,9 @@ pub struct Faults {
     pub create_error: Option<(u16, String)>,
     /// While set, `/api/show` of a model made by `/api/create` answers 500 `{"error": ...}`.
     pub fail_show_after_create: bool,
+    /// The next `/api/create` streams `{"status":"parsing GGUF"}` and then nothing, ever; the model
+    /// is not stored (Ollama writes the manifest last, after statuses the client is no longer reading).
+    pub stall_create: bool,
 }
 
 /// A running fake server. Dropping it stops the server.
@@ -583,6 +586,16 @@ async fn create(AxState(app): AxState<App>, body: String) -> Response {
         if !s.blobs.contains_key(digest) {
             return error(400, format!("missing blob {digest}"));
         }
+    }
+    if std::mem::take(&mut s.faults.stall_create) {
+        use futures_util::StreamExt;
+        let first = futures_util::stream::iter([Ok::<_, std::io::Error>(format!("{}\n", json!({"status": "parsing GGUF"})))]);
+        let body = first.chain(futures_util::stream::pending());
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
+            .body(Body::from_stream(body))
+            .unwrap();
     }
     let stream = req.get("stream").and_then(Value::as_bool) != Some(false);
     let lines = run_create(&mut s, &app.config, &req, &name, from, used_files, &adapters);
