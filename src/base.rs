@@ -140,11 +140,6 @@ fn file_type_name(ftype: u64) -> Option<&'static str> {
 /// What the user typed as `--base`: an existing file or folder, else an Ollama model name, asked of
 /// the server at `OLLAMA_HOST` and, when no server answers, read from the local store.
 pub fn resolve(spec: &str) -> Result<BaseModel> {
-    resolve_at(spec, &ollama::host())
-}
-
-/// [`resolve`] with the server at `host`.
-pub fn resolve_at(spec: &str, host: &str) -> Result<BaseModel> {
     let path = Path::new(spec);
     if path.exists() {
         return BaseModel::load(path);
@@ -158,7 +153,7 @@ pub fn resolve_at(spec: &str, host: &str) -> Result<BaseModel> {
                 .with_hint("--base takes a GGUF file, a Hugging Face model folder with config.json, or an Ollama model name"));
         }
     };
-    let client = ollama::Client::new(host);
+    let client = ollama::Client::new(&ollama::host());
     match client.show(spec) {
         Ok(show) => BaseModel::from_show(&name, &show, client.base()),
         Err(ollama::ApiError::Unreachable { url, err }) => {
@@ -203,20 +198,21 @@ fn hf_default(arch: &str, key: &str) -> Option<u64> {
 /// as given; for an Ollama model name, the blob in the local store, else the model's GGUF layer
 /// downloaded from its registry (as `ollama pull` does) into this tool's cache.
 pub fn resolve_gguf(spec: &str, progress: &dyn crate::progress::Progress) -> Result<BaseModel> {
-    resolve_gguf_at(spec, &ollama::host(), progress)
-}
-
-/// [`resolve_gguf`] with the server at `host`.
-pub fn resolve_gguf_at(spec: &str, host: &str, progress: &dyn crate::progress::Progress) -> Result<BaseModel> {
-    let base = resolve_at(spec, host)?;
+    let base = resolve(spec)?;
     if base.gguf_path.is_some() || Path::new(spec).exists() {
         return Ok(base);
     }
     let Some(name) = ModelName::parse(spec) else { return Ok(base) };
-    if let Ok(local) = BaseModel::from_store(&name, &ollama::store_dir()) {
+    local_or_pulled(&name, progress)
+}
+
+/// A named model with its GGUF file: the blob in the local store, else the model's GGUF layer
+/// downloaded from its registry (as `ollama pull` does) into this tool's cache.
+pub fn local_or_pulled(name: &ModelName, progress: &dyn crate::progress::Progress) -> Result<BaseModel> {
+    if let Ok(local) = BaseModel::from_store(name, &ollama::store_dir()) {
         return Ok(local);
     }
-    let blob = crate::registry::pull_model_blob(&name, &crate::registry::cache_dir(), progress)?;
+    let blob = crate::registry::pull_model_blob(name, &crate::registry::cache_dir(), progress)?;
     let mut pulled = BaseModel::from_gguf(&blob)?;
     pulled.source = PathBuf::from(name.to_string());
     Ok(pulled)

@@ -154,7 +154,7 @@ pub enum Command {
         /// Render the Modelfile with this minijinja template instead of the built-in one.
         #[arg(long, value_name = "FILE")]
         modelfile_template: Option<PathBuf>,
-        /// Do not talk to a server: only build and write --out-modelfile.
+        /// Ask no server: build, and write --out-modelfile (a named base is read from the local store).
         #[arg(long, requires = "out_modelfile")]
         no_create: bool,
         /// Replace an existing model of that name, and an existing --out-modelfile.
@@ -263,7 +263,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.chain().any(|c| matches!(c.downcast_ref(), Some(crate::Error::Cancelled))) => {
-            eprintln!("interrupted; no output file was written (a download in progress resumes next time)");
+            eprintln!("interrupted; nothing half-written was left behind (a download in progress resumes next time)");
             ExitCode::from(130)
         }
         Err(e) => {

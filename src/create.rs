@@ -17,6 +17,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -47,7 +48,7 @@ pub const ADAPTERS_REFUSED_SINCE: (u64, u64, u64) = (0, 34, 1);
 
 /// What Ollama answers when it refuses an adapter layer (lower case; matched as substrings of its
 /// error text). The server's `/api/create` since 0.34.1; keep this table and the version above together.
-pub const ADAPTER_REFUSALS: &[&str] = &["lora adapters are no longer supported", "adapters are no longer supported"];
+pub const ADAPTER_REFUSALS: &[&str] = &["lora adapters are no longer supported"];
 
 /// Whether Ollama's error text is its refusal of adapter layers.
 pub fn is_adapter_refusal(message: &str) -> bool {
@@ -220,6 +221,13 @@ impl Inherited {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let manifest: ollama::Manifest = serde_json::from_str(&text).map_err(|e| Error::invalid(&path, e.to_string()))?;
         let mut out = Inherited::default();
+        // Ollama keeps a built-in renderer and parser in the model's config blob, not in a layer.
+        if let Some(blob) = manifest.config.as_ref().and_then(|c| ollama::blob_path(store, &c.digest)) {
+            if let Ok(serde_json::Value::Object(config)) = std::fs::read_to_string(&blob).map(|t| serde_json::from_str(&t).unwrap_or_default()) {
+                let field = |k: &str| config.get(k).and_then(serde_json::Value::as_str).and_then(non_empty);
+                (out.renderer, out.parser) = (field("renderer"), field("parser"));
+            }
+        }
         for layer in &manifest.layers {
             let Some(blob) = ollama::blob_path(store, &layer.digest) else { continue };
             let read = || std::fs::read_to_string(&blob).map_err(|e| Error::io(&blob, e));
@@ -263,6 +271,8 @@ struct Built {
 /// validated; the adapter converted or merged (or taken from the cache); the Modelfile written; the
 /// file uploaded; the model created; the result read back.
 pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
+    let recorder = Recorder { inner: ui, notices: Mutex::new(Vec::new()) };
+    let ui: &dyn Progress = &recorder;
     if opts.name.is_none() && !opts.no_create {
         return Err(Error::Usage("--name is required to create a model (or pass --no-create with --out-modelfile)".into()));
     }
@@ -280,7 +290,6 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
             return Err(Error::refused(out, "exists", "pass --force to replace it, or choose another --out-modelfile"));
         }
     }
-    let mut notices = Vec::new();
     let base_path = Path::new(&opts.base);
     let base_is_file = base_path.exists();
 
@@ -324,7 +333,13 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
     let base_name = (!base_is_file).then(|| ModelName::parse(&opts.base)).flatten();
     let base = match (&base_show, &base_name) {
         (Some(show), Some(n)) => BaseModel::from_show(n, show, &opts.host)?,
-        _ => base::resolve_at(&opts.base, &opts.host)?,
+        // --no-create asks no server: a named base comes from the local store.
+        (None, Some(n)) => BaseModel::from_store(n, &ollama::store_dir()).map_err(|e| {
+            e.with_hint(format!(
+                "with --no-create the base is read from the local model store (OLLAMA_MODELS); pull it there (`ollama pull {n}`), or pass its GGUF file"
+            ))
+        })?,
+        (_, None) => BaseModel::load(base_path)?,
     };
     let can_merge = base.gguf_path.is_some() || base_name.is_some();
     let (mut used, mut reason) = choose_mode(opts.mode, opts.adapter.is_some(), server_version.as_deref(), can_merge);
@@ -352,7 +367,7 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         check_cancel(ui)?;
         let built = match (&adapter, used) {
             (Some(a), Used::Adapter) => Some(build_adapter(a, &base, opts, ui)?),
-            (Some(a), Used::Merge) => Some(build_merged(a, &opts.base, &base, opts, ui)?),
+            (Some(a), Used::Merge) => Some(build_merged(a, base_name.as_ref(), &base, opts, ui)?),
             _ => None,
         };
         let inherited = match used {
@@ -360,7 +375,7 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
                 (Some(show), _) => Inherited::from_show(show, &opts.base)?,
                 (None, Some(n)) if n.manifest_path(&ollama::store_dir()).exists() => Inherited::from_store(n, &ollama::store_dir())?,
                 (None, Some(n)) => {
-                    notices.push(format!("`{n}`'s template, parameters and license are not known here (no server, not in the store): the Modelfile carries only your options"));
+                    ui.notice(&format!("`{n}`'s template, parameters and license are not known here (no server, not in the store): the Modelfile carries only your options"));
                     Inherited::default()
                 }
                 (None, None) => Inherited::default(),
@@ -369,9 +384,17 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         };
         let from = if base_is_file { absolute(base_path)?.display().to_string() } else { opts.base.clone() };
         let modelfile = modelfile_for(used, &from, built.as_ref(), &inherited, opts)?;
-        if let Some(out) = &opts.out_modelfile {
-            write_modelfile(&modelfile, out, opts)?;
-            report.modelfile = Some(out.clone());
+        // Rendered now, so a value the Modelfile grammar cannot carry stops us before the server is
+        // touched; written once the mode is final (a refused adapter layer changes it).
+        let rendered = match &opts.out_modelfile {
+            Some(out) => Some((out, render_modelfile(&modelfile, out, opts)?)),
+            None => None,
+        };
+        if used != Used::Merge && base_is_file && base.gguf_path.is_none() && !has_weights(base_path) {
+            ui.notice(&format!(
+                "FROM {} names a folder without weights: Ollama can only create from it if it holds the model's safetensors files; else use the base's Ollama name",
+                base_path.display()
+            ));
         }
         report.mode = used;
         report.reason = reason.clone();
@@ -381,7 +404,13 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
             report.file_bytes = Some(b.bytes);
             report.reused_build = b.reused;
         }
-        let Some(client) = &client else { break };
+        let Some(client) = &client else {
+            if let Some((out, text)) = rendered {
+                write_modelfile(&text, out, opts)?;
+                report.modelfile = Some(out.clone());
+            }
+            break;
+        };
         // As typed, the way `ollama create NAME` sends it.
         let name = opts.name.clone().expect("checked above");
 
@@ -423,6 +452,10 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
             }
         }
         report.created = true;
+        if let Some((out, text)) = rendered {
+            write_modelfile(&text, out, opts)?;
+            report.modelfile = Some(out.clone());
+        }
         let show = client.show(&name).map_err(|e| api_error(e, client.base(), "reading the new model"))?;
         report.parameters = non_empty(&show.parameters);
         let full = ModelName::parse(&name).map(|n| n.to_string());
@@ -430,11 +463,39 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         report.size = client.tags().ok().and_then(|tags| tags.into_iter().find(|t| Some(&t.name) == full.as_ref()).map(|t| t.size));
         break;
     }
-    for n in &notices {
-        ui.notice(n);
-    }
-    report.notices = notices;
+    report.notices = recorder.notices.into_inner().unwrap_or_default();
     Ok(report)
+}
+
+/// Passes everything on to the user's display, keeping the notices for the report.
+struct Recorder<'a> {
+    inner: &'a dyn Progress,
+    notices: Mutex<Vec<String>>,
+}
+
+impl Progress for Recorder<'_> {
+    fn stage(&self, name: &str, total: u64) {
+        self.inner.stage(name, total)
+    }
+    fn advance(&self, n: u64) {
+        self.inner.advance(n)
+    }
+    fn notice(&self, msg: &str) {
+        self.notices.lock().unwrap_or_else(|e| e.into_inner()).push(msg.to_string());
+        self.inner.notice(msg)
+    }
+    fn finish(&self) {
+        self.inner.finish()
+    }
+    fn status(&self, msg: &str) {
+        self.inner.status(msg)
+    }
+    fn confirm(&self, question: &str, default: bool) -> Option<bool> {
+        self.inner.confirm(question, default)
+    }
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled()
+    }
 }
 
 /// The adapter the user gave: a PEFT folder, or a ready GGUF LoRA adapter.
@@ -488,9 +549,19 @@ fn build_adapter(adapter: &AdapterInput, base: &BaseModel, opts: &Options, ui: &
 }
 
 /// The base's GGUF with the adapter merged in, at the base's own quantization.
-fn build_merged(adapter: &AdapterInput, spec: &str, base: &BaseModel, opts: &Options, ui: &dyn Progress) -> Result<Built> {
-    let gguf_base = if base.gguf_path.is_some() { base.clone() } else { base::resolve_gguf_at(spec, &opts.host, ui)? };
-    let base_file = gguf_base.gguf_path.clone().expect("resolve_gguf gives a GGUF");
+fn build_merged(adapter: &AdapterInput, name: Option<&ModelName>, base: &BaseModel, opts: &Options, ui: &dyn Progress) -> Result<Built> {
+    let gguf_base = match (&base.gguf_path, name) {
+        (Some(_), _) => base.clone(),
+        (None, Some(n)) => base::local_or_pulled(n, ui)?,
+        (None, None) => {
+            return Err(Error::refused(
+                &base.source,
+                "merging needs the base model's GGUF file, and a Hugging Face config.json describes only its shapes",
+                "pass the base's GGUF file or Ollama name, or use --mode adapter",
+            ));
+        }
+    };
+    let base_file = gguf_base.gguf_path.clone().expect("a GGUF file or a store or registry blob");
     // A store or cache blob is named by its digest; any other file is hashed.
     let base_id = match base_file.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("sha256-")) {
         Some(hex) if hex.len() == 64 => hex.to_string(),
@@ -521,7 +592,8 @@ fn cached(parts: &[&str], adapter: &AdapterInput, ui: &dyn Progress, build: impl
         key.update(b"\n");
     }
     let key = hex(&key.finalize());
-    let dir = registry::cache_dir().join("builds");
+    // Absolute: the Modelfile names these files, and Ollama reads relative paths from its own folder.
+    let dir = absolute(&registry::cache_dir().join("builds"))?;
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let path = dir.join(format!("{}-{}.gguf", parts[0], &key[..32]));
     let sidecar = path.with_extension("gguf.sha256");
@@ -563,17 +635,24 @@ fn modelfile_for(used: Used, from: &str, built: Option<&Built>, inherited: &Inhe
         Used::Base => m.parameters = opts.parameters.clone(),
     }
     m.template = user(&opts.template, &inherited.template);
+    // A renderer formats prompts in place of the template: the user's template must win.
+    if opts.template.is_some() {
+        m.renderer = None;
+    }
     m.system = user(&opts.system, &inherited.system);
     m.license = user(&opts.license, &inherited.license);
     Ok(m)
 }
 
-fn write_modelfile(m: &Modelfile, out: &Path, opts: &Options) -> Result<()> {
+fn render_modelfile(m: &Modelfile, out: &Path, opts: &Options) -> Result<String> {
     let (name, source) = match &opts.modelfile_template {
         Some((path, text)) => (path.display().to_string(), Some(text.as_str())),
         None => ("templates/Modelfile".to_string(), None),
     };
-    let text = m.render(source, &name).map_err(|e| Error::invalid(out, e.to_string()))?;
+    m.render(source, &name).map_err(|e| Error::invalid(out, e.to_string()))
+}
+
+fn write_modelfile(text: &str, out: &Path, opts: &Options) -> Result<()> {
     let tmp = convert::temp_beside(out)?;
     (&mut tmp.as_file()).write_all(text.as_bytes()).map_err(|e| Error::io(tmp.path(), e))?;
     convert::persist(tmp, out, opts.force)
@@ -634,7 +713,10 @@ fn upload(client: &Client, digest: &str, path: &Path, ui: &dyn Progress) -> Resu
                 return Err(Error::Refused {
                     path: path.to_path_buf(),
                     msg: format!("Ollama at {url} refused the upload of {digest}: {message}"),
-                    hint: Some("the file changed while it was sent, or something between here and the server altered it; run again".into()),
+                    hint: Some(format!(
+                        "the file changed while it was sent, or something between here and the server altered it; run again, and if it repeats remove {} (a cached build) first",
+                        path.display()
+                    )),
                 });
             }
             Err(e) => return Err(api_error(e, client.base(), &format!("uploading {digest}"))),
@@ -693,6 +775,11 @@ pub fn sha256_file(path: &Path, ui: &dyn Progress) -> Result<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a Hugging Face folder holds weights Ollama could import.
+fn has_weights(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".safetensors")))
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {

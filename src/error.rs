@@ -18,7 +18,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// The user interrupted; nothing was left behind.
-    #[error("interrupted; no output file was written")]
+    #[error("interrupted; nothing half-written was left behind")]
     Cancelled,
 }
 

@@ -481,6 +481,9 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// A manifest in the local store, the parts we use.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Manifest {
+    /// The model's config blob (architecture, file type, renderer, parser...).
+    #[serde(default)]
+    pub config: Option<Layer>,
     pub layers: Vec<Layer>,
 }
 

@@ -520,7 +520,7 @@ fn ctrl_c_during_create_hangs_up_and_leaves_no_model_and_no_temporary_file() {
     let fake = server("0.34.2", RefuseAdapters::Http400);
     fake.state.lock().unwrap().faults.stall_create = true;
     let exe = assert_cmd::cargo::cargo_bin("ollama-tools");
-    let mut child = std::process::Command::new(exe)
+    let child = std::process::Command::new(exe)
         .env("OLLAMA_HOST", &fake.url)
         .env("OLLAMA_MODELS", &env.store)
         .env("OLLAMA_TOOLS_CACHE", &env.cache)
@@ -545,4 +545,77 @@ fn ctrl_c_during_create_hangs_up_and_leaves_no_model_and_no_temporary_file() {
     names.sort();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names[0].ends_with(".gguf") && names[1].ends_with(".gguf.sha256"), "{names:?}");
+}
+
+#[test]
+fn the_fallback_writes_the_modelfile_of_the_mode_that_was_used() {
+    let env = setup();
+    let fake = server("0.0.0", RefuseAdapters::Http400);
+    let out = env.d.path().join("Modelfile");
+    run(&env, &fake, &["--name", "m"]).arg("--out-modelfile").arg(&out).assert().success();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(!text.contains("ADAPTER"), "{text}");
+    assert_same_model(&requests(&fake)[1], &modelfile_request(&out));
+}
+
+#[test]
+fn merging_into_a_config_json_base_is_refused_with_what_to_do() {
+    let env = setup();
+    let hf = env.d.path().join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    std::fs::write(
+        hf.join("config.json"),
+        json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32, "intermediate_size": 48,
+               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 40}).to_string(),
+    )
+    .unwrap();
+    bin()
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .args(["create-from-base", "--no-create", "--mode", "merge", "--base"])
+        .arg(&hf)
+        .arg("--adapter")
+        .arg(&env.adapter)
+        .arg("--out-modelfile")
+        .arg(env.d.path().join("M"))
+        .assert()
+        .code(1)
+        .stderr(contains("merging needs the base model's GGUF file"))
+        .stderr(contains("--mode adapter"));
+}
+
+#[test]
+fn a_stores_renderer_and_parser_are_carried_over_unless_a_template_is_given() {
+    use sha2::Digest;
+    let env = setup();
+    // Ollama keeps a model's built-in renderer and parser in its config blob.
+    let config = json!({"model_format": "gguf", "model_family": "llama", "renderer": "qwen3-coder", "parser": "qwen3-coder"}).to_string();
+    let hex: String = sha2::Sha256::digest(config.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(env.store.join("blobs").join(format!("sha256-{hex}")), &config).unwrap();
+    let manifest_path = env.store.join("manifests/registry.ollama.ai/library/tiny/latest");
+    let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["config"]["digest"] = json!(format!("sha256:{hex}"));
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+
+    let no_create = |out: &Path, extra: &[&str]| {
+        bin()
+            .env("OLLAMA_HOST", NO_SERVER)
+            .env("OLLAMA_MODELS", &env.store)
+            .env("OLLAMA_TOOLS_CACHE", &env.cache)
+            .args(["create-from-base", "--no-create", "--base", "tiny", "--adapter"])
+            .arg(&env.adapter)
+            .arg("--out-modelfile")
+            .arg(out)
+            .args(extra)
+            .assert()
+            .success();
+        modelfile_request(out)
+    };
+    let req = no_create(&env.d.path().join("M1"), &[]);
+    assert_eq!((req["renderer"].as_str(), req["parser"].as_str()), (Some("qwen3-coder"), Some("qwen3-coder")));
+    let template = env.d.path().join("t.tmpl");
+    std::fs::write(&template, "{{ .System }} {{ .Prompt }}").unwrap();
+    let req = no_create(&env.d.path().join("M2"), &["--template", template.to_str().unwrap()]);
+    assert_eq!(req["template"], "{{ .System }} {{ .Prompt }}");
+    assert!(req.get("renderer").is_none(), "the user's template replaces the renderer: {req}");
+    assert_eq!(req["parser"], "qwen3-coder");
 }
