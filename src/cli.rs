@@ -122,56 +122,33 @@ pub enum Command {
         /// your options.
         #[arg(long, value_name = "ADAPTER")]
         adapter: Option<PathBuf>,
-        /// merge: into the base's weights (every Ollama); adapter: as an adapter layer (Ollama before
-        /// 0.34.1); auto: ask the server's version, and merge if an adapter is refused.
-        #[arg(long, value_enum, default_value_t = Mode::Auto)]
-        mode: Mode,
-        /// System prompt.
-        #[arg(long, conflicts_with = "system_file")]
-        system: Option<String>,
-        /// System prompt read from a file.
-        #[arg(long, value_name = "FILE")]
-        system_file: Option<PathBuf>,
-        /// Sampling temperature (PARAMETER temperature).
+        #[command(flatten)]
+        create: CreateArgs,
+    },
+    /// Download a LoRA adapter from a Hugging Face repo (into the Hugging Face cache) and create the
+    /// Ollama model from it, as create-from-base does.
+    FetchAdapter {
+        /// The Hugging Face repo, ORG/NAME.
+        repo: String,
+        /// The base model (as for create-from-base); default: the Ollama model matching the adapter's
+        /// base_model_name_or_path, after asking (or with --yes).
+        #[arg(long, value_name = "BASE")]
+        base: Option<String>,
+        /// Name of the model to create; default: the repo's name as an Ollama name.
         #[arg(long)]
-        temperature: Option<f64>,
-        /// Context window in tokens (PARAMETER num_ctx).
+        name: Option<String>,
+        /// Branch, tag or commit of the repo.
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// The adapter's folder in the repo (`.` for the root), or a .gguf file in it, when the repo
+        /// holds several adapters.
+        #[arg(long, value_name = "DIR")]
+        subfolder: Option<String>,
+        /// Only download the adapter and print where it is.
         #[arg(long)]
-        num_ctx: Option<u64>,
-        /// Any Ollama parameter, checked against Ollama's names and types; repeat for several (and
-        /// for several `stop` strings).
-        #[arg(long = "parameter", value_name = "KEY=VALUE")]
-        parameters: Vec<String>,
-        /// Prompt template (Ollama's Go template syntax) read from a file; default: the base's.
-        #[arg(long, value_name = "FILE")]
-        template: Option<PathBuf>,
-        /// License text read from a file; default: the base's.
-        #[arg(long, value_name = "FILE")]
-        license: Option<PathBuf>,
-        /// Also write the Modelfile here (`ollama create NAME -f PATH` makes the same model).
-        #[arg(long, value_name = "PATH")]
-        out_modelfile: Option<PathBuf>,
-        /// Render the Modelfile with this minijinja template instead of the built-in one.
-        #[arg(long, value_name = "FILE")]
-        modelfile_template: Option<PathBuf>,
-        /// Ask no server: build, and write --out-modelfile (a named base is read from the local store).
-        #[arg(long, requires = "out_modelfile")]
-        no_create: bool,
-        /// Replace an existing model of that name, and an existing --out-modelfile.
-        #[arg(long)]
-        force: bool,
-        /// Pull a base the server lacks without asking.
-        #[arg(long, short = 'y')]
-        yes: bool,
-        /// The Ollama server (default: OLLAMA_HOST, else http://127.0.0.1:11434).
-        #[arg(long, value_name = "URL")]
-        host: Option<String>,
-        /// Treat validation warnings as errors.
-        #[arg(long)]
-        strict: bool,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
+        download_only: bool,
+        #[command(flatten)]
+        create: CreateArgs,
     },
     /// Show what an adapter is and whether it converts.
     Inspect {
@@ -181,6 +158,102 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The options create-from-base and fetch-adapter share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CreateArgs {
+    /// merge: into the base's weights (every Ollama); adapter: as an adapter layer (Ollama before
+    /// 0.34.1); auto: ask the server's version, and merge if an adapter is refused.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    mode: Mode,
+    /// System prompt.
+    #[arg(long, conflicts_with = "system_file")]
+    system: Option<String>,
+    /// System prompt read from a file.
+    #[arg(long, value_name = "FILE")]
+    system_file: Option<PathBuf>,
+    /// Sampling temperature (PARAMETER temperature).
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Context window in tokens (PARAMETER num_ctx).
+    #[arg(long)]
+    num_ctx: Option<u64>,
+    /// Any Ollama parameter, checked against Ollama's names and types; repeat for several (and for
+    /// several `stop` strings).
+    #[arg(long = "parameter", value_name = "KEY=VALUE")]
+    parameters: Vec<String>,
+    /// Prompt template (Ollama's Go template syntax) read from a file; default: the base's.
+    #[arg(long, value_name = "FILE")]
+    template: Option<PathBuf>,
+    /// License text read from a file; default: the base's.
+    #[arg(long, value_name = "FILE")]
+    license: Option<PathBuf>,
+    /// Also write the Modelfile here (`ollama create NAME -f PATH` makes the same model).
+    #[arg(long, value_name = "PATH")]
+    out_modelfile: Option<PathBuf>,
+    /// Also leave the GGUF that goes to Ollama here (the merged model, or the GGUF adapter), for llama.cpp.
+    #[arg(long, value_name = "FILE")]
+    out_gguf: Option<PathBuf>,
+    /// Render the Modelfile with this minijinja template instead of the built-in one.
+    #[arg(long, value_name = "FILE")]
+    modelfile_template: Option<PathBuf>,
+    /// Ask no server: build, and write --out-modelfile (a named base is read from the local store).
+    #[arg(long, requires = "out_modelfile")]
+    no_create: bool,
+    /// Replace an existing model of that name, and existing --out-modelfile / --out-gguf files.
+    #[arg(long)]
+    force: bool,
+    /// Answer yes: pull a base the server lacks, take the suggested base.
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// The Ollama server (default: OLLAMA_HOST, else http://127.0.0.1:11434).
+    #[arg(long, value_name = "URL")]
+    host: Option<String>,
+    /// Treat validation warnings as errors.
+    #[arg(long)]
+    strict: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl CreateArgs {
+    /// The library's options, with the files read and the parameters checked.
+    fn options(&self, base: String, name: Option<String>, adapter: Option<PathBuf>) -> anyhow::Result<create::Options> {
+        let mut params = Parameters::default();
+        let typed = [("temperature", self.temperature.map(|t| t.to_string())), ("num_ctx", self.num_ctx.map(|n| n.to_string()))];
+        for (key, value) in typed.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))) {
+            params.push(key, value)?;
+        }
+        for p in &self.parameters {
+            params.push_arg(p)?;
+        }
+        let read = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
+            p.as_ref().map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))).transpose()
+        };
+        Ok(create::Options {
+            name,
+            base,
+            adapter,
+            mode: self.mode,
+            system: self.system.clone().or(read(&self.system_file)?),
+            template: read(&self.template)?,
+            license: read(&self.license)?,
+            parameters: params,
+            out_modelfile: self.out_modelfile.clone(),
+            out_gguf: self.out_gguf.clone(),
+            modelfile_template: match &self.modelfile_template {
+                Some(p) => Some((p.clone(), read(&Some(p.clone()))?.unwrap_or_default())),
+                None => None,
+            },
+            no_create: self.no_create,
+            force: self.force,
+            yes: self.yes,
+            host: self.host.as_ref().map_or_else(crate::ollama::host, |h| crate::ollama::host_from(h)),
+            strict: self.strict,
+        })
+    }
 }
 
 /// Set by Ctrl-C; long operations see it through [`Progress::cancelled`], stop, and clean up.
@@ -205,60 +278,12 @@ pub fn run(cli: Cli) -> ExitCode {
             run_merge(&adapters, &base, base_gguf.as_deref(), &output, &opts, json, cli.quiet)
         }
         Command::Inspect { adapter, json } => run_inspect(&adapter, json),
-        Command::CreateFromBase {
-            base,
-            name,
-            adapter,
-            mode,
-            system,
-            system_file,
-            temperature,
-            num_ctx,
-            parameters,
-            template,
-            license,
-            out_modelfile,
-            modelfile_template,
-            no_create,
-            force,
-            yes,
-            host,
-            strict,
-            json,
-        } => (|| {
-            let mut params = Parameters::default();
-            let typed = [("temperature", temperature.map(|t| t.to_string())), ("num_ctx", num_ctx.map(|n| n.to_string()))];
-            for (key, value) in typed.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))) {
-                params.push(key, value)?;
-            }
-            for p in &parameters {
-                params.push_arg(p)?;
-            }
-            let read = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
-                p.as_ref().map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))).transpose()
-            };
-            let opts = create::Options {
-                name,
-                base,
-                adapter,
-                mode,
-                system: system.or(read(&system_file)?),
-                template: read(&template)?,
-                license: read(&license)?,
-                parameters: params,
-                out_modelfile,
-                modelfile_template: match &modelfile_template {
-                    Some(p) => Some((p.clone(), read(&Some(p.clone()))?.unwrap_or_default())),
-                    None => None,
-                },
-                no_create,
-                force,
-                yes,
-                host: host.map_or_else(crate::ollama::host, |h| crate::ollama::host_from(&h)),
-                strict,
-            };
-            run_create(&opts, json, cli.quiet)
-        })(),
+        Command::CreateFromBase { base, name, adapter, create } => {
+            create.options(base, name, adapter).and_then(|opts| run_create(&opts, create.json, cli.quiet))
+        }
+        Command::FetchAdapter { repo, base, name, revision, subfolder, download_only, create } => {
+            run_fetch(&repo, base, name, &revision, subfolder.as_deref(), download_only, &create, cli.quiet)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -356,8 +381,34 @@ fn run_merge(args: &[String], base: &str, base_gguf: Option<&Path>, output: &Pat
     Ok(())
 }
 
-fn run_create(opts: &create::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn run_fetch(repo: &str, base: Option<String>, name: Option<String>, revision: &str, subfolder: Option<&str>, download_only: bool, args: &CreateArgs, quiet: bool) -> anyhow::Result<()> {
     let bar = Bar::new(quiet);
+    let hub = crate::hub::Hub::new(crate::hub::Settings::from_env());
+    let fetched = crate::hub::fetch_adapter(&hub, repo, revision, subfolder, &bar)?;
+    if download_only {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&fetched)?);
+        } else {
+            println!("{}", fetched.path.display());
+        }
+        return Ok(());
+    }
+    let adapter_base = if fetched.gguf { None } else { Adapter::open(&fetched.path)?.config.base_model_name_or_path.clone() };
+    let base = crate::hub::choose_base(base.as_deref(), adapter_base.as_deref(), args.yes, &bar)?;
+    let name = name.or_else(|| (!args.no_create).then(|| crate::hub::slug(repo)));
+    let opts = args.options(base, name, Some(fetched.path.clone()))?;
+    if !args.json && !quiet {
+        eprintln!("adapter: {} ({repo} at {})", fetched.path.display(), &fetched.commit.get(..12).unwrap_or(&fetched.commit));
+    }
+    run_create_with(&opts, args.json, bar)
+}
+
+fn run_create(opts: &create::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
+    run_create_with(opts, json, Bar::new(quiet))
+}
+
+fn run_create_with(opts: &create::Options, json: bool, bar: Bar) -> anyhow::Result<()> {
     let r = create::create(opts, &bar)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -591,6 +642,12 @@ impl Progress for Bar {
     fn notice(&self, msg: &str) {
         // Notices are part of the result, so they go to stderr even when the bar is hidden.
         self.bar.suspend(|| eprintln!("note: {msg}"));
+    }
+    fn choose(&self, question: &str, items: &[String]) -> Option<usize> {
+        if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+            return None;
+        }
+        self.bar.suspend(|| dialoguer::Select::new().with_prompt(question).items(items).default(0).interact_opt().ok().flatten())
     }
     fn finish(&self) {
         self.bar.disable_steady_tick();

@@ -147,6 +147,8 @@ pub struct Options {
     /// Checked against Ollama's parameter table.
     pub parameters: Parameters,
     pub out_modelfile: Option<PathBuf>,
+    /// Where to leave a copy of the GGUF that goes to Ollama (merged model or adapter).
+    pub out_gguf: Option<PathBuf>,
     /// A user's Modelfile template: (its path, for messages; its text).
     pub modelfile_template: Option<(PathBuf, String)>,
     pub no_create: bool,
@@ -285,10 +287,13 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         })?),
         None => None,
     };
-    if let Some(out) = &opts.out_modelfile {
-        if out.exists() && !opts.force {
-            return Err(Error::refused(out, "exists", "pass --force to replace it, or choose another --out-modelfile"));
+    for (out, flag) in [(&opts.out_modelfile, "--out-modelfile"), (&opts.out_gguf, "--out-gguf")] {
+        if let Some(out) = out.as_ref().filter(|o| o.exists() && !opts.force) {
+            return Err(Error::refused(out, "exists", format!("pass --force to replace it, or choose another {flag}")));
         }
+    }
+    if opts.out_gguf.is_some() && opts.adapter.is_none() {
+        return Err(Error::Usage("--out-gguf leaves the merged model or the GGUF adapter, and there is no --adapter".into()));
     }
     let base_path = Path::new(&opts.base);
     let base_is_file = base_path.exists();
@@ -463,6 +468,9 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         report.size = client.tags().ok().and_then(|tags| tags.into_iter().find(|t| Some(&t.name) == full.as_ref()).map(|t| t.size));
         break;
     }
+    if let (Some(out), Some(file)) = (&opts.out_gguf, &report.file) {
+        copy_out(file, out, opts.force, ui)?;
+    }
     report.notices = recorder.notices.into_inner().unwrap_or_default();
     Ok(report)
 }
@@ -613,6 +621,16 @@ fn cached(parts: &[&str], adapter: &AdapterInput, ui: &dyn Progress, build: impl
     std::fs::write(tmp.path(), format!("{digest} {bytes}\n")).map_err(|e| Error::io(tmp.path(), e))?;
     convert::persist(tmp, &sidecar, true)?;
     Ok(Built { path, digest: format!("sha256:{digest}"), bytes, reused: false })
+}
+
+/// Copies `file` to `out` through a temporary file beside it.
+fn copy_out(file: &Path, out: &Path, force: bool, ui: &dyn Progress) -> Result<()> {
+    let tmp = convert::temp_beside(out)?;
+    let mut src = File::open(file).map_err(|e| Error::io(file, e))?;
+    ui.stage("copying", std::fs::metadata(file).map(|m| m.len()).unwrap_or(0));
+    std::io::copy(&mut src, &mut tmp.as_file()).map_err(|e| Error::io(tmp.path(), e))?;
+    ui.finish();
+    convert::persist(tmp, out, force)
 }
 
 /// The Modelfile that says what the create request says.

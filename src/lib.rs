@@ -15,6 +15,7 @@ pub mod convert;
 pub mod create;
 pub mod error;
 pub mod gguf;
+pub mod hub;
 pub mod merge;
 pub mod modelfile;
 pub mod ollama;

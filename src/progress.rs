@@ -17,6 +17,10 @@ pub trait Progress: Sync {
     fn confirm(&self, _question: &str, _default: bool) -> Option<bool> {
         None
     }
+    /// Asks which of `items` to use; `None` when nobody can answer.
+    fn choose(&self, _question: &str, _items: &[String]) -> Option<usize> {
+        None
+    }
     /// The user asked to stop (Ctrl-C): long operations check this between steps, stop, and remove
     /// what they had started writing.
     fn cancelled(&self) -> bool {

@@ -1,0 +1,758 @@
+//! The Hugging Face Hub: which adapter a repo holds, and its files downloaded into the standard
+//! Hugging Face cache, where `huggingface_hub` (Python), `hf-hub` (Rust) and this tool share them.
+//!
+//! The cache layout is the `hf-hub` crate's (`models--ORG--NAME/{blobs,refs,snapshots}`, from
+//! `HF_HUB_CACHE`, else `HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub` or
+//! `~/.cache/huggingface/hub`). The transfers are ours, done the way `huggingface_hub` does them,
+//! because `hf-hub` 0.5's downloader (checked in its source) sends the token to the CDN host an LFS
+//! file redirects to, never checks a file's sha256, drops the Hub's error codes and messages, ignores
+//! `HF_TOKEN` and `HF_HUB_OFFLINE`, and would bring a second HTTP and TLS stack: here a `HEAD` of the
+//! resolve URL without following redirects gives the commit, ETag and size; an LFS file is fetched
+//! from its redirect without the token, into `blobs/<etag>.incomplete` (the name `huggingface_hub`
+//! resumes from too), resumed with `Range`, and renamed into place only when its sha256 matches the
+//! ETag.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hf_hub::{Cache, Repo, RepoType};
+use reqwest::StatusCode;
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, ETAG, LOCATION, RANGE};
+
+use crate::create::sha256_file;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// Where and how to reach the Hub, from the environment variables `huggingface_hub` reads.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `HF_ENDPOINT`, without a trailing slash.
+    pub endpoint: String,
+    /// `HF_TOKEN`, else the token file `huggingface-cli login` writes (`HF_TOKEN_PATH`, else `HF_HOME/token`).
+    pub token: Option<String>,
+    /// The hub cache folder.
+    pub cache: PathBuf,
+    /// `HF_HUB_OFFLINE`: answer from the cache only.
+    pub offline: bool,
+}
+
+impl Settings {
+    pub fn from_env() -> Self {
+        Self::from_vars(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let home = var("HOME").or_else(|| var("USERPROFILE")).unwrap_or_default();
+        let hf_home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            var("XDG_CACHE_HOME").map_or_else(|| Path::new(&home).join(".cache"), PathBuf::from).join("huggingface")
+        });
+        let cache = var("HF_HUB_CACHE").map_or_else(|| hf_home.join("hub"), PathBuf::from);
+        let token_file = var("HF_TOKEN_PATH").map_or_else(|| hf_home.join("token"), PathBuf::from);
+        let token = var("HF_TOKEN")
+            .or_else(|| var("HUGGING_FACE_HUB_TOKEN"))
+            .or_else(|| fs::read_to_string(token_file).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        let truthy = |k: &str| var(k).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true"));
+        Settings {
+            endpoint: var("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into()).trim_end_matches('/').to_string(),
+            token,
+            cache,
+            offline: truthy("HF_HUB_OFFLINE"),
+        }
+    }
+}
+
+/// A repo's listing at one revision.
+#[derive(Clone, Debug)]
+pub struct RepoInfo {
+    /// The commit the revision points at.
+    pub sha: String,
+    /// Every file's path in the repo.
+    pub files: Vec<String>,
+}
+
+/// What a `HEAD` of a file's resolve URL says.
+#[derive(Clone, Debug)]
+struct FileMeta {
+    commit: String,
+    /// The content's sha256 for an LFS file, the git blob id otherwise.
+    etag: String,
+    size: Option<u64>,
+    /// Where an LFS file's bytes are (another host: asked without the token).
+    location: Option<String>,
+}
+
+/// One adapter a repo offers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Candidate {
+    /// A PEFT adapter folder (`""` for the repo root) with `adapter_config.json` and `adapter_model.safetensors`.
+    Peft(String),
+    /// A GGUF file.
+    Gguf(String),
+}
+
+impl std::fmt::Display for Candidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Candidate::Peft(dir) if dir.is_empty() => write!(f, "the PEFT adapter at the repo's root"),
+            Candidate::Peft(dir) => write!(f, "the PEFT adapter in {dir}/"),
+            Candidate::Gguf(path) => write!(f, "the GGUF file {path}"),
+        }
+    }
+}
+
+impl Candidate {
+    /// The files to download for it.
+    pub fn files(&self) -> Vec<String> {
+        let join = |dir: &str, f: &str| if dir.is_empty() { f.to_string() } else { format!("{dir}/{f}") };
+        match self {
+            Candidate::Peft(dir) => vec![join(dir, "adapter_config.json"), join(dir, "adapter_model.safetensors")],
+            Candidate::Gguf(path) => vec![path.clone()],
+        }
+    }
+}
+
+/// The adapters among a repo's files, within `subfolder` (a folder, or a `.gguf` file) when given.
+/// A repo with none gets an error that says what it holds instead and what to do.
+pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Result<Vec<Candidate>> {
+    // `--subfolder .` is the PEFT adapter at the root; a `.gguf` path is that file.
+    let sub = subfolder.map(|s| s.trim_matches('/')).map(|s| if s == "." { "" } else { s });
+    let has = |p: &str| files.iter().any(|f| f == p);
+    let dir_of = |p: &str| p.rsplit_once('/').map_or(String::new(), |(d, _)| d.to_string());
+    let within = |p: &str| match sub {
+        None => true,
+        Some("") => !p.contains('/'),
+        Some(s) if s.ends_with(".gguf") => p == s,
+        Some(s) => p.starts_with(&format!("{s}/")),
+    };
+    let mut found = Vec::new();
+    for f in files.iter().filter(|f| within(f)) {
+        if f.rsplit('/').next() == Some("adapter_config.json") {
+            let dir = dir_of(f);
+            let weights = if dir.is_empty() { "adapter_model.safetensors".to_string() } else { format!("{dir}/adapter_model.safetensors") };
+            if has(&weights) && sub.is_none_or(|s| s == dir) {
+                found.push(Candidate::Peft(dir));
+            }
+        } else if f.to_ascii_lowercase().ends_with(".gguf") && sub != Some("") {
+            found.push(Candidate::Gguf(f.clone()));
+        }
+    }
+    if !found.is_empty() {
+        return Ok(found);
+    }
+    let where_ = sub.map_or_else(|| format!("`{repo}`"), |s| format!("`{s}` of `{repo}`"));
+    let path = PathBuf::from(repo);
+    let in_scope: Vec<&String> = files.iter().filter(|f| within(f)).collect();
+    let any = |pred: &dyn Fn(&str) -> bool| in_scope.iter().any(|f| pred(f.rsplit('/').next().unwrap_or(f)));
+    if any(&|n| n == "adapter_model.bin") {
+        return Err(Error::refused(
+            &path,
+            format!("{where_} holds its adapter only as adapter_model.bin (a PyTorch pickle), which this tool does not load: it can run code"),
+            "ask the author for adapter_model.safetensors, or load it with PEFT and save it again with `model.save_pretrained(dir, safe_serialization=True)`",
+        ));
+    }
+    if any(&|n| n == "config.json") && any(&|n| n.ends_with(".safetensors") || (n.starts_with("pytorch_model") && n.ends_with(".bin"))) {
+        return Err(Error::refused(
+            &path,
+            format!("{where_} holds a full model, not a LoRA adapter"),
+            "import a full model with Ollama directly (`ollama create NAME -f Modelfile` with `FROM <its folder>`), or convert it with llama.cpp's convert_hf_to_gguf.py",
+        ));
+    }
+    let listing: Vec<&str> = in_scope.iter().take(12).map(|s| s.as_str()).collect();
+    Err(Error::refused(
+        &path,
+        format!("{where_} holds no LoRA adapter (adapter_config.json with adapter_model.safetensors, or a .gguf file); it has: {}", if listing.is_empty() { "no files".into() } else { listing.join(", ") }),
+        if sub.is_some() { "check --subfolder against the repo's files" } else { "check the repo name, or pass --subfolder for an adapter in a folder" },
+    ))
+}
+
+/// A Hub client for one endpoint, with the token sent only to it.
+pub struct Hub {
+    pub settings: Settings,
+    http: Client,
+}
+
+impl Hub {
+    pub fn new(settings: Settings) -> Self {
+        let http = Client::builder()
+            // Redirects are followed by hand: an LFS file's redirect to another host must go there
+            // without the token.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("ollama-tools/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client builds with the compiled-in TLS backend");
+        Hub { settings, http }
+    }
+
+    fn cache_repo(&self, repo: &str, revision: &str) -> hf_hub::CacheRepo {
+        Cache::new(self.settings.cache.clone()).repo(Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()))
+    }
+
+    /// The repo's folder in the cache.
+    pub fn repo_dir(&self, repo: &str) -> PathBuf {
+        self.settings.cache.join(Repo::model(repo.to_string()).folder_name())
+    }
+
+    /// `GET` with the token (the endpoint's own URLs only).
+    fn get(&self, url: &str) -> Result<Response> {
+        let mut req = self.http.get(url);
+        if let Some(t) = &self.settings.token {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        req.send().map_err(|e| self.unreachable(url, &e))
+    }
+
+    fn unreachable(&self, url: &str, e: &reqwest::Error) -> Error {
+        Error::Refused {
+            path: PathBuf::from(url),
+            msg: format!("cannot reach the Hub ({})", crate::ollama::root_cause(e)),
+            hint: Some("check the network (and HF_ENDPOINT if you use a mirror); with HF_HUB_OFFLINE=1 files already in the Hugging Face cache are used without asking".into()),
+        }
+    }
+
+    /// The files of `repo` at `revision` (a branch, tag or commit).
+    pub fn info(&self, repo: &str, revision: &str) -> Result<RepoInfo> {
+        let url = format!("{}/api/models/{repo}/revision/{}", self.settings.endpoint, encode(revision));
+        let resp = self.get(&url)?;
+        let resp = self.check(resp, repo, revision, None)?;
+        #[derive(serde::Deserialize)]
+        struct Info {
+            sha: String,
+            #[serde(default)]
+            siblings: Vec<Sibling>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Sibling {
+            rfilename: String,
+        }
+        let text = resp.text().map_err(|e| self.unreachable(&url, &e))?;
+        let info: Info = serde_json::from_str(&text).map_err(|e| Error::invalid(Path::new(&url), format!("the Hub's answer is not a repo listing: {e}")))?;
+        Ok(RepoInfo { sha: info.sha, files: info.siblings.into_iter().map(|s| s.rfilename).collect() })
+    }
+
+    /// The Hub's error answers, in words: its own `X-Error-Message`, and what to do.
+    fn check(&self, resp: Response, repo: &str, revision: &str, file: Option<&str>) -> Result<Response> {
+        let status = resp.status();
+        if status.is_success() || status.is_redirection() {
+            return Ok(resp);
+        }
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let code = header("x-error-code").unwrap_or_default();
+        let retry = header("retry-after");
+        let mut message = header("x-error-message").unwrap_or_default();
+        if message.is_empty() {
+            let body = resp.text().unwrap_or_default();
+            message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or(body);
+        }
+        let page = format!("{}/{repo}", self.settings.endpoint);
+        let login = "set HF_TOKEN to a token with read access (or run `huggingface-cli login`)";
+        let (msg, hint) = match (status.as_u16(), code.as_str()) {
+            (_, "GatedRepo") => (
+                format!("`{repo}` is gated: {message}"),
+                if self.settings.token.is_some() {
+                    format!("accept its conditions at {page} with the account whose token you use")
+                } else {
+                    format!("accept its conditions at {page}, then {login}")
+                },
+            ),
+            (_, "RepoNotFound") => (
+                format!("repository `{repo}` not found on {} ({message})", self.settings.endpoint),
+                if self.settings.token.is_some() {
+                    "check the name (ORG/REPO); a private repo needs a token of an account that can read it".to_string()
+                } else {
+                    format!("check the name (ORG/REPO); if it is private, {login}")
+                },
+            ),
+            (_, "RevisionNotFound") => (format!("revision `{revision}` of `{repo}` not found ({message})"), format!("check --revision against the branches and commits at {page}")),
+            (_, "EntryNotFound") => (format!("`{}` is not in `{repo}` at `{revision}` ({message})", file.unwrap_or("?")), "the repo changed since it was listed; run again".into()),
+            (429, _) => (
+                format!("the Hub is rate-limiting requests: {message}"),
+                format!("wait {} and run again; a token (HF_TOKEN) gets a higher limit", retry.map_or("a minute".into(), |s| format!("{s} seconds"))),
+            ),
+            (401 | 403, _) => (format!("the Hub refused access to `{repo}` ({status}: {message})"), login.to_string()),
+            _ => (format!("the Hub answered {status} for `{repo}`: {message}"), "try again later".into()),
+        };
+        Err(Error::Refused { path: PathBuf::from(format!("{page}/tree/{revision}")), msg, hint: Some(hint) })
+    }
+
+    /// `HEAD` of a file's resolve URL without following redirects to other hosts.
+    fn meta(&self, repo: &str, revision: &str, file: &str) -> Result<FileMeta> {
+        let mut url = format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(revision), file);
+        for _ in 0..5 {
+            let mut req = self.http.head(&url);
+            if let Some(t) = &self.settings.token {
+                req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let resp = req.send().map_err(|e| self.unreachable(&url, &e))?;
+            let resp = self.check(resp, repo, revision, Some(file))?;
+            let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let location = header(LOCATION.as_str());
+            // A relative redirect (a renamed repo) stays on the endpoint, with the token.
+            if resp.status().is_redirection() && header("x-linked-etag").is_none() {
+                if let Some(loc) = location.as_deref().filter(|l| l.starts_with('/')) {
+                    url = format!("{}{loc}", self.settings.endpoint);
+                    continue;
+                }
+            }
+            let etag = header("x-linked-etag").or_else(|| header(ETAG.as_str())).unwrap_or_default();
+            let etag = etag.trim_start_matches("W/").trim_matches('"').to_string();
+            let commit = header("x-repo-commit").unwrap_or_default();
+            if etag.is_empty() || commit.is_empty() {
+                return Err(Error::invalid(Path::new(&url), "the Hub's answer lacks the X-Repo-Commit or ETag header").with_hint("if HF_ENDPOINT points at a mirror, check that it forwards the Hub's headers"));
+            }
+            let size = header("x-linked-size").or_else(|| header("content-length")).and_then(|s| s.parse().ok());
+            let location = if resp.status().is_redirection() { location } else { None };
+            return Ok(FileMeta { commit, etag, size, location });
+        }
+        Err(Error::invalid(Path::new(&url), "too many redirects"))
+    }
+
+    /// `file` of `repo` at `revision` in the cache, downloaded when it is not there (or, offline,
+    /// an error saying so). Returns the snapshot path (`snapshots/<commit>/<file>`).
+    pub fn fetch(&self, repo: &str, revision: &str, file: &str, ui: &dyn Progress) -> Result<PathBuf> {
+        let cached = self.cached(repo, revision, file);
+        if self.settings.offline {
+            return cached.ok_or_else(|| {
+                Error::refused(
+                    &self.repo_dir(repo),
+                    format!("HF_HUB_OFFLINE is set and `{file}` of `{repo}` at `{revision}` is not in the Hugging Face cache"),
+                    "unset HF_HUB_OFFLINE to download it, or point HF_HOME / HF_HUB_CACHE at the cache that has it",
+                )
+            });
+        }
+        let meta = self.meta(repo, revision, file)?;
+        let dir = self.repo_dir(repo);
+        let blob = dir.join("blobs").join(&meta.etag);
+        let pointer = dir.join("snapshots").join(&meta.commit).join(file);
+        let lfs = is_sha256(&meta.etag);
+        if blob.is_file() {
+            // Another tool may have put it there: an LFS file is checked before it is used.
+            if lfs && sha256_file(&blob, ui)? != meta.etag {
+                fs::remove_file(&blob).map_err(|e| Error::io(&blob, e))?;
+            }
+        }
+        if !blob.is_file() {
+            let url = meta.location.clone().unwrap_or_else(|| format!("{}/{repo}/resolve/{}/{file}", self.settings.endpoint, encode(&meta.commit)));
+            // The token goes only to the endpoint, never to the host an LFS file redirects to.
+            let send_token = meta.location.as_ref().is_none_or(|l| same_origin(l, &self.settings.endpoint));
+            self.download(&url, send_token, &blob, &meta, file, ui)?;
+        }
+        link(&blob, &pointer)?;
+        if revision != meta.commit {
+            self.cache_repo(repo, revision).create_ref(&meta.commit).map_err(|e| Error::io(&dir.join("refs"), e))?;
+        }
+        Ok(pointer)
+    }
+
+    /// The commit a revision points at in the cache (`refs/<revision>`), or the revision itself when
+    /// it is a commit.
+    pub fn cached_commit(&self, repo: &str, revision: &str) -> Option<String> {
+        if is_commit(revision) {
+            return Some(revision.to_string());
+        }
+        fs::read_to_string(self.repo_dir(repo).join("refs").join(revision)).ok().map(|s| s.trim().to_string())
+    }
+
+    /// The file in the cache for this revision, if a download (ours or another tool's) put it there.
+    pub fn cached(&self, repo: &str, revision: &str, file: &str) -> Option<PathBuf> {
+        if is_commit(revision) {
+            let p = self.repo_dir(repo).join("snapshots").join(revision).join(file);
+            return p.exists().then_some(p);
+        }
+        self.cache_repo(repo, revision).get(file)
+    }
+
+    /// Streams `url` into `blob.incomplete`, resuming what is there, retrying once when the transfer
+    /// breaks, and renames it to `blob` when its sha256 (for LFS files) is the ETag.
+    fn download(&self, url: &str, send_token: bool, blob: &Path, meta: &FileMeta, file: &str, ui: &dyn Progress) -> Result<()> {
+        let dir = blob.parent().expect("blob paths have a parent");
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let partial = blob.with_extension("incomplete");
+        let partial = if blob.extension().is_some() { PathBuf::from(format!("{}.incomplete", blob.display())) } else { partial };
+        let mut retried = false;
+        ui.stage(file, meta.size.unwrap_or(0));
+        loop {
+            let have = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            ui.advance(have);
+            match self.transfer(url, send_token, &partial, have, meta, ui) {
+                Ok(()) => break,
+                Err(Transfer::Cut(why)) if !retried => {
+                    retried = true;
+                    let now = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+                    ui.notice(&format!("the download of {file} broke off at {now} bytes ({why}); resuming"));
+                    ui.stage(file, meta.size.unwrap_or(0));
+                }
+                Err(Transfer::Cut(why)) => {
+                    let now = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+                    return Err(Error::Refused {
+                        path: PathBuf::from(url),
+                        msg: format!("the download of {file} broke off twice, at {now} bytes ({why})"),
+                        hint: Some(format!("run the command again: it resumes from {}", partial.display())),
+                    });
+                }
+                Err(Transfer::Failed(e)) => return Err(e),
+            }
+        }
+        ui.finish();
+        if is_sha256(&meta.etag) {
+            let found = sha256_file(&partial, ui)?;
+            if found != meta.etag {
+                let _ = fs::remove_file(&partial);
+                return Err(Error::Refused {
+                    path: PathBuf::from(url),
+                    msg: format!("{file} downloaded with sha256 {found}, and the Hub says it is {}: the file was deleted", meta.etag),
+                    hint: Some("something between here and the Hub altered it; run again, and if it repeats, check any proxy or mirror (HF_ENDPOINT)".into()),
+                });
+            }
+        }
+        fs::rename(&partial, blob).map_err(|e| Error::io(blob, e))
+    }
+
+    fn transfer(&self, url: &str, send_token: bool, partial: &Path, have: u64, meta: &FileMeta, ui: &dyn Progress) -> Result<(), Transfer> {
+        if meta.size.is_some_and(|s| have >= s && s > 0) {
+            return Ok(());
+        }
+        let mut req = self.http.get(url);
+        if send_token {
+            if let Some(t) = &self.settings.token {
+                req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+            }
+        }
+        if have > 0 {
+            req = req.header(RANGE, format!("bytes={have}-"));
+        }
+        let resp = req.send().map_err(|e| Transfer::Cut(crate::ollama::root_cause(&e)))?;
+        let mut resp = if resp.status().is_redirection() && send_token {
+            // A relative redirect on the endpoint (same-origin): follow it once with the token.
+            let loc = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            let next = if loc.starts_with('/') { format!("{}{loc}", self.settings.endpoint) } else { loc };
+            let mut r = self.http.get(&next);
+            if same_origin(&next, &self.settings.endpoint) {
+                if let Some(t) = &self.settings.token {
+                    r = r.header(AUTHORIZATION, format!("Bearer {t}"));
+                }
+            }
+            if have > 0 {
+                r = r.header(RANGE, format!("bytes={have}-"));
+            }
+            r.send().map_err(|e| Transfer::Cut(crate::ollama::root_cause(&e)))?
+        } else {
+            resp
+        };
+        let status = resp.status();
+        let append = status == StatusCode::PARTIAL_CONTENT
+            && resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).is_some_and(|r| r.starts_with(&format!("bytes {have}-")));
+        if !status.is_success() {
+            return Err(Transfer::Failed(Error::Refused {
+                path: PathBuf::from(url),
+                msg: format!("the download answered {status}"),
+                hint: Some("run again; if it repeats, the file may have moved".into()),
+            }));
+        }
+        let mut out = if append {
+            OpenOptions::new().append(true).open(partial)
+        } else {
+            // No resume offered: start over.
+            File::create(partial)
+        }
+        .map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
+        if !append && have > 0 {
+            ui.stage(&partial.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()), meta.size.unwrap_or(0));
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            if ui.cancelled() {
+                return Err(Transfer::Failed(Error::Cancelled));
+            }
+            let n = match resp.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => return Err(Transfer::Cut(e.to_string())),
+            };
+            out.write_all(&buf[..n]).map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
+            ui.advance(n as u64);
+        }
+        out.flush().map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
+        let len = fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
+        match meta.size {
+            Some(size) if len < size => Err(Transfer::Cut(format!("the connection closed at {len} of {size} bytes"))),
+            _ => Ok(()),
+        }
+    }
+}
+
+enum Transfer {
+    /// The connection broke: resumable.
+    Cut(String),
+    Failed(Error),
+}
+
+/// A revision in a URL path (`refs/pr/1` -> `refs%2Fpr%2F1`).
+fn encode(revision: &str) -> String {
+    revision.replace('%', "%25").replace('/', "%2F")
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn is_commit(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether two URLs have the same scheme, host and port.
+fn same_origin(a: &str, b: &str) -> bool {
+    let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| (u.scheme().to_string(), u.host_str().map(str::to_string), u.port_or_known_default()));
+    origin(a).is_some() && origin(a) == origin(b)
+}
+
+/// `snapshots/<commit>/<file>` -> the blob, as a relative symlink the way `huggingface_hub` makes
+/// it (a copy where symlinks cannot be made).
+fn link(blob: &Path, pointer: &Path) -> Result<()> {
+    let dir = pointer.parent().expect("snapshot paths have a parent");
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    if pointer.exists() {
+        return Ok(());
+    }
+    let _ = fs::remove_file(pointer);
+    #[cfg(unix)]
+    {
+        // From snapshots/<commit>/<a>/<b>: up to the repo folder, then blobs/<etag>.
+        let depth = pointer.strip_prefix(blob.parent().and_then(Path::parent).expect("repo folder")).map_or(0, |p| p.components().count() - 1);
+        let mut target = PathBuf::new();
+        for _ in 0..depth {
+            target.push("..");
+        }
+        target.push("blobs");
+        target.push(blob.file_name().expect("blob has a name"));
+        if std::os::unix::fs::symlink(&target, pointer).is_ok() {
+            return Ok(());
+        }
+    }
+    fs::copy(blob, pointer).map(|_| ()).map_err(|e| Error::io(pointer, e))
+}
+
+/// What `fetch-adapter` downloaded.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Fetched {
+    pub repo: String,
+    pub revision: String,
+    pub commit: String,
+    /// The adapter folder (PEFT) or file (GGUF) in the cache's snapshot.
+    pub path: PathBuf,
+    pub gguf: bool,
+    /// Every file downloaded or found in the cache.
+    pub files: Vec<PathBuf>,
+}
+
+/// Finds the adapter in `repo` at `revision` (asking which one when there are several), and makes its
+/// files available in the cache: downloaded, or as they are when another run or tool put them there.
+pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&str>, ui: &dyn Progress) -> Result<Fetched> {
+    if !repo.split('/').count().eq(&2) || repo.split('/').any(|p| p.is_empty()) {
+        return Err(Error::Usage(format!("`{repo}` is not a Hugging Face repo id: use ORG/NAME, e.g. `someone/llama3-lora`")));
+    }
+    let (commit, listing) = if hub.settings.offline {
+        (hub.cached_commit(repo, revision), None)
+    } else {
+        let info = hub.info(repo, revision)?;
+        (Some(info.sha), Some(info.files))
+    };
+    let candidate = match &listing {
+        Some(files) => {
+            let found = candidates(repo, files, subfolder)?;
+            match found.len() {
+                1 => found.into_iter().next().expect("one"),
+                _ => {
+                    let items: Vec<String> = found.iter().map(|c| c.to_string()).collect();
+                    match ui.choose(&format!("`{repo}` holds {} adapters; which one?", found.len()), &items) {
+                        Some(i) => found[i].clone(),
+                        None => {
+                            let list: Vec<String> = found
+                                .iter()
+                                .map(|c| match c {
+                                    Candidate::Peft(d) if d.is_empty() => "  --subfolder .   (the PEFT adapter at the repo's root)".to_string(),
+                                    Candidate::Peft(d) => format!("  --subfolder {d}"),
+                                    Candidate::Gguf(p) => format!("  --subfolder {p}"),
+                                })
+                                .collect();
+                            return Err(Error::Refused {
+                                path: PathBuf::from(repo),
+                                msg: format!("the repo holds {} adapters and there is no terminal to ask which one:\n{}", found.len(), list.join("\n")),
+                                hint: Some("pass --subfolder with one of them (a folder, or a .gguf file)".into()),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        // Offline: what the cache holds decides.
+        None => match subfolder {
+            Some(s) if s.ends_with(".gguf") => Candidate::Gguf(s.to_string()),
+            Some(s) => Candidate::Peft(s.trim_matches('/').to_string()),
+            None => Candidate::Peft(String::new()),
+        },
+    };
+    let mut files = Vec::new();
+    for f in candidate.files() {
+        files.push(hub.fetch(repo, revision, &f, ui)?);
+    }
+    let path = match &candidate {
+        Candidate::Gguf(_) => files[0].clone(),
+        Candidate::Peft(_) => files[0].parent().expect("a snapshot file has a folder").to_path_buf(),
+    };
+    let commit = commit.or_else(|| hub.cached_commit(repo, revision)).unwrap_or_default();
+    Ok(Fetched { repo: repo.into(), revision: revision.into(), commit, gguf: matches!(candidate, Candidate::Gguf(_)), path, files })
+}
+
+/// Which base to create on: the one given, else the Ollama model this adapter's
+/// `base_model_name_or_path` suggests, confirmed by the user (or by `--yes`).
+pub fn choose_base(given: Option<&str>, adapter_base: Option<&str>, yes: bool, ui: &dyn Progress) -> Result<String> {
+    if let Some(b) = given {
+        return Ok(b.to_string());
+    }
+    let Some(id) = adapter_base.filter(|s| !s.is_empty()) else {
+        return Err(Error::Usage("the adapter does not name its base model (base_model_name_or_path): pass --base".into()));
+    };
+    let Some(suggested) = suggest_base(id) else {
+        return Err(Error::Usage(format!(
+            "the adapter was trained on `{id}`, which this tool cannot match to an Ollama library model: pass --base (an Ollama name or the base's GGUF file)"
+        )));
+    };
+    if yes {
+        return Ok(suggested);
+    }
+    match ui.confirm(&format!("The adapter was trained on `{id}`. Use the Ollama model `{suggested}` as the base?"), true) {
+        Some(true) => Ok(suggested),
+        Some(false) => Err(Error::Usage("no base chosen: pass --base".into())),
+        None => Err(Error::Usage(format!(
+            "the adapter was trained on `{id}`; its Ollama base is probably `{suggested}`: pass --base {suggested} (or --yes to take it)"
+        ))),
+    }
+}
+
+/// The Ollama library model for a Hugging Face base model id, for the families Ollama ships:
+/// `meta-llama/Llama-3.2-3B-Instruct` -> `llama3.2:3b`. Unsloth and bnb-4bit mirrors map to their
+/// originals. `None` when the id is not one of them.
+pub fn suggest_base(hf_id: &str) -> Option<String> {
+    let name = hf_id.trim_end_matches('/').rsplit('/').next()?.to_ascii_lowercase();
+    // Mirrors' suffixes name a quantization or a packaging, not another model.
+    let mut name = name.as_str();
+    for suffix in ["-bnb-4bit", "-unsloth", "-4bit", "-8bit", "-gptq", "-awq", "-hf"] {
+        name = name.strip_suffix(suffix).unwrap_or(name);
+    }
+    let name = name.strip_suffix("-unsloth").unwrap_or(name);
+    type Rule = (&'static str, fn(&regex::Captures) -> String);
+    let table: [Rule; 11] = [
+        (r"^(?:meta-)?llama-?3\.2-(1b|3b)(?:-instruct)?$", |c| format!("llama3.2:{}", &c[1])),
+        (r"^(?:meta-)?llama-?3\.1-(8b|70b|405b)(?:-instruct)?$", |c| format!("llama3.1:{}", &c[1])),
+        (r"^(?:meta-)?llama-?3\.3-(70b)(?:-instruct)?$", |c| format!("llama3.3:{}", &c[1])),
+        (r"^(?:meta-)?llama-?3-(8b|70b)(?:-instruct)?$", |c| format!("llama3:{}", &c[1])),
+        (r"^qwen2\.5-coder-(0\.5b|1\.5b|3b|7b|14b|32b)(?:-instruct)?$", |c| format!("qwen2.5-coder:{}", &c[1])),
+        (r"^qwen2\.5-(0\.5b|1\.5b|3b|7b|14b|32b|72b)(?:-instruct)?$", |c| format!("qwen2.5:{}", &c[1])),
+        (r"^qwen3-(0\.6b|1\.7b|4b|8b|14b|32b)(?:-base|-instruct)?$", |c| format!("qwen3:{}", &c[1])),
+        (r"^gemma-?2-(2b|9b|27b)(?:-it)?$", |c| format!("gemma2:{}", &c[1])),
+        (r"^gemma-?3-(1b|4b|12b|27b)(?:-it|-pt)?$", |c| format!("gemma3:{}", &c[1])),
+        (r"^phi-?3(\.5)?-(mini|medium)-(?:4k|128k)?-?instruct$", |c| if c.get(1).is_some() { "phi3.5".to_string() } else { format!("phi3:{}", &c[2]) }),
+        (r"^mistral-7b(?:-instruct)?(?:-v0\.[1-3])?$", |_| "mistral:7b".to_string()),
+    ];
+    table.iter().find_map(|(p, f)| regex::Regex::new(p).expect("static pattern").captures(name).map(|c| f(&c)))
+}
+
+/// A model name from a repo name: `org/My_Adapter v2` -> `my_adapter-v2`.
+pub fn slug(repo: &str) -> String {
+    let name = repo.rsplit('/').next().unwrap_or(repo).to_ascii_lowercase();
+    let mut out = String::new();
+    for c in name.chars() {
+        let c = if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' };
+        if !(c == '-' && out.ends_with('-')) {
+            out.push(c);
+        }
+    }
+    let out = out.trim_matches(['-', '.', '_']).to_string();
+    if out.is_empty() { "adapter".into() } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_follow_huggingface_hub() {
+        let s = Settings::from_vars(|k| match k {
+            "HOME" => Some("/home/u".into()),
+            _ => None,
+        });
+        assert_eq!(s.endpoint, DEFAULT_ENDPOINT);
+        assert_eq!(s.cache, Path::new("/home/u/.cache/huggingface/hub"));
+        assert!(!s.offline && s.token.is_none());
+        let s = Settings::from_vars(|k| match k {
+            "HF_HOME" => Some("/data/hf".into()),
+            "HF_ENDPOINT" => Some("http://mirror:8080/".into()),
+            "HF_TOKEN" => Some(" hf_abc \n".into()),
+            "HF_HUB_OFFLINE" => Some("1".into()),
+            _ => None,
+        });
+        assert_eq!((s.endpoint.as_str(), s.cache.as_path(), s.token.as_deref(), s.offline), ("http://mirror:8080", Path::new("/data/hf/hub"), Some("hf_abc"), true));
+        let s = Settings::from_vars(|k| (k == "HF_HUB_CACHE" || k == "XDG_CACHE_HOME").then(|| format!("/x/{k}")));
+        assert_eq!(s.cache, Path::new("/x/HF_HUB_CACHE"));
+    }
+
+    #[test]
+    fn adapters_in_a_listing() {
+        let files = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let root = files(&["README.md", "adapter_config.json", "adapter_model.safetensors"]);
+        assert_eq!(candidates("o/r", &root, None).unwrap(), vec![Candidate::Peft(String::new())]);
+        let several = files(&["adapter_config.json", "adapter_model.safetensors", "checkpoint-500/adapter_config.json", "checkpoint-500/adapter_model.safetensors", "lora.gguf"]);
+        assert_eq!(candidates("o/r", &several, None).unwrap().len(), 3);
+        assert_eq!(candidates("o/r", &several, Some("checkpoint-500")).unwrap(), vec![Candidate::Peft("checkpoint-500".into())]);
+        assert_eq!(candidates("o/r", &several, Some("lora.gguf")).unwrap(), vec![Candidate::Gguf("lora.gguf".into())]);
+        assert_eq!(candidates("o/r", &several, Some(".")).unwrap(), vec![Candidate::Peft(String::new())]);
+        let bin = candidates("o/r", &files(&["adapter_config.json", "adapter_model.bin"]), None).unwrap_err().to_string();
+        assert!(bin.contains("adapter_model.bin") && bin.contains("safe_serialization=True"), "{bin}");
+        let full = candidates("o/r", &files(&["config.json", "model-00001-of-00002.safetensors"]), None).unwrap_err().to_string();
+        assert!(full.contains("full model"), "{full}");
+        let none = candidates("o/r", &files(&["README.md"]), None).unwrap_err().to_string();
+        assert!(none.contains("no LoRA adapter") && none.contains("README.md"), "{none}");
+    }
+
+    #[test]
+    fn base_suggestions() {
+        for (id, want) in [
+            ("meta-llama/Llama-3.2-3B-Instruct", Some("llama3.2:3b")),
+            ("meta-llama/Llama-3.2-1B", Some("llama3.2:1b")),
+            ("unsloth/Llama-3.2-3B-Instruct-bnb-4bit", Some("llama3.2:3b")),
+            ("unsloth/llama-3-8b-bnb-4bit", Some("llama3:8b")),
+            ("meta-llama/Meta-Llama-3.1-8B-Instruct", Some("llama3.1:8b")),
+            ("Qwen/Qwen2.5-7B-Instruct", Some("qwen2.5:7b")),
+            ("unsloth/Qwen2.5-Coder-1.5B-Instruct", Some("qwen2.5-coder:1.5b")),
+            ("Qwen/Qwen3-4B", Some("qwen3:4b")),
+            ("google/gemma-2-9b-it", Some("gemma2:9b")),
+            ("unsloth/gemma-3-4b-it-unsloth-bnb-4bit", Some("gemma3:4b")),
+            ("microsoft/Phi-3-mini-4k-instruct", Some("phi3:mini")),
+            ("microsoft/Phi-3.5-mini-instruct", Some("phi3.5")),
+            ("mistralai/Mistral-7B-Instruct-v0.3", Some("mistral:7b")),
+            ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", None),
+        ] {
+            assert_eq!(suggest_base(id).as_deref(), want, "{id}");
+        }
+    }
+
+    #[test]
+    fn slugs_and_origins() {
+        assert_eq!(slug("org/My_Adapter v2"), "my_adapter-v2");
+        assert_eq!(slug("org/--x--"), "x");
+        assert!(same_origin("http://127.0.0.1:5/a", "http://127.0.0.1:5"));
+        assert!(!same_origin("http://localhost:5/cdn", "http://127.0.0.1:5"));
+        assert_eq!(encode("refs/pr/1"), "refs%2Fpr%2F1");
+    }
+}
