@@ -9,8 +9,8 @@
 //! `HF_TOKEN` and `HF_HUB_OFFLINE`, and would bring a second HTTP and TLS stack: here a `HEAD` of the
 //! resolve URL without following redirects gives the commit, ETag and size; an LFS file is fetched
 //! from its redirect without the token, into `blobs/<etag>.incomplete` (the name `huggingface_hub`
-//! resumes from too), resumed with `Range`, and renamed into place only when its sha256 matches the
-//! ETag.
+//! resumes from too), resumed with `Range`, and renamed into place only when its content matches the
+//! ETag (an LFS file's sha256; a git-stored file's blob id).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -334,12 +334,9 @@ impl Hub {
         let dir = self.repo_dir(repo);
         let blob = dir.join("blobs").join(&meta.etag);
         let pointer = dir.join("snapshots").join(&meta.commit).join(file);
-        let lfs = is_sha256(&meta.etag);
-        if blob.is_file() {
-            // Another tool may have put it there: an LFS file is checked before it is used.
-            if lfs && sha256_file(&blob, ui)? != meta.etag {
-                fs::remove_file(&blob).map_err(|e| Error::io(&blob, e))?;
-            }
+        // Another tool may have put it there: it is checked before it is used.
+        if blob.is_file() && content_id(&blob, &meta.etag, ui)?.is_some_and(|found| found != meta.etag) {
+            fs::remove_file(&blob).map_err(|e| Error::io(&blob, e))?;
         }
         if !blob.is_file() {
             let url = meta.location.clone().unwrap_or_else(|| format!("{}/{repo}/resolve/{}/{file}", self.settings.endpoint, encode(&meta.commit)));
@@ -404,16 +401,14 @@ impl Hub {
             }
         }
         ui.finish();
-        if is_sha256(&meta.etag) {
-            let found = sha256_file(&partial, ui)?;
-            if found != meta.etag {
-                let _ = fs::remove_file(&partial);
-                return Err(Error::Refused {
-                    path: PathBuf::from(url),
-                    msg: format!("{file} downloaded with sha256 {found}, and the Hub says it is {}: the file was deleted", meta.etag),
-                    hint: Some("something between here and the Hub altered it; run again, and if it repeats, check any proxy or mirror (HF_ENDPOINT)".into()),
-                });
-            }
+        if let Some(found) = content_id(&partial, &meta.etag, ui)?.filter(|found| *found != meta.etag) {
+            let _ = fs::remove_file(&partial);
+            let kind = if is_sha256(&meta.etag) { "sha256" } else { "git blob id" };
+            return Err(Error::Refused {
+                path: PathBuf::from(url),
+                msg: format!("{file} downloaded with {kind} {found}, and the Hub says it is {}: the file was deleted", meta.etag),
+                hint: Some("something between here and the Hub altered it; run again, and if it repeats, check any proxy or mirror (HF_ENDPOINT)".into()),
+            });
         }
         fs::rename(&partial, blob).map_err(|e| Error::io(blob, e))
     }
@@ -504,6 +499,32 @@ fn encode(revision: &str) -> String {
 
 fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The id the Hub's ETag gives for this file's content: its sha256 for an LFS file (64 hex), its git
+/// blob id (sha1 of `blob <len>\0` + content; 40 hex) for a file kept in git. `None` for an ETag of
+/// another form, which cannot be checked.
+fn content_id(path: &Path, etag: &str, ui: &dyn Progress) -> Result<Option<String>> {
+    if is_sha256(etag) {
+        return sha256_file(path, ui).map(Some);
+    }
+    if !is_commit(etag) {
+        return Ok(None);
+    }
+    use sha1::Digest;
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {len}\0").as_bytes());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 fn is_commit(s: &str) -> bool {

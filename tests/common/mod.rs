@@ -308,3 +308,4 @@ pub fn tiny_adapter(dir: &Path, config: serde_json::Value, extra: Vec<T>) -> Pat
 
 pub mod modelfile_parser;
 pub mod ollama_server;
+pub mod hub_server;
