@@ -453,50 +453,11 @@ fn a_ready_gguf_adapter_is_uploaded_as_is_or_merged() {
         .stderr(contains("the adapter is for `llama` models"));
 }
 
-/// Runs the binary under a pseudo-terminal (util-linux `script`), answers `key` once the question
-/// shows, and returns (exit success, everything the terminal showed).
 fn run_in_terminal(env: &Env, fake: &Fake, args: &[&str], question: &str, key: &str) -> (bool, String) {
-    use std::io::{Read, Write};
-    use std::process::{Command, Stdio};
-    let exe = assert_cmd::cargo::cargo_bin("ollama-tools");
-    let mut line = format!("'{}' create-from-base --base tiny --adapter '{}'", exe.display(), env.adapter.display());
-    for a in args {
-        line.push_str(&format!(" '{a}'"));
-    }
-    let mut child = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env("OLLAMA_HOST", &fake.url)
-        .env("OLLAMA_MODELS", &env.store)
-        .env("OLLAMA_TOOLS_CACHE", &env.cache)
-        .env("TERM", "dumb")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("util-linux `script` runs");
-    let mut out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    // Keys typed before the question would be read by the terminal's line editing, not the prompt.
-    let mut seen = Vec::new();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut answered = false;
-    while let Ok(chunk) = rx.recv() {
-        seen.extend(chunk);
-        if !answered && String::from_utf8_lossy(&seen).contains(question) {
-            stdin.write_all(key.as_bytes()).unwrap();
-            stdin.flush().unwrap();
-            answered = true;
-        }
-    }
-    let status = child.wait().unwrap();
-    (status.success(), String::from_utf8_lossy(&seen).into_owned())
+    let mut all = vec!["create-from-base", "--base", "tiny", "--adapter", env.adapter.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let vars = [("OLLAMA_HOST", fake.url.as_str()), ("OLLAMA_MODELS", env.store.to_str().unwrap()), ("OLLAMA_TOOLS_CACHE", env.cache.to_str().unwrap())];
+    in_terminal(&all, &vars, question, key)
 }
 
 #[test]

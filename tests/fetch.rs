@@ -263,3 +263,50 @@ fn out_gguf_leaves_the_merged_model_for_llama_cpp() {
     assert_eq!(format!("sha256:{}", sha256_hex(&std::fs::read(&out).unwrap())), req["files"]["model.gguf"].as_str().unwrap());
     fetch(&env, &hub, &fake, &["me/lora", "--base", "tiny", "--name", "x", "--out-gguf", out.to_str().unwrap()]).assert().failure().stderr(contains("--out-gguf"));
 }
+
+#[test]
+fn offline_without_the_files_in_the_cache_says_so_and_asks_nothing() {
+    let env = setup();
+    let hub = hub_server::start(vec![repo("me/lora", adapter_files(&env, ""), Access::Public)]);
+    let fake = ollama();
+    fetch(&env, &hub, &fake, &["me/lora", "--base", "tiny"])
+        .env("HF_HUB_OFFLINE", "1")
+        .assert()
+        .failure()
+        .stderr(contains("HF_HUB_OFFLINE is set"))
+        .stderr(contains("not in the Hugging Face cache"));
+    assert!(hub.state.lock().unwrap().log.is_empty());
+}
+
+#[test]
+fn a_file_another_tool_left_in_the_cache_is_used_and_ours_serves_it() {
+    // As huggingface_hub lays it out: the blob by ETag, a snapshot link, refs/main.
+    let env = setup();
+    let hub = hub_server::start(vec![repo("me/lora", adapter_files(&env, ""), Access::Public)]);
+    let fake = ollama();
+    let commit = hub.commit("me/lora");
+    let dir = env.hf_home.join("hub/models--me--lora");
+    let sha = sha256_hex(&env.adapter_bytes);
+    std::fs::create_dir_all(dir.join("blobs")).unwrap();
+    std::fs::write(dir.join("blobs").join(&sha), &env.adapter_bytes).unwrap();
+    fetch(&env, &hub, &fake, &["me/lora", "--download-only"]).assert().success();
+    assert_eq!(cdn_gets(&hub), 0, "the weights were not downloaded again");
+    let snap = dir.join("snapshots").join(&commit);
+    assert_eq!(std::fs::read(snap.join("adapter_model.safetensors")).unwrap(), env.adapter_bytes);
+    assert_eq!(std::fs::read_to_string(dir.join("refs/main")).unwrap(), commit);
+}
+
+#[test]
+fn at_a_terminal_the_user_picks_the_adapter() {
+    let env = setup();
+    let mut files = adapter_files(&env, "");
+    files.extend(adapter_files(&env, "checkpoint-500"));
+    let hub = hub_server::start(vec![repo("me/many", files, Access::Public)]);
+    let home = env.hf_home.to_str().unwrap().to_string();
+    let vars = [("HF_ENDPOINT", hub.url.as_str()), ("HF_HOME", home.as_str())];
+    // Down, then Enter: the second entry.
+    let (ok, shown) = in_terminal(&["fetch-adapter", "me/many", "--download-only"], &vars, "which one?", "\x1b[B\r");
+    assert!(ok, "{shown}");
+    assert!(shown.contains("the PEFT adapter in checkpoint-500/") && shown.contains("snapshots"), "{shown}");
+    assert!(env.hf_home.join("hub/models--me--many/snapshots").join(hub.commit("me/many")).join("checkpoint-500/adapter_model.safetensors").exists());
+}

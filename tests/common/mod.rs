@@ -306,6 +306,50 @@ pub fn tiny_adapter(dir: &Path, config: serde_json::Value, extra: Vec<T>) -> Pat
     write_adapter(dir, &cfg, &tensors)
 }
 
+/// Runs the binary with `args` under a pseudo-terminal (util-linux `script`), types `keys` once
+/// `question` shows, and returns (exit success, everything the terminal showed).
+pub fn in_terminal(args: &[&str], vars: &[(&str, &str)], question: &str, keys: &str) -> (bool, String) {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let exe = assert_cmd::cargo::cargo_bin("ollama-tools");
+    let mut line = format!("'{}'", exe.display());
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .envs(vars.iter().copied())
+        .env("TERM", "dumb")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` runs");
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    // Keys typed before the question would go to the terminal's line editing, not the prompt.
+    let mut seen = Vec::new();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut answered = false;
+    while let Ok(chunk) = rx.recv() {
+        seen.extend(chunk);
+        if !answered && String::from_utf8_lossy(&seen).contains(question) {
+            stdin.write_all(keys.as_bytes()).unwrap();
+            stdin.flush().unwrap();
+            answered = true;
+        }
+    }
+    let status = child.wait().unwrap();
+    (status.success(), String::from_utf8_lossy(&seen).into_owned())
+}
+
 pub mod modelfile_parser;
 pub mod ollama_server;
 pub mod hub_server;
