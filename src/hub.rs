@@ -28,8 +28,9 @@ use crate::progress::Progress;
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
-/// Where and how to reach the Hub, from the environment variables `huggingface_hub` reads.
-#[derive(Clone, Debug)]
+/// Where and how to reach the Hub, from the environment variables `huggingface_hub` reads. Its
+/// `Debug` leaves the token out.
+#[derive(Clone)]
 pub struct Settings {
     /// `HF_ENDPOINT`, without a trailing slash.
     pub endpoint: String,
@@ -39,6 +40,17 @@ pub struct Settings {
     pub cache: PathBuf,
     /// `HF_HUB_OFFLINE`: answer from the cache only.
     pub offline: bool,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("cache", &self.cache)
+            .field("offline", &self.offline)
+            .finish()
+    }
 }
 
 impl Settings {
@@ -374,8 +386,7 @@ impl Hub {
     fn download(&self, url: &str, send_token: bool, blob: &Path, meta: &FileMeta, file: &str, ui: &dyn Progress) -> Result<()> {
         let dir = blob.parent().expect("blob paths have a parent");
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let partial = blob.with_extension("incomplete");
-        let partial = if blob.extension().is_some() { PathBuf::from(format!("{}.incomplete", blob.display())) } else { partial };
+        let partial = PathBuf::from(format!("{}.incomplete", blob.display()));
         let mut retried = false;
         ui.stage(file, meta.size.unwrap_or(0));
         loop {
