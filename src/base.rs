@@ -99,7 +99,7 @@ fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
 }
 
 /// llama.cpp's `llama_ftype` names, for `general.file_type`.
-fn file_type_name(ftype: u64) -> Option<&'static str> {
+pub fn file_type_name(ftype: u64) -> Option<&'static str> {
     Some(match ftype {
         0 => "F32",
         1 => "F16",

@@ -766,13 +766,20 @@ fn pull(client: &Client, model: &str, ui: &dyn Progress) -> Result<()> {
 
 /// The sha256 of a file, in hex, read in large blocks (reported as a "hashing" stage).
 pub fn sha256_file(path: &Path, ui: &dyn Progress) -> Result<String> {
+    hash_file::<Sha256>(path, b"", ui)
+}
+
+/// The hex digest of `prefix` followed by the file's bytes, read in large blocks (a large file is
+/// reported as a "hashing" stage, and Ctrl-C stops it).
+pub(crate) fn hash_file<D: Digest>(path: &Path, prefix: &[u8], ui: &dyn Progress) -> Result<String> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let big = len > 64 << 20;
     if big {
         ui.stage("hashing", len);
     }
-    let mut hasher = Sha256::new();
+    let mut hasher = D::new();
+    hasher.update(prefix);
     let mut buf = vec![0u8; 4 << 20];
     loop {
         let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;

@@ -522,20 +522,8 @@ fn content_id(path: &Path, etag: &str, ui: &dyn Progress) -> Result<Option<Strin
     if !is_commit(etag) {
         return Ok(None);
     }
-    use sha1::Digest;
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut h = sha1::Sha1::new();
-    h.update(format!("blob {len}\0").as_bytes());
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect()))
+    let len = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    crate::create::hash_file::<sha1::Sha1>(path, format!("blob {len}\0").as_bytes(), ui).map(Some)
 }
 
 fn is_commit(s: &str) -> bool {

@@ -37,15 +37,17 @@ fn server(version: &str, refuse: RefuseAdapters) -> Fake {
     })
 }
 
+/// The binary with the server at `host`, the env's store and cache.
+fn tool(env: &Env, host: &str) -> assert_cmd::Command {
+    let mut cmd = bin();
+    cmd.env("OLLAMA_HOST", host).env("OLLAMA_MODELS", &env.store).env("OLLAMA_TOOLS_CACHE", &env.cache);
+    cmd
+}
+
 /// `create-from-base --base tiny --adapter <adapter> ARGS` against `fake`.
 fn run(env: &Env, fake: &Fake, args: &[&str]) -> assert_cmd::Command {
-    let mut cmd = bin();
-    cmd.env("OLLAMA_HOST", &fake.url)
-        .env("OLLAMA_MODELS", &env.store)
-        .env("OLLAMA_TOOLS_CACHE", &env.cache)
-        .args(["create-from-base", "--base", "tiny", "--adapter"])
-        .arg(&env.adapter)
-        .args(args);
+    let mut cmd = tool(env, &fake.url);
+    cmd.args(["create-from-base", "--base", "tiny", "--adapter"]).arg(&env.adapter).args(args);
     cmd
 }
 
@@ -280,9 +282,7 @@ fn server_errors_are_passed_on_verbatim_and_no_server_names_the_url() {
         .failure()
         .stderr(contains("creating `m`: Ollama answered 500: write /root/.ollama/models/manifests: no space left on device"));
 
-    bin()
-        .env("OLLAMA_HOST", NO_SERVER)
-        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+    tool(&env, NO_SERVER)
         .args(["create-from-base", "--base", "tiny", "--name", "m"])
         .assert()
         .failure()
@@ -294,10 +294,7 @@ fn server_errors_are_passed_on_verbatim_and_no_server_names_the_url() {
 fn without_an_adapter_the_model_is_the_base_with_the_options() {
     let env = setup();
     let fake = server("0.34.2", RefuseAdapters::Http400);
-    bin()
-        .env("OLLAMA_HOST", &fake.url)
-        .env("OLLAMA_MODELS", &env.store)
-        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+    tool(&env, &fake.url)
         .args(["create-from-base", "--base", "tiny", "--name", "plain", "--system", "You are terse.", "--parameter", "stop=END", "--parameter", "stop=STOP"])
         .assert()
         .success()
@@ -314,9 +311,7 @@ fn no_create_writes_a_modelfile_without_any_server() {
     let env = setup();
     // A GGUF base and no server: merged, FROM the merged file.
     let out = env.d.path().join("Modelfile");
-    bin()
-        .env("OLLAMA_HOST", NO_SERVER)
-        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+    tool(&env, NO_SERVER)
         .args(["create-from-base", "--no-create", "--base"])
         .arg(&env.base_gguf)
         .arg("--adapter")
@@ -333,10 +328,7 @@ fn no_create_writes_a_modelfile_without_any_server() {
 
     // The same name in the store, no server: merged, with the store's template.
     let out2 = env.d.path().join("Modelfile2");
-    bin()
-        .env("OLLAMA_HOST", NO_SERVER)
-        .env("OLLAMA_MODELS", &env.store)
-        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+    tool(&env, NO_SERVER)
         .args(["create-from-base", "--no-create", "--base", "tiny", "--adapter"])
         .arg(&env.adapter)
         .arg("--out-modelfile")
@@ -358,9 +350,7 @@ fn no_create_writes_a_modelfile_without_any_server() {
     )
     .unwrap();
     let out3 = env.d.path().join("Modelfile3");
-    bin()
-        .env("OLLAMA_HOST", NO_SERVER)
-        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+    tool(&env, NO_SERVER)
         .args(["create-from-base", "--no-create", "--base"])
         .arg(&hf)
         .arg("--adapter")
@@ -374,9 +364,7 @@ fn no_create_writes_a_modelfile_without_any_server() {
     assert!(text.contains("ADAPTER /"), "{text}");
 
     // An existing Modelfile is not replaced without --force.
-    bin()
-        .env("OLLAMA_HOST", NO_SERVER)
-        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+    tool(&env, NO_SERVER)
         .args(["create-from-base", "--no-create", "--base"])
         .arg(&env.base_gguf)
         .arg("--out-modelfile")
@@ -402,10 +390,7 @@ fn a_ready_gguf_adapter_is_uploaded_as_is_or_merged() {
     let gguf = env.d.path().join("adapter.gguf");
     bin().args(["convert"]).arg(&env.adapter).arg("--base").arg(&env.base_gguf).arg("-o").arg(&gguf).assert().success();
     let fake = server("0.33.0", RefuseAdapters::Never);
-    bin()
-        .env("OLLAMA_HOST", &fake.url)
-        .env("OLLAMA_MODELS", &env.store)
-        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+    tool(&env, &fake.url)
         .args(["create-from-base", "--base", "tiny", "--name", "a", "--adapter"])
         .arg(&gguf)
         .assert()
@@ -415,10 +400,7 @@ fn a_ready_gguf_adapter_is_uploaded_as_is_or_merged() {
     // Merged from the GGUF adapter, the result is the PEFT adapter's merge up to f16 rounding of
     // the adapter's tensors.
     let fake = server("0.34.2", RefuseAdapters::Http400);
-    bin()
-        .env("OLLAMA_HOST", &fake.url)
-        .env("OLLAMA_MODELS", &env.store)
-        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+    tool(&env, &fake.url)
         .args(["create-from-base", "--base", "tiny", "--name", "b", "--adapter"])
         .arg(&gguf)
         .assert()
@@ -440,10 +422,7 @@ fn a_ready_gguf_adapter_is_uploaded_as_is_or_merged() {
     // A GGUF adapter for another architecture is refused, naming both.
     let qwen = env.d.path().join("qwen.gguf");
     write_base_gguf(&qwen, "qwen2", TINY);
-    bin()
-        .env("OLLAMA_HOST", &fake.url)
-        .env("OLLAMA_MODELS", &env.store)
-        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+    tool(&env, &fake.url)
         .args(["create-from-base", "--base"])
         .arg(&qwen)
         .args(["--name", "c", "--adapter"])
@@ -558,10 +537,7 @@ fn a_stores_renderer_and_parser_are_carried_over_unless_a_template_is_given() {
     std::fs::write(&manifest_path, manifest.to_string()).unwrap();
 
     let no_create = |out: &Path, extra: &[&str]| {
-        bin()
-            .env("OLLAMA_HOST", NO_SERVER)
-            .env("OLLAMA_MODELS", &env.store)
-            .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        tool(&env, NO_SERVER)
             .args(["create-from-base", "--no-create", "--base", "tiny", "--adapter"])
             .arg(&env.adapter)
             .arg("--out-modelfile")

@@ -802,28 +802,9 @@ fn kv_json(v: &gguf::Value) -> Option<Value> {
     })
 }
 
-/// Ollama's names for `general.file_type`.
+/// Ollama's names for `general.file_type` (llama.cpp's `llama_ftype` names).
 fn file_type_name(t: u64) -> &'static str {
-    match t {
-        0 => "F32",
-        1 => "F16",
-        2 => "Q4_0",
-        3 => "Q4_1",
-        7 => "Q8_0",
-        8 => "Q5_0",
-        9 => "Q5_1",
-        10 => "Q2_K",
-        11 => "Q3_K_S",
-        12 => "Q3_K_M",
-        13 => "Q3_K_L",
-        14 => "Q4_K_S",
-        15 => "Q4_K_M",
-        16 => "Q5_K_S",
-        17 => "Q5_K_M",
-        18 => "Q6_K",
-        32 => "BF16",
-        _ => "unknown",
-    }
+    ollama_tools::base::file_type_name(t).unwrap_or("unknown")
 }
 
 /// Ollama's `format.HumanNumber`: 1.2B, 25M, 13.8K.
