@@ -310,3 +310,26 @@ fn at_a_terminal_the_user_picks_the_adapter() {
     assert!(shown.contains("the PEFT adapter in checkpoint-500/") && shown.contains("snapshots"), "{shown}");
     assert!(env.hf_home.join("hub/models--me--many/snapshots").join(hub.commit("me/many")).join("checkpoint-500/adapter_model.safetensors").exists());
 }
+
+#[test]
+fn a_gguf_adapter_in_the_repo_is_fetched_and_used_as_is() {
+    let env = setup();
+    let gguf = env.d.path().join("lora.gguf");
+    let base_gguf = env.d.path().join("base.gguf");
+    let peft = env.d.path().join("a");
+    bin().arg("convert").arg(&peft).arg("--base").arg(&base_gguf).arg("-o").arg(&gguf).assert().success();
+    let bytes = std::fs::read(&gguf).unwrap();
+    let mut files = adapter_files(&env, "");
+    files.push(File { path: "gguf/lora-f16.gguf".into(), bytes: bytes.clone(), lfs: true });
+    let hub = hub_server::start(vec![repo("me/lora", files, Access::Public)]);
+    let fake = ollama_server::start(Config {
+        version: "0.33.0".into(),
+        refuse_adapters: RefuseAdapters::Never,
+        models: vec![("tiny".into(), show_json(TINY, "F32", true))],
+        ..Config::default()
+    });
+    fetch(&env, &hub, &fake, &["me/lora", "--subfolder", "gguf/lora-f16.gguf", "--base", "tiny"]).assert().success().stdout(contains("adapter layer"));
+    let req = fake.create_requests().pop().unwrap();
+    assert_eq!(req["adapters"]["adapter.gguf"], format!("sha256:{}", sha256_hex(&bytes)));
+    assert_eq!(cdn_gets(&hub), 1, "only the GGUF file");
+}
