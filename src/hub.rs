@@ -212,13 +212,38 @@ impl Hub {
         self.settings.cache.join(Repo::model(repo.to_string()).folder_name())
     }
 
-    /// `GET` with the token (the endpoint's own URLs only).
-    fn get(&self, url: &str) -> Result<Response> {
-        let mut req = self.http.get(url);
-        if let Some(t) = &self.settings.token {
-            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+    /// A request to `url`, with the token only when `url` is on the endpoint: the one place the
+    /// token is attached, so it can reach no other host.
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::blocking::RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.settings.token {
+            Some(t) if same_origin(url, &self.settings.endpoint) => req.header(AUTHORIZATION, format!("Bearer {t}")),
+            _ => req,
         }
-        req.send().map_err(|e| self.unreachable(url, &e))
+    }
+
+    /// Sends `method url`, following up to five redirects (relative ones resolved on the endpoint);
+    /// `stop_at_other_host` leaves a redirect to another host unfollowed (an LFS file's CDN), for
+    /// the caller to read.
+    fn send(&self, method: reqwest::Method, url: &str, range: Option<u64>, stop_at_other_host: bool) -> Result<Response, reqwest::Error> {
+        let mut url = url.to_string();
+        for _ in 0..5 {
+            let mut req = self.request(method.clone(), &url);
+            if let Some(from) = range {
+                req = req.header(RANGE, format!("bytes={from}-"));
+            }
+            let resp = req.send()?;
+            let next = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(|l| absolute_url(l, &self.settings.endpoint));
+            match next {
+                Some(next) if resp.status().is_redirection() && (!stop_at_other_host || same_origin(&next, &self.settings.endpoint)) => url = next,
+                _ => return Ok(resp),
+            }
+        }
+        self.request(method, &url).send()
+    }
+
+    fn get(&self, url: &str) -> Result<Response> {
+        self.send(reqwest::Method::GET, url, None, false).map_err(|e| self.unreachable(url, &e))
     }
 
     fn unreachable(&self, url: &str, e: &reqwest::Error) -> Error {
@@ -297,41 +322,37 @@ impl Hub {
         Err(Error::Refused { path: PathBuf::from(format!("{page}/tree/{revision}")), msg, hint: Some(hint) })
     }
 
-    /// `HEAD` of a file's resolve URL without following redirects to other hosts.
-    fn meta(&self, repo: &str, revision: &str, file: &str) -> Result<FileMeta> {
-        let mut url = format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(revision), file);
-        for _ in 0..5 {
-            let mut req = self.http.head(&url);
-            if let Some(t) = &self.settings.token {
-                req = req.header(AUTHORIZATION, format!("Bearer {t}"));
-            }
-            let resp = req.send().map_err(|e| self.unreachable(&url, &e))?;
-            let resp = self.check(resp, repo, revision, Some(file))?;
-            let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-            let location = header(LOCATION.as_str());
-            // A relative redirect (a renamed repo) stays on the endpoint, with the token.
-            if resp.status().is_redirection() && header("x-linked-etag").is_none() {
-                if let Some(loc) = location.as_deref().filter(|l| l.starts_with('/')) {
-                    url = format!("{}{loc}", self.settings.endpoint);
-                    continue;
-                }
-            }
-            let etag = header("x-linked-etag").or_else(|| header(ETAG.as_str())).unwrap_or_default();
-            let etag = etag.trim_start_matches("W/").trim_matches('"').to_string();
-            let commit = header("x-repo-commit").unwrap_or_default();
-            if etag.is_empty() || commit.is_empty() {
-                return Err(Error::invalid(Path::new(&url), "the Hub's answer lacks the X-Repo-Commit or ETag header").with_hint("if HF_ENDPOINT points at a mirror, check that it forwards the Hub's headers"));
-            }
-            let size = header("x-linked-size").or_else(|| header("content-length")).and_then(|s| s.parse().ok());
-            let location = if resp.status().is_redirection() { location } else { None };
-            return Ok(FileMeta { commit, etag, size, location });
+    /// `HEAD` of a file's resolve URL at `at` (a commit, or the revision), following redirects on the
+    /// endpoint and stopping at one to another host (an LFS file's CDN).
+    fn meta(&self, repo: &str, revision: &str, at: &str, file: &str) -> Result<FileMeta> {
+        let url = format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(at), file);
+        let resp = self.send(reqwest::Method::HEAD, &url, None, true).map_err(|e| self.unreachable(&url, &e))?;
+        let resp = self.check(resp, repo, revision, Some(file))?;
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let etag = header("x-linked-etag").or_else(|| header(ETAG.as_str())).unwrap_or_default();
+        let etag = etag.trim_start_matches("W/").trim_matches('"').to_string();
+        let commit = header("x-repo-commit").unwrap_or_default();
+        // Both become file names in the cache: only the Hub's own forms are taken.
+        if !(is_sha256(&etag) || is_commit(&etag)) || !is_commit(&commit) {
+            return Err(Error::invalid(
+                Path::new(&url),
+                format!("the Hub's answer has no usable X-Repo-Commit ({commit:?}) or ETag ({etag:?}): a 40-hex commit and a sha256 or git blob id were expected"),
+            )
+            .with_hint("if HF_ENDPOINT points at a mirror, check that it forwards the Hub's headers"));
         }
-        Err(Error::invalid(Path::new(&url), "too many redirects"))
+        let size = header("x-linked-size").or_else(|| header("content-length")).and_then(|s| s.parse().ok());
+        let location = if resp.status().is_redirection() { header(LOCATION.as_str()).map(|l| absolute_url(&l, &self.settings.endpoint)) } else { None };
+        Ok(FileMeta { commit, etag, size, location })
     }
 
     /// `file` of `repo` at `revision` in the cache, downloaded when it is not there (or, offline,
     /// an error saying so). Returns the snapshot path (`snapshots/<commit>/<file>`).
-    pub fn fetch(&self, repo: &str, revision: &str, file: &str, ui: &dyn Progress) -> Result<PathBuf> {
+    /// `at` is the commit the listing gave, so every file comes from one commit even if the branch
+    /// moves meanwhile (`None`: the revision as it is now).
+    pub fn fetch(&self, repo: &str, revision: &str, at: Option<&str>, file: &str, ui: &dyn Progress) -> Result<PathBuf> {
+        if file.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+            return Err(Error::invalid(Path::new(file), "not a file path inside a repo"));
+        }
         let cached = self.cached(repo, revision, file);
         if self.settings.offline {
             return cached.ok_or_else(|| {
@@ -342,7 +363,7 @@ impl Hub {
                 )
             });
         }
-        let meta = self.meta(repo, revision, file)?;
+        let meta = self.meta(repo, revision, at.unwrap_or(revision), file)?;
         let dir = self.repo_dir(repo);
         let blob = dir.join("blobs").join(&meta.etag);
         let pointer = dir.join("snapshots").join(&meta.commit).join(file);
@@ -352,9 +373,7 @@ impl Hub {
         }
         if !blob.is_file() {
             let url = meta.location.clone().unwrap_or_else(|| format!("{}/{repo}/resolve/{}/{file}", self.settings.endpoint, encode(&meta.commit)));
-            // The token goes only to the endpoint, never to the host an LFS file redirects to.
-            let send_token = meta.location.as_ref().is_none_or(|l| same_origin(l, &self.settings.endpoint));
-            self.download(&url, send_token, &blob, &meta, file, ui)?;
+            self.download(&url, &blob, &meta, file, ui)?;
         }
         link(&blob, &pointer)?;
         if revision != meta.commit {
@@ -383,7 +402,7 @@ impl Hub {
 
     /// Streams `url` into `blob.incomplete`, resuming what is there, retrying once when the transfer
     /// breaks, and renames it to `blob` when its sha256 (for LFS files) is the ETag.
-    fn download(&self, url: &str, send_token: bool, blob: &Path, meta: &FileMeta, file: &str, ui: &dyn Progress) -> Result<()> {
+    fn download(&self, url: &str, blob: &Path, meta: &FileMeta, file: &str, ui: &dyn Progress) -> Result<()> {
         let dir = blob.parent().expect("blob paths have a parent");
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let partial = PathBuf::from(format!("{}.incomplete", blob.display()));
@@ -392,7 +411,7 @@ impl Hub {
         loop {
             let have = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
             ui.advance(have);
-            match self.transfer(url, send_token, &partial, have, meta, ui) {
+            match self.transfer(url, &partial, have, meta, ui) {
                 Ok(()) => break,
                 Err(Transfer::Cut(why)) if !retried => {
                     retried = true;
@@ -416,7 +435,7 @@ impl Hub {
             let _ = fs::remove_file(&partial);
             let kind = if is_sha256(&meta.etag) { "sha256" } else { "git blob id" };
             return Err(Error::Refused {
-                path: PathBuf::from(url),
+                path: PathBuf::from(without_query(url)),
                 msg: format!("{file} downloaded with {kind} {found}, and the Hub says it is {}: the file was deleted", meta.etag),
                 hint: Some("something between here and the Hub altered it; run again, and if it repeats, check any proxy or mirror (HF_ENDPOINT)".into()),
             });
@@ -424,43 +443,17 @@ impl Hub {
         fs::rename(&partial, blob).map_err(|e| Error::io(blob, e))
     }
 
-    fn transfer(&self, url: &str, send_token: bool, partial: &Path, have: u64, meta: &FileMeta, ui: &dyn Progress) -> Result<(), Transfer> {
+    fn transfer(&self, url: &str, partial: &Path, have: u64, meta: &FileMeta, ui: &dyn Progress) -> Result<(), Transfer> {
         if meta.size.is_some_and(|s| have >= s && s > 0) {
             return Ok(());
         }
-        let mut req = self.http.get(url);
-        if send_token {
-            if let Some(t) = &self.settings.token {
-                req = req.header(AUTHORIZATION, format!("Bearer {t}"));
-            }
-        }
-        if have > 0 {
-            req = req.header(RANGE, format!("bytes={have}-"));
-        }
-        let resp = req.send().map_err(|e| Transfer::Cut(crate::ollama::root_cause(&e)))?;
-        let mut resp = if resp.status().is_redirection() && send_token {
-            // A relative redirect on the endpoint (same-origin): follow it once with the token.
-            let loc = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-            let next = if loc.starts_with('/') { format!("{}{loc}", self.settings.endpoint) } else { loc };
-            let mut r = self.http.get(&next);
-            if same_origin(&next, &self.settings.endpoint) {
-                if let Some(t) = &self.settings.token {
-                    r = r.header(AUTHORIZATION, format!("Bearer {t}"));
-                }
-            }
-            if have > 0 {
-                r = r.header(RANGE, format!("bytes={have}-"));
-            }
-            r.send().map_err(|e| Transfer::Cut(crate::ollama::root_cause(&e)))?
-        } else {
-            resp
-        };
+        let mut resp = self.send(reqwest::Method::GET, url, (have > 0).then_some(have), false).map_err(|e| Transfer::Cut(crate::ollama::root_cause(&e)))?;
         let status = resp.status();
         let append = status == StatusCode::PARTIAL_CONTENT
             && resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).is_some_and(|r| r.starts_with(&format!("bytes {have}-")));
         if !status.is_success() {
             return Err(Transfer::Failed(Error::Refused {
-                path: PathBuf::from(url),
+                path: PathBuf::from(without_query(url)),
                 msg: format!("the download answered {status}"),
                 hint: Some("run again; if it repeats, the file may have moved".into()),
             }));
@@ -530,6 +523,16 @@ fn is_commit(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// `location` made absolute against `base` (the Hub answers relative redirects for renamed repos).
+fn absolute_url(location: &str, base: &str) -> String {
+    reqwest::Url::parse(base).and_then(|b| b.join(location)).map_or_else(|_| location.to_string(), |u| u.to_string())
+}
+
+/// A URL without its query: a CDN's signed address is a short-lived credential, kept out of messages.
+fn without_query(url: &str) -> String {
+    url.split_once('?').map_or(url, |(u, _)| u).to_string()
+}
+
 /// Whether two URLs have the same scheme, host and port.
 fn same_origin(a: &str, b: &str) -> bool {
     let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| (u.scheme().to_string(), u.host_str().map(str::to_string), u.port_or_known_default()));
@@ -578,7 +581,7 @@ pub struct Fetched {
 /// Finds the adapter in `repo` at `revision` (asking which one when there are several), and makes its
 /// files available in the cache: downloaded, or as they are when another run or tool put them there.
 pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&str>, ui: &dyn Progress) -> Result<Fetched> {
-    if !repo.split('/').count().eq(&2) || repo.split('/').any(|p| p.is_empty()) {
+    if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty() || p == "..") {
         return Err(Error::Usage(format!("`{repo}` is not a Hugging Face repo id: use ORG/NAME, e.g. `someone/llama3-lora`")));
     }
     let (commit, listing) = if hub.settings.offline {
@@ -624,7 +627,7 @@ pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&s
     };
     let mut files = Vec::new();
     for f in candidate.files() {
-        files.push(hub.fetch(repo, revision, &f, ui)?);
+        files.push(hub.fetch(repo, revision, commit.as_deref(), &f, ui)?);
     }
     let path = match &candidate {
         Candidate::Gguf(_) => files[0].clone(),
