@@ -350,7 +350,7 @@ fn open_inputs(args: &[String]) -> anyhow::Result<Vec<Input>> {
 fn run_merge(args: &[String], base: &str, base_gguf: Option<&Path>, output: &Path, opts: &merge::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
     // One ready GGUF LoRA adapter is merged as llama.cpp would apply it.
     let gguf_adapter = match args {
-        [one] if Path::new(one).is_file() && one.ends_with(".gguf") => Some(Path::new(one)),
+        [one] if Path::new(one).is_file() && crate::gguf::is_gguf(Path::new(one)) => Some(Path::new(one)),
         _ => None,
     };
     let inputs = if gguf_adapter.is_some() { vec![] } else { open_inputs(args)? };

@@ -11,8 +11,9 @@
 //!
 //! Every step that costs time is done once: converted and merged files are kept in this tool's cache
 //! (`builds/`), keyed by the content hashes of adapter, base and options; blobs the server already
-//! holds are not uploaded again. Nothing on the server changes before the last step, `/api/create`,
-//! and an existing model is only replaced with `--force` or the user's yes.
+//! holds are not uploaded again. No model on the server is created or replaced before the last step,
+//! `/api/create` (before it: blobs uploaded, and a missing base pulled if the user agrees), and an
+//! existing model is only replaced with `--force` or the user's yes.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -302,6 +303,8 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
     let client = (!opts.no_create).then(|| Client::new(&opts.host));
     let mut base_show = None;
     let mut server_version = None;
+    // Whether the user agreed to replace an existing model of the name.
+    let mut replacing = false;
     if let Some(client) = &client {
         let version = client.version().map_err(|e| api_error(e, client.base(), "asking its version"))?;
         server_version = Some(version);
@@ -311,6 +314,7 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
             let what = existing.as_ref().map_or(String::new(), describe_show);
             ui.confirm(&format!("`{name}` exists on {} ({what}). Replace it with the new model?", client.base()), false)
         })?;
+        replacing = existing.is_some();
         if base_is_file {
             if BaseModel::load(base_path)?.gguf_path.is_none() {
                 return Err(Error::refused(
@@ -378,16 +382,16 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         let inherited = match used {
             Used::Merge => match (&base_show, &base_name) {
                 (Some(show), _) => Inherited::from_show(show, &opts.base)?,
-                (None, Some(n)) if n.manifest_path(&ollama::store_dir()).exists() => Inherited::from_store(n, &ollama::store_dir())?,
-                (None, Some(n)) => {
-                    ui.notice(&format!("`{n}`'s template, parameters and license are not known here (no server, not in the store): the Modelfile carries only your options"));
-                    Inherited::default()
-                }
+                // Without a server the base was read from the store, so its manifest is there.
+                (None, Some(n)) => Inherited::from_store(n, &ollama::store_dir())?,
                 (None, None) => Inherited::default(),
             },
             _ => Inherited::default(),
         };
         let from = if base_is_file { absolute(base_path)?.display().to_string() } else { opts.base.clone() };
+        if used != Used::Merge && opts.template.is_some() && base_show.as_ref().is_some_and(|s| !s.renderer.is_empty()) {
+            ui.notice("the base formats prompts with a built-in renderer, which a model created from it keeps: --template may not take effect (--mode merge replaces the renderer)");
+        }
         let modelfile = modelfile_for(used, &from, built.as_ref(), &inherited, opts)?;
         // Rendered now, so a value the Modelfile grammar cannot carry stops us before the server is
         // touched; written once the mode is final (a refused adapter layer changes it).
@@ -434,6 +438,14 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         }
         let request = create_request(&name, &modelfile, files, adapters, used == Used::Merge || base_is_file);
         check_cancel(ui)?;
+        // A model of this name made meanwhile (the build can take minutes) is not replaced unasked either.
+        if !opts.force && !replacing {
+            let now = client.find(&name).map_err(|e| api_error(e, client.base(), "looking for the model"))?;
+            may_replace(&name, now.is_some(), false, || {
+                ui.confirm(&format!("`{name}` was created on {} meanwhile. Replace it with the new model?", client.base()), false)
+            })?;
+            replacing = now.is_some();
+        }
         ui.stage(&format!("creating {name}"), 0);
         let result = client.create(&request, ui, &mut |s| ui.status(&s.status));
         ui.finish();
@@ -514,11 +526,7 @@ enum AdapterInput {
 
 impl AdapterInput {
     fn open(path: &Path) -> Result<Self> {
-        let is_gguf = path.is_file() && {
-            let mut magic = [0u8; 4];
-            File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
-        };
-        if is_gguf {
+        if path.is_file() && crate::gguf::is_gguf(path) {
             return Ok(AdapterInput::Gguf(absolute(path)?));
         }
         Ok(AdapterInput::Peft(Box::new(Adapter::open(path)?)))
@@ -712,8 +720,9 @@ fn upload(client: &Client, digest: &str, path: &Path, ui: &dyn Progress) -> Resu
     }
     let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
     for attempt in 0..2 {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
         ui.stage("uploading", bytes);
-        let result = client.push_blob(digest, path, ui);
+        let result = client.push_blob(digest, file, bytes, ui);
         ui.finish();
         match result {
             Ok(()) => return Ok(1),
@@ -755,7 +764,8 @@ fn pull(client: &Client, model: &str, ui: &dyn Progress) -> Result<()> {
         if s.digest != current {
             current = s.digest.clone();
             shown = 0;
-            ui.stage(&format!("pulling {}", &s.digest.trim_start_matches("sha256:")[..12.min(s.digest.len() - 7)]), s.total);
+            let short: String = s.digest.trim_start_matches("sha256:").chars().take(12).collect();
+            ui.stage(&format!("pulling {short}"), s.total);
         }
         ui.advance(s.completed.saturating_sub(shown));
         shown = shown.max(s.completed);

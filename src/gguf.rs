@@ -309,6 +309,12 @@ impl<R: Read> Counting<R> {
     }
 }
 
+/// Whether the file at `path` starts with the GGUF magic.
+pub fn is_gguf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| io::Read::read_exact(&mut f, &mut magic)).is_ok() && &magic == b"GGUF"
+}
+
 /// Reads the header and tensor table of a GGUF file, checking that every tensor lies inside the file.
 pub fn read_header(path: &Path) -> io::Result<Header> {
     let file = File::open(path)?;

@@ -351,9 +351,7 @@ impl Client {
     /// `POST /api/blobs/<digest>` with the file streamed from disk as the body. Bytes sent are reported
     /// through `progress`; Ctrl-C abandons the upload ([`ApiError::Cancelled`]). A connection that breaks
     /// mid-body is [`ApiError::Cut`]; a digest the server does not confirm is its 400 [`ApiError::Status`].
-    pub fn push_blob(&self, digest: &str, path: &Path, progress: &dyn Progress) -> Result<(), ApiError> {
-        let file = std::fs::File::open(path).map_err(|e| ApiError::Cut { url: self.base.clone(), err: format!("{}: {e}", path.display()) })?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    pub fn push_blob(&self, digest: &str, file: std::fs::File, len: u64, progress: &dyn Progress) -> Result<(), ApiError> {
         let sent = Arc::new(AtomicU64::new(0));
         let body = reqwest::blocking::Body::sized(Counted { inner: file, sent: sent.clone() }, len);
         let request = self.http.post(format!("{}/api/blobs/{digest}", self.base)).body(body);
@@ -363,13 +361,14 @@ impl Client {
             progress.advance(now - shown);
             shown = now;
         })?
-        .map_err(|e| ApiError::Cut { url: self.base.clone(), err: root_cause(&e) })?;
+        .map_err(|e| if e.is_connect() { self.unreachable(&e) } else { ApiError::Cut { url: self.base.clone(), err: root_cause(&e) } })?;
         self.body(resp).map(|_| ())
     }
 
     /// `POST /api/create`, each streamed status passed to `on_status`. An `{"error": ...}` line is
-    /// [`ApiError::Failed`] with Ollama's text. Ctrl-C hangs up ([`ApiError::Cancelled`]): Ollama
-    /// writes a model's manifest last, so a create left half-way leaves no model.
+    /// [`ApiError::Failed`] with Ollama's text. Ctrl-C stops waiting ([`ApiError::Cancelled`]); when
+    /// the process then exits, the connection closes, and Ollama, which writes a model's manifest
+    /// last, leaves no model.
     pub fn create(&self, request: &Json, progress: &dyn Progress, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
         self.stream("/api/create", request, progress, on_status)
     }
@@ -411,7 +410,8 @@ impl Client {
 
 /// Runs a blocking `call` on its own thread while this one passes on what it emits, calls `tick`
 /// every 50 ms, and watches for Ctrl-C: then it stops waiting ([`ApiError::Cancelled`]) and the
-/// call's thread is abandoned, to end with the process (its connection closes with it).
+/// call's thread is abandoned. Its connection closes when the process exits, which is what the
+/// caller does next (the CLI); a long-lived caller keeps the request going until it ends.
 fn cancellable<E: Send + 'static, R: Send + 'static>(
     progress: &dyn Progress,
     call: impl FnOnce(&dyn Fn(E)) -> R + Send + 'static,
