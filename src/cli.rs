@@ -383,6 +383,8 @@ fn run_merge(args: &[String], base: &str, base_gguf: Option<&Path>, output: &Pat
 
 #[allow(clippy::too_many_arguments)]
 fn run_fetch(repo: &str, base: Option<String>, name: Option<String>, revision: &str, subfolder: Option<&str>, download_only: bool, args: &CreateArgs, quiet: bool) -> anyhow::Result<()> {
+    // Files and parameters are checked before a possibly long download.
+    args.options(String::new(), None, None)?;
     let bar = Bar::new(quiet);
     let hub = crate::hub::Hub::new(crate::hub::Settings::from_env());
     let fetched = crate::hub::fetch_adapter(&hub, repo, revision, subfolder, &bar)?;

@@ -137,10 +137,11 @@ pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Resu
     let sub = subfolder.map(|s| s.trim_matches('/')).map(|s| if s == "." { "" } else { s });
     let has = |p: &str| files.iter().any(|f| f == p);
     let dir_of = |p: &str| p.rsplit_once('/').map_or(String::new(), |(d, _)| d.to_string());
+    let is_gguf = |p: &str| p.to_ascii_lowercase().ends_with(".gguf");
     let within = |p: &str| match sub {
         None => true,
         Some("") => !p.contains('/'),
-        Some(s) if s.ends_with(".gguf") => p == s,
+        Some(s) if is_gguf(s) => p == s,
         Some(s) => p.starts_with(&format!("{s}/")),
     };
     let mut found = Vec::new();
@@ -151,7 +152,7 @@ pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Resu
             if has(&weights) && sub.is_none_or(|s| s == dir) {
                 found.push(Candidate::Peft(dir));
             }
-        } else if f.to_ascii_lowercase().ends_with(".gguf") && sub != Some("") {
+        } else if is_gguf(f) && sub != Some("") {
             found.push(Candidate::Gguf(f.clone()));
         }
     }
@@ -325,7 +326,7 @@ impl Hub {
     /// `HEAD` of a file's resolve URL at `at` (a commit, or the revision), following redirects on the
     /// endpoint and stopping at one to another host (an LFS file's CDN).
     fn meta(&self, repo: &str, revision: &str, at: &str, file: &str) -> Result<FileMeta> {
-        let url = format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(at), file);
+        let url = format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(at), encode_path(file));
         let resp = self.send(reqwest::Method::HEAD, &url, None, true).map_err(|e| self.unreachable(&url, &e))?;
         let resp = self.check(resp, repo, revision, Some(file))?;
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -372,7 +373,7 @@ impl Hub {
             fs::remove_file(&blob).map_err(|e| Error::io(&blob, e))?;
         }
         if !blob.is_file() {
-            let url = meta.location.clone().unwrap_or_else(|| format!("{}/{repo}/resolve/{}/{file}", self.settings.endpoint, encode(&meta.commit)));
+            let url = meta.location.clone().unwrap_or_else(|| format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(&meta.commit), encode_path(file)));
             self.download(&url, &blob, &meta, file, ui)?;
         }
         link(&blob, &pointer)?;
@@ -501,6 +502,19 @@ fn encode(revision: &str) -> String {
     revision.replace('%', "%25").replace('/', "%2F")
 }
 
+/// A file path in a URL: every byte outside RFC 3986's unreserved set percent-encoded, `/` kept.
+fn encode_path(path: &str) -> String {
+    let mut out = String::new();
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -620,7 +634,7 @@ pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&s
         }
         // Offline: what the cache holds decides.
         None => match subfolder {
-            Some(s) if s.ends_with(".gguf") => Candidate::Gguf(s.to_string()),
+            Some(s) if s.to_ascii_lowercase().ends_with(".gguf") => Candidate::Gguf(s.to_string()),
             Some(s) => Candidate::Peft(s.trim_matches('/').to_string()),
             None => Candidate::Peft(String::new()),
         },
@@ -777,5 +791,6 @@ mod tests {
         assert!(same_origin("http://127.0.0.1:5/a", "http://127.0.0.1:5"));
         assert!(!same_origin("http://localhost:5/cdn", "http://127.0.0.1:5"));
         assert_eq!(encode("refs/pr/1"), "refs%2Fpr%2F1");
+        assert_eq!(encode_path("dir/a b#1?.gguf"), "dir/a%20b%231%3F.gguf");
     }
 }
