@@ -313,10 +313,7 @@ impl Hub {
             ),
             (_, "RevisionNotFound") => (format!("revision `{revision}` of `{repo}` not found ({message})"), format!("check --revision against the branches and commits at {page}")),
             (_, "EntryNotFound") => (format!("`{}` is not in `{repo}` at `{revision}` ({message})", file.unwrap_or("?")), "the repo changed since it was listed; run again".into()),
-            (429, _) => (
-                format!("the Hub is rate-limiting requests: {message}"),
-                format!("wait {} and run again; a token (HF_TOKEN) gets a higher limit", retry.map_or("a minute".into(), |s| format!("{s} seconds"))),
-            ),
+            (429, _) => (format!("the Hub is rate-limiting requests: {message}"), rate_limit_hint(retry.as_deref())),
             (401 | 403, _) => (format!("the Hub refused access to `{repo}` ({status}: {message})"), login.to_string()),
             _ => (format!("the Hub answered {status} for `{repo}`: {message}"), "try again later".into()),
         };
@@ -453,11 +450,12 @@ impl Hub {
         let append = status == StatusCode::PARTIAL_CONTENT
             && resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).is_some_and(|r| r.starts_with(&format!("bytes {have}-")));
         if !status.is_success() {
-            return Err(Transfer::Failed(Error::Refused {
-                path: PathBuf::from(without_query(url)),
-                msg: format!("the download answered {status}"),
-                hint: Some("run again; if it repeats, the file may have moved".into()),
-            }));
+            let retry = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let hint = match (status.as_u16(), retry) {
+                (429, retry) => rate_limit_hint(retry.as_deref()),
+                _ => "run again; if it repeats, the file may have moved".into(),
+            };
+            return Err(Transfer::Failed(Error::Refused { path: PathBuf::from(without_query(url)), msg: format!("the download answered {status}"), hint: Some(hint) }));
         }
         let mut out = if append {
             OpenOptions::new().append(true).open(partial)
@@ -495,6 +493,11 @@ enum Transfer {
     /// The connection broke: resumable.
     Cut(String),
     Failed(Error),
+}
+
+/// What to do about a 429, with its `Retry-After` (seconds) when the Hub sent one.
+fn rate_limit_hint(retry: Option<&str>) -> String {
+    format!("wait {} and run again; a token (HF_TOKEN) gets a higher limit", retry.map_or("a minute".into(), |s| format!("{s} seconds")))
 }
 
 /// A revision in a URL path (`refs/pr/1` -> `refs%2Fpr%2F1`).

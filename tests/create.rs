@@ -20,11 +20,7 @@ struct Env {
 
 fn setup() -> Env {
     let d = tempfile::tempdir().unwrap();
-    let base_gguf = d.path().join("base.gguf");
-    write_base_gguf(&base_gguf, "llama", TINY);
-    let store = d.path().join("store");
-    write_store(&store, "registry.ollama.ai", "library", "tiny", "latest", &base_gguf);
-    let adapter = tiny_adapter(&d.path().join("my-adapter"), json!({"base_model_name_or_path": "meta-llama/Llama-3.2-1B"}), vec![]);
+    let (base_gguf, store, adapter) = tiny_world(d.path(), "my-adapter");
     Env { cache: d.path().join("cache"), store, base_gguf, adapter, d }
 }
 

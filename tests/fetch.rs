@@ -7,7 +7,6 @@ use common::hub_server::{self, Access, File, Hub, HubFaults, Repo};
 use common::ollama_server::{self, Config, Fake, RefuseAdapters};
 use common::*;
 use predicates::str::contains;
-use serde_json::json;
 use std::path::{Path, PathBuf};
 
 struct Env {
@@ -21,11 +20,7 @@ struct Env {
 /// A tiny PEFT adapter's two files, and a store holding the `tiny` base.
 fn setup() -> Env {
     let d = tempfile::tempdir().unwrap();
-    let base_gguf = d.path().join("base.gguf");
-    write_base_gguf(&base_gguf, "llama", TINY);
-    let store = d.path().join("store");
-    write_store(&store, "registry.ollama.ai", "library", "tiny", "latest", &base_gguf);
-    let a = tiny_adapter(&d.path().join("a"), json!({"base_model_name_or_path": "meta-llama/Llama-3.2-1B"}), vec![]);
+    let (_, store, a) = tiny_world(d.path(), "a");
     Env {
         adapter_bytes: std::fs::read(a.join("adapter_model.safetensors")).unwrap(),
         config_bytes: std::fs::read(a.join("adapter_config.json")).unwrap(),

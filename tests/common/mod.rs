@@ -288,6 +288,17 @@ pub fn write_store(store: &Path, registry: &str, namespace: &str, model: &str, t
     std::fs::write(dir.join(tag), serde_json::to_string(&manifest).unwrap()).unwrap();
 }
 
+/// In `dir`: `base.gguf` (the TINY llama), a model store holding it as `tiny`, and `tiny_adapter`
+/// for it in `adapter_dir`: what the create and fetch tests start from. Returns (base, store, adapter).
+pub fn tiny_world(dir: &Path, adapter_dir: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let base = dir.join("base.gguf");
+    write_base_gguf(&base, "llama", TINY);
+    let store = dir.join("store");
+    write_store(&store, "registry.ollama.ai", "library", "tiny", "latest", &base);
+    let adapter = tiny_adapter(&dir.join(adapter_dir), serde_json::json!({"base_model_name_or_path": "meta-llama/Llama-3.2-1B"}), vec![]);
+    (base, store, adapter)
+}
+
 /// A LoRA on q_proj and v_proj of every layer of the TINY llama, r=2; `config` overrides the defaults.
 pub fn tiny_adapter(dir: &Path, config: serde_json::Value, extra: Vec<T>) -> PathBuf {
     let mut cfg = serde_json::json!({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "lora_alpha": 4,
