@@ -309,6 +309,27 @@ impl<R: Read> Counting<R> {
     }
 }
 
+/// The metadata value `key` of a GGUF file of `file_len` bytes, read from the first bytes of the file
+/// only (`prefix`, e.g. from a Range request). `None` when `prefix` is not a GGUF header or ends
+/// before the key is reached.
+pub fn kv_in_prefix(prefix: &[u8], file_len: u64, key: &str) -> Option<Value> {
+    let mut r = Counting { inner: io::Cursor::new(prefix), pos: 0, limit: file_len };
+    if r.bytes::<4>().ok()? != MAGIC || !(2..=3).contains(&r.u32().ok()?) {
+        return None;
+    }
+    r.len("tensor count", 32).ok()?;
+    let n_kv = r.len("metadata count", 13).ok()?;
+    for _ in 0..n_kv {
+        let k = r.string().ok()?;
+        let ty = r.u32().ok()?;
+        let value = r.value(ty, 0).ok()?;
+        if k == key {
+            return Some(value);
+        }
+    }
+    None
+}
+
 /// Whether the file at `path` starts with the GGUF magic.
 pub fn is_gguf(path: &Path) -> bool {
     let mut magic = [0u8; 4];

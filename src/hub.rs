@@ -380,6 +380,23 @@ impl Hub {
         Ok(pointer)
     }
 
+    /// The `general.type` of a GGUF file in the repo (`adapter`, `model`), from its first 256 KiB;
+    /// `None` when it cannot be told (no answer, no such key in that much).
+    pub fn gguf_type(&self, repo: &str, revision: &str, at: &str, file: &str) -> Option<String> {
+        let meta = self.meta(repo, revision, at, file).ok()?;
+        let url = meta.location.clone().unwrap_or_else(|| format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(at), encode_path(file)));
+        let resp = self.request(reqwest::Method::GET, &url).header(RANGE, "bytes=0-262143").send().ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let mut prefix = Vec::new();
+        resp.take(1 << 18).read_to_end(&mut prefix).ok()?;
+        match crate::gguf::kv_in_prefix(&prefix, meta.size?, "general.type")? {
+            crate::gguf::Value::String(t) => Some(t),
+            _ => None,
+        }
+    }
+
     /// The commit a revision points at in the cache (`refs/<revision>`), or the revision itself when
     /// it is a commit.
     pub fn cached_commit(&self, repo: &str, revision: &str) -> Option<String> {
@@ -609,7 +626,31 @@ pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&s
     };
     let candidate = match &listing {
         Some(files) => {
-            let found = candidates(repo, files, subfolder)?;
+            let mut found = candidates(repo, files, subfolder)?;
+            // A .gguf may be the whole model rather than an adapter: its header says which, from
+            // its first bytes, before anything large is downloaded.
+            let at = commit.as_deref().unwrap_or(revision);
+            let mut models = Vec::new();
+            found.retain(|c| match c {
+                Candidate::Gguf(f) => match hub.gguf_type(repo, revision, at, f).as_deref() {
+                    Some("adapter") | None => true,
+                    Some(other) => {
+                        models.push(format!("{f} (general.type `{other}`)"));
+                        false
+                    }
+                },
+                Candidate::Peft(_) => true,
+            });
+            if found.is_empty() {
+                return Err(Error::refused(
+                    Path::new(repo),
+                    format!("`{repo}` holds no LoRA adapter; its GGUF files are not adapters: {}", models.join(", ")),
+                    "a full-model GGUF is imported with Ollama directly (`FROM ./file.gguf` in a Modelfile), not with this command",
+                ));
+            }
+            if !models.is_empty() {
+                ui.notice(&format!("not adapters, left out: {}", models.join(", ")));
+            }
             match found.len() {
                 1 => found.into_iter().next().expect("one"),
                 _ => {

@@ -67,9 +67,10 @@ fn sha256_hex(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Downloads from the CDN host (not counting the peek at a GGUF file's header).
 fn cdn_gets(hub: &Hub) -> usize {
     let cdn = hub.cdn_host.clone();
-    hub.requests(move |r| r.method == "GET" && r.host == cdn)
+    hub.requests(move |r| r.method == "GET" && r.host == cdn && r.range.as_deref() != Some("bytes=0-262143"))
 }
 
 #[test]
@@ -327,4 +328,26 @@ fn a_gguf_adapter_in_the_repo_is_fetched_and_used_as_is() {
     let req = fake.create_requests().pop().unwrap();
     assert_eq!(req["adapters"]["adapter.gguf"], format!("sha256:{}", sha256_hex(&bytes)));
     assert_eq!(cdn_gets(&hub), 1, "only the GGUF file");
+}
+
+#[test]
+fn a_full_model_gguf_beside_the_adapter_is_told_apart_by_its_header_and_left_out() {
+    use ollama_tools::gguf::{GgmlType, TensorSpec, Value, Writer};
+    let env = setup();
+    // A "full model": general.type = model, and a tensor of 1 MiB that must not be downloaded.
+    let model = env.d.path().join("model.gguf");
+    let kvs = vec![("general.architecture".to_string(), Value::String("llama".into())), ("general.type".to_string(), Value::String("model".into()))];
+    let specs = vec![TensorSpec { name: "token_embd.weight".into(), ne: vec![256, 1024], ty: GgmlType::F32 }];
+    let mut w = Writer::new(std::fs::File::create(&model).unwrap(), &kvs, &specs).unwrap();
+    w.write_tensor(&vec![0u8; 256 * 1024 * 4]).unwrap();
+    w.finish().unwrap();
+    let mut files = adapter_files(&env, "");
+    files.push(File { path: "model-f32.gguf".into(), bytes: std::fs::read(&model).unwrap(), lfs: true });
+    let hub = hub_server::start(vec![repo("me/lora", files, Access::Public)]);
+    let fake = ollama();
+    fetch(&env, &hub, &fake, &["me/lora", "--base", "tiny"])
+        .assert()
+        .success()
+        .stderr(contains("not adapters, left out: model-f32.gguf (general.type `model`)"));
+    assert!(hub.state.lock().unwrap().served_bytes < 512 * 1024, "only the header of the model was read");
 }
