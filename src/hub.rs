@@ -243,10 +243,6 @@ impl Hub {
         self.request(method, &url).send()
     }
 
-    fn get(&self, url: &str) -> Result<Response> {
-        self.send(reqwest::Method::GET, url, None, false).map_err(|e| self.unreachable(url, &e))
-    }
-
     fn unreachable(&self, url: &str, e: &reqwest::Error) -> Error {
         Error::Refused {
             path: PathBuf::from(url),
@@ -257,8 +253,18 @@ impl Hub {
 
     /// The files of `repo` at `revision` (a branch, tag or commit).
     pub fn info(&self, repo: &str, revision: &str) -> Result<RepoInfo> {
+        self.try_info(repo, revision)?
+    }
+
+    /// [`Hub::info`], with a failure to reach the Hub at all given apart (`Ok(Err(..))`), for a
+    /// caller that can fall back to the cache.
+    fn try_info(&self, repo: &str, revision: &str) -> Result<Result<RepoInfo>> {
         let url = format!("{}/api/models/{repo}/revision/{}", self.settings.endpoint, encode(revision));
-        let resp = self.get(&url)?;
+        let resp = match self.send(reqwest::Method::GET, &url, None, false) {
+            Ok(resp) => resp,
+            Err(e) if e.is_connect() || e.is_timeout() => return Ok(Err(self.unreachable(&url, &e))),
+            Err(e) => return Err(self.unreachable(&url, &e)),
+        };
         let resp = self.check(resp, repo, revision, None)?;
         #[derive(serde::Deserialize)]
         struct Info {
@@ -272,7 +278,7 @@ impl Hub {
         }
         let text = resp.text().map_err(|e| self.unreachable(&url, &e))?;
         let info: Info = serde_json::from_str(&text).map_err(|e| Error::invalid(Path::new(&url), format!("the Hub's answer is not a repo listing: {e}")))?;
-        Ok(RepoInfo { sha: info.sha, files: info.siblings.into_iter().map(|s| s.rfilename).collect() })
+        Ok(Ok(RepoInfo { sha: info.sha, files: info.siblings.into_iter().map(|s| s.rfilename).collect() }))
     }
 
     /// The Hub's error answers, in words: its own `X-Error-Message`, and what to do.
@@ -621,8 +627,16 @@ pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&s
     let (commit, listing) = if hub.settings.offline {
         (hub.cached_commit(repo, revision), None)
     } else {
-        let info = hub.info(repo, revision)?;
-        (Some(info.sha), Some(info.files))
+        match hub.try_info(repo, revision)? {
+            Ok(info) => (Some(info.sha), Some(info.files)),
+            // As huggingface_hub does: no network, but the cache knows this revision.
+            Err(e) if hub.cached_commit(repo, revision).is_some() => {
+                ui.notice(&format!("{e}; using what the Hugging Face cache holds for `{repo}` at `{revision}`"));
+                let offline = Hub::new(Settings { offline: true, ..hub.settings.clone() });
+                return fetch_adapter(&offline, repo, revision, subfolder, ui);
+            }
+            Err(e) => return Err(e),
+        }
     };
     let candidate = match &listing {
         Some(files) => {

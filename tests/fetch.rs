@@ -101,6 +101,14 @@ fn fetch_downloads_into_the_hf_cache_creates_the_model_and_a_second_run_download
     assert_eq!(cdn_gets(&hub), 1);
     assert_eq!(hub.state.lock().unwrap().served_bytes, served);
 
+    // The Hub unreachable: the cache answers, with a notice.
+    fetch(&env, &hub, &fake, &["me/Tiny-LoRA", "--download-only"])
+        .env("HF_ENDPOINT", "http://127.0.0.1:1")
+        .assert()
+        .success()
+        .stderr(contains("cannot reach the Hub"))
+        .stderr(contains("using what the Hugging Face cache holds"));
+
     // Offline: no request at all.
     let before = hub.state.lock().unwrap().log.len();
     fetch(&env, &hub, &fake, &["me/Tiny-LoRA", "--download-only"]).env("HF_HUB_OFFLINE", "1").assert().success().stdout(contains("snapshots"));
