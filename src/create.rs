@@ -298,6 +298,8 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
     }
     let base_path = Path::new(&opts.base);
     let base_is_file = base_path.exists();
+    // A base given as a file is described from it, once.
+    let file_base = base_is_file.then(|| BaseModel::load(base_path)).transpose()?;
 
     // The server: its version, and whether the name and the base exist there.
     let client = (!opts.no_create).then(|| Client::new(&opts.host));
@@ -315,8 +317,8 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
             ui.confirm(&format!("`{name}` exists on {} ({what}). Replace it with the new model?", client.base()), false)
         })?;
         replacing = existing.is_some();
-        if base_is_file {
-            if BaseModel::load(base_path)?.gguf_path.is_none() {
+        if let Some(b) = &file_base {
+            if b.gguf_path.is_none() {
                 return Err(Error::refused(
                     base_path,
                     "a Hugging Face config.json describes the base but is not a model Ollama can create from",
@@ -340,15 +342,17 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
 
     // The base described, and the mode.
     let base_name = (!base_is_file).then(|| ModelName::parse(&opts.base)).flatten();
-    let base = match (&base_show, &base_name) {
-        (Some(show), Some(n)) => BaseModel::from_show(n, show, &opts.host)?,
+    let base = match (file_base, &base_show, &base_name) {
+        (Some(b), _, _) => b,
+        (None, Some(show), Some(n)) => BaseModel::from_show(n, show, &opts.host)?,
         // --no-create asks no server: a named base comes from the local store.
-        (None, Some(n)) => BaseModel::from_store(n, &ollama::store_dir()).map_err(|e| {
+        (None, None, Some(n)) => BaseModel::from_store(n, &ollama::store_dir()).map_err(|e| {
             e.with_hint(format!(
                 "with --no-create the base is read from the local model store (OLLAMA_MODELS); pull it there (`ollama pull {n}`), or pass its GGUF file"
             ))
         })?,
-        (_, None) => BaseModel::load(base_path)?,
+        // Neither a file nor a name Ollama accepts: the load says what is wrong.
+        (None, _, None) => BaseModel::load(base_path)?,
     };
     let can_merge = base.gguf_path.is_some() || base_name.is_some();
     let (mut used, mut reason) = choose_mode(opts.mode, opts.adapter.is_some(), server_version.as_deref(), can_merge);
@@ -433,8 +437,8 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         }
         if let Some(b) = &built {
             report.uploaded += upload(client, &b.digest, &b.path, ui)?;
-            let slot = if used == Used::Merge { &mut files } else { &mut adapters };
-            slot.insert(if used == Used::Merge { "model.gguf" } else { "adapter.gguf" }.into(), b.digest.clone().into());
+            let (slot, key) = if used == Used::Merge { (&mut files, "model.gguf") } else { (&mut adapters, "adapter.gguf") };
+            slot.insert(key.into(), b.digest.clone().into());
         }
         let request = create_request(&name, &modelfile, files, adapters, used == Used::Merge || base_is_file);
         check_cancel(ui)?;

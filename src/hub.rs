@@ -292,11 +292,7 @@ impl Hub {
         let retry = header("retry-after");
         let mut message = header("x-error-message").unwrap_or_default();
         if message.is_empty() {
-            let body = resp.text().unwrap_or_default();
-            message = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or(body);
+            message = crate::ollama::error_text(&resp.text().unwrap_or_default());
         }
         let page = format!("{}/{repo}", self.settings.endpoint);
         let login = "set HF_TOKEN to a token with read access (or run `huggingface-cli login`)";

@@ -447,8 +447,9 @@ fn cancellable<E: Send + 'static, R: Send + 'static>(
     }
 }
 
-/// Ollama's error text from an error body (`{"error": "..."}`), else the body as it is.
-fn error_text(body: &str) -> String {
+/// The error text of an error body in Ollama's and the Hub's shape (`{"error": "..."}`), else the
+/// body as it is.
+pub(crate) fn error_text(body: &str) -> String {
     serde_json::from_str::<Json>(body)
         .ok()
         .and_then(|v| v.get("error").and_then(Json::as_str).map(str::to_string))
