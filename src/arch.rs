@@ -10,16 +10,22 @@
 pub struct Arch {
     /// `general.architecture` in GGUF.
     pub name: &'static str,
-    /// Hugging Face `config.json` `model_type` values that llama.cpp's converter turns into this
-    /// architecture (Mistral becomes `llama`).
+    /// Hugging Face `config.json` `model_type` values (top level or `text_config`) that llama.cpp's
+    /// converter turns into this architecture (Mistral becomes `llama`).
     pub hf_model_types: &'static [&'static str],
     /// The models it covers, for messages and docs.
     pub models: &'static str,
     /// HF module name inside a decoder layer -> GGUF tensor stem inside `blk.{i}.`.
     pub layer_modules: &'static [(&'static str, &'static str)],
+    /// HF module name directly under the decoder -> GGUF tensor name without `.weight`
+    /// (besides `embed_tokens` and `lm_head`).
+    pub model_modules: &'static [(&'static str, &'static str)],
     /// llama.cpp's `llama` converter interleaves the rows of q_proj/k_proj per head for its RoPE
     /// (see [`permute_rows`]); LoRA must do the same to lora_B.
     pub permute_qk: bool,
+    /// Qwen3.5's converter reorders linear-attention V heads from grouped to tiled order (see
+    /// [`v_head_order`]); LoRA follows on lora_B's rows or lora_A's columns.
+    pub reorder_v_heads: bool,
 }
 
 const STANDARD: &[(&str, &str)] = &[
@@ -37,28 +43,69 @@ const STANDARD: &[(&str, &str)] = &[
 const PHI3: &[(&str, &str)] =
     &[("qkv_proj", "attn_qkv"), ("o_proj", "attn_output"), ("gate_up_proj", "ffn_up"), ("down_proj", "ffn_down")];
 
-pub const ARCHS: &[Arch] = &[
-    Arch {
-        name: "llama",
-        hf_model_types: &["llama", "mistral"],
-        models: "Llama 2/3/3.1/3.2/3.3, TinyLlama, CodeLlama, Mistral 7B, Mistral Nemo",
-        layer_modules: STANDARD,
-        permute_qk: true,
-    },
-    Arch { name: "qwen2", hf_model_types: &["qwen2"], models: "Qwen2, Qwen2.5", layer_modules: STANDARD, permute_qk: false },
-    Arch { name: "qwen3", hf_model_types: &["qwen3"], models: "Qwen3 (dense)", layer_modules: STANDARD, permute_qk: false },
-    Arch { name: "gemma", hf_model_types: &["gemma"], models: "Gemma", layer_modules: STANDARD, permute_qk: false },
-    Arch { name: "gemma2", hf_model_types: &["gemma2"], models: "Gemma 2", layer_modules: STANDARD, permute_qk: false },
-    Arch {
-        name: "gemma3",
-        hf_model_types: &["gemma3", "gemma3_text"],
-        models: "Gemma 3 (text)",
-        layer_modules: STANDARD,
-        permute_qk: false,
-    },
-    Arch { name: "phi3", hf_model_types: &["phi3"], models: "Phi-3, Phi-3.5", layer_modules: PHI3, permute_qk: false },
+/// Gemma 4 (as Gemma 3n): the standard projections plus the per-layer-input gate and projection.
+const GEMMA4: &[(&str, &str)] = &[
+    ("q_proj", "attn_q"),
+    ("k_proj", "attn_k"),
+    ("v_proj", "attn_v"),
+    ("o_proj", "attn_output"),
+    ("gate_proj", "ffn_gate"),
+    ("up_proj", "ffn_up"),
+    ("down_proj", "ffn_down"),
+    ("per_layer_input_gate", "inp_gate"),
+    ("per_layer_projection", "proj"),
 ];
 
+/// Qwen3.5: gated full attention (q_proj carries the output gate, kept fused in `attn_q`) and
+/// Gated DeltaNet linear attention (`linear_attn.*`).
+const QWEN35: &[(&str, &str)] = &[
+    ("q_proj", "attn_q"),
+    ("k_proj", "attn_k"),
+    ("v_proj", "attn_v"),
+    ("o_proj", "attn_output"),
+    ("in_proj_qkv", "attn_qkv"),
+    ("in_proj_z", "attn_gate"),
+    ("in_proj_a", "ssm_alpha"),
+    ("in_proj_b", "ssm_beta"),
+    ("out_proj", "ssm_out"),
+    ("gate_proj", "ffn_gate"),
+    ("up_proj", "ffn_up"),
+    ("down_proj", "ffn_down"),
+];
+
+const fn dense(
+    name: &'static str,
+    hf_model_types: &'static [&'static str],
+    models: &'static str,
+    permute_qk: bool,
+) -> Arch {
+    Arch { name, hf_model_types, models, layer_modules: STANDARD, model_modules: &[], permute_qk, reorder_v_heads: false }
+}
+
+pub const ARCHS: &[Arch] = &[
+    dense(
+        "llama",
+        &["llama", "mistral"],
+        "Llama 2/3/3.1/3.2/3.3, TinyLlama, CodeLlama, Mistral 7B, Mistral Nemo",
+        true,
+    ),
+    dense("qwen2", &["qwen2"], "Qwen2, Qwen2.5", false),
+    dense("qwen3", &["qwen3"], "Qwen3 (dense)", false),
+    dense("gemma", &["gemma"], "Gemma", false),
+    dense("gemma2", &["gemma2"], "Gemma 2", false),
+    dense("gemma3", &["gemma3", "gemma3_text"], "Gemma 3 (text)", false),
+    Arch { layer_modules: PHI3, ..dense("phi3", &["phi3"], "Phi-3, Phi-3.5", false) },
+    Arch {
+        layer_modules: GEMMA4,
+        model_modules: &[("per_layer_model_projection", "per_layer_model_proj")],
+        ..dense("gemma4", &["gemma4", "gemma4_text"], "Gemma 4 (text)", false)
+    },
+    Arch {
+        layer_modules: QWEN35,
+        reorder_v_heads: true,
+        ..dense("qwen35", &["qwen3_5", "qwen3_5_text"], "Qwen3.5 (dense)", false)
+    },
+];
 /// The table entry for a GGUF architecture name.
 pub fn by_name(name: &str) -> Option<&'static Arch> {
     ARCHS.iter().find(|a| a.name == name)
@@ -83,29 +130,63 @@ pub enum Site {
     Embedding,
     /// The output projection (`lm_head`).
     Output,
+    /// Another module directly under the decoder (Gemma 4's `per_layer_model_projection`).
+    Model { module: String },
+    /// A module of a multimodal model's vision or audio tower or its projector, which llama.cpp
+    /// keeps out of the language model's GGUF (`--mmproj` is a separate file).
+    Tower,
 }
 
 /// Prefixes under which the text decoder sits in the HF models we support: `model.` for
-/// `*ForCausalLM`, `model.language_model.` / `language_model.model.` for Gemma 3 multimodal wrappers.
+/// `*ForCausalLM`, `model.language_model.` / `language_model.model.` for multimodal wrappers
+/// (Gemma 3/4, Qwen3.5, Mistral 3).
 const DECODER_PREFIXES: &[&str] = &["model.language_model.", "language_model.model.", "model.", "language_model.", ""];
 
+/// Sub-blocks of a decoder layer that hold LoRA-able modules.
+const LAYER_BLOCKS: &[&str] = &["self_attn", "mlp", "linear_attn"];
+
+/// First path components (after an optional `model.`) of multimodal towers and projectors:
+/// Gemma 3/4, Mistral 3, LLaVA-style (`vision_tower`, `multi_modal_projector`, `audio_tower`,
+/// `embed_vision`, `embed_audio`), Qwen-VL / Qwen3.5 (`visual`).
+const TOWERS: &[&str] = &[
+    "vision_tower",
+    "audio_tower",
+    "vision_model",
+    "audio_model",
+    "visual",
+    "multi_modal_projector",
+    "embed_vision",
+    "embed_audio",
+];
+
 /// Finds the site of a PEFT module path (`model.layers.3.self_attn.q_proj`, without the
-/// `base_model.model.` prefix). `None` for paths outside the text decoder (vision towers, GPT-2's
-/// `transformer.h.N`, classifier heads).
+/// `base_model.model.` prefix). `None` for paths outside the text decoder that are not a known
+/// multimodal tower either (GPT-2's `transformer.h.N`, classifier heads).
 pub fn site_of(module_path: &str) -> Option<Site> {
     if module_path == "lm_head" || module_path == "language_model.lm_head" {
         return Some(Site::Output);
     }
+    let first = module_path.strip_prefix("model.").unwrap_or(module_path).split('.').next().unwrap_or("");
+    if TOWERS.contains(&first) {
+        return Some(Site::Tower);
+    }
     for prefix in DECODER_PREFIXES {
         let Some(rest) = module_path.strip_prefix(prefix) else { continue };
-        if rest == "embed_tokens" {
-            return Some(Site::Embedding);
-        }
         let parts: Vec<&str> = rest.split('.').collect();
-        if let ["layers", idx, "self_attn" | "mlp", module] = parts[..] {
-            if let Ok(layer) = idx.parse() {
-                return Some(Site::Layer { layer, module: module.to_string() });
+        match parts[..] {
+            ["embed_tokens"] => return Some(Site::Embedding),
+            [module] if !prefix.is_empty() && module != "norm" => return Some(Site::Model { module: module.to_string() }),
+            ["layers", idx, block, module] if LAYER_BLOCKS.contains(&block) => {
+                if let Ok(layer) = idx.parse() {
+                    return Some(Site::Layer { layer, module: module.to_string() });
+                }
             }
+            ["layers", idx, module] => {
+                if let Ok(layer) = idx.parse() {
+                    return Some(Site::Layer { layer, module: module.to_string() });
+                }
+            }
+            _ => {}
         }
     }
     None
@@ -121,17 +202,99 @@ impl Arch {
                 let stem = self.layer_modules.iter().find(|(m, _)| m == module)?.1;
                 Some(format!("blk.{layer}.{stem}.weight"))
             }
+            Site::Model { module } => {
+                let name = self.model_modules.iter().find(|(m, _)| m == module)?.1;
+                Some(format!("{name}.weight"))
+            }
+            Site::Tower => None,
         }
     }
 
-    /// Whether lora_B of this tensor needs llama.cpp's Q/K row permutation, and with how many heads.
-    pub fn row_permutation(&self, site: &Site, n_head: u64, n_head_kv: u64) -> Option<u64> {
-        match site {
-            Site::Layer { module, .. } if self.permute_qk && module == "q_proj" => Some(n_head),
-            Site::Layer { module, .. } if self.permute_qk && module == "k_proj" => Some(n_head_kv),
-            _ => None,
+    /// The HF module names this architecture maps, for messages.
+    pub fn module_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&str> = self.layer_modules.iter().chain(self.model_modules).map(|m| m.0).collect();
+        names.extend(["embed_tokens", "lm_head"]);
+        names
+    }
+
+    /// How llama.cpp's converter reorders the base tensor of `site`, which a LoRA must follow: a
+    /// permutation of lora_B's rows (output features) and/or of lora_A's columns (input features).
+    /// `Err` says why the geometry does not allow it.
+    pub fn reorder(&self, site: &Site, g: &Geometry, out_features: usize, in_features: usize) -> Result<Reorder, String> {
+        let Site::Layer { module, .. } = site else { return Ok(Reorder::default()) };
+        let mut r = Reorder::default();
+        if self.permute_qk && (module == "q_proj" || module == "k_proj") {
+            let heads = if module == "q_proj" { g.head_count } else { g.head_count_kv };
+            let heads = heads.ok_or("the base's head counts differ between layers, so the Q/K row order cannot be rebuilt")?;
+            r.b_rows = Some(permute_rows(out_features, heads as usize).ok_or_else(|| {
+                format!("{out_features} rows do not split into {heads} heads of even size")
+            })?);
+        }
+        if self.reorder_v_heads {
+            let Some(la) = g.linear_attn else {
+                return Ok(r);
+            };
+            let v_rows = la.v_heads * la.v_head_dim;
+            let order = |len: usize, head_dim: usize| v_head_order(len, la.k_heads, la.v_heads, head_dim);
+            let bad = |what: &str, n: usize| format!("{what} of {n} does not match the base's linear attention ({la:?})");
+            match module.as_str() {
+                "in_proj_qkv" => {
+                    let qk = out_features.checked_sub(v_rows).ok_or_else(|| bad("rows", out_features))?;
+                    let v = order(v_rows, la.v_head_dim).ok_or_else(|| bad("rows", out_features))?;
+                    r.b_rows = Some((0..qk).chain(v.into_iter().map(|i| qk + i)).collect());
+                }
+                "in_proj_z" => r.b_rows = Some(order(out_features, la.v_head_dim).ok_or_else(|| bad("rows", out_features))?),
+                "in_proj_a" | "in_proj_b" => r.b_rows = Some(order(out_features, 1).ok_or_else(|| bad("rows", out_features))?),
+                "out_proj" => r.a_cols = Some(order(in_features, la.v_head_dim).ok_or_else(|| bad("columns", in_features))?),
+                _ => {}
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// What [`Arch::reorder`] needs to know of the base model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Geometry {
+    /// Attention heads, when every layer has the same number.
+    pub head_count: Option<u64>,
+    pub head_count_kv: Option<u64>,
+    /// Linear-attention (Gated DeltaNet) heads, for architectures that have them.
+    pub linear_attn: Option<LinearAttn>,
+}
+
+/// Gated DeltaNet head layout (HF `linear_num_key_heads`, `linear_num_value_heads`,
+/// `linear_value_head_dim`; GGUF `ssm.group_count`, `ssm.time_step_rank`, `ssm.inner_size` / heads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearAttn {
+    pub k_heads: usize,
+    pub v_heads: usize,
+    pub v_head_dim: usize,
+}
+
+/// Source index of each output row of lora_B (`b_rows`) and of each output column of lora_A
+/// (`a_cols`); `None` keeps the order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reorder {
+    pub b_rows: Option<Vec<usize>>,
+    pub a_cols: Option<Vec<usize>>,
+}
+
+/// Qwen3.5's V-head reorder over `len` = `v_heads * head_dim` features: HF groups V heads by K
+/// head (`[k][v_per_k][d]`), llama.cpp tiles them (`[v_per_k][k][d]`); output feature
+/// `(j * k_heads + g) * head_dim + d` takes source `(g * v_per_k + j) * head_dim + d`.
+pub fn v_head_order(len: usize, k_heads: usize, v_heads: usize, head_dim: usize) -> Option<Vec<usize>> {
+    if k_heads == 0 || v_heads % k_heads != 0 || len != v_heads * head_dim {
+        return None;
+    }
+    let per_k = v_heads / k_heads;
+    let mut src = Vec::with_capacity(len);
+    for j in 0..per_k {
+        for g in 0..k_heads {
+            src.extend((0..head_dim).map(|d| (g * per_k + j) * head_dim + d));
         }
     }
+    Some(src)
 }
 
 /// For llama.cpp's `llama` layout: which source row each output row takes. llama.cpp's converter views
@@ -170,8 +333,7 @@ mod tests {
         );
         assert_eq!(site_of("model.embed_tokens"), Some(Site::Embedding));
         assert_eq!(site_of("lm_head"), Some(Site::Output));
-        // Not the text decoder: a vision tower, GPT-2 blocks, a classifier.
-        assert_eq!(site_of("model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj"), None);
+        // Not the text decoder: GPT-2 blocks, a classifier.
         assert_eq!(site_of("transformer.h.0.attn.c_attn"), None);
         assert_eq!(site_of("score"), None);
     }
@@ -199,15 +361,68 @@ mod tests {
         assert_eq!(permute_rows(6, 1).unwrap(), vec![0, 3, 1, 4, 2, 5]);
     }
 
+    fn geometry(heads: u64, kv: u64) -> Geometry {
+        Geometry { head_count: Some(heads), head_count_kv: Some(kv), linear_attn: None }
+    }
+
     #[test]
     fn only_llama_permutes_and_with_kv_heads_for_k() {
         let llama = by_name("llama").unwrap();
-        let k = Site::Layer { layer: 0, module: "k_proj".into() };
-        let q = Site::Layer { layer: 0, module: "q_proj".into() };
-        let v = Site::Layer { layer: 0, module: "v_proj".into() };
-        assert_eq!(llama.row_permutation(&q, 32, 8), Some(32));
-        assert_eq!(llama.row_permutation(&k, 32, 8), Some(8));
-        assert_eq!(llama.row_permutation(&v, 32, 8), None);
-        assert_eq!(by_name("qwen2").unwrap().row_permutation(&q, 32, 8), None);
+        let site = |m: &str| Site::Layer { layer: 0, module: m.into() };
+        let g = geometry(32, 8);
+        let rows = |arch: &Arch, m: &str, out: usize| arch.reorder(&site(m), &g, out, 4096).unwrap().b_rows;
+        assert_eq!(rows(llama, "q_proj", 4096), permute_rows(4096, 32));
+        assert_eq!(rows(llama, "k_proj", 1024), permute_rows(1024, 8));
+        assert_eq!(rows(llama, "v_proj", 1024), None);
+        assert_eq!(rows(by_name("qwen2").unwrap(), "q_proj", 4096), None);
+        let uneven = Geometry { head_count: None, ..g };
+        assert!(llama.reorder(&site("q_proj"), &uneven, 4096, 4096).is_err());
+    }
+
+    #[test]
+    fn v_head_order_tiles_heads_grouped_by_key_head() {
+        // 2 key heads, 4 value heads (2 per key head), head_dim 1: HF [g0v0 g0v1 g1v0 g1v1]
+        // becomes [g0v0 g1v0 g0v1 g1v1].
+        assert_eq!(v_head_order(4, 2, 4, 1).unwrap(), vec![0, 2, 1, 3]);
+        // head_dim 2 moves whole heads.
+        assert_eq!(v_head_order(8, 2, 4, 2).unwrap(), vec![0, 1, 4, 5, 2, 3, 6, 7]);
+        // Equal head counts: the identity (the converter skips the reorder then).
+        assert_eq!(v_head_order(6, 3, 3, 2).unwrap(), (0..6).collect::<Vec<_>>());
+        assert_eq!(v_head_order(8, 3, 4, 2), None);
+    }
+
+    #[test]
+    fn qwen35_linear_attention_reorders_v_rows_and_out_proj_columns() {
+        let q = by_name("qwen35").unwrap();
+        let la = LinearAttn { k_heads: 2, v_heads: 4, v_head_dim: 1 };
+        let g = Geometry { linear_attn: Some(la), ..geometry(4, 2) };
+        let site = |m: &str| Site::Layer { layer: 0, module: m.into() };
+        // in_proj_qkv: q and k rows (2 + 2 here) stay, the 4 V rows are reordered.
+        let r = q.reorder(&site("in_proj_qkv"), &g, 8, 16).unwrap();
+        assert_eq!(r.b_rows.unwrap(), vec![0, 1, 2, 3, 4, 6, 5, 7]);
+        assert_eq!(q.reorder(&site("in_proj_b"), &g, 4, 16).unwrap().b_rows.unwrap(), vec![0, 2, 1, 3]);
+        let out = q.reorder(&site("out_proj"), &g, 16, 4).unwrap();
+        assert_eq!((out.b_rows, out.a_cols.unwrap()), (None, vec![0, 2, 1, 3]));
+        assert!(q.reorder(&site("in_proj_z"), &g, 5, 16).is_err());
+        assert_eq!(q.reorder(&site("q_proj"), &g, 16, 16).unwrap(), Reorder::default());
+    }
+
+    #[test]
+    fn towers_and_model_level_modules() {
+        assert_eq!(site_of("model.vision_tower.encoder.layers.0.self_attn.q_proj"), Some(Site::Tower));
+        assert_eq!(site_of("model.audio_tower.layers.3.self_attn.k_proj"), Some(Site::Tower));
+        assert_eq!(site_of("model.visual.blocks.0.attn.qkv"), Some(Site::Tower));
+        assert_eq!(site_of("model.multi_modal_projector.linear_1"), Some(Site::Tower));
+        assert_eq!(
+            site_of("model.language_model.layers.2.linear_attn.in_proj_qkv"),
+            Some(Site::Layer { layer: 2, module: "in_proj_qkv".into() })
+        );
+        assert_eq!(
+            site_of("model.language_model.layers.5.per_layer_input_gate"),
+            Some(Site::Layer { layer: 5, module: "per_layer_input_gate".into() })
+        );
+        let proj = site_of("model.language_model.per_layer_model_projection").unwrap();
+        assert_eq!(by_name("gemma4").unwrap().tensor_name(&proj).unwrap(), "per_layer_model_proj.weight");
+        assert_eq!(by_name("llama").unwrap().tensor_name(&proj), None);
     }
 }

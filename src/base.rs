@@ -34,8 +34,14 @@ pub struct BaseModel {
     /// `general.name` or the config's `_name_or_path`.
     pub name: Option<String>,
     pub block_count: u64,
+    /// Attention heads (the largest value where layers differ, see `uniform_heads`).
     pub head_count: u64,
     pub head_count_kv: u64,
+    /// Whether every layer has `head_count` / `head_count_kv` heads (Gemma 4 and the hybrid models
+    /// give per-layer arrays).
+    pub uniform_heads: bool,
+    /// Linear-attention head layout of hybrid models (Qwen3.5).
+    pub linear_attn: Option<arch::LinearAttn>,
     pub vocab_size: Option<u64>,
     /// GGUF tensor name -> shape (and type where known).
     pub tensors: BTreeMap<String, BaseTensor>,
@@ -53,6 +59,23 @@ pub struct BaseModel {
     pub quantization: Option<String>,
     /// Tensor types the source names that this tool does not know, `tensor: type`.
     pub unknown_types: Vec<String>,
+}
+
+/// A head count given once or per layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Heads {
+    /// The largest count (layers without attention count 0).
+    max: u64,
+    /// Whether all layers with attention have `max` heads.
+    uniform: bool,
+}
+
+impl Heads {
+    fn of(values: &[Option<u64>]) -> Option<Heads> {
+        let values: Vec<u64> = values.iter().copied().collect::<Option<_>>()?;
+        let max = values.iter().copied().max().filter(|&m| m > 0)?;
+        Some(Heads { max, uniform: values.iter().all(|&n| n == max || n == 0) })
+    }
 }
 
 /// Hyper-parameters from which tensor shapes are derived when the source lists none.
@@ -239,6 +262,16 @@ impl BaseModel {
         arch::by_name(&self.arch)
     }
 
+    /// What the LoRA layout transforms need to know (see [`Arch::reorder`]).
+    pub fn geometry(&self) -> arch::Geometry {
+        let uniform = |n: u64| (self.uniform_heads && n > 0).then_some(n);
+        arch::Geometry {
+            head_count: uniform(self.head_count),
+            head_count_kv: uniform(self.head_count_kv),
+            linear_attn: self.linear_attn,
+        }
+    }
+
     pub fn from_gguf(path: &Path) -> Result<Self> {
         let header = gguf::read_header(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => Error::invalid(path, e.to_string())
@@ -254,26 +287,29 @@ impl BaseModel {
                 .with_hint("pass the model the adapter was trained for as --base"));
         }
         let get_u64 = |key: &str| header.get(&format!("{arch}.{key}")).and_then(gguf::Value::as_u64);
-        // Head counts may be per-layer arrays (llama.cpp reads either); one value is all we can use.
-        let heads = |key: &str| -> Result<Option<u64>> {
+        // Head counts may be per-layer arrays (llama.cpp reads either).
+        let heads = |key: &str| -> Result<Option<Heads>> {
             let full = format!("{arch}.{key}");
             let Some(v) = header.get(&full) else { return Ok(None) };
-            let mut values: Vec<Option<u64>> = match v {
+            let values: Vec<Option<u64>> = match v {
                 gguf::Value::Array(_, items) => items.iter().map(gguf::Value::as_u64).collect(),
                 single => vec![single.as_u64()],
             };
-            values.dedup();
-            match values[..] {
-                [Some(n)] => Ok(Some(n)),
-                _ => Err(Error::invalid(path, format!("GGUF metadata `{full}` is not one head count for all layers ({v:?})"))
-                    .with_hint("models with per-layer head counts are not supported")),
-            }
+            Heads::of(&values).map(Some).ok_or_else(|| {
+                Error::invalid(path, format!("GGUF metadata `{full}` is not a head count or a list of them"))
+            })
         };
         let block_count = get_u64("block_count")
             .ok_or_else(|| Error::invalid(path, format!("GGUF metadata `{arch}.block_count` is missing or not an integer")))?;
-        let head_count = heads("attention.head_count")?
+        let q_heads = heads("attention.head_count")?
             .ok_or_else(|| Error::invalid(path, format!("GGUF metadata `{arch}.attention.head_count` is missing")))?;
-        let head_count_kv = heads("attention.head_count_kv")?.unwrap_or(head_count);
+        let kv_heads = heads("attention.head_count_kv")?.unwrap_or(q_heads);
+        let linear_attn = match (get_u64("ssm.group_count"), get_u64("ssm.time_step_rank"), get_u64("ssm.inner_size")) {
+            (Some(k), Some(v), Some(inner)) if k > 0 && v > 0 && inner % v == 0 => {
+                Some(arch::LinearAttn { k_heads: k as usize, v_heads: v as usize, v_head_dim: (inner / v) as usize })
+            }
+            _ => None,
+        };
         let tensors: BTreeMap<_, _> =
             header.tensors.iter().map(|t| (t.name.clone(), BaseTensor { ne: t.ne.clone(), ty: Some(t.ty) })).collect();
         let vocab_size = get_u64("vocab_size")
@@ -290,8 +326,10 @@ impl BaseModel {
             name: header.get_str("general.name").map(str::to_string),
             arch,
             block_count,
-            head_count,
-            head_count_kv,
+            head_count: q_heads.max,
+            head_count_kv: kv_heads.max,
+            uniform_heads: q_heads.uniform && kv_heads.uniform,
+            linear_attn,
             vocab_size,
             tensors,
             exact_tensors: true,
@@ -362,6 +400,8 @@ impl BaseModel {
             block_count: n_layer,
             head_count: n_head,
             head_count_kv: n_kv,
+            uniform_heads: true,
+            linear_attn: None,
             vocab_size: Some(vocab),
             tensors: derive_tensors(arch, &dims),
             exact_tensors: false,
@@ -381,25 +421,26 @@ impl BaseModel {
         let bad = |msg: String| Error::invalid(&source, format!("{msg} (from the Ollama server at {server})"));
         let arch = info.get("general.architecture").and_then(Json::as_str).unwrap_or(&show.details.family).to_string();
         let int = |key: &str| info.get(&format!("{arch}.{key}")).and_then(Json::as_u64);
-        // Head counts may be per-layer arrays; one value for all layers is what we can use.
-        let heads = |key: &str| -> Result<Option<u64>> {
-            match info.get(&format!("{arch}.{key}")) {
-                None | Some(Json::Null) => Ok(None),
-                Some(Json::Array(items)) => {
-                    let mut v: Vec<Option<u64>> = items.iter().map(Json::as_u64).collect();
-                    v.dedup();
-                    match v[..] {
-                        [Some(n)] => Ok(Some(n)),
-                        _ => Err(bad(format!("`{arch}.{key}` is not one head count for all layers"))),
-                    }
-                }
-                Some(v) => v.as_u64().map(Some).ok_or_else(|| bad(format!("`{arch}.{key}` is not an integer"))),
-            }
+        // Head counts may be per-layer arrays.
+        let heads = |key: &str| -> Result<Option<Heads>> {
+            let values: Vec<Option<u64>> = match info.get(&format!("{arch}.{key}")) {
+                None | Some(Json::Null) => return Ok(None),
+                Some(Json::Array(items)) => items.iter().map(Json::as_u64).collect(),
+                Some(v) => vec![v.as_u64()],
+            };
+            Heads::of(&values).map(Some).ok_or_else(|| bad(format!("`{arch}.{key}` is not a head count or a list of them")))
         };
         let gguf = show.details.format.is_empty() || show.details.format == "gguf";
         let block_count = int("block_count").unwrap_or(0);
-        let head_count = heads("attention.head_count")?.unwrap_or(0);
-        let head_count_kv = heads("attention.head_count_kv")?.unwrap_or(head_count);
+        let q_heads = heads("attention.head_count")?.unwrap_or(Heads { max: 0, uniform: true });
+        let kv_heads = heads("attention.head_count_kv")?.unwrap_or(q_heads);
+        let (head_count, head_count_kv) = (q_heads.max, kv_heads.max);
+        let linear_attn = match (int("ssm.group_count"), int("ssm.time_step_rank"), int("ssm.inner_size")) {
+            (Some(k), Some(v), Some(inner)) if k > 0 && v > 0 && inner % v == 0 => {
+                Some(arch::LinearAttn { k_heads: k as usize, v_heads: v as usize, v_head_dim: (inner / v) as usize })
+            }
+            _ => None,
+        };
         let mut unknown_types = Vec::new();
         let mut tensors: BTreeMap<String, BaseTensor> = show
             .tensors
@@ -442,6 +483,8 @@ impl BaseModel {
             block_count,
             head_count,
             head_count_kv,
+            uniform_heads: q_heads.uniform && kv_heads.uniform,
+            linear_attn,
             vocab_size,
             tensors,
             exact_tensors,
@@ -560,10 +603,18 @@ mod tests {
             (dir, BaseModel::load(&path))
         };
         let (_d, same) = write(Value::Array(4, vec![Value::U32(2), Value::U32(2)]));
-        assert_eq!(same.unwrap().head_count_kv, 2);
+        let same = same.unwrap();
+        assert_eq!((same.head_count_kv, same.geometry().head_count_kv), (2, Some(2)));
+        // Layers without attention (0) do not make the counts differ.
+        let (_d, hybrid) = write(Value::Array(4, vec![Value::U32(0), Value::U32(2)]));
+        assert_eq!(hybrid.unwrap().geometry().head_count_kv, Some(2));
+        // Differing counts (Gemma 4) load; the Q/K order, which needs one count, is then unknown.
         let (_d, differ) = write(Value::Array(4, vec![Value::U32(2), Value::U32(1)]));
-        let err = differ.unwrap_err().to_string();
-        assert!(err.contains("head_count_kv") && err.contains("not one head count"), "{err}");
+        let differ = differ.unwrap();
+        assert_eq!((differ.head_count_kv, differ.geometry().head_count_kv), (2, None));
+        let (_d, bad) = write(Value::Array(8, vec![Value::String("x".into())]));
+        let err = bad.unwrap_err().to_string();
+        assert!(err.contains("head_count_kv") && err.contains("not a head count"), "{err}");
     }
 
     #[test]

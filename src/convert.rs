@@ -109,8 +109,10 @@ pub(crate) struct OutTensor {
     pub(crate) rows: usize,
     pub(crate) cols: usize,
     parts: Vec<Part>,
-    /// For llama's Q/K: source row of each output row.
+    /// Source row of each output row (lora_B: llama's Q/K order, Qwen3.5's V heads).
     row_perm: Option<Vec<usize>>,
+    /// Source column of each output column (lora_A: Qwen3.5's V heads on out_proj's input).
+    col_perm: Option<Vec<usize>>,
 }
 
 /// The refusal for an adapter that failed validation, every finding listed.
@@ -272,11 +274,11 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
             mods.iter().map(|(i, m, _)| Part { input: *i, tensor: m.a, rank: m.rank as usize, factor: 1.0 }).collect();
         let (out_features, in_features) = (mods[0].1.out_features as usize, mods[0].1.in_features as usize);
         let r = total_rank as usize;
-        let row_perm = match arch.row_permutation(site, base.head_count, base.head_count_kv) {
-            Some(heads) => Some(arch::permute_rows(out_features, heads as usize).ok_or_else(|| {
-                Error::invalid(&base.source, format!("`{name}` has {out_features} rows, which do not split into {heads} heads of even size"))
-            })?),
-            None => None,
+        let reorder = if embedding {
+            arch::Reorder::default()
+        } else {
+            arch.reorder(site, &base.geometry(), out_features, in_features)
+                .map_err(|why| Error::invalid(&base.source, format!("the LoRA of `{name}` cannot follow llama.cpp's layout: {why}")))?
         };
         let (a_layout, a_rows, a_cols) =
             if embedding { (Layout::TransposedA, in_features, r) } else { (Layout::RowsA, r, in_features) };
@@ -287,6 +289,7 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
             cols: a_cols,
             parts: parts_a,
             row_perm: None,
+            col_perm: reorder.a_cols,
         });
         tensors.push(OutTensor {
             spec: TensorSpec { name: format!("{name}.lora_b"), ne: vec![r as u64, out_features as u64], ty: GgmlType::F32 },
@@ -294,7 +297,8 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
             rows: out_features,
             cols: r,
             parts: parts_b,
-            row_perm,
+            row_perm: reorder.b_rows,
+            col_perm: None,
         });
     }
 
@@ -520,7 +524,8 @@ fn passthrough<'a>(inputs: &'a [Input], t: &OutTensor) -> Option<(&'a Adapter, &
         (raw.dtype, t.spec.ty),
         (Dtype::F32, GgmlType::F32) | (Dtype::F16, GgmlType::F16) | (Dtype::BF16, GgmlType::BF16)
     );
-    (same_type && p.factor == 1.0 && t.row_perm.is_none() && t.layout != Layout::TransposedA).then_some((adapter, raw))
+    let reordered = t.row_perm.is_some() || t.col_perm.is_some();
+    (same_type && p.factor == 1.0 && !reordered && t.layout != Layout::TransposedA).then_some((adapter, raw))
 }
 
 /// Builds the output tensor in f32 from its parts.
@@ -533,7 +538,19 @@ pub(crate) fn assemble(inputs: &[Input], t: &OutTensor, halves: &mut Vec<u16>, b
         adapter.read_f32(raw, halves, buf)?;
         let f = p.factor as f32;
         match t.layout {
-            Layout::RowsA => out[offset * t.cols..][..buf.len()].copy_from_slice(buf),
+            Layout::RowsA => {
+                let dst = &mut out[offset * t.cols..][..buf.len()];
+                match &t.col_perm {
+                    None => dst.copy_from_slice(buf),
+                    Some(perm) => {
+                        for (d, s) in dst.chunks_exact_mut(t.cols).zip(buf.chunks_exact(t.cols)) {
+                            for (x, &c) in d.iter_mut().zip(perm) {
+                                *x = s[c];
+                            }
+                        }
+                    }
+                }
+            }
             Layout::ColsB => {
                 for (o, row) in out.chunks_exact_mut(t.cols).enumerate() {
                     let s = t.row_perm.as_ref().map_or(o, |perm| perm[o]);

@@ -552,6 +552,9 @@ pub struct Analysis {
     pub problems: Vec<Problem>,
     /// Things done that the user should know about (tensors skipped per PEFT's own rules).
     pub notices: Vec<String>,
+    /// Module paths of LoRA pairs on a multimodal model's vision or audio tower: not part of the
+    /// language model's GGUF, so whether they can be used depends on the base (see `validate`).
+    pub towers: Vec<String>,
 }
 
 fn analyze(adapter: &Adapter) -> Analysis {
@@ -689,11 +692,15 @@ fn analyze(adapter: &Adapter) -> Analysis {
         let Some(site) = arch::site_of(&module) else {
             out.problems.push(problem(
                 &ta.key,
-                "LoRA on a module that is not part of a supported decoder (layers.N.self_attn.*, layers.N.mlp.*, embed_tokens, lm_head)",
+                "LoRA on a module that is not part of a supported decoder (layers.N.self_attn.*, layers.N.mlp.*, layers.N.linear_attn.*, embed_tokens, lm_head) nor a multimodal tower",
                 format!("ollama-tools converts adapters for: {}", arch::supported_list()),
             ));
             continue;
         };
+        if site == Site::Tower {
+            out.towers.push(module);
+            continue;
+        }
         if let (Some(layers), Site::Layer { layer, .. }) = (&cfg.layers_to_transform, &site) {
             if !layers.contains(&u64::from(*layer)) {
                 out.notices.push(format!(
@@ -796,6 +803,8 @@ pub struct Report {
     pub convertible: bool,
     pub problems: Vec<Problem>,
     pub notices: Vec<String>,
+    /// LoRA pairs on vision/audio towers (module paths), which the language model's GGUF lacks.
+    pub towers: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -818,6 +827,8 @@ impl Report {
                 Site::Layer { layer, module } => (module.clone(), Some(*layer)),
                 Site::Embedding => ("embed_tokens".to_string(), None),
                 Site::Output => ("lm_head".to_string(), None),
+                Site::Model { module } => (module.clone(), None),
+                Site::Tower => ("tower".to_string(), None),
             };
             let g = groups.entry((name.clone(), m.rank, m.alpha.to_bits())).or_insert_with(|| ModuleGroup {
                 module: name,
@@ -860,6 +871,7 @@ impl Report {
             convertible: analysis.problems.is_empty() && !analysis.modules.is_empty(),
             problems: analysis.problems.clone(),
             notices: analysis.notices.clone(),
+            towers: analysis.towers.clone(),
         }
     }
 }

@@ -162,7 +162,7 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             v.errors.push(finding(
                 key_a,
                 format!("adapts `{}`, which the `{}` architecture does not have", m.path, arch.name),
-                format!("modules of `{}`: {}", arch.name, arch.layer_modules.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")),
+                format!("modules of `{}`: {}", arch.name, arch.module_names().join(", ")),
             ));
             continue;
         };
@@ -249,10 +249,37 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             "use a Q4_K_M or better build of the base",
         ));
     }
+    check_towers(&mut v, &analysis.towers, base);
     check_identity(&mut v, base, &base_id);
     check_vocab(&mut v, adapter, &analysis.modules, base);
     let layers_n = layers.len();
     finish(v, base, layers_n)
+}
+
+/// LoRA on a vision or audio tower. llama.cpp's converter writes the towers to a separate
+/// `mmproj` file, so the language model's GGUF has nothing to apply them to: they are left out and
+/// the user is told (a warning, so `--strict` refuses).
+fn check_towers(v: &mut Validation, towers: &[String], base: &BaseModel) {
+    let Some(first) = towers.first() else { return };
+    let more = if towers.len() > 1 { format!(" and {} more", towers.len() - 1) } else { String::new() };
+    let carries_tower = base.tensors.keys().any(|k| k.starts_with("v.") || k.starts_with("a.") || k.starts_with("mm."));
+    let why = if carries_tower {
+        "this base GGUF carries a vision/audio tower, but its tensor names are Ollama's own, which no published converter \
+         maps PEFT's tower modules to"
+    } else {
+        "the base GGUF holds the language model only (llama.cpp keeps vision/audio towers in a separate mmproj file)"
+    };
+    v.warnings.push(finding(
+        "vision/audio tower",
+        format!(
+            "{} LoRA pair{} on the multimodal towers (`{first}`{more}) left out: {why}; the language model is adapted, \
+             images and audio are encoded as by the base",
+            towers.len(),
+            if towers.len() == 1 { "" } else { "s" }
+        ),
+        "nothing to do for text use; to keep the tower's training, merge the adapter with PEFT (merge_and_unload) and \
+         convert the whole model with llama.cpp (text model and mmproj); --strict refuses",
+    ));
 }
 
 fn trained_for(base_id: &str) -> String {
@@ -308,7 +335,7 @@ fn check_vocab(v: &mut Validation, adapter: &Adapter, modules: &[LoraModule], ba
     let from_lora = modules.iter().find_map(|m| match m.site {
         Site::Embedding => Some(m.in_features),
         Site::Output => Some(m.out_features),
-        Site::Layer { .. } => None,
+        Site::Layer { .. } | Site::Model { .. } | Site::Tower => None,
     });
     let from_full = adapter.tensors.iter().find_map(|t| {
         let full = t.key.ends_with("embed_tokens.weight") || t.key.ends_with("lm_head.weight");

@@ -169,6 +169,8 @@ def write_peft_adapter(path: Path, arch, cfg: dict, weights: dict, *, r: int, al
     tensors: dict[str, np.ndarray] = {}
     tag = ".default" if default_keys else ""
     for name in module_names(arch, cfg, targets):
+        if name + ".weight" not in weights:
+            continue  # layers differ (hybrid or KV-sharing models): PEFT wraps only modules that exist
         mr = pattern_lookup(rank_pattern, name)
         ma = pattern_lookup(alpha_pattern, name)
         mr = int(r if mr is None else mr)
