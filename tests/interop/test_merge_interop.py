@@ -56,6 +56,9 @@ CFG = {
     "qwen2": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2),
     "phi3": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
                  head_dim=64),
+    # linear-attention heads follow hidden_size (value dim 3 x 256): every reordered tensor is touched
+    "qwen35": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
+                   head_dim=64),
 }
 MERGE_ARCHS = list(CFG)
 BASE_TYPES = ["f32", "f16", "q8_0", "q4_k_m"]
@@ -84,7 +87,7 @@ class MergeBase:
 
 
 def _q8_0_tensor(name: str, x: np.ndarray):
-    if x.ndim < 2:
+    if x.ndim < 2 or x.shape[-1] % 32:  # norms, biases, Qwen3.5's [channels, 4] conv kernel stay F32
         return x
     return gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
 
@@ -125,9 +128,11 @@ def merge_bases(tmp_path_factory):
 
 
 def touched_targets(arch) -> list[str]:
-    """Every attention module and the first MLP one: the other MLP weights stay untouched, so
-    quantized untouched matrices get copied too."""
-    return archs.attention_modules(arch) + archs.mlp_modules(arch)[:1]
+    """Every module but the MLP's, and the first MLP one: the other MLP weights stay untouched, so
+    quantized untouched matrices get copied too (linear attention and per-layer modules count as
+    attention here: each one's layout must be merged)."""
+    mlp = [m for m in arch.LORA_MODULES if archs.module_path(arch, m).startswith("mlp.")]
+    return [m for m in arch.LORA_MODULES if m not in mlp] + mlp[:1]
 
 
 def make_adapter(mb: MergeBase, path: Path, seed: int, targets=None, r: int = 8, alpha: float = 16):

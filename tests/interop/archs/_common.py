@@ -4,8 +4,8 @@ Everything here follows Hugging Face transformers semantics (the reference side 
 tests); nothing is derived from the Rust code under test. Files starting with "_" are not arch
 modules and are ignored by the registry.
 
-All the tiny architectures are Llama-style pre-norm decoders: `decoder_forward` is their one
-forward pass, and its keyword options are the ways they differ.
+All the tiny architectures are Llama-style decoders (pre-norm, or OLMo 2's post-norm):
+`decoder_forward` is their one forward pass, and its keyword options are the ways they differ.
 """
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ LLAMA_LORA_PATHS = {
 def head_dim(cfg: dict) -> int:
     """cfg["head_dim"], or HF's default hidden_size / num_attention_heads where it is unset."""
     return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp converter's LlamaModel.permute (conversion/llama.py): the rows of a q_proj /
+    k_proj weight (or bias, or a LoRA B) go from HF's rotate-half order to GGUF's per-head
+    interleaved order. n_head: num_attention_heads for q, num_key_value_heads for k."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,6 +78,69 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndar
     return y
 
 
+def rope_inv_freq(theta: float, dim: int) -> np.ndarray:
+    """HF's default RoPE inverse frequencies for a rotary dimension `dim`: theta^(-2i/dim)."""
+    return 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+
+
+def yarn_inv_freq(theta: float, dim: int, params: dict,
+                  max_position_embeddings: int | None = None) -> tuple[np.ndarray, float]:
+    """(inv_freq, attention_factor) of HF's YaRN RoPE (modeling_rope_utils._compute_yarn_parameters)
+    for rotary dimension `dim`.
+
+    params is the rope_parameters dict: factor, original_max_position_embeddings, beta_fast
+    (default 32), beta_slow (default 1), attention_factor or mscale / mscale_all_dim, truncate
+    (default True). The attention factor multiplies cos and sin, i.e. both q and k.
+    """
+    factor = params.get("factor")
+    orig = params["original_max_position_embeddings"]
+    if factor is None:
+        factor = max_position_embeddings / orig
+
+    def get_mscale(scale, mscale=1.0):
+        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+    attention_factor = params.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            attention_factor = get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)
+        else:
+            attention_factor = get_mscale(factor)
+    beta_fast = params.get("beta_fast") or 32
+    beta_slow = params.get("beta_slow") or 1
+
+    def correction_dim(num_rotations):
+        return (dim * math.log(orig / (num_rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if params.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    extrapolation = 1.0 - ramp  # 1: keep the original frequency, 0: divide it by factor
+    pos_freqs = theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1.0 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, float(attention_factor)
+
+
+def rope_apply(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray,
+               attention_scaling: float = 1.0) -> np.ndarray:
+    """HF `apply_rotary_pos_emb` (rotate-half / NeoX layout) with explicit inverse frequencies.
+    x: [n_tok, n_head, head_dim]; the first 2 * len(inv_freq) dims of each head rotate, the rest
+    pass through; cos and sin are multiplied by attention_scaling (YaRN's attention factor)."""
+    d = 2 * len(inv_freq)
+    freqs = positions.astype(np.float64)[:, None] * np.asarray(inv_freq, dtype=np.float64)[None, :]
+    emb = np.concatenate([freqs, freqs], axis=-1)  # [n, d]
+    cos = (np.cos(emb) * attention_scaling)[:, None, :]
+    sin = (np.sin(emb) * attention_scaling)[:, None, :]
+    xr, rest = x[..., :d], x[..., d:]
+    rotated = np.concatenate([-xr[..., d // 2:], xr[..., :d // 2]], axis=-1)
+    return np.concatenate([xr * cos + rotated * sin, rest], axis=-1)
+
+
 def rope_rotate_half(x: np.ndarray, positions: np.ndarray, theta: float,
                      rot_dim: int | None = None) -> np.ndarray:
     """HF `apply_rotary_pos_emb` (rotate-half / NeoX layout). x: [n_tok, n_head, head_dim].
@@ -78,14 +149,14 @@ def rope_rotate_half(x: np.ndarray, positions: np.ndarray, theta: float,
     partial_rotary_factor does; the rest pass through.
     """
     d = x.shape[-1] if rot_dim is None else rot_dim
-    inv_freq = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
-    freqs = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # [n, d/2]
-    emb = np.concatenate([freqs, freqs], axis=-1)  # [n, d]
-    cos = np.cos(emb)[:, None, :]
-    sin = np.sin(emb)[:, None, :]
-    xr, rest = x[..., :d], x[..., d:]
-    rotated = np.concatenate([-xr[..., d // 2:], xr[..., :d // 2]], axis=-1)
-    return np.concatenate([xr * cos + rotated * sin, rest], axis=-1)
+    return rope_apply(x, positions, rope_inv_freq(theta, d))
+
+
+def llama4_attn_scale(positions: np.ndarray, beta: float, original_max_position_embeddings: int) -> np.ndarray:
+    """Per-position query multiplier of Llama 4 / Ministral 3 attention temperature tuning
+    (transformers' get_llama_4_attn_scale): 1 + beta * log(1 + floor(pos / original_max))."""
+    pos = positions.astype(np.float64)
+    return 1.0 + beta * np.log(1.0 + np.floor(pos / original_max_position_embeddings))
 
 
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
@@ -125,7 +196,12 @@ def decoder_forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]
                     fused_gate_up: bool = False, act: Callable = silu,
                     norm_plus_one: bool = False, sandwich_norms: bool = False,
                     embed_scale: float | None = None,
-                    final_softcap: float | None = None) -> np.ndarray:
+                    final_softcap: float | None = None,
+                    layer_rope: Callable[[int], tuple[np.ndarray, float] | None] | None = None,
+                    query_scale: Callable[[np.ndarray], np.ndarray] | None = None,
+                    post_norms: bool = False, qk_norm_full: bool = False,
+                    residual_scale: float | None = None,
+                    logits_scaling: float | None = None) -> np.ndarray:
     """Logits [n_tokens, vocab] of a HF Llama-style decoder (HF parameter names, HF layout).
 
     Per layer, with h = norm(x): x += o_proj(attention(RoPE(q_proj(h)), RoPE(k_proj(h)), v_proj(h)));
@@ -147,8 +223,25 @@ def decoder_forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]
     sandwich_norms post_attention_layernorm norms the attention output before the residual add,
                    pre_feedforward_layernorm / post_feedforward_layernorm surround the MLP
                    (Gemma 2/3); otherwise post_attention_layernorm is the MLP's input norm
-    embed_scale    embeddings multiplied by this (Gemma: sqrt(hidden_size))
+    embed_scale    embeddings multiplied by this (Gemma: sqrt(hidden_size); Granite:
+                   embedding_multiplier)
     final_softcap  tanh soft-capping of the logits
+    layer_rope     il -> (inv_freq, attention_scaling) of layer il's RoPE (see rope_inv_freq,
+                   yarn_inv_freq), or None for a layer without RoPE (SmolLM3's NoPE layers).
+                   When given it replaces the RoPE base from layer_attention and rope_dim (the
+                   rotary dimension is 2 * len(inv_freq)); the window still comes from
+                   layer_attention
+    query_scale    positions [n] -> per-position factor [n] multiplied into the queries after RoPE
+                   (Llama 4 / Ministral 3 attention temperature, see llama4_attn_scale)
+    post_norms     OLMo 2: no input_layernorm; the attention output goes through
+                   post_attention_layernorm and the MLP output through
+                   post_feedforward_layernorm before their residual adds, the MLP reading the
+                   un-normed residual stream
+    qk_norm_full   q_norm / k_norm are RMSNorms over the whole q_proj / k_proj output (all heads
+                   at once, OLMo 2), applied before the split into heads and RoPE
+    residual_scale the attention and MLP branch outputs are multiplied by this right before their
+                   residual adds (Granite: residual_multiplier)
+    logits_scaling the logits are divided by this (Granite: logits_scaling), before final_softcap
     """
     nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim(cfg)
     eps, n = cfg["rms_norm_eps"], len(tokens)
@@ -164,34 +257,57 @@ def decoder_forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]
         x = x * embed_scale
     for i in range(cfg["num_hidden_layers"]):
         g = lambda k: weights[f"model.layers.{i}.{k}"]  # noqa: E731
-        theta, window = layer_attention(i) if layer_attention else (cfg["rope_theta"], None)
-        h = norm(x, g("input_layernorm.weight"))
+        theta, window = layer_attention(i) if layer_attention else (cfg.get("rope_theta"), None)
+        h = x if post_norms else norm(x, g("input_layernorm.weight"))
         if fused_qkv:
             q, k, v = np.split(linear(h, g("self_attn.qkv_proj.weight")), [nh * hd, (nh + nkv) * hd], axis=-1)
         else:
             q, k, v = (linear(h, g(f"self_attn.{m}.weight"), g(f"self_attn.{m}.bias") if qkv_bias else None)
                        for m in ("q_proj", "k_proj", "v_proj"))
+        if qk_norm_full:
+            q = norm(q, g("self_attn.q_norm.weight"))
+            k = norm(k, g("self_attn.k_norm.weight"))
         q, k, v = q.reshape(n, nh, hd), k.reshape(n, nkv, hd), v.reshape(n, nkv, hd)
         if qk_norm:
             q = norm(q, g("self_attn.q_norm.weight"))
             k = norm(k, g("self_attn.k_norm.weight"))
-        q = rope_rotate_half(q, pos, theta, rope_dim)
-        k = rope_rotate_half(k, pos, theta, rope_dim)
-        a = linear(causal_attention(q, k, v, scale, attn_softcap, window), g("self_attn.o_proj.weight"))
-        if sandwich_norms:
-            x = x + norm(a, g("post_attention_layernorm.weight"))
-            h = norm(x, g("pre_feedforward_layernorm.weight"))
+        if layer_rope is not None:
+            rope = layer_rope(i)
+            if rope is not None:
+                inv_freq, attention_scaling = rope
+                q = rope_apply(q, pos, inv_freq, attention_scaling)
+                k = rope_apply(k, pos, inv_freq, attention_scaling)
         else:
-            x = x + a
+            q = rope_rotate_half(q, pos, theta, rope_dim)
+            k = rope_rotate_half(k, pos, theta, rope_dim)
+        if query_scale is not None:
+            q = q * np.asarray(query_scale(pos), dtype=np.float64)[:, None, None]
+        a = linear(causal_attention(q, k, v, scale, attn_softcap, window), g("self_attn.o_proj.weight"))
+        if sandwich_norms or post_norms:
+            a = norm(a, g("post_attention_layernorm.weight"))
+        if residual_scale is not None:
+            a = a * residual_scale
+        x = x + a
+        if sandwich_norms:
+            h = norm(x, g("pre_feedforward_layernorm.weight"))
+        elif post_norms:
+            h = x
+        else:
             h = norm(x, g("post_attention_layernorm.weight"))
         if fused_gate_up:
             gate, up = np.split(linear(h, g("mlp.gate_up_proj.weight")), 2, axis=-1)
         else:
             gate, up = linear(h, g("mlp.gate_proj.weight")), linear(h, g("mlp.up_proj.weight"))
         m = linear(act(gate) * up, g("mlp.down_proj.weight"))
-        x = x + (norm(m, g("post_feedforward_layernorm.weight")) if sandwich_norms else m)
+        if sandwich_norms or post_norms:
+            m = norm(m, g("post_feedforward_layernorm.weight"))
+        if residual_scale is not None:
+            m = m * residual_scale
+        x = x + m
     x = norm(x, weights["model.norm.weight"])
     logits = linear(x, weights.get("lm_head.weight", emb))
+    if logits_scaling is not None:
+        logits = logits / logits_scaling
     return logits if final_softcap is None else tanh_softcap(logits, final_softcap)
 
 
