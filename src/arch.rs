@@ -100,6 +100,10 @@ pub const ARCHS: &[Arch] = &[
         model_modules: &[("per_layer_model_projection", "per_layer_model_proj")],
         ..dense("gemma4", &["gemma4", "gemma4_text"], "Gemma 4 (text)", false)
     },
+    dense("mistral3", &["mistral3", "ministral3"], "Ministral 3, Mistral Small 3.1/3.2 (text)", true),
+    dense("smollm3", &["smollm3"], "SmolLM3", true),
+    dense("olmo2", &["olmo2", "olmo3"], "OLMo 2, OLMo 3", false),
+    dense("granite", &["granite"], "Granite 3.x (dense)", true),
     Arch {
         layer_modules: QWEN35,
         reorder_v_heads: true,

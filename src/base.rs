@@ -88,12 +88,38 @@ struct Dims {
     ffn: u64,
     vocab: u64,
     tied: bool,
+    /// Per layer, where layers differ (Gemma 4, Qwen3.5); empty when all are `Attention` with the
+    /// values above.
+    kinds: Vec<LayerKind>,
+    /// Qwen3.5's Gated DeltaNet sizes.
+    linear: Option<LinearDims>,
+    /// Qwen3.5's q_proj also yields the output gate: twice the rows.
+    q_gate: bool,
+    /// Gemma 4's per-layer input width (`hidden_size_per_layer_input`), 0 without.
+    per_layer_input: u64,
+}
+
+/// What one decoder layer holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum LayerKind {
+    /// Softmax attention with this head size; `kv` is false for a layer that reuses another
+    /// layer's keys and values (Gemma 4) and so has no k/v projections.
+    Attention { head_dim: u64, kv_heads: u64, kv: bool },
+    /// Linear attention (Gated DeltaNet).
+    Linear,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct LinearDims {
+    k_heads: u64,
+    v_heads: u64,
+    k_head_dim: u64,
+    v_head_dim: u64,
 }
 
 /// The tensors llama.cpp's converter writes for `arch` with these hyper-parameters (the weights a
 /// LoRA can touch).
 fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
-    let (q, kv) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
     let mut tensors = BTreeMap::new();
     let mut add = |name: String, ne: [u64; 2]| {
         tensors.insert(name, BaseTensor { ne: ne.to_vec(), ty: None });
@@ -102,23 +128,107 @@ fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
     if !d.tied {
         add("output.weight".into(), [d.hidden, d.vocab]);
     }
+    if d.per_layer_input > 0 {
+        add("per_layer_model_proj.weight".into(), [d.hidden, d.layers * d.per_layer_input]);
+    }
     for i in 0..d.layers {
+        let kind = d.kinds.get(i as usize).copied().unwrap_or(LayerKind::Attention {
+            head_dim: d.head_dim,
+            kv_heads: d.kv_heads,
+            kv: true,
+        });
         for (_, stem) in arch.layer_modules {
-            let ne = match *stem {
-                "attn_q" => [d.hidden, q],
-                "attn_k" | "attn_v" => [d.hidden, kv],
-                "attn_qkv" => [d.hidden, q + 2 * kv],
-                "attn_output" => [q, d.hidden],
-                "ffn_gate" => [d.hidden, d.ffn],
-                "ffn_up" if arch.name == "phi3" => [d.hidden, 2 * d.ffn],
-                "ffn_up" => [d.hidden, d.ffn],
-                "ffn_down" => [d.ffn, d.hidden],
-                other => unreachable!("arch table stem {other} without a shape rule"),
-            };
-            add(format!("blk.{i}.{stem}.weight"), ne);
+            if let Some(ne) = layer_tensor_shape(arch, d, kind, stem) {
+                add(format!("blk.{i}.{stem}.weight"), ne);
+            }
         }
     }
     tensors
+}
+
+/// The ggml shape of `blk.N.{stem}.weight` in a layer of `kind`, `None` where such a layer has none.
+fn layer_tensor_shape(arch: &Arch, d: &Dims, kind: LayerKind, stem: &str) -> Option<[u64; 2]> {
+    let h = d.hidden;
+    let ffn = match stem {
+        "ffn_gate" => Some([h, d.ffn]),
+        "ffn_up" if arch.name == "phi3" => Some([h, 2 * d.ffn]),
+        "ffn_up" => Some([h, d.ffn]),
+        "ffn_down" => Some([d.ffn, h]),
+        "inp_gate" if d.per_layer_input > 0 => Some([h, d.per_layer_input]),
+        "proj" if d.per_layer_input > 0 => Some([d.per_layer_input, h]),
+        _ => None,
+    };
+    if ffn.is_some() {
+        return ffn;
+    }
+    match kind {
+        LayerKind::Attention { head_dim, kv_heads, kv } => {
+            let (q, kvw) = (d.heads * head_dim, kv_heads * head_dim);
+            match stem {
+                "attn_q" => Some([h, if d.q_gate { 2 * q } else { q }]),
+                "attn_k" | "attn_v" if kv => Some([h, kvw]),
+                "attn_qkv" if arch.name == "phi3" => Some([h, q + 2 * kvw]),
+                "attn_output" => Some([q, h]),
+                _ => None,
+            }
+        }
+        LayerKind::Linear => {
+            let l = d.linear?;
+            let (key, value) = (l.k_heads * l.k_head_dim, l.v_heads * l.v_head_dim);
+            match stem {
+                "attn_qkv" => Some([h, 2 * key + value]),
+                "attn_gate" => Some([h, value]),
+                "ssm_alpha" | "ssm_beta" => Some([h, l.v_heads]),
+                "ssm_out" => Some([value, h]),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// An integer field of a `config.json` within `1..=max`, `None` when absent or null.
+fn cfg_u64(cfg: &Json, key: &str, max: u64) -> std::result::Result<Option<u64>, String> {
+    match cfg.get(key).filter(|v| !v.is_null()) {
+        None => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(format!("config.json field `{key}` must be an integer from 1 to {max}, found {v}")),
+        },
+    }
+}
+
+/// Qwen3.5's layers: `layer_types` ("linear_attention" / "full_attention"), else every
+/// `full_attention_interval`-th layer (default 4) is full attention, as llama.cpp's converter reads it.
+fn qwen35_dims(d: &mut Dims, cfg: &Json) -> std::result::Result<(), String> {
+    let need = |key: &str| cfg_u64(cfg, key, 1 << 16)?.ok_or_else(|| format!("config.json field `{key}` is missing"));
+    d.linear = Some(LinearDims {
+        k_heads: need("linear_num_key_heads")?,
+        v_heads: need("linear_num_value_heads")?,
+        k_head_dim: need("linear_key_head_dim")?,
+        v_head_dim: need("linear_value_head_dim")?,
+    });
+    d.q_gate = true;
+    let attention = LayerKind::Attention { head_dim: d.head_dim, kv_heads: d.kv_heads, kv: true };
+    d.kinds = match cfg.get("layer_types").and_then(Json::as_array) {
+        Some(types) => {
+            if types.len() as u64 != d.layers {
+                return Err(format!("config.json `layer_types` has {} entries for {} layers", types.len(), d.layers));
+            }
+            types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("linear_attention") => Ok(LayerKind::Linear),
+                    Some("full_attention") => Ok(attention),
+                    _ => Err(format!("config.json `layer_types` holds {t}, not linear_attention or full_attention")),
+                })
+                .collect::<std::result::Result<_, _>>()?
+        }
+        None => {
+            let every = cfg_u64(cfg, "full_attention_interval", 1 << 16)?.unwrap_or(4);
+            (0..d.layers).map(|i| if (i + 1) % every == 0 { attention } else { LayerKind::Linear }).collect()
+        }
+    };
+    Ok(())
 }
 
 /// llama.cpp's `llama_ftype` names, for `general.file_type`.
@@ -350,10 +460,12 @@ impl BaseModel {
             .map_err(|e| Error::invalid(path, format!("not valid JSON: {e}")))?;
         // Multimodal wrappers (Gemma 3) keep the decoder's hyper-parameters in `text_config`.
         let cfg = root.get("text_config").filter(|v| v.is_object()).unwrap_or(&root);
-        let model_type = cfg
-            .get("model_type")
-            .or_else(|| root.get("model_type"))
-            .and_then(Json::as_str)
+        // The wrapper's own type first: llama.cpp's converter picks the architecture by the wrapper
+        // class (Mistral 3's text_config says `mistral`, yet the GGUF is `mistral3`).
+        let wrapper = root.get("model_type").and_then(Json::as_str).filter(|t| arch::by_hf_model_type(t).is_some());
+        let model_type = wrapper
+            .or_else(|| cfg.get("model_type").and_then(Json::as_str))
+            .or_else(|| root.get("model_type").and_then(Json::as_str))
             .ok_or_else(|| Error::invalid(path, "config.json has no `model_type`"))?;
         let arch = arch::by_hf_model_type(model_type).ok_or_else(|| {
             Error::refused(
@@ -392,7 +504,24 @@ impl BaseModel {
             .and_then(Json::as_bool)
             .unwrap_or(tied_default);
 
-        let dims = Dims { layers: n_layer, hidden, heads: n_head, kv_heads: n_kv, head_dim, ffn, vocab, tied };
+        let mut dims = Dims {
+            layers: n_layer,
+            hidden,
+            heads: n_head,
+            kv_heads: n_kv,
+            head_dim,
+            ffn,
+            vocab,
+            tied,
+            kinds: vec![],
+            linear: None,
+            q_gate: false,
+            per_layer_input: 0,
+        };
+        match arch.name {
+            "qwen35" => qwen35_dims(&mut dims, cfg).map_err(|msg| Error::invalid(path, msg))?,
+            _ => {}
+        }
         Ok(BaseModel {
             source: path.to_path_buf(),
             arch: arch.name.to_string(),
@@ -401,7 +530,11 @@ impl BaseModel {
             head_count: n_head,
             head_count_kv: n_kv,
             uniform_heads: true,
-            linear_attn: None,
+            linear_attn: dims.linear.map(|l| arch::LinearAttn {
+                k_heads: l.k_heads as usize,
+                v_heads: l.v_heads as usize,
+                v_head_dim: l.v_head_dim as usize,
+            }),
             vocab_size: Some(vocab),
             tensors: derive_tensors(arch, &dims),
             exact_tensors: false,
@@ -457,6 +590,11 @@ impl BaseModel {
             .or_else(|| info.get("tokenizer.ggml.tokens").and_then(Json::as_array).map(|a| a.len() as u64))
             .or_else(|| tensors.get("token_embd.weight").and_then(|t| t.ne.get(1).copied()));
         let exact_tensors = !tensors.is_empty();
+        if !exact_tensors && gguf && matches!(arch.as_str(), "qwen35" | "gemma4") {
+            return Err(bad(format!("the server lists no tensors, and the layers of `{arch}` models differ from one another")).with_hint(
+                "use an Ollama that answers /api/show with verbose tensors, or pass the model's GGUF file as --base",
+            ));
+        }
         if !exact_tensors && gguf {
             if let (Some(arch_spec), Some(hidden), Some(vocab)) = (arch::by_name(&arch), int("embedding_length"), vocab_size) {
                 let heads = head_count.max(1);
@@ -471,6 +609,10 @@ impl BaseModel {
                     // Unknown without a tensor list: assume tied, so an embedding or lm_head LoRA is
                     // refused rather than handed to llama.cpp on a guess.
                     tied: true,
+                    kinds: vec![],
+                    linear: None,
+                    q_gate: false,
+                    per_layer_input: 0,
                 };
                 tensors = derive_tensors(arch_spec, &dims);
             }

@@ -48,9 +48,11 @@ num_key_value_heads=2, head_dim=64) gives global_head_dim 128, PLE width 256: ev
 256 or 512; down_proj 512 or 1024; per-layer proj 256; per_layer_token_embd 6 * 256).
 
 Extra, non-HF key: "interop_shared_kv_weights" (default False). True gives the KV-shared layers
-k_proj / v_proj / k_norm weights too, as google's released E2B/E4B checkpoints carry them (HF
-ignores them on load, modeling_gemma4.py:1582-1588; the converter writes them and llama.cpp loads
-them without ever using them, gemma4.cpp:74,83-84,234). The forward ignores them.
+k_proj / k_norm (and v_proj where the layer type has one) weights too, as google's released E2B
+checkpoint does (a llama.cpp load log of its GGUF lists blk.15-34.attn_k / attn_v / attn_k_norm:
+601 tensors). HF 5.24 drops them on load (modeling_gemma4.py:1582-1588); the converter writes them
+and llama.cpp loads them (TENSOR_NOT_REQUIRED) without ever using them (gemma4.cpp:74,83-84,234).
+The forward ignores them.
 """
 
 from __future__ import annotations

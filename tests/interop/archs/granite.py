@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 
-import gguf
 import numpy as np
 
 from . import _common as C
