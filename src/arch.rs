@@ -23,6 +23,9 @@ pub struct Arch {
     /// llama.cpp's `llama` converter interleaves the rows of q_proj/k_proj per head for its RoPE
     /// (see [`permute_rows`]); LoRA must do the same to lora_B.
     pub permute_qk: bool,
+    /// Base tensors (GGUF names without `.weight`) that llama.cpp's runtime multiplies without
+    /// applying LoRA: an adapter on them can only be merged.
+    pub merge_only: &'static [&'static str],
     /// Qwen3.5's converter reorders linear-attention V heads from grouped to tiled order (see
     /// [`v_head_order`]); LoRA follows on lora_B's rows or lora_A's columns.
     pub reorder_v_heads: bool,
@@ -79,7 +82,16 @@ const fn dense(
     models: &'static str,
     permute_qk: bool,
 ) -> Arch {
-    Arch { name, hf_model_types, models, layer_modules: STANDARD, model_modules: &[], permute_qk, reorder_v_heads: false }
+    Arch {
+        name,
+        hf_model_types,
+        models,
+        layer_modules: STANDARD,
+        model_modules: &[],
+        merge_only: &[],
+        permute_qk,
+        reorder_v_heads: false,
+    }
 }
 
 pub const ARCHS: &[Arch] = &[
@@ -98,6 +110,9 @@ pub const ARCHS: &[Arch] = &[
     Arch {
         layer_modules: GEMMA4,
         model_modules: &[("per_layer_model_projection", "per_layer_model_proj")],
+        // gemma4.cpp projects the per-layer inputs with a plain ggml_mul_mat (measured: a LoRA
+        // there loads and changes nothing).
+        merge_only: &["per_layer_model_proj"],
         ..dense("gemma4", &["gemma4", "gemma4_text"], "Gemma 4 (text)", false)
     },
     dense("mistral3", &["mistral3", "ministral3"], "Ministral 3, Mistral Small 3.1/3.2 (text)", true),
@@ -212,6 +227,11 @@ impl Arch {
             }
             Site::Tower => None,
         }
+    }
+
+    /// Whether llama.cpp applies no LoRA to base tensor `name` at run time (see `merge_only`).
+    pub fn is_merge_only(&self, name: &str) -> bool {
+        self.merge_only.iter().any(|m| name.strip_suffix(".weight") == Some(m))
     }
 
     /// The HF module names this architecture maps, for messages.

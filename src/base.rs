@@ -42,6 +42,9 @@ pub struct BaseModel {
     pub uniform_heads: bool,
     /// Linear-attention head layout of hybrid models (Qwen3.5).
     pub linear_attn: Option<arch::LinearAttn>,
+    /// The last this many layers reuse an earlier layer's keys and values (Gemma 4's
+    /// `shared_kv_layers`): their k/v projections, where present, are never used.
+    pub shared_kv_layers: u64,
     pub vocab_size: Option<u64>,
     /// GGUF tensor name -> shape (and type where known).
     pub tensors: BTreeMap<String, BaseTensor>,
@@ -97,14 +100,17 @@ struct Dims {
     q_gate: bool,
     /// Gemma 4's per-layer input width (`hidden_size_per_layer_input`), 0 without.
     per_layer_input: u64,
+    /// Gemma 4's `num_kv_shared_layers`.
+    shared_kv_layers: u64,
 }
 
 /// What one decoder layer holds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum LayerKind {
-    /// Softmax attention with this head size; `kv` is false for a layer that reuses another
-    /// layer's keys and values (Gemma 4) and so has no k/v projections.
-    Attention { head_dim: u64, kv_heads: u64, kv: bool },
+    /// Softmax attention with this head size and MLP width. `k` / `v` are false where the layer
+    /// has no such projection: Gemma 4's KV-shared layers reuse an earlier layer's keys and values,
+    /// and its `attention_k_eq_v` full layers take the values from k_proj.
+    Attention { head_dim: u64, kv_heads: u64, k: bool, v: bool, ffn: u64 },
     /// Linear attention (Gated DeltaNet).
     Linear,
 }
@@ -135,7 +141,9 @@ fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
         let kind = d.kinds.get(i as usize).copied().unwrap_or(LayerKind::Attention {
             head_dim: d.head_dim,
             kv_heads: d.kv_heads,
-            kv: true,
+            k: true,
+            v: true,
+            ffn: d.ffn,
         });
         for (_, stem) in arch.layer_modules {
             if let Some(ne) = layer_tensor_shape(arch, d, kind, stem) {
@@ -149,24 +157,29 @@ fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
 /// The ggml shape of `blk.N.{stem}.weight` in a layer of `kind`, `None` where such a layer has none.
 fn layer_tensor_shape(arch: &Arch, d: &Dims, kind: LayerKind, stem: &str) -> Option<[u64; 2]> {
     let h = d.hidden;
-    let ffn = match stem {
-        "ffn_gate" => Some([h, d.ffn]),
-        "ffn_up" if arch.name == "phi3" => Some([h, 2 * d.ffn]),
-        "ffn_up" => Some([h, d.ffn]),
-        "ffn_down" => Some([d.ffn, h]),
+    let ffn = match kind {
+        LayerKind::Attention { ffn, .. } => ffn,
+        LayerKind::Linear => d.ffn,
+    };
+    let shared = match stem {
+        "ffn_gate" => Some([h, ffn]),
+        "ffn_up" if arch.name == "phi3" => Some([h, 2 * ffn]),
+        "ffn_up" => Some([h, ffn]),
+        "ffn_down" => Some([ffn, h]),
         "inp_gate" if d.per_layer_input > 0 => Some([h, d.per_layer_input]),
         "proj" if d.per_layer_input > 0 => Some([d.per_layer_input, h]),
         _ => None,
     };
-    if ffn.is_some() {
-        return ffn;
+    if shared.is_some() {
+        return shared;
     }
     match kind {
-        LayerKind::Attention { head_dim, kv_heads, kv } => {
+        LayerKind::Attention { head_dim, kv_heads, k, v, .. } => {
             let (q, kvw) = (d.heads * head_dim, kv_heads * head_dim);
             match stem {
                 "attn_q" => Some([h, if d.q_gate { 2 * q } else { q }]),
-                "attn_k" | "attn_v" if kv => Some([h, kvw]),
+                "attn_k" if k => Some([h, kvw]),
+                "attn_v" if v => Some([h, kvw]),
                 "attn_qkv" if arch.name == "phi3" => Some([h, q + 2 * kvw]),
                 "attn_output" => Some([q, h]),
                 _ => None,
@@ -208,27 +221,68 @@ fn qwen35_dims(d: &mut Dims, cfg: &Json) -> std::result::Result<(), String> {
         v_head_dim: need("linear_value_head_dim")?,
     });
     d.q_gate = true;
-    let attention = LayerKind::Attention { head_dim: d.head_dim, kv_heads: d.kv_heads, kv: true };
-    d.kinds = match cfg.get("layer_types").and_then(Json::as_array) {
-        Some(types) => {
-            if types.len() as u64 != d.layers {
-                return Err(format!("config.json `layer_types` has {} entries for {} layers", types.len(), d.layers));
-            }
-            types
-                .iter()
-                .map(|t| match t.as_str() {
-                    Some("linear_attention") => Ok(LayerKind::Linear),
-                    Some("full_attention") => Ok(attention),
-                    _ => Err(format!("config.json `layer_types` holds {t}, not linear_attention or full_attention")),
-                })
-                .collect::<std::result::Result<_, _>>()?
-        }
-        None => {
-            let every = cfg_u64(cfg, "full_attention_interval", 1 << 16)?.unwrap_or(4);
-            (0..d.layers).map(|i| if (i + 1) % every == 0 { attention } else { LayerKind::Linear }).collect()
-        }
-    };
+    let attention = LayerKind::Attention { head_dim: d.head_dim, kv_heads: d.kv_heads, k: true, v: true, ffn: d.ffn };
+    let every = cfg_u64(cfg, "full_attention_interval", 1 << 16)?.unwrap_or(4);
+    let full = layer_types(cfg, d.layers, "full_attention", |i| (i + 1) % every == 0)?;
+    d.kinds = full.into_iter().map(|f| if f { attention } else { LayerKind::Linear }).collect();
     Ok(())
+}
+
+/// Gemma 4's layers, as transformers' Gemma4TextConfig resolves them: full-attention layers (from
+/// `layer_types`, by default every sixth and the last) use `global_head_dim` (default 512) and,
+/// with `attention_k_eq_v`, `num_global_key_value_heads` and no v_proj; `per_layer_config` (newer
+/// configs) overrides both per layer. The last `num_kv_shared_layers` layers have no k/v
+/// projections and, with `use_double_wide_mlp`, twice the MLP width.
+fn gemma4_dims(d: &mut Dims, cfg: &Json) -> std::result::Result<(), String> {
+    let flag = |key: &str| cfg.get(key).and_then(Json::as_bool).unwrap_or(false);
+    if flag("enable_moe_block") {
+        return Err("this Gemma 4 has a mixture-of-experts block (26B-A4B), which ollama-tools does not handle".into());
+    }
+    let n = d.layers;
+    let global_head_dim = cfg_u64(cfg, "global_head_dim", 1 << 16)?.unwrap_or(512);
+    let global_kv = cfg_u64(cfg, "num_global_key_value_heads", 1 << 16)?;
+    let k_eq_v = flag("attention_k_eq_v");
+    d.shared_kv_layers = cfg.get("num_kv_shared_layers").and_then(Json::as_u64).unwrap_or(0).min(n);
+    d.per_layer_input = cfg.get("hidden_size_per_layer_input").and_then(Json::as_u64).unwrap_or(0);
+    if d.per_layer_input > 1 << 16 {
+        return Err(format!("config.json `hidden_size_per_layer_input` {} is out of range", d.per_layer_input));
+    }
+    let full = layer_types(cfg, n, "full_attention", |i| (i + 1) % 6 == 0 || i + 1 == n)?;
+    let overrides = cfg.get("per_layer_config").and_then(Json::as_object);
+    let layer_override = |i: u64, key: &str| -> std::result::Result<Option<u64>, String> {
+        let Some(map) = overrides else { return Ok(None) };
+        let entry = map.iter().find(|(k, _)| k.parse::<u64>().ok() == Some(i)).map(|(_, v)| v);
+        entry.map_or(Ok(None), |e| cfg_u64(e, key, 1 << 16))
+    };
+    d.kinds = (0..n)
+        .map(|i| {
+            let is_full = full[i as usize];
+            let shared = i >= n - d.shared_kv_layers;
+            let head_dim = layer_override(i, "head_dim")?.unwrap_or(if is_full { global_head_dim } else { d.head_dim });
+            let kv_default = match global_kv {
+                Some(g) if is_full && k_eq_v => g,
+                _ => d.kv_heads,
+            };
+            let kv_heads = layer_override(i, "num_key_value_heads")?.unwrap_or(kv_default);
+            let ffn = if shared && flag("use_double_wide_mlp") { 2 * d.ffn } else { d.ffn };
+            Ok(LayerKind::Attention { head_dim, kv_heads, k: !shared, v: !shared && !(is_full && k_eq_v), ffn })
+        })
+        .collect::<std::result::Result<_, String>>()?;
+    Ok(())
+}
+
+/// Which layers are of type `wanted` by the config's `layer_types`, else by `default`.
+fn layer_types(cfg: &Json, n: u64, wanted: &str, default: impl Fn(u64) -> bool) -> std::result::Result<Vec<bool>, String> {
+    let Some(types) = cfg.get("layer_types").and_then(Json::as_array) else {
+        return Ok((0..n).map(default).collect());
+    };
+    if types.len() as u64 != n {
+        return Err(format!("config.json `layer_types` has {} entries for {n} layers", types.len()));
+    }
+    types
+        .iter()
+        .map(|t| t.as_str().map(|t| t == wanted).ok_or_else(|| format!("config.json `layer_types` holds {t}, not a layer type name")))
+        .collect()
 }
 
 /// llama.cpp's `llama_ftype` names, for `general.file_type`.
@@ -316,7 +370,7 @@ pub fn resolve(spec: &str) -> Result<BaseModel> {
 /// transformers' config-class defaults for fields a `config.json` may leave out.
 fn hf_default(arch: &str, key: &str) -> Option<u64> {
     match (arch, key) {
-        ("gemma" | "gemma2" | "gemma3", "head_dim") => Some(256),
+        ("gemma" | "gemma2" | "gemma3" | "gemma4", "head_dim") => Some(256),
         ("gemma3", "vocab_size") => Some(262_208),
         ("gemma3", "hidden_size") => Some(2304),
         ("gemma3", "intermediate_size") => Some(9216),
@@ -414,6 +468,7 @@ impl BaseModel {
         let q_heads = heads("attention.head_count")?
             .ok_or_else(|| Error::invalid(path, format!("GGUF metadata `{arch}.attention.head_count` is missing")))?;
         let kv_heads = heads("attention.head_count_kv")?.unwrap_or(q_heads);
+        let shared_kv_layers = get_u64("attention.shared_kv_layers").unwrap_or(0);
         let linear_attn = match (get_u64("ssm.group_count"), get_u64("ssm.time_step_rank"), get_u64("ssm.inner_size")) {
             (Some(k), Some(v), Some(inner)) if k > 0 && v > 0 && inner % v == 0 => {
                 Some(arch::LinearAttn { k_heads: k as usize, v_heads: v as usize, v_head_dim: (inner / v) as usize })
@@ -440,6 +495,7 @@ impl BaseModel {
             head_count_kv: kv_heads.max,
             uniform_heads: q_heads.uniform && kv_heads.uniform,
             linear_attn,
+            shared_kv_layers,
             vocab_size,
             tensors,
             exact_tensors: true,
@@ -517,11 +573,14 @@ impl BaseModel {
             linear: None,
             q_gate: false,
             per_layer_input: 0,
+            shared_kv_layers: 0,
         };
-        match arch.name {
-            "qwen35" => qwen35_dims(&mut dims, cfg).map_err(|msg| Error::invalid(path, msg))?,
-            _ => {}
-        }
+        let per_layer = match arch.name {
+            "qwen35" => qwen35_dims(&mut dims, cfg),
+            "gemma4" => gemma4_dims(&mut dims, cfg),
+            _ => Ok(()),
+        };
+        per_layer.map_err(|msg| Error::invalid(path, msg))?;
         Ok(BaseModel {
             source: path.to_path_buf(),
             arch: arch.name.to_string(),
@@ -529,7 +588,11 @@ impl BaseModel {
             block_count: n_layer,
             head_count: n_head,
             head_count_kv: n_kv,
-            uniform_heads: true,
+            uniform_heads: dims.kinds.iter().all(|k| match k {
+                LayerKind::Attention { kv_heads, .. } => *kv_heads == n_kv,
+                LayerKind::Linear => true,
+            }),
+            shared_kv_layers: dims.shared_kv_layers,
             linear_attn: dims.linear.map(|l| arch::LinearAttn {
                 k_heads: l.k_heads as usize,
                 v_heads: l.v_heads as usize,
@@ -568,6 +631,7 @@ impl BaseModel {
         let q_heads = heads("attention.head_count")?.unwrap_or(Heads { max: 0, uniform: true });
         let kv_heads = heads("attention.head_count_kv")?.unwrap_or(q_heads);
         let (head_count, head_count_kv) = (q_heads.max, kv_heads.max);
+        let shared_kv_layers = int("attention.shared_kv_layers").unwrap_or(0);
         let linear_attn = match (int("ssm.group_count"), int("ssm.time_step_rank"), int("ssm.inner_size")) {
             (Some(k), Some(v), Some(inner)) if k > 0 && v > 0 && inner % v == 0 => {
                 Some(arch::LinearAttn { k_heads: k as usize, v_heads: v as usize, v_head_dim: (inner / v) as usize })
@@ -613,6 +677,7 @@ impl BaseModel {
                     linear: None,
                     q_gate: false,
                     per_layer_input: 0,
+                    shared_kv_layers: 0,
                 };
                 tensors = derive_tensors(arch_spec, &dims);
             }
@@ -627,6 +692,7 @@ impl BaseModel {
             head_count_kv,
             uniform_heads: q_heads.uniform && kv_heads.uniform,
             linear_attn,
+            shared_kv_layers,
             vocab_size,
             tensors,
             exact_tensors,

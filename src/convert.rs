@@ -139,6 +139,9 @@ pub(crate) fn adapter_label(adapter: &Adapter) -> String {
 pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     let mut plan = prepare(inputs, base, output, opts)?;
     let arch = base.arch.clone();
+    if let Some(spec) = base.arch_spec() {
+        refuse_merge_only(spec, &plan, inputs)?;
+    }
 
     // Pass 1: statistics, so bad values are refused and tensor types fixed before anything is written.
     let total_bytes: u64 = plan.tensors.iter().flat_map(|t| &t.parts).map(|p| src(inputs, p).1.byte_len() as u64).sum();
@@ -171,6 +174,23 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
         types,
         bytes,
         notices: plan.notices,
+    })
+}
+
+/// A GGUF adapter for a tensor llama.cpp multiplies without LoRA would load and do nothing.
+fn refuse_merge_only(arch: &Arch, plan: &Plan, inputs: &[Input]) -> Result<()> {
+    let names: Vec<&str> =
+        plan.tensors.iter().filter_map(|t| t.spec.name.strip_suffix(".lora_a")).filter(|n| arch.is_merge_only(n)).collect();
+    let Some(first) = names.first() else { return Ok(()) };
+    Err(Error::Refused {
+        path: inputs[0].adapter.path.clone(),
+        msg: format!(
+            "adapts `{first}`{}, which llama.cpp's `{}` runtime multiplies without applying any LoRA: \
+             as a GGUF adapter it would load and change nothing",
+            if names.len() > 1 { format!(" and {} more", names.len() - 1) } else { String::new() },
+            arch.name
+        ),
+        hint: Some("merge it into the base instead: `ollama-tools merge`, or create-from-base (which merges on Ollama 0.34.1+)".into()),
     })
 }
 

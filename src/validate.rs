@@ -156,6 +156,7 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
     let mut layers = std::collections::BTreeSet::new();
     let mut low_bit = std::collections::BTreeSet::new();
     let mut types = std::collections::BTreeSet::new();
+    let mut kv_shared = std::collections::BTreeSet::new();
     for m in &analysis.modules {
         let key_a = &adapter.tensors[m.a].key;
         let Some(name) = arch.tensor_name(&m.site) else {
@@ -166,6 +167,12 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             ));
             continue;
         };
+        if is_kv_shared(base, &m.site) {
+            if let Site::Layer { layer, .. } = m.site {
+                kv_shared.insert(layer);
+            }
+            continue;
+        }
         if let Site::Layer { layer, .. } = m.site {
             if u64::from(layer) >= base.block_count {
                 v.errors.push(finding(
@@ -216,6 +223,21 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             }
         }
         v.modules.push((m.clone(), name));
+    }
+    if !kv_shared.is_empty() {
+        v.notices.push(format!(
+            "skipped the k_proj/v_proj LoRA of layers {}: these layers reuse an earlier layer's keys and values \
+             (KV sharing), so neither transformers nor llama.cpp uses their own k/v projections",
+            layer_list(&kv_shared)
+        ));
+    }
+    for (m, name) in &v.modules {
+        if arch.is_merge_only(name) {
+            v.notices.push(format!(
+                "`{}` ({name}) can only be merged: llama.cpp applies no LoRA to it at run time, so `convert` refuses it",
+                m.path
+            ));
+        }
     }
     // The first offending tensor in full, and how many more: one wrong base makes them all wrong.
     if let Some(first) = shape_errors.first() {
@@ -280,6 +302,15 @@ fn check_towers(v: &mut Validation, towers: &[String], base: &BaseModel) {
         "nothing to do for text use; to keep the tower's training, merge the adapter with PEFT (merge_and_unload) and \
          convert the whole model with llama.cpp (text model and mmproj); --strict refuses",
     ));
+}
+
+/// A k/v projection of a layer that reuses an earlier layer's keys and values (Gemma 4).
+fn is_kv_shared(base: &BaseModel, site: &Site) -> bool {
+    let Site::Layer { layer, module } = site else { return false };
+    base.shared_kv_layers > 0
+        && u64::from(*layer) >= base.block_count.saturating_sub(base.shared_kv_layers)
+        && u64::from(*layer) < base.block_count
+        && matches!(module.as_str(), "k_proj" | "v_proj")
 }
 
 fn trained_for(base_id: &str) -> String {

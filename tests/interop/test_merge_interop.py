@@ -64,6 +64,10 @@ CFG = {
     # adapter's effect, under the 1.5 x 3 margin run_case asks for (untied: 1/4.7)
     "granite": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
                     tie_word_embeddings=False),
+    # global_head_dim 128 and per-layer inputs of 256 follow; touches sliding, full, KV-shared and
+    # double-wide layers and the per-layer-input modules
+    "gemma4": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
+                   head_dim=64),
     # linear-attention heads follow hidden_size (value dim 3 x 256): every reordered tensor is touched
     "qwen35": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
                    head_dim=64),
