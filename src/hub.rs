@@ -743,7 +743,7 @@ pub fn suggest_base(hf_id: &str) -> Option<String> {
     }
     let name = name.strip_suffix("-unsloth").unwrap_or(name);
     type Rule = (&'static str, fn(&regex::Captures) -> String);
-    let table: [Rule; 11] = [
+    let table: &[Rule] = &[
         (r"^(?:meta-)?llama-?3\.2-(1b|3b)(?:-instruct)?$", |c| format!("llama3.2:{}", &c[1])),
         (r"^(?:meta-)?llama-?3\.1-(8b|70b|405b)(?:-instruct)?$", |c| format!("llama3.1:{}", &c[1])),
         (r"^(?:meta-)?llama-?3\.3-(70b)(?:-instruct)?$", |c| format!("llama3.3:{}", &c[1])),
@@ -755,6 +755,12 @@ pub fn suggest_base(hf_id: &str) -> Option<String> {
         (r"^gemma-?3-(1b|4b|12b|27b)(?:-it|-pt)?$", |c| format!("gemma3:{}", &c[1])),
         (r"^phi-?3(\.5)?-(mini|medium)-(?:4k|128k)?-?instruct$", |c| if c.get(1).is_some() { "phi3.5".to_string() } else { format!("phi3:{}", &c[2]) }),
         (r"^mistral-7b(?:-instruct)?(?:-v0\.[1-3])?$", |_| "mistral:7b".to_string()),
+        // The 2026 families, dense sizes only (Gemma 4 26B-A4B and Qwen3.5's A3B sizes are MoE).
+        (r"^gemma-?4-(e2b|e4b|31b)(?:-it|-pt)?$", |c| format!("gemma4:{}", &c[1])),
+        (r"^qwen3\.5-(0\.8b|2b|4b|9b|27b)(?:-base|-instruct)?$", |c| format!("qwen3.5:{}", &c[1])),
+        (r"^ministral-3-(3b|8b|14b)(?:-(?:base|instruct|reasoning)(?:-2512)?)?$", |c| format!("ministral-3:{}", &c[1])),
+        (r"^olmo-2-1124-(7b|13b)(?:-instruct|-sft|-dpo)?$", |c| format!("olmo2:{}", &c[1])),
+        (r"^granite-3\.3-(2b|8b)(?:-instruct|-base)?$", |c| format!("granite3.3:{}", &c[1])),
     ];
     table.iter().find_map(|(p, f)| regex::Regex::new(p).expect("static pattern").captures(name).map(|c| f(&c)))
 }
@@ -832,6 +838,15 @@ mod tests {
             ("microsoft/Phi-3-mini-4k-instruct", Some("phi3:mini")),
             ("microsoft/Phi-3.5-mini-instruct", Some("phi3.5")),
             ("mistralai/Mistral-7B-Instruct-v0.3", Some("mistral:7b")),
+            ("google/gemma-4-E4B-it", Some("gemma4:e4b")),
+            ("unsloth/gemma-4-31b-it-unsloth-bnb-4bit", Some("gemma4:31b")),
+            ("google/gemma-4-26B-A4B-it", None),
+            ("Qwen/Qwen3.5-9B", Some("qwen3.5:9b")),
+            ("unsloth/Qwen3.5-0.8B", Some("qwen3.5:0.8b")),
+            ("unsloth/Ministral-3-3B-Instruct-2512", Some("ministral-3:3b")),
+            ("mistralai/Ministral-3-14B-Reasoning-2512", Some("ministral-3:14b")),
+            ("allenai/OLMo-2-1124-7B-Instruct", Some("olmo2:7b")),
+            ("ibm-granite/granite-3.3-8b-instruct", Some("granite3.3:8b")),
             ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", None),
         ] {
             assert_eq!(suggest_base(id).as_deref(), want, "{id}");
