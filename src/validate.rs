@@ -159,6 +159,16 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
     let mut kv_shared = std::collections::BTreeSet::new();
     for m in &analysis.modules {
         let key_a = &adapter.tensors[m.a].key;
+        if matches!(&m.site, Site::Model { module } if module == "embed_tokens_per_layer") {
+            v.errors.push(finding(
+                key_a,
+                "a LoRA on Gemma 4's per-layer token embeddings: llama.cpp applies no LoRA to them at run time, and \
+                 ollama-tools does not merge embedding LoRA into them",
+                "retrain without embed_tokens_per_layer in target_modules, or merge the adapter with PEFT \
+                 (merge_and_unload) and convert the merged model with llama.cpp",
+            ));
+            continue;
+        }
         let Some(name) = arch.tensor_name(&m.site) else {
             v.errors.push(finding(
                 key_a,

@@ -473,3 +473,14 @@ fn dense_families_by_model_type() {
     // A LLaVA-style wrapper of a Llama keeps the decoder's own type.
     assert_eq!(load(json!({"model_type": "llava", "text_config": with("llama")})).unwrap().arch, "llama");
 }
+
+#[test]
+fn gemma4_per_layer_token_embedding_lora_is_refused_with_its_reason() {
+    let d = tempfile::tempdir().unwrap();
+    let gguf = d.path().join("gemma4.gguf");
+    write_header(&gguf, "gemma4", gemma4_kvs(), &gemma4_tensors());
+    let modules = vec![("model.language_model.embed_tokens_per_layer".to_string(), [6 * 256, 262_144])];
+    let a = write_peft(&d.path().join("a"), json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8}), 4, &modules);
+    let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
+    assert!(v.errors.iter().any(|e| e.message.contains("per-layer token embeddings")), "{:?}", v.errors);
+}
