@@ -15,8 +15,8 @@ pub struct Arch {
     pub hf_model_types: &'static [&'static str],
     /// The models it covers, for messages and docs.
     pub models: &'static str,
-    /// HF module name inside a decoder layer -> GGUF tensor stem inside `blk.{i}.`.
-    pub layer_modules: &'static [(&'static str, &'static str)],
+    /// HF module name inside a decoder layer -> GGUF tensor stem inside `blk.{i}.`, in groups.
+    pub layer_modules: &'static [&'static [(&'static str, &'static str)]],
     /// HF module name directly under the decoder -> GGUF tensor name without `.weight`
     /// (besides `embed_tokens` and `lm_head`).
     pub model_modules: &'static [(&'static str, &'static str)],
@@ -46,34 +46,17 @@ const STANDARD: &[(&str, &str)] = &[
 const PHI3: &[(&str, &str)] =
     &[("qkv_proj", "attn_qkv"), ("o_proj", "attn_output"), ("gate_up_proj", "ffn_up"), ("down_proj", "ffn_down")];
 
-/// Gemma 4 (as Gemma 3n): the standard projections plus the per-layer-input gate and projection.
-const GEMMA4: &[(&str, &str)] = &[
-    ("q_proj", "attn_q"),
-    ("k_proj", "attn_k"),
-    ("v_proj", "attn_v"),
-    ("o_proj", "attn_output"),
-    ("gate_proj", "ffn_gate"),
-    ("up_proj", "ffn_up"),
-    ("down_proj", "ffn_down"),
-    ("per_layer_input_gate", "inp_gate"),
-    ("per_layer_projection", "proj"),
-];
+/// Gemma 4 (as Gemma 3n): the per-layer-input gate and projection, besides the standard ones.
+const PER_LAYER_INPUT: &[(&str, &str)] = &[("per_layer_input_gate", "inp_gate"), ("per_layer_projection", "proj")];
 
-/// Qwen3.5: gated full attention (q_proj carries the output gate, kept fused in `attn_q`) and
-/// Gated DeltaNet linear attention (`linear_attn.*`).
-const QWEN35: &[(&str, &str)] = &[
-    ("q_proj", "attn_q"),
-    ("k_proj", "attn_k"),
-    ("v_proj", "attn_v"),
-    ("o_proj", "attn_output"),
+/// Qwen3.5's Gated DeltaNet linear attention (`linear_attn.*`), besides the standard modules of its
+/// gated full-attention layers (q_proj carries the output gate, kept fused in `attn_q`).
+const LINEAR_ATTN: &[(&str, &str)] = &[
     ("in_proj_qkv", "attn_qkv"),
     ("in_proj_z", "attn_gate"),
     ("in_proj_a", "ssm_alpha"),
     ("in_proj_b", "ssm_beta"),
     ("out_proj", "ssm_out"),
-    ("gate_proj", "ffn_gate"),
-    ("up_proj", "ffn_up"),
-    ("down_proj", "ffn_down"),
 ];
 
 const fn dense(
@@ -86,7 +69,7 @@ const fn dense(
         name,
         hf_model_types,
         models,
-        layer_modules: STANDARD,
+        layer_modules: &[STANDARD],
         model_modules: &[],
         merge_only: &[],
         permute_qk,
@@ -106,9 +89,9 @@ pub const ARCHS: &[Arch] = &[
     dense("gemma", &["gemma"], "Gemma", false),
     dense("gemma2", &["gemma2"], "Gemma 2", false),
     dense("gemma3", &["gemma3", "gemma3_text"], "Gemma 3 (text)", false),
-    Arch { layer_modules: PHI3, ..dense("phi3", &["phi3"], "Phi-3, Phi-3.5", false) },
+    Arch { layer_modules: &[PHI3], ..dense("phi3", &["phi3"], "Phi-3, Phi-3.5", false) },
     Arch {
-        layer_modules: GEMMA4,
+        layer_modules: &[STANDARD, PER_LAYER_INPUT],
         model_modules: &[("per_layer_model_projection", "per_layer_model_proj")],
         // gemma4.cpp projects the per-layer inputs with a plain ggml_mul_mat (measured: a LoRA
         // there loads and changes nothing).
@@ -120,7 +103,7 @@ pub const ARCHS: &[Arch] = &[
     dense("olmo2", &["olmo2", "olmo3"], "OLMo 2, OLMo 3", false),
     dense("granite", &["granite"], "Granite 3.x (dense)", true),
     Arch {
-        layer_modules: QWEN35,
+        layer_modules: &[STANDARD, LINEAR_ATTN],
         reorder_v_heads: true,
         ..dense("qwen35", &["qwen3_5", "qwen3_5_text"], "Qwen3.5 (dense)", false)
     },
@@ -218,7 +201,7 @@ impl Arch {
             Site::Embedding => Some("token_embd.weight".into()),
             Site::Output => Some("output.weight".into()),
             Site::Layer { layer, module } => {
-                let stem = self.layer_modules.iter().find(|(m, _)| m == module)?.1;
+                let stem = self.layer_stems().find(|(m, _)| m == module)?.1;
                 Some(format!("blk.{layer}.{stem}.weight"))
             }
             Site::Model { module } => {
@@ -229,6 +212,11 @@ impl Arch {
         }
     }
 
+    /// Every (HF module, GGUF stem) of a decoder layer.
+    pub fn layer_stems(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        self.layer_modules.iter().flat_map(|group| group.iter().copied())
+    }
+
     /// Whether llama.cpp applies no LoRA to base tensor `name` at run time (see `merge_only`).
     pub fn is_merge_only(&self, name: &str) -> bool {
         self.merge_only.iter().any(|m| name.strip_suffix(".weight") == Some(m))
@@ -236,7 +224,7 @@ impl Arch {
 
     /// The HF module names this architecture maps, for messages.
     pub fn module_names(&self) -> Vec<&'static str> {
-        let mut names: Vec<&str> = self.layer_modules.iter().chain(self.model_modules).map(|m| m.0).collect();
+        let mut names: Vec<&str> = self.layer_stems().chain(self.model_modules.iter().copied()).map(|m| m.0).collect();
         names.extend(["embed_tokens", "lm_head"]);
         names
     }

@@ -145,7 +145,7 @@ fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
             v: true,
             ffn: d.ffn,
         });
-        for (_, stem) in arch.layer_modules {
+        for (_, stem) in arch.layer_stems() {
             if let Some(ne) = layer_tensor_shape(arch, d, kind, stem) {
                 add(format!("blk.{i}.{stem}.weight"), ne);
             }
