@@ -265,7 +265,7 @@ fn gemma4_dims(d: &mut Dims, cfg: &Json) -> std::result::Result<(), String> {
             };
             let kv_heads = layer_override(i, "num_key_value_heads")?.unwrap_or(kv_default);
             let ffn = if shared && flag("use_double_wide_mlp") { 2 * d.ffn } else { d.ffn };
-            Ok(LayerKind::Attention { head_dim, kv_heads, k: !shared, v: !shared && !(is_full && k_eq_v), ffn })
+            Ok(LayerKind::Attention { head_dim, kv_heads, k: !shared, v: !(shared || (is_full && k_eq_v)), ffn })
         })
         .collect::<std::result::Result<_, String>>()?;
     Ok(())
