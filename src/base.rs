@@ -82,6 +82,7 @@ impl Heads {
 }
 
 /// Hyper-parameters from which tensor shapes are derived when the source lists none.
+#[derive(Default)]
 struct Dims {
     layers: u64,
     hidden: u64,
@@ -102,6 +103,13 @@ struct Dims {
     per_layer_input: u64,
     /// Gemma 4's `num_kv_shared_layers`.
     shared_kv_layers: u64,
+}
+
+impl Dims {
+    /// A plain attention layer with the model-wide sizes.
+    fn attention_layer(&self) -> LayerKind {
+        LayerKind::Attention { head_dim: self.head_dim, kv_heads: self.kv_heads, k: true, v: true, ffn: self.ffn }
+    }
 }
 
 /// What one decoder layer holds.
@@ -138,13 +146,7 @@ fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
         add("per_layer_model_proj.weight".into(), [d.hidden, d.layers * d.per_layer_input]);
     }
     for i in 0..d.layers {
-        let kind = d.kinds.get(i as usize).copied().unwrap_or(LayerKind::Attention {
-            head_dim: d.head_dim,
-            kv_heads: d.kv_heads,
-            k: true,
-            v: true,
-            ffn: d.ffn,
-        });
+        let kind = d.kinds.get(i as usize).copied().unwrap_or_else(|| d.attention_layer());
         for (_, stem) in arch.layer_stems() {
             if let Some(ne) = layer_tensor_shape(arch, d, kind, stem) {
                 add(format!("blk.{i}.{stem}.weight"), ne);
@@ -199,6 +201,17 @@ fn layer_tensor_shape(arch: &Arch, d: &Dims, kind: LayerKind, stem: &str) -> Opt
     }
 }
 
+/// Gated DeltaNet heads from GGUF `ssm.group_count` (key heads), `ssm.time_step_rank` (value
+/// heads) and `ssm.inner_size` (value heads x head size); `None` unless all three make sense.
+fn linear_attn(k_heads: Option<u64>, v_heads: Option<u64>, inner: Option<u64>) -> Option<arch::LinearAttn> {
+    match (k_heads, v_heads, inner) {
+        (Some(k), Some(v), Some(inner)) if k > 0 && v > 0 && inner % v == 0 => {
+            Some(arch::LinearAttn { k_heads: k as usize, v_heads: v as usize, v_head_dim: (inner / v) as usize })
+        }
+        _ => None,
+    }
+}
+
 /// An integer field of a `config.json` within `1..=max`, `None` when absent or null.
 fn cfg_u64(cfg: &Json, key: &str, max: u64) -> std::result::Result<Option<u64>, String> {
     match cfg.get(key).filter(|v| !v.is_null()) {
@@ -221,7 +234,7 @@ fn qwen35_dims(d: &mut Dims, cfg: &Json) -> std::result::Result<(), String> {
         v_head_dim: need("linear_value_head_dim")?,
     });
     d.q_gate = true;
-    let attention = LayerKind::Attention { head_dim: d.head_dim, kv_heads: d.kv_heads, k: true, v: true, ffn: d.ffn };
+    let attention = d.attention_layer();
     let every = cfg_u64(cfg, "full_attention_interval", 1 << 16)?.unwrap_or(4);
     let full = layer_types(cfg, d.layers, "full_attention", |i| (i + 1) % every == 0)?;
     d.kinds = full.into_iter().map(|f| if f { attention } else { LayerKind::Linear }).collect();
@@ -469,12 +482,7 @@ impl BaseModel {
             .ok_or_else(|| Error::invalid(path, format!("GGUF metadata `{arch}.attention.head_count` is missing")))?;
         let kv_heads = heads("attention.head_count_kv")?.unwrap_or(q_heads);
         let shared_kv_layers = get_u64("attention.shared_kv_layers").unwrap_or(0);
-        let linear_attn = match (get_u64("ssm.group_count"), get_u64("ssm.time_step_rank"), get_u64("ssm.inner_size")) {
-            (Some(k), Some(v), Some(inner)) if k > 0 && v > 0 && inner % v == 0 => {
-                Some(arch::LinearAttn { k_heads: k as usize, v_heads: v as usize, v_head_dim: (inner / v) as usize })
-            }
-            _ => None,
-        };
+        let linear_attn = linear_attn(get_u64("ssm.group_count"), get_u64("ssm.time_step_rank"), get_u64("ssm.inner_size"));
         let tensors: BTreeMap<_, _> =
             header.tensors.iter().map(|t| (t.name.clone(), BaseTensor { ne: t.ne.clone(), ty: Some(t.ty) })).collect();
         let vocab_size = get_u64("vocab_size")
@@ -534,13 +542,8 @@ impl BaseModel {
         // default is a number (Gemma 3's text_config omits several); bounds keep a damaged config
         // from asking for absurd tables.
         let get = |key: &str, max: u64| -> Result<Option<u64>> {
-            match cfg.get(key).filter(|v| !v.is_null()) {
-                None => Ok(hf_default(arch.name, key)),
-                Some(v) => match v.as_u64() {
-                    Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
-                    _ => Err(Error::invalid(path, format!("config.json field `{key}` must be an integer from 1 to {max}, found {v}"))),
-                },
-            }
+            let value = cfg_u64(cfg, key, max).map_err(|msg| Error::invalid(path, msg))?;
+            Ok(value.or_else(|| hf_default(arch.name, key)))
         };
         let need = |key: &str, max: u64| {
             get(key, max)?.ok_or_else(|| Error::invalid(path, format!("config.json field `{key}` is missing")))
@@ -569,11 +572,7 @@ impl BaseModel {
             ffn,
             vocab,
             tied,
-            kinds: vec![],
-            linear: None,
-            q_gate: false,
-            per_layer_input: 0,
-            shared_kv_layers: 0,
+            ..Dims::default()
         };
         let per_layer = match arch.name {
             "qwen35" => qwen35_dims(&mut dims, cfg),
@@ -632,12 +631,7 @@ impl BaseModel {
         let kv_heads = heads("attention.head_count_kv")?.unwrap_or(q_heads);
         let (head_count, head_count_kv) = (q_heads.max, kv_heads.max);
         let shared_kv_layers = int("attention.shared_kv_layers").unwrap_or(0);
-        let linear_attn = match (int("ssm.group_count"), int("ssm.time_step_rank"), int("ssm.inner_size")) {
-            (Some(k), Some(v), Some(inner)) if k > 0 && v > 0 && inner % v == 0 => {
-                Some(arch::LinearAttn { k_heads: k as usize, v_heads: v as usize, v_head_dim: (inner / v) as usize })
-            }
-            _ => None,
-        };
+        let linear_attn = linear_attn(int("ssm.group_count"), int("ssm.time_step_rank"), int("ssm.inner_size"));
         let mut unknown_types = Vec::new();
         let mut tensors: BTreeMap<String, BaseTensor> = show
             .tensors
@@ -673,11 +667,7 @@ impl BaseModel {
                     // Unknown without a tensor list: assume tied, so an embedding or lm_head LoRA is
                     // refused rather than handed to llama.cpp on a guess.
                     tied: true,
-                    kinds: vec![],
-                    linear: None,
-                    q_gate: false,
-                    per_layer_input: 0,
-                    shared_kv_layers: 0,
+                    ..Dims::default()
                 };
                 tensors = derive_tensors(arch_spec, &dims);
             }
