@@ -71,6 +71,11 @@ fn write_peft(dir: &Path, config: serde_json::Value, r: usize, modules: &[(Strin
     write_adapter(dir, &config, &tensors)
 }
 
+/// `ollama-tools convert ADAPTER --base BASE -o OUT [extra...]`.
+fn convert(adapter: &Path, base: &Path, out: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    bin().arg("convert").arg(adapter).arg("--base").arg(base).arg("-o").arg(out).args(extra).assert()
+}
+
 fn corpus_config(name: &str) -> Option<serde_json::Value> {
     let dir = std::env::var_os("OLLAMA_TOOLS_CORPUS")
         .map(PathBuf::from)
@@ -202,16 +207,7 @@ fn qwen35_corpus_adapter_validates_and_leaves_the_vision_tower_out() {
     assert_eq!(v.modules.len(), qwen35_modules(4).len());
     assert!(v.warnings.iter().any(|w| w.message.contains("3 LoRA pairs on the multimodal towers")), "{:?}", v.warnings);
     // `--strict` turns the warning into a refusal, naming the tower.
-    bin()
-        .args(["convert", "--strict"])
-        .arg(&a)
-        .arg("--base")
-        .arg(&gguf)
-        .arg("-o")
-        .arg(d.path().join("x.gguf"))
-        .assert()
-        .failure()
-        .stderr(predicates::str::contains("model.visual.blocks.0"));
+    convert(&a, &gguf, &d.path().join("x.gguf"), &["--strict"]).failure().stderr(predicates::str::contains("model.visual.blocks.0"));
 }
 
 #[test]
@@ -378,14 +374,7 @@ fn gemma4_kv_shared_layers_and_the_merge_only_projection() {
     assert!(v.notices.iter().any(|n| n.contains("k_proj/v_proj LoRA of layers 4-5")), "{:?}", v.notices);
     assert!(v.notices.iter().any(|n| n.contains("can only be merged")), "{:?}", v.notices);
     // convert refuses the projection and says to merge.
-    bin()
-        .arg("convert")
-        .arg(&a)
-        .arg("--base")
-        .arg(&gguf)
-        .arg("-o")
-        .arg(d.path().join("x.gguf"))
-        .assert()
+    convert(&a, &gguf, &d.path().join("x.gguf"), &[])
         .failure()
         .stderr(predicates::str::contains("per_layer_model_proj").and(predicates::str::contains("ollama-tools merge")));
     assert!(!d.path().join("x.gguf").exists());
