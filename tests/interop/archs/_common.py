@@ -28,6 +28,18 @@ LLAMA_LORA_PATHS = {
 }
 
 
+# The GGUF stem inside blk.{i}. of each of those modules (gguf-py's tensor map).
+LLAMA_GGUF_STEMS = {
+    "q_proj": "attn_q",
+    "k_proj": "attn_k",
+    "v_proj": "attn_v",
+    "o_proj": "attn_output",
+    "gate_proj": "ffn_gate",
+    "up_proj": "ffn_up",
+    "down_proj": "ffn_down",
+}
+
+
 def head_dim(cfg: dict) -> int:
     """cfg["head_dim"], or HF's default hidden_size / num_attention_heads where it is unset."""
     return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
@@ -39,6 +51,18 @@ def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     interleaved order. n_head: num_attention_heads for q, num_key_value_heads for k."""
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
             .swapaxes(1, 2).reshape(w.shape))
+
+
+def permute_qk_weights(cfg: dict, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A copy of HF weights with every layer's q_proj / k_proj rows in llama.cpp's order
+    (permute_qk with num_attention_heads for q, num_key_value_heads for k), as the llama
+    converter and its descendants (mistral3, smollm3, granite) write them."""
+    hf = dict(weights)
+    for i in range(cfg["num_hidden_layers"]):
+        for proj, n_head in (("q_proj", cfg["num_attention_heads"]), ("k_proj", cfg["num_key_value_heads"])):
+            name = f"model.layers.{i}.self_attn.{proj}.weight"
+            hf[name] = permute_qk(hf[name], n_head)
+    return hf
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,15 +42,7 @@ from . import _common as C
 # The GGUF tensor stem (inside blk.{i}.) llama.cpp uses for each LoRA module; no row reordering
 # for any Gemma (llama.cpp applies NeoX-style RoPE to the HF layout as is). Checked by
 # test_archs_gemma_phi3.py against gguf.get_tensor_name_map.
-_GEMMA_GGUF_STEMS = {
-    "q_proj": "attn_q",
-    "k_proj": "attn_k",
-    "v_proj": "attn_v",
-    "o_proj": "attn_output",
-    "gate_proj": "ffn_gate",
-    "up_proj": "ffn_up",
-    "down_proj": "ffn_down",
-}
+_GEMMA_GGUF_STEMS = C.LLAMA_GGUF_STEMS
 
 
 # The converters write no sliding-window pattern key; llama.cpp assumes 2 (gemma2) or 6 (gemma3).

@@ -73,30 +73,14 @@ SLIDING, FULL = "sliding_attention", "full_attention"
 # attention modules. Not every layer has every module: KV-shared layers have no k_proj / v_proj,
 # full layers of an attention_k_eq_v model no v_proj (peft_lora skips absent weights, as PEFT).
 LORA_MODULES = {
-    "q_proj": "self_attn.q_proj",
-    "k_proj": "self_attn.k_proj",
-    "v_proj": "self_attn.v_proj",
-    "o_proj": "self_attn.o_proj",
-    "gate_proj": "mlp.gate_proj",
-    "up_proj": "mlp.up_proj",
-    "down_proj": "mlp.down_proj",
+    **C.LLAMA_LORA_PATHS,
     "per_layer_input_gate": "per_layer_input_gate",
     "per_layer_projection": "per_layer_projection",
 }
 
 # GGUF tensor stem inside blk.{i}. for each LoRA module (gguf-py's tensor map; no transform of
 # any of these weights by the converter, llama.cpp applies the LoRA to all of them).
-GGUF_STEMS = {
-    "q_proj": "attn_q",
-    "k_proj": "attn_k",
-    "v_proj": "attn_v",
-    "o_proj": "attn_output",
-    "gate_proj": "ffn_gate",
-    "up_proj": "ffn_up",
-    "down_proj": "ffn_down",
-    "per_layer_input_gate": "inp_gate",
-    "per_layer_projection": "proj",
-}
+GGUF_STEMS = {**C.LLAMA_GGUF_STEMS, "per_layer_input_gate": "inp_gate", "per_layer_projection": "proj"}
 
 _BASE_CONFIG = {
     "architectures": ["Gemma4ForCausalLM"],

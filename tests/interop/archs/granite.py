@@ -40,7 +40,6 @@ ARCH = "granite"
 
 LORA_MODULES = {module: (path,) for module, path in C.LLAMA_LORA_PATHS.items()}
 PERMUTE_QK = True
-permute_qk = C.permute_qk
 
 _CONFIG = {
     "architectures": ["GraniteForCausalLM"],
@@ -132,18 +131,11 @@ def _writer(path, cfg: dict, dtype: str, name: str):
     return wr
 
 
-def _permuted(cfg: dict, weights: dict) -> dict:
-    hf = dict(weights)
-    for i in range(cfg["num_hidden_layers"]):
-        for proj, n_head in (("q_proj", cfg["num_attention_heads"]), ("k_proj", cfg["num_key_value_heads"])):
-            name = f"model.layers.{i}.self_attn.{proj}.weight"
-            hf[name] = permute_qk(hf[name], n_head)
-    return hf
 
 
 def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f32") -> None:
     wr = _writer(path, cfg, dtype, "tiny-granite-interop")
-    C.write_tensors_and_close(wr, C.gguf_tensor_names(ARCH, cfg["num_hidden_layers"], _permuted(cfg, weights)), dtype)
+    C.write_tensors_and_close(wr, C.gguf_tensor_names(ARCH, cfg["num_hidden_layers"], C.permute_qk_weights(cfg, weights)), dtype)
 
 
 def _forward(cfg: dict, weights: dict, tokens: list[int]) -> np.ndarray:
@@ -214,7 +206,7 @@ class Granite4Dense:
         # (the converter also writes the SSM keys and a per-layer head_count_kv array; llama.cpp's
         # granite reads neither differently, so they are left out)
         hf = {}
-        for name, arr in _permuted(cfg, weights).items():
+        for name, arr in C.permute_qk_weights(cfg, weights).items():
             if name.endswith("shared_mlp.input_linear.weight"):
                 stem = name.removesuffix("shared_mlp.input_linear.weight")
                 hf[stem + "mlp.gate_proj.weight"], hf[stem + "mlp.up_proj.weight"] = arr[:sff], arr[sff:]

@@ -39,21 +39,14 @@ def random_weights(cfg: dict, rng: np.random.Generator) -> dict[str, np.ndarray]
     return C.llama_random_weights(cfg, rng)
 
 
-def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """The HF->GGUF llama row reorder: rotate-half rows -> per-head interleaved rows."""
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
+permute_qk = C.permute_qk  # the HF->GGUF llama row reorder (test_merge_interop uses it)
 
 
 def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f32") -> None:
     wr = C.gguf_writer(path, ARCH, cfg, dtype, name="tiny-llama-interop",
                        key_value_length=cfg["head_dim"])
     wr.add_rope_dimension_count(cfg["head_dim"])
-    hf = dict(weights)
-    for i in range(cfg["num_hidden_layers"]):
-        for proj, n_head in (("q_proj", cfg["num_attention_heads"]), ("k_proj", cfg["num_key_value_heads"])):
-            name = f"model.layers.{i}.self_attn.{proj}.weight"
-            hf[name] = permute_qk(hf[name], n_head)
+    hf = C.permute_qk_weights(cfg, weights)
     C.write_tensors_and_close(wr, C.gguf_tensor_names(ARCH, cfg["num_hidden_layers"], hf), dtype)
 
 

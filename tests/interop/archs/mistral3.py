@@ -39,7 +39,6 @@ ARCH = "mistral3"
 
 LORA_MODULES = {module: (path,) for module, path in C.LLAMA_LORA_PATHS.items()}
 PERMUTE_QK = True  # q_proj / k_proj rows (and LoRA B rows) reordered by C.permute_qk
-permute_qk = C.permute_qk
 
 _CONFIG = {
     "architectures": ["Ministral3ForCausalLM"],
@@ -129,11 +128,7 @@ def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f3
             raise ValueError("the converter asserts ministral3 rope_type == 'yarn'")
         wr.add_rope_scaling_yarn_log_mul(rp["mscale_all_dim"])
         wr.add_attn_temperature_scale(rp["llama_4_scaling_beta"])
-    hf = dict(weights)
-    for i in range(cfg["num_hidden_layers"]):
-        for proj, n_head in (("q_proj", cfg["num_attention_heads"]), ("k_proj", cfg["num_key_value_heads"])):
-            name = f"model.layers.{i}.self_attn.{proj}.weight"
-            hf[name] = permute_qk(hf[name], n_head)
+    hf = C.permute_qk_weights(cfg, weights)
     C.write_tensors_and_close(wr, C.gguf_tensor_names(ARCH, cfg["num_hidden_layers"], hf), dtype)
 
 

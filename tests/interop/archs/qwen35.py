@@ -69,18 +69,12 @@ LORA_MODULES = {
 
 # GGUF tensor stem inside blk.{i}. for each LoRA module (gguf.get_tensor_name_map(QWEN35)).
 GGUF_STEMS = {
-    "q_proj": "attn_q",
-    "k_proj": "attn_k",
-    "v_proj": "attn_v",
-    "o_proj": "attn_output",
+    **C.LLAMA_GGUF_STEMS,
     "in_proj_qkv": "attn_qkv",
     "in_proj_z": "attn_gate",
     "in_proj_b": "ssm_beta",
     "in_proj_a": "ssm_alpha",
     "out_proj": "ssm_out",
-    "gate_proj": "ffn_gate",
-    "up_proj": "ffn_up",
-    "down_proj": "ffn_down",
 }
 
 

@@ -24,7 +24,6 @@ ARCH = "smollm3"
 
 LORA_MODULES = {module: (path,) for module, path in C.LLAMA_LORA_PATHS.items()}
 PERMUTE_QK = True
-permute_qk = C.permute_qk
 
 _NO_ROPE_STEP = 4  # llama.cpp's hparams.n_no_rope_layer_step for smollm3
 
@@ -76,11 +75,7 @@ def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f3
     # head_dim: written (key/value length) only when the config has it, as TextModel does
     wr = C.gguf_writer(path, ARCH, cfg, dtype, name="tiny-smollm3-interop", key_value_length=cfg.get("head_dim"))
     wr.add_rope_dimension_count(C.head_dim(cfg))  # LlamaModel.set_gguf_parameters
-    hf = dict(weights)
-    for i in range(cfg["num_hidden_layers"]):
-        for proj, n_head in (("q_proj", cfg["num_attention_heads"]), ("k_proj", cfg["num_key_value_heads"])):
-            name = f"model.layers.{i}.self_attn.{proj}.weight"
-            hf[name] = permute_qk(hf[name], n_head)
+    hf = C.permute_qk_weights(cfg, weights)
     C.write_tensors_and_close(wr, C.gguf_tensor_names(ARCH, cfg["num_hidden_layers"], hf), dtype)
 
 
