@@ -29,6 +29,9 @@ pub struct Arch {
     /// Qwen3.5's converter reorders linear-attention V heads from grouped to tiled order (see
     /// [`v_head_order`]); LoRA follows on lora_B's rows or lora_A's columns.
     pub reorder_v_heads: bool,
+    /// HF modules whose weight llama.cpp's converter splits by rows into equal consecutive parts,
+    /// one GGUF tensor stem per part: their LoRA becomes one pair per part, sharing lora_A.
+    pub row_splits: &'static [(&'static str, &'static [&'static str])],
 }
 
 const STANDARD: &[(&str, &str)] = &[
@@ -59,6 +62,14 @@ const LINEAR_ATTN: &[(&str, &str)] = &[
     ("out_proj", "ssm_out"),
 ];
 
+/// Granite 4's shared MLP (`shared_mlp.*`): `output_linear` is the down projection; its fused
+/// `input_linear` is a row split (gate rows first, as HF chunks it), see [`GRANITE4_SPLITS`].
+const SHARED_MLP: &[(&str, &str)] = &[("output_linear", "ffn_down")];
+
+/// llama.cpp's converter (GraniteMoeModel) splits `shared_mlp.input_linear` into `ffn_gate` and
+/// `ffn_up` for a Granite 4 without experts.
+const GRANITE4_SPLITS: &[(&str, &[&str])] = &[("input_linear", &["ffn_gate", "ffn_up"])];
+
 const fn dense(
     name: &'static str,
     hf_model_types: &'static [&'static str],
@@ -74,6 +85,7 @@ const fn dense(
         merge_only: &[],
         permute_qk,
         reorder_v_heads: false,
+        row_splits: &[],
     }
 }
 
@@ -101,7 +113,11 @@ pub const ARCHS: &[Arch] = &[
     dense("mistral3", &["mistral3", "ministral3"], "Ministral 3, Mistral Small 3.1/3.2 (text)", true),
     dense("smollm3", &["smollm3"], "SmolLM3", true),
     dense("olmo2", &["olmo2", "olmo3"], "OLMo 2, OLMo 3", false),
-    dense("granite", &["granite"], "Granite 3.x (dense)", true),
+    Arch {
+        layer_modules: &[STANDARD, SHARED_MLP],
+        row_splits: GRANITE4_SPLITS,
+        ..dense("granite", &["granite", "granitemoehybrid"], "Granite 3.x, Granite 4 dense (no Mamba layers, no experts)", true)
+    },
     Arch {
         layer_modules: &[STANDARD, LINEAR_ATTN],
         reorder_v_heads: true,
@@ -145,7 +161,7 @@ pub enum Site {
 const DECODER_PREFIXES: &[&str] = &["model.language_model.", "language_model.model.", "model.", "language_model.", ""];
 
 /// Sub-blocks of a decoder layer that hold LoRA-able modules.
-const LAYER_BLOCKS: &[&str] = &["self_attn", "mlp", "linear_attn"];
+const LAYER_BLOCKS: &[&str] = &["self_attn", "mlp", "linear_attn", "shared_mlp"];
 
 /// First path components (after an optional `model.`) of multimodal towers and projectors:
 /// Gemma 3/4, Mistral 3, LLaVA-style (`vision_tower`, `multi_modal_projector`, `audio_tower`,
@@ -212,6 +228,17 @@ impl Arch {
         }
     }
 
+    /// The GGUF base tensors a site maps to: one, or for a row-split module one per part, in row
+    /// order (each part takes an equal share of lora_B's rows). `None` when there is no such module.
+    pub fn targets(&self, site: &Site) -> Option<Vec<String>> {
+        if let Site::Layer { layer, module } = site {
+            if let Some((_, stems)) = self.row_splits.iter().find(|(m, _)| m == module) {
+                return Some(stems.iter().map(|stem| format!("blk.{layer}.{stem}.weight")).collect());
+            }
+        }
+        self.tensor_name(site).map(|name| vec![name])
+    }
+
     /// Every (HF module, GGUF stem) of a decoder layer.
     pub fn layer_stems(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
         self.layer_modules.iter().flat_map(|group| group.iter().copied())
@@ -225,6 +252,7 @@ impl Arch {
     /// The HF module names this architecture maps, for messages.
     pub fn module_names(&self) -> Vec<&'static str> {
         let mut names: Vec<&str> = self.layer_stems().chain(self.model_modules.iter().copied()).map(|m| m.0).collect();
+        names.extend(self.row_splits.iter().map(|(m, _)| *m));
         names.extend(["embed_tokens", "lm_head"]);
         names
     }
@@ -417,6 +445,17 @@ mod tests {
         assert_eq!((out.b_rows, out.a_cols.unwrap()), (None, vec![0, 2, 1, 3]));
         assert!(q.reorder(&site("in_proj_z"), &g, 5, 16).is_err());
         assert_eq!(q.reorder(&site("q_proj"), &g, 16, 16).unwrap(), Reorder::default());
+    }
+
+    #[test]
+    fn granite4_input_linear_splits_into_gate_and_up() {
+        let g = by_hf_model_type("granitemoehybrid").unwrap();
+        assert_eq!(g.name, "granite");
+        let site = site_of("model.layers.3.shared_mlp.input_linear").unwrap();
+        assert_eq!(g.targets(&site).unwrap(), vec!["blk.3.ffn_gate.weight", "blk.3.ffn_up.weight"]);
+        let down = site_of("model.layers.3.shared_mlp.output_linear").unwrap();
+        assert_eq!(g.targets(&down).unwrap(), vec!["blk.3.ffn_down.weight"]);
+        assert_eq!(by_name("llama").unwrap().targets(&site), None);
     }
 
     #[test]

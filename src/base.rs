@@ -284,6 +284,28 @@ fn gemma4_dims(d: &mut Dims, cfg: &Json) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// A Granite 4 (`GraniteMoeHybridForCausalLM`) is GGUF arch `granite` only when every layer is
+/// attention and there are no experts (llama.cpp's GraniteHybridModel converter); its shared MLP
+/// must be `intermediate_size` wide, the width llama.cpp gives `ffn_*`.
+fn granite4_dense(cfg: &Json, d: &Dims) -> std::result::Result<(), String> {
+    let attention = layer_types(cfg, d.layers, "attention", |_| false)?;
+    if cfg.get("layer_types").is_none() || attention.contains(&false) {
+        return Err("this Granite 4 has Mamba-2 layers (a hybrid, GGUF arch `granitehybrid`), which ollama-tools does \
+                    not handle; only the all-attention Granite 4 models (e.g. granite-4.0-micro) are supported"
+            .into());
+    }
+    if cfg.get("num_local_experts").and_then(Json::as_u64).unwrap_or(0) > 0 {
+        return Err("this Granite 4 has experts (GGUF arch `granitemoe`), which ollama-tools does not handle".into());
+    }
+    match cfg_u64(cfg, "shared_intermediate_size", 1 << 20)? {
+        Some(w) if w != d.ffn => Err(format!(
+            "config.json `shared_intermediate_size` {w} differs from `intermediate_size` {}: llama.cpp sizes the MLP by the latter",
+            d.ffn
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Which layers are of type `wanted` by the config's `layer_types`, else by `default`.
 fn layer_types(cfg: &Json, n: u64, wanted: &str, default: impl Fn(u64) -> bool) -> std::result::Result<Vec<bool>, String> {
     let Some(types) = cfg.get("layer_types").and_then(Json::as_array) else {
@@ -574,9 +596,10 @@ impl BaseModel {
             tied,
             ..Dims::default()
         };
-        let per_layer = match arch.name {
-            "qwen35" => qwen35_dims(&mut dims, cfg),
-            "gemma4" => gemma4_dims(&mut dims, cfg),
+        let per_layer = match (arch.name, model_type) {
+            ("qwen35", _) => qwen35_dims(&mut dims, cfg),
+            ("gemma4", _) => gemma4_dims(&mut dims, cfg),
+            (_, "granitemoehybrid") => granite4_dense(cfg, &dims),
             _ => Ok(()),
         };
         per_layer.map_err(|msg| Error::invalid(path, msg))?;

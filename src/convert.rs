@@ -23,7 +23,7 @@ use crate::base::BaseModel;
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgmlType, TensorSpec, Value};
 use crate::peft::{self, Adapter, LoraModule, RawTensor};
-use crate::validate::{validate, Finding};
+use crate::validate::{validate, Finding, Target};
 use crate::pipeline;
 use crate::progress::Progress;
 
@@ -255,7 +255,8 @@ pub(crate) struct Plan {
 /// stacks modules that adapt the same tensor, and folds each part's scale against one file alpha.
 pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Options) -> Result<Plan> {
     let mut notices = Vec::new();
-    let mut by_site: BTreeMap<Site, Vec<(usize, LoraModule, String)>> = BTreeMap::new();
+    // Keyed by site, then tensor: a row-split module adapts several tensors.
+    let mut by_target: BTreeMap<(Site, String), Vec<(usize, Target)>> = BTreeMap::new();
     for (i, input) in inputs.iter().enumerate() {
         let v = validate(&input.adapter, base);
         let mut errors = v.errors;
@@ -270,20 +271,20 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
         }
         notices.extend(v.notices);
         notices.extend(v.warnings.iter().map(|w| format!("warning: {}: {} ({})", w.subject, w.message, w.hint)));
-        for (m, name) in v.modules {
-            by_site.entry(m.site.clone()).or_default().push((i, m, name));
+        for t in v.modules {
+            by_target.entry((t.module.site.clone(), t.tensor.clone())).or_default().push((i, t));
         }
     }
 
     let mut tensors = Vec::new();
-    for (site, mods) in &by_site {
-        let name = &mods[0].2;
+    for ((site, name), targets) in &by_target {
+        let mods: Vec<(usize, &LoraModule)> = targets.iter().map(|(i, t)| (*i, &t.module)).collect();
         let embedding = matches!(site, Site::Embedding);
-        let total_rank: u64 = mods.iter().map(|(_, m, _)| m.rank).sum();
+        let total_rank: u64 = mods.iter().map(|(_, m)| m.rank).sum();
         // The factor each part needs so that llama.cpp's alpha/total_rank reproduces it; alpha comes later.
         let parts_b: Vec<Part> = mods
             .iter()
-            .map(|(i, m, _)| Part {
+            .map(|(i, m)| Part {
                 input: *i,
                 tensor: m.b,
                 rank: m.rank as usize,
@@ -291,8 +292,10 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
             })
             .collect();
         let parts_a: Vec<Part> =
-            mods.iter().map(|(i, m, _)| Part { input: *i, tensor: m.a, rank: m.rank as usize, factor: 1.0 }).collect();
+            mods.iter().map(|(i, m)| Part { input: *i, tensor: m.a, rank: m.rank as usize, factor: 1.0 }).collect();
         let (out_features, in_features) = (mods[0].1.out_features as usize, mods[0].1.in_features as usize);
+        // Every module on one tensor has the same site and so the same share of rows.
+        let row_offset = targets[0].1.b_row_offset;
         let r = total_rank as usize;
         let reorder = if embedding {
             arch::Reorder::default()
@@ -317,7 +320,7 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
             rows: out_features,
             cols: r,
             parts: parts_b,
-            row_perm: reorder.b_rows,
+            row_perm: row_source(reorder.b_rows, row_offset, out_features),
             col_perm: None,
         });
     }
@@ -368,6 +371,16 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
         folded += usize::from(any);
     }
     Ok(Plan { tensors, alpha, folded, notices })
+}
+
+/// lora_B's source row of each output row: `reorder` within this tensor's share of rows, which
+/// starts at `offset` (a row-split module); `None` for all rows in order.
+fn row_source(reorder: Option<Vec<usize>>, offset: usize, rows: usize) -> Option<Vec<usize>> {
+    match reorder {
+        Some(perm) => Some(perm.into_iter().map(|r| offset + r).collect()),
+        None if offset > 0 => Some((offset..offset + rows).collect()),
+        None => None,
+    }
 }
 
 /// The output type of a tensor, from its parts' statistics (already scaled by nothing: the factors
@@ -545,7 +558,9 @@ fn passthrough<'a>(inputs: &'a [Input], t: &OutTensor) -> Option<(&'a Adapter, &
         (Dtype::F32, GgmlType::F32) | (Dtype::F16, GgmlType::F16) | (Dtype::BF16, GgmlType::BF16)
     );
     let reordered = t.row_perm.is_some() || t.col_perm.is_some();
-    (same_type && p.factor == 1.0 && !reordered && t.layout != Layout::TransposedA).then_some((adapter, raw))
+    // A row-split module's first part takes its rows in order, but not all of them.
+    let whole = raw.len() == t.rows * t.cols;
+    (same_type && whole && p.factor == 1.0 && !reordered && t.layout != Layout::TransposedA).then_some((adapter, raw))
 }
 
 /// Builds the output tensor in f32 from its parts.

@@ -761,6 +761,8 @@ pub fn suggest_base(hf_id: &str) -> Option<String> {
         (r"^ministral-3-(3b|8b|14b)(?:-(?:base|instruct|reasoning)(?:-2512)?)?$", |c| format!("ministral-3:{}", &c[1])),
         (r"^olmo-2-1124-(7b|13b)(?:-instruct|-sft|-dpo)?$", |c| format!("olmo2:{}", &c[1])),
         (r"^granite-3\.3-(2b|8b)(?:-instruct|-base)?$", |c| format!("granite3.3:{}", &c[1])),
+        // Granite 4 micro is the dense, all-attention size (the -h sizes are Mamba hybrids).
+        (r"^granite-4\.0-micro(?:-base)?$", |_| "granite4:micro".to_string()),
     ];
     table.iter().find_map(|(p, f)| regex::Regex::new(p).expect("static pattern").captures(name).map(|c| f(&c)))
 }
@@ -847,6 +849,8 @@ mod tests {
             ("mistralai/Ministral-3-14B-Reasoning-2512", Some("ministral-3:14b")),
             ("allenai/OLMo-2-1124-7B-Instruct", Some("olmo2:7b")),
             ("ibm-granite/granite-3.3-8b-instruct", Some("granite3.3:8b")),
+            ("ibm-granite/granite-4.0-micro", Some("granite4:micro")),
+            ("ibm-granite/granite-4.0-h-tiny", None),
             ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", None),
         ] {
             assert_eq!(suggest_base(id).as_deref(), want, "{id}");

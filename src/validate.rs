@@ -2,6 +2,7 @@
 //! with errors (the adapter cannot be used on this base), warnings (it can, but probably should not)
 //! and the list of what was checked, so a user sees what passed and not only what failed.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -38,7 +39,29 @@ pub struct Validation {
     pub summary: String,
     /// Every LoRA pair with the base tensor it adapts (complete only when there are no errors).
     #[serde(skip)]
-    pub modules: Vec<(LoraModule, String)>,
+    pub modules: Vec<Target>,
+}
+
+/// A LoRA pair and the base tensor it adapts.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The PEFT module; for one part of a row-split module (Granite 4's `input_linear`),
+    /// `out_features` is that part's height.
+    pub module: LoraModule,
+    /// GGUF base tensor name.
+    pub tensor: String,
+    /// First row of the module's lora_B that belongs to this tensor (0 unless split).
+    pub b_row_offset: usize,
+}
+
+/// What the per-pair checks collect for the summary.
+#[derive(Default)]
+struct Tally {
+    shape_errors: Vec<Finding>,
+    layers: BTreeSet<u32>,
+    low_bit: BTreeSet<String>,
+    types: BTreeSet<String>,
+    kv_shared: BTreeSet<u32>,
 }
 
 impl Validation {
@@ -152,88 +175,13 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
     }
 
     // Every LoRA pair against the base's tensors: what llama.cpp's loader checks, and more.
-    let mut shape_errors: Vec<Finding> = Vec::new();
-    let mut layers = std::collections::BTreeSet::new();
-    let mut low_bit = std::collections::BTreeSet::new();
-    let mut types = std::collections::BTreeSet::new();
-    let mut kv_shared = std::collections::BTreeSet::new();
+    let mut tally = Tally::default();
     for m in &analysis.modules {
-        let key_a = &adapter.tensors[m.a].key;
-        if matches!(&m.site, Site::Model { module } if module == "embed_tokens_per_layer") {
-            v.errors.push(finding(
-                key_a,
-                "a LoRA on Gemma 4's per-layer token embeddings: llama.cpp applies no LoRA to them at run time, and \
-                 ollama-tools does not merge embedding LoRA into them",
-                "retrain without embed_tokens_per_layer in target_modules, or merge the adapter with PEFT \
-                 (merge_and_unload) and convert the merged model with llama.cpp",
-            ));
-            continue;
+        for target in map_module(&mut v, &mut tally, arch, base, adapter, m, &base_id) {
+            check_target(&mut v, &mut tally, base, adapter, target, &base_id);
         }
-        let Some(name) = arch.tensor_name(&m.site) else {
-            v.errors.push(finding(
-                key_a,
-                format!("adapts `{}`, which the `{}` architecture does not have", m.path, arch.name),
-                format!("modules of `{}`: {}", arch.name, arch.module_names().join(", ")),
-            ));
-            continue;
-        };
-        if is_kv_shared(base, &m.site) {
-            if let Site::Layer { layer, .. } = m.site {
-                kv_shared.insert(layer);
-            }
-            continue;
-        }
-        if let Site::Layer { layer, .. } = m.site {
-            if u64::from(layer) >= base.block_count {
-                v.errors.push(finding(
-                    key_a,
-                    format!("maps to `{name}`, but the base has {} layers (0-{})", base.block_count, base.block_count.saturating_sub(1)),
-                    format!("the base has {} layers; this adapter was trained on a deeper model{}", base.block_count, trained_for(&base_id)),
-                ));
-                continue;
-            }
-            layers.insert(layer);
-        }
-        let Some(base_t) = base.tensors.get(&name) else {
-            let hint = match m.site {
-                Site::Output => "the base ties its output to the token embeddings, so there is no separate output weight for an lm_head LoRA".to_string(),
-                _ => format!("the adapter was trained for a different model: pass the base it was trained on{}", trained_for(&base_id)),
-            };
-            v.errors.push(finding(key_a, format!("maps to `{name}`, which the base model {base_name} does not have"), hint));
-            continue;
-        };
-        if m.embedding && !base.tensors.contains_key("output.weight") {
-            // Measured in llama.cpp (tests/interop): with tied embeddings the output projection *is*
-            // token_embd.weight, so the loader applies this LoRA there too, in a layout that aborts
-            // the process (GGML_ASSERT(ggml_can_mul_mat)). PEFT changes only the input embedding.
-            v.errors.push(finding(
-                key_a,
-                "an embedding LoRA, and the base ties its output projection to the token embeddings",
-                "llama.cpp would apply it to the output projection too and abort; retrain without embed_tokens in \
-                 target_modules, or merge the adapter into the base weights with PEFT (merge_and_unload)",
-            ));
-            continue;
-        }
-        let want = if m.embedding { [m.out_features, m.in_features] } else { [m.in_features, m.out_features] };
-        if base_t.ne[..] != want[..] {
-            shape_errors.push(finding(
-                &name,
-                format!(
-                    "`{key_a}` (lora_A {:?}, lora_B {:?}) needs base tensor `{name}` with ggml shape {want:?}, but the base has {:?}",
-                    adapter.tensors[m.a].shape, adapter.tensors[m.b].shape, base_t.ne
-                ),
-                format!("the adapter was trained for another size or family of model: pass the base it was trained on{}", trained_for(&base_id)),
-            ));
-            continue;
-        }
-        if let Some(t) = base_t.ty {
-            types.insert(t.name());
-            if below_q4(t) {
-                low_bit.insert(t.name());
-            }
-        }
-        v.modules.push((m.clone(), name));
     }
+    let Tally { shape_errors, layers, low_bit, types, kv_shared } = tally;
     if !kv_shared.is_empty() {
         v.notices.push(format!(
             "skipped the k_proj/v_proj LoRA of layers {}: these layers reuse an earlier layer's keys and values \
@@ -241,11 +189,11 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             layer_list(&kv_shared)
         ));
     }
-    for (m, name) in &v.modules {
-        if arch.is_merge_only(name) {
+    for t in &v.modules {
+        if arch.is_merge_only(&t.tensor) {
             v.notices.push(format!(
-                "`{}` ({name}) can only be merged: llama.cpp applies no LoRA to it at run time, so `convert` refuses it",
-                m.path
+                "`{}` ({}) can only be merged: llama.cpp applies no LoRA to it at run time, so `convert` refuses it",
+                t.module.path, t.tensor
             ));
         }
     }
@@ -266,7 +214,7 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             base.block_count
         ));
         v.checks.push("every lora_A input width and lora_B output height matches its base tensor".into());
-        let ranks: std::collections::BTreeSet<u64> = analysis.modules.iter().map(|m| m.rank).collect();
+        let ranks: BTreeSet<u64> = analysis.modules.iter().map(|m| m.rank).collect();
         v.checks.push(format!("ranks {ranks:?} match r / rank_pattern; alpha positive"));
         if !types.is_empty() {
             v.checks.push(format!("base tensor types {} take an adapter and can be re-quantized", types.into_iter().collect::<Vec<_>>().join(", ")));
@@ -286,6 +234,119 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
     check_vocab(&mut v, adapter, &analysis.modules, base);
     let layers_n = layers.len();
     finish(v, base, layers_n)
+}
+
+/// The base tensors module `m` adapts, each with its share of lora_B's rows; none (with the
+/// reason recorded) when the architecture, the layer count or KV sharing rules it out.
+fn map_module(
+    v: &mut Validation,
+    tally: &mut Tally,
+    arch: &arch::Arch,
+    base: &BaseModel,
+    adapter: &Adapter,
+    m: &LoraModule,
+    base_id: &str,
+) -> Vec<Target> {
+    let key_a = &adapter.tensors[m.a].key;
+    if matches!(&m.site, Site::Model { module } if module == "embed_tokens_per_layer") {
+        v.errors.push(finding(
+            key_a,
+            "a LoRA on Gemma 4's per-layer token embeddings: llama.cpp applies no LoRA to them at run time, and \
+             ollama-tools does not merge embedding LoRA into them",
+            "retrain without embed_tokens_per_layer in target_modules, or merge the adapter with PEFT \
+             (merge_and_unload) and convert the merged model with llama.cpp",
+        ));
+        return vec![];
+    }
+    let Some(names) = arch.targets(&m.site) else {
+        v.errors.push(finding(
+            key_a,
+            format!("adapts `{}`, which the `{}` architecture does not have", m.path, arch.name),
+            format!("modules of `{}`: {}", arch.name, arch.module_names().join(", ")),
+        ));
+        return vec![];
+    };
+    if is_kv_shared(base, &m.site) {
+        if let Site::Layer { layer, .. } = m.site {
+            tally.kv_shared.insert(layer);
+        }
+        return vec![];
+    }
+    if let Site::Layer { layer, .. } = m.site {
+        if u64::from(layer) >= base.block_count {
+            v.errors.push(finding(
+                key_a,
+                format!("maps to `{}`, but the base has {} layers (0-{})", names[0], base.block_count, base.block_count.saturating_sub(1)),
+                format!("the base has {} layers; this adapter was trained on a deeper model{}", base.block_count, trained_for(base_id)),
+            ));
+            return vec![];
+        }
+        tally.layers.insert(layer);
+    }
+    let parts = names.len() as u64;
+    if m.out_features % parts != 0 {
+        tally.shape_errors.push(finding(
+            key_a,
+            format!("`{}` has {} output rows, which llama.cpp splits into {}: they do not divide evenly", m.path, m.out_features, names.join(" and ")),
+            format!("the adapter was trained for another model: pass the base it was trained on{}", trained_for(base_id)),
+        ));
+        return vec![];
+    }
+    let height = m.out_features / parts;
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, tensor)| Target {
+            module: LoraModule { out_features: height, ..m.clone() },
+            tensor,
+            b_row_offset: i * height as usize,
+        })
+        .collect()
+}
+
+/// Checks one pair against its base tensor (presence, tied embeddings, shape, type) and keeps it.
+fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter: &Adapter, t: Target, base_id: &str) {
+    let (m, name) = (&t.module, &t.tensor);
+    let key_a = &adapter.tensors[m.a].key;
+    let Some(base_t) = base.tensors.get(name) else {
+        let hint = match m.site {
+            Site::Output => "the base ties its output to the token embeddings, so there is no separate output weight for an lm_head LoRA".to_string(),
+            _ => format!("the adapter was trained for a different model: pass the base it was trained on{}", trained_for(base_id)),
+        };
+        v.errors.push(finding(key_a, format!("maps to `{name}`, which the base model {} does not have", base.source.display()), hint));
+        return;
+    };
+    if m.embedding && !base.tensors.contains_key("output.weight") {
+        // Measured in llama.cpp (tests/interop): with tied embeddings the output projection *is*
+        // token_embd.weight, so the loader applies this LoRA there too, in a layout that aborts
+        // the process (GGML_ASSERT(ggml_can_mul_mat)). PEFT changes only the input embedding.
+        v.errors.push(finding(
+            key_a,
+            "an embedding LoRA, and the base ties its output projection to the token embeddings",
+            "llama.cpp would apply it to the output projection too and abort; retrain without embed_tokens in \
+             target_modules, or merge the adapter into the base weights with PEFT (merge_and_unload)",
+        ));
+        return;
+    }
+    let want = if m.embedding { [m.out_features, m.in_features] } else { [m.in_features, m.out_features] };
+    if base_t.ne[..] != want[..] {
+        tally.shape_errors.push(finding(
+            name,
+            format!(
+                "`{key_a}` (lora_A {:?}, lora_B {:?}) needs base tensor `{name}` with ggml shape {want:?}, but the base has {:?}",
+                adapter.tensors[m.a].shape, adapter.tensors[m.b].shape, base_t.ne
+            ),
+            format!("the adapter was trained for another size or family of model: pass the base it was trained on{}", trained_for(base_id)),
+        ));
+        return;
+    }
+    if let Some(ty) = base_t.ty {
+        tally.types.insert(ty.name());
+        if below_q4(ty) {
+            tally.low_bit.insert(ty.name());
+        }
+    }
+    v.modules.push(t);
 }
 
 /// LoRA on a vision or audio tower. llama.cpp's converter writes the towers to a separate
@@ -327,7 +388,7 @@ fn trained_for(base_id: &str) -> String {
     if base_id.is_empty() { String::new() } else { format!(" (`{base_id}`, says its adapter_config.json)") }
 }
 
-fn layer_list(layers: &std::collections::BTreeSet<u32>) -> String {
+fn layer_list(layers: &BTreeSet<u32>) -> String {
     match (layers.first(), layers.last()) {
         (Some(a), Some(b)) if layers.len() as u32 == b - a + 1 => format!("{a}-{b}"),
         (Some(_), Some(_)) => format!("{:?}", layers),

@@ -473,3 +473,84 @@ fn gemma4_per_layer_token_embedding_lora_is_refused_with_its_reason() {
     let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
     assert!(v.errors.iter().any(|e| e.message.contains("per-layer token embeddings")), "{:?}", v.errors);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Granite 4 dense: the shared MLP's fused input_linear splits into ffn_gate and ffn_up
+// ---------------------------------------------------------------------------------------------
+
+/// granite-4.0-micro's config.json (H 2560, 40 heads, 8 KV heads, MLP 8192), two layers here.
+fn granite4_config(layer_types: serde_json::Value, experts: u64) -> serde_json::Value {
+    json!({
+        "architectures": ["GraniteMoeHybridForCausalLM"], "model_type": "granitemoehybrid",
+        "hidden_size": 2560, "intermediate_size": 8192, "shared_intermediate_size": 8192,
+        "num_hidden_layers": 2, "num_attention_heads": 40, "num_key_value_heads": 8,
+        "vocab_size": 100352, "tie_word_embeddings": true, "layer_types": layer_types,
+        "num_local_experts": experts, "position_embedding_type": "rope"
+    })
+}
+
+fn granite4_modules() -> Vec<(String, [usize; 2])> {
+    let mut m = Vec::new();
+    for i in 0..2 {
+        let p = format!("model.layers.{i}");
+        m.push((format!("{p}.self_attn.q_proj"), [2560, 2560]));
+        m.push((format!("{p}.self_attn.k_proj"), [512, 2560]));
+        m.push((format!("{p}.shared_mlp.input_linear"), [2 * 8192, 2560]));
+        m.push((format!("{p}.shared_mlp.output_linear"), [2560, 8192]));
+    }
+    m
+}
+
+#[test]
+fn granite4_dense_config_maps_the_shared_mlp_to_gate_up_and_down() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = granite4_config(json!(["attention", "attention"]), 0);
+    std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
+    let base = BaseModel::load(d.path()).unwrap();
+    assert_eq!(base.arch, "granite");
+    assert_eq!(base.tensors["blk.1.ffn_gate.weight"].ne, vec![2560, 8192]);
+    let a = write_peft(&d.path().join("a"), json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}), 8, &granite4_modules());
+    let v = validate(&Adapter::open(&a).unwrap(), &base);
+    assert!(v.errors.is_empty(), "{:?}", v.errors);
+    // input_linear becomes two pairs per layer: 4 modules, 5 pairs.
+    assert_eq!(v.modules.len(), 10);
+    let up = v.modules.iter().find(|t| t.tensor == "blk.0.ffn_up.weight").unwrap();
+    assert_eq!((up.module.out_features, up.b_row_offset), (8192, 8192));
+
+    // The GGUF adapter holds both halves, each [r, 8192], sharing lora_A.
+    let gguf = d.path().join("g.gguf");
+    let tensors: Vec<(String, [u64; 2])> =
+        base.tensors.iter().map(|(n, t)| (n.clone(), [t.ne[0], t.ne[1]])).collect();
+    write_header(&gguf, "granite", vec![("block_count", Value::U32(2)), ("attention.head_count", Value::U32(40)), ("attention.head_count_kv", Value::U32(8))], &tensors);
+    let out = d.path().join("out.gguf");
+    convert(&a, &gguf, &out, &[]).success();
+    let h = gguf::read_header(&out).unwrap();
+    let ne = |n: &str| h.tensors.iter().find(|t| t.name == n).map(|t| t.ne.clone());
+    assert_eq!(ne("blk.0.ffn_gate.weight.lora_b"), Some(vec![8, 8192]));
+    assert_eq!(ne("blk.0.ffn_up.weight.lora_b"), Some(vec![8, 8192]));
+    assert_eq!(ne("blk.0.ffn_up.weight.lora_a"), Some(vec![2560, 8]));
+    assert_eq!(ne("blk.1.ffn_down.weight.lora_b"), Some(vec![8, 2560]));
+}
+
+#[test]
+fn granite4_hybrid_moe_and_mismatched_mlp_are_refused_with_the_reason() {
+    let d = tempfile::tempdir().unwrap();
+    let load = |cfg: serde_json::Value| {
+        std::fs::write(d.path().join("config.json"), cfg.to_string()).unwrap();
+        BaseModel::load(d.path()).unwrap_err().to_string()
+    };
+    assert!(load(granite4_config(json!(["mamba", "attention"]), 0)).contains("Mamba-2"));
+    assert!(load(granite4_config(json!(["attention", "attention"]), 64)).contains("experts"));
+    let mut cfg = granite4_config(json!(["attention", "attention"]), 0);
+    cfg["shared_intermediate_size"] = json!(4096);
+    assert!(load(cfg).contains("shared_intermediate_size"));
+    // A LoRA trained on granite-4.0-micro does not fit a Granite 3 base with another MLP width.
+    let gguf = d.path().join("g3.gguf");
+    let tensors = vec![blk(0, "ffn_gate", [2560, 4096]), blk(0, "ffn_up", [2560, 4096]), blk(0, "ffn_down", [4096, 2560])];
+    let kvs = vec![("block_count", Value::U32(1)), ("attention.head_count", Value::U32(40))];
+    write_header(&gguf, "granite", kvs, &tensors);
+    let modules = vec![("model.layers.0.shared_mlp.input_linear".to_string(), [2 * 8192, 2560])];
+    let a = write_peft(&d.path().join("a"), json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}), 8, &modules);
+    let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
+    assert!(v.errors.iter().any(|e| e.subject == "blk.0.ffn_gate.weight"), "{:?}", v.errors);
+}
