@@ -79,10 +79,15 @@ fn below_q4(t: GgmlType) -> bool {
 fn family_of(id: &str) -> Option<&'static str> {
     let id = id.to_ascii_lowercase();
     let name = id.rsplit('/').next().unwrap_or(&id);
+    // First match wins: newer names before the older ones they contain.
     const TABLE: &[(&str, &str)] = &[
+        ("qwen3.5", "qwen35"),
+        ("qwen3_5", "qwen35"),
         ("qwen3", "qwen3"),
         ("qwen2", "qwen2"),
         ("qwen1.5", "qwen2"),
+        ("gemma-4", "gemma4"),
+        ("gemma4", "gemma4"),
         ("gemma-3", "gemma3"),
         ("gemma3", "gemma3"),
         ("gemma-2", "gemma2"),
@@ -92,6 +97,13 @@ fn family_of(id: &str) -> Option<&'static str> {
         ("phi3", "phi3"),
         ("phi-4", "phi3"),
         ("phi-2", "phi2"),
+        ("smollm3", "smollm3"),
+        ("olmo-2", "olmo2"),
+        ("olmo-3", "olmo2"),
+        ("granite", "granite"),
+        ("ministral-3", "mistral3"),
+        ("mistral-small-3.1", "mistral3"),
+        ("mistral-small-3.2", "mistral3"),
         ("llama", "llama"),
         ("mistral", "llama"),
         ("mixtral", "llama"),
@@ -568,6 +580,12 @@ mod tests {
         assert_eq!(family_of("Qwen/Qwen2.5-0.5B-Instruct"), Some("qwen2"));
         assert_eq!(family_of("google/gemma-3-270m-it"), Some("gemma3"));
         assert_eq!(family_of("microsoft/Phi-3.5-mini-instruct"), Some("phi3"));
+        assert_eq!(family_of("unsloth/Qwen3.5-9B"), Some("qwen35"));
+        assert_eq!(family_of("google/gemma-4-E4B-it"), Some("gemma4"));
+        assert_eq!(family_of("mistralai/Ministral-3-3B-Instruct-2512"), Some("mistral3"));
+        assert_eq!(family_of("mistralai/Mistral-Small-3.1-24B-Instruct-2503"), Some("mistral3"));
+        assert_eq!(family_of("mistralai/Mistral-Small-24B-Instruct-2501"), Some("llama"));
+        assert_eq!(family_of("allenai/OLMo-2-1124-7B"), Some("olmo2"));
         assert_eq!(family_of("mistralai/Mistral-7B-v0.1"), Some("llama"));
         assert_eq!(family_of("some/model"), None);
     }
