@@ -19,9 +19,9 @@ def base_models(tmp_path_factory):
     cache: dict = {}
 
     def get(arch) -> harness.BaseModel:
-        if arch.ARCH not in cache:
-            cache[arch.ARCH] = harness.build_base(arch, tmp_path_factory.mktemp(f"base-{arch.ARCH}"))
-        return cache[arch.ARCH]
+        if arch.ID not in cache:
+            cache[arch.ID] = harness.build_base(arch, tmp_path_factory.mktemp(f"base-{arch.ID}"))
+        return cache[arch.ID]
 
     return get
 

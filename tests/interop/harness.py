@@ -77,7 +77,7 @@ def build_base(arch, workdir: Path, seed: int = 1234, dtype: str = "f32", **cfg_
     cfg = arch.tiny_config(**cfg_overrides)
     weights = arch.random_weights(cfg, np.random.default_rng(seed))
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / f"base-{arch.ARCH}-{dtype}.gguf"
+    path = workdir / f"base-{arch.ID}-{dtype}.gguf"
     arch.write_gguf(path, cfg, weights, dtype=dtype)
     return BaseModel(arch, cfg, weights, path, np.asarray(arch.forward(cfg, weights, TOKENS)))
 

@@ -146,7 +146,7 @@ def write_peft_adapter(path: Path, arch, cfg: dict, weights: dict, *, r: int, al
     config = {
         "alpha_pattern": alpha_pattern,
         "auto_mapping": None,
-        "base_model_name_or_path": f"interop/tiny-{arch.ARCH}",
+        "base_model_name_or_path": f"interop/tiny-{arch.ID}",
         "bias": "none",
         "fan_in_fan_out": False,
         "inference_mode": True,

@@ -19,7 +19,7 @@ from harness import TOKENS, convert_ok, read_gguf, rel
 from llama_runner import llama_logits, run_llama
 
 ARCH_LIST = [archs.ARCHS[k] for k in sorted(archs.ARCHS)]
-ARCH_IDS = [a.ARCH for a in ARCH_LIST]
+ARCH_IDS = [a.ID for a in ARCH_LIST]
 
 # llama.cpp vs numpy tolerance by the GGUF type of the adapter tensors (bf16/f16 storage and
 # ggml converting activations to that type in the LoRA matmuls both cost precision).
@@ -114,7 +114,7 @@ def has_untied_output(arch) -> bool:
         return True
 
 
-PARAMS = [pytest.param(a, name, id=f"{a.ARCH}-{name}")
+PARAMS = [pytest.param(a, name, id=f"{a.ID}-{name}")
           for a in ARCH_LIST for name, case in CASES.items()
           if not case.needs_untied or has_untied_output(a)]
 
@@ -138,8 +138,8 @@ def test_base_matches_reference(arch, base_models, tmp_path):
     got = llama_logits(base.path, TOKENS, tmp_path)
     assert got.shape == base.ref_logits.shape, (got.shape, base.ref_logits.shape)
     r = rel(got, base.ref_logits)
-    harness.record(f"base[{arch.ARCH}]", r, 1e-3)
-    assert r < 1e-3, f"{arch.ARCH}: llama.cpp base vs numpy rel={r:.3e}"
+    harness.record(f"base[{arch.ID}]", r, 1e-3)
+    assert r < 1e-3, f"{arch.ID}: llama.cpp base vs numpy rel={r:.3e}"
 
 
 @pytest.mark.parametrize("arch", ARCH_LIST, ids=ARCH_IDS)
@@ -153,8 +153,8 @@ def test_base_f16_matches_reference(arch, base_models, tmp_path):
     rounded = {k: (v.astype(np.float16).astype(np.float32) if v.ndim >= 2 else v) for k, v in base.weights.items()}
     ref = arch.forward(base.cfg, rounded, TOKENS)
     r = rel(llama_logits(path, TOKENS, tmp_path), ref)
-    harness.record(f"base_f16[{arch.ARCH}]", r, 1e-2)
-    assert r < 1e-2, f"{arch.ARCH}: llama.cpp f16 base vs numpy rel={r:.3e}"
+    harness.record(f"base_f16[{arch.ID}]", r, 1e-2)
+    assert r < 1e-2, f"{arch.ID}: llama.cpp f16 base vs numpy rel={r:.3e}"
 
 
 @pytest.mark.parametrize("arch,case_name", PARAMS)
@@ -190,8 +190,8 @@ def test_convert_matches_peft(arch, case_name, base_models, tmp_path):
     lora_a = {n[:-len(".lora_a")] for n in info.tensors if n.endswith(".lora_a")}
     lora_b = {n[:-len(".lora_b")] for n in info.tensors if n.endswith(".lora_b")}
     assert lora_a == lora_b and len(lora_a) == len(info.tensors) // 2, sorted(info.tensors)
-    n_modules = len({m.name for ad, _ in adapters for m in ad.modules})
-    assert len(lora_a) == n_modules, f"{len(lora_a)} lora pairs for {n_modules} PEFT modules"
+    want = archs.gguf_names(arch, base.cfg, {m.name + ".weight" for ad, _ in adapters for m in ad.modules})
+    assert lora_a == want, f"lora pairs for {sorted(lora_a)}, the PEFT modules map to {sorted(want)}"
     types = {t for t, _ in info.tensors.values()}
     if case.expect_type:
         assert types == {case.expect_type}, f"--outtype asked for {case.expect_type}, file has {types}"
@@ -202,8 +202,8 @@ def test_convert_matches_peft(arch, case_name, base_models, tmp_path):
     ref = arch.forward(base.cfg, peft_lora.merge(base.weights, adapters, case.global_scale), TOKENS)
     r = rel(got, ref)
     effect = rel(ref, base.ref_logits)
-    harness.record(f"{arch.ARCH}-{case_name}", r, tol, effect=effect)
-    print(f"{arch.ARCH}-{case_name}: rel={r:.3e} (tol {tol:g}, types {sorted(types)}), adapter effect={effect:.3f}")
+    harness.record(f"{arch.ID}-{case_name}", r, tol, effect=effect)
+    print(f"{arch.ID}-{case_name}: rel={r:.3e} (tol {tol:g}, types {sorted(types)}), adapter effect={effect:.3f}")
     assert effect > MIN_ADAPTER_EFFECT, f"adapter too weak to test anything (effect {effect:.3f})"
     assert r < tol, f"llama.cpp with converted adapter vs PEFT reference: rel={r:.3e} >= {tol:g}"
 
@@ -213,7 +213,7 @@ def test_convert_matches_peft(arch, case_name, base_models, tmp_path):
         naive = arch.forward(base.cfg, peft_lora.merge(base.weights, adapters, case.global_scale,
                                                        naive_scale=True), TOKENS)
         r_naive = rel(got, naive)
-        harness.record_note(f"{arch.ARCH}-{case_name}", f"naive alpha/r reference vs llama.cpp rel {r_naive:.2e} "
+        harness.record_note(f"{arch.ID}-{case_name}", f"naive alpha/r reference vs llama.cpp rel {r_naive:.2e} "
                                                         f"(must exceed {max(5 * tol, 0.05):g})")
         print(f"  naive alpha/r reference vs llama.cpp: rel={r_naive:.3e}")
         assert r_naive > 5 * tol and r_naive > 0.05, f"naive scale not distinguishable (rel {r_naive:.3e})"

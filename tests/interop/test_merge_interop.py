@@ -64,6 +64,9 @@ CFG = {
     # adapter's effect, under the 1.5 x 3 margin run_case asks for (untied: 1/4.7)
     "granite": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
                     tie_word_embeddings=False),
+    # the shared MLP's input_linear is touched: its LoRA becomes the ffn_gate and ffn_up merges
+    "granite4": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
+                     tie_word_embeddings=False),
     # global_head_dim 128 and per-layer inputs of 256 follow; touches sliding, full, KV-shared and
     # double-wide layers and the per-layer-input modules
     "gemma4": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
@@ -143,7 +146,7 @@ def touched_targets(arch) -> list[str]:
     """Every module but the MLP's, and the first MLP one: the other MLP weights stay untouched, so
     quantized untouched matrices get copied too (linear attention and per-layer modules count as
     attention here: each one's layout must be merged)."""
-    mlp = [m for m in arch.LORA_MODULES if archs.module_path(arch, m).startswith("mlp.")]
+    mlp = [m for m in arch.LORA_MODULES if archs.module_path(arch, m).startswith(("mlp.", "shared_mlp."))]
     return [m for m in arch.LORA_MODULES if m not in mlp] + mlp[:1]
 
 
@@ -156,8 +159,7 @@ def make_adapter(mb: MergeBase, path: Path, seed: int, targets=None, r: int = 8,
 def gguf_names(mb: MergeBase, ad: peft_lora.PeftAdapter) -> set[str]:
     """GGUF names of the tensors a PEFT adapter touches (gguf-py's tensor map, as the HF converter
     names them), independent of the tool."""
-    return set(C.gguf_tensor_names(mb.arch.ARCH, mb.cfg["num_hidden_layers"],
-                                   {m.name + ".weight": None for m in ad.modules}))
+    return archs.gguf_names(mb.arch, mb.cfg, [m.name + ".weight" for m in ad.modules])
 
 
 def convert_f32(mb: MergeBase, ad: peft_lora.PeftAdapter, base: Path, out: Path) -> dict[str, np.ndarray]:

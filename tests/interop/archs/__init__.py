@@ -5,6 +5,8 @@ several through a module-level list VARIANTS. An architecture is any object (mod
 namespace) with:
 
     ARCH: str                                   GGUF general.architecture, e.g. "llama"
+    ID: str (optional)                          registry key and test id when two variants share
+                                                an ARCH (default: ARCH)
     tiny_config(**overrides) -> dict            tiny HF-style config (HF key names)
     random_weights(cfg, rng) -> dict[str, np.ndarray]
                                                 HF parameter names -> float32 arrays, HF layout
@@ -47,10 +49,11 @@ def _discover():
             label = f"{info.name}:{getattr(obj, 'ARCH', getattr(obj, '__name__', repr(obj)))}"
             if missing:
                 errors[label] = f"missing interface attributes: {', '.join(missing)}"
-            elif obj.ARCH in found:
-                errors[label] = f"duplicate ARCH {obj.ARCH!r}"
+            elif getattr(obj, "ID", obj.ARCH) in found:
+                errors[label] = f"duplicate ID {getattr(obj, 'ID', obj.ARCH)!r}"
             else:
-                found[obj.ARCH] = obj
+                obj.ID = getattr(obj, "ID", obj.ARCH)
+                found[obj.ID] = obj
     return found, errors
 
 
@@ -69,3 +72,13 @@ def attention_modules(arch) -> list[str]:
 
 def mlp_modules(arch) -> list[str]:
     return [m for m in arch.LORA_MODULES if not module_path(arch, m).startswith("self_attn.")]
+
+
+def gguf_names(arch, cfg: dict, hf_weight_names) -> set[str]:
+    """The GGUF base tensors these HF weights become, as the HF converter names them: gguf-py's
+    tensor map, or the arch's own gguf_names where its converter splits a tensor (Granite 4)."""
+    if hasattr(arch, "gguf_names"):
+        return arch.gguf_names(cfg, hf_weight_names)
+    from ._common import gguf_tensor_names
+
+    return set(gguf_tensor_names(arch.ARCH, cfg["num_hidden_layers"], dict.fromkeys(hf_weight_names)))

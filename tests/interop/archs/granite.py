@@ -3,9 +3,9 @@
 The module itself is Granite 3.x (GraniteForCausalLM, model_type "granite"); the class
 Granite4Dense below is the dense, all-attention Granite 4 (GraniteMoeHybridForCausalLM,
 model_type "granitemoehybrid", every layer_types entry "attention", num_local_experts 0), which
-llama.cpp's converter also writes as arch "granite". It is not registered (the registry holds one
-arch per GGUF architecture) and has other LoRA modules (shared_mlp.input_linear, a fused
-gate+up, and shared_mlp.output_linear).
+llama.cpp's converter also writes as arch "granite". It is registered as ID "granite4" (VARIANTS
+at the end) and has other LoRA modules (shared_mlp.input_linear, a fused gate+up, and
+shared_mlp.output_linear).
 
 What llama.cpp does (conversion/granite.py GraniteModel(LlamaModel); GraniteHybridModel switches
 model_arch to GRANITE when there are no SSM layers and no experts; src/models/granite.cpp):
@@ -31,6 +31,7 @@ The tiny model uses realistic multipliers (embedding 12, residual 0.22, attentio
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 
@@ -152,12 +153,10 @@ def forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]) -> np.
 
 
 class Granite4Dense:
-    """Dense all-attention Granite 4 (GraniteMoeHybridForCausalLM) -> GGUF arch "granite".
-
-    Not in the registry (one arch per GGUF architecture); use it directly, e.g.
-    harness.build_base(granite.Granite4Dense, ...)."""
+    """Dense all-attention Granite 4 (GraniteMoeHybridForCausalLM) -> GGUF arch "granite"."""
 
     ARCH = ARCH
+    ID = "granite4"
     PERMUTE_QK = True
     permute_qk = staticmethod(C.permute_qk)
     LORA_MODULES = {
@@ -205,16 +204,30 @@ class Granite4Dense:
         wr.add_rope_scaling_finetuned(True)  # use_rope: no SSM layers
         # (the converter also writes the SSM keys and a per-layer head_count_kv array; llama.cpp's
         # granite reads neither differently, so they are left out)
-        hf = {}
-        for name, arr in C.permute_qk_weights(cfg, weights).items():
+        hf = Granite4Dense._split_shared_mlp(cfg, C.permute_qk_weights(cfg, weights))
+        C.write_tensors_and_close(wr, C.gguf_tensor_names(ARCH, cfg["num_hidden_layers"], hf), dtype)
+
+    @staticmethod
+    def _split_shared_mlp(cfg: dict, weights: dict) -> dict:
+        """GraniteMoeModel.modify_tensors without experts: input_linear rows -> gate, then up;
+        output_linear -> down (named as the plain MLP so gguf-py's map gives ffn_*)."""
+        sff, hf = cfg["shared_intermediate_size"], {}
+        for name, arr in weights.items():
             if name.endswith("shared_mlp.input_linear.weight"):
                 stem = name.removesuffix("shared_mlp.input_linear.weight")
-                hf[stem + "mlp.gate_proj.weight"], hf[stem + "mlp.up_proj.weight"] = arr[:sff], arr[sff:]
+                gate, up = (None, None) if arr is None else (arr[:sff], arr[sff:])
+                hf[stem + "mlp.gate_proj.weight"], hf[stem + "mlp.up_proj.weight"] = gate, up
             elif name.endswith("shared_mlp.output_linear.weight"):
                 hf[name.removesuffix("shared_mlp.output_linear.weight") + "mlp.down_proj.weight"] = arr
             else:
                 hf[name] = arr
-        C.write_tensors_and_close(wr, C.gguf_tensor_names(ARCH, cfg["num_hidden_layers"], hf), dtype)
+        return hf
+
+    @staticmethod
+    def gguf_names(cfg: dict, hf_names) -> set[str]:
+        """GGUF base tensors the HF weights become (input_linear becomes two)."""
+        hf = Granite4Dense._split_shared_mlp(cfg, {n: None for n in hf_names})
+        return set(C.gguf_tensor_names(ARCH, cfg["num_hidden_layers"], hf))
 
     @staticmethod
     def forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
@@ -228,3 +241,7 @@ class Granite4Dense:
                                  embed_scale=cfg["embedding_multiplier"],
                                  residual_scale=cfg["residual_multiplier"],
                                  logits_scaling=cfg["logits_scaling"])
+
+
+# The module itself is Granite 3 (ID "granite"); Granite 4 dense shares its GGUF architecture.
+VARIANTS = [sys.modules[__name__], Granite4Dense]
