@@ -29,6 +29,8 @@ pub struct Arch {
     /// Qwen3.5's converter reorders linear-attention V heads from grouped to tiled order (see
     /// [`v_head_order`]); LoRA follows on lora_B's rows or lora_A's columns.
     pub reorder_v_heads: bool,
+    /// The multimodal towers' linear modules, for bases that carry a tower (see [`TowerModule`]).
+    pub towers: &'static [TowerModule],
     /// HF modules whose weight llama.cpp's converter splits by rows into equal consecutive parts,
     /// one GGUF tensor stem per part: their LoRA becomes one pair per part, sharing lora_A.
     pub row_splits: &'static [(&'static str, &'static [&'static str])],
@@ -70,6 +72,86 @@ const SHARED_MLP: &[(&str, &str)] = &[("output_linear", "ffn_down")];
 /// `ffn_up` for a Granite 4 without experts.
 const GRANITE4_SPLITS: &[(&str, &[&str])] = &[("input_linear", &["ffn_gate", "ffn_up"])];
 
+/// A linear module of a multimodal tower and the GGUF tensors it becomes in a base that carries the
+/// tower. Ollama's own GGUFs keep vision and audio towers beside the language model (`v.*`, `a.*`,
+/// `mm.*`); llama.cpp writes them to a separate mmproj file, which is never a merge base. Names
+/// from Ollama's converters (`convert/convert_*.go`: `Replacements()` and `Tensors()`), with
+/// llama.cpp's mmproj names as the alternative where they differ; no tower linear weight is
+/// permuted or transposed on the way, only Qwen's fused `qkv` is split into thirds by Ollama.
+#[derive(Debug)]
+pub struct TowerModule {
+    /// Module path without the leading `model.`, `{N}` standing for a block number.
+    pub hf: &'static str,
+    /// Alternative namings; each lists the tensors (without `.weight`) whose rows, in order, make up
+    /// the weight: one tensor, or several for a split. The first alternative the base has wins.
+    pub gguf: &'static [&'static [&'static str]],
+}
+
+const fn tower(hf: &'static str, gguf: &'static [&'static [&'static str]]) -> TowerModule {
+    TowerModule { hf, gguf }
+}
+
+/// Gemma 3's SigLIP tower (Ollama: `attn_output`, `mlp.fc1/fc2`; llama.cpp: `attn_out`, `ffn_up/down`).
+const GEMMA3_TOWER: &[TowerModule] = &[
+    tower("vision_tower.vision_model.encoder.layers.{N}.self_attn.q_proj", &[&["v.blk.{N}.attn_q"]]),
+    tower("vision_tower.vision_model.encoder.layers.{N}.self_attn.k_proj", &[&["v.blk.{N}.attn_k"]]),
+    tower("vision_tower.vision_model.encoder.layers.{N}.self_attn.v_proj", &[&["v.blk.{N}.attn_v"]]),
+    tower("vision_tower.vision_model.encoder.layers.{N}.self_attn.out_proj", &[&["v.blk.{N}.attn_output"], &["v.blk.{N}.attn_out"]]),
+    tower("vision_tower.vision_model.encoder.layers.{N}.mlp.fc1", &[&["v.blk.{N}.mlp.fc1"], &["v.blk.{N}.ffn_up"]]),
+    tower("vision_tower.vision_model.encoder.layers.{N}.mlp.fc2", &[&["v.blk.{N}.mlp.fc2"], &["v.blk.{N}.ffn_down"]]),
+];
+
+/// Gemma 4's vision and audio towers (the same names in Ollama and llama.cpp; PEFT may name the
+/// inner `.linear` of a clippable linear, which [`Arch::tower_targets`] strips).
+const GEMMA4_TOWERS: &[TowerModule] = &[
+    tower("vision_tower.encoder.layers.{N}.self_attn.q_proj", &[&["v.blk.{N}.attn_q"]]),
+    tower("vision_tower.encoder.layers.{N}.self_attn.k_proj", &[&["v.blk.{N}.attn_k"]]),
+    tower("vision_tower.encoder.layers.{N}.self_attn.v_proj", &[&["v.blk.{N}.attn_v"]]),
+    tower("vision_tower.encoder.layers.{N}.self_attn.o_proj", &[&["v.blk.{N}.attn_out"]]),
+    tower("vision_tower.encoder.layers.{N}.mlp.gate_proj", &[&["v.blk.{N}.ffn_gate"]]),
+    tower("vision_tower.encoder.layers.{N}.mlp.up_proj", &[&["v.blk.{N}.ffn_up"]]),
+    tower("vision_tower.encoder.layers.{N}.mlp.down_proj", &[&["v.blk.{N}.ffn_down"]]),
+    tower("embed_vision.embedding_projection", &[&["mm.input_projection"]]),
+    tower("audio_tower.layers.{N}.self_attn.q_proj", &[&["a.blk.{N}.attn_q"]]),
+    tower("audio_tower.layers.{N}.self_attn.k_proj", &[&["a.blk.{N}.attn_k"]]),
+    tower("audio_tower.layers.{N}.self_attn.v_proj", &[&["a.blk.{N}.attn_v"]]),
+    tower("audio_tower.layers.{N}.self_attn.post", &[&["a.blk.{N}.attn_out"]]),
+    tower("audio_tower.layers.{N}.feed_forward1.ffw_layer_1", &[&["a.blk.{N}.ffn_up"]]),
+    tower("audio_tower.layers.{N}.feed_forward1.ffw_layer_2", &[&["a.blk.{N}.ffn_down"]]),
+    tower("audio_tower.layers.{N}.feed_forward2.ffw_layer_1", &[&["a.blk.{N}.ffn_up_1"]]),
+    tower("audio_tower.layers.{N}.feed_forward2.ffw_layer_2", &[&["a.blk.{N}.ffn_down_1"]]),
+    tower("audio_tower.layers.{N}.lconv1d.linear_start", &[&["a.blk.{N}.conv_pw1"]]),
+    tower("audio_tower.layers.{N}.lconv1d.linear_end", &[&["a.blk.{N}.conv_pw2"]]),
+    tower("audio_tower.output_proj", &[&["mm.a.fc"]]),
+    tower("embed_audio.embedding_projection", &[&["mm.a.input_projection"]]),
+];
+
+/// Mistral 3's Pixtral tower and projector. Ollama keeps the vision q/k rows in HF order (its
+/// runtime rotates halves); llama.cpp's mmproj permutes them, but an mmproj is never a merge base.
+const PIXTRAL_TOWER: &[TowerModule] = &[
+    tower("vision_tower.transformer.layers.{N}.attention.q_proj", &[&["v.blk.{N}.attn_q"]]),
+    tower("vision_tower.transformer.layers.{N}.attention.k_proj", &[&["v.blk.{N}.attn_k"]]),
+    tower("vision_tower.transformer.layers.{N}.attention.v_proj", &[&["v.blk.{N}.attn_v"]]),
+    tower("vision_tower.transformer.layers.{N}.attention.o_proj", &[&["v.blk.{N}.attn_output"], &["v.blk.{N}.attn_out"]]),
+    tower("vision_tower.transformer.layers.{N}.feed_forward.gate_proj", &[&["v.blk.{N}.ffn_gate"]]),
+    tower("vision_tower.transformer.layers.{N}.feed_forward.up_proj", &[&["v.blk.{N}.ffn_up"]]),
+    tower("vision_tower.transformer.layers.{N}.feed_forward.down_proj", &[&["v.blk.{N}.ffn_down"]]),
+    tower("multi_modal_projector.linear_1", &[&["mm.linear_1"], &["mm.1"]]),
+    tower("multi_modal_projector.linear_2", &[&["mm.linear_2"], &["mm.2"]]),
+    tower("multi_modal_projector.patch_merger.merging_layer", &[&["mm.patch_merger.merging_layer"], &["mm.patch_merger"]]),
+];
+
+/// Qwen3.5's vision tower: Ollama splits the fused `attn.qkv` into q, k, v (thirds of the rows);
+/// llama.cpp keeps `attn_qkv`.
+const QWEN35_TOWER: &[TowerModule] = &[
+    tower("visual.blocks.{N}.attn.qkv", &[&["v.blk.{N}.attn_q", "v.blk.{N}.attn_k", "v.blk.{N}.attn_v"], &["v.blk.{N}.attn_qkv"]]),
+    tower("visual.blocks.{N}.attn.proj", &[&["v.blk.{N}.attn_out"]]),
+    tower("visual.blocks.{N}.mlp.linear_fc1", &[&["v.blk.{N}.mlp.linear_fc1"], &["v.blk.{N}.ffn_up"]]),
+    tower("visual.blocks.{N}.mlp.linear_fc2", &[&["v.blk.{N}.mlp.linear_fc2"], &["v.blk.{N}.ffn_down"]]),
+    tower("visual.merger.linear_fc1", &[&["v.merger.linear_fc1"], &["mm.0"]]),
+    tower("visual.merger.linear_fc2", &[&["v.merger.linear_fc2"], &["mm.2"]]),
+];
+
 const fn dense(
     name: &'static str,
     hf_model_types: &'static [&'static str],
@@ -86,6 +168,7 @@ const fn dense(
         permute_qk,
         reorder_v_heads: false,
         row_splits: &[],
+        towers: &[],
     }
 }
 
@@ -100,7 +183,7 @@ pub const ARCHS: &[Arch] = &[
     dense("qwen3", &["qwen3"], "Qwen3 (dense)", false),
     dense("gemma", &["gemma"], "Gemma", false),
     dense("gemma2", &["gemma2"], "Gemma 2", false),
-    dense("gemma3", &["gemma3", "gemma3_text"], "Gemma 3 (text)", false),
+    Arch { towers: GEMMA3_TOWER, ..dense("gemma3", &["gemma3", "gemma3_text"], "Gemma 3 (text)", false) },
     Arch { layer_modules: &[PHI3], ..dense("phi3", &["phi3"], "Phi-3, Phi-3.5", false) },
     Arch {
         layer_modules: &[STANDARD, PER_LAYER_INPUT],
@@ -108,9 +191,13 @@ pub const ARCHS: &[Arch] = &[
         // gemma4.cpp projects the per-layer inputs with a plain ggml_mul_mat (measured: a LoRA
         // there loads and changes nothing).
         merge_only: &["per_layer_model_proj"],
+        towers: GEMMA4_TOWERS,
         ..dense("gemma4", &["gemma4", "gemma4_text"], "Gemma 4 (text)", false)
     },
-    dense("mistral3", &["mistral3", "ministral3"], "Ministral 3, Mistral Small 3.1/3.2 (text)", true),
+    Arch {
+        towers: PIXTRAL_TOWER,
+        ..dense("mistral3", &["mistral3", "ministral3"], "Ministral 3, Mistral Small 3.1/3.2 (text)", true)
+    },
     dense("smollm3", &["smollm3"], "SmolLM3", true),
     dense("olmo2", &["olmo2", "olmo3"], "OLMo 2, OLMo 3", false),
     Arch {
@@ -121,6 +208,7 @@ pub const ARCHS: &[Arch] = &[
     Arch {
         layer_modules: &[STANDARD, LINEAR_ATTN],
         reorder_v_heads: true,
+        towers: QWEN35_TOWER,
         ..dense("qwen35", &["qwen3_5", "qwen3_5_text"], "Qwen3.5 (dense)", false)
     },
 ];
@@ -150,9 +238,10 @@ pub enum Site {
     Output,
     /// Another module directly under the decoder (Gemma 4's `per_layer_model_projection`).
     Model { module: String },
-    /// A module of a multimodal model's vision or audio tower or its projector, which llama.cpp
-    /// keeps out of the language model's GGUF (`--mmproj` is a separate file).
-    Tower,
+    /// A module of a multimodal model's vision or audio tower or its projector (`path` without the
+    /// leading `model.`): llama.cpp keeps these out of the language model's GGUF (`--mmproj` is a
+    /// separate file); Ollama's own GGUFs carry them (see [`TowerModule`]).
+    Tower { path: String },
 }
 
 /// Prefixes under which the text decoder sits in the HF models we support: `model.` for
@@ -184,9 +273,9 @@ pub fn site_of(module_path: &str) -> Option<Site> {
     if module_path == "lm_head" || module_path == "language_model.lm_head" {
         return Some(Site::Output);
     }
-    let first = module_path.strip_prefix("model.").unwrap_or(module_path).split('.').next().unwrap_or("");
-    if TOWERS.contains(&first) {
-        return Some(Site::Tower);
+    let under_model = module_path.strip_prefix("model.").unwrap_or(module_path);
+    if TOWERS.contains(&under_model.split('.').next().unwrap_or("")) {
+        return Some(Site::Tower { path: under_model.to_string() });
     }
     for prefix in DECODER_PREFIXES {
         let Some(rest) = module_path.strip_prefix(prefix) else { continue };
@@ -224,8 +313,21 @@ impl Arch {
                 let name = self.model_modules.iter().find(|(m, _)| m == module)?.1;
                 Some(format!("{name}.weight"))
             }
-            Site::Tower => None,
+            Site::Tower { .. } => None,
         }
+    }
+
+    /// The tower tensors (with `.weight`) a tower module's rows go to in a base whose tensors
+    /// satisfy `has`: the first naming in [`TowerModule::gguf`] the base has in full. `None` when
+    /// the module is not in the table or the base has none of its namings.
+    pub fn tower_targets(&self, path: &str, has: impl Fn(&str) -> bool) -> Option<Vec<String>> {
+        // Gemma 4's clippable linears: PEFT may wrap the inner `.linear`, the weight is the same.
+        let path = path.strip_suffix(".linear").unwrap_or(path);
+        let (module, block) = self.towers.iter().find_map(|t| Some((t, block_of(t.hf, path)?)))?;
+        module.gguf.iter().find_map(|naming| {
+            let names: Vec<String> = naming.iter().map(|n| format!("{}.weight", n.replace("{N}", &block))).collect();
+            names.iter().all(|n| has(n)).then_some(names)
+        })
     }
 
     /// The GGUF base tensors a site maps to: one, or for a row-split module one per part, in row
@@ -291,6 +393,29 @@ impl Arch {
         }
         Ok(r)
     }
+}
+
+/// The block number `path` has where `pattern` says `{N}` ("" without one), or `None` when the path
+/// does not fit the pattern.
+fn block_of(pattern: &str, path: &str) -> Option<String> {
+    let (p, q): (Vec<&str>, Vec<&str>) = (pattern.split('.').collect(), path.split('.').collect());
+    if p.len() != q.len() {
+        return None;
+    }
+    let mut block = String::new();
+    for (want, got) in p.iter().zip(&q) {
+        if *want == "{N}" && !got.is_empty() && got.bytes().all(|b| b.is_ascii_digit()) {
+            block = got.to_string();
+        } else if want != got {
+            return None;
+        }
+    }
+    Some(block)
+}
+
+/// Whether a GGUF tensor belongs to a multimodal tower or projector (Ollama's in-file towers).
+pub fn is_tower_tensor(name: &str) -> bool {
+    ["v.", "a.", "mm."].iter().any(|p| name.starts_with(p))
 }
 
 /// What [`Arch::reorder`] needs to know of the base model.
@@ -448,6 +573,27 @@ mod tests {
     }
 
     #[test]
+    fn tower_modules_take_the_naming_the_base_has() {
+        let q = by_name("qwen35").unwrap();
+        let ollama = |n: &str| n.starts_with("v.blk.12.attn_") && !n.contains("qkv");
+        let llama_cpp = |n: &str| n == "v.blk.12.attn_qkv.weight";
+        assert_eq!(
+            q.tower_targets("visual.blocks.12.attn.qkv", ollama).unwrap(),
+            vec!["v.blk.12.attn_q.weight", "v.blk.12.attn_k.weight", "v.blk.12.attn_v.weight"]
+        );
+        assert_eq!(q.tower_targets("visual.blocks.12.attn.qkv", llama_cpp).unwrap(), vec!["v.blk.12.attn_qkv.weight"]);
+        assert_eq!(q.tower_targets("visual.blocks.12.attn.qkv", |_| false), None);
+        assert_eq!(q.tower_targets("visual.blocks.x.attn.qkv", |_| true), None);
+        let g4 = by_name("gemma4").unwrap();
+        let path = "vision_tower.encoder.layers.3.self_attn.o_proj.linear";
+        assert_eq!(g4.tower_targets(path, |_| true).unwrap(), vec!["v.blk.3.attn_out.weight"]);
+        let g3 = by_name("gemma3").unwrap();
+        let fc1 = "vision_tower.vision_model.encoder.layers.0.mlp.fc1";
+        assert_eq!(g3.tower_targets(fc1, |n| n.contains("ffn_up")).unwrap(), vec!["v.blk.0.ffn_up.weight"]);
+        assert_eq!(by_name("llama").unwrap().tower_targets(fc1, |_| true), None);
+    }
+
+    #[test]
     fn granite4_input_linear_splits_into_gate_and_up() {
         let g = by_hf_model_type("granitemoehybrid").unwrap();
         assert_eq!(g.name, "granite");
@@ -460,10 +606,11 @@ mod tests {
 
     #[test]
     fn towers_and_model_level_modules() {
-        assert_eq!(site_of("model.vision_tower.encoder.layers.0.self_attn.q_proj"), Some(Site::Tower));
-        assert_eq!(site_of("model.audio_tower.layers.3.self_attn.k_proj"), Some(Site::Tower));
-        assert_eq!(site_of("model.visual.blocks.0.attn.qkv"), Some(Site::Tower));
-        assert_eq!(site_of("model.multi_modal_projector.linear_1"), Some(Site::Tower));
+        let tower = |p: &str| Some(Site::Tower { path: p.to_string() });
+        assert_eq!(site_of("model.vision_tower.encoder.layers.0.self_attn.q_proj"), tower("vision_tower.encoder.layers.0.self_attn.q_proj"));
+        assert_eq!(site_of("model.audio_tower.layers.3.self_attn.k_proj"), tower("audio_tower.layers.3.self_attn.k_proj"));
+        assert_eq!(site_of("model.visual.blocks.0.attn.qkv"), tower("visual.blocks.0.attn.qkv"));
+        assert_eq!(site_of("multi_modal_projector.linear_1"), tower("multi_modal_projector.linear_1"));
         assert_eq!(
             site_of("model.language_model.layers.2.linear_attn.in_proj_qkv"),
             Some(Site::Layer { layer: 2, module: "in_proj_qkv".into() })

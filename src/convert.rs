@@ -142,6 +142,7 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
     if let Some(spec) = base.arch_spec() {
         refuse_merge_only(spec, &plan, inputs)?;
     }
+    leave_out_towers(&mut plan, inputs, opts.strict)?;
 
     // Pass 1: statistics, so bad values are refused and tensor types fixed before anything is written.
     let total_bytes: u64 = plan.tensors.iter().flat_map(|t| &t.parts).map(|p| src(inputs, p).1.byte_len() as u64).sum();
@@ -192,6 +193,29 @@ fn refuse_merge_only(arch: &Arch, plan: &Plan, inputs: &[Input]) -> Result<()> {
         ),
         hint: Some("merge it into the base instead: `ollama-tools merge`, or create-from-base (which merges on Ollama 0.34.1+)".into()),
     })
+}
+
+/// A GGUF adapter reaches the language model only (llama.cpp loads towers from a separate mmproj,
+/// which takes no adapter), so pairs on the tower a base carries are dropped here; `merge` keeps them.
+fn leave_out_towers(plan: &mut Plan, inputs: &[Input], strict: bool) -> Result<()> {
+    let towers: Vec<&str> =
+        plan.tensors.iter().filter_map(|t| t.spec.name.strip_suffix(".lora_a")).filter(|n| arch::is_tower_tensor(n)).collect();
+    let Some(first) = towers.first() else { return Ok(()) };
+    let what = format!(
+        "{} LoRA pair{} on the base's multimodal tower (`{}`{})",
+        towers.len(),
+        if towers.len() == 1 { "" } else { "s" },
+        first,
+        if towers.len() > 1 { format!(" and {} more", towers.len() - 1) } else { String::new() }
+    );
+    let hint = "merge the adapter into the base instead (`ollama-tools merge`, or create-from-base), which applies them";
+    if strict || plan.tensors.len() == 2 * towers.len() {
+        let why = if strict { "--strict" } else { "nothing else to convert" };
+        return Err(Error::refused(&inputs[0].adapter.path, format!("{what} cannot go into a GGUF adapter ({why})"), hint));
+    }
+    plan.tensors.retain(|t| !arch::is_tower_tensor(&t.spec.name));
+    plan.notices.push(format!("warning: {what} left out: a GGUF adapter reaches the language model only ({hint})"));
+    Ok(())
 }
 
 /// What every command that writes from adapters checks first (options, the output, the base's

@@ -552,8 +552,9 @@ pub struct Analysis {
     pub problems: Vec<Problem>,
     /// Things done that the user should know about (tensors skipped per PEFT's own rules).
     pub notices: Vec<String>,
-    /// Module paths of LoRA pairs on a multimodal model's vision or audio tower: not part of the
-    /// language model's GGUF, so whether they can be used depends on the base (see `validate`).
+    /// Module paths of the LoRA pairs (also in `modules`) on a multimodal model's vision or audio
+    /// tower: not part of the language model's GGUF, so whether they can be used depends on the
+    /// base (see `validate`).
     pub towers: Vec<String>,
 }
 
@@ -697,9 +698,8 @@ fn analyze(adapter: &Adapter) -> Analysis {
             ));
             continue;
         };
-        if site == Site::Tower {
-            out.towers.push(module);
-            continue;
+        if matches!(site, Site::Tower { .. }) {
+            out.towers.push(module.clone());
         }
         if let (Some(layers), Site::Layer { layer, .. }) = (&cfg.layers_to_transform, &site) {
             if !layers.contains(&u64::from(*layer)) {
@@ -828,7 +828,8 @@ impl Report {
                 Site::Embedding => ("embed_tokens".to_string(), None),
                 Site::Output => ("lm_head".to_string(), None),
                 Site::Model { module } => (module.clone(), None),
-                Site::Tower => ("tower".to_string(), None),
+                // Listed on their own (`towers`).
+                Site::Tower { .. } => continue,
             };
             let g = groups.entry((name.clone(), m.rank, m.alpha.to_bits())).or_insert_with(|| ModuleGroup {
                 module: name,

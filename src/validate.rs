@@ -62,6 +62,8 @@ struct Tally {
     low_bit: BTreeSet<String>,
     types: BTreeSet<String>,
     kv_shared: BTreeSet<u32>,
+    /// Tower modules (paths) the base has no tensors for.
+    towers_left_out: Vec<String>,
 }
 
 impl Validation {
@@ -197,7 +199,7 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             check_target(&mut v, &mut tally, base, adapter, target, &base_id);
         }
     }
-    let Tally { shape_errors, layers, low_bit, types, kv_shared } = tally;
+    let Tally { shape_errors, layers, low_bit, types, kv_shared, towers_left_out } = tally;
     if !kv_shared.is_empty() {
         v.notices.push(format!(
             "skipped the k_proj/v_proj LoRA of layers {}: these layers reuse an earlier layer's keys and values \
@@ -212,6 +214,16 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
                 t.module.path, t.tensor
             ));
         }
+    }
+    let tower_targets: Vec<&str> = v.modules.iter().map(|t| t.tensor.as_str()).filter(|n| arch::is_tower_tensor(n)).collect();
+    if let Some(first) = tower_targets.first() {
+        v.notices.push(format!(
+            "{} LoRA pair{} on the multimodal towers map to the tower this base GGUF carries (`{first}`{}): `merge` \
+             applies them; a GGUF adapter (`convert`) reaches the language model only and leaves them out",
+            tower_targets.len(),
+            if tower_targets.len() == 1 { "" } else { "s" },
+            if tower_targets.len() > 1 { format!(" and {} more", tower_targets.len() - 1) } else { String::new() },
+        ));
     }
     // The first offending tensor in full, and how many more: one wrong base makes them all wrong.
     if let Some(first) = shape_errors.first() {
@@ -245,7 +257,7 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             "use a Q4_K_M or better build of the base",
         ));
     }
-    check_towers(&mut v, &analysis.towers, base);
+    check_towers(&mut v, &towers_left_out, base);
     check_identity(&mut v, base, &base_id);
     check_vocab(&mut v, adapter, &analysis.modules, base);
     let layers_n = layers.len();
@@ -274,6 +286,13 @@ fn map_module(
         ));
         return vec![];
     }
+    if let Site::Tower { path } = &m.site {
+        let Some(names) = arch.tower_targets(path, |n| base.tensors.contains_key(n)) else {
+            tally.towers_left_out.push(m.path.clone());
+            return vec![];
+        };
+        return split_rows(tally, m, names, key_a, base_id);
+    }
     let Some(names) = arch.targets(&m.site) else {
         v.errors.push(finding(
             key_a,
@@ -299,6 +318,11 @@ fn map_module(
         }
         tally.layers.insert(layer);
     }
+    split_rows(tally, m, names, key_a, base_id)
+}
+
+/// One target per tensor in `names`, each taking an equal consecutive share of lora_B's rows.
+fn split_rows(tally: &mut Tally, m: &LoraModule, names: Vec<String>, key_a: &str, base_id: &str) -> Vec<Target> {
     let parts = names.len() as u64;
     if m.out_features % parts != 0 {
         tally.shape_errors.push(finding(
@@ -365,16 +389,16 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
     v.modules.push(t);
 }
 
-/// LoRA on a vision or audio tower. llama.cpp's converter writes the towers to a separate
-/// `mmproj` file, so the language model's GGUF has nothing to apply them to: they are left out and
-/// the user is told (a warning, so `--strict` refuses).
+/// LoRA on a vision or audio tower that the base has no tensors for: llama.cpp's converter writes
+/// the towers to a separate `mmproj` file, so its language-model GGUF has none; Ollama's own GGUFs
+/// carry them, under names [`arch::TowerModule`] knows for some modules only. Left out with a
+/// warning (so `--strict` refuses).
 fn check_towers(v: &mut Validation, towers: &[String], base: &BaseModel) {
     let Some(first) = towers.first() else { return };
     let more = if towers.len() > 1 { format!(" and {} more", towers.len() - 1) } else { String::new() };
-    let carries_tower = base.tensors.keys().any(|k| k.starts_with("v.") || k.starts_with("a.") || k.starts_with("mm."));
-    let why = if carries_tower {
-        "this base GGUF carries a vision/audio tower, but its tensor names are Ollama's own, which no published converter \
-         maps PEFT's tower modules to"
+    let why = if base.tensors.keys().any(|k| arch::is_tower_tensor(k)) {
+        "this base GGUF carries a vision/audio tower, but not under a name ollama-tools knows for these modules \
+         (docs/ARCHITECTURES.md lists the known ones)"
     } else {
         "the base GGUF holds the language model only (llama.cpp keeps vision/audio towers in a separate mmproj file)"
     };
@@ -386,8 +410,9 @@ fn check_towers(v: &mut Validation, towers: &[String], base: &BaseModel) {
             towers.len(),
             if towers.len() == 1 { "" } else { "s" }
         ),
-        "nothing to do for text use; to keep the tower's training, merge the adapter with PEFT (merge_and_unload) and \
-         convert the whole model with llama.cpp (text model and mmproj); --strict refuses",
+        "nothing to do for text use; to keep the tower's training, merge into the Ollama library's build of the model \
+         (it carries the tower), or merge with PEFT (merge_and_unload) and convert the whole model with llama.cpp \
+         (text model and mmproj); --strict refuses",
     ));
 }
 
@@ -453,7 +478,7 @@ fn check_vocab(v: &mut Validation, adapter: &Adapter, modules: &[LoraModule], ba
     let from_lora = modules.iter().find_map(|m| match m.site {
         Site::Embedding => Some(m.in_features),
         Site::Output => Some(m.out_features),
-        Site::Layer { .. } | Site::Model { .. } | Site::Tower => None,
+        Site::Layer { .. } | Site::Model { .. } | Site::Tower { .. } => None,
     });
     let from_full = adapter.tensors.iter().find_map(|t| {
         let full = t.key.ends_with("embed_tokens.weight") || t.key.ends_with("lm_head.weight");
