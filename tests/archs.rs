@@ -211,6 +211,43 @@ fn qwen35_corpus_adapter_validates_and_leaves_the_vision_tower_out() {
 }
 
 #[test]
+fn qwen35_corpus_adapter_merges_the_vision_tower_an_ollama_base_carries() {
+    let Some(config) = corpus_config("AnHuanAo__qwythos-9b-math-sft__adapter_config.json") else { return };
+    let d = tempfile::tempdir().unwrap();
+    let gguf = d.path().join("qwen35-ollama.gguf");
+    // Ollama's Qwen3.5 GGUF keeps the vision tower, its qkv split into thirds (convert_qwen35.go).
+    let mut tensors = qwen35_tensors(4);
+    for stem in ["attn_q", "attn_k", "attn_v", "attn_out"] {
+        tensors.push((format!("v.blk.0.{stem}.weight"), [1152, 1152]));
+    }
+    tensors.push(("v.blk.0.mlp.linear_fc1.weight".into(), [1152, 4304]));
+    write_header(&gguf, "qwen35", qwen35_kvs(4), &tensors);
+    let mut modules = qwen35_modules(4);
+    for (m, shape) in [("attn.qkv", [3456, 1152]), ("attn.proj", [1152, 1152]), ("mlp.linear_fc1", [4304, 1152])] {
+        modules.push((format!("model.visual.blocks.0.{m}"), shape));
+    }
+    // A block the base lacks is still left out, with the warning.
+    modules.push(("model.visual.blocks.1.attn.proj".into(), [1152, 1152]));
+    let a = write_peft(&d.path().join("a"), config, 16, &modules);
+    let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
+    assert!(v.errors.is_empty(), "{:?}", v.errors);
+    let towers: Vec<(&str, usize)> =
+        v.modules.iter().filter(|t| t.tensor.starts_with("v.")).map(|t| (t.tensor.as_str(), t.b_row_offset)).collect();
+    assert_eq!(
+        towers,
+        [
+            ("v.blk.0.attn_out.weight", 0),
+            ("v.blk.0.attn_q.weight", 0),
+            ("v.blk.0.attn_k.weight", 1152),
+            ("v.blk.0.attn_v.weight", 2304),
+            ("v.blk.0.mlp.linear_fc1.weight", 0)
+        ]
+    );
+    assert!(v.notices.iter().any(|n| n.contains("5 LoRA pairs on the multimodal towers map to the tower")), "{:?}", v.notices);
+    assert!(v.warnings.iter().any(|w| w.message.contains("`model.visual.blocks.1.attn.proj`) left out")), "{:?}", v.warnings);
+}
+
+#[test]
 fn qwen35_linear_attention_shape_mismatch_names_the_layer() {
     let d = tempfile::tempdir().unwrap();
     let gguf = d.path().join("qwen35.gguf");

@@ -145,12 +145,13 @@ def llama_quantize(src: Path, dst: Path, ftype: int, timeout: float = 300) -> No
 
 
 def rewrite_gguf(src: Path, dst: Path, tensor_fn, alignment: int | None = None,
-                 kv_overrides: dict | None = None) -> None:
+                 kv_overrides: dict | None = None, extra: dict | None = None) -> None:
     """Copy a GGUF through the gguf package: every KV (general.alignment aside) as is, except
     kv_overrides {key: (value, GGUFValueType)}; every tensor as tensor_fn(name, array) returns it:
     a float array, or (quantized uint8 array, GGMLQuantizationType); quantized source tensors come
     as their bytes and pass through when returned as is. alignment: a custom
-    general.alignment for the new file."""
+    general.alignment for the new file. extra: tensors appended, {name: float array or
+    (quantized uint8 array, GGMLQuantizationType)}."""
     r = gguf.GGUFReader(str(src))
     kv_overrides = dict(kv_overrides or {})
     w = gguf.GGUFWriter(str(dst), str(r.fields["general.architecture"].contents()))
@@ -178,6 +179,11 @@ def rewrite_gguf(src: Path, dst: Path, tensor_fn, alignment: int | None = None,
             w.add_tensor(t.name, out)
         else:  # a quantized tensor passed through
             w.add_tensor(t.name, out, raw_dtype=t.tensor_type)
+    for name, out in (extra or {}).items():
+        if isinstance(out, tuple):
+            w.add_tensor(name, out[0], raw_dtype=out[1])
+        else:
+            w.add_tensor(name, out)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -8,11 +8,17 @@
   refuses it, `merge` applies it (checked against the numpy forward on the PEFT-merged weights).
 - Gemma 4's KV-shared layers: a k/v LoRA there is skipped with a notice (transformers has no such
   modules; llama.cpp never uses those projections), and the rest is applied exactly.
+- A base that carries the tower (Ollama's own GGUFs keep it beside the language model, as `v.*`):
+  `merge` applies the tower's LoRA there, by the names Ollama's converters give those tensors
+  (convert/convert_qwen35.go splits the fused qkv into thirds; convert_gemma3.go keeps `mlp.fc1`
+  and names the output `attn_output`), checked tensor by tensor against W + scale * B @ A. llama.cpp
+  cannot load such a file (it counts the extra tensors), so the check is on the weights.
 """
 from __future__ import annotations
 
 import json
 
+import gguf
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -133,3 +139,90 @@ def test_gemma4_kv_shared_layers_are_skipped_with_a_notice(tmp_path):
     r = rel(got, ref)
     harness.record("gemma4 KV-shared k_proj skipped", r, TOL, effect=rel(ref, base.ref_logits))
     assert r < TOL, f"rel {r:.3e}"
+
+
+# HF module -> the tensors its rows go to in an Ollama GGUF, from Ollama's converters (independent
+# of ollama-tools' tables): Qwen3.5 splits the vision qkv into q, k, v; Gemma 3 keeps SigLIP's
+# `mlp.fc1` and calls the output projection `attn_output`.
+OLLAMA_TOWERS = {
+    "qwen35": {
+        "model.visual.blocks.0.attn.qkv": ["v.blk.0.attn_q", "v.blk.0.attn_k", "v.blk.0.attn_v"],
+        "model.visual.blocks.0.attn.proj": ["v.blk.0.attn_out"],
+        "model.visual.blocks.0.mlp.linear_fc1": ["v.blk.0.mlp.linear_fc1"],
+    },
+    "gemma3": {
+        "model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj": ["v.blk.0.attn_q"],
+        "model.vision_tower.vision_model.encoder.layers.0.self_attn.out_proj": ["v.blk.0.attn_output"],
+        "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1": ["v.blk.0.mlp.fc1"],
+    },
+}
+VISION = 64                            # tower width: Q8_0 rows need a multiple of 32
+TOWER_TYPES = ["F16", "Q8_0", "F32"]   # the modules' tensors take these types in turn
+
+
+def _tower_base(base_path, out, layout: dict, rng) -> dict:
+    """The text base plus a tower in Ollama's layout (and an untouched patch embedding); returns
+    {tensor: float32 weight as stored}."""
+    weights, extra = {}, {}
+    for k, (module, names) in enumerate(layout.items()):
+        rows = 2 * VISION if module.endswith(("fc1", "linear_fc1")) else VISION
+        for name in names:
+            w = (rng.standard_normal((rows, VISION)) * 0.05).astype(np.float32)
+            ty = TOWER_TYPES[k % len(TOWER_TYPES)]
+            if ty == "F16":
+                w = w.astype(np.float16)
+                extra[name + ".weight"] = w
+            elif ty == "Q8_0":
+                q = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
+                extra[name + ".weight"] = (q, gguf.GGMLQuantizationType.Q8_0)
+                w = gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q8_0)
+            else:
+                extra[name + ".weight"] = w
+            weights[name + ".weight"] = np.asarray(w, dtype=np.float32)
+    extra["v.patch_embd.weight"] = rng.standard_normal((VISION, 48)).astype(np.float32)
+    harness.rewrite_gguf(base_path, out, lambda name, arr: arr, extra=extra)
+    return weights
+
+
+@pytest.mark.parametrize("arch_name", sorted(OLLAMA_TOWERS))
+def test_tower_lora_merges_into_a_base_that_carries_the_tower(arch_name, tmp_path):
+    harness.require_binary()
+    arch, layout = archs.ARCHS[arch_name], OLLAMA_TOWERS[arch_name]
+    text = harness.build_base(arch, tmp_path / "base", seed=80)
+    base = tmp_path / "base-with-tower.gguf"
+    tower_w = _tower_base(text.path, base, layout, np.random.default_rng(10))
+    ad = peft_lora.write_peft_adapter(tmp_path / "adapter", arch, text.cfg, text.weights, r=8, alpha=16,
+                                      targets=["q_proj"], rng=np.random.default_rng(11))
+    rng, pairs, deltas = np.random.default_rng(12), {}, {}
+    for module, names in layout.items():
+        rows = len(names) * (2 * VISION if module.endswith("fc1") else VISION)
+        A = rng.standard_normal((8, VISION)).astype(np.float32) * 0.1
+        B = rng.standard_normal((rows, 8)).astype(np.float32) * 0.1
+        pairs[f"base_model.model.{module}.lora_A.weight"] = A
+        pairs[f"base_model.model.{module}.lora_B.weight"] = B
+        delta = 16 / 8 * (B.astype(np.float64) @ A)
+        for name, part in zip(names, np.split(delta, len(names))):
+            deltas[name + ".weight"] = part
+    _rewrite_keys(ad.path, lambda k: k.replace("base_model.model.model.", "base_model.model.model.language_model."), pairs)
+
+    merged = tmp_path / "merged.gguf"
+    p = merge_ok([ad.path, "--base", base, "-o", merged])
+    assert "map to the tower this base GGUF carries" in p.stderr, p.stderr
+    got = harness.read_gguf_raw(merged).tensors
+    before = harness.read_gguf_raw(base).tensors
+    for name, delta in deltas.items():
+        want = tower_w[name] + delta
+        r = rel(got[name].values(), want)
+        tol = 1e-6 if got[name].type == "F32" else 2e-2 if got[name].type == "Q8_0" else 2e-3
+        harness.record(f"{arch_name} tower {name} ({got[name].type})", r, tol, effect=rel(want, tower_w[name]))
+        assert got[name].type == before[name].type, f"{name} changed type"
+        assert rel(want, tower_w[name]) > 10 * tol, "the tower delta must matter for the check to mean anything"
+        assert r < tol, f"{name}: merged vs W + scale * B @ A rel {r:.3e}"
+    assert got["v.patch_embd.weight"].data == before["v.patch_embd.weight"].data
+
+    # A GGUF adapter cannot reach the tower: left out with a warning; --strict refuses.
+    p = convert_ok([ad.path, "--base", base, "-o", tmp_path / "a.gguf"])
+    assert "cannot go into" not in p.stderr and "left out" in p.stderr, p.stderr
+    assert not any(n.startswith("v.") for n in harness.read_gguf(tmp_path / "a.gguf").tensors)
+    strict = harness.run_convert([ad.path, "--base", base, "-o", tmp_path / "s.gguf", "--strict"])
+    assert strict.returncode != 0 and "tower" in strict.stderr, strict.stderr
