@@ -23,7 +23,7 @@ use crate::base::BaseModel;
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgmlType, TensorSpec, Value};
 use crate::peft::{self, Adapter, LoraModule, RawTensor};
-use crate::validate::{validate, Finding, Target};
+use crate::validate::{first_and_more, plural, validate, Finding, Target};
 use crate::pipeline;
 use crate::progress::Progress;
 
@@ -182,13 +182,15 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
 fn refuse_merge_only(arch: &Arch, plan: &Plan, inputs: &[Input]) -> Result<()> {
     let names: Vec<&str> =
         plan.tensors.iter().filter_map(|t| t.spec.name.strip_suffix(".lora_a")).filter(|n| arch.is_merge_only(n)).collect();
-    let Some(first) = names.first() else { return Ok(()) };
+    if names.is_empty() {
+        return Ok(());
+    }
     Err(Error::Refused {
         path: inputs[0].adapter.path.clone(),
         msg: format!(
-            "adapts `{first}`{}, which llama.cpp's `{}` runtime multiplies without applying any LoRA: \
+            "adapts {}, which llama.cpp's `{}` runtime multiplies without applying any LoRA: \
              as a GGUF adapter it would load and change nothing",
-            if names.len() > 1 { format!(" and {} more", names.len() - 1) } else { String::new() },
+            first_and_more(&names),
             arch.name
         ),
         hint: Some("merge it into the base instead: `ollama-tools merge`, or create-from-base (which merges on Ollama 0.34.1+)".into()),
@@ -200,14 +202,10 @@ fn refuse_merge_only(arch: &Arch, plan: &Plan, inputs: &[Input]) -> Result<()> {
 fn leave_out_towers(plan: &mut Plan, inputs: &[Input], strict: bool) -> Result<()> {
     let towers: Vec<&str> =
         plan.tensors.iter().filter_map(|t| t.spec.name.strip_suffix(".lora_a")).filter(|n| arch::is_tower_tensor(n)).collect();
-    let Some(first) = towers.first() else { return Ok(()) };
-    let what = format!(
-        "{} LoRA pair{} on the base's multimodal tower (`{}`{})",
-        towers.len(),
-        if towers.len() == 1 { "" } else { "s" },
-        first,
-        if towers.len() > 1 { format!(" and {} more", towers.len() - 1) } else { String::new() }
-    );
+    if towers.is_empty() {
+        return Ok(());
+    }
+    let what = format!("{} LoRA pair{} on the base's multimodal tower ({})", towers.len(), plural(towers.len()), first_and_more(&towers));
     let hint = "merge the adapter into the base instead (`ollama-tools merge`, or create-from-base), which applies them";
     if strict || plan.tensors.len() == 2 * towers.len() {
         let why = if strict { "--strict" } else { "nothing else to convert" };

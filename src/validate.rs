@@ -24,6 +24,20 @@ fn finding(subject: impl Into<String>, message: impl Into<String>, hint: impl In
     Finding { subject: subject.into(), message: message.into(), hint: hint.into() }
 }
 
+/// "`first`" or "`first` and N more", for messages about a list of names (empty for none).
+pub(crate) fn first_and_more(names: &[impl AsRef<str>]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => format!("`{}`", one.as_ref()),
+        [first, rest @ ..] => format!("`{}` and {} more", first.as_ref(), rest.len()),
+    }
+}
+
+/// "s" for a count other than one.
+pub(crate) fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Validation {
     pub adapter: PathBuf,
@@ -216,13 +230,13 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         }
     }
     let tower_targets: Vec<&str> = v.modules.iter().map(|t| t.tensor.as_str()).filter(|n| arch::is_tower_tensor(n)).collect();
-    if let Some(first) = tower_targets.first() {
+    if !tower_targets.is_empty() {
         v.notices.push(format!(
-            "{} LoRA pair{} on the multimodal towers map to the tower this base GGUF carries (`{first}`{}): `merge` \
-             applies them; a GGUF adapter (`convert`) reaches the language model only and leaves them out",
+            "{} LoRA pair{} on the multimodal towers map to the tower this base GGUF carries ({}): `merge` applies \
+             them; a GGUF adapter (`convert`) reaches the language model only and leaves them out",
             tower_targets.len(),
-            if tower_targets.len() == 1 { "" } else { "s" },
-            if tower_targets.len() > 1 { format!(" and {} more", tower_targets.len() - 1) } else { String::new() },
+            plural(tower_targets.len()),
+            first_and_more(&tower_targets),
         ));
     }
     // The first offending tensor in full, and how many more: one wrong base makes them all wrong.
@@ -394,8 +408,9 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
 /// carry them, under names [`arch::TowerModule`] knows for some modules only. Left out with a
 /// warning (so `--strict` refuses).
 fn check_towers(v: &mut Validation, towers: &[String], base: &BaseModel) {
-    let Some(first) = towers.first() else { return };
-    let more = if towers.len() > 1 { format!(" and {} more", towers.len() - 1) } else { String::new() };
+    if towers.is_empty() {
+        return;
+    }
     let why = if base.tensors.keys().any(|k| arch::is_tower_tensor(k)) {
         "this base GGUF carries a vision/audio tower, but not under a name ollama-tools knows for these modules \
          (docs/ARCHITECTURES.md lists the known ones)"
@@ -405,10 +420,11 @@ fn check_towers(v: &mut Validation, towers: &[String], base: &BaseModel) {
     v.warnings.push(finding(
         "vision/audio tower",
         format!(
-            "{} LoRA pair{} on the multimodal towers (`{first}`{more}) left out: {why}; the language model is adapted, \
+            "{} LoRA pair{} on the multimodal towers ({}) left out: {why}; the language model is adapted, \
              images and audio are encoded as by the base",
             towers.len(),
-            if towers.len() == 1 { "" } else { "s" }
+            plural(towers.len()),
+            first_and_more(towers),
         ),
         "nothing to do for text use; to keep the tower's training, merge into the Ollama library's build of the model \
          (it carries the tower), or merge with PEFT (merge_and_unload) and convert the whole model with llama.cpp \
