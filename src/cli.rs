@@ -262,11 +262,15 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// Runs a parsed command line; errors are printed here, once, with their cause chain.
 pub fn run(cli: Cli) -> ExitCode {
     // A second Ctrl-C ends the process at once, for whoever does not want to wait for the clean-up.
+    // SIGINT, SIGTERM and SIGHUP (ctrlc's `termination` feature): the first asks the work to stop
+    // and clean up; a second ends the process at once, after deleting temporary outputs.
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            crate::convert::remove_temporaries();
             std::process::exit(130);
         }
     });
+    ignore_file_size_signal();
     let result = match cli.command {
         Command::Convert { adapters, base, strict, output, outtype, scale, name, force, json } => {
             let opts = convert::Options { outtype, scale, name, force, strict };
@@ -657,6 +661,17 @@ impl Progress for Bar {
     }
     fn cancelled(&self) -> bool {
         INTERRUPTED.load(Ordering::SeqCst)
+    }
+}
+
+/// With a file-size limit (`ulimit -f`), the kernel kills a writer with SIGXFSZ, silently and
+/// leaving the temporary output behind. Ignored, the write fails with EFBIG instead, which ends in
+/// an error message and a deleted temporary file.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN runs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 

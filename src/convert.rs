@@ -219,22 +219,16 @@ fn leave_out_towers(plan: &mut Plan, inputs: &[Input], strict: bool) -> Result<(
 /// What every command that writes from adapters checks first (options, the output, the base's
 /// architecture, the adapters against the base), and then the plan.
 pub(crate) fn prepare(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options) -> Result<Plan> {
-    if !(opts.scale.is_finite() && opts.scale != 0.0) {
-        return Err(Error::Usage(format!("--scale must be a non-zero finite number, got {}", opts.scale)));
-    }
+    check_scale(opts.scale)?;
     if let Some(i) = inputs.iter().find(|i| !(i.weight.is_finite() && i.weight != 0.0)) {
         return Err(Error::Usage(format!("adapter weight must be a non-zero finite number, got {} for {}", i.weight, i.adapter.path.display())));
     }
     if inputs.is_empty() {
         return Err(Error::Usage("no adapter given".into()));
     }
-    if output.exists() && !opts.force {
-        return Err(Error::Refused {
-            path: output.to_path_buf(),
-            msg: "already exists".into(),
-            hint: Some("pass --force to replace it, or choose another -o".into()),
-        });
-    }
+    let mut sources: Vec<&Path> = inputs.iter().flat_map(|i| [i.adapter.weights_path.as_path(), i.adapter.config_path.as_path()]).collect();
+    sources.extend(base.gguf_path.as_deref());
+    check_output(output, opts.force, &sources)?;
     let arch = base.arch_spec().ok_or_else(|| {
         Error::refused(
             &base.source,
@@ -243,6 +237,35 @@ pub(crate) fn prepare(inputs: &[Input], base: &BaseModel, output: &Path, opts: &
         )
     })?;
     plan(inputs, base, arch, opts)
+}
+
+/// `--scale`: zero would silently change nothing, NaN and Inf would write a broken model.
+pub(crate) fn check_scale(scale: f64) -> Result<()> {
+    if scale.is_finite() && scale != 0.0 {
+        return Ok(());
+    }
+    Err(Error::Usage(format!("--scale must be a non-zero finite number, got {scale}")))
+}
+
+/// The output may be written: it does not exist (or `--force`), it is not one of the inputs, and
+/// it is not a device, socket or directory that a rename would replace. Checked before any work.
+pub(crate) fn check_output(output: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
+    let refuse = |msg: &str, hint: &str| Err(Error::Refused { path: output.to_path_buf(), msg: msg.into(), hint: Some(hint.into()) });
+    let Ok(meta) = std::fs::symlink_metadata(output) else { return Ok(()) };
+    let same = |p: &&Path| match (std::fs::canonicalize(output), std::fs::canonicalize(p)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if inputs.iter().any(same) {
+        return refuse("is one of the inputs; writing there would destroy what is being read", "choose another -o");
+    }
+    if !meta.is_file() && !meta.file_type().is_symlink() {
+        return refuse("exists and is not a regular file (a directory, device or socket)", "choose another -o");
+    }
+    if !force {
+        return refuse("already exists", "pass --force to replace it, or choose another -o");
+    }
+    Ok(())
 }
 
 /// A temporary file beside `output` (same filesystem, so the final rename is atomic), readable by
@@ -254,13 +277,40 @@ pub(crate) fn temp_beside(output: &Path) -> Result<tempfile::NamedTempFile> {
     builder.prefix(&prefix).suffix(".tmp");
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))
+    let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    temporaries().push(tmp.path().to_path_buf());
+    Ok(tmp)
+}
+
+/// Temporary outputs this process has made and not yet renamed into place. Dropping a
+/// `NamedTempFile` deletes it, but a process ended by a second signal does not unwind: the CLI's
+/// handler calls [`remove_temporaries`] first.
+fn temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    static TEMPORARIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    TEMPORARIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Deletes every temporary output still on disk, for a process about to exit without unwinding.
+pub fn remove_temporaries() {
+    for path in temporaries().drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Renames the finished temporary file into place; without `force` an existing file is kept.
 pub(crate) fn persist(tmp: tempfile::NamedTempFile, output: &Path, force: bool) -> Result<()> {
+    let tmp_path = tmp.path().to_path_buf();
     let done = if force { tmp.persist(output) } else { tmp.persist_noclobber(output) };
-    done.map(|_| ()).map_err(|e| Error::io(output, e.error))
+    temporaries().retain(|p| *p != tmp_path);
+    done.map(|_| ()).map_err(|e| match e.error.kind() {
+        // Checked before the work started, so another process made it meanwhile.
+        std::io::ErrorKind::AlreadyExists => Error::Refused {
+            path: output.to_path_buf(),
+            msg: "appeared while this run was writing it; the new result was discarded".into(),
+            hint: Some("pass --force to replace it, or choose another -o".into()),
+        },
+        _ => Error::io(output, e.error),
+    })
 }
 
 /// The output tensors, the file alpha, and what the user should be told, from the headers alone.
@@ -452,7 +502,8 @@ fn choose_type(t: &OutTensor, stats: &[Stats], outtype: OutType, output: &Path, 
 fn write(inputs: &[Input], tensors: &[OutTensor], kvs: &[(String, Value)], output: &Path, force: bool, progress: &dyn Progress) -> Result<u64> {
     let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
     let tmp = temp_beside(output)?;
-    let io_err = |e| Error::io(tmp.path(), e);
+    // Errors name the output, not the hidden temporary file beside it.
+    let io_err = |e| Error::io(output, e);
     let mut writer = gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), kvs, &specs).map_err(io_err)?;
 
     pipeline::ordered(

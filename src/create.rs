@@ -630,7 +630,7 @@ fn cached(parts: &[&str], adapter: &AdapterInput, ui: &dyn Progress, build: impl
     let digest = sha256_file(&path, ui)?;
     let bytes = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
     let tmp = convert::temp_beside(&sidecar)?;
-    std::fs::write(tmp.path(), format!("{digest} {bytes}\n")).map_err(|e| Error::io(tmp.path(), e))?;
+    std::fs::write(tmp.path(), format!("{digest} {bytes}\n")).map_err(|e| Error::io(&sidecar, e))?;
     convert::persist(tmp, &sidecar, true)?;
     Ok(Built { path, digest: format!("sha256:{digest}"), bytes, reused: false })
 }
@@ -640,7 +640,7 @@ fn copy_out(file: &Path, out: &Path, force: bool, ui: &dyn Progress) -> Result<(
     let tmp = convert::temp_beside(out)?;
     let mut src = File::open(file).map_err(|e| Error::io(file, e))?;
     ui.stage("copying", std::fs::metadata(file).map(|m| m.len()).unwrap_or(0));
-    std::io::copy(&mut src, &mut tmp.as_file()).map_err(|e| Error::io(tmp.path(), e))?;
+    std::io::copy(&mut src, &mut tmp.as_file()).map_err(|e| Error::io(out, e))?;
     ui.finish();
     convert::persist(tmp, out, force)
 }
@@ -684,7 +684,7 @@ fn render_modelfile(m: &Modelfile, out: &Path, opts: &Options) -> Result<String>
 
 fn write_modelfile(text: &str, out: &Path, opts: &Options) -> Result<()> {
     let tmp = convert::temp_beside(out)?;
-    (&mut tmp.as_file()).write_all(text.as_bytes()).map_err(|e| Error::io(tmp.path(), e))?;
+    (&mut tmp.as_file()).write_all(text.as_bytes()).map_err(|e| Error::io(out, e))?;
     convert::persist(tmp, out, opts.force)
 }
 

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use crate::base::BaseModel;
@@ -102,6 +102,8 @@ pub fn merge(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, 
 /// Merges a ready GGUF LoRA adapter (checked against `base` first) into the GGUF of `base`.
 pub fn merge_gguf_adapter(adapter: &Path, base: &BaseModel, output: &Path, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
     let base_path = base_gguf(base)?;
+    convert::check_output(output, opts.force, &[adapter, base_path.as_path()])?;
+    convert::check_scale(opts.scale)?;
     let checked = crate::validate::check_gguf_adapter(adapter, base)?;
     let file = File::open(adapter).map_err(|e| Error::io(adapter, e))?;
     let label = adapter.file_name().map_or_else(|| "adapter".into(), |n| n.to_string_lossy().into_owned());
@@ -198,6 +200,7 @@ fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output:
     let mut notices = source.notices();
     let lora_pairs = source.pairs();
 
+    check_base_tensors(&header, &base_path)?;
     // Which base tensors the adapters touch, and what type each becomes.
     let by_name: HashMap<&str, usize> = header.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
     let mut pairs: Vec<Pair> = Vec::new();
@@ -206,6 +209,13 @@ fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output:
         let name = lp.name.as_str();
         let &i = by_name.get(name).ok_or_else(|| Error::invalid(&base_path, format!("tensor `{name}` is missing")))?;
         let t = &header.tensors[i];
+        if t.ne.len() != 2 {
+            return Err(Error::refused(
+                &base_path,
+                format!("`{name}` is a {}-d tensor {:?}; a LoRA adapts 2-d weight matrices", t.ne.len(), t.ne),
+                "use the base model the adapter was made for",
+            ));
+        }
         if !quant::can_dequantize(t.ty) {
             return Err(Error::refused(
                 &base_path,
@@ -252,7 +262,7 @@ fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output:
     let kvs = metadata(&header, &provenance, opts);
 
     let tmp = convert::temp_beside(output)?;
-    let io_err = |e| Error::io(tmp.path(), e);
+    let io_err = |e| Error::io(output, e);
     let mut writer = gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), &kvs, &specs).map_err(io_err)?;
     let base_file = File::open(&base_path).map_err(|e| Error::io(&base_path, e))?;
     let total: u64 = specs.iter().map(TensorSpec::byte_size).sum();
@@ -260,7 +270,6 @@ fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output:
 
     let merger = Merger { source, lora_pairs: &lora_pairs, pairs: &pairs, header: &header, base_file: &base_file, base_path: &base_path };
     let mut copy_buf = vec![0u8; 8 << 20];
-    let mut source = &base_file;
     pipeline::ordered(
         &jobs,
         WorkerState::default,
@@ -275,14 +284,15 @@ fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output:
             match (job, piece?) {
                 (Job::Copy { tensor }, _) => {
                     let t = &header.tensors[*tensor];
-                    let mut left = t.ty.byte_size(&t.ne).expect("validated base tensor types have sizes");
-                    source.seek(SeekFrom::Start(header.data_offset + t.offset)).map_err(|e| Error::io(&base_path, e))?;
-                    while left > 0 {
-                        let n = left.min(copy_buf.len() as u64) as usize;
-                        source.read_exact(&mut copy_buf[..n]).map_err(|e| Error::io(&base_path, e))?;
+                    let size = t.ty.byte_size(&t.ne).unwrap_or(0);
+                    // Positioned reads, as the workers use on the same handle: no shared cursor.
+                    let mut offset = header.data_offset + t.offset;
+                    for chunk_start in (0..size).step_by(copy_buf.len()) {
+                        let n = (size - chunk_start).min(copy_buf.len() as u64) as usize;
+                        crate::peft::read_exact_at(&base_file, &mut copy_buf[..n], offset).map_err(|e| Error::io(&base_path, e))?;
                         writer.write_part(&copy_buf[..n]).map_err(io_err)?;
                         progress.advance(n as u64);
-                        left -= n as u64;
+                        offset += n as u64;
                     }
                     writer.end_tensor().map_err(io_err)?;
                 }
@@ -366,10 +376,42 @@ impl Merger<'_> {
         s.rows.resize(n, 0.0);
         quant::dequantize(t.ty, &s.raw, &mut s.rows).map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
         add_delta(rank, factor, transposed, &s.lora_a, &s.lora_b, start, end, cols, &mut s.rows);
+        check_values(&s.rows, cols, start, p.ty, &t.name, self.base_path)?;
         let mut out = vec![0u8; p.ty.byte_size(&[cols as u64, (end - start) as u64]).expect("target types have sizes") as usize];
         quant::quantize(p.ty, &s.rows, &mut out).map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
         Ok(out)
     }
+}
+
+/// Every base tensor must have a known size, so the copy and the output table are exact (a crafted
+/// or newer base can hold types this tool does not know).
+fn check_base_tensors(header: &gguf::Header, base_path: &Path) -> Result<()> {
+    match header.tensors.iter().find(|t| t.ty.byte_size(&t.ne).is_none()) {
+        Some(t) => Err(Error::refused(
+            base_path,
+            format!("tensor `{}` has type {}, whose size this tool does not know, so it cannot copy it", t.name, t.ty),
+            "use a build of the base with common types (F16, Q8_0, Q4_K_M ...)",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The largest magnitude worth writing into a type with f16 scales (every type but F32 and BF16):
+/// f16's own maximum. Real weights stay far below it; anything above comes from a diverged adapter
+/// and would turn into Inf in the file.
+const F16_MAX: f32 = 65504.0;
+
+/// Refuses merged rows holding NaN, Inf, or values the target type cannot hold: the adapter
+/// (or its scale) would otherwise write a broken model that loads and produces garbage.
+fn check_values(rows: &[f32], cols: usize, start: usize, ty: GgmlType, name: &str, base_path: &Path) -> Result<()> {
+    let limit = if matches!(ty, GgmlType::F32 | GgmlType::BF16) { f32::MAX } else { F16_MAX };
+    let Some(i) = rows.iter().position(|v| v.is_nan() || v.abs() > limit) else { return Ok(()) };
+    let what = if rows[i].is_finite() { format!("{:e}, beyond what {ty} can hold", rows[i]) } else { rows[i].to_string() };
+    Err(Error::refused(
+        base_path,
+        format!("merging into `{name}` gives {what} at row {}: the adapter holds NaN/Inf or huge values", start + i / cols),
+        "check the adapter (a diverged training run?) with `ollama-tools inspect`, and --scale / the adapter weights",
+    ))
 }
 
 /// Adds llama.cpp's delta for rows `start..end` to `rows` (`[end - start, cols]`, row-major):

@@ -563,6 +563,9 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
         ));
     }
     let alpha = header.get("adapter.lora.alpha").and_then(|v| v.as_f64()).unwrap_or(0.0) as f32;
+    if !(alpha.is_finite() && alpha >= 0.0) {
+        return Err(Error::invalid(path, format!("adapter.lora.alpha is {alpha}; it must be a finite number >= 0")).with_hint(hint));
+    }
     let index: std::collections::HashMap<&str, usize> = header.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
     let mut pairs = Vec::new();
     for (i, t) in header.tensors.iter().enumerate() {
@@ -588,11 +591,15 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
         let (bn, an, bbn) = (&base_t.ne, &t.ne, &bt.ne);
         // llama.cpp's own checks (llama-adapter.cpp): a = [in, r], b = [r, out]; the token embedding
         // keeps lora_a transposed, a = [r, vocab], b = [r, hidden].
-        let fits = if name == "token_embd.weight" {
-            bn.len() == 2 && bn[0] == bbn[1] && bn[1] == an[1] && an[0] == bbn[0]
-        } else {
-            bn.len() >= 2 && bn[0] == an[0] && bn[1] == bbn[1] && an[1] == bbn[0]
-        };
+        // Every dimension non-zero: a rank or width of 0 would make the merge divide by zero.
+        let nonzero = [bn, an, bbn].iter().all(|ne| ne.iter().all(|&d| d > 0));
+        let fits = nonzero
+            && bn.len() == 2
+            && if name == "token_embd.weight" {
+                bn[0] == bbn[1] && bn[1] == an[1] && an[0] == bbn[0]
+            } else {
+                bn[0] == an[0] && bn[1] == bbn[1] && an[1] == bbn[0]
+            };
         if !fits {
             return Err(Error::refused(
                 path,
