@@ -29,6 +29,23 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum CacheAction {
+    /// Every cached file with its size and when a run last used it, oldest first.
+    List {
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove what no run has used for DAYS days (after every create: 30).
+    Prune {
+        #[arg(long, value_name = "DAYS", default_value_t = crate::cache::MAX_AGE_DAYS)]
+        older_than: u64,
+    },
+    /// Remove everything cached (the Hugging Face cache is not touched).
+    Clear,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Command {
     /// Convert PEFT LoRA adapter(s) into one GGUF LoRA adapter for llama.cpp / Ollama.
     Convert {
@@ -150,6 +167,11 @@ pub enum Command {
         #[command(flatten)]
         create: CreateArgs,
     },
+    /// List, prune or clear this tool's cache of merged models, converted adapters and pulled bases.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Show what an adapter is and whether it converts.
     Inspect {
         /// Adapter folder (or its adapter_config.json / .safetensors).
@@ -213,6 +235,10 @@ pub struct CreateArgs {
     /// Treat validation warnings as errors.
     #[arg(long)]
     strict: bool,
+    /// Remove the merged model (or converted adapter) from this tool's cache once Ollama holds it;
+    /// by default it is kept, so a re-run costs nothing (see `ollama-tools cache`).
+    #[arg(long)]
+    no_keep_build: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -252,6 +278,7 @@ impl CreateArgs {
             yes: self.yes,
             host: self.host.as_ref().map_or_else(crate::ollama::host, |h| crate::ollama::host_from(h)),
             strict: self.strict,
+            keep_build: !self.no_keep_build,
         })
     }
 }
@@ -282,6 +309,7 @@ pub fn run(cli: Cli) -> ExitCode {
             run_merge(&adapters, &base, base_gguf.as_deref(), &output, &opts, json, cli.quiet)
         }
         Command::Inspect { adapter, json } => run_inspect(&adapter, json),
+        Command::Cache { action } => run_cache(&action),
         Command::CreateFromBase { base, name, adapter, create } => {
             create.options(base, name, adapter).and_then(|opts| run_create(&opts, create.json, cli.quiet))
         }
@@ -300,6 +328,31 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_cache(action: &CacheAction) -> anyhow::Result<()> {
+    let dir = crate::registry::cache_dir();
+    let removed = match action {
+        CacheAction::List { json } => {
+            let entries = crate::cache::list(&dir)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+                return Ok(());
+            }
+            let now = std::time::SystemTime::now();
+            for e in &entries {
+                let days = now.duration_since(e.last_used).map_or(0, |d| d.as_secs() / 86400);
+                println!("{:>10}  {:>4} days  {:5}  {}", human_bytes(e.bytes), days, e.kind, e.path.display());
+            }
+            let total: u64 = entries.iter().map(|e| e.bytes).sum();
+            println!("{} entries, {} in {}", entries.len(), human_bytes(total), dir.display());
+            return Ok(());
+        }
+        CacheAction::Prune { older_than } => crate::cache::prune(&dir, std::time::Duration::from_secs(older_than.saturating_mul(86400)))?,
+        CacheAction::Clear => crate::cache::clear(&dir)?,
+    };
+    println!("removed {} entries, {}", removed.files, human_bytes(removed.bytes));
+    Ok(())
 }
 
 /// `path:weight` -> (path, weight); a path that exists as written is taken whole, so paths with

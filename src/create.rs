@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -29,7 +30,7 @@ use crate::modelfile::{Message, Modelfile, Parameters};
 use crate::ollama::{self, ApiError, Client, ModelName};
 use crate::peft::Adapter;
 use crate::progress::Progress;
-use crate::{convert, merge, registry};
+use crate::{cache, convert, merge, registry};
 
 /// How to get the adapter into Ollama.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
@@ -158,6 +159,8 @@ pub struct Options {
     /// The server's base URL.
     pub host: String,
     pub strict: bool,
+    /// Keep the build (merged model or converted adapter) in the cache once Ollama holds it.
+    pub keep_build: bool,
 }
 
 /// What was done.
@@ -487,8 +490,27 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
     if let (Some(out), Some(file)) = (&opts.out_gguf, &report.file) {
         copy_out(file, out, opts.force, ui)?;
     }
+    tidy_cache(&report, opts, ui);
     report.notices = recorder.notices.into_inner().unwrap_or_default();
     Ok(report)
+}
+
+/// The cache policy after a create (see [`cache`]): the run's build dropped on request once Ollama
+/// holds it, and entries unused for [`cache::MAX_AGE_DAYS`] removed. Failing to tidy up only
+/// costs disk space, so it is a notice, not an error.
+fn tidy_cache(report: &Report, opts: &Options, ui: &dyn Progress) {
+    let dir = registry::cache_dir();
+    if let Some(build) = report.file.as_deref().filter(|f| report.created && !opts.keep_build && cache::is_build(&dir, f)) {
+        match cache::remove(build) {
+            Ok(()) => ui.notice(&format!("removed {} from the cache (--no-keep-build): Ollama holds the model", build.display())),
+            Err(e) => ui.notice(&format!("could not remove the build from the cache: {e}")),
+        }
+    }
+    match cache::prune(&dir, Duration::from_secs(cache::MAX_AGE_DAYS * 86400)) {
+        Ok(r) if r.files > 0 => ui.notice(&format!("removed {} cache entries unused for {} days", r.files, cache::MAX_AGE_DAYS)),
+        Ok(_) => {}
+        Err(e) => ui.notice(&format!("could not tidy the cache: {e}")),
+    }
 }
 
 /// Passes everything on to the user's display, keeping the notices for the report.
@@ -616,10 +638,11 @@ fn cached(parts: &[&str], adapter: &AdapterInput, ui: &dyn Progress, build: impl
     let dir = absolute(&registry::cache_dir().join("builds"))?;
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let path = dir.join(format!("{}-{}.gguf", parts[0], &key[..32]));
-    let sidecar = path.with_extension("gguf.sha256");
+    let sidecar = cache::sidecar(&path);
     if let (Ok(text), Ok(meta)) = (std::fs::read_to_string(&sidecar), std::fs::metadata(&path)) {
         if let Some((digest, bytes)) = text.trim().split_once(' ') {
             if bytes.parse::<u64>().ok() == Some(meta.len()) && digest.len() == 64 {
+                cache::touch(&path);
                 return Ok(Built { path, digest: format!("sha256:{digest}"), bytes: meta.len(), reused: true });
             }
         }

@@ -4,12 +4,13 @@
 //! [`gguf`] reads and writes the container, [`base`] describes the base model whatever its source
 //! ([`ollama`] speaks to Ollama's server and store, [`registry`] downloads a model's GGUF from an Ollama
 //! registry), [`validate`] checks an adapter against a base,
-//! [`convert`] plans and writes GGUF LoRA adapters, [`quant`] converts ggml tensor blocks to and from
+//! [`convert`] plans and writes GGUF LoRA adapters, [`cache`] keeps what runs built, [`quant`] converts ggml tensor blocks to and from
 //! f32, [`cli`] is the command line on top. The library
 //! never prints; it reports through [`progress::Progress`].
 
 pub mod arch;
 pub mod base;
+pub mod cache;
 pub mod cli;
 pub mod convert;
 pub mod create;

@@ -1,0 +1,153 @@
+//! This tool's own cache (see [`crate::registry::cache_dir`]): `builds/` holds converted adapters and
+//! merged models keyed by what went into them (each with a `.sha256` sidecar), `blobs/` the base
+//! models pulled from a registry. The Hugging Face cache is the Hub's and is left alone.
+//!
+//! Policy: a build is kept so that a re-run costs nothing, and marked used (its modification
+//! time) whenever a run takes it. After every create, builds and blobs unused for
+//! [`MAX_AGE_DAYS`] days are removed; `create-from-base --no-keep-build` drops the run's own build
+//! once Ollama holds it; `ollama-tools cache` lists, prunes and clears.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Entries unused this long are pruned after each create.
+pub const MAX_AGE_DAYS: u64 = 30;
+
+/// One cached file (a build with its sidecar counts as one).
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    pub path: PathBuf,
+    /// `build` or `blob`.
+    pub kind: &'static str,
+    pub bytes: u64,
+    /// When a run last made or took it.
+    #[serde(serialize_with = "unix_seconds")]
+    pub last_used: SystemTime,
+}
+
+fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u64(t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// What a prune or clear removed.
+#[derive(Debug, Default, Serialize)]
+pub struct Removed {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Every entry under `dir` (the cache root), oldest use first.
+pub fn list(dir: &Path) -> Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for (sub, kind) in [("builds", "build"), ("blobs", "blob")] {
+        let folder = dir.join(sub);
+        let Ok(read) = std::fs::read_dir(&folder) else { continue };
+        for item in read {
+            let item = item.map_err(|e| Error::io(&folder, e))?;
+            let path = item.path();
+            let name = item.file_name().to_string_lossy().into_owned();
+            // Sidecars go with their build; hidden files are other runs' temporaries.
+            if name.ends_with(".sha256") || name.starts_with('.') {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.is_file() {
+                let last_used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                entries.push(Entry { path, kind, bytes: meta.len(), last_used });
+            }
+        }
+    }
+    entries.sort_by_key(|e| e.last_used);
+    Ok(entries)
+}
+
+/// Removes entries not used for `max_age`.
+pub fn prune(dir: &Path, max_age: Duration) -> Result<Removed> {
+    let now = SystemTime::now();
+    let stale = list(dir)?.into_iter().filter(|e| now.duration_since(e.last_used).is_ok_and(|age| age > max_age));
+    remove_all(stale)
+}
+
+/// Removes every entry.
+pub fn clear(dir: &Path) -> Result<Removed> {
+    remove_all(list(dir)?.into_iter())
+}
+
+fn remove_all(entries: impl Iterator<Item = Entry>) -> Result<Removed> {
+    let mut removed = Removed::default();
+    for e in entries {
+        remove(&e.path)?;
+        removed.files += 1;
+        removed.bytes += e.bytes;
+    }
+    Ok(removed)
+}
+
+/// Removes one cached file and its sidecar.
+pub fn remove(path: &Path) -> Result<()> {
+    let sidecar = sidecar(path);
+    for p in [path, sidecar.as_path()] {
+        match std::fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(p, e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Marks a cached file used now, so pruning keeps it (best effort: a read-only cache still works).
+pub fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(path) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+/// Whether `path` is a build in the cache at `dir` (and so may be removed; a user's own file never).
+pub fn is_build(dir: &Path, path: &Path) -> bool {
+    path.parent().is_some_and(|p| p == dir.join("builds"))
+}
+
+/// The digest sidecar of a build: `X.gguf` -> `X.gguf.sha256`.
+pub fn sidecar(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".sha256");
+    PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_removes_only_what_went_unused_and_clear_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let builds = d.path().join("builds");
+        std::fs::create_dir_all(&builds).unwrap();
+        std::fs::create_dir_all(d.path().join("blobs")).unwrap();
+        let old = builds.join("merge-a.gguf");
+        let new = builds.join("merge-b.gguf");
+        let blob = d.path().join("blobs").join("sha256-0123");
+        for (p, n) in [(&old, 10), (&new, 20), (&blob, 30)] {
+            std::fs::write(p, vec![0u8; n]).unwrap();
+        }
+        std::fs::write(sidecar(&old), "x 10\n").unwrap();
+        std::fs::write(builds.join(".merge-c.gguf.1234.tmp"), "in progress").unwrap();
+        let long_ago = SystemTime::now() - Duration::from_secs(90 * 86400);
+        std::fs::File::options().append(true).open(&old).unwrap().set_modified(long_ago).unwrap();
+
+        let listed = list(d.path()).unwrap();
+        assert_eq!(listed.iter().map(|e| e.bytes).sum::<u64>(), 60);
+        assert_eq!(listed[0].path, old, "oldest first");
+        let removed = prune(d.path(), Duration::from_secs(MAX_AGE_DAYS * 86400)).unwrap();
+        assert_eq!((removed.files, removed.bytes), (1, 10));
+        assert!(!old.exists() && !sidecar(&old).exists() && new.exists());
+        assert!(is_build(d.path(), &new) && !is_build(d.path(), &blob));
+        let removed = clear(d.path()).unwrap();
+        assert_eq!((removed.files, removed.bytes), (2, 50));
+        assert!(builds.join(".merge-c.gguf.1234.tmp").exists(), "another run's temporary file is not ours to remove");
+    }
+}
