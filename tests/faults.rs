@@ -327,3 +327,75 @@ fn a_file_size_limit_gives_an_error_and_no_leftover() {
     assert!(!out.exists());
     assert!(leftovers(d.path(), &["base.gguf", "adapter"]).is_empty(), "{:?}", leftovers(d.path(), &[]));
 }
+
+/// Files under `dir`, recursively, as paths relative to it (symlinks not followed).
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(read) = std::fs::read_dir(&p) else { continue };
+        for e in read {
+            let path = e.unwrap().path();
+            if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// SIGINT, SIGTERM and SIGHUP while fetch-adapter downloads a slow file from the test Hub: the
+/// snapshot never holds a partial file (only the Hub cache's own `.incomplete`, which the next run
+/// resumes), the run fails with a message, and the next run completes the download.
+#[cfg(unix)]
+#[test]
+fn signals_during_a_download_leave_only_resumable_state() {
+    use common::hub_server::{self, Access, File, HubFaults, Repo};
+    let d = tempfile::tempdir().unwrap();
+    let a = tiny_adapter(&d.path().join("a"), json!({}), vec![t("base_model.model.model.layers.0.mlp.down_proj.lora_A.weight", &[2, 1 << 20], vec![0.01; 2 << 20])]);
+    let files = vec![
+        File { path: "adapter_config.json".into(), bytes: std::fs::read(a.join("adapter_config.json")).unwrap(), lfs: false },
+        File { path: "adapter_model.safetensors".into(), bytes: std::fs::read(a.join("adapter_model.safetensors")).unwrap(), lfs: true },
+    ];
+    let hub = hub_server::start(vec![Repo { id: "me/big".into(), files, branch: "main".into(), commit: String::new(), access: Access::Public }]);
+    hub.set_faults(HubFaults { slow_ms_per_mb: 150, ..Default::default() });
+    let hf_home = d.path().join("hf");
+    let exe = assert_cmd::cargo::cargo_bin("ollama-tools");
+    let run = || {
+        Command::new(&exe)
+            .args(["fetch-adapter", "me/big", "--download-only"])
+            .env("HF_ENDPOINT", &hub.url)
+            .env("HF_HOME", &hf_home)
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("HF_HUB_CACHE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut interrupted = 0;
+    for (sig, delay_ms) in [(libc::SIGINT, 300), (libc::SIGTERM, 500), (libc::SIGHUP, 700)] {
+        let mut child = run();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        signal(&child, sig);
+        let o = child.wait_with_output().unwrap();
+        let files = tree(&hf_home);
+        assert!(!files.iter().any(|f| f.contains("snapshots") && f.ends_with(".safetensors") && !f.contains("incomplete")) || o.status.success(), "{files:?}");
+        if !o.status.success() {
+            interrupted += 1;
+            assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&o.stderr));
+            let stray: Vec<&String> = files.iter().filter(|f| f.contains(".tmp") || (f.starts_with('.') && !f.contains("incomplete"))).collect();
+            assert!(stray.is_empty(), "{stray:?}");
+        }
+    }
+    assert!(interrupted >= 2, "the download is too fast to interrupt");
+    hub.set_faults(HubFaults::default());
+    let o = run().wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let snap = tree(&hf_home).into_iter().find(|f| f.contains("snapshots") && f.ends_with("adapter_model.safetensors")).unwrap();
+    let got = std::fs::read(hf_home.join(snap)).unwrap();
+    assert_eq!(got, std::fs::read(a.join("adapter_model.safetensors")).unwrap(), "resumed to the exact file");
+}
