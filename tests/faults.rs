@@ -378,7 +378,7 @@ fn signals_during_a_download_leave_only_resumable_state() {
     };
     let mut interrupted = 0;
     for (sig, delay_ms) in [(libc::SIGINT, 300), (libc::SIGTERM, 500), (libc::SIGHUP, 700)] {
-        let mut child = run();
+        let child = run();
         std::thread::sleep(Duration::from_millis(delay_ms));
         signal(&child, sig);
         let o = child.wait_with_output().unwrap();
