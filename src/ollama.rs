@@ -345,11 +345,7 @@ impl Client {
             .map_err(|e| self.unreachable(&e))?;
         let body = self.body("/api/show", resp, SHOW_CAP)?;
         let mut show: Show = self.parse("/api/show", &body)?;
-        // Shown to the user as they are (the replace question); the rest is data, kept verbatim.
-        let d = &mut show.details;
-        for field in [&mut d.family, &mut d.parameter_size, &mut d.quantization_level, &mut d.format, &mut show.modified_at] {
-            *field = printable(field, 80);
-        }
+        defuse_names(&mut show);
         Ok(show)
     }
 
@@ -481,6 +477,24 @@ impl Client {
             return Err(ApiError::Malformed { url: format!("{}{path}", self.base), err: format!("the stream ended without \"success\" (last status: {last:?})") });
         }
         Ok(())
+    }
+}
+
+/// The names in a `/api/show` answer that end up in messages (family, sizes, architecture, tensor
+/// names and types) made [`printable`]. Real ones hold no control characters, so nothing real
+/// changes; the template, system prompt, license and parameters are data and stay verbatim.
+fn defuse_names(show: &mut Show) {
+    let d = &mut show.details;
+    for field in [&mut d.family, &mut d.parameter_size, &mut d.quantization_level, &mut d.format, &mut show.modified_at] {
+        *field = printable(field, 80);
+    }
+    for (_, value) in show.model_info.iter_mut().filter(|(k, _)| k.starts_with("general.")) {
+        if let Json::String(s) = value {
+            *s = printable(s, 200);
+        }
+    }
+    for t in &mut show.tensors {
+        (t.name, t.ty) = (printable(&t.name, 200), printable(&t.ty, 40));
     }
 }
 

@@ -478,6 +478,16 @@ mod hostile {
                     }))
                 }),
             )
+            .route(
+                "/names/api/show",
+                post(|| async {
+                    axum::Json(serde_json::json!({
+                        "template": "{{ .Prompt }}\u{1b}", "details": {"family": "llama\u{1b}[2J"},
+                        "model_info": {"general.architecture": "llama\u{1b}]0;x\u{7}", "tokenizer.ggml.tokens": ["\u{1b}"]},
+                        "tensors": [{"name": "blk.0.attn_q.weight\r", "type": "Q4_K", "shape": [2, 2]}]
+                    }))
+                }),
+            )
             .route("/nulls/api/tags", get(|| async { axum::Json(serde_json::json!({"models": [{"name": "m:latest", "size": null, "digest": null}]})) }))
             .route("/nulls/api/pull", post(|| async { ndjson(vec![r#"{"status":"pulling","digest":null,"total":null,"completed":null}"#.into(), r#"{"status":"success","error":null}"#.into()], false) }))
     }
@@ -564,4 +574,16 @@ fn nulls_where_strings_are_documented_read_as_absent() {
     let mut seen = Vec::new();
     client.pull("m", &ollama_tools::progress::Silent, &mut |s| seen.push((s.status.clone(), s.total))).unwrap();
     assert_eq!(seen, vec![("pulling".to_string(), 0), ("success".to_string(), 0)]);
+}
+
+#[test]
+fn names_in_a_show_answer_are_defused_and_its_data_kept() {
+    let server = hostile::start(hostile::app());
+    let show = api(&server, "names").show("m").unwrap();
+    assert_eq!(show.details.family, "llama\\u{1b}[2J");
+    assert_eq!(show.model_info["general.architecture"], "llama\\u{1b}]0;x\\u{7}");
+    assert_eq!(show.tensors[0].name, "blk.0.attn_q.weight\\u{d}");
+    // Data the model is made from is not touched.
+    assert_eq!(show.template, "{{ .Prompt }}\u{1b}");
+    assert_eq!(show.model_info["tokenizer.ggml.tokens"][0], "\u{1b}");
 }
