@@ -336,6 +336,10 @@ impl Hub {
             Err(e) => return Err(self.unreachable(&url, &e)),
         };
         let resp = self.check(resp, repo, revision, None)?;
+        if resp.status().is_redirection() {
+            return Err(Error::invalid(Path::new(&url), format!("the Hub answered {} without a Location to follow", resp.status()))
+                .with_hint("if HF_ENDPOINT points at a mirror or a proxy, check its configuration"));
+        }
         #[derive(serde::Deserialize)]
         struct Info {
             sha: String,
