@@ -739,30 +739,34 @@ fn create_request(name: &str, m: &Modelfile, files: serde_json::Map<String, serd
     r.into()
 }
 
-/// Sends the blob unless the server has it; one retry when the connection breaks. Returns 1 when it
-/// was sent, 0 when the server had it.
+/// Sends the blob unless the server has it; retried with backoff ([`crate::error::Patience`]) when
+/// the connection breaks. Returns 1 when it was sent, 0 when the server had it.
 fn upload(client: &Client, digest: &str, path: &Path, ui: &dyn Progress) -> Result<usize> {
     if client.has_blob(digest).map_err(|e| api_error(e, client.base(), "asking for a blob"))? {
         return Ok(0);
     }
     let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    for attempt in 0..2 {
+    let patience = crate::error::Patience::from_env();
+    for attempt in 0.. {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         ui.stage("uploading", bytes);
         let result = client.push_blob(digest, file, bytes, ui);
         ui.finish();
         match result {
             Ok(()) => return Ok(1),
-            Err(ApiError::Cut { err, .. }) if attempt == 0 => {
-                ui.notice(&format!("the upload of {digest} broke off ({err}); sending it once more"));
-            }
-            Err(ApiError::Cut { err, url }) => {
-                return Err(Error::Refused {
-                    path: path.to_path_buf(),
-                    msg: format!("the upload of {digest} to {url} broke off twice ({err})"),
-                    hint: Some("check the server's free disk space and its log, then run again (what was built is cached)".into()),
-                });
-            }
+            Err(ApiError::Cut { err, url }) => match patience.delay(attempt, None) {
+                Some(wait) => {
+                    ui.notice(&format!("the upload of {digest} broke off ({err}); sending it again in {:.1} s", wait.as_secs_f64()));
+                    patience.sleep(wait, || ui.cancelled())?;
+                }
+                None => {
+                    return Err(Error::Refused {
+                        path: path.to_path_buf(),
+                        msg: format!("the upload of {digest} to {url} broke off {} times ({err})", attempt + 1),
+                        hint: Some("check the server's free disk space and its log, then run again (what was built is cached)".into()),
+                    });
+                }
+            },
             Err(ApiError::Status { status: 400, message, url }) => {
                 return Err(Error::Refused {
                     path: path.to_path_buf(),
@@ -776,7 +780,7 @@ fn upload(client: &Client, digest: &str, path: &Path, ui: &dyn Progress) -> Resu
             Err(e) => return Err(api_error(e, client.base(), &format!("uploading {digest}"))),
         }
     }
-    unreachable!("the loop returns on its second attempt")
+    unreachable!("the loop returns once the retries are spent")
 }
 
 /// `POST /api/pull` with a progress bar per layer.

@@ -1,5 +1,7 @@
 //! The library's error type. Every variant names the file it is about; refusals and bad input carry
-//! a hint saying what the user can do, because "invalid adapter" alone helps nobody.
+//! a hint saying what the user can do, because "invalid adapter" alone helps nobody. Also here:
+//! what every talk with a server shares ([`printable`] for server text, [`Patience`] for timeouts
+//! and retries).
 
 use std::path::{Path, PathBuf};
 
@@ -45,5 +47,194 @@ impl Error {
             Error::Refused { path, msg, .. } => Error::Refused { path, msg, hint: Some(h.into()) },
             other => other,
         }
+    }
+}
+
+/// Server-supplied text made safe to print: control characters (ESC, CR, BEL, C1, ... and the
+/// bidirectional overrides that reorder what a terminal shows) become visible escapes such as
+/// `\u{1b}`, newline and tab are kept, and at most `max_chars` characters are shown. A hostile or
+/// broken server must not be able to recolour, rewrite or flood the user's terminal.
+pub fn printable(s: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == max_chars {
+            out.push_str(&format!("... ({} more bytes)", s.len() - s.char_indices().nth(i).map_or(s.len(), |(at, _)| at)));
+            break;
+        }
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
+        if (c.is_control() && c != '\n' && c != '\t') || bidi {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What a JSON answer that could not be read is, in words: empty, cut short, not JSON at all, or
+/// JSON of another shape (serde's own text, which then names the field).
+pub fn json_problem(e: &serde_json::Error, body: &[u8]) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Eof if body.iter().all(u8::is_ascii_whitespace) => "the answer was empty".into(),
+        Category::Eof => format!("the answer ends in the middle of its JSON after {} bytes", body.len()),
+        Category::Syntax => format!("the answer is not JSON ({e}); it starts with: {}", printable(&String::from_utf8_lossy(&body[..body.len().min(120)]), 120)),
+        Category::Data | Category::Io => format!("the answer's JSON has another shape ({e})"),
+    }
+}
+
+/// How long to wait for servers and how to retry them, shared by the Hub, the Ollama registry and
+/// uploads to Ollama. From the environment: `OLLAMA_TOOLS_TIMEOUT` (seconds without a byte from a
+/// server before giving up, default 120), `OLLAMA_TOOLS_RETRIES` (how often a broken transfer or
+/// an answer such as 429 or 503 is retried, default 4) and `OLLAMA_TOOLS_RETRY_MAX_WAIT` (the
+/// longest single wait in seconds, default 30: a server asking for longer with `Retry-After` is not
+/// waited for, the error says when to try again). Waits double from one second, with jitter, so
+/// the total wait is at most `retries * max_wait`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Patience {
+    pub idle: std::time::Duration,
+    pub retries: u32,
+    pub max_wait: std::time::Duration,
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Patience { idle: std::time::Duration::from_secs(120), retries: 4, max_wait: std::time::Duration::from_secs(30) }
+    }
+}
+
+impl Patience {
+    pub fn from_env() -> Self {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// Unset, empty or unreadable values keep their defaults.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let secs = |k: &str| {
+            var(k).and_then(|v| v.trim().parse::<f64>().ok()).filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9).map(std::time::Duration::from_secs_f64)
+        };
+        let d = Patience::default();
+        Patience {
+            idle: secs("OLLAMA_TOOLS_TIMEOUT").unwrap_or(d.idle),
+            retries: var("OLLAMA_TOOLS_RETRIES").and_then(|v| v.trim().parse().ok()).map_or(d.retries, |n: u32| n.min(20)),
+            max_wait: secs("OLLAMA_TOOLS_RETRY_MAX_WAIT").unwrap_or(d.max_wait),
+        }
+    }
+
+    /// The wait before retry number `n` (0 for the first), honouring the server's `Retry-After`;
+    /// `None` when no retry is left or the server asks for longer than `max_wait`.
+    pub fn delay(&self, n: u32, retry_after: Option<std::time::Duration>) -> Option<std::time::Duration> {
+        if n >= self.retries || retry_after.is_some_and(|r| r > self.max_wait) {
+            return None;
+        }
+        if let Some(r) = retry_after {
+            return Some(r);
+        }
+        let backoff = std::time::Duration::from_secs(1).saturating_mul(1 << n.min(16)).min(self.max_wait);
+        // Jitter in [1/2, 1] of the backoff, so clients that failed together do not retry together.
+        Some(backoff.mul_f64(0.5 + 0.5 * jitter(n)))
+    }
+
+    /// Sleeps `d` in short steps, stopping early with [`Error::Cancelled`] when `cancelled` says so.
+    pub fn sleep(&self, d: std::time::Duration, cancelled: impl Fn() -> bool) -> Result<()> {
+        let end = std::time::Instant::now() + d;
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()).filter(|l| !l.is_zero()) {
+            if cancelled() {
+                return Err(Error::Cancelled);
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_millis(50)));
+        }
+        Ok(())
+    }
+}
+
+/// A number in [0, 1) that differs between processes and calls: std's randomly seeded hasher over
+/// the clock (no random-number crate is needed for this).
+fn jitter(salt: u32) -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(salt);
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A `Retry-After` value: delay-seconds, or an HTTP date (IMF-fixdate, `Sun, 06 Nov 1994 08:49:37
+/// GMT`) taken relative to `now`; a date in the past means at once. `None` when unreadable.
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = http_date(value)?;
+    let now = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some(std::time::Duration::from_secs(at.saturating_sub(now)))
+}
+
+/// Seconds since the epoch of an IMF-fixdate (RFC 9110 section 5.6.7).
+fn http_date(s: &str) -> Option<u64> {
+    let (_, rest) = s.split_once(", ")?;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts[..] else { return None };
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<u64> = time.split(':').map(str::parse).collect::<Result<_, _>>().ok()?;
+    let [h, m, sec] = hms[..] else { return None };
+    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    u64::try_from(days).ok().map(|d| d * 86_400 + h * 3600 + m * 60 + sec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn printable_defuses_terminal_escapes_and_truncates() {
+        assert_eq!(printable("ok\tfine\nnext", 100), "ok\tfine\nnext");
+        assert_eq!(printable("\x1b[2J\x1b]0;pwned\x07red\r", 100), "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}red\\u{d}");
+        assert_eq!(printable("a\u{9b}b\u{202e}c", 100), "a\\u{9b}b\\u{202e}c");
+        assert_eq!(printable(&"x".repeat(1000), 10), format!("{}... (990 more bytes)", "x".repeat(10)));
+        assert_eq!(printable("ééé", 2), "éé... (2 more bytes)");
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(retry_after("Tue, 29 Feb 2028 00:00:00 GMT", UNIX_EPOCH), Some(Duration::from_secs(1_835_395_200)));
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-3", now), None);
+        assert!(retry_after("Sun, 06 Nov 1994 08:49:37 GMT", SystemTime::now()).is_some());
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stays_bounded() {
+        let p = Patience { idle: Duration::from_secs(1), retries: 3, max_wait: Duration::from_secs(3) };
+        for n in 0..3 {
+            let d = p.delay(n, None).unwrap();
+            let full = Duration::from_secs(1 << n).min(p.max_wait);
+            assert!(d >= full / 2 && d <= full, "{n}: {d:?}");
+        }
+        assert_eq!(p.delay(3, None), None, "no fourth retry");
+        assert_eq!(p.delay(0, Some(Duration::from_secs(2))), Some(Duration::from_secs(2)));
+        assert_eq!(p.delay(0, Some(Duration::from_secs(7))), None, "longer than max_wait: not waited for");
+        let env = Patience::from_vars(|k| match k {
+            "OLLAMA_TOOLS_TIMEOUT" => Some("0.5".into()),
+            "OLLAMA_TOOLS_RETRIES" => Some("1".into()),
+            "OLLAMA_TOOLS_RETRY_MAX_WAIT" => Some("nonsense".into()),
+            _ => None,
+        });
+        assert_eq!(env, Patience { idle: Duration::from_millis(500), retries: 1, max_wait: Duration::from_secs(30) });
     }
 }

@@ -15,15 +15,18 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::time::{Duration, Instant, SystemTime};
 
 use hf_hub::{Cache, Repo, RepoType};
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
-use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, ETAG, LOCATION, RANGE};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, ETAG, LOCATION, RANGE, RETRY_AFTER};
 
 use crate::create::sha256_file;
-use crate::error::{Error, Result};
+use crate::error::{Error, Patience, Result, json_problem, printable, retry_after};
+use crate::ollama::{BodyError, MESSAGE_CHARS, error_body, read_capped};
 use crate::progress::Progress;
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -113,8 +116,8 @@ impl std::fmt::Display for Candidate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Candidate::Peft(dir) if dir.is_empty() => write!(f, "the PEFT adapter at the repo's root"),
-            Candidate::Peft(dir) => write!(f, "the PEFT adapter in {dir}/"),
-            Candidate::Gguf(path) => write!(f, "the GGUF file {path}"),
+            Candidate::Peft(dir) => write!(f, "the PEFT adapter in {}/", printable(dir, 200)),
+            Candidate::Gguf(path) => write!(f, "the GGUF file {}", printable(path, 200)),
         }
     }
 }
@@ -159,7 +162,7 @@ pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Resu
     if !found.is_empty() {
         return Ok(found);
     }
-    let where_ = sub.map_or_else(|| format!("`{repo}`"), |s| format!("`{s}` of `{repo}`"));
+    let where_ = sub.map_or_else(|| format!("`{repo}`"), |s| format!("`{}` of `{repo}`", printable(s, 200)));
     let path = PathBuf::from(repo);
     let in_scope: Vec<&String> = files.iter().filter(|f| within(f)).collect();
     let any = |pred: &dyn Fn(&str) -> bool| in_scope.iter().any(|f| pred(f.rsplit('/').next().unwrap_or(f)));
@@ -177,7 +180,7 @@ pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Resu
             "import a full model with Ollama directly (`ollama create NAME -f Modelfile` with `FROM <its folder>`), or convert it with llama.cpp's convert_hf_to_gguf.py",
         ));
     }
-    let listing: Vec<&str> = in_scope.iter().take(12).map(|s| s.as_str()).collect();
+    let listing: Vec<String> = in_scope.iter().take(12).map(|s| printable(s, 200)).collect();
     Err(Error::refused(
         &path,
         format!("{where_} holds no LoRA adapter (adapter_config.json with adapter_model.safetensors, or a .gguf file); it has: {}", if listing.is_empty() { "no files".into() } else { listing.join(", ") }),
@@ -188,20 +191,48 @@ pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Resu
 /// A Hub client for one endpoint, with the token sent only to it.
 pub struct Hub {
     pub settings: Settings,
+    /// Timeouts and retries (`OLLAMA_TOOLS_TIMEOUT`, ...; see [`Patience`]).
+    pub patience: Patience,
+    /// How long the peeks at GGUF files' headers may take together (they run side by side).
+    pub probe_time: Duration,
     http: Client,
+}
+
+/// The most read of a repo listing: a sibling is some 60 to 100 bytes, so this holds well over
+/// 100 000 files.
+const LISTING_CAP: usize = 16 << 20;
+/// How many redirects a request follows (the Hub gives one or two: a renamed repo, a CDN).
+const MAX_REDIRECTS: usize = 5;
+/// How many GGUF headers are peeked at side by side.
+const PROBES: usize = 8;
+
+/// Why a request got no answer to read.
+enum NetError {
+    Http(reqwest::Error),
+    /// More than [`MAX_REDIRECTS`] redirects; the last `Location`.
+    Redirects(String),
+    /// The answer's body broke off.
+    Broken(String),
+    Cancelled,
 }
 
 impl Hub {
     pub fn new(settings: Settings) -> Self {
+        Self::with_patience(settings, Patience::from_env())
+    }
+
+    pub fn with_patience(settings: Settings, patience: Patience) -> Self {
         let http = Client::builder()
             // Redirects are followed by hand: an LFS file's redirect to another host must go there
             // without the token.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
+            // Until the answer's headers, then for each read of its body: a stalled server.
+            .timeout(patience.idle)
             .user_agent(concat!("ollama-tools/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client builds with the compiled-in TLS backend");
-        Hub { settings, http }
+        Hub { settings, patience, probe_time: Duration::from_secs(30), http }
     }
 
     fn cache_repo(&self, repo: &str, revision: &str) -> hf_hub::CacheRepo {
@@ -214,70 +245,121 @@ impl Hub {
     }
 
     /// A request to `url`, with the token only when `url` is on the endpoint: the one place the
-    /// token is attached, so it can reach no other host.
-    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::blocking::RequestBuilder {
-        let req = self.http.request(method, url);
+    /// token is attached, so it can reach no other host. With a deadline, the whole request
+    /// (body included) must end by then.
+    fn request(&self, method: reqwest::Method, url: &str, deadline: Option<Instant>) -> reqwest::blocking::RequestBuilder {
+        let mut req = self.http.request(method, url);
+        if let Some(d) = deadline {
+            req = req.timeout(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+        }
         match &self.settings.token {
             Some(t) if same_origin(url, &self.settings.endpoint) => req.header(AUTHORIZATION, format!("Bearer {t}")),
             _ => req,
         }
     }
 
-    /// Sends `method url`, following up to five redirects (relative ones resolved on the endpoint);
-    /// `stop_at_other_host` leaves a redirect to another host unfollowed (an LFS file's CDN), for
-    /// the caller to read.
-    fn send(&self, method: reqwest::Method, url: &str, range: Option<u64>, stop_at_other_host: bool) -> Result<Response, reqwest::Error> {
+    /// Sends `method url` with [`Hub::follow`]; an answer that says "later" (429, 5xx) is asked
+    /// again after a backoff or its `Retry-After`, while [`Patience`] allows (not before a
+    /// deadline: that is a quick peek).
+    fn send(&self, method: reqwest::Method, url: &str, range: Option<u64>, stop_at_other_host: bool, deadline: Option<Instant>, ui: &dyn Progress) -> Result<Response, NetError> {
+        for retry in 0.. {
+            let resp = self.follow(method.clone(), url, range, stop_at_other_host, deadline)?;
+            let status = resp.status();
+            let after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| retry_after(v, SystemTime::now()));
+            let wait = match status.as_u16() {
+                429 | 500 | 502 | 503 | 504 if deadline.is_none() => self.patience.delay(retry, after),
+                _ => None,
+            };
+            let Some(wait) = wait else { return Ok(resp) };
+            ui.notice(&format!("the Hub answered {status} for {}; asking again in {:.1} s", without_query(url), wait.as_secs_f64()));
+            self.patience.sleep(wait, || ui.cancelled()).map_err(|_| NetError::Cancelled)?;
+        }
+        unreachable!("the loop returns once the retries are spent")
+    }
+
+    /// Sends `method url`, following up to [`MAX_REDIRECTS`] redirects (relative ones resolved on
+    /// the endpoint); `stop_at_other_host` leaves a redirect to another host unfollowed (an LFS
+    /// file's CDN), for the caller to read. More redirects than that is a loop: an error naming it.
+    fn follow(&self, method: reqwest::Method, url: &str, range: Option<u64>, stop_at_other_host: bool, deadline: Option<Instant>) -> Result<Response, NetError> {
         let mut url = url.to_string();
-        for _ in 0..5 {
-            let mut req = self.request(method.clone(), &url);
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self.request(method.clone(), &url, deadline);
             if let Some(from) = range {
                 req = req.header(RANGE, format!("bytes={from}-"));
             }
-            let resp = req.send()?;
+            let resp = req.send().map_err(NetError::Http)?;
             let next = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(|l| absolute_url(l, &self.settings.endpoint));
             match next {
                 Some(next) if resp.status().is_redirection() && (!stop_at_other_host || same_origin(&next, &self.settings.endpoint)) => url = next,
                 _ => return Ok(resp),
             }
         }
-        self.request(method, &url).send()
+        Err(NetError::Redirects(url))
     }
 
-    fn unreachable(&self, url: &str, e: &reqwest::Error) -> Error {
-        Error::Refused {
-            path: PathBuf::from(url),
-            msg: format!("cannot reach the Hub ({})", crate::ollama::root_cause(e)),
-            hint: Some("check the network (and HF_ENDPOINT if you use a mirror); with HF_HUB_OFFLINE=1 files already in the Hugging Face cache are used without asking".into()),
-        }
+    /// A request that got no answer to read, in words.
+    fn unreachable(&self, url: &str, e: &NetError) -> Error {
+        let path = PathBuf::from(without_query(url));
+        let mirror = "if HF_ENDPOINT points at a mirror or a proxy, check its configuration";
+        let (msg, hint) = match e {
+            NetError::Cancelled => return Error::Cancelled,
+            NetError::Redirects(last) => (
+                format!("the Hub redirects in a loop: more than {MAX_REDIRECTS} redirects, the last to {}", printable(&without_query(last), 200)),
+                format!("run again later; {mirror}"),
+            ),
+            NetError::Broken(why) => (format!("the Hub's answer broke off ({why})"), "run again".into()),
+            NetError::Http(e) if e.is_timeout() => (
+                format!("the Hub sent nothing for {} s", self.patience.idle.as_secs_f64().ceil()),
+                format!("check the network, or set OLLAMA_TOOLS_TIMEOUT (seconds) to wait longer; {mirror}"),
+            ),
+            NetError::Http(e) => (
+                format!("cannot reach the Hub ({})", crate::ollama::root_cause(e)),
+                "check the network (and HF_ENDPOINT if you use a mirror); with HF_HUB_OFFLINE=1 files already in the Hugging Face cache are used without asking".into(),
+            ),
+        };
+        Error::Refused { path, msg, hint: Some(hint) }
     }
 
     /// The files of `repo` at `revision` (a branch, tag or commit).
     pub fn info(&self, repo: &str, revision: &str) -> Result<RepoInfo> {
-        self.try_info(repo, revision)?
+        self.try_info(repo, revision, &crate::progress::Silent)?
     }
 
     /// [`Hub::info`], with a failure to reach the Hub at all given apart (`Ok(Err(..))`), for a
     /// caller that can fall back to the cache.
-    fn try_info(&self, repo: &str, revision: &str) -> Result<Result<RepoInfo>> {
+    fn try_info(&self, repo: &str, revision: &str, ui: &dyn Progress) -> Result<Result<RepoInfo>> {
+        check_revision(revision)?;
         let url = format!("{}/api/models/{repo}/revision/{}", self.settings.endpoint, encode(revision));
-        let resp = match self.send(reqwest::Method::GET, &url, None, false) {
+        let resp = match self.send(reqwest::Method::GET, &url, None, false, None, ui) {
             Ok(resp) => resp,
-            Err(e) if e.is_connect() || e.is_timeout() => return Ok(Err(self.unreachable(&url, &e))),
+            Err(NetError::Http(e)) if e.is_connect() || e.is_timeout() => return Ok(Err(self.unreachable(&url, &NetError::Http(e)))),
             Err(e) => return Err(self.unreachable(&url, &e)),
         };
         let resp = self.check(resp, repo, revision, None)?;
+        if resp.status().is_redirection() {
+            return Err(Error::invalid(Path::new(&url), format!("the Hub answered {} without a Location to follow", resp.status()))
+                .with_hint("if HF_ENDPOINT points at a mirror or a proxy, check its configuration"));
+        }
         #[derive(serde::Deserialize)]
         struct Info {
             sha: String,
-            #[serde(default)]
+            #[serde(default, deserialize_with = "crate::ollama::null_as_default")]
             siblings: Vec<Sibling>,
         }
         #[derive(serde::Deserialize)]
         struct Sibling {
             rfilename: String,
         }
-        let text = resp.text().map_err(|e| self.unreachable(&url, &e))?;
-        let info: Info = serde_json::from_str(&text).map_err(|e| Error::invalid(Path::new(&url), format!("the Hub's answer is not a repo listing: {e}")))?;
+        let announced = resp.content_length();
+        let body = read_capped(resp, announced, LISTING_CAP).map_err(|e| match e {
+            BodyError::Read(e) => self.unreachable(&url, &NetError::Broken(crate::ollama::root_cause(&e))),
+            too_large => Error::invalid(Path::new(&url), format!("the Hub's repo listing: {too_large}")),
+        })?;
+        let info: Info = serde_json::from_slice(&body)
+            .map_err(|e| Error::invalid(Path::new(&url), format!("the Hub's answer is not a repo listing: {}", json_problem(&e, &body))))?;
+        if !is_commit(&info.sha) {
+            return Err(Error::invalid(Path::new(&url), format!("the Hub's listing gives the commit {:?}, not 40 hex digits", printable(&info.sha, 80))));
+        }
         Ok(Ok(RepoInfo { sha: info.sha, files: info.siblings.into_iter().map(|s| s.rfilename).collect() }))
     }
 
@@ -289,10 +371,10 @@ impl Hub {
         }
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let code = header("x-error-code").unwrap_or_default();
-        let retry = header("retry-after");
-        let mut message = header("x-error-message").unwrap_or_default();
+        let retry = header(RETRY_AFTER.as_str());
+        let mut message = printable(&header("x-error-message").unwrap_or_default(), MESSAGE_CHARS);
         if message.is_empty() {
-            message = crate::ollama::error_text(&resp.text().unwrap_or_default());
+            message = crate::ollama::error_text(&error_body(resp));
         }
         let page = format!("{}/{repo}", self.settings.endpoint);
         let login = "set HF_TOKEN to a token with read access (or run `huggingface-cli login`)";
@@ -314,7 +396,10 @@ impl Hub {
                 },
             ),
             (_, "RevisionNotFound") => (format!("revision `{revision}` of `{repo}` not found ({message})"), format!("check --revision against the branches and commits at {page}")),
-            (_, "EntryNotFound") => (format!("`{}` is not in `{repo}` at `{revision}` ({message})", file.unwrap_or("?")), "the repo changed since it was listed; run again".into()),
+            (_, "EntryNotFound") => (
+                format!("`{}` is not in `{repo}` at `{revision}` ({message})", printable(file.unwrap_or("?"), 200)),
+                "the repo changed since it was listed; run again".into(),
+            ),
             (429, _) => (format!("the Hub is rate-limiting requests: {message}"), rate_limit_hint(retry.as_deref())),
             (401 | 403, _) => (format!("the Hub refused access to `{repo}` ({status}: {message})"), login.to_string()),
             _ => (format!("the Hub answered {status} for `{repo}`: {message}"), "try again later".into()),
@@ -324,9 +409,9 @@ impl Hub {
 
     /// `HEAD` of a file's resolve URL at `at` (a commit, or the revision), following redirects on the
     /// endpoint and stopping at one to another host (an LFS file's CDN).
-    fn meta(&self, repo: &str, revision: &str, at: &str, file: &str) -> Result<FileMeta> {
+    fn meta(&self, repo: &str, revision: &str, at: &str, file: &str, deadline: Option<Instant>, ui: &dyn Progress) -> Result<FileMeta> {
         let url = format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(at), encode_path(file));
-        let resp = self.send(reqwest::Method::HEAD, &url, None, true).map_err(|e| self.unreachable(&url, &e))?;
+        let resp = self.send(reqwest::Method::HEAD, &url, None, true, deadline, ui).map_err(|e| self.unreachable(&url, &e))?;
         let resp = self.check(resp, repo, revision, Some(file))?;
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let etag = header("x-linked-etag").or_else(|| header(ETAG.as_str())).unwrap_or_default();
@@ -336,12 +421,18 @@ impl Hub {
         if !(is_sha256(&etag) || is_commit(&etag)) || !is_commit(&commit) {
             return Err(Error::invalid(
                 Path::new(&url),
-                format!("the Hub's answer has no usable X-Repo-Commit ({commit:?}) or ETag ({etag:?}): a 40-hex commit and a sha256 or git blob id were expected"),
+                format!(
+                    "the Hub's answer has no usable X-Repo-Commit ({:?}) or ETag ({:?}): a 40-hex commit and a sha256 or git blob id were expected",
+                    printable(&commit, 80),
+                    printable(&etag, 80)
+                ),
             )
             .with_hint("if HF_ENDPOINT points at a mirror, check that it forwards the Hub's headers"));
         }
-        let size = header("x-linked-size").or_else(|| header("content-length")).and_then(|s| s.parse().ok());
-        let location = if resp.status().is_redirection() { header(LOCATION.as_str()).map(|l| absolute_url(&l, &self.settings.endpoint)) } else { None };
+        let redirect = resp.status().is_redirection();
+        // A redirect's Content-Length is that of the redirect's own body, not the file's.
+        let size = header("x-linked-size").or_else(|| if redirect { None } else { header(CONTENT_LENGTH.as_str()) }).and_then(|s| s.parse().ok());
+        let location = if redirect { header(LOCATION.as_str()).map(|l| absolute_url(&l, &self.settings.endpoint)) } else { None };
         Ok(FileMeta { commit, etag, size, location })
     }
 
@@ -350,9 +441,8 @@ impl Hub {
     /// `at` is the commit the listing gave, so every file comes from one commit even if the branch
     /// moves meanwhile (`None`: the revision as it is now).
     pub fn fetch(&self, repo: &str, revision: &str, at: Option<&str>, file: &str, ui: &dyn Progress) -> Result<PathBuf> {
-        if file.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
-            return Err(Error::invalid(Path::new(file), "not a file path inside a repo"));
-        }
+        check_revision(revision)?;
+        check_file_path(repo, file)?;
         let cached = self.cached(repo, revision, file);
         if self.settings.offline {
             return cached.ok_or_else(|| {
@@ -363,17 +453,18 @@ impl Hub {
                 )
             });
         }
-        let meta = self.meta(repo, revision, at.unwrap_or(revision), file)?;
+        let meta = self.meta(repo, revision, at.unwrap_or(revision), file, None, ui)?;
         let dir = self.repo_dir(repo);
         let blob = dir.join("blobs").join(&meta.etag);
         let pointer = dir.join("snapshots").join(&meta.commit).join(file);
-        // Another tool may have put it there: it is checked before it is used.
-        if blob.is_file() && content_id(&blob, &meta.etag, ui)?.is_some_and(|found| found != meta.etag) {
-            fs::remove_file(&blob).map_err(|e| Error::io(&blob, e))?;
-        }
-        if !blob.is_file() {
-            let url = meta.location.clone().unwrap_or_else(|| format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(&meta.commit), encode_path(file)));
-            self.download(&url, &blob, &meta, file, ui)?;
+        if !self.usable(&blob, &meta, ui)? {
+            // Held until the blob is in place: another run of this tool downloading the same blob
+            // meanwhile waits rather than writing into the same `.incomplete` file.
+            let lock = self.lock_blob(repo, &blob, file, ui)?;
+            if !self.usable(&blob, &meta, ui)? {
+                let url = meta.location.clone().unwrap_or_else(|| format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(&meta.commit), encode_path(file)));
+                self.download(&url, &blob, &meta, file, lock.as_ref(), ui)?;
+            }
         }
         link(&blob, &pointer)?;
         if revision != meta.commit {
@@ -382,12 +473,87 @@ impl Hub {
         Ok(pointer)
     }
 
-    /// The `general.type` of a GGUF file in the repo (`adapter`, `model`), from its first 256 KiB;
-    /// `None` when it cannot be told (no answer, no such key in that much).
-    pub fn gguf_type(&self, repo: &str, revision: &str, at: &str, file: &str) -> Option<String> {
-        let meta = self.meta(repo, revision, at, file).ok()?;
+    /// Whether `blob` is in the cache with the content its ETag names. Another tool may have put
+    /// it there: it is checked before it is used, and deleted when it is not that content.
+    fn usable(&self, blob: &Path, meta: &FileMeta, ui: &dyn Progress) -> Result<bool> {
+        if !blob.is_file() {
+            return Ok(false);
+        }
+        if content_id(blob, &meta.etag, ui)?.is_some_and(|found| found != meta.etag) {
+            fs::remove_file(blob).map_err(|e| Error::io(blob, e))?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// The lock on downloading one blob, in the folder `huggingface_hub` keeps its own in
+    /// (`.locks/models--ORG--NAME/`), so two runs of this tool never write one `.incomplete` file.
+    /// (Its `<etag>.lock` is an `flock` on a file that stays, which std offers only from Rust 1.89:
+    /// ours has a name of its own, and excludes our runs only.) While another run holds it
+    /// this waits; a lock whose holder has ended (Linux: its PID is gone) or has shown no sign of
+    /// life for longer than it could be waiting on a server is taken over. `None` where no lock
+    /// file can be made (a read-only cache folder, say).
+    fn lock_blob(&self, repo: &str, blob: &Path, file: &str, ui: &dyn Progress) -> Result<Option<BlobLock>> {
+        let name = blob.file_name().expect("blob paths have a name").to_string_lossy();
+        let dir = self.settings.cache.join(".locks").join(Repo::model(repo.to_string()).folder_name());
+        let path = dir.join(format!("{name}.ollama-tools.lock"));
+        // The holder beats at least this often, unless a server keeps it waiting (then at most
+        // an idle timeout and a retry's wait).
+        let stale_after = self.patience.idle * 2 + self.patience.max_wait;
+        let mut told = false;
+        loop {
+            match BlobLock::try_new(&dir, &path) {
+                Ok(Some(lock)) => return Ok(Some(lock)),
+                Ok(None) => {}
+                Err(e) => {
+                    ui.notice(&format!("cannot make the lock file {} ({e}); downloading without it", path.display()));
+                    return Ok(None);
+                }
+            }
+            if BlobLock::take_over_if_stale(&path, stale_after) {
+                ui.notice(&format!("took over the lock {}: the run that held it has ended or stopped", path.display()));
+                continue;
+            }
+            if !told {
+                ui.notice(&format!("another run is downloading {}; waiting for it", printable(file, 200)));
+                told = true;
+            }
+            if ui.cancelled() {
+                return Err(Error::Cancelled);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The `general.type` of each GGUF file in the repo (`adapter`, `model`; `None` when it cannot
+    /// be told), peeked at [`PROBES`] at a time and all within [`Hub::probe_time`]: a repo full of
+    /// files that never answer costs that long, not that long per file.
+    fn gguf_types(&self, repo: &str, revision: &str, at: &str, files: &[String]) -> Vec<Option<String>> {
+        let deadline = Instant::now() + self.probe_time;
+        let next = AtomicUsize::new(0);
+        let found = Mutex::new(vec![None; files.len()]);
+        std::thread::scope(|s| {
+            for _ in 0..files.len().min(PROBES) {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, AtomicOrdering::Relaxed);
+                        if i >= files.len() || Instant::now() >= deadline {
+                            break;
+                        }
+                        let t = self.gguf_type(repo, revision, at, &files[i], deadline);
+                        found.lock().unwrap_or_else(|e| e.into_inner())[i] = t;
+                    }
+                });
+            }
+        });
+        found.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The `general.type` of a GGUF file in the repo, from its first 256 KiB, asked by `deadline`.
+    fn gguf_type(&self, repo: &str, revision: &str, at: &str, file: &str, deadline: Instant) -> Option<String> {
+        let meta = self.meta(repo, revision, at, file, Some(deadline), &crate::progress::Silent).ok()?;
         let url = meta.location.clone().unwrap_or_else(|| format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(at), encode_path(file)));
-        let resp = self.request(reqwest::Method::GET, &url).header(RANGE, "bytes=0-262143").send().ok()?;
+        let resp = self.request(reqwest::Method::GET, &url, Some(deadline)).header(RANGE, "bytes=0-262143").send().ok()?;
         if !resp.status().is_success() {
             return None;
         }
@@ -400,52 +566,61 @@ impl Hub {
     }
 
     /// The commit a revision points at in the cache (`refs/<revision>`), or the revision itself when
-    /// it is a commit.
+    /// it is a commit; `None` for a revision that is not a valid name.
     pub fn cached_commit(&self, repo: &str, revision: &str) -> Option<String> {
         if is_commit(revision) {
             return Some(revision.to_string());
         }
-        fs::read_to_string(self.repo_dir(repo).join("refs").join(revision)).ok().map(|s| s.trim().to_string())
+        check_revision(revision).ok()?;
+        let commit = fs::read_to_string(self.repo_dir(repo).join("refs").join(revision)).ok()?.trim().to_string();
+        // It becomes a folder name: only a commit is taken.
+        is_commit(&commit).then_some(commit)
     }
 
     /// The file in the cache for this revision, if a download (ours or another tool's) put it there.
     pub fn cached(&self, repo: &str, revision: &str, file: &str) -> Option<PathBuf> {
-        if is_commit(revision) {
-            let p = self.repo_dir(repo).join("snapshots").join(revision).join(file);
-            return p.exists().then_some(p);
-        }
-        self.cache_repo(repo, revision).get(file)
+        check_file_path(repo, file).ok()?;
+        let commit = self.cached_commit(repo, revision)?;
+        let p = self.repo_dir(repo).join("snapshots").join(commit).join(file);
+        p.exists().then_some(p)
     }
 
-    /// Streams `url` into `blob.incomplete`, resuming what is there, retrying once when the transfer
-    /// breaks, and renames it to `blob` when its sha256 (for LFS files) is the ETag.
-    fn download(&self, url: &str, blob: &Path, meta: &FileMeta, file: &str, ui: &dyn Progress) -> Result<()> {
+    /// Streams `url` into `blob.incomplete`, resuming what is there, retrying with backoff while
+    /// the transfer breaks, and renames it to `blob` when its content is what the ETag names.
+    fn download(&self, url: &str, blob: &Path, meta: &FileMeta, file: &str, lock: Option<&BlobLock>, ui: &dyn Progress) -> Result<()> {
+        let beat = || {
+            if let Some(l) = lock {
+                l.beat();
+            }
+        };
         let dir = blob.parent().expect("blob paths have a parent");
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let partial = PathBuf::from(format!("{}.incomplete", blob.display()));
-        let mut retried = false;
+        let partial = incomplete(blob);
+        let mut retries = 0;
         ui.stage(file, meta.size.unwrap_or(0));
         loop {
             let have = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
             ui.advance(have);
-            match self.transfer(url, &partial, have, meta, ui) {
+            let why = match self.transfer(url, &partial, have, meta, &beat, ui) {
                 Ok(()) => break,
-                Err(Transfer::Cut(why)) if !retried => {
-                    retried = true;
-                    let now = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-                    ui.notice(&format!("the download of {file} broke off at {now} bytes ({why}); resuming"));
-                    ui.stage(file, meta.size.unwrap_or(0));
-                }
-                Err(Transfer::Cut(why)) => {
-                    let now = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-                    return Err(Error::Refused {
-                        path: PathBuf::from(url),
-                        msg: format!("the download of {file} broke off twice, at {now} bytes ({why})"),
-                        hint: Some(format!("run the command again: it resumes from {}", partial.display())),
-                    });
-                }
                 Err(Transfer::Failed(e)) => return Err(e),
-            }
+                Err(Transfer::Cut(why)) => why,
+            };
+            let now = fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            let Some(wait) = self.patience.delay(retries, None) else {
+                return Err(Error::Refused {
+                    path: PathBuf::from(without_query(url)),
+                    msg: format!("the download of {file} broke off {} times, the last at {now} bytes ({why})", retries + 1),
+                    hint: Some(format!("run the command again: it resumes from {}", partial.display())),
+                });
+            };
+            retries += 1;
+            ui.notice(&format!("the download of {file} broke off at {now} bytes ({why}); resuming in {:.1} s", wait.as_secs_f64()));
+            self.patience.sleep(wait, || {
+                beat();
+                ui.cancelled()
+            })?;
+            ui.stage(file, meta.size.unwrap_or(0));
         }
         ui.finish();
         if let Some(found) = content_id(&partial, &meta.etag, ui)?.filter(|found| *found != meta.etag) {
@@ -460,52 +635,139 @@ impl Hub {
         fs::rename(&partial, blob).map_err(|e| Error::io(blob, e))
     }
 
-    fn transfer(&self, url: &str, partial: &Path, have: u64, meta: &FileMeta, ui: &dyn Progress) -> Result<(), Transfer> {
-        if meta.size.is_some_and(|s| have >= s && s > 0) {
+    /// One GET of the file from byte `have` on, appended to `partial` (or written afresh when the
+    /// server sends it all), never past the size announced for it.
+    fn transfer(&self, url: &str, partial: &Path, have: u64, meta: &FileMeta, beat: &dyn Fn(), ui: &dyn Progress) -> Result<(), Transfer> {
+        if meta.size.is_some_and(|s| have == s && s > 0) {
             return Ok(());
         }
-        let mut resp = self.send(reqwest::Method::GET, url, (have > 0).then_some(have), false).map_err(|e| Transfer::Cut(crate::ollama::root_cause(&e)))?;
+        // More than the file's size is not a prefix of it: start over.
+        let from = if meta.size.is_some_and(|s| have > s) { 0 } else { have };
+        let mut resp = match self.send(reqwest::Method::GET, url, (from > 0).then_some(from), false, None, ui) {
+            Ok(resp) => resp,
+            Err(NetError::Http(e)) => return Err(Transfer::Cut(crate::ollama::root_cause(&e))),
+            Err(e) => return Err(Transfer::Failed(self.unreachable(url, &e))),
+        };
         let status = resp.status();
         let append = status == StatusCode::PARTIAL_CONTENT
-            && resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).is_some_and(|r| r.starts_with(&format!("bytes {have}-")));
+            && resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).is_some_and(|r| r.starts_with(&format!("bytes {from}-")));
         if !status.is_success() {
-            let retry = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let retry = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
             let hint = match (status.as_u16(), retry) {
                 (429, retry) => rate_limit_hint(retry.as_deref()),
                 _ => "run again; if it repeats, the file may have moved".into(),
             };
             return Err(Transfer::Failed(Error::Refused { path: PathBuf::from(without_query(url)), msg: format!("the download answered {status}"), hint: Some(hint) }));
         }
-        let mut out = if append {
-            OpenOptions::new().append(true).open(partial)
-        } else {
-            // No resume offered: start over.
-            File::create(partial)
-        }
-        .map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
+        let start = if append { from } else { 0 };
+        // The end the file may not pass: its announced size, and what this answer announces.
+        let limit = [meta.size, resp.content_length().map(|n| start + n)].into_iter().flatten().min();
+        let mut out = if append { OpenOptions::new().append(true).open(partial) } else { File::create(partial) }.map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
         if !append && have > 0 {
             ui.stage(&partial.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()), meta.size.unwrap_or(0));
         }
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            if ui.cancelled() {
-                return Err(Transfer::Failed(Error::Cancelled));
-            }
-            let n = match resp.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => return Err(Transfer::Cut(e.to_string())),
-            };
-            out.write_all(&buf[..n]).map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
-            ui.advance(n as u64);
+        let len = copy_body(&mut resp, &mut out, partial, start, limit, beat, ui)?;
+        if let Some(limit) = limit.filter(|l| len > *l) {
+            drop(out);
+            let _ = fs::remove_file(partial);
+            return Err(Transfer::Failed(Error::Refused {
+                path: PathBuf::from(without_query(url)),
+                msg: format!("the server sent more than the {limit} bytes announced for it; the partial file was deleted"),
+                hint: Some("something between here and the Hub is broken; run again later, and check any proxy or mirror (HF_ENDPOINT)".into()),
+            }));
         }
-        out.flush().map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
-        let len = fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
         match meta.size {
             Some(size) if len < size => Err(Transfer::Cut(format!("the connection closed at {len} of {size} bytes"))),
             _ => Ok(()),
         }
     }
+}
+
+/// Copies the body into `out` (already holding `start` bytes) until it ends or would pass `limit`;
+/// returns how long the file is, or `limit + 1` when the body has more than that.
+fn copy_body(resp: &mut Response, out: &mut File, partial: &Path, start: u64, limit: Option<u64>, beat: &dyn Fn(), ui: &dyn Progress) -> Result<u64, Transfer> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = start;
+    loop {
+        if ui.cancelled() {
+            return Err(Transfer::Failed(Error::Cancelled));
+        }
+        let n = match resp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if crate::ollama::is_timeout(&e) => return Err(Transfer::Cut("nothing arrived for the timeout (OLLAMA_TOOLS_TIMEOUT)".into())),
+            Err(e) => return Err(Transfer::Cut(crate::ollama::root_cause(&e))),
+        };
+        if let Some(l) = limit.filter(|l| len + n as u64 > *l) {
+            // What is past the announced size is not written: the disk is not filled.
+            return Ok(l + 1);
+        }
+        out.write_all(&buf[..n]).map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
+        len += n as u64;
+        ui.advance(n as u64);
+        beat();
+    }
+    out.flush().map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
+    Ok(len)
+}
+
+/// A lock file made with `create_new`, holding the holder's PID and a token; its holder refreshes
+/// its modification time while it works ([`BlobLock::beat`]), and removes it when dropped.
+struct BlobLock {
+    path: PathBuf,
+    file: File,
+    token: String,
+    last_beat: std::cell::Cell<Instant>,
+}
+
+impl BlobLock {
+    /// The lock, or `None` when another run holds it.
+    fn try_new(dir: &Path, path: &Path) -> std::io::Result<Option<BlobLock>> {
+        fs::create_dir_all(dir)?;
+        let mut file = match OpenOptions::new().write(true).create_new(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let token = format!("{} {nanos}\n", std::process::id());
+        file.write_all(token.as_bytes())?;
+        Ok(Some(BlobLock { path: path.to_path_buf(), file, token, last_beat: std::cell::Cell::new(Instant::now()) }))
+    }
+
+    /// Shows the lock's holder is alive (at most once a second).
+    fn beat(&self) {
+        if self.last_beat.get().elapsed() >= Duration::from_secs(1) {
+            let _ = self.file.set_modified(SystemTime::now());
+            self.last_beat.set(Instant::now());
+        }
+    }
+
+    /// Removes the lock at `path` when its holder has ended (its PID gone, where `/proc` tells) or
+    /// has not beaten for `stale_after`; whether it did. What is removed is what was judged, so a
+    /// lock just taken by a third run is left alone.
+    fn take_over_if_stale(path: &Path, stale_after: Duration) -> bool {
+        let Ok(held) = fs::read_to_string(path) else { return false };
+        let quiet = fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e > stale_after));
+        let pid = held.split_whitespace().next().and_then(|p| p.parse::<u32>().ok());
+        let ended = pid.is_some_and(|p| Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{p}")).exists());
+        (quiet || ended) && fs::read_to_string(path).is_ok_and(|now| now == held) && fs::remove_file(path).is_ok()
+    }
+}
+
+impl Drop for BlobLock {
+    fn drop(&mut self) {
+        // Only our own: a lock taken over from us (we looked dead) now belongs to another run.
+        if fs::read_to_string(&self.path).is_ok_and(|t| t == self.token) {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The `.incomplete` file a blob is downloaded into (the name `huggingface_hub` resumes from too).
+fn incomplete(blob: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.incomplete", blob.display()))
 }
 
 enum Transfer {
@@ -516,12 +778,44 @@ enum Transfer {
 
 /// What to do about a 429, with its `Retry-After` (seconds) when the Hub sent one.
 fn rate_limit_hint(retry: Option<&str>) -> String {
-    format!("wait {} and run again; a token (HF_TOKEN) gets a higher limit", retry.map_or("a minute".into(), |s| format!("{s} seconds")))
+    let wait = match retry.and_then(|r| retry_after(r, SystemTime::now())) {
+        Some(d) => format!("{} seconds", d.as_secs()),
+        None => "a minute".into(),
+    };
+    format!("wait {wait} and run again; a token (HF_TOKEN) gets a higher limit")
 }
 
-/// A revision in a URL path (`refs/pr/1` -> `refs%2Fpr%2F1`).
+/// A revision (`--revision`) before it is used in a URL or a path in the cache (`refs/<revision>`):
+/// a commit, or a branch or tag name as git allows them (`main`, `v1.0`, `refs/pr/1`), so nothing
+/// like `../..`, an absolute path, a backslash or a control character gets near the file system.
+pub fn check_revision(revision: &str) -> Result<()> {
+    let bad_part = |p: &str| p.is_empty() || p.starts_with('.') || p.ends_with(".lock") || p.ends_with('.');
+    let bad_char = |c: char| c.is_control() || " ~^:?*[\\".contains(c);
+    if is_commit(revision) || (!revision.is_empty() && revision.len() <= 255 && !revision.contains("..") && !revision.contains("@{") && !revision.chars().any(bad_char) && !revision.split('/').any(bad_part)) {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "`{}` is not a revision: give a branch or tag name (`main`, `v1.0`, `refs/pr/1`) or a 40-hex commit",
+        printable(revision, 100)
+    )))
+}
+
+/// A file path from the Hub's listing (or `--subfolder`), before it becomes a path in the cache:
+/// relative, `/`-separated parts, none of them `.`, `..`, or holding a backslash or control
+/// character (or, on Windows, a drive's `:`).
+fn check_file_path(repo: &str, file: &str) -> Result<()> {
+    let bad_part = |p: &str| p.is_empty() || p == "." || p == ".." || p.contains('\\') || p.chars().any(char::is_control) || (cfg!(windows) && p.contains(':'));
+    if file.split('/').any(bad_part) {
+        return Err(Error::invalid(Path::new(repo), format!("`{}` is not a file path inside a repo", printable(file, 200)))
+            .with_hint("the Hub (or the mirror HF_ENDPOINT names) lists a file name this tool will not write; pick another adapter with --subfolder"));
+    }
+    Ok(())
+}
+
+/// A revision in a URL path, one segment: every byte outside RFC 3986's unreserved set
+/// percent-encoded (`refs/pr/1` -> `refs%2Fpr%2F1`).
 fn encode(revision: &str) -> String {
-    revision.replace('%', "%25").replace('/', "%2F")
+    encode_path(revision).replace('/', "%2F")
 }
 
 /// A file path in a URL: every byte outside RFC 3986's unreserved set percent-encoded, `/` kept.
@@ -580,7 +874,10 @@ fn same_origin(a: &str, b: &str) -> bool {
 fn link(blob: &Path, pointer: &Path) -> Result<()> {
     let dir = pointer.parent().expect("snapshot paths have a parent");
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    if pointer.exists() {
+    // A link, or a copy as long as the blob (a copy is made whole or not at all, but one made by
+    // an earlier version of this tool or by another tool may have been cut short).
+    let whole = |m: fs::Metadata| m.file_type().is_symlink() || fs::metadata(blob).is_ok_and(|b| b.len() == m.len());
+    if pointer.exists() && fs::symlink_metadata(pointer).is_ok_and(whole) {
         return Ok(());
     }
     let _ = fs::remove_file(pointer);
@@ -598,7 +895,18 @@ fn link(blob: &Path, pointer: &Path) -> Result<()> {
             return Ok(());
         }
     }
-    fs::copy(blob, pointer).map(|_| ()).map_err(|e| Error::io(pointer, e))
+    copy_atomically(blob, pointer)
+}
+
+/// Copies `from` to `to` through a temporary file in `to`'s folder renamed into place, so that
+/// `to` never exists half-written (an interrupted copy would otherwise be trusted forever).
+fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
+    let dir = to.parent().expect("snapshot paths have a parent");
+    let mut tmp = tempfile::Builder::new().prefix(".copy-").suffix(".tmp").tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    let mut src = File::open(from).map_err(|e| Error::io(from, e))?;
+    std::io::copy(&mut src, tmp.as_file_mut()).map_err(|e| Error::io(to, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(to, e))?;
+    tmp.persist(to).map(|_| ()).map_err(|e| Error::io(to, e.error))
 }
 
 /// What `fetch-adapter` downloaded.
@@ -617,18 +925,19 @@ pub struct Fetched {
 /// Finds the adapter in `repo` at `revision` (asking which one when there are several), and makes its
 /// files available in the cache: downloaded, or as they are when another run or tool put them there.
 pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&str>, ui: &dyn Progress) -> Result<Fetched> {
-    if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty() || p == "..") {
-        return Err(Error::Usage(format!("`{repo}` is not a Hugging Face repo id: use ORG/NAME, e.g. `someone/llama3-lora`")));
+    if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\\') || p.contains(char::is_control)) {
+        return Err(Error::Usage(format!("`{}` is not a Hugging Face repo id: use ORG/NAME, e.g. `someone/llama3-lora`", printable(repo, 100))));
     }
+    check_revision(revision)?;
     let (commit, listing) = if hub.settings.offline {
         (hub.cached_commit(repo, revision), None)
     } else {
-        match hub.try_info(repo, revision)? {
+        match hub.try_info(repo, revision, ui)? {
             Ok(info) => (Some(info.sha), Some(info.files)),
             // As huggingface_hub does: no network, but the cache knows this revision.
             Err(e) if hub.cached_commit(repo, revision).is_some() => {
                 ui.notice(&format!("{e}; using what the Hugging Face cache holds for `{repo}` at `{revision}`"));
-                let offline = Hub::new(Settings { offline: true, ..hub.settings.clone() });
+                let offline = Hub::with_patience(Settings { offline: true, ..hub.settings.clone() }, hub.patience);
                 return fetch_adapter(&offline, repo, revision, subfolder, ui);
             }
             Err(e) => return Err(e),
@@ -640,17 +949,15 @@ pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&s
             // A .gguf may be the whole model rather than an adapter: its header says which, from
             // its first bytes, before anything large is downloaded.
             let at = commit.as_deref().unwrap_or(revision);
+            let ggufs: Vec<String> = found.iter().filter_map(|c| if let Candidate::Gguf(f) = c { Some(f.clone()) } else { None }).collect();
+            let types = hub.gguf_types(repo, revision, at, &ggufs);
             let mut models = Vec::new();
-            found.retain(|c| match c {
-                Candidate::Gguf(f) => match hub.gguf_type(repo, revision, at, f).as_deref() {
-                    Some("adapter") | None => true,
-                    Some(other) => {
-                        models.push(format!("{f} (general.type `{other}`)"));
-                        false
-                    }
-                },
-                Candidate::Peft(_) => true,
-            });
+            for (f, t) in ggufs.iter().zip(&types) {
+                if let Some(t) = t.as_deref().filter(|t| *t != "adapter") {
+                    models.push(format!("{} (general.type `{}`)", printable(f, 200), printable(t, 40)));
+                    found.retain(|c| c != &Candidate::Gguf(f.clone()));
+                }
+            }
             if found.is_empty() {
                 return Err(Error::refused(
                     Path::new(repo),
@@ -672,8 +979,8 @@ pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&s
                                 .iter()
                                 .map(|c| match c {
                                     Candidate::Peft(d) if d.is_empty() => "  --subfolder .   (the PEFT adapter at the repo's root)".to_string(),
-                                    Candidate::Peft(d) => format!("  --subfolder {d}"),
-                                    Candidate::Gguf(p) => format!("  --subfolder {p}"),
+                                    Candidate::Peft(d) => format!("  --subfolder {}", printable(d, 200)),
+                                    Candidate::Gguf(p) => format!("  --subfolder {}", printable(p, 200)),
                                 })
                                 .collect();
                             return Err(Error::Refused {
@@ -864,6 +1171,42 @@ mod tests {
         assert!(same_origin("http://127.0.0.1:5/a", "http://127.0.0.1:5"));
         assert!(!same_origin("http://localhost:5/cdn", "http://127.0.0.1:5"));
         assert_eq!(encode("refs/pr/1"), "refs%2Fpr%2F1");
+        assert_eq!(encode("v1#2?x"), "v1%232%3Fx");
         assert_eq!(encode_path("dir/a b#1?.gguf"), "dir/a%20b%231%3F.gguf");
+    }
+
+    #[test]
+    fn revisions_are_names_or_commits_never_paths() {
+        for ok in ["main", "v1.0", "refs/pr/1", "feature/x-y_z", "0123456789abcdef0123456789abcdef01234567"] {
+            assert!(check_revision(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "..", "../../..", "a/../b", "/etc", "a//b", "a/", "main\\..", "ma\u{1b}in", "a\0b", ".git", "x.lock", "a b", "a:b", "a@{1}", "v1."] {
+            let e = check_revision(bad).unwrap_err().to_string();
+            assert!(e.contains("is not a revision") && !e.contains('\u{1b}'), "{bad:?}: {e}");
+        }
+        assert!(check_file_path("o/r", "dir/adapter_model.safetensors").is_ok());
+        for bad in ["../x", "a/./b", "/abs", "a\\b", "a\u{7}b", "a//b", ""] {
+            assert!(check_file_path("o/r", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_copy_in_the_snapshot_is_whole_or_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let blob = d.path().join("repo/blobs/abc");
+        fs::create_dir_all(blob.parent().unwrap()).unwrap();
+        fs::write(&blob, vec![5u8; 100_000]).unwrap();
+        let pointer = d.path().join("repo/snapshots/c/sub/file");
+        // A copy cut short by an interrupted run is not trusted.
+        fs::create_dir_all(pointer.parent().unwrap()).unwrap();
+        fs::write(&pointer, vec![5u8; 10]).unwrap();
+        link(&blob, &pointer).unwrap();
+        assert_eq!(fs::read(&pointer).unwrap().len(), 100_000);
+        // The copy made where links cannot be: whole, and no temporary file left beside it.
+        let other = d.path().join("repo/snapshots/c/copy");
+        copy_atomically(&blob, &other).unwrap();
+        assert_eq!(fs::read(&other).unwrap(), fs::read(&blob).unwrap());
+        let names: Vec<String> = fs::read_dir(other.parent().unwrap()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     }
 }

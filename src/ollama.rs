@@ -7,8 +7,9 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::error::{Patience, printable};
 use crate::progress::Progress;
 
 use serde::Deserialize;
@@ -129,36 +130,36 @@ impl std::fmt::Display for ModelName {
 /// `POST /api/show` with `verbose: true`, the parts we use.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Show {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub details: Details,
     /// The base GGUF's metadata (`general.architecture`, `llama.block_count`, ...).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub model_info: serde_json::Map<String, Json>,
     /// Tensor names, types and shapes (ggml order), where the server lists them.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub tensors: Vec<ShowTensor>,
     /// The chat template (Go template syntax), system prompt and license the model carries.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub template: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub system: String,
     /// A string; some servers send a list of licenses.
     #[serde(default)]
     pub license: Json,
     /// Parameters as text: one `name value` line each, values printed as Go's `%#v`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub parameters: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub messages: Vec<crate::modelfile::Message>,
     /// Built-in prompt renderer and output parser (current Ollama's alternative to a template).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub renderer: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub parser: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub modified_at: String,
     /// The model's Modelfile as the server prints it (`ADAPTER` lines show an adapter layer).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub modelfile: String,
 }
 
@@ -175,13 +176,13 @@ impl Show {
 
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Details {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub format: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub family: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub parameter_size: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub quantization_level: String,
 }
 
@@ -210,6 +211,12 @@ pub enum ApiError {
     /// The connection broke while a request body was being sent (an upload cut half-way).
     #[error("the connection to Ollama at {url} broke during the upload ({err})")]
     Cut { url: String, err: String },
+    /// A long call (upload, create, pull) got no byte for the idle timeout.
+    #[error(
+        "Ollama at {url} sent nothing for {secs} s while {doing}: it may be stuck or overloaded; check its log, or set \
+         OLLAMA_TOOLS_TIMEOUT (seconds) to wait longer"
+    )]
+    Stalled { url: String, doing: String, secs: u64 },
     /// The user pressed Ctrl-C.
     #[error("interrupted")]
     Cancelled,
@@ -228,13 +235,13 @@ impl ApiError {
 /// One line of a streamed answer (`/api/create`, `/api/pull`).
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct StreamStatus {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub status: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub digest: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub total: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub completed: u64,
     #[serde(default)]
     pub error: Option<String>,
@@ -244,53 +251,87 @@ pub struct StreamStatus {
 #[derive(Clone, Debug, Deserialize)]
 pub struct Tag {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub size: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub digest: String,
 }
 
 /// A blocking client for Ollama's API. Short calls time out after a minute; uploads and streamed
-/// calls (create, pull) run as long as the server keeps sending.
+/// calls (create, pull) run as long as the server keeps sending, and fail with
+/// [`ApiError::Stalled`] after [`Patience::idle`] without a byte.
 #[derive(Clone)]
 pub struct Client {
     base: String,
+    /// Short calls (each with [`SHORT`]) and streams (the client's timeout: the idle one, per read).
     http: reqwest::blocking::Client,
+    /// Uploads: no timeout of its own, since sending a large body takes long; watched instead.
+    upload: reqwest::blocking::Client,
+    idle: Duration,
 }
 
 /// How long a call that answers at once may take.
 const SHORT: Duration = Duration::from_secs(60);
 
+/// The most read of a verbose `/api/show`: it carries the tokenizer's arrays (a 262k-token
+/// vocabulary with scores and merges is some 20 MB).
+const SHOW_CAP: usize = 64 << 20;
+/// The most read of `/api/tags` (some 500 bytes a model).
+const TAGS_CAP: usize = 16 << 20;
+/// The most read of a small answer (`/api/version`, an upload's).
+const SMALL_CAP: usize = 64 << 10;
+/// The most read of an error answer: its message is all that is used.
+pub(crate) const ERROR_BODY_CAP: usize = 64 << 10;
+/// The longest line of a streamed answer (`{"status": ...}` lines are well under 1 KiB).
+pub(crate) const LINE_CAP: usize = 1 << 20;
+/// The most of a server's text put into a message.
+pub(crate) const MESSAGE_CHARS: usize = 400;
+
 impl Client {
     pub fn new(base: &str) -> Self {
-        let http = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(None)
-            .build()
-            .expect("the HTTP client builds with the compiled-in TLS backend");
-        Client { base: base.trim_end_matches('/').to_string(), http }
+        Self::with_patience(base, Patience::from_env())
+    }
+
+    pub fn with_patience(base: &str, patience: Patience) -> Self {
+        let build = |timeout: Option<Duration>| {
+            reqwest::blocking::Client::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .timeout(timeout)
+                .build()
+                .expect("the HTTP client builds with the compiled-in TLS backend")
+        };
+        Client { base: base.trim_end_matches('/').to_string(), http: build(Some(patience.idle)), upload: build(None), idle: patience.idle }
     }
 
     pub fn base(&self) -> &str {
         &self.base
     }
 
+    /// A request that got no answer, in words: nobody there, no answer in time, a redirect loop.
     fn unreachable(&self, e: &reqwest::Error) -> ApiError {
-        ApiError::Unreachable { url: self.base.clone(), err: root_cause(e) }
-    }
-
-    /// The body of a successful answer; Ollama's `{"error": ...}` text for any other.
-    fn body(&self, resp: reqwest::blocking::Response) -> Result<String, ApiError> {
-        let status = resp.status();
-        let body = resp.text().map_err(|e| self.unreachable(&e))?;
-        if !status.is_success() {
-            return Err(ApiError::Status { url: self.base.clone(), status: status.as_u16(), message: error_text(&body) });
+        if e.is_redirect() {
+            return ApiError::Malformed { url: self.base.clone(), err: "it redirects in a loop (too many redirects); check OLLAMA_HOST and any proxy in front of it".into() };
         }
-        Ok(body)
+        let err = if e.is_timeout() { "no answer in time".to_string() } else { root_cause(e) };
+        ApiError::Unreachable { url: self.base.clone(), err }
     }
 
-    fn parse<T: serde::de::DeserializeOwned>(&self, path: &str, body: &str) -> Result<T, ApiError> {
-        serde_json::from_str(body).map_err(|e| ApiError::Malformed { url: format!("{}{path}", self.base), err: e.to_string() })
+    /// The body of a successful answer (at most `cap` bytes); Ollama's `{"error": ...}` text for
+    /// any other.
+    fn body(&self, path: &str, resp: reqwest::blocking::Response, cap: usize) -> Result<Vec<u8>, ApiError> {
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(ApiError::Status { url: self.base.clone(), status: status.as_u16(), message: error_text(&error_body(resp)) });
+        }
+        let announced = resp.content_length();
+        read_capped(resp, announced, cap).map_err(|e| match e {
+            BodyError::Read(e) => ApiError::Unreachable { url: self.base.clone(), err: format!("the answer to {path} broke off: {}", root_cause(&e)) },
+            too_large => ApiError::Malformed { url: format!("{}{path}", self.base), err: too_large.to_string() },
+        })
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, ApiError> {
+        serde_json::from_slice(body).map_err(|e| ApiError::Malformed { url: format!("{}{path}", self.base), err: crate::error::json_problem(&e, body) })
     }
 
     /// `POST /api/show` with `verbose: true`.
@@ -302,8 +343,10 @@ impl Client {
             .json(&serde_json::json!({ "model": model, "verbose": true }))
             .send()
             .map_err(|e| self.unreachable(&e))?;
-        let body = self.body(resp)?;
-        self.parse("/api/show", &body)
+        let body = self.body("/api/show", resp, SHOW_CAP)?;
+        let mut show: Show = self.parse("/api/show", &body)?;
+        defuse_names(&mut show);
+        Ok(show)
     }
 
     /// Whether `model` exists on the server: its `/api/show`, or `None` on 404.
@@ -322,19 +365,19 @@ impl Client {
             version: String,
         }
         let resp = self.http.get(format!("{}/api/version", self.base)).timeout(SHORT).send().map_err(|e| self.unreachable(&e))?;
-        let body = self.body(resp)?;
-        Ok(self.parse::<V>("/api/version", &body)?.version)
+        let body = self.body("/api/version", resp, SMALL_CAP)?;
+        Ok(printable(&self.parse::<V>("/api/version", &body)?.version, 80))
     }
 
     /// `GET /api/tags`: the models on the server.
     pub fn tags(&self) -> Result<Vec<Tag>, ApiError> {
         #[derive(Deserialize)]
         struct Tags {
-            #[serde(default)]
+            #[serde(default, deserialize_with = "null_as_default")]
             models: Vec<Tag>,
         }
         let resp = self.http.get(format!("{}/api/tags", self.base)).timeout(SHORT).send().map_err(|e| self.unreachable(&e))?;
-        let body = self.body(resp)?;
+        let body = self.body("/api/tags", resp, TAGS_CAP)?;
         Ok(self.parse::<Tags>("/api/tags", &body)?.models)
     }
 
@@ -350,19 +393,32 @@ impl Client {
 
     /// `POST /api/blobs/<digest>` with the file streamed from disk as the body. Bytes sent are reported
     /// through `progress`; Ctrl-C abandons the upload ([`ApiError::Cancelled`]). A connection that breaks
-    /// mid-body is [`ApiError::Cut`]; a digest the server does not confirm is its 400 [`ApiError::Status`].
+    /// mid-body is [`ApiError::Cut`]; a digest the server does not confirm is its 400 [`ApiError::Status`];
+    /// a server that takes no byte, or does not answer, for the idle timeout is [`ApiError::Stalled`].
     pub fn push_blob(&self, digest: &str, file: std::fs::File, len: u64, progress: &dyn Progress) -> Result<(), ApiError> {
         let sent = Arc::new(AtomicU64::new(0));
         let body = reqwest::blocking::Body::sized(Counted { inner: file, sent: sent.clone() }, len);
-        let request = self.http.post(format!("{}/api/blobs/{digest}", self.base)).body(body);
-        let mut shown = 0;
+        let request = self.upload.post(format!("{}/api/blobs/{digest}", self.base)).body(body);
+        let (mut shown, mut moved) = (0, Instant::now());
         let resp = cancellable(progress, move |_: &dyn Fn(())| request.send(), |_| {}, || {
             let now = sent.load(Ordering::Relaxed);
-            progress.advance(now - shown);
-            shown = now;
+            if now != shown {
+                progress.advance(now - shown);
+                (shown, moved) = (now, Instant::now());
+            }
+            // The clock runs from the last byte taken: a server that stops reading, or never
+            // answers once it has everything, is given up on.
+            match moved.elapsed() > self.idle {
+                true => Err(self.stalled(&format!("uploading {digest} ({shown} of {len} bytes taken)"))),
+                false => Ok(()),
+            }
         })?
         .map_err(|e| if e.is_connect() { self.unreachable(&e) } else { ApiError::Cut { url: self.base.clone(), err: root_cause(&e) } })?;
-        self.body(resp).map(|_| ())
+        self.body("/api/blobs", resp, SMALL_CAP).map(|_| ())
+    }
+
+    fn stalled(&self, doing: &str) -> ApiError {
+        ApiError::Stalled { url: self.base.clone(), doing: doing.to_string(), secs: self.idle.as_secs_f64().ceil() as u64 }
     }
 
     /// `POST /api/create`, each streamed status passed to `on_status`. An `{"error": ...}` line is
@@ -382,41 +438,76 @@ impl Client {
         let this = self.clone();
         let request = request.clone();
         let call = move |emit: &dyn Fn(StreamStatus)| -> Result<(), ApiError> {
-            let resp = this.http.post(format!("{}{path}", this.base)).json(&request).send().map_err(|e| this.unreachable(&e))?;
+            let resp = this.http.post(format!("{}{path}", this.base)).json(&request).send().map_err(|e| match e.is_timeout() {
+                true => this.stalled(&format!("waiting for the answer to {path}")),
+                false => this.unreachable(&e),
+            })?;
             if !resp.status().is_success() {
-                return this.body(resp).map(|_| ());
+                return this.body(path, resp, SMALL_CAP).map(|_| ());
             }
-            let mut last = String::new();
-            for line in BufReader::new(resp).lines() {
-                let line = line.map_err(|e| ApiError::Unreachable { url: this.base.clone(), err: format!("the answer to {path} broke off: {e}") })?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let status: StreamStatus = this.parse(path, &line)?;
-                if let Some(message) = status.error {
-                    return Err(ApiError::Failed { url: this.base.clone(), message });
-                }
-                last = status.status.clone();
-                emit(status);
-            }
-            if last != "success" {
-                return Err(ApiError::Malformed { url: format!("{}{path}", this.base), err: format!("the stream ended without \"success\" (last status: {last:?})") });
-            }
-            Ok(())
+            this.read_statuses(path, BufReader::new(resp), emit)
         };
-        cancellable(progress, call, |s| on_status(&s), || {})?
+        cancellable(progress, call, |s| on_status(&s), || Ok(()))?
+    }
+
+    /// The status lines of a streamed answer, each at most [`LINE_CAP`], until `success`.
+    fn read_statuses(&self, path: &str, mut reader: impl BufRead, emit: &dyn Fn(StreamStatus)) -> Result<(), ApiError> {
+        let mut last = String::new();
+        loop {
+            let line = match read_line_capped(&mut reader, LINE_CAP) {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(BodyError::Read(e)) if is_timeout(&e) => return Err(self.stalled(&format!("reading the answer to {path} (last status: {last:?})"))),
+                Err(BodyError::Read(e)) => return Err(ApiError::Unreachable { url: self.base.clone(), err: format!("the answer to {path} broke off: {}", root_cause(&e)) }),
+                Err(too_long) => return Err(ApiError::Malformed { url: format!("{}{path}", self.base), err: too_long.to_string() }),
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let mut status: StreamStatus = self.parse(path, &line)?;
+            if let Some(message) = status.error {
+                return Err(ApiError::Failed { url: self.base.clone(), message: printable(&message, MESSAGE_CHARS) });
+            }
+            status.status = printable(&status.status, 200).replace('\n', " ");
+            status.digest = printable(&status.digest, 80);
+            last = status.status.clone();
+            emit(status);
+        }
+        if last != "success" {
+            return Err(ApiError::Malformed { url: format!("{}{path}", self.base), err: format!("the stream ended without \"success\" (last status: {last:?})") });
+        }
+        Ok(())
+    }
+}
+
+/// The names in a `/api/show` answer that end up in messages (family, sizes, architecture, tensor
+/// names and types) made [`printable`]. Real ones hold no control characters, so nothing real
+/// changes; the template, system prompt, license and parameters are data and stay verbatim.
+fn defuse_names(show: &mut Show) {
+    let d = &mut show.details;
+    for field in [&mut d.family, &mut d.parameter_size, &mut d.quantization_level, &mut d.format, &mut show.modified_at] {
+        *field = printable(field, 80);
+    }
+    for (_, value) in show.model_info.iter_mut().filter(|(k, _)| k.starts_with("general.")) {
+        if let Json::String(s) = value {
+            *s = printable(s, 200);
+        }
+    }
+    for t in &mut show.tensors {
+        (t.name, t.ty) = (printable(&t.name, 200), printable(&t.ty, 40));
     }
 }
 
 /// Runs a blocking `call` on its own thread while this one passes on what it emits, calls `tick`
-/// every 50 ms, and watches for Ctrl-C: then it stops waiting ([`ApiError::Cancelled`]) and the
-/// call's thread is abandoned. Its connection closes when the process exits, which is what the
-/// caller does next (the CLI); a long-lived caller keeps the request going until it ends.
+/// every 50 ms (an error from it ends the wait), and watches for Ctrl-C: then it stops waiting
+/// ([`ApiError::Cancelled`]) and the call's thread is abandoned. Its connection closes when the
+/// process exits, which is what the caller does next (the CLI); a long-lived caller keeps the
+/// request going until it ends.
 fn cancellable<E: Send + 'static, R: Send + 'static>(
     progress: &dyn Progress,
     call: impl FnOnce(&dyn Fn(E)) -> R + Send + 'static,
     mut on_event: impl FnMut(E),
-    mut tick: impl FnMut(),
+    mut tick: impl FnMut() -> Result<(), ApiError>,
 ) -> Result<R, ApiError> {
     enum Msg<E, R> {
         Event(E),
@@ -434,13 +525,14 @@ fn cancellable<E: Send + 'static, R: Send + 'static>(
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Msg::Event(e)) => on_event(e),
             Ok(Msg::Done(result)) => {
-                tick();
+                // The last bytes are reported; a stall cannot have happened after the answer.
+                let _ = tick();
                 return Ok(result);
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => unreachable!("the call's thread sends Done before it ends"),
         }
-        tick();
+        tick()?;
         if progress.cancelled() {
             return Err(ApiError::Cancelled);
         }
@@ -448,12 +540,80 @@ fn cancellable<E: Send + 'static, R: Send + 'static>(
 }
 
 /// The error text of an error body in Ollama's and the Hub's shape (`{"error": "..."}`), else the
-/// body as it is.
+/// body as it is; made [`printable`] and at most [`MESSAGE_CHARS`] long.
 pub(crate) fn error_text(body: &str) -> String {
-    serde_json::from_str::<Json>(body)
+    let text = serde_json::from_str::<Json>(body)
         .ok()
         .and_then(|v| v.get("error").and_then(Json::as_str).map(str::to_string))
-        .unwrap_or_else(|| body.trim().to_string())
+        .unwrap_or_else(|| body.trim().to_string());
+    printable(&text, MESSAGE_CHARS)
+}
+
+/// The start of an error answer's body (at most [`ERROR_BODY_CAP`] is read: a server that answers
+/// an error with 100 MB must not cost 100 MB); a body that breaks off gives what came.
+pub(crate) fn error_body(resp: impl Read) -> String {
+    let mut buf = Vec::new();
+    let _ = resp.take(ERROR_BODY_CAP as u64).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Why an answer's body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("the answer is larger than {} (a server sends no answer this large here)", size(*.cap as u64))]
+    TooLarge { cap: usize },
+    #[error("the answer has a line longer than {} (a status line is well under 1 KiB)", size(*.cap as u64))]
+    LineTooLong { cap: usize },
+    #[error("{}", root_cause(.0))]
+    Read(std::io::Error),
+}
+
+/// The body of `resp`, at most `cap` bytes: a larger one (announced, or found while reading) is
+/// [`BodyError::TooLarge`] without being read further.
+pub(crate) fn read_capped(resp: impl Read, announced: Option<u64>, cap: usize) -> Result<Vec<u8>, BodyError> {
+    if announced.is_some_and(|n| n > cap as u64) {
+        return Err(BodyError::TooLarge { cap });
+    }
+    let mut buf = Vec::new();
+    resp.take(cap as u64 + 1).read_to_end(&mut buf).map_err(BodyError::Read)?;
+    if buf.len() > cap {
+        return Err(BodyError::TooLarge { cap });
+    }
+    Ok(buf)
+}
+
+/// The next line of `reader` (without its newline), at most `cap` bytes; `None` at the end.
+pub(crate) fn read_line_capped(reader: &mut impl BufRead, cap: usize) -> Result<Option<Vec<u8>>, BodyError> {
+    let mut line = Vec::new();
+    reader.take(cap as u64 + 1).read_until(b'\n', &mut line).map_err(BodyError::Read)?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > cap {
+        return Err(BodyError::LineTooLong { cap });
+    } else if line.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(line))
+}
+
+/// Whether a read failed because the client's timeout ran out (no byte for that long).
+pub(crate) fn is_timeout(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::TimedOut || e.get_ref().and_then(|i| i.downcast_ref::<reqwest::Error>()).is_some_and(reqwest::Error::is_timeout)
+}
+
+/// `1 MiB`, `64 KiB`, `12 bytes`.
+pub(crate) fn size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// A field Ollama's API documents as a string (or list, number, object) that proxies and older
+/// servers send as `null`: read as absent.
+pub(crate) fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A file read as a request body, counting the bytes handed to the client.
@@ -476,7 +636,7 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     while let Some(next) = cur.source() {
         cur = next;
     }
-    cur.to_string()
+    printable(&cur.to_string(), MESSAGE_CHARS)
 }
 
 /// A manifest in the local store, the parts we use.
@@ -493,7 +653,7 @@ pub struct Layer {
     #[serde(rename = "mediaType")]
     pub media_type: String,
     pub digest: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub size: u64,
 }
 

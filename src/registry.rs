@@ -10,15 +10,16 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
-use reqwest::header::{ACCEPT, CONTENT_RANGE, RANGE};
+use reqwest::header::{ACCEPT, CONTENT_RANGE, RANGE, RETRY_AFTER};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
-use crate::ollama::{root_cause, MODEL_LAYER, Manifest, ModelName, blob_path};
+use crate::error::{Patience, printable, retry_after};
+use crate::ollama::{MESSAGE_CHARS, MODEL_LAYER, Manifest, ModelName, blob_path, error_body, read_capped, root_cause};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -27,6 +28,8 @@ pub const MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+j
 
 /// How much of the body is read and written at a time.
 const CHUNK: usize = 1 << 20;
+/// The most read of a manifest (a model's has a handful of layers: some hundred bytes each).
+const MANIFEST_CAP: usize = 4 << 20;
 
 /// Where downloaded blobs are cached: `$OLLAMA_TOOLS_CACHE`, else `$XDG_CACHE_HOME/ollama-tools`,
 /// else `~/.cache/ollama-tools`; blobs go under `blobs/sha256-<hex>`, as in Ollama's store.
@@ -65,11 +68,16 @@ pub fn registry_url(name: &ModelName) -> String {
 /// reported through `progress`; when it is cancelled the download stops with [`Error::Cancelled`] and
 /// keeps its `.partial` file for the next run to resume. Returns the blob's path.
 pub fn pull_model_blob(name: &ModelName, cache: &Path, progress: &dyn Progress) -> Result<PathBuf> {
+    pull_model_blob_with(name, cache, progress, Patience::from_env())
+}
+
+/// [`pull_model_blob`] with its timeouts and retries given rather than taken from the environment.
+pub fn pull_model_blob_with(name: &ModelName, cache: &Path, progress: &dyn Progress, patience: Patience) -> Result<PathBuf> {
     let base = registry_url(name);
     let http = Client::builder()
         .connect_timeout(Duration::from_secs(10))
         // Per phase: the request until headers, then each read of the body (a stalled download).
-        .timeout(Duration::from_secs(60))
+        .timeout(patience.idle)
         .user_agent(concat!("ollama-tools/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| Error::invalid(Path::new(&base), format!("cannot set up an HTTPS client: {}", root_cause(&e))))?;
@@ -89,7 +97,7 @@ pub fn pull_model_blob(name: &ModelName, cache: &Path, progress: &dyn Progress) 
         fs::remove_file(&dest).map_err(|e| Error::io(&dest, e))?;
     }
     let blob_url = format!("{repo}/blobs/{}", layer.digest);
-    Download::open(&dest, &layer.digest, layer.size)?.run(&http, &blob_url, name, progress)?;
+    Download::open(&dest, &layer.digest, layer.size)?.run(&http, &blob_url, name, progress, patience)?;
     Ok(dest)
 }
 
@@ -97,26 +105,27 @@ pub fn pull_model_blob(name: &ModelName, cache: &Path, progress: &dyn Progress) 
 fn fetch_model_layer(http: &Client, name: &ModelName, base: &str, url: &str) -> Result<crate::ollama::Layer> {
     let path = Path::new(url);
     let resp = http.get(url).header(ACCEPT, MANIFEST_V2).send().map_err(|e| {
-        Error::invalid(Path::new(base), format!("no registry answers there ({})", root_cause(&e)))
+        Error::invalid(Path::new(base), format!("no registry answers there ({})", net_cause(&e)))
             .with_hint(format!("check the network and the registry host `{}` in the model name", name.registry))
     })?;
     let status = resp.status();
-    let body = resp.text().map_err(|e| {
-        Error::invalid(path, format!("the registry's answer broke off ({})", root_cause(&e)))
-            .with_hint("run the command again")
-    })?;
-    if status == StatusCode::NOT_FOUND {
-        let text = registry_message(&body).unwrap_or_else(|| "not found".to_string());
-        return Err(Error::invalid(path, format!("model or tag not found: the registry has no {name} (404: {text})"))
-            .with_hint("check the model name and tag (as in `llama3.2:3b`); a model's tags are listed on its page at ollama.com"));
-    }
     if !status.is_success() {
+        let body = error_body(resp);
+        if status == StatusCode::NOT_FOUND {
+            let text = registry_message(&body).unwrap_or_else(|| "not found".to_string());
+            return Err(Error::invalid(path, format!("model or tag not found: the registry has no {name} (404: {text})"))
+                .with_hint("check the model name and tag (as in `llama3.2:3b`); a model's tags are listed on its page at ollama.com"));
+        }
         return Err(status_error(status, &body, path, &format!("the manifest of {name}")));
     }
-    let manifest: Manifest = serde_json::from_str(&body)
-        .map_err(|e| Error::invalid(path, format!("the registry's manifest for {name} is not a manifest: {e}")))?;
+    let announced = resp.content_length();
+    let body = read_capped(resp, announced, MANIFEST_CAP)
+        .map_err(|e| Error::invalid(path, format!("the registry's answer for the manifest of {name}: {e}")).with_hint("run the command again"))?;
+    let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| {
+        Error::invalid(path, format!("the registry's manifest for {name} is not a manifest: {}", crate::error::json_problem(&e, &body)))
+    })?;
     manifest.layers.iter().find(|l| l.media_type == MODEL_LAYER).cloned().ok_or_else(|| {
-        let types: Vec<&str> = manifest.layers.iter().map(|l| l.media_type.as_str()).collect();
+        let types: Vec<String> = manifest.layers.iter().map(|l| printable(&l.media_type, 100)).collect();
         Error::refused(
             path,
             format!(
@@ -126,6 +135,15 @@ fn fetch_model_layer(http: &Client, name: &ModelName, base: &str, url: &str) -> 
             "check that the name points at an Ollama model with weights, not an adapter or another kind of image",
         )
     })
+}
+
+/// A request that got no answer, in words: a redirect loop and a timeout said as such.
+fn net_cause(e: &reqwest::Error) -> String {
+    match () {
+        _ if e.is_redirect() => "it redirects in a loop (too many redirects)".into(),
+        _ if e.is_timeout() => "no answer in time".into(),
+        _ => root_cause(e),
+    }
 }
 
 /// The error for a registry's non-success answer about `what`, carrying the registry's own text.
@@ -161,31 +179,31 @@ fn registry_message(body: &str) -> Option<String> {
                 .filter(|s| !s.is_empty())
                 .collect();
             if !parts.is_empty() {
-                return Some(parts.join("; "));
+                return Some(printable(&parts.join("; "), MESSAGE_CHARS));
             }
         }
         if let Some(msg) = json.get("error").and_then(Json::as_str) {
-            return Some(msg.to_string());
+            return Some(printable(msg, MESSAGE_CHARS));
         }
     }
     let body = body.trim();
     if body.is_empty() {
         return None;
     }
-    let mut short: String = body.chars().take(300).collect();
-    if short.len() < body.len() {
-        short.push_str("...");
-    }
-    Some(short)
+    Some(printable(body, 300))
 }
 
-/// The innermost error's text ("Connection refused"), which says more than the outer ones.
 /// How one request for the blob ended, when nothing went wrong on our side.
 enum Attempt {
     /// The body ended (or the registry says there is nothing past what we have).
     Complete,
     /// The connection failed or closed early, after the bytes we already count.
     Cut(String),
+    /// The registry answered a passing error (429, 5xx): `error` unless a retry (after its
+    /// `Retry-After`) goes better.
+    Busy { status: u16, error: Error, after: Option<Duration> },
+    /// The body ran past the size the manifest gives.
+    Overrun,
 }
 
 /// A download into `<dest>.partial`, hashing the bytes written so far.
@@ -219,39 +237,53 @@ impl<'a> Download<'a> {
         Ok(Download { dest, partial, digest, size, out: BufWriter::with_capacity(CHUNK, file), hasher: Sha256::new(), have: 0, label: String::new() })
     }
 
-    fn run(mut self, http: &Client, url: &str, name: &ModelName, progress: &dyn Progress) -> Result<()> {
+    fn run(mut self, http: &Client, url: &str, name: &ModelName, progress: &dyn Progress, patience: Patience) -> Result<()> {
         self.label = format!("pulling {name}");
         progress.stage(&self.label, self.size);
         self.rehash(progress)?;
         if self.have > 0 {
             progress.notice(&format!("resuming the download of {} at {} bytes", self.digest, self.have));
         }
-        let mut retried = false;
+        let mut retries = 0;
         while self.size == 0 || self.have < self.size {
-            match self.attempt(http, url, progress)? {
+            let (why, after, error) = match self.attempt(http, url, progress)? {
                 Attempt::Complete => break,
-                Attempt::Cut(cause) if !retried => {
-                    retried = true;
-                    progress.notice(&format!("the download broke off at {} bytes ({cause}); retrying from there", self.have));
-                }
-                Attempt::Cut(cause) => {
-                    self.out.flush().map_err(|e| Error::io(&self.partial, e))?;
-                    return Err(Error::invalid(
-                        Path::new(url),
-                        format!(
-                            "the download of {} broke off at {} of {} bytes, also after a retry ({cause})",
-                            self.digest,
-                            self.have,
-                            if self.size > 0 { self.size.to_string() } else { "?".to_string() }
-                        ),
-                    )
-                    .with_hint(format!("run the command again: it resumes from {}", self.partial.display())));
-                }
-            }
+                Attempt::Overrun => return Err(self.discard_overrun(url)),
+                Attempt::Cut(cause) => (cause, None, None),
+                Attempt::Busy { status, error, after } => (format!("the registry answered {status}"), after, Some(error)),
+            };
+            self.out.flush().map_err(|e| Error::io(&self.partial, e))?;
+            let Some(wait) = patience.delay(retries, after) else {
+                return Err(error.unwrap_or_else(|| self.broke_off(url, retries, &why)));
+            };
+            retries += 1;
+            progress.notice(&format!("the download broke off at {} bytes ({why}); retrying from there in {:.1} s", self.have, wait.as_secs_f64()));
+            patience.sleep(wait, || progress.cancelled())?;
         }
         self.finish(url)?;
         progress.finish();
         Ok(())
+    }
+
+    fn broke_off(&self, url: &str, retries: u32, why: &str) -> Error {
+        let size = if self.size > 0 { self.size.to_string() } else { "?".to_string() };
+        let after = match retries {
+            0 => String::new(),
+            1 => ", also after a retry".into(),
+            n => format!(", also after {n} retries"),
+        };
+        Error::invalid(Path::new(url), format!("the download of {} broke off at {} of {size} bytes{after} ({why})", self.digest, self.have))
+            .with_hint(format!("run the command again: it resumes from {}", self.partial.display()))
+    }
+
+    /// The error for a body longer than the manifest says, its partial file deleted: what came is
+    /// not that blob, and a resume would only append to it.
+    fn discard_overrun(self, url: &str) -> Error {
+        let Download { partial, digest, size, out, .. } = self;
+        drop(out);
+        let _ = fs::remove_file(&partial);
+        Error::invalid(Path::new(url), format!("the registry sent more than the {size} bytes the manifest gives for {digest}; the partial file was deleted"))
+            .with_hint("the registry or something between it and here is broken; try again later")
     }
 
     /// Hashes what an earlier run left in the partial file, leaving the file positioned at its end.
@@ -331,8 +363,12 @@ impl<'a> Download<'a> {
             // manifest gave no size); the digest check decides.
             StatusCode::RANGE_NOT_SATISFIABLE if self.have > 0 => return Ok(Attempt::Complete),
             status => {
-                let body = resp.text().unwrap_or_default();
-                return Err(status_error(status, &body, path, &format!("blob {}", self.digest)));
+                let after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| retry_after(v, SystemTime::now()));
+                let error = status_error(status, &error_body(resp), path, &format!("blob {}", self.digest));
+                if matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504) {
+                    return Ok(Attempt::Busy { status: status.as_u16(), error, after });
+                }
+                return Err(error);
             }
         }
         self.stream(&mut resp, progress)
@@ -349,8 +385,13 @@ impl<'a> Download<'a> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if crate::ollama::is_timeout(&e) => return Ok(Attempt::Cut("nothing arrived for the timeout, OLLAMA_TOOLS_TIMEOUT".into())),
                 Err(e) => return Ok(Attempt::Cut(root_cause(&e))),
             };
+            // Never past the announced size: a body that keeps coming must not fill the disk.
+            if self.size > 0 && self.have + n as u64 > self.size {
+                return Ok(Attempt::Overrun);
+            }
             self.out.write_all(&buf[..n]).map_err(|e| Error::io(&self.partial, e))?;
             self.hasher.update(&buf[..n]);
             self.have += n as u64;

@@ -33,10 +33,16 @@ fn server(version: &str, refuse: RefuseAdapters) -> Fake {
     })
 }
 
-/// The binary with the server at `host`, the env's store and cache.
+/// The binary with the server at `host`, the env's store and cache, and retries that wait
+/// milliseconds rather than seconds.
 fn tool(env: &Env, host: &str) -> assert_cmd::Command {
     let mut cmd = bin();
-    cmd.env("OLLAMA_HOST", host).env("OLLAMA_MODELS", &env.store).env("OLLAMA_TOOLS_CACHE", &env.cache);
+    cmd.env("OLLAMA_HOST", host)
+        .env("OLLAMA_MODELS", &env.store)
+        .env("OLLAMA_TOOLS_CACHE", &env.cache)
+        .env("OLLAMA_TOOLS_RETRY_MAX_WAIT", "0.01")
+        .env_remove("OLLAMA_TOOLS_RETRIES")
+        .env_remove("OLLAMA_TOOLS_TIMEOUT");
     cmd
 }
 
@@ -244,17 +250,18 @@ fn a_missing_base_is_pulled_with_yes_and_refused_without_a_terminal() {
 }
 
 #[test]
-fn an_upload_cut_once_is_sent_again_and_cut_twice_fails_naming_the_digest() {
+fn an_upload_cut_is_sent_again_with_backoff_and_cut_every_time_fails_naming_the_digest() {
     let env = setup();
     let fake = server("0.34.2", RefuseAdapters::Http400);
-    fake.state.lock().unwrap().faults.cut_uploads = 1;
-    run(&env, &fake, &["--name", "m"]).assert().success().stderr(contains("broke off")).stderr(contains("sending it once more"));
+    fake.state.lock().unwrap().faults.cut_uploads = 4;
+    run(&env, &fake, &["--name", "m"]).assert().success().stderr(contains("broke off")).stderr(contains("sending it again in"));
     assert!(fake.model("m").is_some());
+    assert_eq!(fake.requests("POST /api/blobs/"), 5, "four retries (the default), the last one goes through");
 
     let env = setup();
     let fake = server("0.34.2", RefuseAdapters::Http400);
     fake.state.lock().unwrap().faults.cut_uploads = 2;
-    run(&env, &fake, &["--name", "m"]).assert().failure().stderr(contains("broke off twice")).stderr(contains("sha256:"));
+    run(&env, &fake, &["--name", "m"]).env("OLLAMA_TOOLS_RETRIES", "1").assert().failure().stderr(contains("broke off 2 times")).stderr(contains("sha256:"));
     assert!(fake.model("m").is_none());
     assert!(requests(&fake).is_empty(), "no create after a failed upload");
 }
@@ -551,4 +558,36 @@ fn a_stores_renderer_and_parser_are_carried_over_unless_a_template_is_given() {
     assert_eq!(req["template"], "{{ .System }} {{ .Prompt }}");
     assert!(req.get("renderer").is_none(), "the user's template replaces the renderer: {req}");
     assert_eq!(req["parser"], "qwen3-coder");
+}
+
+#[test]
+fn a_create_the_server_never_finishes_fails_after_the_idle_timeout() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    fake.state.lock().unwrap().faults.stall_create = true;
+    let started = std::time::Instant::now();
+    run(&env, &fake, &["--name", "m"])
+        .env("OLLAMA_TOOLS_TIMEOUT", "1")
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .failure()
+        .stderr(contains("creating `m`"))
+        .stderr(contains("sent nothing for 1 s"))
+        .stderr(contains("last status: \"parsing GGUF\""))
+        .stderr(contains("OLLAMA_TOOLS_TIMEOUT"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(fake.model("m").is_none());
+}
+
+#[test]
+fn a_servers_error_text_reaches_the_terminal_without_its_escapes() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    let hostile = format!("\x1b[2J\x1b]0;owned\x07no space left\r{}", "x".repeat(5000));
+    fake.state.lock().unwrap().faults.create_error = Some((500, hostile));
+    let out = run(&env, &fake, &["--name", "m"]).assert().failure().get_output().stderr.clone();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("\\u{1b}[2J") && text.contains("no space left"), "{text}");
+    assert!(!text.contains('\x1b') && !text.contains('\x07') && !text.contains('\r'), "{text:?}");
+    assert!(text.len() < 2000, "shortened: {} bytes", text.len());
 }

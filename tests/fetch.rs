@@ -57,6 +57,10 @@ fn fetch(env: &Env, hub: &Hub, fake: &Fake, args: &[&str]) -> assert_cmd::Comman
         .env("OLLAMA_HOST", &fake.url)
         .env("OLLAMA_MODELS", &env.store)
         .env("OLLAMA_TOOLS_CACHE", env.d.path().join("tools-cache"))
+        // Retries wait milliseconds; a Retry-After longer than that is not waited for.
+        .env("OLLAMA_TOOLS_RETRY_MAX_WAIT", "0.01")
+        .env_remove("OLLAMA_TOOLS_RETRIES")
+        .env_remove("OLLAMA_TOOLS_TIMEOUT")
         .arg("fetch-adapter")
         .args(args);
     cmd
@@ -358,4 +362,285 @@ fn a_full_model_gguf_beside_the_adapter_is_told_apart_by_its_header_and_left_out
         .success()
         .stderr(contains("not adapters, left out: model-f32.gguf (general.type `model`)"));
     assert!(hub.state.lock().unwrap().served_bytes < 512 * 1024, "only the header of the model was read");
+}
+
+#[test]
+fn a_revision_that_is_a_path_is_refused_before_anything_is_asked() {
+    let env = setup();
+    let hub = hub_server::start(vec![repo("me/lora", adapter_files(&env, ""), Access::Public)]);
+    let fake = ollama();
+    for rev in ["../../..", "/etc", "a/../../b", "main\\..\\..", "ma\x1bin", "", "a//b", ".hidden", "x.lock", "a b"] {
+        fetch(&env, &hub, &fake, &["me/lora", "--download-only", "--revision", rev])
+            .assert()
+            .failure()
+            .stderr(contains("is not a revision"))
+            .stderr(contains("40-hex commit"));
+    }
+    assert!(hub.log().is_empty(), "{:?}", hub.log());
+    assert!(!env.hf_home.exists() || std::fs::read_dir(env.hf_home.join("hub")).map_or(true, |d| d.count() == 0));
+    // Branch and tag names with slashes, and commits, are revisions.
+    let commit = hub.commit("me/lora");
+    fetch(&env, &hub, &fake, &["me/lora", "--download-only", "--revision", &commit]).assert().success();
+}
+
+/// An LFS-only repo whose weights take about a second to send: `--download-only` never parses them.
+fn slow_repo(env: &Env) -> (Hub, Vec<u8>) {
+    let weights: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let files = vec![
+        File { path: "adapter_config.json".into(), bytes: env.config_bytes.clone(), lfs: false },
+        File { path: "adapter_model.safetensors".into(), bytes: weights.clone(), lfs: true },
+    ];
+    let hub = hub_server::start(vec![repo("me/lora", files, Access::Public)]);
+    hub.set_faults(HubFaults { slow_ms_per_mb: 300, ..HubFaults::default() });
+    (hub, weights)
+}
+
+#[test]
+fn two_runs_fetching_the_same_file_take_turns_and_download_it_once() {
+    let env = setup();
+    let (hub, weights) = slow_repo(&env);
+    let fake = ollama();
+    let spawn = || fetch(&env, &hub, &fake, &["me/lora", "--download-only"]).timeout(std::time::Duration::from_secs(120)).output().unwrap();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(spawn);
+        let b = s.spawn(spawn);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for out in [&a, &b] {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let waited = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).contains("another run is downloading adapter_model.safetensors");
+    assert!(waited(&a) != waited(&b), "one run waited for the other");
+    let sha = sha256_hex(&weights);
+    assert_eq!(cdn_gets(&hub), 1, "one download; the other run waited for it and used it");
+    let blobs = env.hf_home.join("hub/models--me--lora/blobs");
+    assert_eq!(std::fs::read(blobs.join(&sha)).unwrap(), weights);
+    assert!(!blobs.join(format!("{sha}.incomplete")).exists());
+    let locks = env.hf_home.join("hub/.locks/models--me--lora");
+    assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 0, "the lock is gone with its run");
+}
+
+#[test]
+fn a_lock_left_by_a_run_that_ended_or_stopped_is_taken_over() {
+    let env = setup();
+    let (hub, weights) = slow_repo(&env);
+    let fake = ollama();
+    let locks = env.hf_home.join("hub/.locks/models--me--lora");
+    std::fs::create_dir_all(&locks).unwrap();
+    let lock = locks.join(format!("{}.ollama-tools.lock", sha256_hex(&weights)));
+    let mut ended = std::process::Command::new("true").spawn().unwrap();
+    ended.wait().unwrap();
+    let cases = [
+        // Its PID is gone (a crash): taken at once.
+        (ended.id(), None, "120"),
+        // A live PID (this test's) whose lock has not been touched for an hour.
+        (std::process::id(), Some(std::time::Duration::from_secs(3600)), "120"),
+        // Touched just now, but never again: taken once it has been quiet for 2 idle timeouts.
+        (std::process::id(), None, "1"),
+    ];
+    for (pid, age, timeout) in cases {
+        std::fs::write(&lock, format!("{pid} 1\n")).unwrap();
+        if let Some(age) = age {
+            std::fs::File::options().write(true).open(&lock).unwrap().set_modified(std::time::SystemTime::now() - age).unwrap();
+        }
+        let blobs = env.hf_home.join("hub/models--me--lora/blobs");
+        let _ = std::fs::remove_dir_all(&blobs);
+        let started = std::time::Instant::now();
+        fetch(&env, &hub, &fake, &["me/lora", "--download-only"])
+            .env("OLLAMA_TOOLS_TIMEOUT", timeout)
+            .timeout(std::time::Duration::from_secs(60))
+            .assert()
+            .success()
+            .stderr(contains("took over the lock"));
+        assert!(!lock.exists());
+        assert_eq!(std::fs::read(blobs.join(sha256_hex(&weights))).unwrap(), weights);
+        if timeout == "1" {
+            assert!(started.elapsed() >= std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        }
+    }
+}
+
+// The library's Hub client against hubs that misbehave in ways the test Hub does not: each is a
+// small axum app answering every request through one function.
+mod rogue {
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::{Body, Bytes};
+    use axum::extract::Request;
+    use axum::http::{Method, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+
+    pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    pub enum Reply {
+        Now(Response),
+        /// No answer, ever.
+        Never,
+    }
+
+    pub struct Hub {
+        pub url: String,
+        _rt: tokio::runtime::Runtime,
+    }
+
+    pub fn start(answer: impl Fn(&Method, &str) -> Reply + Send + Sync + 'static) -> Hub {
+        let answer = std::sync::Arc::new(answer);
+        let app = Router::new().fallback(move |req: Request| {
+            let reply = answer(req.method(), req.uri().path());
+            async move {
+                match reply {
+                    Reply::Now(r) => r,
+                    Reply::Never => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        StatusCode::OK.into_response()
+                    }
+                }
+            }
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Hub { url, _rt: rt }
+    }
+
+    pub fn listing(files: &[&str]) -> Reply {
+        let siblings: Vec<_> = files.iter().map(|f| serde_json::json!({"rfilename": f})).collect();
+        Reply::Now(axum::Json(serde_json::json!({"sha": COMMIT, "siblings": siblings})).into_response())
+    }
+
+    /// A resolve answer in place: the commit, the sha256 ETag and the size of `bytes`.
+    pub fn file_head(bytes: &[u8]) -> Response {
+        use sha2::Digest;
+        let sha: String = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+        Response::builder()
+            .header("x-repo-commit", COMMIT)
+            .header(header::ETAG, format!("\"{sha}\""))
+            .header(header::CONTENT_LENGTH, bytes.len())
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    /// `pattern` repeated to `total` bytes, streamed without a Content-Length.
+    pub fn endless(status: StatusCode, pattern: &'static [u8], total: usize) -> Reply {
+        let chunk = Bytes::from(pattern.repeat((64 << 10) / pattern.len()));
+        let body = futures_util::stream::iter((0..total / chunk.len()).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+        Reply::Now(Response::builder().status(status).body(Body::from_stream(body)).unwrap())
+    }
+}
+
+use ollama_tools::error::Patience;
+use ollama_tools::hub::{Settings, fetch_adapter};
+use ollama_tools::progress::Silent;
+use axum::response::IntoResponse;
+use rogue::Reply;
+
+/// A library Hub client for `url` with a cache in `cache`, quick timeouts and retries.
+fn client(url: &str, cache: &Path) -> ollama_tools::hub::Hub {
+    let settings = Settings { endpoint: url.into(), token: None, cache: cache.to_path_buf(), offline: false };
+    let patience = Patience { idle: std::time::Duration::from_secs(2), retries: 2, max_wait: std::time::Duration::from_millis(1500) };
+    let mut hub = ollama_tools::hub::Hub::with_patience(settings, patience);
+    hub.probe_time = std::time::Duration::from_secs(1);
+    hub
+}
+
+fn fetch_err(hub: &rogue::Hub, cache: &Path) -> String {
+    fetch_adapter(&client(&hub.url, cache), "me/lora", "main", None, &Silent).unwrap_err().to_string()
+}
+
+#[test]
+fn a_file_that_runs_past_its_announced_size_is_cut_there_and_deleted() {
+    let config = br#"{"peft_type":"LORA"}"#;
+    let hub = rogue::start(move |method, path| match (method.as_str(), path) {
+        (_, p) if p.starts_with("/api/models/") => rogue::listing(&["adapter_config.json", "adapter_model.safetensors"]),
+        ("HEAD", _) => Reply::Now(rogue::file_head(config)),
+        // Far more than announced, and no Content-Length to stop the client.
+        _ => rogue::endless(axum::http::StatusCode::OK, b"{}", 50 << 20),
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let err = fetch_err(&hub, cache.path());
+    assert!(err.contains(&format!("sent more than the {} bytes announced", config.len())) && err.contains("partial file was deleted"), "{err}");
+    let blobs = cache.path().join("models--me--lora/blobs");
+    let left: Vec<_> = std::fs::read_dir(&blobs).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn huge_listings_and_error_bodies_are_not_read_whole() {
+    let hub = rogue::start(|_, _| rogue::endless(axum::http::StatusCode::OK, b" ", 100 << 20));
+    let cache = tempfile::tempdir().unwrap();
+    let err = fetch_err(&hub, cache.path());
+    assert!(err.contains("larger than 16 MiB") && err.contains("/api/models/me/lora/revision/main"), "{err}");
+
+    let hub = rogue::start(|_, _| rogue::endless(axum::http::StatusCode::FORBIDDEN, b"\x1b]0;owned\x07\x1b[2Jdenied\r", 100 << 20));
+    let err = fetch_err(&hub, cache.path());
+    assert!(err.contains("403") && err.contains("denied"), "{err}");
+    assert!(err.len() < 2000 && !err.contains('\x1b') && !err.contains('\x07') && !err.contains('\r'), "{err:?}");
+}
+
+#[test]
+fn a_redirect_loop_says_so_rather_than_eof_while_parsing() {
+    let hub = rogue::start(|_, path| {
+        Reply::Now(axum::response::Response::builder().status(302).header("location", path).body(axum::body::Body::empty()).unwrap())
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let err = fetch_err(&hub, cache.path());
+    assert!(err.contains("redirects in a loop") && err.contains("/api/models/me/lora/revision/main"), "{err}");
+    assert!(!err.contains("EOF"), "{err}");
+}
+
+#[test]
+fn file_names_from_the_listing_are_defused_and_backslashes_refused() {
+    let hub = rogue::start(|_, path| match path {
+        p if p.starts_with("/api/models/") => rogue::listing(&["evil\x1b[31m/adapter_config.json", "README.md\x1b]0;owned\x07"]),
+        _ => Reply::Now(axum::http::StatusCode::NOT_FOUND.into_response()),
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let err = fetch_err(&hub, cache.path());
+    assert!(err.contains("holds no LoRA adapter") && err.contains("\\u{1b}]0;owned\\u{7}"), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+
+    let hub = rogue::start(|method, path| match (method.as_str(), path) {
+        (_, p) if p.starts_with("/api/models/") => rogue::listing(&["..\\..\\evil.gguf"]),
+        _ => Reply::Now(rogue::file_head(b"GGUF")),
+    });
+    let err = fetch_err(&hub, cache.path());
+    assert!(err.contains("is not a file path inside a repo"), "{err}");
+    assert!(!cache.path().parent().unwrap().join("evil.gguf").exists());
+}
+
+#[test]
+fn stalling_gguf_files_are_peeked_at_together_within_one_deadline() {
+    let files: Vec<String> = (0..12).map(|i| format!("lora-{i}.gguf")).collect();
+    let listed = files.clone();
+    let hub = rogue::start(move |_, path| match path {
+        p if p.starts_with("/api/models/") => rogue::listing(&listed.iter().map(String::as_str).collect::<Vec<_>>()),
+        _ => Reply::Never,
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let err = fetch_err(&hub, cache.path());
+    // 12 files that never answer, one second for all of them (not 12 times the timeout).
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(err.contains("holds 12 adapters"), "{err}");
+}
+
+#[test]
+fn nulls_in_the_listing_read_as_absent_and_a_busy_hub_is_asked_again() {
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    let hub = rogue::start(move |_, _| {
+        if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            let r = axum::response::Response::builder().status(503).header("retry-after", "1").body(axum::body::Body::empty()).unwrap();
+            return Reply::Now(r);
+        }
+        Reply::Now(axum::Json(serde_json::json!({"sha": rogue::COMMIT, "siblings": null})).into_response())
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let err = fetch_err(&hub, cache.path());
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "Retry-After honoured: {:?}", started.elapsed());
+    assert!(err.contains("holds no LoRA adapter") && err.contains("no files"), "{err}");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

@@ -398,3 +398,192 @@ fn go_formatting_of_parameter_values() {
     assert_eq!(go_value(&json!(true)), "true");
     assert_eq!(go_value(&json!("a\"b\\c\nd\u{1}")), r#""a\"b\\c\nd\x01""#);
 }
+
+// The client (`ollama_tools::ollama::Client`) against servers that misbehave in ways the fake does
+// not: huge or hostile answers, silence, loops, nulls. Each is a small axum app on 127.0.0.1:0.
+
+mod hostile {
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::{Body, Bytes};
+    use axum::http::{StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+
+    pub struct Server {
+        pub url: String,
+        _rt: tokio::runtime::Runtime,
+    }
+
+    pub fn start(app: Router) -> Server {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Server { url, _rt: rt }
+    }
+
+    /// `chunk` repeated to 100 MB, streamed without a Content-Length.
+    pub fn endless(status: StatusCode, pattern: &'static [u8]) -> Response {
+        let chunk = Bytes::from(pattern.repeat((64 << 10) / pattern.len()));
+        let body = futures_util::stream::iter((0..(100 << 20) / chunk.len()).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+        Response::builder().status(status).body(Body::from_stream(body)).unwrap()
+    }
+
+    /// NDJSON lines, then silence forever when `stall`.
+    pub fn ndjson(lines: Vec<String>, stall: bool) -> Response {
+        let body = futures_util::stream::unfold((lines.into_iter(), stall), |(mut it, stall)| async move {
+            match it.next() {
+                Some(l) => Some((Ok::<_, std::io::Error>(format!("{l}\n")), (it, stall))),
+                None if stall => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    None
+                }
+                None => None,
+            }
+        });
+        Response::builder().header(header::CONTENT_TYPE, "application/x-ndjson").body(Body::from_stream(body)).unwrap()
+    }
+
+    /// Takes the whole upload, then never answers.
+    async fn swallow(body: Body) -> Response {
+        use futures_util::StreamExt;
+        let mut s = body.into_data_stream();
+        while s.next().await.is_some() {}
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        StatusCode::CREATED.into_response()
+    }
+
+    pub fn app() -> Router {
+        let escape_status = || {
+            ndjson(vec![r#"{"status":"\u001b[2J\u001b]0;owned\u0007parsing\rGGUF"}"#.into(), r#"{"status":"success"}"#.into()], false)
+        };
+        Router::new()
+            .route("/huge/api/version", get(|| async { endless(StatusCode::OK, b"{\"version\":\"0.34.2\"") }))
+            .route("/huge/api/create", post(|| async { endless(StatusCode::INTERNAL_SERVER_ERROR, b"\x1b[31mdisk full\r") }))
+            .route("/longline/api/create", post(|| async { endless(StatusCode::OK, b"{\"status\":\"aaaaaaaaaaaaaaaaaaaa") }))
+            .route("/escapes/api/create", post(move || async move { escape_status() }))
+            .route("/stall/api/create", post(|| async { ndjson(vec![r#"{"status":"parsing GGUF"}"#.into()], true) }))
+            .route("/stall/api/blobs/{digest}", post(swallow))
+            .route("/loop/api/version", get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/loop/api/version")]).into_response() }))
+            .route(
+                "/nulls/api/show",
+                post(|| async {
+                    axum::Json(serde_json::json!({
+                        "license": null, "modelfile": null, "parameters": null, "template": null, "system": null,
+                        "details": {"format": null, "family": "llama", "parameter_size": null, "quantization_level": null},
+                        "model_info": null, "tensors": null, "messages": null, "renderer": null, "parser": null,
+                        "modified_at": null
+                    }))
+                }),
+            )
+            .route(
+                "/names/api/show",
+                post(|| async {
+                    axum::Json(serde_json::json!({
+                        "template": "{{ .Prompt }}\u{1b}", "details": {"family": "llama\u{1b}[2J"},
+                        "model_info": {"general.architecture": "llama\u{1b}]0;x\u{7}", "tokenizer.ggml.tokens": ["\u{1b}"]},
+                        "tensors": [{"name": "blk.0.attn_q.weight\r", "type": "Q4_K", "shape": [2, 2]}]
+                    }))
+                }),
+            )
+            .route("/nulls/api/tags", get(|| async { axum::Json(serde_json::json!({"models": [{"name": "m:latest", "size": null, "digest": null}]})) }))
+            .route("/nulls/api/pull", post(|| async { ndjson(vec![r#"{"status":"pulling","digest":null,"total":null,"completed":null}"#.into(), r#"{"status":"success","error":null}"#.into()], false) }))
+    }
+}
+
+fn quick() -> ollama_tools::error::Patience {
+    ollama_tools::error::Patience { idle: std::time::Duration::from_millis(700), retries: 0, max_wait: std::time::Duration::from_millis(10) }
+}
+
+fn api(server: &hostile::Server, prefix: &str) -> ollama_tools::ollama::Client {
+    ollama_tools::ollama::Client::with_patience(&format!("{}/{prefix}", server.url), quick())
+}
+
+/// Statuses a create passes on.
+fn create_statuses(client: &ollama_tools::ollama::Client) -> (Result<(), ollama_tools::ollama::ApiError>, Vec<String>) {
+    let mut seen = Vec::new();
+    let r = client.create(&json!({"model": "m"}), &ollama_tools::progress::Silent, &mut |s| seen.push(s.status.clone()));
+    (r, seen)
+}
+
+#[test]
+fn huge_answers_are_refused_or_cut_short_and_never_read_whole() {
+    let server = hostile::start(hostile::app());
+    let started = std::time::Instant::now();
+    let err = api(&server, "huge").version().unwrap_err().to_string();
+    assert!(err.contains("larger than 64 KiB") && err.contains("/huge/api/version"), "{err}");
+    let (r, _) = create_statuses(&api(&server, "huge"));
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("answered 500") && err.contains("disk full"), "{err}");
+    assert!(err.len() < 1000 && !err.contains('\x1b') && !err.contains('\r'), "a 100 MB error body is a short message: {err:?}");
+    let (r, _) = create_statuses(&api(&server, "longline"));
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("a line longer than 1 MiB") && err.contains("/longline/api/create"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+}
+
+#[test]
+fn status_lines_reach_the_terminal_defused() {
+    let server = hostile::start(hostile::app());
+    let (r, seen) = create_statuses(&api(&server, "escapes"));
+    r.unwrap();
+    assert_eq!(seen, vec!["\\u{1b}[2J\\u{1b}]0;owned\\u{7}parsing\\u{d}GGUF".to_string(), "success".to_string()]);
+}
+
+#[test]
+fn a_silent_server_is_given_up_on_after_the_idle_timeout() {
+    let server = hostile::start(hostile::app());
+    let started = std::time::Instant::now();
+    let (r, seen) = create_statuses(&api(&server, "stall"));
+    let err = r.unwrap_err();
+    assert!(matches!(err, ollama_tools::ollama::ApiError::Stalled { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("sent nothing for 1 s") && text.contains("parsing GGUF") && text.contains("OLLAMA_TOOLS_TIMEOUT"), "{text}");
+    assert_eq!(seen, vec!["parsing GGUF".to_string()]);
+
+    // An upload the server takes whole and never answers.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blob");
+    std::fs::write(&path, vec![7u8; 3 << 20]).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let err = api(&server, "stall").push_blob(&digest(&[7u8; 1]), file, 3 << 20, &ollama_tools::progress::Silent).unwrap_err();
+    assert!(matches!(err, ollama_tools::ollama::ApiError::Stalled { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("{} of {} bytes taken", 3 << 20, 3 << 20)), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
+}
+
+#[test]
+fn a_redirect_loop_is_named_as_such() {
+    let server = hostile::start(hostile::app());
+    let err = api(&server, "loop").version().unwrap_err().to_string();
+    assert!(err.contains("redirects in a loop") && err.contains(&server.url), "{err}");
+    assert!(!err.contains("EOF"), "{err}");
+}
+
+#[test]
+fn nulls_where_strings_are_documented_read_as_absent() {
+    let server = hostile::start(hostile::app());
+    let client = api(&server, "nulls");
+    let show = client.show("m").unwrap();
+    assert_eq!((show.details.family.as_str(), show.template.as_str(), show.tensors.len()), ("llama", "", 0));
+    assert!(show.model_info.is_empty() && show.license_text().is_empty());
+    let tags = client.tags().unwrap();
+    assert_eq!((tags[0].name.as_str(), tags[0].size, tags[0].digest.as_str()), ("m:latest", 0, ""));
+    let mut seen = Vec::new();
+    client.pull("m", &ollama_tools::progress::Silent, &mut |s| seen.push((s.status.clone(), s.total))).unwrap();
+    assert_eq!(seen, vec![("pulling".to_string(), 0), ("success".to_string(), 0)]);
+}
+
+#[test]
+fn names_in_a_show_answer_are_defused_and_its_data_kept() {
+    let server = hostile::start(hostile::app());
+    let show = api(&server, "names").show("m").unwrap();
+    assert_eq!(show.details.family, "llama\\u{1b}[2J");
+    assert_eq!(show.model_info["general.architecture"], "llama\\u{1b}]0;x\\u{7}");
+    assert_eq!(show.tensors[0].name, "blk.0.attn_q.weight\\u{d}");
+    // Data the model is made from is not touched.
+    assert_eq!(show.template, "{{ .Prompt }}\u{1b}");
+    assert_eq!(show.model_info["tokenizer.ggml.tokens"][0], "\u{1b}");
+}

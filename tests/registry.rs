@@ -17,7 +17,8 @@ use axum::routing::get;
 use ollama_tools::Error;
 use ollama_tools::ollama::ModelName;
 use ollama_tools::progress::{Progress, Silent};
-use ollama_tools::registry::pull_model_blob;
+use ollama_tools::error::Patience;
+use ollama_tools::registry::{pull_model_blob, pull_model_blob_with};
 use sha2::{Digest, Sha256};
 
 mod common;
@@ -37,6 +38,18 @@ struct Misbehave {
     corrupt: bool,
     /// Answer Range requests with 200 and the whole blob.
     ignore_range: bool,
+    /// The next blob requests answer these statuses (with this `Retry-After`, if any), in order.
+    busy: Vec<(u16, Option<&'static str>)>,
+    /// Blob answers carry this many bytes past the blob, without a Content-Length.
+    extra: usize,
+    /// The manifest is 100 MB of JSON whitespace, without a Content-Length.
+    huge_manifest: bool,
+    /// The manifest request answers 500 with 100 MB of terminal escapes.
+    huge_error: bool,
+    /// The manifest request redirects to itself.
+    redirect_loop: bool,
+    /// Blob answers send half, then nothing, ever.
+    stall: bool,
 }
 
 struct Registry {
@@ -47,6 +60,8 @@ struct Registry {
     blob_requests: AtomicUsize,
     /// The Range header of each blob request.
     ranges: Mutex<Vec<Option<String>>>,
+    /// Bytes of the huge bodies handed to connections.
+    streamed: Arc<AtomicU64>,
 }
 
 struct Server {
@@ -69,6 +84,7 @@ impl Server {
             manifest_requests: AtomicUsize::new(0),
             blob_requests: AtomicUsize::new(0),
             ranges: Mutex::new(Vec::new()),
+            streamed: Arc::new(AtomicU64::new(0)),
         });
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let app = Router::new()
@@ -103,6 +119,14 @@ async fn manifest(State(reg): State<Arc<Registry>>, UrlPath((ns, model, tag)): U
     reg.manifest_requests.fetch_add(1, Ordering::SeqCst);
     assert_eq!(headers.get(header::ACCEPT).unwrap(), MANIFEST_V2);
     let m = reg.misbehave.lock().unwrap();
+    if m.redirect_loop {
+        let here = format!("/v2/{ns}/{model}/manifests/{tag}");
+        return (StatusCode::FOUND, [(header::LOCATION, here)]).into_response();
+    }
+    if m.huge_manifest || m.huge_error {
+        let (status, chunk) = if m.huge_error { (StatusCode::INTERNAL_SERVER_ERROR, b"\x1b[31mboom\r".to_vec()) } else { (StatusCode::OK, vec![b' '; 1 << 16]) };
+        return Response::builder().status(status).body(endless(chunk, 100 << 20, reg.streamed.clone())).unwrap();
+    }
     match m.manifest_status {
         Some(404) => return oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown"),
         Some(401) => return oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required"),
@@ -133,13 +157,21 @@ async fn blob(State(reg): State<Arc<Registry>>, UrlPath((_ns, _model, digest)): 
     if digest != reg.digest {
         return oci_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown to registry");
     }
-    let (corrupt, cut, ignore_range) = {
+    let (corrupt, cut, ignore_range, extra, stall) = {
         let mut m = reg.misbehave.lock().unwrap();
+        if !m.busy.is_empty() {
+            let (status, after) = m.busy.remove(0);
+            let mut r = oci_error(StatusCode::from_u16(status).unwrap(), "TOOMANYREQUESTS", "slow down");
+            if let Some(a) = after {
+                r.headers_mut().insert(header::RETRY_AFTER, a.parse().unwrap());
+            }
+            return r;
+        }
         let cut = m.cuts > 0;
         if cut {
             m.cuts -= 1;
         }
-        (m.corrupt, cut, m.ignore_range)
+        (m.corrupt, cut, m.ignore_range, m.extra, m.stall)
     };
     let len = reg.blob.len();
     let start = match range.as_deref().filter(|_| !ignore_range) {
@@ -152,6 +184,30 @@ async fn blob(State(reg): State<Arc<Registry>>, UrlPath((_ns, _model, digest)): 
     let mut data = reg.blob[start..].to_vec();
     if corrupt && len / 2 >= start {
         data[len / 2 - start] ^= 0x40;
+    }
+    if extra > 0 || stall {
+        // No Content-Length: only the manifest's size says where the blob ends.
+        let status = if start > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+        let mut b = Response::builder().status(status);
+        if start > 0 {
+            b = b.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", len - 1));
+        }
+        if stall {
+            let half = data[..data.len() / 2].to_vec();
+            let body = futures_util::stream::unfold(0u8, move |step| {
+                let half = half.clone();
+                async move {
+                    if step == 0 {
+                        return Some((Ok::<_, std::io::Error>(Bytes::from(half)), 1));
+                    }
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    None
+                }
+            });
+            return b.body(Body::from_stream(body)).unwrap();
+        }
+        data.extend(std::iter::repeat_n(0x55, extra));
+        return b.body(Body::from(data)).unwrap();
     }
     let mut builder = Response::builder().header(header::CONTENT_LENGTH, data.len());
     builder = if start > 0 {
@@ -180,6 +236,22 @@ async fn blob(State(reg): State<Arc<Registry>>, UrlPath((_ns, _model, digest)): 
         Body::from(data)
     };
     builder.body(body).unwrap()
+}
+
+/// `chunk` repeated up to `total` bytes, streamed lazily (no Content-Length), counting what was
+/// handed to the connection.
+fn endless(chunk: Vec<u8>, total: usize, streamed: Arc<AtomicU64>) -> Body {
+    let body = futures_util::stream::unfold(0usize, move |sent| {
+        let (chunk, streamed) = (chunk.clone(), streamed.clone());
+        async move {
+            if sent >= total {
+                return None;
+            }
+            streamed.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            Some((Ok::<_, std::io::Error>(Bytes::from(chunk.clone())), sent + chunk.len()))
+        }
+    });
+    Body::from_stream(body)
 }
 
 /// Deterministic bytes that do not compress or repeat.
@@ -240,6 +312,11 @@ fn err_text(e: &Error) -> String {
     e.to_string()
 }
 
+/// Timeouts and retries for a test: `retries` with waits of a few milliseconds.
+fn patience(retries: u32) -> Patience {
+    Patience { idle: Duration::from_secs(10), retries, max_wait: Duration::from_millis(20) }
+}
+
 #[test]
 fn full_download_is_verified_and_then_reused() {
     let server = Server::start(Misbehave::default());
@@ -289,10 +366,10 @@ fn a_registry_that_ignores_range_gets_the_whole_blob_again() {
 fn cut_twice_fails_naming_the_digest_and_keeps_the_partial_for_a_rerun() {
     let server = Server::start(Misbehave { cuts: 2, ..Default::default() });
     let cache = tempfile::tempdir().unwrap();
-    let err = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err();
+    let err = pull_model_blob_with(&server.name(), cache.path(), &Silent, patience(1)).unwrap_err();
     let text = err_text(&err);
     assert!(text.contains(&server.registry.digest), "{text}");
-    assert!(text.contains("broke off") && text.contains("run the command again"), "{text}");
+    assert!(text.contains("broke off") && text.contains("also after a retry") && text.contains("run the command again"), "{text}");
     let partial = partial_file(cache.path(), &server);
     let len = server.registry.blob.len();
     // Half, then half of the rest.
@@ -440,4 +517,91 @@ fn merge_pulls_the_base_from_the_registry_when_the_store_is_elsewhere() {
     run("m2.gguf");
     assert_eq!(registry.blob_requests(), 1, "the cached blob is reused");
     assert_eq!(std::fs::read(d.path().join("m1.gguf")).unwrap(), std::fs::read(d.path().join("m2.gguf")).unwrap());
+}
+
+#[test]
+fn cuts_are_retried_with_growing_waits_until_the_retries_are_spent() {
+    let server = Server::start(Misbehave { cuts: 3, ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let rec = Recorder::default();
+    let path = pull_model_blob_with(&server.name(), cache.path(), &rec, patience(3)).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
+    assert_eq!(server.blob_requests(), 4);
+    let notices = rec.notices.lock().unwrap().clone();
+    assert_eq!(notices.iter().filter(|n| n.contains("retrying from there in")).count(), 3, "{notices:?}");
+
+    let server = Server::start(Misbehave { cuts: 4, ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let text = err_text(&pull_model_blob_with(&server.name(), cache.path(), &Silent, patience(3)).unwrap_err());
+    assert!(text.contains("also after 3 retries") && text.contains("run the command again"), "{text}");
+    assert_eq!(server.blob_requests(), 4);
+}
+
+#[test]
+fn a_busy_registry_is_asked_again_after_its_retry_after() {
+    // 503 with Retry-After: 1 (honoured: the wait is a second, not the few ms of the backoff), then
+    // 429 without one (the backoff), then the blob.
+    let server = Server::start(Misbehave { busy: vec![(503, Some("1")), (429, None)], ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let p = Patience { max_wait: Duration::from_secs(2), ..patience(3) };
+    let started = std::time::Instant::now();
+    let path = pull_model_blob_with(&server.name(), cache.path(), &Silent, p).unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
+    assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
+    assert_eq!(server.blob_requests(), 3);
+
+    // Asked to wait longer than we would: no wait, the registry's answer is the error.
+    let server = Server::start(Misbehave { busy: vec![(429, Some("3600"))], ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let text = err_text(&pull_model_blob_with(&server.name(), cache.path(), &Silent, patience(3)).unwrap_err());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(text.contains("429") && text.contains("TOOMANYREQUESTS: slow down"), "{text}");
+    assert_eq!(server.blob_requests(), 1);
+}
+
+#[test]
+fn a_blob_that_runs_past_its_size_is_cut_there_and_deleted() {
+    let server = Server::start(Misbehave { extra: 5 << 20, ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let text = err_text(&pull_model_blob_with(&server.name(), cache.path(), &Silent, patience(0)).unwrap_err());
+    assert!(text.contains(&format!("sent more than the {} bytes the manifest gives", server.registry.blob.len())), "{text}");
+    assert!(!partial_file(cache.path(), &server).exists());
+    assert!(!blob_file(cache.path(), &server).exists());
+}
+
+#[test]
+fn a_stalled_blob_is_given_up_on_after_the_idle_timeout() {
+    let server = Server::start(Misbehave { stall: true, ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let p = Patience { idle: Duration::from_millis(500), ..patience(1) };
+    let started = std::time::Instant::now();
+    let text = err_text(&pull_model_blob_with(&server.name(), cache.path(), &Silent, p).unwrap_err());
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(text.contains("broke off") && text.contains("OLLAMA_TOOLS_TIMEOUT"), "{text}");
+    assert_eq!(server.blob_requests(), 2, "retried once, from where it stopped");
+    assert!(partial_file(cache.path(), &server).exists(), "kept for a rerun");
+}
+
+#[test]
+fn huge_answers_are_not_read_whole_and_their_text_is_defused() {
+    let server = Server::start(Misbehave { huge_manifest: true, ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let text = err_text(&pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err());
+    assert!(text.contains("larger than 4 MiB") && text.contains("manifests/latest"), "{text}");
+    assert!(server.registry.streamed.load(Ordering::SeqCst) < 20 << 20, "the rest was never asked for");
+
+    let server = Server::start(Misbehave { huge_error: true, ..Default::default() });
+    let text = err_text(&pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err());
+    assert!(text.contains("500") && text.contains("boom"), "{text}");
+    assert!(text.len() < 2000 && !text.contains('\x1b') && !text.contains('\r'), "{text:?}");
+    assert!(server.registry.streamed.load(Ordering::SeqCst) < 20 << 20);
+}
+
+#[test]
+fn a_redirect_loop_is_named_as_such() {
+    let server = Server::start(Misbehave { redirect_loop: true, ..Default::default() });
+    let cache = tempfile::tempdir().unwrap();
+    let text = err_text(&pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err());
+    assert!(text.contains("redirects in a loop") && text.contains(&server.addr.to_string()), "{text}");
 }
