@@ -74,8 +74,9 @@ struct Heads {
 }
 
 impl Heads {
-    fn of(values: &[Option<u64>]) -> Option<Heads> {
-        let values: Vec<u64> = values.iter().copied().collect::<Option<_>>()?;
+    /// `None` unless `values` are counts, at least one of them positive.
+    fn of(values: Option<Vec<u64>>) -> Option<Heads> {
+        let values = values?;
         let max = values.iter().copied().max().filter(|&m| m > 0)?;
         Some(Heads { max, uniform: values.iter().all(|&n| n == max || n == 0) })
     }
@@ -490,11 +491,11 @@ impl BaseModel {
         let heads = |key: &str| -> Result<Option<Heads>> {
             let full = format!("{arch}.{key}");
             let Some(v) = header.get(&full) else { return Ok(None) };
-            let values: Vec<Option<u64>> = match v {
-                gguf::Value::Array(_, items) => items.iter().map(gguf::Value::as_u64).collect(),
-                single => vec![single.as_u64()],
+            let values = match v {
+                gguf::Value::Array(items) => items.as_u64s(),
+                single => single.as_u64().map(|n| vec![n]),
             };
-            Heads::of(&values).map(Some).ok_or_else(|| {
+            Heads::of(values).map(Some).ok_or_else(|| {
                 Error::invalid(path, format!("GGUF metadata `{full}` is not a head count or a list of them"))
             })
         };
@@ -641,12 +642,12 @@ impl BaseModel {
         let int = |key: &str| info.get(&format!("{arch}.{key}")).and_then(Json::as_u64);
         // Head counts may be per-layer arrays.
         let heads = |key: &str| -> Result<Option<Heads>> {
-            let values: Vec<Option<u64>> = match info.get(&format!("{arch}.{key}")) {
+            let values: Option<Vec<u64>> = match info.get(&format!("{arch}.{key}")) {
                 None | Some(Json::Null) => return Ok(None),
                 Some(Json::Array(items)) => items.iter().map(Json::as_u64).collect(),
-                Some(v) => vec![v.as_u64()],
+                Some(v) => v.as_u64().map(|n| vec![n]),
             };
-            Heads::of(&values).map(Some).ok_or_else(|| bad(format!("`{arch}.{key}` is not a head count or a list of them")))
+            Heads::of(values).map(Some).ok_or_else(|| bad(format!("`{arch}.{key}` is not a head count or a list of them")))
         };
         let gguf = show.details.format.is_empty() || show.details.format == "gguf";
         let block_count = int("block_count").unwrap_or(0);
@@ -807,7 +808,7 @@ mod tests {
 
     #[test]
     fn per_layer_head_counts_in_gguf() {
-        use crate::gguf::{TensorSpec, Value, Writer};
+        use crate::gguf::{Array, TensorSpec, Value, Writer};
         let write = |kv: Value| {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("b.gguf");
@@ -823,17 +824,17 @@ mod tests {
             w.finish().unwrap();
             (dir, BaseModel::load(&path))
         };
-        let (_d, same) = write(Value::Array(4, vec![Value::U32(2), Value::U32(2)]));
+        let (_d, same) = write(Value::Array(Array::U32(vec![2, 2])));
         let same = same.unwrap();
         assert_eq!((same.head_count_kv, same.geometry().head_count_kv), (2, Some(2)));
         // Layers without attention (0) do not make the counts differ.
-        let (_d, hybrid) = write(Value::Array(4, vec![Value::U32(0), Value::U32(2)]));
+        let (_d, hybrid) = write(Value::Array(Array::U32(vec![0, 2])));
         assert_eq!(hybrid.unwrap().geometry().head_count_kv, Some(2));
         // Differing counts (Gemma 4) load; the Q/K order, which needs one count, is then unknown.
-        let (_d, differ) = write(Value::Array(4, vec![Value::U32(2), Value::U32(1)]));
+        let (_d, differ) = write(Value::Array(Array::U32(vec![2, 1])));
         let differ = differ.unwrap();
         assert_eq!((differ.head_count_kv, differ.geometry().head_count_kv), (2, None));
-        let (_d, bad) = write(Value::Array(8, vec![Value::String("x".into())]));
+        let (_d, bad) = write(Value::Array(Array::String(["x"].into_iter().collect())));
         let err = bad.unwrap_err().to_string();
         assert!(err.contains("head_count_kv") && err.contains("not a head count"), "{err}");
     }
