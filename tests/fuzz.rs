@@ -478,3 +478,13 @@ fn allocation_counter_sees_allocations() {
     let peak = peak_of(|| drop(std::hint::black_box(vec![1u8; 3 << 20])));
     assert!(peak >= 3 << 20, "{peak}");
 }
+
+// Regressions: crashes the fuzzer found, with their minimized inputs.
+
+/// A show parameter beyond float32 range was kept and rendered as a PARAMETER line Ollama refuses,
+/// so the round trip panicked; it is refused when read now.
+#[test]
+fn regression_show_parameter_beyond_float32() {
+    show_parameters(b"temperature 1e300");
+    assert!(Parameters::from_show_text("temperature 1e300").is_err());
+}
