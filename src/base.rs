@@ -74,9 +74,10 @@ struct Heads {
 }
 
 impl Heads {
-    fn of(values: &[Option<u64>]) -> Option<Heads> {
-        let values: Vec<u64> = values.iter().copied().collect::<Option<_>>()?;
-        let max = values.iter().copied().max().filter(|&m| m > 0)?;
+    /// `None` unless `values` are counts, at least one of them positive, none above `MAX_HEADS`.
+    fn of(values: Option<Vec<u64>>) -> Option<Heads> {
+        let values = values?;
+        let max = values.iter().copied().max().filter(|&m| m > 0 && m <= MAX_HEADS)?;
         Some(Heads { max, uniform: values.iter().all(|&n| n == max || n == 0) })
     }
 }
@@ -105,7 +106,40 @@ struct Dims {
     shared_kv_layers: u64,
 }
 
+/// Bounds on the hyper-parameters of any source, as for `config.json`: a damaged or hostile
+/// description must not ask for absurd tables (tensor shapes are derived per layer).
+const MAX_LAYERS: u64 = 4096;
+const MAX_HEADS: u64 = 4096;
+const MAX_DIM: u64 = 1 << 20;
+const MAX_VOCAB: u64 = 1 << 24;
+
+/// 1 to 4 dimensions, none 0, whose product fits 64 bits (as a GGUF reader requires).
+fn plausible_shape(ne: &[u64]) -> bool {
+    (1..=4).contains(&ne.len()) && !ne.contains(&0) && ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).is_some()
+}
+
+/// `value` of field `key` within `1..=max`, or a message saying what was found.
+fn bounded(key: &str, value: u64, max: u64) -> std::result::Result<u64, String> {
+    if (1..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("`{key}` is {value}; expected a count from 1 to {max}"))
+    }
+}
+
 impl Dims {
+    /// Every size within bounds and non-zero, so derived shapes are real and their products fit.
+    fn check(&self) -> std::result::Result<(), String> {
+        bounded("block_count", self.layers, MAX_LAYERS)?;
+        bounded("attention heads", self.heads, MAX_HEADS)?;
+        bounded("key/value heads", self.kv_heads, MAX_HEADS)?;
+        bounded("head size", self.head_dim, MAX_DIM)?;
+        bounded("hidden size", self.hidden, MAX_DIM)?;
+        bounded("feed-forward size", self.ffn, MAX_DIM)?;
+        bounded("vocabulary size", self.vocab, MAX_VOCAB)?;
+        Ok(())
+    }
+
     /// A plain attention layer with the model-wide sizes.
     fn attention_layer(&self) -> LayerKind {
         LayerKind::Attention { head_dim: self.head_dim, kv_heads: self.kv_heads, k: true, v: true, ffn: self.ffn }
@@ -205,7 +239,9 @@ fn layer_tensor_shape(arch: &Arch, d: &Dims, kind: LayerKind, stem: &str) -> Opt
 /// heads) and `ssm.inner_size` (value heads x head size); `None` unless all three make sense.
 fn linear_attn(k_heads: Option<u64>, v_heads: Option<u64>, inner: Option<u64>) -> Option<arch::LinearAttn> {
     match (k_heads, v_heads, inner) {
-        (Some(k), Some(v), Some(inner)) if k > 0 && v > 0 && inner % v == 0 => {
+        (Some(k), Some(v), Some(inner))
+            if (1..=MAX_HEADS).contains(&k) && (1..=MAX_HEADS).contains(&v) && inner <= MAX_DIM * 16 && inner % v == 0 =>
+        {
             Some(arch::LinearAttn { k_heads: k as usize, v_heads: v as usize, v_head_dim: (inner / v) as usize })
         }
         _ => None,
@@ -490,16 +526,18 @@ impl BaseModel {
         let heads = |key: &str| -> Result<Option<Heads>> {
             let full = format!("{arch}.{key}");
             let Some(v) = header.get(&full) else { return Ok(None) };
-            let values: Vec<Option<u64>> = match v {
-                gguf::Value::Array(_, items) => items.iter().map(gguf::Value::as_u64).collect(),
-                single => vec![single.as_u64()],
+            let values = match v {
+                gguf::Value::Array(items) => items.as_u64s(),
+                single => single.as_u64().map(|n| vec![n]),
             };
-            Heads::of(&values).map(Some).ok_or_else(|| {
-                Error::invalid(path, format!("GGUF metadata `{full}` is not a head count or a list of them"))
+            Heads::of(values).map(Some).ok_or_else(|| {
+                Error::invalid(path, format!("GGUF metadata `{full}` is not a head count from 1 to {MAX_HEADS} or a list of them"))
             })
         };
         let block_count = get_u64("block_count")
             .ok_or_else(|| Error::invalid(path, format!("GGUF metadata `{arch}.block_count` is missing or not an integer")))?;
+        bounded(&format!("{arch}.block_count"), block_count, MAX_LAYERS)
+            .map_err(|msg| Error::invalid(path, format!("GGUF metadata {msg}")))?;
         let q_heads = heads("attention.head_count")?
             .ok_or_else(|| Error::invalid(path, format!("GGUF metadata `{arch}.attention.head_count` is missing")))?;
         let kv_heads = heads("attention.head_count_kv")?.unwrap_or(q_heads);
@@ -570,12 +608,16 @@ impl BaseModel {
         let need = |key: &str, max: u64| {
             get(key, max)?.ok_or_else(|| Error::invalid(path, format!("config.json field `{key}` is missing")))
         };
-        const DIM: u64 = 1 << 20;
+        const DIM: u64 = MAX_DIM;
         let hidden = need("hidden_size", DIM)?;
-        let n_layer = need("num_hidden_layers", 4096)?;
-        let n_head = need("num_attention_heads", 4096)?;
-        let n_kv = get("num_key_value_heads", 4096)?.unwrap_or(n_head);
+        let n_layer = need("num_hidden_layers", MAX_LAYERS)?;
+        let n_head = need("num_attention_heads", MAX_HEADS)?;
+        let n_kv = get("num_key_value_heads", MAX_HEADS)?.unwrap_or(n_head);
         let head_dim = get("head_dim", DIM)?.unwrap_or(hidden / n_head);
+        if head_dim == 0 {
+            return Err(Error::invalid(path, format!("config.json: hidden_size {hidden} gives {n_head} attention heads no width"))
+                .with_hint("the config needs `head_dim`, or a hidden_size that is a multiple of num_attention_heads"));
+        }
         let ffn = need("intermediate_size", DIM)?;
         let vocab = need("vocab_size", 1 << 24)?;
         let tied_default = arch.name.starts_with("gemma");
@@ -603,6 +645,7 @@ impl BaseModel {
             _ => Ok(()),
         };
         per_layer.map_err(|msg| Error::invalid(path, msg))?;
+        dims.check().map_err(|msg| Error::invalid(path, format!("config.json: {msg}")))?;
         Ok(BaseModel {
             source: path.to_path_buf(),
             arch: arch.name.to_string(),
@@ -641,20 +684,34 @@ impl BaseModel {
         let int = |key: &str| info.get(&format!("{arch}.{key}")).and_then(Json::as_u64);
         // Head counts may be per-layer arrays.
         let heads = |key: &str| -> Result<Option<Heads>> {
-            let values: Vec<Option<u64>> = match info.get(&format!("{arch}.{key}")) {
+            let values: Option<Vec<u64>> = match info.get(&format!("{arch}.{key}")) {
                 None | Some(Json::Null) => return Ok(None),
                 Some(Json::Array(items)) => items.iter().map(Json::as_u64).collect(),
-                Some(v) => vec![v.as_u64()],
+                Some(v) => v.as_u64().map(|n| vec![n]),
             };
-            Heads::of(&values).map(Some).ok_or_else(|| bad(format!("`{arch}.{key}` is not a head count or a list of them")))
+            Heads::of(values)
+                .map(Some)
+                .ok_or_else(|| bad(format!("`{arch}.{key}` is not a head count from 1 to {MAX_HEADS} or a list of them")))
         };
         let gguf = show.details.format.is_empty() || show.details.format == "gguf";
         let block_count = int("block_count").unwrap_or(0);
         let q_heads = heads("attention.head_count")?.unwrap_or(Heads { max: 0, uniform: true });
+        if gguf {
+            // Up front, so that validate does not pass a base that convert then refuses.
+            bounded(&format!("{arch}.block_count"), block_count, MAX_LAYERS)
+                .map_err(|msg| bad(format!("{msg} (missing or not an integer reads as 0)")))?;
+            if q_heads.max == 0 {
+                return Err(bad(format!("`{arch}.attention.head_count` is missing: the base's attention layout is unknown"))
+                    .with_hint("pass the model's GGUF file as --base"));
+            }
+        }
         let kv_heads = heads("attention.head_count_kv")?.unwrap_or(q_heads);
         let (head_count, head_count_kv) = (q_heads.max, kv_heads.max);
         let shared_kv_layers = int("attention.shared_kv_layers").unwrap_or(0);
         let linear_attn = linear_attn(int("ssm.group_count"), int("ssm.time_step_rank"), int("ssm.inner_size"));
+        if let Some(t) = show.tensors.iter().find(|t| !plausible_shape(&t.shape)) {
+            return Err(bad(format!("tensor `{}` has shape {:?}; expected 1 to 4 non-zero dimensions", t.name, t.shape)));
+        }
         let mut unknown_types = Vec::new();
         let mut tensors: BTreeMap<String, BaseTensor> = show
             .tensors
@@ -678,13 +735,12 @@ impl BaseModel {
         }
         if !exact_tensors && gguf {
             if let (Some(arch_spec), Some(hidden), Some(vocab)) = (arch::by_name(&arch), int("embedding_length"), vocab_size) {
-                let heads = head_count.max(1);
                 let dims = Dims {
                     layers: block_count,
                     hidden,
-                    heads,
+                    heads: head_count,
                     kv_heads: head_count_kv,
-                    head_dim: int("attention.key_length").unwrap_or(hidden / heads),
+                    head_dim: int("attention.key_length").unwrap_or(hidden / head_count),
                     ffn: int("feed_forward_length").unwrap_or(0),
                     vocab,
                     // Unknown without a tensor list: assume tied, so an embedding or lm_head LoRA is
@@ -692,6 +748,9 @@ impl BaseModel {
                     tied: true,
                     ..Dims::default()
                 };
+                dims.check().map_err(|msg| {
+                    bad(format!("the server lists no tensors, and their shapes cannot be derived from model_info: {msg}"))
+                })?;
                 tensors = derive_tensors(arch_spec, &dims);
             }
         }
@@ -807,7 +866,7 @@ mod tests {
 
     #[test]
     fn per_layer_head_counts_in_gguf() {
-        use crate::gguf::{TensorSpec, Value, Writer};
+        use crate::gguf::{Array, TensorSpec, Value, Writer};
         let write = |kv: Value| {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("b.gguf");
@@ -823,17 +882,17 @@ mod tests {
             w.finish().unwrap();
             (dir, BaseModel::load(&path))
         };
-        let (_d, same) = write(Value::Array(4, vec![Value::U32(2), Value::U32(2)]));
+        let (_d, same) = write(Value::Array(Array::U32(vec![2, 2])));
         let same = same.unwrap();
         assert_eq!((same.head_count_kv, same.geometry().head_count_kv), (2, Some(2)));
         // Layers without attention (0) do not make the counts differ.
-        let (_d, hybrid) = write(Value::Array(4, vec![Value::U32(0), Value::U32(2)]));
+        let (_d, hybrid) = write(Value::Array(Array::U32(vec![0, 2])));
         assert_eq!(hybrid.unwrap().geometry().head_count_kv, Some(2));
         // Differing counts (Gemma 4) load; the Q/K order, which needs one count, is then unknown.
-        let (_d, differ) = write(Value::Array(4, vec![Value::U32(2), Value::U32(1)]));
+        let (_d, differ) = write(Value::Array(Array::U32(vec![2, 1])));
         let differ = differ.unwrap();
         assert_eq!((differ.head_count_kv, differ.geometry().head_count_kv), (2, None));
-        let (_d, bad) = write(Value::Array(8, vec![Value::String("x".into())]));
+        let (_d, bad) = write(Value::Array(Array::String(["x"].into_iter().collect())));
         let err = bad.unwrap_err().to_string();
         assert!(err.contains("head_count_kv") && err.contains("not a head count"), "{err}");
     }
@@ -844,5 +903,53 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), r#"{"model_type":"gpt2","n_embd":768}"#).unwrap();
         let err = BaseModel::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("`gpt2`") && err.contains("qwen2 (Qwen2, Qwen2.5)"), "{err}");
+    }
+
+    fn show(info: serde_json::Value, tensors: serde_json::Value) -> Result<BaseModel> {
+        let show: ollama::Show = serde_json::from_value(serde_json::json!({
+            "details": {"format": "gguf", "family": "llama"}, "model_info": info, "tensors": tensors
+        }))
+        .unwrap();
+        BaseModel::from_show(&ModelName::parse("m").unwrap(), &show, "http://127.0.0.1:1")
+    }
+
+    /// A show answer without tensors used to derive 100,000,000 layers of shapes (memory without
+    /// bound); counts are bounded as for config.json, and zero sizes refused up front.
+    #[test]
+    fn absurd_show_answers_are_refused_up_front() {
+        let info = |layers: u64, heads: Option<u64>, ffn: u64| {
+            let mut v = serde_json::json!({"general.architecture": "llama", "llama.block_count": layers,
+                "llama.embedding_length": 64, "llama.feed_forward_length": ffn, "llama.vocab_size": 100});
+            if let Some(h) = heads {
+                v["llama.attention.head_count"] = h.into();
+            }
+            v
+        };
+        let err = show(info(100_000_000, Some(4), 128), serde_json::json!([])).unwrap_err().to_string();
+        assert!(err.contains("`llama.block_count` is 100000000; expected a count from 1 to 4096"), "{err}");
+        let err = show(info(2, None, 128), serde_json::json!([])).unwrap_err().to_string();
+        assert!(err.contains("`llama.attention.head_count` is missing"), "{err}");
+        let err = show(info(2, Some(0), 128), serde_json::json!([])).unwrap_err().to_string();
+        assert!(err.contains("head_count` is not a head count from 1 to 4096"), "{err}");
+        // No feed_forward_length: derived MLP shapes would be [64, 0].
+        let err = show(info(2, Some(4), 0), serde_json::json!([])).unwrap_err().to_string();
+        assert!(err.contains("cannot be derived") && err.contains("feed-forward size` is 0"), "{err}");
+        let t = serde_json::json!([{"name": "blk.0.attn_q.weight", "type": "F16", "shape": [64, 0]}]);
+        let err = show(info(2, Some(4), 128), t).unwrap_err().to_string();
+        assert!(err.contains("`blk.0.attn_q.weight` has shape [64, 0]"), "{err}");
+        assert_eq!(show(info(2, Some(4), 128), serde_json::json!([])).unwrap().tensors["blk.1.ffn_up.weight"].ne, [64, 128]);
+    }
+
+    #[test]
+    fn hf_config_whose_heads_have_no_width_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type":"llama","hidden_size":2,"num_hidden_layers":1,"num_attention_heads":4,
+                "intermediate_size":128,"vocab_size":100}"#,
+        )
+        .unwrap();
+        let err = BaseModel::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("gives 4 attention heads no width"), "{err}");
     }
 }

@@ -99,15 +99,40 @@ impl GgmlType {
     }
 
     /// Bytes taken by a tensor of this type with dimensions `ne` (ggml order), or `None` for an
-    /// unknown type or a row length that is not a whole number of blocks.
+    /// unknown type, a row length that is not a whole number of blocks, or a size beyond `u64`.
     pub fn byte_size(self, ne: &[u64]) -> Option<u64> {
-        let (_, block, bytes) = self.traits()?;
+        self.size(ne).ok()
+    }
+
+    /// [`byte_size`](Self::byte_size) with the reason when there is none, for messages.
+    fn size(self, ne: &[u64]) -> Result<u64, SizeError> {
+        let (_, block, bytes) = self.traits().ok_or(SizeError::Unknown)?;
         let row = *ne.first().unwrap_or(&1);
         if row % block != 0 {
-            return None;
+            return Err(SizeError::PartialBlock);
         }
-        let rows = ne.iter().skip(1).try_fold(1u64, |acc, &d| acc.checked_mul(d))?;
-        (row / block).checked_mul(bytes)?.checked_mul(rows)
+        let rows = ne.iter().skip(1).try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or(SizeError::Overflow)?;
+        (row / block).checked_mul(bytes).and_then(|b| b.checked_mul(rows)).ok_or(SizeError::Overflow)
+    }
+}
+
+/// Why a tensor has no byte size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SizeError {
+    Unknown,
+    PartialBlock,
+    Overflow,
+}
+
+/// The message for a tensor `name` of type `ty` and dimensions `ne` without a byte size.
+fn size_message(name: &str, ty: GgmlType, ne: &[u64], e: SizeError) -> String {
+    match e {
+        SizeError::Unknown => format!("tensor `{name}` has type {}, which this tool does not know the size of", ty.0),
+        SizeError::PartialBlock => {
+            let block = ty.traits().map_or(1, |t| t.1);
+            format!("tensor `{name}`: a row of {} is not a whole number of {ty} blocks ({block} values)", ne.first().unwrap_or(&1))
+        }
+        SizeError::Overflow => format!("tensor `{name}`: dimensions {ne:?} overflow (their size does not fit 64 bits)"),
     }
 }
 
@@ -117,7 +142,7 @@ impl std::fmt::Display for GgmlType {
     }
 }
 
-/// A metadata value. Arrays keep their element type so an empty array round-trips.
+/// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     U8(u8),
@@ -129,10 +154,139 @@ pub enum Value {
     F32(f32),
     Bool(bool),
     String(String),
-    Array(u32, Vec<Value>),
+    Array(Array),
     U64(u64),
     I64(i64),
     F64(f64),
+}
+
+/// A metadata array, one typed vector per element type: a vocabulary of 262,144 tokens or a
+/// megabyte of `u8` costs about what it takes in the file, not a 32-byte [`Value`] per element.
+/// The element type is kept, so an empty array round-trips.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Array {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    F32(Vec<f32>),
+    Bool(Vec<bool>),
+    String(Strings),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+}
+
+/// A list of strings in one buffer plus their end offsets: 8 bytes per string besides the text,
+/// the same as the length field each string has in the file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Strings {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Strings {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.ends.push(self.text.len());
+    }
+
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        self.text.get(start..end)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for Strings {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut out = Strings::default();
+        for s in iter {
+            out.push(s.as_ref());
+        }
+        out
+    }
+}
+
+impl Array {
+    /// The GGUF value type id of the elements.
+    pub fn elem_type(&self) -> u32 {
+        match self {
+            Array::U8(_) => 0,
+            Array::I8(_) => 1,
+            Array::U16(_) => 2,
+            Array::I16(_) => 3,
+            Array::U32(_) => 4,
+            Array::I32(_) => 5,
+            Array::F32(_) => 6,
+            Array::Bool(_) => 7,
+            Array::String(_) => 8,
+            Array::U64(_) => 10,
+            Array::I64(_) => 11,
+            Array::F64(_) => 12,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Array::U8(v) => v.len(),
+            Array::I8(v) => v.len(),
+            Array::U16(v) => v.len(),
+            Array::I16(v) => v.len(),
+            Array::U32(v) => v.len(),
+            Array::I32(v) => v.len(),
+            Array::F32(v) => v.len(),
+            Array::Bool(v) => v.len(),
+            Array::String(v) => v.len(),
+            Array::U64(v) => v.len(),
+            Array::I64(v) => v.len(),
+            Array::F64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every element as an unsigned integer (per-layer counts), `None` for a non-integer array or
+    /// a negative element.
+    pub fn as_u64s(&self) -> Option<Vec<u64>> {
+        fn all<T: Copy>(v: &[T], f: impl Fn(T) -> Option<u64>) -> Option<Vec<u64>> {
+            v.iter().map(|&x| f(x)).collect()
+        }
+        match self {
+            Array::U8(v) => all(v, |x| Some(x.into())),
+            Array::U16(v) => all(v, |x| Some(x.into())),
+            Array::U32(v) => all(v, |x| Some(x.into())),
+            Array::U64(v) => Some(v.clone()),
+            Array::I8(v) => all(v, |x| u64::try_from(x).ok()),
+            Array::I16(v) => all(v, |x| u64::try_from(x).ok()),
+            Array::I32(v) => all(v, |x| u64::try_from(x).ok()),
+            Array::I64(v) => all(v, |x| u64::try_from(x).ok()),
+            Array::F32(_) | Array::F64(_) | Array::Bool(_) | Array::String(_) => None,
+        }
+    }
+
+    pub fn as_strings(&self) -> Option<&Strings> {
+        match self {
+            Array::String(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 impl Value {
@@ -184,11 +338,15 @@ impl Value {
         }
     }
 
-    pub fn array_len(&self) -> Option<usize> {
+    pub fn as_array(&self) -> Option<&Array> {
         match self {
-            Value::Array(_, items) => Some(items.len()),
+            Value::Array(a) => Some(a),
             _ => None,
         }
+    }
+
+    pub fn array_len(&self) -> Option<usize> {
+        self.as_array().map(Array::len)
     }
 }
 
@@ -232,16 +390,29 @@ fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
+/// The most header (metadata and tensor table) the reader takes. The largest real headers (a
+/// 262k-token vocabulary with its merges) are tens of MiB; this bound keeps a crafted length field
+/// in a huge (or sparse) file from making the reader take gigabytes.
+pub const MAX_HEADER_BYTES: u64 = 256 << 20;
+
+/// Elements a list is given room for before any of them is read: a count field alone never
+/// allocates more than this; the list then grows as elements really arrive.
+const PREALLOC: usize = 1024;
+
 /// Counts bytes so the reader knows where the data section starts without seeking.
 struct Counting<R> {
     inner: R,
     pos: u64,
-    /// Upper bound for any length field: a string or array longer than the file is corruption, and
-    /// checking it first keeps a damaged header from allocating gigabytes.
-    limit: u64,
+    /// The file's size (as known: a prefix's announced size), for messages and length checks.
+    file_len: u64,
+    /// Scratch buffer for strings.
+    scratch: Vec<u8>,
 }
 
 impl<R: Read> Counting<R> {
+    fn new(inner: R, file_len: u64) -> Self {
+        Counting { inner, pos: 0, file_len, scratch: Vec::new() }
+    }
     fn bytes<const N: usize>(&mut self) -> io::Result<[u8; N]> {
         let mut b = [0u8; N];
         self.inner.read_exact(&mut b)?;
@@ -254,22 +425,42 @@ impl<R: Read> Counting<R> {
     fn u64(&mut self) -> io::Result<u64> {
         Ok(u64::from_le_bytes(self.bytes()?))
     }
-    /// A count of items of at least `item_size` bytes each, checked against the bytes left in the file.
+    /// A count of items of at least `item_size` bytes each, checked against what is left of the file
+    /// and of [`MAX_HEADER_BYTES`]. Only a cheap first check: the items are then read one by one.
     fn len(&mut self, what: &str, item_size: u64) -> io::Result<usize> {
         let n = self.u64()?;
-        if n.saturating_mul(item_size) > self.limit.saturating_sub(self.pos) {
-            return Err(invalid(format!("{what} count {n} at byte {} exceeds what is left of the file", self.pos - 8)));
+        let at = self.pos - 8;
+        let need = n.saturating_mul(item_size);
+        if need > self.file_len.saturating_sub(self.pos) {
+            return Err(invalid(format!("{what} count {n} at byte {at} exceeds what is left of the file ({} bytes)", self.file_len)));
         }
-        Ok(n as usize)
+        if need > MAX_HEADER_BYTES.saturating_sub(self.pos) {
+            return Err(invalid(format!(
+                "{what} count {n} at byte {at} would make the header larger than {} MiB, more than any model's: the file is damaged",
+                MAX_HEADER_BYTES >> 20
+            )));
+        }
+        usize::try_from(n).map_err(|_| invalid(format!("{what} count {n} at byte {at} does not fit this machine")))
+    }
+    /// Reads a string's bytes into `scratch` as they arrive (never allocating from the length field).
+    fn string_bytes(&mut self) -> io::Result<()> {
+        let n = self.len("string", 1)? as u64;
+        self.scratch.clear();
+        let got = (&mut self.inner).take(n).read_to_end(&mut self.scratch)? as u64;
+        self.pos += got;
+        if got != n {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("the file ends inside a string of {n} bytes")));
+        }
+        Ok(())
+    }
+    fn str(&mut self) -> io::Result<&str> {
+        self.string_bytes()?;
+        std::str::from_utf8(&self.scratch).map_err(|_| invalid(format!("string before byte {} is not UTF-8", self.pos)))
     }
     fn string(&mut self) -> io::Result<String> {
-        let n = self.len("string", 1)?;
-        let mut buf = vec![0u8; n];
-        self.inner.read_exact(&mut buf)?;
-        self.pos += n as u64;
-        String::from_utf8(buf).map_err(|_| invalid(format!("string before byte {} is not UTF-8", self.pos)))
+        self.str().map(str::to_string)
     }
-    fn value(&mut self, ty: u32, depth: u32) -> io::Result<Value> {
+    fn value(&mut self, ty: u32) -> io::Result<Value> {
         Ok(match ty {
             0 => Value::U8(u8::from_le_bytes(self.bytes()?)),
             1 => Value::I8(i8::from_le_bytes(self.bytes()?)),
@@ -278,51 +469,105 @@ impl<R: Read> Counting<R> {
             4 => Value::U32(self.u32()?),
             5 => Value::I32(i32::from_le_bytes(self.bytes()?)),
             6 => Value::F32(f32::from_le_bytes(self.bytes()?)),
-            7 => match self.bytes::<1>()?[0] {
-                0 => Value::Bool(false),
-                1 => Value::Bool(true),
-                b => return Err(invalid(format!("bool value {b} at byte {}", self.pos - 1))),
-            },
+            7 => Value::Bool(self.bool()?),
             8 => Value::String(self.string()?),
-            9 if depth == 0 => {
-                let elem = self.u32()?;
-                // Smallest encoding of one element: strings carry an 8-byte length.
-                let item_size = match elem {
-                    0 | 1 | 7 => 1,
-                    2 | 3 => 2,
-                    4..=6 => 4,
-                    _ => 8,
-                };
-                let n = self.len("array", item_size)?;
-                let mut items = Vec::with_capacity(n.min(1 << 20));
-                for _ in 0..n {
-                    items.push(self.value(elem, depth + 1)?);
-                }
-                Value::Array(elem, items)
-            }
-            9 => return Err(invalid("nested arrays are not used by llama.cpp and not supported")),
+            9 => Value::Array(self.array()?),
             10 => Value::U64(self.u64()?),
             11 => Value::I64(i64::from_le_bytes(self.bytes()?)),
             12 => Value::F64(f64::from_le_bytes(self.bytes()?)),
             t => return Err(invalid(format!("unknown metadata value type {t} at byte {}", self.pos - 4))),
         })
     }
+    fn bool(&mut self) -> io::Result<bool> {
+        match self.bytes::<1>()?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(invalid(format!("bool value {b} at byte {}", self.pos - 1))),
+        }
+    }
+    /// `n` items read by `item`, in a list that grows as they arrive.
+    fn items<T>(&mut self, n: usize, mut item: impl FnMut(&mut Self) -> io::Result<T>) -> io::Result<Vec<T>> {
+        let mut out = Vec::with_capacity(n.min(PREALLOC));
+        for _ in 0..n {
+            out.push(item(self)?);
+        }
+        Ok(out)
+    }
+    fn array(&mut self) -> io::Result<Array> {
+        let elem = self.u32()?;
+        // Smallest encoding of one element: strings carry an 8-byte length.
+        let item_size = match elem {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            8 | 10..=12 => 8,
+            9 => return Err(invalid("nested arrays are not used by llama.cpp and not supported")),
+            t => return Err(invalid(format!("unknown array element type {t} at byte {}", self.pos - 4))),
+        };
+        let n = self.len("array", item_size)?;
+        Ok(match elem {
+            0 => Array::U8(self.items(n, |r| Ok(r.bytes::<1>()?[0]))?),
+            1 => Array::I8(self.items(n, |r| Ok(i8::from_le_bytes(r.bytes()?)))?),
+            2 => Array::U16(self.items(n, |r| Ok(u16::from_le_bytes(r.bytes()?)))?),
+            3 => Array::I16(self.items(n, |r| Ok(i16::from_le_bytes(r.bytes()?)))?),
+            4 => Array::U32(self.items(n, Self::u32)?),
+            5 => Array::I32(self.items(n, |r| Ok(i32::from_le_bytes(r.bytes()?)))?),
+            6 => Array::F32(self.items(n, |r| Ok(f32::from_le_bytes(r.bytes()?)))?),
+            7 => Array::Bool(self.items(n, Self::bool)?),
+            8 => {
+                let mut out = Strings::default();
+                for _ in 0..n {
+                    out.push(self.str()?);
+                }
+                Array::String(out)
+            }
+            10 => Array::U64(self.items(n, Self::u64)?),
+            11 => Array::I64(self.items(n, |r| Ok(i64::from_le_bytes(r.bytes()?)))?),
+            _ => Array::F64(self.items(n, |r| Ok(f64::from_le_bytes(r.bytes()?)))?),
+        })
+    }
+    /// Magic, version, tensor count and KV count.
+    fn preamble(&mut self) -> io::Result<(u32, usize, usize)> {
+        let magic: [u8; 4] = self.bytes().map_err(|_| invalid("file is shorter than a GGUF header"))?;
+        if magic != MAGIC {
+            return Err(invalid(format!("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")")));
+        }
+        let version = self.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(invalid(format!("GGUF version {version} is not supported (2 and 3 are)")));
+        }
+        // A tensor info takes at least 32 bytes, a KV at least 13.
+        let n_tensors = self.len("tensor count", 32)?;
+        let n_kv = self.len("metadata count", 13)?;
+        Ok((version, n_tensors, n_kv))
+    }
+    fn kv(&mut self) -> io::Result<(String, Value)> {
+        let key = self.string()?;
+        let ty = self.u32()?;
+        let value = self.value(ty).map_err(|e| io::Error::new(e.kind(), format!("metadata `{key}`: {e}")))?;
+        Ok((key, value))
+    }
+    fn tensor_info(&mut self) -> io::Result<TensorInfo> {
+        let name = self.string()?;
+        let n_dims = self.u32()?;
+        if n_dims == 0 || n_dims > 4 {
+            return Err(invalid(format!("tensor `{name}` has {n_dims} dimensions (ggml allows 1 to 4)")));
+        }
+        let ne = (0..n_dims).map(|_| self.u64()).collect::<io::Result<Vec<_>>>()?;
+        let ty = GgmlType(self.u32()?);
+        let offset = self.u64()?;
+        Ok(TensorInfo { name, ne, ty, offset })
+    }
 }
 
 /// The metadata value `key` of a GGUF file of `file_len` bytes, read from the first bytes of the file
 /// only (`prefix`, e.g. from a Range request). `None` when `prefix` is not a GGUF header or ends
-/// before the key is reached.
+/// before the key is reached. Memory follows `prefix`, not `file_len` (which a server announces).
 pub fn kv_in_prefix(prefix: &[u8], file_len: u64, key: &str) -> Option<Value> {
-    let mut r = Counting { inner: io::Cursor::new(prefix), pos: 0, limit: file_len };
-    if r.bytes::<4>().ok()? != MAGIC || !(2..=3).contains(&r.u32().ok()?) {
-        return None;
-    }
-    r.len("tensor count", 32).ok()?;
-    let n_kv = r.len("metadata count", 13).ok()?;
+    let mut r = Counting::new(io::Cursor::new(prefix), file_len);
+    let (_, _, n_kv) = r.preamble().ok()?;
     for _ in 0..n_kv {
-        let k = r.string().ok()?;
-        let ty = r.u32().ok()?;
-        let value = r.value(ty, 0).ok()?;
+        let (k, value) = r.kv().ok()?;
         if k == key {
             return Some(value);
         }
@@ -337,66 +582,74 @@ pub fn is_gguf(path: &Path) -> bool {
 }
 
 /// Reads the header and tensor table of a GGUF file, checking that every tensor lies inside the file.
+/// Memory is bounded by the bytes really read (at most [`MAX_HEADER_BYTES`]), never by a length field.
 pub fn read_header(path: &Path) -> io::Result<Header> {
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
-    let mut r = Counting { inner: BufReader::with_capacity(1 << 16, file), pos: 0, limit: file_len };
-    let magic: [u8; 4] = r.bytes().map_err(|_| invalid("file is shorter than a GGUF header"))?;
-    if magic != MAGIC {
-        return Err(invalid(format!("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")")));
-    }
-    let version = r.u32()?;
-    if !(2..=3).contains(&version) {
-        return Err(invalid(format!("GGUF version {version} is not supported (2 and 3 are)")));
-    }
-    // A tensor info takes at least 32 bytes, a KV at least 13.
-    let n_tensors = r.len("tensor count", 32)?;
-    let n_kv = r.len("metadata count", 13)?;
-    let mut kvs = Vec::with_capacity(n_kv.min(4096));
-    for _ in 0..n_kv {
-        let key = r.string()?;
-        let ty = r.u32()?;
-        let value = r.value(ty, 0).map_err(|e| invalid(format!("metadata `{key}`: {e}")))?;
-        kvs.push((key, value));
-    }
-    let mut tensors = Vec::with_capacity(n_tensors.min(1 << 16));
-    for _ in 0..n_tensors {
-        let name = r.string()?;
-        let n_dims = r.u32()?;
-        if n_dims == 0 || n_dims > 4 {
-            return Err(invalid(format!("tensor `{name}` has {n_dims} dimensions (ggml allows 1 to 4)")));
-        }
-        let ne = (0..n_dims).map(|_| r.u64()).collect::<io::Result<Vec<_>>>()?;
-        let ty = GgmlType(r.u32()?);
-        let offset = r.u64()?;
-        tensors.push(TensorInfo { name, ne, ty, offset });
-    }
+    let mut r = Counting::new(BufReader::with_capacity(1 << 16, file), file_len);
+    let (version, n_tensors, n_kv) = r.preamble()?;
+    let kvs = r.items(n_kv, Counting::kv)?;
+    let tensors = r.items(n_tensors, Counting::tensor_info)?;
     let alignment = match kvs.iter().find(|(k, _)| k == "general.alignment") {
-        Some((_, v)) => v.as_u64().filter(|a| a.is_power_of_two()).ok_or_else(|| invalid("general.alignment is not a power of two"))?,
+        Some((_, v)) => v
+            .as_u64()
+            .filter(|a| a.is_power_of_two())
+            .ok_or_else(|| invalid(format!("general.alignment {v:?} is not a power of two")))?,
         None => DEFAULT_ALIGNMENT,
     };
-    let data_offset = r.pos.next_multiple_of(alignment);
+    let data_offset = r.pos.checked_next_multiple_of(alignment).ok_or_else(|| invalid("general.alignment is too large"))?;
+    let mut names = std::collections::HashSet::with_capacity(tensors.len());
     for t in &tensors {
-        if t.offset % alignment != 0 {
-            return Err(invalid(format!("tensor `{}` offset {} is not aligned to {alignment}", t.name, t.offset)));
+        if !names.insert(t.name.as_str()) {
+            return Err(invalid(format!("tensor `{}` is listed twice", t.name)));
         }
-        // A type this table does not know (newer ggml) cannot be sized; its shape is still right,
-        // which is all a LoRA needs, so it is only the bounds check that is skipped.
-        let Some(size) = t.ty.byte_size(&t.ne) else {
-            if t.ty.traits().is_some() {
-                return Err(invalid(format!("tensor `{}`: a row of {} is not a whole number of {} blocks", t.name, t.ne[0], t.ty)));
-            }
-            continue;
-        };
-        let end = data_offset.checked_add(t.offset).and_then(|o| o.checked_add(size));
-        if end.is_none_or(|end| end > file_len) {
-            return Err(invalid(format!(
-                "tensor `{}` ({} bytes at data offset {}) extends past the end of the file ({file_len} bytes): the file is truncated",
-                t.name, size, t.offset
-            )));
-        }
+        check_tensor(t, alignment, data_offset, file_len)?;
     }
     Ok(Header { version, kvs, tensors, alignment, data_offset })
+}
+
+/// A tensor's shape, alignment and extent, as llama.cpp's loader checks them.
+fn check_tensor(t: &TensorInfo, alignment: u64, data_offset: u64, file_len: u64) -> io::Result<()> {
+    if t.ne.contains(&0) {
+        return Err(invalid(format!("tensor `{}` has dimensions {:?}: an empty tensor is no model weight", t.name, t.ne)));
+    }
+    // ggml counts elements in int64_t.
+    let elements = t.ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).filter(|&n| n <= i64::MAX as u64);
+    if elements.is_none() {
+        return Err(invalid(size_message(&t.name, t.ty, &t.ne, SizeError::Overflow)));
+    }
+    if t.offset % alignment != 0 {
+        return Err(invalid(format!("tensor `{}` offset {} is not aligned to {alignment}", t.name, t.offset)));
+    }
+    // A type this table does not know (newer ggml) cannot be sized; its shape is still right,
+    // which is all a LoRA needs, so it is only the bounds check that is skipped.
+    let size = match t.ty.size(&t.ne) {
+        Ok(size) => size,
+        Err(SizeError::Unknown) => return Ok(()),
+        Err(e) => return Err(invalid(size_message(&t.name, t.ty, &t.ne, e))),
+    };
+    let end = data_offset.checked_add(t.offset).and_then(|o| o.checked_add(size));
+    if end.is_none_or(|end| end > file_len) {
+        return Err(invalid(format!(
+            "tensor `{}` ({} bytes at data offset {}) extends past the end of the file ({file_len} bytes): the file is truncated",
+            t.name, size, t.offset
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the bytes of tensor `t` of `header` (read from `file`) into `buf`, resized to fit. The size
+/// was checked against the file by [`read_header`]; an unknown type is an error.
+pub fn read_tensor_data(file: &File, header: &Header, t: &TensorInfo, buf: &mut Vec<u8>) -> io::Result<()> {
+    let size = t.ty.size(&t.ne).map_err(|e| invalid(size_message(&t.name, t.ty, &t.ne, e)))?;
+    let start = header.data_offset.checked_add(t.offset).ok_or_else(|| invalid(format!("tensor `{}` offset overflows", t.name)))?;
+    let len = usize::try_from(size).map_err(|_| invalid(format!("tensor `{}` ({size} bytes) does not fit this machine", t.name)))?;
+    buf.clear();
+    buf.try_reserve_exact(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, format!("tensor `{}`: {size} bytes of memory are not available", t.name)))?;
+    buf.resize(len, 0);
+    crate::peft::read_exact_at(file, buf, start)
+        .map_err(|e| io::Error::new(e.kind(), format!("reading tensor `{}` ({size} bytes at byte {start}): {e}", t.name)))
 }
 
 /// What the writer needs to know about a tensor before any data is written.
@@ -408,8 +661,16 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
-    pub fn byte_size(&self) -> u64 {
-        self.ty.byte_size(&self.ne).expect("writer tensor types have a fixed size")
+    /// The bytes the tensor takes; an error names the tensor when its type or shape has no size
+    /// (a type this tool does not know, a partial block, dimensions that overflow).
+    pub fn byte_size(&self) -> io::Result<u64> {
+        if self.ne.is_empty() || self.ne.len() > 4 {
+            return Err(invalid(format!("tensor `{}` has {} dimensions (ggml allows 1 to 4)", self.name, self.ne.len())));
+        }
+        self.ty.size(&self.ne).map_err(|e| {
+            let msg = size_message(&self.name, self.ty, &self.ne, e);
+            invalid(format!("{msg}; it cannot be written"))
+        })
     }
 }
 
@@ -438,20 +699,32 @@ fn put_value(out: &mut impl Write, v: &Value) -> io::Result<()> {
         Value::F32(x) => out.write_all(&x.to_le_bytes()),
         Value::Bool(x) => out.write_all(&[u8::from(*x)]),
         Value::String(s) => put_string(out, s),
-        Value::Array(elem, items) => {
-            out.write_all(&elem.to_le_bytes())?;
-            out.write_all(&(items.len() as u64).to_le_bytes())?;
-            for item in items {
-                if item.type_id() != *elem {
-                    return Err(invalid("array element of a different type than the array"));
-                }
-                put_value(out, item)?;
-            }
-            Ok(())
-        }
+        Value::Array(a) => put_array(out, a),
         Value::U64(x) => out.write_all(&x.to_le_bytes()),
         Value::I64(x) => out.write_all(&x.to_le_bytes()),
         Value::F64(x) => out.write_all(&x.to_le_bytes()),
+    }
+}
+
+fn put_array(out: &mut impl Write, a: &Array) -> io::Result<()> {
+    fn each<T: Copy, const N: usize>(out: &mut impl Write, v: &[T], f: impl Fn(T) -> [u8; N]) -> io::Result<()> {
+        v.iter().try_for_each(|&x| out.write_all(&f(x)))
+    }
+    out.write_all(&a.elem_type().to_le_bytes())?;
+    out.write_all(&(a.len() as u64).to_le_bytes())?;
+    match a {
+        Array::U8(v) => out.write_all(v),
+        Array::I8(v) => each(out, v, i8::to_le_bytes),
+        Array::U16(v) => each(out, v, u16::to_le_bytes),
+        Array::I16(v) => each(out, v, i16::to_le_bytes),
+        Array::U32(v) => each(out, v, u32::to_le_bytes),
+        Array::I32(v) => each(out, v, i32::to_le_bytes),
+        Array::F32(v) => each(out, v, f32::to_le_bytes),
+        Array::Bool(v) => each(out, v, |b| [u8::from(b)]),
+        Array::String(v) => v.iter().try_for_each(|s| put_string(out, s)),
+        Array::U64(v) => each(out, v, u64::to_le_bytes),
+        Array::I64(v) => each(out, v, i64::to_le_bytes),
+        Array::F64(v) => each(out, v, f64::to_le_bytes),
     }
 }
 
@@ -482,9 +755,12 @@ impl<W: Write> Writer<W> {
             }
             header.extend_from_slice(&t.ty.0.to_le_bytes());
             header.extend_from_slice(&offset.to_le_bytes());
-            let size = t.byte_size();
+            let size = t.byte_size()?;
             sizes.push(size);
-            offset += size.next_multiple_of(DEFAULT_ALIGNMENT);
+            offset = size
+                .checked_next_multiple_of(DEFAULT_ALIGNMENT)
+                .and_then(|s| offset.checked_add(s))
+                .ok_or_else(|| invalid(format!("tensor `{}`: the tensors' total size overflows 64 bits", t.name)))?;
         }
         pos += header.len() as u64;
         out.write_all(&header)?;
@@ -501,7 +777,7 @@ impl<W: Write> Writer<W> {
     /// Appends bytes to the current tensor (for tensors streamed in pieces).
     pub fn write_part(&mut self, data: &[u8]) -> io::Result<()> {
         let expected = *self.sizes.get(self.next).ok_or_else(|| invalid("more tensors written than declared"))?;
-        if self.written + data.len() as u64 > expected {
+        if self.written.saturating_add(data.len() as u64) > expected {
             return Err(invalid(format!("tensor {} gets more than its declared {expected} bytes", self.next)));
         }
         self.out.write_all(data)?;
@@ -553,8 +829,8 @@ mod tests {
         let kvs = vec![
             ("general.architecture".to_string(), Value::String("llama".into())),
             ("adapter.lora.alpha".to_string(), Value::F32(16.0)),
-            ("x.list".to_string(), Value::Array(4, vec![Value::U32(1), Value::U32(2)])),
-            ("x.empty".to_string(), Value::Array(8, vec![])),
+            ("x.list".to_string(), Value::Array(Array::U32(vec![1, 2]))),
+            ("x.empty".to_string(), Value::Array(Array::String(Strings::default()))),
         ];
         let tensors = vec![
             TensorSpec { name: "a".into(), ne: vec![3, 1], ty: GgmlType::F32 },
@@ -647,7 +923,7 @@ mod tests {
         let file = File::create(&path).unwrap();
         Writer::new(&file, &[("general.architecture".into(), Value::String("llama".into()))], &specs).unwrap();
         let header_len = file.metadata().unwrap().len();
-        let total: u64 = specs.iter().map(|s| s.byte_size().next_multiple_of(32)).sum();
+        let total: u64 = specs.iter().map(|s| s.byte_size().unwrap().next_multiple_of(32)).sum();
         file.set_len(header_len + total).unwrap();
         assert!(total > 4_000_000_000);
         let h = read_header(&path).unwrap();
@@ -670,5 +946,136 @@ mod tests {
 
         std::fs::write(&path, b"PK\x03\x04 not a gguf").unwrap();
         assert!(read_header(&path).unwrap_err().to_string().contains("not a GGUF file"));
+    }
+
+    /// A GGUF preamble (v3) followed by `rest`.
+    fn raw(n_tensors: u64, n_kv: u64, rest: &[u8]) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&n_tensors.to_le_bytes());
+        b.extend_from_slice(&n_kv.to_le_bytes());
+        b.extend_from_slice(rest);
+        b
+    }
+
+    fn tensor_info(name: &str, ne: &[u64], ty: u32) -> Vec<u8> {
+        let mut b = (name.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&(ne.len() as u32).to_le_bytes());
+        ne.iter().for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
+        b.extend_from_slice(&ty.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b
+    }
+
+    fn header_error(bytes: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        read_header(&path).unwrap_err().to_string()
+    }
+
+    /// A server announcing a 1 TB file whose first key claims a 1 TB string: the probe reads the
+    /// prefix it has, and allocates nothing from the length field (it used to abort the process).
+    #[test]
+    fn announced_size_does_not_drive_allocation() {
+        let mut kv = (1u64 << 40).to_le_bytes().to_vec();
+        kv.extend_from_slice(b"general.type");
+        let prefix = raw(0, 1, &kv);
+        assert_eq!(kv_in_prefix(&prefix, 1 << 41, "general.type"), None);
+        // An array count as large: the same.
+        let mut kv = 4u64.to_le_bytes().to_vec();
+        kv.extend_from_slice(b"x.xs");
+        kv.extend_from_slice(&9u32.to_le_bytes());
+        kv.extend_from_slice(&10u32.to_le_bytes());
+        kv.extend_from_slice(&(1u64 << 37).to_le_bytes());
+        assert_eq!(kv_in_prefix(&raw(0, 1, &kv), 1 << 41, "x.xs"), None);
+    }
+
+    /// A sparse 1 TiB local file claiming a 512 GiB key: refused by the header bound at once.
+    #[test]
+    fn sparse_file_with_a_huge_length_field_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.gguf");
+        let mut kv = (1u64 << 39).to_le_bytes().to_vec();
+        kv.extend_from_slice(b"general.architecture");
+        std::fs::write(&path, raw(0, 1, &kv)).unwrap();
+        if File::options().write(true).open(&path).and_then(|f| f.set_len(1 << 40)).is_err() {
+            return; // a file system without sparse files of that size: nothing to check here
+        }
+        let err = read_header(&path).unwrap_err().to_string();
+        assert!(err.contains("larger than 256 MiB"), "{err}");
+    }
+
+    #[test]
+    fn every_array_type_round_trips_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+        let arrays = [
+            Array::U8(vec![0, 255]),
+            Array::I8(vec![-128, 127]),
+            Array::U16(vec![65535]),
+            Array::I16(vec![-2]),
+            Array::U32(vec![]),
+            Array::I32(vec![i32::MIN]),
+            Array::F32(vec![1.5, f32::NAN.copysign(-1.0)]),
+            Array::Bool(vec![true, false]),
+            Array::String(["", "é", "tok"].into_iter().collect()),
+            Array::U64(vec![u64::MAX]),
+            Array::I64(vec![-1]),
+            Array::F64(vec![0.1]),
+        ];
+        let kvs: Vec<(String, Value)> = arrays.into_iter().enumerate().map(|(i, a)| (format!("x.{i}"), Value::Array(a))).collect();
+        Writer::new(File::create(&a).unwrap(), &kvs, &[]).unwrap().finish().unwrap();
+        let h = read_header(&a).unwrap();
+        assert_eq!(h.get("x.8").and_then(Value::as_array).and_then(Array::as_strings).unwrap().iter().collect::<Vec<_>>(), ["", "é", "tok"]);
+        assert_eq!(h.get("x.4").and_then(Value::array_len), Some(0));
+        Writer::new(File::create(&b).unwrap(), &h.kvs, &[]).unwrap().finish().unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    }
+
+    #[test]
+    fn writer_refuses_types_and_shapes_it_cannot_size() {
+        let spec = |ne: Vec<u64>, ty| TensorSpec { name: "blk.0.x.weight".into(), ne, ty };
+        for (s, want) in [
+            (spec(vec![64], GgmlType(99)), "type 99"),
+            (spec(vec![1 << 32, 1 << 32, 1 << 32], GgmlType::F32), "overflow"),
+            (spec(vec![48], GgmlType::Q4_0), "not a whole number of Q4_0 blocks"),
+            (spec(vec![], GgmlType::F32), "0 dimensions"),
+        ] {
+            let err = Writer::new(Vec::new(), &[], &[s]).err().unwrap().to_string();
+            assert!(err.contains("blk.0.x.weight") && err.contains(want), "{err}");
+        }
+    }
+
+    #[test]
+    fn overflowing_empty_and_duplicate_tensors_are_named() {
+        // Q4_0 rows of 2^32 values, 2^32 rows: the size overflows, and the row is whole blocks.
+        let err = header_error(&raw(1, 0, &tensor_info("w", &[1 << 32, 1 << 32], 2)));
+        assert!(err.contains("tensor `w`: dimensions [4294967296, 4294967296] overflow"), "{err}");
+        let err = header_error(&raw(1, 0, &tensor_info("w", &[u64::MAX, 2], 99)));
+        assert!(err.contains("overflow"), "{err}");
+        let err = header_error(&raw(1, 0, &tensor_info("w", &[64, 0], 0)));
+        assert!(err.contains("`w` has dimensions [64, 0]"), "{err}");
+        let two = [tensor_info("w", &[8], 0), tensor_info("w", &[8], 0)].concat();
+        let err = header_error(&raw(2, 0, &[two, vec![0; 64]].concat()));
+        assert!(err.contains("`w` is listed twice"), "{err}");
+    }
+
+    #[test]
+    fn tensor_data_is_read_within_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.gguf");
+        let tensors = vec![TensorSpec { name: "a".into(), ne: vec![2, 2], ty: GgmlType::F32 }];
+        let mut w = Writer::new(File::create(&path).unwrap(), &[], &tensors).unwrap();
+        w.write_tensor(&[7u8; 16]).unwrap();
+        w.finish().unwrap();
+        let h = read_header(&path).unwrap();
+        let mut buf = Vec::new();
+        read_tensor_data(&File::open(&path).unwrap(), &h, &h.tensors[0], &mut buf).unwrap();
+        assert_eq!(buf, [7u8; 16]);
+        let unknown = TensorInfo { ty: GgmlType(99), ..h.tensors[0].clone() };
+        let err = read_tensor_data(&File::open(&path).unwrap(), &h, &unknown, &mut buf).unwrap_err().to_string();
+        assert!(err.contains("type 99"), "{err}");
     }
 }

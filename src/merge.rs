@@ -265,7 +265,7 @@ fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output:
     let io_err = |e| Error::io(output, e);
     let mut writer = gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), &kvs, &specs).map_err(io_err)?;
     let base_file = File::open(&base_path).map_err(|e| Error::io(&base_path, e))?;
-    let total: u64 = specs.iter().map(TensorSpec::byte_size).sum();
+    let total: u64 = specs.iter().filter_map(|s| s.byte_size().ok()).sum();
     progress.stage("merging", total);
 
     let merger = Merger { source, lora_pairs: &lora_pairs, pairs: &pairs, header: &header, base_file: &base_file, base_path: &base_path };
@@ -455,11 +455,11 @@ fn add_delta(rank: usize, scale: f32, transposed: bool, lora_a: &[f32], lora_b: 
 fn metadata(header: &gguf::Header, provenance: &Provenance, opts: &Options) -> Vec<(String, Value)> {
     let mut kvs: Vec<(String, Value)> =
         header.kvs.iter().filter(|(k, _)| k != "general.alignment" && !k.starts_with("ollama_tools.")).cloned().collect();
-    let strings = |v: &[String]| Value::Array(8, v.iter().map(|s| Value::String(s.clone())).collect());
+    let strings = |v: &[String]| Value::Array(gguf::Array::String(v.iter().collect()));
     kvs.push(("ollama_tools.version".into(), Value::String(env!("CARGO_PKG_VERSION").into())));
     kvs.push(("ollama_tools.merged.adapters".into(), strings(&provenance.adapters)));
     kvs.push(("ollama_tools.merged.revisions".into(), strings(&provenance.revisions)));
-    kvs.push(("ollama_tools.merged.weights".into(), Value::Array(6, provenance.weights.iter().map(|w| Value::F32(*w)).collect())));
+    kvs.push(("ollama_tools.merged.weights".into(), Value::Array(gguf::Array::F32(provenance.weights.clone()))));
     kvs.push(("ollama_tools.merged.scale".into(), Value::F32(opts.scale as f32)));
     kvs
 }

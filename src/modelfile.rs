@@ -320,8 +320,13 @@ fn retype(kind: ParamKind, value: Value) -> Result<Value, String> {
         (ParamKind::Int, Value::Number(n)) => {
             integral(n).map(|i| Value::Number(i.into())).ok_or_else(|| format!("{n} is not a whole number"))
         }
-        (ParamKind::Float, Value::Number(_))
-        | (ParamKind::Bool, Value::Bool(_))
+        // Ollama holds a float32: a value beyond its range could not have come from a server, and
+        // would be written as a PARAMETER that `ollama create` refuses (ParseFloat's ErrRange).
+        (ParamKind::Float, Value::Number(n)) => match n.as_f64() {
+            Some(f) if f.abs() <= f64::from(f32::MAX) => Ok(float32_json(f as f32)),
+            _ => Err(format!("{n} is beyond the range of a 32-bit float, which Ollama gives this parameter")),
+        },
+        (ParamKind::Bool, Value::Bool(_))
         | (ParamKind::Str | ParamKind::StrList, Value::String(_)) => Ok(value),
         _ => Err(format!("{value} does not have the type Ollama gives this parameter ({kind:?})")),
     }
@@ -777,5 +782,15 @@ mod tests {
         assert!(go_unquote(r#""\q""#).is_err());
         assert!(go_unquote(r#""\ud800""#).is_err());
         assert!(go_unquote("\"").is_err());
+    }
+
+    /// Found by fuzzing: `temperature 1e300` from a server was kept, and rendered as a PARAMETER
+    /// line that `ollama create` refuses; a float is a float32, rounded as Ollama holds it.
+    #[test]
+    fn show_text_floats_are_float32() {
+        let e = Parameters::from_show_text("temperature       1e300").unwrap_err().to_string();
+        assert!(e.contains("1e+300 is beyond the range of a 32-bit float"), "{e}");
+        let p = Parameters::from_show_text("top_p 0.123456789012").unwrap();
+        assert_eq!(p.get("top_p"), Some(&serde_json::json!(0.12345679)));
     }
 }

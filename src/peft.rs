@@ -18,6 +18,9 @@ use crate::arch::{self, Site};
 use crate::error::{Error, Result};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
+/// The largest rank (and layer number) a config may give: real ranks are at most a few thousand.
+const MAX_RANK: u64 = 1 << 16;
+const MAX_LAYER: u64 = 1 << 16;
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 const PICKLE_FILE: &str = "adapter_model.bin";
 
@@ -97,12 +100,14 @@ impl LoraConfig {
                 Some(v) => Err(field_err(key, "true or false", v)),
             }
         };
-        let uint = |key: &str, v: &Json| -> Result<u64> {
-            // PEFT writes ints, but hand-written configs carry `16.0`: accept whole floats.
-            v.as_u64()
-                .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
-                .ok_or_else(|| field_err(key, "a non-negative integer", v))
+        // A whole number within `min..=max`. PEFT writes ints, but hand-written configs carry `16.0`:
+        // whole floats are accepted, and only within range, so `1e300` is not read as u64::MAX.
+        let int_in = |key: &str, v: &Json, (min, max): (u64, u64), what: &str| -> Result<u64> {
+            let n = v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && (0.0..=max as f64).contains(f)).map(|f| f as u64));
+            n.filter(|n| (min..=max).contains(n)).ok_or_else(|| field_err(key, &format!("{what} from {min} to {max}"), v))
         };
+        let rank = |key: &str, v: &Json| int_in(key, v, (1, MAX_RANK), "a positive rank, a whole number");
+        let layer = |v: &Json| int_in("layers_to_transform", v, (0, MAX_LAYER), "a layer number");
         let number = |key: &str, v: &Json| v.as_f64().ok_or_else(|| field_err(key, "a number", v));
         let map = |key: &str| -> Result<Vec<(String, Json)>> {
             match obj.get(key) {
@@ -131,14 +136,12 @@ impl LoraConfig {
             base_model_name_or_path: string("base_model_name_or_path")?,
             revision: string("revision")?,
             peft_version: string("peft_version")?,
-            r: obj.get("r").filter(|v| !v.is_null()).map(|v| uint("r", v)).transpose()?,
+            r: obj.get("r").filter(|v| !v.is_null()).map(|v| rank("r", v)).transpose()?,
             lora_alpha: obj.get("lora_alpha").filter(|v| !v.is_null()).map(|v| number("lora_alpha", v)).transpose()?,
             use_rslora: flag("use_rslora")?,
             use_dora: flag("use_dora")?,
             fan_in_fan_out: flag("fan_in_fan_out")?,
-            rank_pattern: Patterns::parse(path, "rank_pattern", map("rank_pattern")?, |key, v| {
-                uint(key, v).and_then(|r| if r > 0 { Ok(r) } else { Err(field_err(key, "a positive rank", v)) })
-            })?,
+            rank_pattern: Patterns::parse(path, "rank_pattern", map("rank_pattern")?, rank)?,
             alpha_pattern: Patterns::parse(path, "alpha_pattern", map("alpha_pattern")?, |key, v| {
                 number(key, v).and_then(|a| if a > 0.0 && a.is_finite() { Ok(a) } else { Err(field_err(key, "a positive number", v)) })
             })?,
@@ -151,9 +154,9 @@ impl LoraConfig {
             layers_to_transform: match obj.get("layers_to_transform") {
                 None | Some(Json::Null) => None,
                 Some(Json::Array(items)) => {
-                    Some(items.iter().map(|v| uint("layers_to_transform", v)).collect::<Result<_>>()?)
+                    Some(items.iter().map(layer).collect::<Result<_>>()?)
                 }
-                Some(v) => Some(vec![uint("layers_to_transform", v)?]),
+                Some(v) => Some(vec![layer(v)?]),
             },
             bias: string("bias")?.unwrap_or_else(|| "none".into()),
             unsupported: vec![],
@@ -446,8 +449,20 @@ impl Adapter {
 
     /// Reads the raw little-endian bytes of a tensor into `buf` (resized to fit).
     pub fn read_raw(&self, t: &RawTensor, buf: &mut Vec<u8>) -> Result<()> {
-        buf.resize(t.byte_len(), 0);
+        self.sized(t, buf, t.byte_len(), 0)?;
         self.read_into(t, buf)
+    }
+
+    /// Makes `buf` `n` elements long; running out of memory is an error naming the tensor, not an
+    /// abort (a tensor's size is checked against the file, which may be large or sparse).
+    fn sized<T: Clone>(&self, t: &RawTensor, buf: &mut Vec<T>, n: usize, fill: T) -> Result<()> {
+        buf.clear();
+        buf.try_reserve_exact(n).map_err(|_| {
+            let bytes = n.saturating_mul(std::mem::size_of::<T>());
+            Error::invalid(&self.weights_path, format!("tensor `{}` needs {bytes} bytes of memory, which are not available", t.key))
+        })?;
+        buf.resize(n, fill);
+        Ok(())
     }
 
     fn read_into(&self, t: &RawTensor, buf: &mut [u8]) -> Result<()> {
@@ -461,18 +476,20 @@ impl Adapter {
     /// typed buffers keeps them aligned for `half`'s SIMD slice conversions.
     pub fn read_f32(&self, t: &RawTensor, halves: &mut Vec<u16>, out: &mut Vec<f32>) -> Result<()> {
         use half::slice::HalfFloatSliceExt;
-        out.clear();
-        out.resize(t.len(), 0.0);
+        if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            let msg = format!("tensor `{}` is {:?}, not a float type LoRA weights are stored in", t.key, t.dtype);
+            return Err(Error::invalid(&self.weights_path, msg));
+        }
+        self.sized(t, out, t.len(), 0.0)?;
         if t.dtype == Dtype::F32 {
             return self.read_into(t, bytemuck::cast_slice_mut(out));
         }
-        halves.clear();
-        halves.resize(t.len(), 0);
+        self.sized(t, halves, t.len(), 0)?;
         self.read_into(t, bytemuck::cast_slice_mut(halves))?;
-        match t.dtype {
-            Dtype::F16 => bytemuck::cast_slice::<u16, half::f16>(halves).convert_to_f32_slice(out),
-            Dtype::BF16 => bytemuck::cast_slice::<u16, half::bf16>(halves).convert_to_f32_slice(out),
-            other => unreachable!("analyze() refuses dtype {other:?}"),
+        if t.dtype == Dtype::F16 {
+            bytemuck::cast_slice::<u16, half::f16>(halves).convert_to_f32_slice(out);
+        } else {
+            bytemuck::cast_slice::<u16, half::bf16>(halves).convert_to_f32_slice(out);
         }
         Ok(())
     }
@@ -589,7 +606,7 @@ fn analyze(adapter: &Adapter) -> Analysis {
     if !cfg.lora_alpha.is_some_and(|a| a > 0.0 && a.is_finite()) {
         out.problems.push(problem(
             "lora_alpha",
-            format!("lora_alpha must be a positive number, found {:?}", cfg.lora_alpha),
+            format!("lora_alpha must be a positive number, found {}", cfg.lora_alpha.map_or("none".into(), |a| a.to_string())),
             "set lora_alpha to the value used in training (PEFT's default is 8)",
         ));
     }
@@ -989,8 +1006,24 @@ mod tests {
         let e = LoraConfig::parse(p, r#"{"lora_parameters":{"rank":8}}"#).unwrap_err().to_string();
         assert!(e.contains("MLX-LM"), "{e}");
         let e = LoraConfig::parse(p, r#"{"peft_type":"LORA","r":"eight"}"#).unwrap_err().to_string();
-        assert!(e.contains("field `r` must be a non-negative integer"), "{e}");
+        assert!(e.contains("field `r` must be a positive rank, a whole number from 1 to 65536, found \"eight\""), "{e}");
         let e = LoraConfig::parse(p, "{\"peft_type\": \"LORA\",").unwrap_err().to_string();
         assert!(e.contains("not valid JSON"), "{e}");
+    }
+
+    /// `"r": 1e300` used to become rank 18446744073709551615; numbers are read strictly now.
+    #[test]
+    fn numbers_are_read_strictly_and_named() {
+        let p = Path::new("adapter_config.json");
+        let err = |json: &str| LoraConfig::parse(p, json).unwrap_err().to_string();
+        let e = err(r#"{"peft_type":"LORA","r":1e300,"lora_alpha":16}"#);
+        assert!(e.contains("field `r` must be a positive rank, a whole number from 1 to 65536, found 1e+300"), "{e}");
+        let e = err(r#"{"peft_type":"LORA","r":-8}"#);
+        assert!(e.contains("found -8"), "{e}");
+        let e = err(r#"{"peft_type":"LORA","r":8.5}"#);
+        assert!(e.contains("found 8.5"), "{e}");
+        let e = err(r#"{"peft_type":"LORA","r":8,"layers_to_transform":[1e20]}"#);
+        assert!(e.contains("`layers_to_transform` must be a layer number from 0 to 65536, found 1e+20"), "{e}");
+        assert_eq!(cfg(r#"{"peft_type":"LORA","r":16.0}"#).r, Some(16));
     }
 }

@@ -47,7 +47,7 @@ fn write_header(path: &Path, arch: &str, kvs: Vec<(&str, Value)>, tensors: &[(St
     let mut w = gguf::Writer::new(Sparse(std::fs::File::create(path).unwrap()), &all, &specs).unwrap();
     let zeros = vec![0u8; 1 << 20];
     for s in &specs {
-        let mut left = s.byte_size() as usize;
+        let mut left = s.byte_size().unwrap() as usize;
         while left > 0 {
             let n = left.min(zeros.len());
             w.write_part(&zeros[..n]).unwrap();

@@ -52,7 +52,7 @@ fn adapter_gguf() -> Vec<u8> {
     ];
     let mut w = gguf::Writer::new(Vec::new(), &kvs, &specs).unwrap();
     for spec in &specs {
-        w.write_tensor(&vec![0u8; spec.byte_size() as usize]).unwrap();
+        w.write_tensor(&vec![0u8; spec.byte_size().unwrap() as usize]).unwrap();
     }
     w.finish().unwrap()
 }

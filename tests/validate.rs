@@ -208,7 +208,7 @@ fn unknown_ggml_type_in_a_gguf_base() {
     let kvs: Vec<(String, Value)> = h.kvs.clone();
     let mut w = Writer::new(std::fs::File::create(&gguf).unwrap(), &kvs, &specs).unwrap();
     for s in &specs {
-        w.write_tensor(&vec![0u8; s.byte_size() as usize]).unwrap();
+        w.write_tensor(&vec![0u8; s.byte_size().unwrap() as usize]).unwrap();
     }
     w.finish().unwrap();
     // Patch the last tensor's type id (u32 after its dims, before its offset) to 99.

@@ -117,7 +117,7 @@ pub fn write_base_gguf(path: &Path, arch: &str, d: Dims) {
     let mut rng = Rng::new(7);
     let mut w = gguf::Writer::new(std::fs::File::create(path).unwrap(), &kvs, &specs).unwrap();
     for spec in &specs {
-        let n = (spec.byte_size() / 4) as usize;
+        let n = (spec.byte_size().unwrap() / 4) as usize;
         let bytes: Vec<u8> = rng.vec(n, 0.1).iter().flat_map(|v| v.to_le_bytes()).collect();
         w.write_tensor(&bytes).unwrap();
     }
