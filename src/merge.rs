@@ -174,7 +174,7 @@ impl Source<'_> {
                 let h = &adapter.header;
                 for (index, out) in [(pair.a, &mut s.lora_a), (pair.b, &mut s.lora_b)] {
                     let t = &h.tensors[index];
-                    let size = t.ty.byte_size(&t.ne).expect("checked adapter tensor types have sizes") as usize;
+                    let size = t.ty.byte_size(&t.ne).ok_or_else(|| Error::invalid(&adapter.path, format!("`{}`: type {} has no known size", t.name, t.ty)))? as usize;
                     s.raw.resize(size, 0);
                     crate::peft::read_exact_at(file, &mut s.raw, h.data_offset + t.offset).map_err(|e| Error::io(&adapter.path, e))?;
                     out.resize(t.ne.iter().product::<u64>() as usize, 0.0);
@@ -251,7 +251,8 @@ fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output:
             }
             Some(&pair) => {
                 let (cols, rows) = (t.ne[0] as usize, t.ne[1..].iter().product::<u64>() as usize);
-                let step = (BLOCK_VALUES / cols).max(1);
+                // Zero-width tensors never get here (the reader refuses them); max(1) keeps it so.
+                let step = (BLOCK_VALUES / cols.max(1)).max(1);
                 for start in (0..rows).step_by(step) {
                     jobs.push(Job::Rows { tensor: i, pair, start, end: (start + step).min(rows) });
                 }
@@ -369,7 +370,8 @@ impl Merger<'_> {
         let (rank, factor, transposed) = s.loaded;
         let cols = t.ne[0] as usize;
         let n = (end - start) * cols;
-        let row_bytes = t.ty.byte_size(&[t.ne[0]]).expect("validated type") as usize;
+        let size_error = |ty: GgmlType| Error::invalid(self.base_path, format!("`{}`: type {ty} cannot hold rows of {cols}", t.name));
+        let row_bytes = t.ty.byte_size(&[t.ne[0]]).ok_or_else(|| size_error(t.ty))? as usize;
         s.raw.resize((end - start) * row_bytes, 0);
         crate::peft::read_exact_at(self.base_file, &mut s.raw, self.header.data_offset + t.offset + (start * row_bytes) as u64)
             .map_err(|e| Error::io(self.base_path, e))?;
@@ -377,7 +379,7 @@ impl Merger<'_> {
         quant::dequantize(t.ty, &s.raw, &mut s.rows).map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
         add_delta(rank, factor, transposed, &s.lora_a, &s.lora_b, start, end, cols, &mut s.rows);
         check_values(&s.rows, cols, start, p.ty, &t.name, self.base_path)?;
-        let mut out = vec![0u8; p.ty.byte_size(&[cols as u64, (end - start) as u64]).expect("target types have sizes") as usize];
+        let mut out = vec![0u8; p.ty.byte_size(&[cols as u64, (end - start) as u64]).ok_or_else(|| size_error(p.ty))? as usize];
         quant::quantize(p.ty, &s.rows, &mut out).map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
         Ok(out)
     }

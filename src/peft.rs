@@ -350,7 +350,11 @@ fn locate(path: &Path) -> Result<(PathBuf, PathBuf)> {
             }
         }
     } else {
-        return Err(Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)));
+        // The real reason (no such file, a symlink loop, no permission), not a bare "not found".
+        let err = std::fs::metadata(path).err().unwrap_or_else(|| std::io::Error::other("neither a file nor a folder"));
+        return Err(Error::io(path, err).with_hint(
+            "pass the adapter folder PEFT's save_pretrained() wrote, holding adapter_config.json and adapter_model.safetensors",
+        ));
     };
     let config = dir.join(CONFIG_FILE);
     let weights = dir.join(WEIGHTS_FILE);

@@ -400,3 +400,13 @@ fn signals_during_a_download_leave_only_resumable_state() {
     let got = std::fs::read(hf_home.join(snap)).unwrap();
     assert_eq!(got, std::fs::read(a.join("adapter_model.safetensors")).unwrap(), "resumed to the exact file");
 }
+
+/// An adapter path that is a symlink loop says so, not "entity not found".
+#[cfg(unix)]
+#[test]
+fn a_symlink_loop_is_named_as_such() {
+    let d = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(d.path().join("b"), d.path().join("a")).unwrap();
+    std::os::unix::fs::symlink(d.path().join("a"), d.path().join("b")).unwrap();
+    bin().arg("inspect").arg(d.path().join("a")).assert().failure().stderr(contains("symbolic links"));
+}
