@@ -48,8 +48,12 @@ const STANDARD: &[(&str, &str)] = &[
 
 /// Phi-3 fuses q/k/v into `qkv_proj` and gate/up into `gate_up_proj`; llama.cpp keeps both fused
 /// (`attn_qkv`; `ffn_up` of twice the width, gate first), so the LoRA maps one to one.
-const PHI3: &[(&str, &str)] =
-    &[("qkv_proj", "attn_qkv"), ("o_proj", "attn_output"), ("gate_up_proj", "ffn_up"), ("down_proj", "ffn_down")];
+const PHI3: &[(&str, &str)] = &[
+    ("qkv_proj", "attn_qkv"),
+    ("o_proj", "attn_output"),
+    ("gate_up_proj", "ffn_up"),
+    ("down_proj", "ffn_down"),
+];
 
 /// Gemma 4 (as Gemma 3n): the per-layer-input gate and projection, besides the standard ones.
 const PER_LAYER_INPUT: &[(&str, &str)] = &[("per_layer_input_gate", "inp_gate"), ("per_layer_projection", "proj")];
@@ -93,34 +97,85 @@ const fn tower(hf: &'static str, gguf: &'static [&'static [&'static str]]) -> To
 
 /// Gemma 3's SigLIP tower (Ollama: `attn_output`, `mlp.fc1/fc2`; llama.cpp: `attn_out`, `ffn_up/down`).
 const GEMMA3_TOWER: &[TowerModule] = &[
-    tower("vision_tower.vision_model.encoder.layers.{N}.self_attn.q_proj", &[&["v.blk.{N}.attn_q"]]),
-    tower("vision_tower.vision_model.encoder.layers.{N}.self_attn.k_proj", &[&["v.blk.{N}.attn_k"]]),
-    tower("vision_tower.vision_model.encoder.layers.{N}.self_attn.v_proj", &[&["v.blk.{N}.attn_v"]]),
-    tower("vision_tower.vision_model.encoder.layers.{N}.self_attn.out_proj", &[&["v.blk.{N}.attn_output"], &["v.blk.{N}.attn_out"]]),
-    tower("vision_tower.vision_model.encoder.layers.{N}.mlp.fc1", &[&["v.blk.{N}.mlp.fc1"], &["v.blk.{N}.ffn_up"]]),
-    tower("vision_tower.vision_model.encoder.layers.{N}.mlp.fc2", &[&["v.blk.{N}.mlp.fc2"], &["v.blk.{N}.ffn_down"]]),
+    tower(
+        "vision_tower.vision_model.encoder.layers.{N}.self_attn.q_proj",
+        &[&["v.blk.{N}.attn_q"]],
+    ),
+    tower(
+        "vision_tower.vision_model.encoder.layers.{N}.self_attn.k_proj",
+        &[&["v.blk.{N}.attn_k"]],
+    ),
+    tower(
+        "vision_tower.vision_model.encoder.layers.{N}.self_attn.v_proj",
+        &[&["v.blk.{N}.attn_v"]],
+    ),
+    tower(
+        "vision_tower.vision_model.encoder.layers.{N}.self_attn.out_proj",
+        &[&["v.blk.{N}.attn_output"], &["v.blk.{N}.attn_out"]],
+    ),
+    tower(
+        "vision_tower.vision_model.encoder.layers.{N}.mlp.fc1",
+        &[&["v.blk.{N}.mlp.fc1"], &["v.blk.{N}.ffn_up"]],
+    ),
+    tower(
+        "vision_tower.vision_model.encoder.layers.{N}.mlp.fc2",
+        &[&["v.blk.{N}.mlp.fc2"], &["v.blk.{N}.ffn_down"]],
+    ),
 ];
 
 /// Gemma 4's vision and audio towers (the same names in Ollama and llama.cpp; PEFT may name the
 /// inner `.linear` of a clippable linear, which [`Arch::tower_targets`] strips).
 const GEMMA4_TOWERS: &[TowerModule] = &[
-    tower("vision_tower.encoder.layers.{N}.self_attn.q_proj", &[&["v.blk.{N}.attn_q"]]),
-    tower("vision_tower.encoder.layers.{N}.self_attn.k_proj", &[&["v.blk.{N}.attn_k"]]),
-    tower("vision_tower.encoder.layers.{N}.self_attn.v_proj", &[&["v.blk.{N}.attn_v"]]),
-    tower("vision_tower.encoder.layers.{N}.self_attn.o_proj", &[&["v.blk.{N}.attn_out"]]),
-    tower("vision_tower.encoder.layers.{N}.mlp.gate_proj", &[&["v.blk.{N}.ffn_gate"]]),
+    tower(
+        "vision_tower.encoder.layers.{N}.self_attn.q_proj",
+        &[&["v.blk.{N}.attn_q"]],
+    ),
+    tower(
+        "vision_tower.encoder.layers.{N}.self_attn.k_proj",
+        &[&["v.blk.{N}.attn_k"]],
+    ),
+    tower(
+        "vision_tower.encoder.layers.{N}.self_attn.v_proj",
+        &[&["v.blk.{N}.attn_v"]],
+    ),
+    tower(
+        "vision_tower.encoder.layers.{N}.self_attn.o_proj",
+        &[&["v.blk.{N}.attn_out"]],
+    ),
+    tower(
+        "vision_tower.encoder.layers.{N}.mlp.gate_proj",
+        &[&["v.blk.{N}.ffn_gate"]],
+    ),
     tower("vision_tower.encoder.layers.{N}.mlp.up_proj", &[&["v.blk.{N}.ffn_up"]]),
-    tower("vision_tower.encoder.layers.{N}.mlp.down_proj", &[&["v.blk.{N}.ffn_down"]]),
+    tower(
+        "vision_tower.encoder.layers.{N}.mlp.down_proj",
+        &[&["v.blk.{N}.ffn_down"]],
+    ),
     tower("embed_vision.embedding_projection", &[&["mm.input_projection"]]),
     tower("audio_tower.layers.{N}.self_attn.q_proj", &[&["a.blk.{N}.attn_q"]]),
     tower("audio_tower.layers.{N}.self_attn.k_proj", &[&["a.blk.{N}.attn_k"]]),
     tower("audio_tower.layers.{N}.self_attn.v_proj", &[&["a.blk.{N}.attn_v"]]),
     tower("audio_tower.layers.{N}.self_attn.post", &[&["a.blk.{N}.attn_out"]]),
-    tower("audio_tower.layers.{N}.feed_forward1.ffw_layer_1", &[&["a.blk.{N}.ffn_up"]]),
-    tower("audio_tower.layers.{N}.feed_forward1.ffw_layer_2", &[&["a.blk.{N}.ffn_down"]]),
-    tower("audio_tower.layers.{N}.feed_forward2.ffw_layer_1", &[&["a.blk.{N}.ffn_up_1"]]),
-    tower("audio_tower.layers.{N}.feed_forward2.ffw_layer_2", &[&["a.blk.{N}.ffn_down_1"]]),
-    tower("audio_tower.layers.{N}.lconv1d.linear_start", &[&["a.blk.{N}.conv_pw1"]]),
+    tower(
+        "audio_tower.layers.{N}.feed_forward1.ffw_layer_1",
+        &[&["a.blk.{N}.ffn_up"]],
+    ),
+    tower(
+        "audio_tower.layers.{N}.feed_forward1.ffw_layer_2",
+        &[&["a.blk.{N}.ffn_down"]],
+    ),
+    tower(
+        "audio_tower.layers.{N}.feed_forward2.ffw_layer_1",
+        &[&["a.blk.{N}.ffn_up_1"]],
+    ),
+    tower(
+        "audio_tower.layers.{N}.feed_forward2.ffw_layer_2",
+        &[&["a.blk.{N}.ffn_down_1"]],
+    ),
+    tower(
+        "audio_tower.layers.{N}.lconv1d.linear_start",
+        &[&["a.blk.{N}.conv_pw1"]],
+    ),
     tower("audio_tower.layers.{N}.lconv1d.linear_end", &[&["a.blk.{N}.conv_pw2"]]),
     tower("audio_tower.output_proj", &[&["mm.a.fc"]]),
     tower("embed_audio.embedding_projection", &[&["mm.a.input_projection"]]),
@@ -129,25 +184,61 @@ const GEMMA4_TOWERS: &[TowerModule] = &[
 /// Mistral 3's Pixtral tower and projector. Ollama keeps the vision q/k rows in HF order (its
 /// runtime rotates halves); llama.cpp's mmproj permutes them, but an mmproj is never a merge base.
 const PIXTRAL_TOWER: &[TowerModule] = &[
-    tower("vision_tower.transformer.layers.{N}.attention.q_proj", &[&["v.blk.{N}.attn_q"]]),
-    tower("vision_tower.transformer.layers.{N}.attention.k_proj", &[&["v.blk.{N}.attn_k"]]),
-    tower("vision_tower.transformer.layers.{N}.attention.v_proj", &[&["v.blk.{N}.attn_v"]]),
-    tower("vision_tower.transformer.layers.{N}.attention.o_proj", &[&["v.blk.{N}.attn_output"], &["v.blk.{N}.attn_out"]]),
-    tower("vision_tower.transformer.layers.{N}.feed_forward.gate_proj", &[&["v.blk.{N}.ffn_gate"]]),
-    tower("vision_tower.transformer.layers.{N}.feed_forward.up_proj", &[&["v.blk.{N}.ffn_up"]]),
-    tower("vision_tower.transformer.layers.{N}.feed_forward.down_proj", &[&["v.blk.{N}.ffn_down"]]),
+    tower(
+        "vision_tower.transformer.layers.{N}.attention.q_proj",
+        &[&["v.blk.{N}.attn_q"]],
+    ),
+    tower(
+        "vision_tower.transformer.layers.{N}.attention.k_proj",
+        &[&["v.blk.{N}.attn_k"]],
+    ),
+    tower(
+        "vision_tower.transformer.layers.{N}.attention.v_proj",
+        &[&["v.blk.{N}.attn_v"]],
+    ),
+    tower(
+        "vision_tower.transformer.layers.{N}.attention.o_proj",
+        &[&["v.blk.{N}.attn_output"], &["v.blk.{N}.attn_out"]],
+    ),
+    tower(
+        "vision_tower.transformer.layers.{N}.feed_forward.gate_proj",
+        &[&["v.blk.{N}.ffn_gate"]],
+    ),
+    tower(
+        "vision_tower.transformer.layers.{N}.feed_forward.up_proj",
+        &[&["v.blk.{N}.ffn_up"]],
+    ),
+    tower(
+        "vision_tower.transformer.layers.{N}.feed_forward.down_proj",
+        &[&["v.blk.{N}.ffn_down"]],
+    ),
     tower("multi_modal_projector.linear_1", &[&["mm.linear_1"], &["mm.1"]]),
     tower("multi_modal_projector.linear_2", &[&["mm.linear_2"], &["mm.2"]]),
-    tower("multi_modal_projector.patch_merger.merging_layer", &[&["mm.patch_merger.merging_layer"], &["mm.patch_merger"]]),
+    tower(
+        "multi_modal_projector.patch_merger.merging_layer",
+        &[&["mm.patch_merger.merging_layer"], &["mm.patch_merger"]],
+    ),
 ];
 
 /// Qwen3.5's vision tower: Ollama splits the fused `attn.qkv` into q, k, v (thirds of the rows);
 /// llama.cpp keeps `attn_qkv`.
 const QWEN35_TOWER: &[TowerModule] = &[
-    tower("visual.blocks.{N}.attn.qkv", &[&["v.blk.{N}.attn_q", "v.blk.{N}.attn_k", "v.blk.{N}.attn_v"], &["v.blk.{N}.attn_qkv"]]),
+    tower(
+        "visual.blocks.{N}.attn.qkv",
+        &[
+            &["v.blk.{N}.attn_q", "v.blk.{N}.attn_k", "v.blk.{N}.attn_v"],
+            &["v.blk.{N}.attn_qkv"],
+        ],
+    ),
     tower("visual.blocks.{N}.attn.proj", &[&["v.blk.{N}.attn_out"]]),
-    tower("visual.blocks.{N}.mlp.linear_fc1", &[&["v.blk.{N}.mlp.linear_fc1"], &["v.blk.{N}.ffn_up"]]),
-    tower("visual.blocks.{N}.mlp.linear_fc2", &[&["v.blk.{N}.mlp.linear_fc2"], &["v.blk.{N}.ffn_down"]]),
+    tower(
+        "visual.blocks.{N}.mlp.linear_fc1",
+        &[&["v.blk.{N}.mlp.linear_fc1"], &["v.blk.{N}.ffn_up"]],
+    ),
+    tower(
+        "visual.blocks.{N}.mlp.linear_fc2",
+        &[&["v.blk.{N}.mlp.linear_fc2"], &["v.blk.{N}.ffn_down"]],
+    ),
     tower("visual.merger.linear_fc1", &[&["v.merger.linear_fc1"], &["mm.0"]]),
     tower("visual.merger.linear_fc2", &[&["v.merger.linear_fc2"], &["mm.2"]]),
 ];
@@ -183,8 +274,14 @@ pub const ARCHS: &[Arch] = &[
     dense("qwen3", &["qwen3"], "Qwen3 (dense)", false),
     dense("gemma", &["gemma"], "Gemma", false),
     dense("gemma2", &["gemma2"], "Gemma 2", false),
-    Arch { towers: GEMMA3_TOWER, ..dense("gemma3", &["gemma3", "gemma3_text"], "Gemma 3 (text)", false) },
-    Arch { layer_modules: &[PHI3], ..dense("phi3", &["phi3"], "Phi-3, Phi-3.5", false) },
+    Arch {
+        towers: GEMMA3_TOWER,
+        ..dense("gemma3", &["gemma3", "gemma3_text"], "Gemma 3 (text)", false)
+    },
+    Arch {
+        layer_modules: &[PHI3],
+        ..dense("phi3", &["phi3"], "Phi-3, Phi-3.5", false)
+    },
     Arch {
         layer_modules: &[STANDARD, PER_LAYER_INPUT],
         model_modules: &[("per_layer_model_projection", "per_layer_model_proj")],
@@ -196,14 +293,24 @@ pub const ARCHS: &[Arch] = &[
     },
     Arch {
         towers: PIXTRAL_TOWER,
-        ..dense("mistral3", &["mistral3", "ministral3"], "Ministral 3, Mistral Small 3.1/3.2 (text)", true)
+        ..dense(
+            "mistral3",
+            &["mistral3", "ministral3"],
+            "Ministral 3, Mistral Small 3.1/3.2 (text)",
+            true,
+        )
     },
     dense("smollm3", &["smollm3"], "SmolLM3", true),
     dense("olmo2", &["olmo2", "olmo3"], "OLMo 2, OLMo 3", false),
     Arch {
         layer_modules: &[STANDARD, SHARED_MLP],
         row_splits: GRANITE4_SPLITS,
-        ..dense("granite", &["granite", "granitemoehybrid"], "Granite 3.x, Granite 4 dense (no Mamba layers, no experts)", true)
+        ..dense(
+            "granite",
+            &["granite", "granitemoehybrid"],
+            "Granite 3.x, Granite 4 dense (no Mamba layers, no experts)",
+            true,
+        )
     },
     Arch {
         layer_modules: &[STANDARD, LINEAR_ATTN],
@@ -224,7 +331,11 @@ pub fn by_hf_model_type(model_type: &str) -> Option<&'static Arch> {
 
 /// "llama (Llama 2/3 ...), qwen2 (...)" for error messages.
 pub fn supported_list() -> String {
-    ARCHS.iter().map(|a| format!("{} ({})", a.name, a.models)).collect::<Vec<_>>().join(", ")
+    ARCHS
+        .iter()
+        .map(|a| format!("{} ({})", a.name, a.models))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Where in the model a PEFT module sits.
@@ -247,7 +358,13 @@ pub enum Site {
 /// Prefixes under which the text decoder sits in the HF models we support: `model.` for
 /// `*ForCausalLM`, `model.language_model.` / `language_model.model.` for multimodal wrappers
 /// (Gemma 3/4, Qwen3.5, Mistral 3).
-const DECODER_PREFIXES: &[&str] = &["model.language_model.", "language_model.model.", "model.", "language_model.", ""];
+const DECODER_PREFIXES: &[&str] = &[
+    "model.language_model.",
+    "language_model.model.",
+    "model.",
+    "language_model.",
+    "",
+];
 
 /// Sub-blocks of a decoder layer that hold LoRA-able modules.
 const LAYER_BLOCKS: &[&str] = &["self_attn", "mlp", "linear_attn", "shared_mlp"];
@@ -275,22 +392,36 @@ pub fn site_of(module_path: &str) -> Option<Site> {
     }
     let under_model = module_path.strip_prefix("model.").unwrap_or(module_path);
     if TOWERS.contains(&under_model.split('.').next().unwrap_or("")) {
-        return Some(Site::Tower { path: under_model.to_string() });
+        return Some(Site::Tower {
+            path: under_model.to_string(),
+        });
     }
     for prefix in DECODER_PREFIXES {
-        let Some(rest) = module_path.strip_prefix(prefix) else { continue };
+        let Some(rest) = module_path.strip_prefix(prefix) else {
+            continue;
+        };
         let parts: Vec<&str> = rest.split('.').collect();
         match parts[..] {
             ["embed_tokens"] => return Some(Site::Embedding),
-            [module] if !prefix.is_empty() && module != "norm" => return Some(Site::Model { module: module.to_string() }),
+            [module] if !prefix.is_empty() && module != "norm" => {
+                return Some(Site::Model {
+                    module: module.to_string(),
+                });
+            }
             ["layers", idx, block, module] if LAYER_BLOCKS.contains(&block) => {
                 if let Ok(layer) = idx.parse() {
-                    return Some(Site::Layer { layer, module: module.to_string() });
+                    return Some(Site::Layer {
+                        layer,
+                        module: module.to_string(),
+                    });
                 }
             }
             ["layers", idx, module] => {
                 if let Ok(layer) = idx.parse() {
-                    return Some(Site::Layer { layer, module: module.to_string() });
+                    return Some(Site::Layer {
+                        layer,
+                        module: module.to_string(),
+                    });
                 }
             }
             _ => {}
@@ -325,7 +456,10 @@ impl Arch {
         let path = path.strip_suffix(".linear").unwrap_or(path);
         let (module, block) = self.towers.iter().find_map(|t| Some((t, block_of(t.hf, path)?)))?;
         module.gguf.iter().find_map(|naming| {
-            let names: Vec<String> = naming.iter().map(|n| format!("{}.weight", n.replace("{N}", &block))).collect();
+            let names: Vec<String> = naming
+                .iter()
+                .map(|n| format!("{}.weight", n.replace("{N}", &block)))
+                .collect();
             names.iter().all(|n| has(n)).then_some(names)
         })
     }
@@ -353,7 +487,11 @@ impl Arch {
 
     /// The HF module names this architecture maps, for messages.
     pub fn module_names(&self) -> Vec<&'static str> {
-        let mut names: Vec<&str> = self.layer_stems().chain(self.model_modules.iter().copied()).map(|m| m.0).collect();
+        let mut names: Vec<&str> = self
+            .layer_stems()
+            .chain(self.model_modules.iter().copied())
+            .map(|m| m.0)
+            .collect();
         names.extend(self.row_splits.iter().map(|(m, _)| *m));
         names.extend(["embed_tokens", "lm_head"]);
         names
@@ -362,15 +500,29 @@ impl Arch {
     /// How llama.cpp's converter reorders the base tensor of `site`, which a LoRA must follow: a
     /// permutation of lora_B's rows (output features) and/or of lora_A's columns (input features).
     /// `Err` says why the geometry does not allow it.
-    pub fn reorder(&self, site: &Site, g: &Geometry, out_features: usize, in_features: usize) -> Result<Reorder, String> {
-        let Site::Layer { module, .. } = site else { return Ok(Reorder::default()) };
+    pub fn reorder(
+        &self,
+        site: &Site,
+        g: &Geometry,
+        out_features: usize,
+        in_features: usize,
+    ) -> Result<Reorder, String> {
+        let Site::Layer { module, .. } = site else {
+            return Ok(Reorder::default());
+        };
         let mut r = Reorder::default();
         if self.permute_qk && (module == "q_proj" || module == "k_proj") {
-            let heads = if module == "q_proj" { g.head_count } else { g.head_count_kv };
-            let heads = heads.ok_or("the base's head counts differ between layers, so the Q/K row order cannot be rebuilt")?;
-            r.b_rows = Some(permute_rows(out_features, heads as usize).ok_or_else(|| {
-                format!("{out_features} rows do not split into {heads} heads of even size")
-            })?);
+            let heads = if module == "q_proj" {
+                g.head_count
+            } else {
+                g.head_count_kv
+            };
+            let heads =
+                heads.ok_or("the base's head counts differ between layers, so the Q/K row order cannot be rebuilt")?;
+            r.b_rows = Some(
+                permute_rows(out_features, heads as usize)
+                    .ok_or_else(|| format!("{out_features} rows do not split into {heads} heads of even size"))?,
+            );
         }
         if self.reorder_v_heads {
             let Some(la) = g.linear_attn else {
@@ -378,16 +530,25 @@ impl Arch {
             };
             let v_rows = la.v_heads * la.v_head_dim;
             let order = |len: usize, head_dim: usize| v_head_order(len, la.k_heads, la.v_heads, head_dim);
-            let bad = |what: &str, n: usize| format!("{what} of {n} does not match the base's linear attention ({la:?})");
+            let bad =
+                |what: &str, n: usize| format!("{what} of {n} does not match the base's linear attention ({la:?})");
             match module.as_str() {
                 "in_proj_qkv" => {
-                    let qk = out_features.checked_sub(v_rows).ok_or_else(|| bad("rows", out_features))?;
+                    let qk = out_features
+                        .checked_sub(v_rows)
+                        .ok_or_else(|| bad("rows", out_features))?;
                     let v = order(v_rows, la.v_head_dim).ok_or_else(|| bad("rows", out_features))?;
                     r.b_rows = Some((0..qk).chain(v.into_iter().map(|i| qk + i)).collect());
                 }
-                "in_proj_z" => r.b_rows = Some(order(out_features, la.v_head_dim).ok_or_else(|| bad("rows", out_features))?),
-                "in_proj_a" | "in_proj_b" => r.b_rows = Some(order(out_features, 1).ok_or_else(|| bad("rows", out_features))?),
-                "out_proj" => r.a_cols = Some(order(in_features, la.v_head_dim).ok_or_else(|| bad("columns", in_features))?),
+                "in_proj_z" => {
+                    r.b_rows = Some(order(out_features, la.v_head_dim).ok_or_else(|| bad("rows", out_features))?)
+                }
+                "in_proj_a" | "in_proj_b" => {
+                    r.b_rows = Some(order(out_features, 1).ok_or_else(|| bad("rows", out_features))?)
+                }
+                "out_proj" => {
+                    r.a_cols = Some(order(in_features, la.v_head_dim).ok_or_else(|| bad("columns", in_features))?)
+                }
                 _ => {}
             }
         }
@@ -490,11 +651,26 @@ mod tests {
 
     #[test]
     fn sites_of_real_module_paths() {
-        assert_eq!(site_of("model.layers.3.self_attn.q_proj"), Some(Site::Layer { layer: 3, module: "q_proj".into() }));
-        assert_eq!(site_of("model.layers.0.mlp.down_proj"), Some(Site::Layer { layer: 0, module: "down_proj".into() }));
+        assert_eq!(
+            site_of("model.layers.3.self_attn.q_proj"),
+            Some(Site::Layer {
+                layer: 3,
+                module: "q_proj".into()
+            })
+        );
+        assert_eq!(
+            site_of("model.layers.0.mlp.down_proj"),
+            Some(Site::Layer {
+                layer: 0,
+                module: "down_proj".into()
+            })
+        );
         assert_eq!(
             site_of("model.language_model.layers.7.self_attn.v_proj"),
-            Some(Site::Layer { layer: 7, module: "v_proj".into() })
+            Some(Site::Layer {
+                layer: 7,
+                module: "v_proj".into()
+            })
         );
         assert_eq!(site_of("model.embed_tokens"), Some(Site::Embedding));
         assert_eq!(site_of("lm_head"), Some(Site::Output));
@@ -505,11 +681,23 @@ mod tests {
 
     #[test]
     fn tensor_names_per_arch() {
-        let q = Site::Layer { layer: 2, module: "q_proj".into() };
-        assert_eq!(by_name("llama").unwrap().tensor_name(&q).unwrap(), "blk.2.attn_q.weight");
+        let q = Site::Layer {
+            layer: 2,
+            module: "q_proj".into(),
+        };
+        assert_eq!(
+            by_name("llama").unwrap().tensor_name(&q).unwrap(),
+            "blk.2.attn_q.weight"
+        );
         assert_eq!(by_name("phi3").unwrap().tensor_name(&q), None);
-        let gu = Site::Layer { layer: 0, module: "gate_up_proj".into() };
-        assert_eq!(by_name("phi3").unwrap().tensor_name(&gu).unwrap(), "blk.0.ffn_up.weight");
+        let gu = Site::Layer {
+            layer: 0,
+            module: "gate_up_proj".into(),
+        };
+        assert_eq!(
+            by_name("phi3").unwrap().tensor_name(&gu).unwrap(),
+            "blk.0.ffn_up.weight"
+        );
         assert_eq!(by_hf_model_type("mistral").unwrap().name, "llama");
         assert_eq!(by_hf_model_type("gemma3_text").unwrap().name, "gemma3");
         assert!(by_name("gpt2").is_none());
@@ -527,13 +715,20 @@ mod tests {
     }
 
     fn geometry(heads: u64, kv: u64) -> Geometry {
-        Geometry { head_count: Some(heads), head_count_kv: Some(kv), linear_attn: None }
+        Geometry {
+            head_count: Some(heads),
+            head_count_kv: Some(kv),
+            linear_attn: None,
+        }
     }
 
     #[test]
     fn only_llama_permutes_and_with_kv_heads_for_k() {
         let llama = by_name("llama").unwrap();
-        let site = |m: &str| Site::Layer { layer: 0, module: m.into() };
+        let site = |m: &str| Site::Layer {
+            layer: 0,
+            module: m.into(),
+        };
         let g = geometry(32, 8);
         let rows = |arch: &Arch, m: &str, out: usize| arch.reorder(&site(m), &g, out, 4096).unwrap().b_rows;
         assert_eq!(rows(llama, "q_proj", 4096), permute_rows(4096, 32));
@@ -559,13 +754,26 @@ mod tests {
     #[test]
     fn qwen35_linear_attention_reorders_v_rows_and_out_proj_columns() {
         let q = by_name("qwen35").unwrap();
-        let la = LinearAttn { k_heads: 2, v_heads: 4, v_head_dim: 1 };
-        let g = Geometry { linear_attn: Some(la), ..geometry(4, 2) };
-        let site = |m: &str| Site::Layer { layer: 0, module: m.into() };
+        let la = LinearAttn {
+            k_heads: 2,
+            v_heads: 4,
+            v_head_dim: 1,
+        };
+        let g = Geometry {
+            linear_attn: Some(la),
+            ..geometry(4, 2)
+        };
+        let site = |m: &str| Site::Layer {
+            layer: 0,
+            module: m.into(),
+        };
         // in_proj_qkv: q and k rows (2 + 2 here) stay, the 4 V rows are reordered.
         let r = q.reorder(&site("in_proj_qkv"), &g, 8, 16).unwrap();
         assert_eq!(r.b_rows.unwrap(), vec![0, 1, 2, 3, 4, 6, 5, 7]);
-        assert_eq!(q.reorder(&site("in_proj_b"), &g, 4, 16).unwrap().b_rows.unwrap(), vec![0, 2, 1, 3]);
+        assert_eq!(
+            q.reorder(&site("in_proj_b"), &g, 4, 16).unwrap().b_rows.unwrap(),
+            vec![0, 2, 1, 3]
+        );
         let out = q.reorder(&site("out_proj"), &g, 16, 4).unwrap();
         assert_eq!((out.b_rows, out.a_cols.unwrap()), (None, vec![0, 2, 1, 3]));
         assert!(q.reorder(&site("in_proj_z"), &g, 5, 16).is_err());
@@ -579,17 +787,30 @@ mod tests {
         let llama_cpp = |n: &str| n == "v.blk.12.attn_qkv.weight";
         assert_eq!(
             q.tower_targets("visual.blocks.12.attn.qkv", ollama).unwrap(),
-            vec!["v.blk.12.attn_q.weight", "v.blk.12.attn_k.weight", "v.blk.12.attn_v.weight"]
+            vec![
+                "v.blk.12.attn_q.weight",
+                "v.blk.12.attn_k.weight",
+                "v.blk.12.attn_v.weight"
+            ]
         );
-        assert_eq!(q.tower_targets("visual.blocks.12.attn.qkv", llama_cpp).unwrap(), vec!["v.blk.12.attn_qkv.weight"]);
+        assert_eq!(
+            q.tower_targets("visual.blocks.12.attn.qkv", llama_cpp).unwrap(),
+            vec!["v.blk.12.attn_qkv.weight"]
+        );
         assert_eq!(q.tower_targets("visual.blocks.12.attn.qkv", |_| false), None);
         assert_eq!(q.tower_targets("visual.blocks.x.attn.qkv", |_| true), None);
         let g4 = by_name("gemma4").unwrap();
         let path = "vision_tower.encoder.layers.3.self_attn.o_proj.linear";
-        assert_eq!(g4.tower_targets(path, |_| true).unwrap(), vec!["v.blk.3.attn_out.weight"]);
+        assert_eq!(
+            g4.tower_targets(path, |_| true).unwrap(),
+            vec!["v.blk.3.attn_out.weight"]
+        );
         let g3 = by_name("gemma3").unwrap();
         let fc1 = "vision_tower.vision_model.encoder.layers.0.mlp.fc1";
-        assert_eq!(g3.tower_targets(fc1, |n| n.contains("ffn_up")).unwrap(), vec!["v.blk.0.ffn_up.weight"]);
+        assert_eq!(
+            g3.tower_targets(fc1, |n| n.contains("ffn_up")).unwrap(),
+            vec!["v.blk.0.ffn_up.weight"]
+        );
         assert_eq!(by_name("llama").unwrap().tower_targets(fc1, |_| true), None);
     }
 
@@ -598,7 +819,10 @@ mod tests {
         let g = by_hf_model_type("granitemoehybrid").unwrap();
         assert_eq!(g.name, "granite");
         let site = site_of("model.layers.3.shared_mlp.input_linear").unwrap();
-        assert_eq!(g.targets(&site).unwrap(), vec!["blk.3.ffn_gate.weight", "blk.3.ffn_up.weight"]);
+        assert_eq!(
+            g.targets(&site).unwrap(),
+            vec!["blk.3.ffn_gate.weight", "blk.3.ffn_up.weight"]
+        );
         let down = site_of("model.layers.3.shared_mlp.output_linear").unwrap();
         assert_eq!(g.targets(&down).unwrap(), vec!["blk.3.ffn_down.weight"]);
         assert_eq!(by_name("llama").unwrap().targets(&site), None);
@@ -607,20 +831,41 @@ mod tests {
     #[test]
     fn towers_and_model_level_modules() {
         let tower = |p: &str| Some(Site::Tower { path: p.to_string() });
-        assert_eq!(site_of("model.vision_tower.encoder.layers.0.self_attn.q_proj"), tower("vision_tower.encoder.layers.0.self_attn.q_proj"));
-        assert_eq!(site_of("model.audio_tower.layers.3.self_attn.k_proj"), tower("audio_tower.layers.3.self_attn.k_proj"));
-        assert_eq!(site_of("model.visual.blocks.0.attn.qkv"), tower("visual.blocks.0.attn.qkv"));
-        assert_eq!(site_of("multi_modal_projector.linear_1"), tower("multi_modal_projector.linear_1"));
+        assert_eq!(
+            site_of("model.vision_tower.encoder.layers.0.self_attn.q_proj"),
+            tower("vision_tower.encoder.layers.0.self_attn.q_proj")
+        );
+        assert_eq!(
+            site_of("model.audio_tower.layers.3.self_attn.k_proj"),
+            tower("audio_tower.layers.3.self_attn.k_proj")
+        );
+        assert_eq!(
+            site_of("model.visual.blocks.0.attn.qkv"),
+            tower("visual.blocks.0.attn.qkv")
+        );
+        assert_eq!(
+            site_of("multi_modal_projector.linear_1"),
+            tower("multi_modal_projector.linear_1")
+        );
         assert_eq!(
             site_of("model.language_model.layers.2.linear_attn.in_proj_qkv"),
-            Some(Site::Layer { layer: 2, module: "in_proj_qkv".into() })
+            Some(Site::Layer {
+                layer: 2,
+                module: "in_proj_qkv".into()
+            })
         );
         assert_eq!(
             site_of("model.language_model.layers.5.per_layer_input_gate"),
-            Some(Site::Layer { layer: 5, module: "per_layer_input_gate".into() })
+            Some(Site::Layer {
+                layer: 5,
+                module: "per_layer_input_gate".into()
+            })
         );
         let proj = site_of("model.language_model.per_layer_model_projection").unwrap();
-        assert_eq!(by_name("gemma4").unwrap().tensor_name(&proj).unwrap(), "per_layer_model_proj.weight");
+        assert_eq!(
+            by_name("gemma4").unwrap().tensor_name(&proj).unwrap(),
+            "per_layer_model_proj.weight"
+        );
         assert_eq!(by_name("llama").unwrap().tensor_name(&proj), None);
     }
 }

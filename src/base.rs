@@ -78,7 +78,10 @@ impl Heads {
     fn of(values: Option<Vec<u64>>) -> Option<Heads> {
         let values = values?;
         let max = values.iter().copied().max().filter(|&m| m > 0 && m <= MAX_HEADS)?;
-        Some(Heads { max, uniform: values.iter().all(|&n| n == max || n == 0) })
+        Some(Heads {
+            max,
+            uniform: values.iter().all(|&n| n == max || n == 0),
+        })
     }
 }
 
@@ -142,7 +145,13 @@ impl Dims {
 
     /// A plain attention layer with the model-wide sizes.
     fn attention_layer(&self) -> LayerKind {
-        LayerKind::Attention { head_dim: self.head_dim, kv_heads: self.kv_heads, k: true, v: true, ffn: self.ffn }
+        LayerKind::Attention {
+            head_dim: self.head_dim,
+            kv_heads: self.kv_heads,
+            k: true,
+            v: true,
+            ffn: self.ffn,
+        }
     }
 }
 
@@ -152,7 +161,13 @@ enum LayerKind {
     /// Softmax attention with this head size and MLP width. `k` / `v` are false where the layer
     /// has no such projection: Gemma 4's KV-shared layers reuse an earlier layer's keys and values,
     /// and its `attention_k_eq_v` full layers take the values from k_proj.
-    Attention { head_dim: u64, kv_heads: u64, k: bool, v: bool, ffn: u64 },
+    Attention {
+        head_dim: u64,
+        kv_heads: u64,
+        k: bool,
+        v: bool,
+        ffn: u64,
+    },
     /// Linear attention (Gated DeltaNet).
     Linear,
 }
@@ -170,14 +185,23 @@ struct LinearDims {
 fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
     let mut tensors = BTreeMap::new();
     let mut add = |name: String, ne: [u64; 2]| {
-        tensors.insert(name, BaseTensor { ne: ne.to_vec(), ty: None });
+        tensors.insert(
+            name,
+            BaseTensor {
+                ne: ne.to_vec(),
+                ty: None,
+            },
+        );
     };
     add("token_embd.weight".into(), [d.hidden, d.vocab]);
     if !d.tied {
         add("output.weight".into(), [d.hidden, d.vocab]);
     }
     if d.per_layer_input > 0 {
-        add("per_layer_model_proj.weight".into(), [d.hidden, d.layers * d.per_layer_input]);
+        add(
+            "per_layer_model_proj.weight".into(),
+            [d.hidden, d.layers * d.per_layer_input],
+        );
     }
     for i in 0..d.layers {
         let kind = d.kinds.get(i as usize).copied().unwrap_or_else(|| d.attention_layer());
@@ -210,7 +234,13 @@ fn layer_tensor_shape(arch: &Arch, d: &Dims, kind: LayerKind, stem: &str) -> Opt
         return shared;
     }
     match kind {
-        LayerKind::Attention { head_dim, kv_heads, k, v, .. } => {
+        LayerKind::Attention {
+            head_dim,
+            kv_heads,
+            k,
+            v,
+            ..
+        } => {
             let (q, kvw) = (d.heads * head_dim, kv_heads * head_dim);
             match stem {
                 "attn_q" => Some([h, if d.q_gate { 2 * q } else { q }]),
@@ -240,9 +270,16 @@ fn layer_tensor_shape(arch: &Arch, d: &Dims, kind: LayerKind, stem: &str) -> Opt
 fn linear_attn(k_heads: Option<u64>, v_heads: Option<u64>, inner: Option<u64>) -> Option<arch::LinearAttn> {
     match (k_heads, v_heads, inner) {
         (Some(k), Some(v), Some(inner))
-            if (1..=MAX_HEADS).contains(&k) && (1..=MAX_HEADS).contains(&v) && inner <= MAX_DIM * 16 && inner % v == 0 =>
+            if (1..=MAX_HEADS).contains(&k)
+                && (1..=MAX_HEADS).contains(&v)
+                && inner <= MAX_DIM * 16
+                && inner % v == 0 =>
         {
-            Some(arch::LinearAttn { k_heads: k as usize, v_heads: v as usize, v_head_dim: (inner / v) as usize })
+            Some(arch::LinearAttn {
+                k_heads: k as usize,
+                v_heads: v as usize,
+                v_head_dim: (inner / v) as usize,
+            })
         }
         _ => None,
     }
@@ -254,7 +291,9 @@ fn cfg_u64(cfg: &Json, key: &str, max: u64) -> std::result::Result<Option<u64>, 
         None => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(format!("config.json field `{key}` must be an integer from 1 to {max}, found {v}")),
+            _ => Err(format!(
+                "config.json field `{key}` must be an integer from 1 to {max}, found {v}"
+            )),
         },
     }
 }
@@ -273,7 +312,10 @@ fn qwen35_dims(d: &mut Dims, cfg: &Json) -> std::result::Result<(), String> {
     let attention = d.attention_layer();
     let every = cfg_u64(cfg, "full_attention_interval", 1 << 16)?.unwrap_or(4);
     let full = layer_types(cfg, d.layers, "full_attention", |i| (i + 1) % every == 0)?;
-    d.kinds = full.into_iter().map(|f| if f { attention } else { LayerKind::Linear }).collect();
+    d.kinds = full
+        .into_iter()
+        .map(|f| if f { attention } else { LayerKind::Linear })
+        .collect();
     Ok(())
 }
 
@@ -291,16 +333,29 @@ fn gemma4_dims(d: &mut Dims, cfg: &Json) -> std::result::Result<(), String> {
     let global_head_dim = cfg_u64(cfg, "global_head_dim", 1 << 16)?.unwrap_or(512);
     let global_kv = cfg_u64(cfg, "num_global_key_value_heads", 1 << 16)?;
     let k_eq_v = flag("attention_k_eq_v");
-    d.shared_kv_layers = cfg.get("num_kv_shared_layers").and_then(Json::as_u64).unwrap_or(0).min(n);
-    d.per_layer_input = cfg.get("hidden_size_per_layer_input").and_then(Json::as_u64).unwrap_or(0);
+    d.shared_kv_layers = cfg
+        .get("num_kv_shared_layers")
+        .and_then(Json::as_u64)
+        .unwrap_or(0)
+        .min(n);
+    d.per_layer_input = cfg
+        .get("hidden_size_per_layer_input")
+        .and_then(Json::as_u64)
+        .unwrap_or(0);
     if d.per_layer_input > 1 << 16 {
-        return Err(format!("config.json `hidden_size_per_layer_input` {} is out of range", d.per_layer_input));
+        return Err(format!(
+            "config.json `hidden_size_per_layer_input` {} is out of range",
+            d.per_layer_input
+        ));
     }
     let full = layer_types(cfg, n, "full_attention", |i| (i + 1) % 6 == 0 || i + 1 == n)?;
     let overrides = cfg.get("per_layer_config").and_then(Json::as_object);
     let layer_override = |i: u64, key: &str| -> std::result::Result<Option<u64>, String> {
         let Some(map) = overrides else { return Ok(None) };
-        let entry = map.iter().find(|(k, _)| k.parse::<u64>().ok() == Some(i)).map(|(_, v)| v);
+        let entry = map
+            .iter()
+            .find(|(k, _)| k.parse::<u64>().ok() == Some(i))
+            .map(|(_, v)| v);
         entry.map_or(Ok(None), |e| cfg_u64(e, key, 1 << 16))
     };
     d.kinds = (0..n)
@@ -313,8 +368,18 @@ fn gemma4_dims(d: &mut Dims, cfg: &Json) -> std::result::Result<(), String> {
                 _ => d.kv_heads,
             };
             let kv_heads = layer_override(i, "num_key_value_heads")?.unwrap_or(kv_default);
-            let ffn = if shared && flag("use_double_wide_mlp") { 2 * d.ffn } else { d.ffn };
-            Ok(LayerKind::Attention { head_dim, kv_heads, k: !shared, v: !(shared || (is_full && k_eq_v)), ffn })
+            let ffn = if shared && flag("use_double_wide_mlp") {
+                2 * d.ffn
+            } else {
+                d.ffn
+            };
+            Ok(LayerKind::Attention {
+                head_dim,
+                kv_heads,
+                k: !shared,
+                v: !(shared || (is_full && k_eq_v)),
+                ffn,
+            })
         })
         .collect::<std::result::Result<_, String>>()?;
     Ok(())
@@ -326,9 +391,11 @@ fn gemma4_dims(d: &mut Dims, cfg: &Json) -> std::result::Result<(), String> {
 fn granite4_dense(cfg: &Json, d: &Dims) -> std::result::Result<(), String> {
     let attention = layer_types(cfg, d.layers, "attention", |_| false)?;
     if cfg.get("layer_types").is_none() || attention.contains(&false) {
-        return Err("this Granite 4 has Mamba-2 layers (a hybrid, GGUF arch `granitehybrid`), which ollama-tools does \
+        return Err(
+            "this Granite 4 has Mamba-2 layers (a hybrid, GGUF arch `granitehybrid`), which ollama-tools does \
                     not handle; only the all-attention Granite 4 models (e.g. granite-4.0-micro) are supported"
-            .into());
+                .into(),
+        );
     }
     if cfg.get("num_local_experts").and_then(Json::as_u64).unwrap_or(0) > 0 {
         return Err("this Granite 4 has experts (GGUF arch `granitemoe`), which ollama-tools does not handle".into());
@@ -343,16 +410,28 @@ fn granite4_dense(cfg: &Json, d: &Dims) -> std::result::Result<(), String> {
 }
 
 /// Which layers are of type `wanted` by the config's `layer_types`, else by `default`.
-fn layer_types(cfg: &Json, n: u64, wanted: &str, default: impl Fn(u64) -> bool) -> std::result::Result<Vec<bool>, String> {
+fn layer_types(
+    cfg: &Json,
+    n: u64,
+    wanted: &str,
+    default: impl Fn(u64) -> bool,
+) -> std::result::Result<Vec<bool>, String> {
     let Some(types) = cfg.get("layer_types").and_then(Json::as_array) else {
         return Ok((0..n).map(default).collect());
     };
     if types.len() as u64 != n {
-        return Err(format!("config.json `layer_types` has {} entries for {n} layers", types.len()));
+        return Err(format!(
+            "config.json `layer_types` has {} entries for {n} layers",
+            types.len()
+        ));
     }
     types
         .iter()
-        .map(|t| t.as_str().map(|t| t == wanted).ok_or_else(|| format!("config.json `layer_types` holds {t}, not a layer type name")))
+        .map(|t| {
+            t.as_str()
+                .map(|t| t == wanted)
+                .ok_or_else(|| format!("config.json `layer_types` holds {t}, not a layer type name"))
+        })
         .collect()
 }
 
@@ -407,8 +486,9 @@ pub fn resolve(spec: &str) -> Result<BaseModel> {
     let name = match ModelName::parse(spec) {
         Some(name) if !looks_like_path => name,
         _ => {
-            return Err(Error::invalid(path, "no such file or folder")
-                .with_hint("--base takes a GGUF file, a Hugging Face model folder with config.json, or an Ollama model name"));
+            return Err(Error::invalid(path, "no such file or folder").with_hint(
+                "--base takes a GGUF file, a Hugging Face model folder with config.json, or an Ollama model name",
+            ));
         }
     };
     let client = ollama::Client::new(&ollama::host());
@@ -429,12 +509,22 @@ pub fn resolve(spec: &str) -> Result<BaseModel> {
                 other => other,
             })
         }
-        Err(ollama::ApiError::Status { url, status: 404, message }) => Err(Error::Refused {
+        Err(ollama::ApiError::Status {
+            url,
+            status: 404,
+            message,
+        }) => Err(Error::Refused {
             path: PathBuf::from(spec),
             msg: format!("the Ollama server at {url} says: {message}"),
-            hint: Some(format!("pull it first (`ollama pull {spec}`), or check the name with `ollama list`")),
+            hint: Some(format!(
+                "pull it first (`ollama pull {spec}`), or check the name with `ollama list`"
+            )),
         }),
-        Err(e) => Err(Error::Refused { path: PathBuf::from(spec), msg: e.to_string(), hint: None }),
+        Err(e) => Err(Error::Refused {
+            path: PathBuf::from(spec),
+            msg: e.to_string(),
+            hint: None,
+        }),
     }
 }
 
@@ -460,7 +550,9 @@ pub fn resolve_gguf(spec: &str, progress: &dyn crate::progress::Progress) -> Res
     if base.gguf_path.is_some() || Path::new(spec).exists() {
         return Ok(base);
     }
-    let Some(name) = ModelName::parse(spec) else { return Ok(base) };
+    let Some(name) = ModelName::parse(spec) else {
+        return Ok(base);
+    };
     local_or_pulled(&name, progress)
 }
 
@@ -531,22 +623,49 @@ impl BaseModel {
                 single => single.as_u64().map(|n| vec![n]),
             };
             Heads::of(values).map(Some).ok_or_else(|| {
-                Error::invalid(path, format!("GGUF metadata `{full}` is not a head count from 1 to {MAX_HEADS} or a list of them"))
+                Error::invalid(
+                    path,
+                    format!("GGUF metadata `{full}` is not a head count from 1 to {MAX_HEADS} or a list of them"),
+                )
             })
         };
-        let block_count = get_u64("block_count")
-            .ok_or_else(|| Error::invalid(path, format!("GGUF metadata `{arch}.block_count` is missing or not an integer")))?;
+        let block_count = get_u64("block_count").ok_or_else(|| {
+            Error::invalid(
+                path,
+                format!("GGUF metadata `{arch}.block_count` is missing or not an integer"),
+            )
+        })?;
         bounded(&format!("{arch}.block_count"), block_count, MAX_LAYERS)
             .map_err(|msg| Error::invalid(path, format!("GGUF metadata {msg}")))?;
         let q_heads = heads("attention.head_count")?
             .ok_or_else(|| Error::invalid(path, format!("GGUF metadata `{arch}.attention.head_count` is missing")))?;
         let kv_heads = heads("attention.head_count_kv")?.unwrap_or(q_heads);
         let shared_kv_layers = get_u64("attention.shared_kv_layers").unwrap_or(0);
-        let linear_attn = linear_attn(get_u64("ssm.group_count"), get_u64("ssm.time_step_rank"), get_u64("ssm.inner_size"));
-        let tensors: BTreeMap<_, _> =
-            header.tensors.iter().map(|t| (t.name.clone(), BaseTensor { ne: t.ne.clone(), ty: Some(t.ty) })).collect();
+        let linear_attn = linear_attn(
+            get_u64("ssm.group_count"),
+            get_u64("ssm.time_step_rank"),
+            get_u64("ssm.inner_size"),
+        );
+        let tensors: BTreeMap<_, _> = header
+            .tensors
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    BaseTensor {
+                        ne: t.ne.clone(),
+                        ty: Some(t.ty),
+                    },
+                )
+            })
+            .collect();
         let vocab_size = get_u64("vocab_size")
-            .or_else(|| header.get("tokenizer.ggml.tokens").and_then(gguf::Value::array_len).map(|n| n as u64))
+            .or_else(|| {
+                header
+                    .get("tokenizer.ggml.tokens")
+                    .and_then(gguf::Value::array_len)
+                    .map(|n| n as u64)
+            })
             .or_else(|| tensors.get("token_embd.weight").and_then(|t| t.ne.get(1).copied()));
         let unknown_types = header
             .tensors
@@ -580,13 +699,16 @@ impl BaseModel {
 
     pub fn from_hf_config(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let root: Json = serde_json::from_str(&text)
-            .map_err(|e| Error::invalid(path, format!("not valid JSON: {e}")))?;
+        let root: Json =
+            serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not valid JSON: {e}")))?;
         // Multimodal wrappers (Gemma 3) keep the decoder's hyper-parameters in `text_config`.
         let cfg = root.get("text_config").filter(|v| v.is_object()).unwrap_or(&root);
         // The wrapper's own type first: llama.cpp's converter picks the architecture by the wrapper
         // class (Mistral 3's text_config says `mistral`, yet the GGUF is `mistral3`).
-        let wrapper = root.get("model_type").and_then(Json::as_str).filter(|t| arch::by_hf_model_type(t).is_some());
+        let wrapper = root
+            .get("model_type")
+            .and_then(Json::as_str)
+            .filter(|t| arch::by_hf_model_type(t).is_some());
         let model_type = wrapper
             .or_else(|| cfg.get("model_type").and_then(Json::as_str))
             .or_else(|| root.get("model_type").and_then(Json::as_str))
@@ -615,8 +737,11 @@ impl BaseModel {
         let n_kv = get("num_key_value_heads", MAX_HEADS)?.unwrap_or(n_head);
         let head_dim = get("head_dim", DIM)?.unwrap_or(hidden / n_head);
         if head_dim == 0 {
-            return Err(Error::invalid(path, format!("config.json: hidden_size {hidden} gives {n_head} attention heads no width"))
-                .with_hint("the config needs `head_dim`, or a hidden_size that is a multiple of num_attention_heads"));
+            return Err(Error::invalid(
+                path,
+                format!("config.json: hidden_size {hidden} gives {n_head} attention heads no width"),
+            )
+            .with_hint("the config needs `head_dim`, or a hidden_size that is a multiple of num_attention_heads"));
         }
         let ffn = need("intermediate_size", DIM)?;
         let vocab = need("vocab_size", 1 << 24)?;
@@ -645,7 +770,8 @@ impl BaseModel {
             _ => Ok(()),
         };
         per_layer.map_err(|msg| Error::invalid(path, msg))?;
-        dims.check().map_err(|msg| Error::invalid(path, format!("config.json: {msg}")))?;
+        dims.check()
+            .map_err(|msg| Error::invalid(path, format!("config.json: {msg}")))?;
         Ok(BaseModel {
             source: path.to_path_buf(),
             arch: arch.name.to_string(),
@@ -669,7 +795,11 @@ impl BaseModel {
             gguf_path: None,
             format: None,
             size_label: None,
-            quantization: root.get("torch_dtype").or_else(|| cfg.get("torch_dtype")).and_then(Json::as_str).map(str::to_string),
+            quantization: root
+                .get("torch_dtype")
+                .or_else(|| cfg.get("torch_dtype"))
+                .and_then(Json::as_str)
+                .map(str::to_string),
             unknown_types: vec![],
         })
     }
@@ -680,7 +810,11 @@ impl BaseModel {
         let source = PathBuf::from(name.to_string());
         let info = &show.model_info;
         let bad = |msg: String| Error::invalid(&source, format!("{msg} (from the Ollama server at {server})"));
-        let arch = info.get("general.architecture").and_then(Json::as_str).unwrap_or(&show.details.family).to_string();
+        let arch = info
+            .get("general.architecture")
+            .and_then(Json::as_str)
+            .unwrap_or(&show.details.family)
+            .to_string();
         let int = |key: &str| info.get(&format!("{arch}.{key}")).and_then(Json::as_u64);
         // Head counts may be per-layer arrays.
         let heads = |key: &str| -> Result<Option<Heads>> {
@@ -689,9 +823,11 @@ impl BaseModel {
                 Some(Json::Array(items)) => items.iter().map(Json::as_u64).collect(),
                 Some(v) => v.as_u64().map(|n| vec![n]),
             };
-            Heads::of(values)
-                .map(Some)
-                .ok_or_else(|| bad(format!("`{arch}.{key}` is not a head count from 1 to {MAX_HEADS} or a list of them")))
+            Heads::of(values).map(Some).ok_or_else(|| {
+                bad(format!(
+                    "`{arch}.{key}` is not a head count from 1 to {MAX_HEADS} or a list of them"
+                ))
+            })
         };
         let gguf = show.details.format.is_empty() || show.details.format == "gguf";
         let block_count = int("block_count").unwrap_or(0);
@@ -701,8 +837,10 @@ impl BaseModel {
             bounded(&format!("{arch}.block_count"), block_count, MAX_LAYERS)
                 .map_err(|msg| bad(format!("{msg} (missing or not an integer reads as 0)")))?;
             if q_heads.max == 0 {
-                return Err(bad(format!("`{arch}.attention.head_count` is missing: the base's attention layout is unknown"))
-                    .with_hint("pass the model's GGUF file as --base"));
+                return Err(bad(format!(
+                    "`{arch}.attention.head_count` is missing: the base's attention layout is unknown"
+                ))
+                .with_hint("pass the model's GGUF file as --base"));
             }
         }
         let kv_heads = heads("attention.head_count_kv")?.unwrap_or(q_heads);
@@ -710,7 +848,10 @@ impl BaseModel {
         let shared_kv_layers = int("attention.shared_kv_layers").unwrap_or(0);
         let linear_attn = linear_attn(int("ssm.group_count"), int("ssm.time_step_rank"), int("ssm.inner_size"));
         if let Some(t) = show.tensors.iter().find(|t| !plausible_shape(&t.shape)) {
-            return Err(bad(format!("tensor `{}` has shape {:?}; expected 1 to 4 non-zero dimensions", t.name, t.shape)));
+            return Err(bad(format!(
+                "tensor `{}` has shape {:?}; expected 1 to 4 non-zero dimensions",
+                t.name, t.shape
+            )));
         }
         let mut unknown_types = Vec::new();
         let mut tensors: BTreeMap<String, BaseTensor> = show
@@ -721,20 +862,35 @@ impl BaseModel {
                 if ty.is_none() {
                     unknown_types.push(format!("{}: {}", t.name, t.ty));
                 }
-                (t.name.clone(), BaseTensor { ne: t.shape.clone(), ty })
+                (
+                    t.name.clone(),
+                    BaseTensor {
+                        ne: t.shape.clone(),
+                        ty,
+                    },
+                )
             })
             .collect();
         let vocab_size = int("vocab_size")
-            .or_else(|| info.get("tokenizer.ggml.tokens").and_then(Json::as_array).map(|a| a.len() as u64))
+            .or_else(|| {
+                info.get("tokenizer.ggml.tokens")
+                    .and_then(Json::as_array)
+                    .map(|a| a.len() as u64)
+            })
             .or_else(|| tensors.get("token_embd.weight").and_then(|t| t.ne.get(1).copied()));
         let exact_tensors = !tensors.is_empty();
         if !exact_tensors && gguf && matches!(arch.as_str(), "qwen35" | "gemma4") {
-            return Err(bad(format!("the server lists no tensors, and the layers of `{arch}` models differ from one another")).with_hint(
+            return Err(bad(format!(
+                "the server lists no tensors, and the layers of `{arch}` models differ from one another"
+            ))
+            .with_hint(
                 "use an Ollama that answers /api/show with verbose tensors, or pass the model's GGUF file as --base",
             ));
         }
         if !exact_tensors && gguf {
-            if let (Some(arch_spec), Some(hidden), Some(vocab)) = (arch::by_name(&arch), int("embedding_length"), vocab_size) {
+            if let (Some(arch_spec), Some(hidden), Some(vocab)) =
+                (arch::by_name(&arch), int("embedding_length"), vocab_size)
+            {
                 let dims = Dims {
                     layers: block_count,
                     hidden,
@@ -749,7 +905,9 @@ impl BaseModel {
                     ..Dims::default()
                 };
                 dims.check().map_err(|msg| {
-                    bad(format!("the server lists no tensors, and their shapes cannot be derived from model_info: {msg}"))
+                    bad(format!(
+                        "the server lists no tensors, and their shapes cannot be derived from model_info: {msg}"
+                    ))
                 })?;
                 tensors = derive_tensors(arch_spec, &dims);
             }
@@ -769,7 +927,11 @@ impl BaseModel {
             tensors,
             exact_tensors,
             gguf_path: None,
-            format: Some(if show.details.format.is_empty() { "gguf".into() } else { show.details.format.clone() }),
+            format: Some(if show.details.format.is_empty() {
+                "gguf".into()
+            } else {
+                show.details.format.clone()
+            }),
             size_label: non_empty(&show.details.parameter_size),
             quantization: non_empty(&show.details.quantization_level),
             unknown_types,
@@ -798,11 +960,18 @@ impl BaseModel {
                 "models imported from safetensors and run by the MLX runner take neither an adapter nor a GGUF merge",
             )
         })?;
-        let blob = ollama::blob_path(store, &layer.digest)
-            .ok_or_else(|| Error::invalid(&manifest_path, format!("layer digest `{}` is not sha256:<64 hex>", layer.digest)))?;
+        let blob = ollama::blob_path(store, &layer.digest).ok_or_else(|| {
+            Error::invalid(
+                &manifest_path,
+                format!("layer digest `{}` is not sha256:<64 hex>", layer.digest),
+            )
+        })?;
         if !blob.is_file() {
-            return Err(Error::invalid(&blob, format!("the store's manifest for `{name}` names this blob, which is missing"))
-                .with_hint(format!("pull the model again: `ollama pull {name}`")));
+            return Err(Error::invalid(
+                &blob,
+                format!("the store's manifest for `{name}` names this blob, which is missing"),
+            )
+            .with_hint(format!("pull the model again: `ollama pull {name}`")));
         }
         let mut base = Self::from_gguf(&blob)?;
         base.source = PathBuf::from(name.to_string());
@@ -831,7 +1000,10 @@ mod tests {
         assert_eq!(base.block_count, 16);
         assert_eq!(base.tensors["blk.15.attn_k.weight"].ne, vec![2048, 512]);
         assert_eq!(base.tensors["blk.0.ffn_down.weight"].ne, vec![8192, 2048]);
-        assert!(!base.tensors.contains_key("output.weight"), "tied embeddings have no output tensor");
+        assert!(
+            !base.tensors.contains_key("output.weight"),
+            "tied embeddings have no output tensor"
+        );
         assert!(!base.tensors.contains_key("blk.16.attn_q.weight"));
     }
 
@@ -846,9 +1018,15 @@ mod tests {
         )
         .unwrap();
         let base = BaseModel::load(dir.path()).unwrap();
-        assert_eq!((base.arch.as_str(), base.head_count, base.head_count_kv, base.vocab_size), ("gemma3", 8, 4, Some(262_208)));
+        assert_eq!(
+            (base.arch.as_str(), base.head_count, base.head_count_kv, base.vocab_size),
+            ("gemma3", 8, 4, Some(262_208))
+        );
         assert_eq!(base.tensors["blk.0.attn_q.weight"].ne, vec![2560, 8 * 256]);
-        assert!(!base.tensors.contains_key("output.weight"), "Gemma ties embeddings by default");
+        assert!(
+            !base.tensors.contains_key("output.weight"),
+            "Gemma ties embeddings by default"
+        );
     }
 
     #[test]
@@ -861,7 +1039,10 @@ mod tests {
         )
         .unwrap();
         let err = BaseModel::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("num_hidden_layers") && err.contains("from 1 to 4096"), "{err}");
+        assert!(
+            err.contains("num_hidden_layers") && err.contains("from 1 to 4096"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -876,7 +1057,11 @@ mod tests {
                 ("llama.attention.head_count".to_string(), Value::U32(4)),
                 ("llama.attention.head_count_kv".to_string(), kv),
             ];
-            let specs = [TensorSpec { name: "token_embd.weight".into(), ne: vec![8, 4], ty: GgmlType::F32 }];
+            let specs = [TensorSpec {
+                name: "token_embd.weight".into(),
+                ne: vec![8, 4],
+                ty: GgmlType::F32,
+            }];
             let mut w = Writer::new(std::fs::File::create(&path).unwrap(), &kvs, &specs).unwrap();
             w.write_tensor(&[0u8; 128]).unwrap();
             w.finish().unwrap();
@@ -894,7 +1079,10 @@ mod tests {
         assert_eq!((differ.head_count_kv, differ.geometry().head_count_kv), (2, None));
         let (_d, bad) = write(Value::Array(Array::String(["x"].into_iter().collect())));
         let err = bad.unwrap_err().to_string();
-        assert!(err.contains("head_count_kv") && err.contains("not a head count"), "{err}");
+        assert!(
+            err.contains("head_count_kv") && err.contains("not a head count"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -902,7 +1090,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("config.json"), r#"{"model_type":"gpt2","n_embd":768}"#).unwrap();
         let err = BaseModel::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("`gpt2`") && err.contains("qwen2 (Qwen2, Qwen2.5)"), "{err}");
+        assert!(
+            err.contains("`gpt2`") && err.contains("qwen2 (Qwen2, Qwen2.5)"),
+            "{err}"
+        );
     }
 
     fn show(info: serde_json::Value, tensors: serde_json::Value) -> Result<BaseModel> {
@@ -925,19 +1116,34 @@ mod tests {
             }
             v
         };
-        let err = show(info(100_000_000, Some(4), 128), serde_json::json!([])).unwrap_err().to_string();
-        assert!(err.contains("`llama.block_count` is 100000000; expected a count from 1 to 4096"), "{err}");
+        let err = show(info(100_000_000, Some(4), 128), serde_json::json!([]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`llama.block_count` is 100000000; expected a count from 1 to 4096"),
+            "{err}"
+        );
         let err = show(info(2, None, 128), serde_json::json!([])).unwrap_err().to_string();
         assert!(err.contains("`llama.attention.head_count` is missing"), "{err}");
-        let err = show(info(2, Some(0), 128), serde_json::json!([])).unwrap_err().to_string();
+        let err = show(info(2, Some(0), 128), serde_json::json!([]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("head_count` is not a head count from 1 to 4096"), "{err}");
         // No feed_forward_length: derived MLP shapes would be [64, 0].
-        let err = show(info(2, Some(4), 0), serde_json::json!([])).unwrap_err().to_string();
-        assert!(err.contains("cannot be derived") && err.contains("feed-forward size` is 0"), "{err}");
+        let err = show(info(2, Some(4), 0), serde_json::json!([]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot be derived") && err.contains("feed-forward size` is 0"),
+            "{err}"
+        );
         let t = serde_json::json!([{"name": "blk.0.attn_q.weight", "type": "F16", "shape": [64, 0]}]);
         let err = show(info(2, Some(4), 128), t).unwrap_err().to_string();
         assert!(err.contains("`blk.0.attn_q.weight` has shape [64, 0]"), "{err}");
-        assert_eq!(show(info(2, Some(4), 128), serde_json::json!([])).unwrap().tensors["blk.1.ffn_up.weight"].ne, [64, 128]);
+        assert_eq!(
+            show(info(2, Some(4), 128), serde_json::json!([])).unwrap().tensors["blk.1.ffn_up.weight"].ne,
+            [64, 128]
+        );
     }
 
     #[test]

@@ -54,10 +54,17 @@ pub fn list(dir: &Path) -> Result<Vec<Entry>> {
             if name.ends_with(".sha256") || name.starts_with('.') {
                 continue;
             }
-            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
             if meta.is_file() {
                 let last_used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                entries.push(Entry { path, kind, bytes: meta.len(), last_used });
+                entries.push(Entry {
+                    path,
+                    kind,
+                    bytes: meta.len(),
+                    last_used,
+                });
             }
         }
     }
@@ -68,7 +75,9 @@ pub fn list(dir: &Path) -> Result<Vec<Entry>> {
 /// Removes entries not used for `max_age`.
 pub fn prune(dir: &Path, max_age: Duration) -> Result<Removed> {
     let now = SystemTime::now();
-    let stale = list(dir)?.into_iter().filter(|e| now.duration_since(e.last_used).is_ok_and(|age| age > max_age));
+    let stale = list(dir)?
+        .into_iter()
+        .filter(|e| now.duration_since(e.last_used).is_ok_and(|age| age > max_age));
     remove_all(stale)
 }
 
@@ -137,7 +146,12 @@ mod tests {
         std::fs::write(sidecar(&old), "x 10\n").unwrap();
         std::fs::write(builds.join(".merge-c.gguf.1234.tmp"), "in progress").unwrap();
         let long_ago = SystemTime::now() - Duration::from_secs(90 * 86400);
-        std::fs::File::options().append(true).open(&old).unwrap().set_modified(long_ago).unwrap();
+        std::fs::File::options()
+            .append(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
 
         let listed = list(d.path()).unwrap();
         assert_eq!(listed.iter().map(|e| e.bytes).sum::<u64>(), 60);
@@ -148,6 +162,9 @@ mod tests {
         assert!(is_build(d.path(), &new) && !is_build(d.path(), &blob));
         let removed = clear(d.path()).unwrap();
         assert_eq!((removed.files, removed.bytes), (2, 50));
-        assert!(builds.join(".merge-c.gguf.1234.tmp").exists(), "another run's temporary file is not ours to remove");
+        assert!(
+            builds.join(".merge-c.gguf.1234.tmp").exists(),
+            "another run's temporary file is not ours to remove"
+        );
     }
 }

@@ -10,16 +10,20 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::base;
-use crate::create::{self, Mode};
-use crate::modelfile::Parameters;
-use crate::validate::{self, Validation};
 use crate::convert::{self, Input, OutType};
+use crate::create::{self, Mode};
 use crate::merge::{self, MergedType};
+use crate::modelfile::Parameters;
 use crate::peft::{Adapter, Report};
 use crate::progress::Progress;
+use crate::validate::{self, Validation};
 
 #[derive(Parser, Debug)]
-#[command(name = "ollama-tools", version, about = "Fine-tuned LoRA adapters into Ollama and llama.cpp, exactly")]
+#[command(
+    name = "ollama-tools",
+    version,
+    about = "Fine-tuned LoRA adapters into Ollama and llama.cpp, exactly"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -248,7 +252,10 @@ impl CreateArgs {
     /// The library's options, with the files read and the parameters checked.
     fn options(&self, base: String, name: Option<String>, adapter: Option<PathBuf>) -> anyhow::Result<create::Options> {
         let mut params = Parameters::default();
-        let typed = [("temperature", self.temperature.map(|t| t.to_string())), ("num_ctx", self.num_ctx.map(|n| n.to_string()))];
+        let typed = [
+            ("temperature", self.temperature.map(|t| t.to_string())),
+            ("num_ctx", self.num_ctx.map(|n| n.to_string())),
+        ];
         for (key, value) in typed.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k, v))) {
             params.push(key, value)?;
         }
@@ -256,7 +263,9 @@ impl CreateArgs {
             params.push_arg(p)?;
         }
         let read = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
-            p.as_ref().map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))).transpose()
+            p.as_ref()
+                .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+                .transpose()
         };
         Ok(create::Options {
             name,
@@ -276,7 +285,10 @@ impl CreateArgs {
             no_create: self.no_create,
             force: self.force,
             yes: self.yes,
-            host: self.host.as_ref().map_or_else(crate::ollama::host, |h| crate::ollama::host_from(h)),
+            host: self
+                .host
+                .as_ref()
+                .map_or_else(crate::ollama::host, |h| crate::ollama::host_from(h)),
             strict: self.strict,
             keep_build: !self.no_keep_build,
         })
@@ -299,27 +311,86 @@ pub fn run(cli: Cli) -> ExitCode {
     });
     ignore_file_size_signal();
     let result = match cli.command {
-        Command::Convert { adapters, base, strict, output, outtype, scale, name, force, json } => {
-            let opts = convert::Options { outtype, scale, name, force, strict };
+        Command::Convert {
+            adapters,
+            base,
+            strict,
+            output,
+            outtype,
+            scale,
+            name,
+            force,
+            json,
+        } => {
+            let opts = convert::Options {
+                outtype,
+                scale,
+                name,
+                force,
+                strict,
+            };
             run_convert(&adapters, &base, &output, &opts, json, cli.quiet)
         }
-        Command::Validate { adapter, base, strict, json } => run_validate(&adapter, &base, strict, json),
-        Command::Merge { adapters, base, base_gguf, output, merged_type, scale, strict, force, json } => {
-            let opts = merge::Options { merged_type, scale, force, strict };
+        Command::Validate {
+            adapter,
+            base,
+            strict,
+            json,
+        } => run_validate(&adapter, &base, strict, json),
+        Command::Merge {
+            adapters,
+            base,
+            base_gguf,
+            output,
+            merged_type,
+            scale,
+            strict,
+            force,
+            json,
+        } => {
+            let opts = merge::Options {
+                merged_type,
+                scale,
+                force,
+                strict,
+            };
             run_merge(&adapters, &base, base_gguf.as_deref(), &output, &opts, json, cli.quiet)
         }
         Command::Inspect { adapter, json } => run_inspect(&adapter, json),
         Command::Cache { action } => run_cache(&action),
-        Command::CreateFromBase { base, name, adapter, create } => {
-            create.options(base, name, adapter).and_then(|opts| run_create(&opts, create.json, cli.quiet))
-        }
-        Command::FetchAdapter { repo, base, name, revision, subfolder, download_only, create } => {
-            run_fetch(&repo, base, name, &revision, subfolder.as_deref(), download_only, &create, cli.quiet)
-        }
+        Command::CreateFromBase {
+            base,
+            name,
+            adapter,
+            create,
+        } => create
+            .options(base, name, adapter)
+            .and_then(|opts| run_create(&opts, create.json, cli.quiet)),
+        Command::FetchAdapter {
+            repo,
+            base,
+            name,
+            revision,
+            subfolder,
+            download_only,
+            create,
+        } => run_fetch(
+            &repo,
+            base,
+            name,
+            &revision,
+            subfolder.as_deref(),
+            download_only,
+            &create,
+            cli.quiet,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.chain().any(|c| matches!(c.downcast_ref(), Some(crate::Error::Cancelled))) => {
+        Err(e)
+            if e.chain()
+                .any(|c| matches!(c.downcast_ref(), Some(crate::Error::Cancelled))) =>
+        {
             eprintln!("interrupted; nothing half-written was left behind (a download in progress resumes next time)");
             ExitCode::from(130)
         }
@@ -342,13 +413,21 @@ fn run_cache(action: &CacheAction) -> anyhow::Result<()> {
             let now = std::time::SystemTime::now();
             for e in &entries {
                 let days = now.duration_since(e.last_used).map_or(0, |d| d.as_secs() / 86400);
-                println!("{:>10}  {:>4} days  {:5}  {}", human_bytes(e.bytes), days, e.kind, e.path.display());
+                println!(
+                    "{:>10}  {:>4} days  {:5}  {}",
+                    human_bytes(e.bytes),
+                    days,
+                    e.kind,
+                    e.path.display()
+                );
             }
             let total: u64 = entries.iter().map(|e| e.bytes).sum();
             println!("{} entries, {} in {}", entries.len(), human_bytes(total), dir.display());
             return Ok(());
         }
-        CacheAction::Prune { older_than } => crate::cache::prune(&dir, std::time::Duration::from_secs(older_than.saturating_mul(86400)))?,
+        CacheAction::Prune { older_than } => {
+            crate::cache::prune(&dir, std::time::Duration::from_secs(older_than.saturating_mul(86400)))?
+        }
         CacheAction::Clear => crate::cache::clear(&dir)?,
     };
     println!("removed {} entries, {}", removed.files, human_bytes(removed.bytes));
@@ -369,7 +448,14 @@ fn parse_adapter_arg(arg: &str) -> anyhow::Result<(PathBuf, f64)> {
     Ok((arg.into(), 1.0))
 }
 
-fn run_convert(args: &[String], base: &str, output: &Path, opts: &convert::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
+fn run_convert(
+    args: &[String],
+    base: &str,
+    output: &Path,
+    opts: &convert::Options,
+    json: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
     let inputs = open_inputs(args)?;
     let base = base::resolve(base)?;
     let bar = Bar::new(quiet);
@@ -390,7 +476,10 @@ fn run_convert(args: &[String], base: &str, output: &Path, opts: &convert::Optio
         human_bytes(summary.bytes)
     );
     if summary.folded > 0 {
-        println!("  {} pairs carry a scale other than alpha/rank, folded into their lora_B", summary.folded);
+        println!(
+            "  {} pairs carry a scale other than alpha/rank, folded into their lora_B",
+            summary.folded
+        );
     }
     Ok(())
 }
@@ -399,18 +488,33 @@ fn open_inputs(args: &[String]) -> anyhow::Result<Vec<Input>> {
     args.iter()
         .map(|arg| {
             let (path, weight) = parse_adapter_arg(arg)?;
-            Ok(Input { adapter: Adapter::open(&path)?, weight })
+            Ok(Input {
+                adapter: Adapter::open(&path)?,
+                weight,
+            })
         })
         .collect()
 }
 
-fn run_merge(args: &[String], base: &str, base_gguf: Option<&Path>, output: &Path, opts: &merge::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
+fn run_merge(
+    args: &[String],
+    base: &str,
+    base_gguf: Option<&Path>,
+    output: &Path,
+    opts: &merge::Options,
+    json: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
     // One ready GGUF LoRA adapter is merged as llama.cpp would apply it.
     let gguf_adapter = match args {
         [one] if Path::new(one).is_file() && crate::gguf::is_gguf(Path::new(one)) => Some(Path::new(one)),
         _ => None,
     };
-    let inputs = if gguf_adapter.is_some() { vec![] } else { open_inputs(args)? };
+    let inputs = if gguf_adapter.is_some() {
+        vec![]
+    } else {
+        open_inputs(args)?
+    };
     let bar = Bar::new(quiet);
     let base = match base_gguf {
         Some(file) => base::BaseModel::from_gguf(file)?,
@@ -439,7 +543,16 @@ fn run_merge(args: &[String], base: &str, base_gguf: Option<&Path>, output: &Pat
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_fetch(repo: &str, base: Option<String>, name: Option<String>, revision: &str, subfolder: Option<&str>, download_only: bool, args: &CreateArgs, quiet: bool) -> anyhow::Result<()> {
+fn run_fetch(
+    repo: &str,
+    base: Option<String>,
+    name: Option<String>,
+    revision: &str,
+    subfolder: Option<&str>,
+    download_only: bool,
+    args: &CreateArgs,
+    quiet: bool,
+) -> anyhow::Result<()> {
     // Files and parameters are checked before a possibly long download.
     args.options(String::new(), None, None)?;
     let bar = Bar::new(quiet);
@@ -453,12 +566,20 @@ fn run_fetch(repo: &str, base: Option<String>, name: Option<String>, revision: &
         }
         return Ok(());
     }
-    let adapter_base = if fetched.gguf { None } else { Adapter::open(&fetched.path)?.config.base_model_name_or_path.clone() };
+    let adapter_base = if fetched.gguf {
+        None
+    } else {
+        Adapter::open(&fetched.path)?.config.base_model_name_or_path.clone()
+    };
     let base = crate::hub::choose_base(base.as_deref(), adapter_base.as_deref(), args.yes, &bar)?;
     let name = name.or_else(|| (!args.no_create).then(|| crate::hub::slug(repo)));
     let opts = args.options(base, name, Some(fetched.path.clone()))?;
     if !args.json && !quiet {
-        eprintln!("adapter: {} ({repo} at {})", fetched.path.display(), &fetched.commit.get(..12).unwrap_or(&fetched.commit));
+        eprintln!(
+            "adapter: {} ({repo} at {})",
+            fetched.path.display(),
+            &fetched.commit.get(..12).unwrap_or(&fetched.commit)
+        );
     }
     run_create_with(&opts, args.json, bar)
 }
@@ -488,17 +609,37 @@ fn run_create_with(opts: &create::Options, json: bool, bar: Bar) -> anyhow::Resu
     }
     println!("  mode        {mode}: {}", r.reason);
     if let (Some(file), Some(digest), Some(bytes)) = (&r.file, &r.digest, r.file_bytes) {
-        let how = if r.reused_build { "reused from an earlier run" } else { "built now" };
-        println!("  file        {} ({}, {}; {how})", file.display(), human_bytes(bytes), digest);
+        let how = if r.reused_build {
+            "reused from an earlier run"
+        } else {
+            "built now"
+        };
+        println!(
+            "  file        {} ({}, {}; {how})",
+            file.display(),
+            human_bytes(bytes),
+            digest
+        );
     }
     if r.created {
-        println!("  uploaded    {}", if r.uploaded == 0 { "nothing: the server had every blob".to_string() } else { format!("{} blob(s)", r.uploaded) });
+        println!(
+            "  uploaded    {}",
+            if r.uploaded == 0 {
+                "nothing: the server had every blob".to_string()
+            } else {
+                format!("{} blob(s)", r.uploaded)
+            }
+        );
         if let Some(size) = r.size {
             println!("  size        {}", human_bytes(size));
         }
         if let Some(p) = &r.parameters {
             for (i, line) in p.lines().enumerate() {
-                println!("  {:<11} {}", if i == 0 { "parameters" } else { "" }, line.split_whitespace().collect::<Vec<_>>().join(" "));
+                println!(
+                    "  {:<11} {}",
+                    if i == 0 { "parameters" } else { "" },
+                    line.split_whitespace().collect::<Vec<_>>().join(" ")
+                );
             }
         }
     }
@@ -507,7 +648,11 @@ fn run_create_with(opts: &create::Options, json: bool, bar: Bar) -> anyhow::Resu
     }
     match (&r.name, r.created, &r.modelfile) {
         (Some(name), true, _) => println!("run it: ollama run {name}"),
-        (name, false, Some(m)) => println!("create it: ollama create {} -f {}", name.as_deref().unwrap_or("NAME"), m.display()),
+        (name, false, Some(m)) => println!(
+            "create it: ollama create {} -f {}",
+            name.as_deref().unwrap_or("NAME"),
+            m.display()
+        ),
         _ => {}
     }
     Ok(())
@@ -526,7 +671,11 @@ fn run_validate(path: &Path, base: &str, strict: bool, json: bool) -> anyhow::Re
         anyhow::bail!("{}: {}", path.display(), v.summary);
     }
     if strict && !v.warnings.is_empty() {
-        anyhow::bail!("{}: {} warning(s), and --strict makes them errors", path.display(), v.warnings.len());
+        anyhow::bail!(
+            "{}: {} warning(s), and --strict makes them errors",
+            path.display(),
+            v.warnings.len()
+        );
     }
     Ok(())
 }
@@ -543,7 +692,11 @@ fn format_validation(v: &Validation) -> String {
     }
     for (label, list) in [("warning", &v.warnings), ("error", &v.errors)] {
         for f in list {
-            let _ = writeln!(s, "  {label:<8} {}: {}\n           what to do: {}", f.subject, f.message, f.hint);
+            let _ = writeln!(
+                s,
+                "  {label:<8} {}: {}\n           what to do: {}",
+                f.subject, f.message, f.hint
+            );
         }
     }
     let _ = writeln!(s, "{}", v.summary);
@@ -571,7 +724,11 @@ fn ranges(layers: &[u32]) -> String {
         while i + 1 < layers.len() && layers[i + 1] == layers[i] + 1 {
             i += 1;
         }
-        out.push(if layers[i] == start { start.to_string() } else { format!("{start}-{}", layers[i]) });
+        out.push(if layers[i] == start {
+            start.to_string()
+        } else {
+            format!("{start}-{}", layers[i])
+        });
         i += 1;
     }
     out.join(", ")
@@ -596,39 +753,82 @@ fn format_report(r: &Report) -> String {
         "peft type     {}{}{}",
         opt(&r.peft_type),
         r.task_type.as_ref().map_or(String::new(), |t| format!(" ({t})")),
-        r.peft_version.as_ref().map_or(String::new(), |v| format!(", written by PEFT {v}"))
+        r.peft_version
+            .as_ref()
+            .map_or(String::new(), |v| format!(", written by PEFT {v}"))
     );
     let _ = writeln!(s, "base model    {}", opt(&r.base_model));
     let _ = writeln!(
         s,
         "rank          {}{}",
         r.r.map_or("(not set)".into(), |v| v.to_string()),
-        if r.rank_pattern.is_empty() { String::new() } else { format!("  rank_pattern {}", serde_json::to_string(&r.rank_pattern).unwrap_or_default()) }
+        if r.rank_pattern.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  rank_pattern {}",
+                serde_json::to_string(&r.rank_pattern).unwrap_or_default()
+            )
+        }
     );
     let _ = writeln!(
         s,
         "alpha         {}  scale = {}{}",
         r.lora_alpha.map_or("(not set)".into(), |v| v.to_string()),
-        if r.use_rslora { "alpha/sqrt(r) (rsLoRA)" } else { "alpha/r" },
-        if r.alpha_pattern.is_empty() { String::new() } else { format!("  alpha_pattern {}", serde_json::to_string(&r.alpha_pattern).unwrap_or_default()) }
+        if r.use_rslora {
+            "alpha/sqrt(r) (rsLoRA)"
+        } else {
+            "alpha/r"
+        },
+        if r.alpha_pattern.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  alpha_pattern {}",
+                serde_json::to_string(&r.alpha_pattern).unwrap_or_default()
+            )
+        }
     );
     let targets = match &r.target_modules {
-        Some(serde_json::Value::Array(items)) => {
-            items.iter().map(|v| v.as_str().unwrap_or("?").to_string()).collect::<Vec<_>>().join(", ")
-        }
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().unwrap_or("?").to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         Some(serde_json::Value::String(re)) => format!("regex {re}"),
         Some(other) => other.to_string(),
         None => "(not set)".into(),
     };
     let _ = writeln!(s, "targets       {targets}");
     if !r.modules.is_empty() {
-        let _ = writeln!(s, "modules       {:<14} {:<12} {:>5} {:>8} {:>10}", "module", "layers", "rank", "alpha", "scale");
+        let _ = writeln!(
+            s,
+            "modules       {:<14} {:<12} {:>5} {:>8} {:>10}",
+            "module", "layers", "rank", "alpha", "scale"
+        );
         for m in &r.modules {
-            let layers = if m.layers.is_empty() { "-".to_string() } else { ranges(&m.layers) };
-            let _ = writeln!(s, "              {:<14} {:<12} {:>5} {:>8} {:>10.4}", m.module, layers, m.rank, m.alpha, m.scale);
+            let layers = if m.layers.is_empty() {
+                "-".to_string()
+            } else {
+                ranges(&m.layers)
+            };
+            let _ = writeln!(
+                s,
+                "              {:<14} {:<12} {:>5} {:>8} {:>10.4}",
+                m.module, layers, m.rank, m.alpha, m.scale
+            );
         }
     }
-    let _ = writeln!(s, "layers        {} ({} layers)", if r.layers.is_empty() { "-".into() } else { ranges(&r.layers) }, r.layers.len());
+    let _ = writeln!(
+        s,
+        "layers        {} ({} layers)",
+        if r.layers.is_empty() {
+            "-".into()
+        } else {
+            ranges(&r.layers)
+        },
+        r.layers.len()
+    );
     let dtypes: Vec<String> = r.dtypes.iter().map(|(t, n)| format!("{n} {t}")).collect();
     let _ = writeln!(
         s,
@@ -661,7 +861,11 @@ struct Bar {
 
 impl Bar {
     fn new(quiet: bool) -> Self {
-        let bar = if quiet || !std::io::stderr().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new(0) };
+        let bar = if quiet || !std::io::stderr().is_terminal() {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0)
+        };
         bar.set_style(
             ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
                 .expect("static template")
@@ -675,8 +879,16 @@ impl Progress for Bar {
     fn stage(&self, name: &str, total: u64) {
         self.bar.reset();
         // A stage of unknown length (a server working) gets a spinner and its status text.
-        let template = if total == 0 { "{spinner} {msg}" } else { "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}" };
-        self.bar.set_style(ProgressStyle::with_template(template).expect("static template").progress_chars("=> "));
+        let template = if total == 0 {
+            "{spinner} {msg}"
+        } else {
+            "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}"
+        };
+        self.bar.set_style(
+            ProgressStyle::with_template(template)
+                .expect("static template")
+                .progress_chars("=> "),
+        );
         if total == 0 {
             self.bar.enable_steady_tick(std::time::Duration::from_millis(120));
         }
@@ -692,7 +904,12 @@ impl Progress for Bar {
             return None;
         }
         self.bar.suspend(|| {
-            dialoguer::Confirm::new().with_prompt(question).default(default).interact_opt().ok().map(|a| a.unwrap_or(false))
+            dialoguer::Confirm::new()
+                .with_prompt(question)
+                .default(default)
+                .interact_opt()
+                .ok()
+                .map(|a| a.unwrap_or(false))
         })
     }
     fn advance(&self, n: u64) {
@@ -706,7 +923,15 @@ impl Progress for Bar {
         if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
             return None;
         }
-        self.bar.suspend(|| dialoguer::Select::new().with_prompt(question).items(items).default(0).interact_opt().ok().flatten())
+        self.bar.suspend(|| {
+            dialoguer::Select::new()
+                .with_prompt(question)
+                .items(items)
+                .default(0)
+                .interact_opt()
+                .ok()
+                .flatten()
+        })
     }
     fn finish(&self) {
         self.bar.disable_steady_tick();
@@ -740,8 +965,17 @@ mod tests {
 
     #[test]
     fn adapter_weights() {
-        assert_eq!(parse_adapter_arg("/no/such/a:0.5").unwrap(), (PathBuf::from("/no/such/a"), 0.5));
-        assert_eq!(parse_adapter_arg("/no/such/b").unwrap(), (PathBuf::from("/no/such/b"), 1.0));
-        assert_eq!(parse_adapter_arg("/no/such/c:-1").unwrap(), (PathBuf::from("/no/such/c"), -1.0));
+        assert_eq!(
+            parse_adapter_arg("/no/such/a:0.5").unwrap(),
+            (PathBuf::from("/no/such/a"), 0.5)
+        );
+        assert_eq!(
+            parse_adapter_arg("/no/such/b").unwrap(),
+            (PathBuf::from("/no/such/b"), 1.0)
+        );
+        assert_eq!(
+            parse_adapter_arg("/no/such/c:-1").unwrap(),
+            (PathBuf::from("/no/such/c"), -1.0)
+        );
     }
 }

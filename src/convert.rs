@@ -23,9 +23,9 @@ use crate::base::BaseModel;
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgmlType, TensorSpec, Value};
 use crate::peft::{self, Adapter, LoraModule, RawTensor};
-use crate::validate::{first_and_more, plural, validate, Finding, Target};
 use crate::pipeline;
 use crate::progress::Progress;
+use crate::validate::{Finding, Target, first_and_more, plural, validate};
 
 #[cfg(target_endian = "big")]
 compile_error!("GGUF and safetensors are little-endian; this code writes memory as is");
@@ -62,7 +62,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { outtype: OutType::Auto, scale: 1.0, name: None, force: false, strict: false }
+        Options {
+            outtype: OutType::Auto,
+            scale: 1.0,
+            name: None,
+            force: false,
+            strict: false,
+        }
     }
 }
 
@@ -118,25 +124,46 @@ pub(crate) struct OutTensor {
 /// The refusal for an adapter that failed validation, every finding listed.
 pub(crate) fn refuse(adapter: &Adapter, base: &BaseModel, findings: &[Finding]) -> Error {
     let n = findings.len();
-    let mut msg = format!("does not fit {} ({n} problem{}):", base.source.display(), if n == 1 { "" } else { "s" });
+    let mut msg = format!(
+        "does not fit {} ({n} problem{}):",
+        base.source.display(),
+        if n == 1 { "" } else { "s" }
+    );
     for f in findings.iter().take(12) {
-        msg.push_str(&format!("\n  - {}: {}\n    what to do: {}", f.subject, f.message, f.hint));
+        msg.push_str(&format!(
+            "\n  - {}: {}\n    what to do: {}",
+            f.subject, f.message, f.hint
+        ));
     }
     if n > 12 {
-        msg.push_str(&format!("\n  ... and {} more (run `ollama-tools validate` for all)", n - 12));
+        msg.push_str(&format!(
+            "\n  ... and {} more (run `ollama-tools validate` for all)",
+            n - 12
+        ));
     }
-    Error::Refused { path: adapter.path.clone(), msg, hint: None }
+    Error::Refused {
+        path: adapter.path.clone(),
+        msg,
+        hint: None,
+    }
 }
 
 /// The name of an adapter for `general.name`: its folder.
 pub(crate) fn adapter_label(adapter: &Adapter) -> String {
     let dir = adapter.config_path.parent().unwrap_or(Path::new("."));
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    dir.file_name().map_or_else(|| "adapter".to_string(), |n| n.to_string_lossy().into_owned())
+    dir.file_name()
+        .map_or_else(|| "adapter".to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 /// Converts `inputs` for `base` into the GGUF LoRA adapter `output`.
-pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
+pub fn convert(
+    inputs: &[Input],
+    base: &BaseModel,
+    output: &Path,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Summary> {
     let mut plan = prepare(inputs, base, output, opts)?;
     let arch = base.arch.clone();
     if let Some(spec) = base.arch_spec() {
@@ -145,7 +172,12 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
     leave_out_towers(&mut plan, inputs, opts.strict)?;
 
     // Pass 1: statistics, so bad values are refused and tensor types fixed before anything is written.
-    let total_bytes: u64 = plan.tensors.iter().flat_map(|t| &t.parts).map(|p| src(inputs, p).1.byte_len() as u64).sum();
+    let total_bytes: u64 = plan
+        .tensors
+        .iter()
+        .flat_map(|t| &t.parts)
+        .map(|p| src(inputs, p).1.byte_len() as u64)
+        .sum();
     progress.stage("checking", total_bytes);
     let stats = scan(inputs, &plan.tensors, progress)?;
     progress.finish();
@@ -180,8 +212,12 @@ pub fn convert(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options
 
 /// A GGUF adapter for a tensor llama.cpp multiplies without LoRA would load and do nothing.
 fn refuse_merge_only(arch: &Arch, plan: &Plan, inputs: &[Input]) -> Result<()> {
-    let names: Vec<&str> =
-        plan.tensors.iter().filter_map(|t| t.spec.name.strip_suffix(".lora_a")).filter(|n| arch.is_merge_only(n)).collect();
+    let names: Vec<&str> = plan
+        .tensors
+        .iter()
+        .filter_map(|t| t.spec.name.strip_suffix(".lora_a"))
+        .filter(|n| arch.is_merge_only(n))
+        .collect();
     if names.is_empty() {
         return Ok(());
     }
@@ -200,19 +236,35 @@ fn refuse_merge_only(arch: &Arch, plan: &Plan, inputs: &[Input]) -> Result<()> {
 /// A GGUF adapter reaches the language model only (llama.cpp loads towers from a separate mmproj,
 /// which takes no adapter), so pairs on the tower a base carries are dropped here; `merge` keeps them.
 fn leave_out_towers(plan: &mut Plan, inputs: &[Input], strict: bool) -> Result<()> {
-    let towers: Vec<&str> =
-        plan.tensors.iter().filter_map(|t| t.spec.name.strip_suffix(".lora_a")).filter(|n| arch::is_tower_tensor(n)).collect();
+    let towers: Vec<&str> = plan
+        .tensors
+        .iter()
+        .filter_map(|t| t.spec.name.strip_suffix(".lora_a"))
+        .filter(|n| arch::is_tower_tensor(n))
+        .collect();
     if towers.is_empty() {
         return Ok(());
     }
-    let what = format!("{} LoRA pair{} on the base's multimodal tower ({})", towers.len(), plural(towers.len()), first_and_more(&towers));
-    let hint = "merge the adapter into the base instead (`ollama-tools merge`, or create-from-base), which applies them";
+    let what = format!(
+        "{} LoRA pair{} on the base's multimodal tower ({})",
+        towers.len(),
+        plural(towers.len()),
+        first_and_more(&towers)
+    );
+    let hint =
+        "merge the adapter into the base instead (`ollama-tools merge`, or create-from-base), which applies them";
     if strict || plan.tensors.len() == 2 * towers.len() {
         let why = if strict { "--strict" } else { "nothing else to convert" };
-        return Err(Error::refused(&inputs[0].adapter.path, format!("{what} cannot go into a GGUF adapter ({why})"), hint));
+        return Err(Error::refused(
+            &inputs[0].adapter.path,
+            format!("{what} cannot go into a GGUF adapter ({why})"),
+            hint,
+        ));
     }
     plan.tensors.retain(|t| !arch::is_tower_tensor(&t.spec.name));
-    plan.notices.push(format!("warning: {what} left out: a GGUF adapter reaches the language model only ({hint})"));
+    plan.notices.push(format!(
+        "warning: {what} left out: a GGUF adapter reaches the language model only ({hint})"
+    ));
     Ok(())
 }
 
@@ -221,12 +273,19 @@ fn leave_out_towers(plan: &mut Plan, inputs: &[Input], strict: bool) -> Result<(
 pub(crate) fn prepare(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options) -> Result<Plan> {
     check_scale(opts.scale)?;
     if let Some(i) = inputs.iter().find(|i| !(i.weight.is_finite() && i.weight != 0.0)) {
-        return Err(Error::Usage(format!("adapter weight must be a non-zero finite number, got {} for {}", i.weight, i.adapter.path.display())));
+        return Err(Error::Usage(format!(
+            "adapter weight must be a non-zero finite number, got {} for {}",
+            i.weight,
+            i.adapter.path.display()
+        )));
     }
     if inputs.is_empty() {
         return Err(Error::Usage("no adapter given".into()));
     }
-    let mut sources: Vec<&Path> = inputs.iter().flat_map(|i| [i.adapter.weights_path.as_path(), i.adapter.config_path.as_path()]).collect();
+    let mut sources: Vec<&Path> = inputs
+        .iter()
+        .flat_map(|i| [i.adapter.weights_path.as_path(), i.adapter.config_path.as_path()])
+        .collect();
     sources.extend(base.gguf_path.as_deref());
     check_output(output, opts.force, &sources)?;
     let arch = base.arch_spec().ok_or_else(|| {
@@ -244,23 +303,39 @@ pub(crate) fn check_scale(scale: f64) -> Result<()> {
     if scale.is_finite() && scale != 0.0 {
         return Ok(());
     }
-    Err(Error::Usage(format!("--scale must be a non-zero finite number, got {scale}")))
+    Err(Error::Usage(format!(
+        "--scale must be a non-zero finite number, got {scale}"
+    )))
 }
 
 /// The output may be written: it does not exist (or `--force`), it is not one of the inputs, and
 /// it is not a device, socket or directory that a rename would replace. Checked before any work.
 pub(crate) fn check_output(output: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
-    let refuse = |msg: &str, hint: &str| Err(Error::Refused { path: output.to_path_buf(), msg: msg.into(), hint: Some(hint.into()) });
-    let Ok(meta) = std::fs::symlink_metadata(output) else { return Ok(()) };
+    let refuse = |msg: &str, hint: &str| {
+        Err(Error::Refused {
+            path: output.to_path_buf(),
+            msg: msg.into(),
+            hint: Some(hint.into()),
+        })
+    };
+    let Ok(meta) = std::fs::symlink_metadata(output) else {
+        return Ok(());
+    };
     let same = |p: &&Path| match (std::fs::canonicalize(output), std::fs::canonicalize(p)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
     if inputs.iter().any(same) {
-        return refuse("is one of the inputs; writing there would destroy what is being read", "choose another -o");
+        return refuse(
+            "is one of the inputs; writing there would destroy what is being read",
+            "choose another -o",
+        );
     }
     if !meta.is_file() && !meta.file_type().is_symlink() {
-        return refuse("exists and is not a regular file (a directory, device or socket)", "choose another -o");
+        return refuse(
+            "exists and is not a regular file (a directory, device or socket)",
+            "choose another -o",
+        );
     }
     if !force {
         return refuse("already exists", "pass --force to replace it, or choose another -o");
@@ -271,7 +346,10 @@ pub(crate) fn check_output(output: &Path, force: bool, inputs: &[&Path]) -> Resu
 /// A temporary file beside `output` (same filesystem, so the final rename is atomic), readable by
 /// others as a normal file would be (tempfile creates 0600; llama.cpp or Ollama may run as another user).
 pub(crate) fn temp_beside(output: &Path) -> Result<tempfile::NamedTempFile> {
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let prefix = format!(".{}.", output.file_name().map_or("out".into(), |n| n.to_string_lossy()));
     let mut builder = tempfile::Builder::new();
     builder.prefix(&prefix).suffix(".tmp");
@@ -300,7 +378,11 @@ pub fn remove_temporaries() {
 /// Renames the finished temporary file into place; without `force` an existing file is kept.
 pub(crate) fn persist(tmp: tempfile::NamedTempFile, output: &Path, force: bool) -> Result<()> {
     let tmp_path = tmp.path().to_path_buf();
-    let done = if force { tmp.persist(output) } else { tmp.persist_noclobber(output) };
+    let done = if force {
+        tmp.persist(output)
+    } else {
+        tmp.persist_noclobber(output)
+    };
     temporaries().retain(|p| *p != tmp_path);
     done.map(|_| ()).map_err(|e| match e.error.kind() {
         // Checked before the work started, so another process made it meanwhile.
@@ -339,12 +421,23 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
             return Err(refuse(&input.adapter, base, &errors));
         }
         if v.modules.is_empty() {
-            return Err(Error::refused(&input.adapter.weights_path, "no LoRA weights to convert", "check that this is the adapter you trained"));
+            return Err(Error::refused(
+                &input.adapter.weights_path,
+                "no LoRA weights to convert",
+                "check that this is the adapter you trained",
+            ));
         }
         notices.extend(v.notices);
-        notices.extend(v.warnings.iter().map(|w| format!("warning: {}: {} ({})", w.subject, w.message, w.hint)));
+        notices.extend(
+            v.warnings
+                .iter()
+                .map(|w| format!("warning: {}: {} ({})", w.subject, w.message, w.hint)),
+        );
         for t in v.modules {
-            by_target.entry((t.module.site.clone(), t.tensor.clone())).or_default().push((i, t));
+            by_target
+                .entry((t.module.site.clone(), t.tensor.clone()))
+                .or_default()
+                .push((i, t));
         }
     }
 
@@ -363,8 +456,15 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
                 factor: m.scale * inputs[*i].weight * opts.scale * total_rank as f64,
             })
             .collect();
-        let parts_a: Vec<Part> =
-            mods.iter().map(|(i, m)| Part { input: *i, tensor: m.a, rank: m.rank as usize, factor: 1.0 }).collect();
+        let parts_a: Vec<Part> = mods
+            .iter()
+            .map(|(i, m)| Part {
+                input: *i,
+                tensor: m.a,
+                rank: m.rank as usize,
+                factor: 1.0,
+            })
+            .collect();
         let (out_features, in_features) = (mods[0].1.out_features as usize, mods[0].1.in_features as usize);
         // Every module on one tensor has the same site and so the same share of rows.
         let row_offset = targets[0].1.b_row_offset;
@@ -373,12 +473,24 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
             arch::Reorder::default()
         } else {
             arch.reorder(site, &base.geometry(), out_features, in_features)
-                .map_err(|why| Error::invalid(&base.source, format!("the LoRA of `{name}` cannot follow llama.cpp's layout: {why}")))?
+                .map_err(|why| {
+                    Error::invalid(
+                        &base.source,
+                        format!("the LoRA of `{name}` cannot follow llama.cpp's layout: {why}"),
+                    )
+                })?
         };
-        let (a_layout, a_rows, a_cols) =
-            if embedding { (Layout::TransposedA, in_features, r) } else { (Layout::RowsA, r, in_features) };
+        let (a_layout, a_rows, a_cols) = if embedding {
+            (Layout::TransposedA, in_features, r)
+        } else {
+            (Layout::RowsA, r, in_features)
+        };
         tensors.push(OutTensor {
-            spec: TensorSpec { name: format!("{name}.lora_a"), ne: vec![a_cols as u64, a_rows as u64], ty: GgmlType::F32 },
+            spec: TensorSpec {
+                name: format!("{name}.lora_a"),
+                ne: vec![a_cols as u64, a_rows as u64],
+                ty: GgmlType::F32,
+            },
             layout: a_layout,
             rows: a_rows,
             cols: a_cols,
@@ -387,7 +499,11 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
             col_perm: reorder.a_cols,
         });
         tensors.push(OutTensor {
-            spec: TensorSpec { name: format!("{name}.lora_b"), ne: vec![r as u64, out_features as u64], ty: GgmlType::F32 },
+            spec: TensorSpec {
+                name: format!("{name}.lora_b"),
+                ne: vec![r as u64, out_features as u64],
+                ty: GgmlType::F32,
+            },
             layout: Layout::ColsB,
             rows: out_features,
             cols: r,
@@ -410,7 +526,12 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
         }
     }
     let alpha_f64 = votes.iter().max_by_key(|(_, n)| *n).map_or_else(
-        || tensors.iter().find(|t| t.layout == Layout::ColsB).map_or(1.0, |t| t.parts[0].factor.abs()),
+        || {
+            tensors
+                .iter()
+                .find(|t| t.layout == Layout::ColsB)
+                .map_or(1.0, |t| t.parts[0].factor.abs())
+        },
         |(v, _)| *v,
     );
     // llama.cpp computes alpha / rank in f32: keep alpha well inside f32's normal range.
@@ -442,7 +563,12 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
         }
         folded += usize::from(any);
     }
-    Ok(Plan { tensors, alpha, folded, notices })
+    Ok(Plan {
+        tensors,
+        alpha,
+        folded,
+        notices,
+    })
 }
 
 /// lora_B's source row of each output row: `reorder` within this tensor's share of rows, which
@@ -457,8 +583,19 @@ fn row_source(reorder: Option<Vec<usize>>, offset: usize, rows: usize) -> Option
 
 /// The output type of a tensor, from its parts' statistics (already scaled by nothing: the factors
 /// are applied here).
-fn choose_type(t: &OutTensor, stats: &[Stats], outtype: OutType, output: &Path, notices: &mut Vec<String>) -> Result<GgmlType> {
-    let max_abs = t.parts.iter().zip(stats).map(|(p, s)| s.max_abs * p.factor.abs()).fold(0.0, f64::max);
+fn choose_type(
+    t: &OutTensor,
+    stats: &[Stats],
+    outtype: OutType,
+    output: &Path,
+    notices: &mut Vec<String>,
+) -> Result<GgmlType> {
+    let max_abs = t
+        .parts
+        .iter()
+        .zip(stats)
+        .map(|(p, s)| s.max_abs * p.factor.abs())
+        .fold(0.0, f64::max);
     // Judged per part: a stacked part with a tiny weight must not hide behind a large one.
     let min_rms = t
         .parts
@@ -480,7 +617,10 @@ fn choose_type(t: &OutTensor, stats: &[Stats], outtype: OutType, output: &Path, 
         OutType::F16 if max_abs > F16_MAX => {
             return Err(Error::Refused {
                 path: output.to_path_buf(),
-                msg: format!("`{}` has values up to {max_abs:.4e}, beyond f16's range (65504)", t.spec.name),
+                msg: format!(
+                    "`{}` has values up to {max_abs:.4e}, beyond f16's range (65504)",
+                    t.spec.name
+                ),
                 hint: Some("use --outtype auto (f32 where needed) or --outtype f32".into()),
             });
         }
@@ -499,12 +639,20 @@ fn choose_type(t: &OutTensor, stats: &[Stats], outtype: OutType, output: &Path, 
 /// Pass 2: workers assemble and encode tensors (round-robin, at most one finished tensor waiting per
 /// worker, so memory stays at a few tensors); this thread writes them in table order into a
 /// temporary file beside `output`, renamed into place at the end. Returns the file's size.
-fn write(inputs: &[Input], tensors: &[OutTensor], kvs: &[(String, Value)], output: &Path, force: bool, progress: &dyn Progress) -> Result<u64> {
+fn write(
+    inputs: &[Input],
+    tensors: &[OutTensor],
+    kvs: &[(String, Value)],
+    output: &Path,
+    force: bool,
+    progress: &dyn Progress,
+) -> Result<u64> {
     let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
     let tmp = temp_beside(output)?;
     // Errors name the output, not the hidden temporary file beside it.
     let io_err = |e| Error::io(output, e);
-    let mut writer = gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), kvs, &specs).map_err(io_err)?;
+    let mut writer =
+        gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), kvs, &specs).map_err(io_err)?;
 
     pipeline::ordered(
         tensors,
@@ -567,8 +715,11 @@ fn scan(inputs: &[Input], tensors: &[OutTensor], progress: &dyn Progress) -> Res
                             let (adapter, raw) = src(inputs, p);
                             adapter.read_f32(raw, &mut halves, &mut buf)?;
                             let s = stats(&buf).ok_or_else(|| {
-                                Error::invalid(&adapter.weights_path, format!("tensor `{}` holds NaN or infinite values", raw.key))
-                                    .with_hint("the training diverged or the file is damaged; use an earlier checkpoint")
+                                Error::invalid(
+                                    &adapter.weights_path,
+                                    format!("tensor `{}` holds NaN or infinite values", raw.key),
+                                )
+                                .with_hint("the training diverged or the file is damaged; use an earlier checkpoint")
                             })?;
                             progress.advance(raw.byte_len() as u64);
                             per_part.push(s);
@@ -578,7 +729,10 @@ fn scan(inputs: &[Input], tensors: &[OutTensor], progress: &dyn Progress) -> Res
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("scan worker panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("scan worker panicked"))
+            .collect()
     });
     let mut out = vec![Vec::new(); tensors.len()];
     for r in results {
@@ -618,7 +772,11 @@ fn stats(values: &[f32]) -> Option<Stats> {
         }
         sum = values.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
     }
-    Some(Stats { max_abs, sum_sq: sum, count: values.len() })
+    Some(Stats {
+        max_abs,
+        sum_sq: sum,
+        count: values.len(),
+    })
 }
 
 /// The source tensor itself when the output tensor is exactly one unmodified source tensor of the
@@ -637,7 +795,13 @@ fn passthrough<'a>(inputs: &'a [Input], t: &OutTensor) -> Option<(&'a Adapter, &
 }
 
 /// Builds the output tensor in f32 from its parts.
-pub(crate) fn assemble(inputs: &[Input], t: &OutTensor, halves: &mut Vec<u16>, buf: &mut Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+pub(crate) fn assemble(
+    inputs: &[Input],
+    t: &OutTensor,
+    halves: &mut Vec<u16>,
+    buf: &mut Vec<f32>,
+    out: &mut Vec<f32>,
+) -> Result<()> {
     out.clear();
     out.resize(t.rows * t.cols, 0.0);
     let mut offset = 0;
@@ -722,7 +886,13 @@ fn encode(values: Vec<f32>, ty: GgmlType) -> Encoded {
 }
 
 /// The GGUF metadata: what llama.cpp requires, plus provenance under the GGUF naming convention's keys.
-fn metadata(inputs: &[Input], base: &BaseModel, opts: &Options, alpha: f32, tensors: &[OutTensor]) -> Vec<(String, Value)> {
+fn metadata(
+    inputs: &[Input],
+    base: &BaseModel,
+    opts: &Options,
+    alpha: f32,
+    tensors: &[OutTensor],
+) -> Vec<(String, Value)> {
     let s = |v: &str| Value::String(v.to_string());
     let name = opts.name.clone().unwrap_or_else(|| {
         let labels: Vec<String> = inputs.iter().map(|i| adapter_label(&i.adapter)).collect();
@@ -745,7 +915,13 @@ fn metadata(inputs: &[Input], base: &BaseModel, opts: &Options, alpha: f32, tens
     ];
     let mut bases: Vec<String> = Vec::new();
     for i in inputs {
-        if let Some(id) = i.adapter.config.base_model_name_or_path.as_deref().and_then(peft::hub_repo_id) {
+        if let Some(id) = i
+            .adapter
+            .config
+            .base_model_name_or_path
+            .as_deref()
+            .and_then(peft::hub_repo_id)
+        {
             if !bases.contains(&id) {
                 bases.push(id);
             }
@@ -757,13 +933,19 @@ fn metadata(inputs: &[Input], base: &BaseModel, opts: &Options, alpha: f32, tens
             let (org, model) = id.split_once('/').unwrap_or(("", id));
             kvs.push((format!("general.base_model.{n}.name"), s(model)));
             kvs.push((format!("general.base_model.{n}.organization"), s(org)));
-            kvs.push((format!("general.base_model.{n}.repo_url"), s(&format!("https://huggingface.co/{id}"))));
+            kvs.push((
+                format!("general.base_model.{n}.repo_url"),
+                s(&format!("https://huggingface.co/{id}")),
+            ));
         }
     }
     // The adapter's own repository, when it sits in a Hugging Face cache snapshot.
     if let [only] = inputs {
         if let Some(id) = only.adapter.config_path.to_str().and_then(peft::hub_cache_repo) {
-            kvs.push(("general.source.repo_url".to_string(), s(&format!("https://huggingface.co/{id}"))));
+            kvs.push((
+                "general.source.repo_url".to_string(),
+                s(&format!("https://huggingface.co/{id}")),
+            ));
         }
     }
     kvs

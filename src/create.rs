@@ -63,7 +63,11 @@ pub fn is_adapter_refusal(message: &str) -> bool {
 pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     let core = v.trim().trim_start_matches('v').split(['-', '+']).next()?;
     let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-    let version = (parts.next()??, parts.next().flatten().unwrap_or(0), parts.next().flatten().unwrap_or(0));
+    let version = (
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+        parts.next().flatten().unwrap_or(0),
+    );
     (version != (0, 0, 0)).then_some(version)
 }
 
@@ -79,23 +83,52 @@ pub enum Used {
 
 /// The mode to start with, and why. `server_version` is `None` without a server; `Some("")` would
 /// not happen (a server always reports something). `can_merge`: the base has, or can get, a GGUF file.
-pub fn choose_mode(requested: Mode, has_adapter: bool, server_version: Option<&str>, can_merge: bool) -> (Used, String) {
+pub fn choose_mode(
+    requested: Mode,
+    has_adapter: bool,
+    server_version: Option<&str>,
+    can_merge: bool,
+) -> (Used, String) {
     if !has_adapter {
-        return (Used::Base, "no adapter given: a model from the base with the given options".into());
+        return (
+            Used::Base,
+            "no adapter given: a model from the base with the given options".into(),
+        );
     }
-    let threshold = format!("{}.{}.{}", ADAPTERS_REFUSED_SINCE.0, ADAPTERS_REFUSED_SINCE.1, ADAPTERS_REFUSED_SINCE.2);
+    let threshold = format!(
+        "{}.{}.{}",
+        ADAPTERS_REFUSED_SINCE.0, ADAPTERS_REFUSED_SINCE.1, ADAPTERS_REFUSED_SINCE.2
+    );
     match (requested, server_version) {
         (Mode::Merge, _) => (Used::Merge, "--mode merge".into()),
         (Mode::Adapter, _) => (Used::Adapter, "--mode adapter".into()),
         (Mode::Auto, Some(v)) => match parse_version(v) {
-            Some(parsed) if parsed < ADAPTERS_REFUSED_SINCE => {
-                (Used::Adapter, format!("Ollama {v} creates models with adapter layers (refused only since {threshold})"))
-            }
-            Some(_) => (Used::Merge, format!("Ollama {v} no longer creates models with adapter layers (since {threshold}), so the adapter is merged into the base")),
-            None => (Used::Adapter, format!("Ollama reports version `{v}` (a build from source?): trying an adapter layer first, merging if it is refused")),
+            Some(parsed) if parsed < ADAPTERS_REFUSED_SINCE => (
+                Used::Adapter,
+                format!("Ollama {v} creates models with adapter layers (refused only since {threshold})"),
+            ),
+            Some(_) => (
+                Used::Merge,
+                format!(
+                    "Ollama {v} no longer creates models with adapter layers (since {threshold}), so the adapter is merged into the base"
+                ),
+            ),
+            None => (
+                Used::Adapter,
+                format!(
+                    "Ollama reports version `{v}` (a build from source?): trying an adapter layer first, merging if it is refused"
+                ),
+            ),
         },
-        (Mode::Auto, None) if can_merge => (Used::Merge, "no server to ask: merged into the base, which every Ollama version runs".into()),
-        (Mode::Auto, None) => (Used::Adapter, "no server to ask, and the base has no GGUF to merge into: an ADAPTER Modelfile (Ollama before 0.34.1)".into()),
+        (Mode::Auto, None) if can_merge => (
+            Used::Merge,
+            "no server to ask: merged into the base, which every Ollama version runs".into(),
+        ),
+        (Mode::Auto, None) => (
+            Used::Adapter,
+            "no server to ask, and the base has no GGUF to merge into: an ADAPTER Modelfile (Ollama before 0.34.1)"
+                .into(),
+        ),
     }
 }
 
@@ -124,10 +157,14 @@ pub fn may_pull(base: &str, server: &str, yes: bool, ask: impl FnOnce() -> Optio
     let hint = format!("pass --yes to pull it, or run `ollama pull {base}` first");
     match ask() {
         Some(true) => Ok(()),
-        Some(false) => Err(Error::Usage(format!("{base} was not pulled; nothing was changed ({hint})"))),
+        Some(false) => Err(Error::Usage(format!(
+            "{base} was not pulled; nothing was changed ({hint})"
+        ))),
         None => Err(Error::Refused {
             path: PathBuf::from(base),
-            msg: format!("the Ollama server at {server} does not have this model, and there is no terminal to ask whether to pull it"),
+            msg: format!(
+                "the Ollama server at {server} does not have this model, and there is no terminal to ask whether to pull it"
+            ),
             hint: Some(hint),
         }),
     }
@@ -208,8 +245,12 @@ fn non_empty(s: &str) -> Option<String> {
 
 impl Inherited {
     fn from_show(show: &ollama::Show, base: &str) -> Result<Self> {
-        let parameters = Parameters::from_show_text(&show.parameters)
-            .map_err(|e| Error::invalid(Path::new(base), format!("the server's parameters for this model do not parse: {e}")))?;
+        let parameters = Parameters::from_show_text(&show.parameters).map_err(|e| {
+            Error::invalid(
+                Path::new(base),
+                format!("the server's parameters for this model do not parse: {e}"),
+            )
+        })?;
         Ok(Inherited {
             template: non_empty(&show.template),
             system: non_empty(&show.system),
@@ -225,19 +266,30 @@ impl Inherited {
     fn from_store(name: &ModelName, store: &Path) -> Result<Self> {
         let path = name.manifest_path(store);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let manifest: ollama::Manifest = serde_json::from_str(&text).map_err(|e| Error::invalid(&path, e.to_string()))?;
+        let manifest: ollama::Manifest =
+            serde_json::from_str(&text).map_err(|e| Error::invalid(&path, e.to_string()))?;
         let mut out = Inherited::default();
         // Ollama keeps a built-in renderer and parser in the model's config blob, not in a layer.
-        if let Some(blob) = manifest.config.as_ref().and_then(|c| ollama::blob_path(store, &c.digest)) {
-            if let Ok(serde_json::Value::Object(config)) = std::fs::read_to_string(&blob).map(|t| serde_json::from_str(&t).unwrap_or_default()) {
+        if let Some(blob) = manifest
+            .config
+            .as_ref()
+            .and_then(|c| ollama::blob_path(store, &c.digest))
+        {
+            if let Ok(serde_json::Value::Object(config)) =
+                std::fs::read_to_string(&blob).map(|t| serde_json::from_str(&t).unwrap_or_default())
+            {
                 let field = |k: &str| config.get(k).and_then(serde_json::Value::as_str).and_then(non_empty);
                 (out.renderer, out.parser) = (field("renderer"), field("parser"));
             }
         }
         for layer in &manifest.layers {
-            let Some(blob) = ollama::blob_path(store, &layer.digest) else { continue };
+            let Some(blob) = ollama::blob_path(store, &layer.digest) else {
+                continue;
+            };
             let read = || std::fs::read_to_string(&blob).map_err(|e| Error::io(&blob, e));
-            let json = |text: String| serde_json::from_str::<serde_json::Value>(&text).map_err(|e| Error::invalid(&blob, e.to_string()));
+            let json = |text: String| {
+                serde_json::from_str::<serde_json::Value>(&text).map_err(|e| Error::invalid(&blob, e.to_string()))
+            };
             match layer.media_type.as_str() {
                 ollama::TEMPLATE_LAYER => out.template = Some(read()?),
                 ollama::SYSTEM_LAYER => out.system = Some(read()?),
@@ -254,7 +306,8 @@ impl Inherited {
                     }
                 }
                 ollama::MESSAGES_LAYER => {
-                    out.messages = serde_json::from_value(json(read()?)?).map_err(|e| Error::invalid(&blob, e.to_string()))?;
+                    out.messages =
+                        serde_json::from_value(json(read()?)?).map_err(|e| Error::invalid(&blob, e.to_string()))?;
                 }
                 _ => {}
             }
@@ -277,13 +330,20 @@ struct Built {
 /// validated; the adapter converted or merged (or taken from the cache); the Modelfile written; the
 /// file uploaded; the model created; the result read back.
 pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
-    let recorder = Recorder { inner: ui, notices: Mutex::new(Vec::new()) };
+    let recorder = Recorder {
+        inner: ui,
+        notices: Mutex::new(Vec::new()),
+    };
     let ui: &dyn Progress = &recorder;
     if opts.name.is_none() && !opts.no_create {
-        return Err(Error::Usage("--name is required to create a model (or pass --no-create with --out-modelfile)".into()));
+        return Err(Error::Usage(
+            "--name is required to create a model (or pass --no-create with --out-modelfile)".into(),
+        ));
     }
     if opts.no_create && opts.out_modelfile.is_none() {
-        return Err(Error::Usage("--no-create writes nothing without --out-modelfile PATH".into()));
+        return Err(Error::Usage(
+            "--no-create writes nothing without --out-modelfile PATH".into(),
+        ));
     }
     let name = match &opts.name {
         Some(n) => Some(ModelName::parse(n).ok_or_else(|| {
@@ -293,11 +353,17 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
     };
     for (out, flag) in [(&opts.out_modelfile, "--out-modelfile"), (&opts.out_gguf, "--out-gguf")] {
         if let Some(out) = out.as_ref().filter(|o| o.exists() && !opts.force) {
-            return Err(Error::refused(out, "exists", format!("pass --force to replace it, or choose another {flag}")));
+            return Err(Error::refused(
+                out,
+                "exists",
+                format!("pass --force to replace it, or choose another {flag}"),
+            ));
         }
     }
     if opts.out_gguf.is_some() && opts.adapter.is_none() {
-        return Err(Error::Usage("--out-gguf leaves the merged model or the GGUF adapter, and there is no --adapter".into()));
+        return Err(Error::Usage(
+            "--out-gguf leaves the merged model or the GGUF adapter, and there is no --adapter".into(),
+        ));
     }
     let base_path = Path::new(&opts.base);
     let base_is_file = base_path.exists();
@@ -311,13 +377,23 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
     // Whether the user agreed to replace an existing model of the name.
     let mut replacing = false;
     if let Some(client) = &client {
-        let version = client.version().map_err(|e| api_error(e, client.base(), "asking its version"))?;
+        let version = client
+            .version()
+            .map_err(|e| api_error(e, client.base(), "asking its version"))?;
         server_version = Some(version);
         let name = name.as_ref().expect("checked above");
-        let existing = client.find(&name.to_string()).map_err(|e| api_error(e, client.base(), "looking for the model"))?;
+        let existing = client
+            .find(&name.to_string())
+            .map_err(|e| api_error(e, client.base(), "looking for the model"))?;
         may_replace(&name.to_string(), existing.is_some(), opts.force, || {
             let what = existing.as_ref().map_or(String::new(), describe_show);
-            ui.confirm(&format!("`{name}` exists on {} ({what}). Replace it with the new model?", client.base()), false)
+            ui.confirm(
+                &format!(
+                    "`{name}` exists on {} ({what}). Replace it with the new model?",
+                    client.base()
+                ),
+                false,
+            )
         })?;
         replacing = existing.is_some();
         if let Some(b) = &file_base {
@@ -329,16 +405,30 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
                 ));
             }
         } else {
-            base_show = Some(match client.find(&opts.base).map_err(|e| api_error(e, client.base(), "looking for the base"))? {
-                Some(show) => show,
-                None => {
-                    may_pull(&opts.base, client.base(), opts.yes, || {
-                        ui.confirm(&format!("The base `{}` is not on the Ollama server at {}. Pull it now?", opts.base, client.base()), true)
-                    })?;
-                    pull(client, &opts.base, ui)?;
-                    client.show(&opts.base).map_err(|e| api_error(e, client.base(), "reading the pulled base"))?
-                }
-            });
+            base_show = Some(
+                match client
+                    .find(&opts.base)
+                    .map_err(|e| api_error(e, client.base(), "looking for the base"))?
+                {
+                    Some(show) => show,
+                    None => {
+                        may_pull(&opts.base, client.base(), opts.yes, || {
+                            ui.confirm(
+                                &format!(
+                                    "The base `{}` is not on the Ollama server at {}. Pull it now?",
+                                    opts.base,
+                                    client.base()
+                                ),
+                                true,
+                            )
+                        })?;
+                        pull(client, &opts.base, ui)?;
+                        client
+                            .show(&opts.base)
+                            .map_err(|e| api_error(e, client.base(), "reading the pulled base"))?
+                    }
+                },
+            );
         }
     }
     check_cancel(ui)?;
@@ -395,8 +485,13 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
             },
             _ => Inherited::default(),
         };
-        let from = if base_is_file { absolute(base_path)?.display().to_string() } else { opts.base.clone() };
-        if used != Used::Merge && opts.template.is_some() && base_show.as_ref().is_some_and(|s| !s.renderer.is_empty()) {
+        let from = if base_is_file {
+            absolute(base_path)?.display().to_string()
+        } else {
+            opts.base.clone()
+        };
+        if used != Used::Merge && opts.template.is_some() && base_show.as_ref().is_some_and(|s| !s.renderer.is_empty())
+        {
             ui.notice("the base formats prompts with a built-in renderer, which a model created from it keeps: --template may not take effect (--mode merge replaces the renderer)");
         }
         let modelfile = modelfile_for(used, &from, built.as_ref(), &inherited, opts)?;
@@ -440,16 +535,28 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         }
         if let Some(b) = &built {
             report.uploaded += upload(client, &b.digest, &b.path, ui)?;
-            let (slot, key) = if used == Used::Merge { (&mut files, "model.gguf") } else { (&mut adapters, "adapter.gguf") };
+            let (slot, key) = if used == Used::Merge {
+                (&mut files, "model.gguf")
+            } else {
+                (&mut adapters, "adapter.gguf")
+            };
             slot.insert(key.into(), b.digest.clone().into());
         }
         let request = create_request(&name, &modelfile, files, adapters, used == Used::Merge || base_is_file);
         check_cancel(ui)?;
         // A model of this name made meanwhile (the build can take minutes) is not replaced unasked either.
         if !opts.force && !replacing {
-            let now = client.find(&name).map_err(|e| api_error(e, client.base(), "looking for the model"))?;
+            let now = client
+                .find(&name)
+                .map_err(|e| api_error(e, client.base(), "looking for the model"))?;
             may_replace(&name, now.is_some(), false, || {
-                ui.confirm(&format!("`{name}` was created on {} meanwhile. Replace it with the new model?", client.base()), false)
+                ui.confirm(
+                    &format!(
+                        "`{name}` was created on {} meanwhile. Replace it with the new model?",
+                        client.base()
+                    ),
+                    false,
+                )
             })?;
             replacing = now.is_some();
         }
@@ -458,11 +565,16 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         ui.finish();
         match result {
             Ok(()) => {}
-            Err(e) if used == Used::Adapter && opts.mode == Mode::Auto && e.message().is_some_and(is_adapter_refusal) => {
+            Err(e)
+                if used == Used::Adapter && opts.mode == Mode::Auto && e.message().is_some_and(is_adapter_refusal) =>
+            {
                 let msg = e.message().unwrap_or_default().to_string();
-                ui.notice(&format!("Ollama refused the adapter layer (\"{msg}\"): merging it into the base instead"));
+                ui.notice(&format!(
+                    "Ollama refused the adapter layer (\"{msg}\"): merging it into the base instead"
+                ));
                 used = Used::Merge;
-                reason = format!("Ollama refused an adapter layer (\"{msg}\"), so the adapter was merged into the base");
+                reason =
+                    format!("Ollama refused an adapter layer (\"{msg}\"), so the adapter was merged into the base");
                 continue;
             }
             Err(e) => {
@@ -480,11 +592,17 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
             write_modelfile(&text, out, opts)?;
             report.modelfile = Some(out.clone());
         }
-        let show = client.show(&name).map_err(|e| api_error(e, client.base(), "reading the new model"))?;
+        let show = client
+            .show(&name)
+            .map_err(|e| api_error(e, client.base(), "reading the new model"))?;
         report.parameters = non_empty(&show.parameters);
         let full = ModelName::parse(&name).map(|n| n.to_string());
         // /api/tags names models in full (`name:tag`).
-        report.size = client.tags().ok().and_then(|tags| tags.into_iter().find(|t| Some(&t.name) == full.as_ref()).map(|t| t.size));
+        report.size = client.tags().ok().and_then(|tags| {
+            tags.into_iter()
+                .find(|t| Some(&t.name) == full.as_ref())
+                .map(|t| t.size)
+        });
         break;
     }
     if let (Some(out), Some(file)) = (&opts.out_gguf, &report.file) {
@@ -500,14 +618,25 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
 /// costs disk space, so it is a notice, not an error.
 fn tidy_cache(report: &Report, opts: &Options, ui: &dyn Progress) {
     let dir = registry::cache_dir();
-    if let Some(build) = report.file.as_deref().filter(|f| report.created && !opts.keep_build && cache::is_build(&dir, f)) {
+    if let Some(build) = report
+        .file
+        .as_deref()
+        .filter(|f| report.created && !opts.keep_build && cache::is_build(&dir, f))
+    {
         match cache::remove(build) {
-            Ok(()) => ui.notice(&format!("removed {} from the cache (--no-keep-build): Ollama holds the model", build.display())),
+            Ok(()) => ui.notice(&format!(
+                "removed {} from the cache (--no-keep-build): Ollama holds the model",
+                build.display()
+            )),
             Err(e) => ui.notice(&format!("could not remove the build from the cache: {e}")),
         }
     }
     match cache::prune(&dir, Duration::from_secs(cache::MAX_AGE_DAYS * 86400)) {
-        Ok(r) if r.files > 0 => ui.notice(&format!("removed {} cache entries unused for {} days", r.files, cache::MAX_AGE_DAYS)),
+        Ok(r) if r.files > 0 => ui.notice(&format!(
+            "removed {} cache entries unused for {} days",
+            r.files,
+            cache::MAX_AGE_DAYS
+        )),
         Ok(_) => {}
         Err(e) => ui.notice(&format!("could not tidy the cache: {e}")),
     }
@@ -527,7 +656,10 @@ impl Progress for Recorder<'_> {
         self.inner.advance(n)
     }
     fn notice(&self, msg: &str) {
-        self.notices.lock().unwrap_or_else(|e| e.into_inner()).push(msg.to_string());
+        self.notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msg.to_string());
         self.inner.notice(msg)
     }
     fn finish(&self) {
@@ -575,23 +707,52 @@ fn build_adapter(adapter: &AdapterInput, base: &BaseModel, opts: &Options, ui: &
             crate::validate::check_gguf_adapter(path, base)?;
             let digest = format!("sha256:{}", sha256_file(path, ui)?);
             let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-            Ok(Built { path: path.clone(), digest, bytes, reused: false })
+            Ok(Built {
+                path: path.clone(),
+                digest,
+                bytes,
+                reused: false,
+            })
         }
         AdapterInput::Peft(a) => {
             // The base enters a conversion only through its architecture, head counts and shapes.
             let shapes: Vec<String> = base.tensors.iter().map(|(n, t)| format!("{n}{:?}", t.ne)).collect();
-            let identity = format!("{} {} {} {}", base.arch, base.head_count, base.head_count_kv, shapes.join(","));
-            cached(&["adapter", &identity, &format!("strict={}", opts.strict)], adapter, ui, |out| {
-                let inputs = [convert::Input { adapter: Adapter::open(&a.path)?, weight: 1.0 }];
-                let copts = convert::Options { force: true, strict: opts.strict, ..Default::default() };
-                convert::convert(&inputs, base, out, &copts, ui).map(|s| s.notices)
-            })
+            let identity = format!(
+                "{} {} {} {}",
+                base.arch,
+                base.head_count,
+                base.head_count_kv,
+                shapes.join(",")
+            );
+            cached(
+                &["adapter", &identity, &format!("strict={}", opts.strict)],
+                adapter,
+                ui,
+                |out| {
+                    let inputs = [convert::Input {
+                        adapter: Adapter::open(&a.path)?,
+                        weight: 1.0,
+                    }];
+                    let copts = convert::Options {
+                        force: true,
+                        strict: opts.strict,
+                        ..Default::default()
+                    };
+                    convert::convert(&inputs, base, out, &copts, ui).map(|s| s.notices)
+                },
+            )
         }
     }
 }
 
 /// The base's GGUF with the adapter merged in, at the base's own quantization.
-fn build_merged(adapter: &AdapterInput, name: Option<&ModelName>, base: &BaseModel, opts: &Options, ui: &dyn Progress) -> Result<Built> {
+fn build_merged(
+    adapter: &AdapterInput,
+    name: Option<&ModelName>,
+    base: &BaseModel,
+    opts: &Options,
+    ui: &dyn Progress,
+) -> Result<Built> {
     let gguf_base = match (&base.gguf_path, name) {
         (Some(_), _) => base.clone(),
         (None, Some(n)) => base::local_or_pulled(n, ui)?,
@@ -603,26 +764,57 @@ fn build_merged(adapter: &AdapterInput, name: Option<&ModelName>, base: &BaseMod
             ));
         }
     };
-    let base_file = gguf_base.gguf_path.clone().expect("a GGUF file or a store or registry blob");
+    let base_file = gguf_base
+        .gguf_path
+        .clone()
+        .expect("a GGUF file or a store or registry blob");
     // A store or cache blob is named by its digest; any other file is hashed.
-    let base_id = match base_file.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("sha256-")) {
+    let base_id = match base_file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("sha256-"))
+    {
         Some(hex) if hex.len() == 64 => hex.to_string(),
         _ => sha256_file(&base_file, ui)?,
     };
-    cached(&["merge", &base_id, &format!("strict={}", opts.strict)], adapter, ui, |out| {
-        let mopts = merge::Options { force: true, strict: opts.strict, scale: 1.0, ..Default::default() };
-        let summary = match adapter {
-            AdapterInput::Peft(a) => merge::merge(&[convert::Input { adapter: Adapter::open(&a.path)?, weight: 1.0 }], &gguf_base, out, &mopts, ui)?,
-            AdapterInput::Gguf(p) => merge::merge_gguf_adapter(p, &gguf_base, out, &mopts, ui)?,
-        };
-        Ok(summary.notices)
-    })
+    cached(
+        &["merge", &base_id, &format!("strict={}", opts.strict)],
+        adapter,
+        ui,
+        |out| {
+            let mopts = merge::Options {
+                force: true,
+                strict: opts.strict,
+                scale: 1.0,
+                ..Default::default()
+            };
+            let summary = match adapter {
+                AdapterInput::Peft(a) => merge::merge(
+                    &[convert::Input {
+                        adapter: Adapter::open(&a.path)?,
+                        weight: 1.0,
+                    }],
+                    &gguf_base,
+                    out,
+                    &mopts,
+                    ui,
+                )?,
+                AdapterInput::Gguf(p) => merge::merge_gguf_adapter(p, &gguf_base, out, &mopts, ui)?,
+            };
+            Ok(summary.notices)
+        },
+    )
 }
 
 /// The file built by `build` for this key, from the cache when an earlier run made it. The key
 /// hashes this tool's version, `parts` and the adapter files' contents; the file's own digest is
 /// kept beside it, so a reuse costs no hashing.
-fn cached(parts: &[&str], adapter: &AdapterInput, ui: &dyn Progress, build: impl FnOnce(&Path) -> Result<Vec<String>>) -> Result<Built> {
+fn cached(
+    parts: &[&str],
+    adapter: &AdapterInput,
+    ui: &dyn Progress,
+    build: impl FnOnce(&Path) -> Result<Vec<String>>,
+) -> Result<Built> {
     let mut key = Sha256::new();
     key.update(format!("ollama-tools {}\n", env!("CARGO_PKG_VERSION")));
     for p in parts {
@@ -643,7 +835,12 @@ fn cached(parts: &[&str], adapter: &AdapterInput, ui: &dyn Progress, build: impl
         if let Some((digest, bytes)) = text.trim().split_once(' ') {
             if bytes.parse::<u64>().ok() == Some(meta.len()) && digest.len() == 64 {
                 cache::touch(&path);
-                return Ok(Built { path, digest: format!("sha256:{digest}"), bytes: meta.len(), reused: true });
+                return Ok(Built {
+                    path,
+                    digest: format!("sha256:{digest}"),
+                    bytes: meta.len(),
+                    reused: true,
+                });
             }
         }
     }
@@ -655,7 +852,12 @@ fn cached(parts: &[&str], adapter: &AdapterInput, ui: &dyn Progress, build: impl
     let tmp = convert::temp_beside(&sidecar)?;
     std::fs::write(tmp.path(), format!("{digest} {bytes}\n")).map_err(|e| Error::io(&sidecar, e))?;
     convert::persist(tmp, &sidecar, true)?;
-    Ok(Built { path, digest: format!("sha256:{digest}"), bytes, reused: false })
+    Ok(Built {
+        path,
+        digest: format!("sha256:{digest}"),
+        bytes,
+        reused: false,
+    })
 }
 
 /// Copies `file` to `out` through a temporary file beside it.
@@ -669,8 +871,17 @@ fn copy_out(file: &Path, out: &Path, force: bool, ui: &dyn Progress) -> Result<(
 }
 
 /// The Modelfile that says what the create request says.
-fn modelfile_for(used: Used, from: &str, built: Option<&Built>, inherited: &Inherited, opts: &Options) -> Result<Modelfile> {
-    let mut m = Modelfile { from: from.to_string(), ..Default::default() };
+fn modelfile_for(
+    used: Used,
+    from: &str,
+    built: Option<&Built>,
+    inherited: &Inherited,
+    opts: &Options,
+) -> Result<Modelfile> {
+    let mut m = Modelfile {
+        from: from.to_string(),
+        ..Default::default()
+    };
     let user = |o: &Option<String>, i: &Option<String>| o.clone().or_else(|| i.clone());
     match used {
         Used::Merge => {
@@ -707,13 +918,21 @@ fn render_modelfile(m: &Modelfile, out: &Path, opts: &Options) -> Result<String>
 
 fn write_modelfile(text: &str, out: &Path, opts: &Options) -> Result<()> {
     let tmp = convert::temp_beside(out)?;
-    (&mut tmp.as_file()).write_all(text.as_bytes()).map_err(|e| Error::io(out, e))?;
+    (&mut tmp.as_file())
+        .write_all(text.as_bytes())
+        .map_err(|e| Error::io(out, e))?;
     convert::persist(tmp, out, opts.force)
 }
 
 /// The `/api/create` body for `m`, as `ollama create -f` would send it: the FROM file and the
 /// ADAPTER as uploaded digests, a FROM name as `from`.
-fn create_request(name: &str, m: &Modelfile, files: serde_json::Map<String, serde_json::Value>, adapters: serde_json::Map<String, serde_json::Value>, from_files: bool) -> serde_json::Value {
+fn create_request(
+    name: &str,
+    m: &Modelfile,
+    files: serde_json::Map<String, serde_json::Value>,
+    adapters: serde_json::Map<String, serde_json::Value>,
+    from_files: bool,
+) -> serde_json::Value {
     let mut r = serde_json::Map::new();
     r.insert("model".into(), name.into());
     if from_files {
@@ -724,7 +943,13 @@ fn create_request(name: &str, m: &Modelfile, files: serde_json::Map<String, serd
     if !adapters.is_empty() {
         r.insert("adapters".into(), adapters.into());
     }
-    for (key, value) in [("template", &m.template), ("system", &m.system), ("license", &m.license), ("renderer", &m.renderer), ("parser", &m.parser)] {
+    for (key, value) in [
+        ("template", &m.template),
+        ("system", &m.system),
+        ("license", &m.license),
+        ("renderer", &m.renderer),
+        ("parser", &m.parser),
+    ] {
         if let Some(v) = value {
             r.insert(key.into(), v.clone().into());
         }
@@ -733,7 +958,10 @@ fn create_request(name: &str, m: &Modelfile, files: serde_json::Map<String, serd
         r.insert("parameters".into(), m.parameters.to_json().into());
     }
     if !m.messages.is_empty() {
-        r.insert("messages".into(), serde_json::to_value(&m.messages).expect("messages serialize"));
+        r.insert(
+            "messages".into(),
+            serde_json::to_value(&m.messages).expect("messages serialize"),
+        );
     }
     r.insert("stream".into(), true.into());
     r.into()
@@ -742,7 +970,10 @@ fn create_request(name: &str, m: &Modelfile, files: serde_json::Map<String, serd
 /// Sends the blob unless the server has it; retried with backoff ([`crate::error::Patience`]) when
 /// the connection breaks. Returns 1 when it was sent, 0 when the server had it.
 fn upload(client: &Client, digest: &str, path: &Path, ui: &dyn Progress) -> Result<usize> {
-    if client.has_blob(digest).map_err(|e| api_error(e, client.base(), "asking for a blob"))? {
+    if client
+        .has_blob(digest)
+        .map_err(|e| api_error(e, client.base(), "asking for a blob"))?
+    {
         return Ok(0);
     }
     let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
@@ -754,20 +985,29 @@ fn upload(client: &Client, digest: &str, path: &Path, ui: &dyn Progress) -> Resu
         ui.finish();
         match result {
             Ok(()) => return Ok(1),
-            Err(ApiError::Cut { err, url }) => match patience.delay(attempt, None) {
-                Some(wait) => {
-                    ui.notice(&format!("the upload of {digest} broke off ({err}); sending it again in {:.1} s", wait.as_secs_f64()));
-                    patience.sleep(wait, || ui.cancelled())?;
-                }
-                None => {
-                    return Err(Error::Refused {
+            Err(ApiError::Cut { err, url }) => {
+                match patience.delay(attempt, None) {
+                    Some(wait) => {
+                        ui.notice(&format!(
+                            "the upload of {digest} broke off ({err}); sending it again in {:.1} s",
+                            wait.as_secs_f64()
+                        ));
+                        patience.sleep(wait, || ui.cancelled())?;
+                    }
+                    None => {
+                        return Err(Error::Refused {
                         path: path.to_path_buf(),
                         msg: format!("the upload of {digest} to {url} broke off {} times ({err})", attempt + 1),
                         hint: Some("check the server's free disk space and its log, then run again (what was built is cached)".into()),
                     });
+                    }
                 }
-            },
-            Err(ApiError::Status { status: 400, message, url }) => {
+            }
+            Err(ApiError::Status {
+                status: 400,
+                message,
+                url,
+            }) => {
                 return Err(Error::Refused {
                     path: path.to_path_buf(),
                     msg: format!("Ollama at {url} refused the upload of {digest}: {message}"),
@@ -845,7 +1085,11 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Whether a Hugging Face folder holds weights Ollama could import.
 fn has_weights(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".safetensors")))
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+    })
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
@@ -859,12 +1103,19 @@ fn check_cancel(ui: &dyn Progress) -> Result<()> {
 /// A line about an existing model for the replace question.
 fn describe_show(s: &ollama::Show) -> String {
     let d = &s.details;
-    let mut parts: Vec<String> = [&d.family, &d.parameter_size, &d.quantization_level].iter().filter(|v| !v.is_empty()).map(|v| v.to_string()).collect();
+    let mut parts: Vec<String> = [&d.family, &d.parameter_size, &d.quantization_level]
+        .iter()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.to_string())
+        .collect();
     if s.modelfile.contains("ADAPTER") {
         parts.push("with an adapter layer".into());
     }
     if !s.modified_at.is_empty() {
-        parts.push(format!("modified {}", s.modified_at.get(..19).unwrap_or(&s.modified_at)));
+        parts.push(format!(
+            "modified {}",
+            s.modified_at.get(..19).unwrap_or(&s.modified_at)
+        ));
     }
     parts.join(", ")
 }
@@ -928,7 +1179,10 @@ mod tests {
         assert!(may_replace("m", true, true, never).is_ok());
         assert!(may_replace("m", true, false, || Some(true)).is_ok());
         let no = may_replace("m", true, false, || Some(false)).unwrap_err().to_string();
-        assert!(no.contains("kept the existing model") && no.contains("nothing was changed"), "{no}");
+        assert!(
+            no.contains("kept the existing model") && no.contains("nothing was changed"),
+            "{no}"
+        );
         let tty = may_replace("m", true, false, || None).unwrap_err().to_string();
         assert!(tty.contains("--force") && tty.contains("no terminal"), "{tty}");
     }

@@ -12,10 +12,18 @@ pub enum Error {
     Io { path: PathBuf, err: std::io::Error },
     /// The input is malformed (bad JSON, truncated safetensors, inconsistent shapes).
     #[error("{}: {msg}{}", path.display(), fmt_hint(hint))]
-    Invalid { path: PathBuf, msg: String, hint: Option<String> },
+    Invalid {
+        path: PathBuf,
+        msg: String,
+        hint: Option<String>,
+    },
     /// The input is well-formed but asks for something a GGUF LoRA adapter cannot express.
     #[error("{}: {msg}{}", path.display(), fmt_hint(hint))]
-    Refused { path: PathBuf, msg: String, hint: Option<String> },
+    Refused {
+        path: PathBuf,
+        msg: String,
+        hint: Option<String>,
+    },
     /// Options that do not fit together.
     #[error("{0}")]
     Usage(String),
@@ -32,19 +40,38 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: &Path, err: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), err }
+        Error::Io {
+            path: path.to_path_buf(),
+            err,
+        }
     }
     pub fn invalid(path: &Path, msg: impl Into<String>) -> Self {
-        Error::Invalid { path: path.to_path_buf(), msg: msg.into(), hint: None }
+        Error::Invalid {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+            hint: None,
+        }
     }
     pub fn refused(path: &Path, msg: impl Into<String>, hint: impl Into<String>) -> Self {
-        Error::Refused { path: path.to_path_buf(), msg: msg.into(), hint: Some(hint.into()) }
+        Error::Refused {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+            hint: Some(hint.into()),
+        }
     }
     /// Adds or replaces the hint of an `Invalid` or `Refused` error.
     pub fn with_hint(self, h: impl Into<String>) -> Self {
         match self {
-            Error::Invalid { path, msg, .. } => Error::Invalid { path, msg, hint: Some(h.into()) },
-            Error::Refused { path, msg, .. } => Error::Refused { path, msg, hint: Some(h.into()) },
+            Error::Invalid { path, msg, .. } => Error::Invalid {
+                path,
+                msg,
+                hint: Some(h.into()),
+            },
+            Error::Refused { path, msg, .. } => Error::Refused {
+                path,
+                msg,
+                hint: Some(h.into()),
+            },
             other => other,
         }
     }
@@ -58,7 +85,10 @@ pub fn printable(s: &str, max_chars: usize) -> String {
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
         if i == max_chars {
-            out.push_str(&format!("... ({} more bytes)", s.len() - s.char_indices().nth(i).map_or(s.len(), |(at, _)| at)));
+            out.push_str(&format!(
+                "... ({} more bytes)",
+                s.len() - s.char_indices().nth(i).map_or(s.len(), |(at, _)| at)
+            ));
             break;
         }
         let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}');
@@ -78,7 +108,10 @@ pub fn json_problem(e: &serde_json::Error, body: &[u8]) -> String {
     match e.classify() {
         Category::Eof if body.iter().all(u8::is_ascii_whitespace) => "the answer was empty".into(),
         Category::Eof => format!("the answer ends in the middle of its JSON after {} bytes", body.len()),
-        Category::Syntax => format!("the answer is not JSON ({e}); it starts with: {}", printable(&String::from_utf8_lossy(&body[..body.len().min(120)]), 120)),
+        Category::Syntax => format!(
+            "the answer is not JSON ({e}); it starts with: {}",
+            printable(&String::from_utf8_lossy(&body[..body.len().min(120)]), 120)
+        ),
         Category::Data | Category::Io => format!("the answer's JSON has another shape ({e})"),
     }
 }
@@ -99,7 +132,11 @@ pub struct Patience {
 
 impl Default for Patience {
     fn default() -> Self {
-        Patience { idle: std::time::Duration::from_secs(120), retries: 4, max_wait: std::time::Duration::from_secs(30) }
+        Patience {
+            idle: std::time::Duration::from_secs(120),
+            retries: 4,
+            max_wait: std::time::Duration::from_secs(30),
+        }
     }
 }
 
@@ -111,12 +148,17 @@ impl Patience {
     /// Unset, empty or unreadable values keep their defaults.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
         let secs = |k: &str| {
-            var(k).and_then(|v| v.trim().parse::<f64>().ok()).filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9).map(std::time::Duration::from_secs_f64)
+            var(k)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+                .map(std::time::Duration::from_secs_f64)
         };
         let d = Patience::default();
         Patience {
             idle: secs("OLLAMA_TOOLS_TIMEOUT").unwrap_or(d.idle),
-            retries: var("OLLAMA_TOOLS_RETRIES").and_then(|v| v.trim().parse().ok()).map_or(d.retries, |n: u32| n.min(20)),
+            retries: var("OLLAMA_TOOLS_RETRIES")
+                .and_then(|v| v.trim().parse().ok())
+                .map_or(d.retries, |n: u32| n.min(20)),
             max_wait: secs("OLLAMA_TOOLS_RETRY_MAX_WAIT").unwrap_or(d.max_wait),
         }
     }
@@ -130,7 +172,9 @@ impl Patience {
         if let Some(r) = retry_after {
             return Some(r);
         }
-        let backoff = std::time::Duration::from_secs(1).saturating_mul(1 << n.min(16)).min(self.max_wait);
+        let backoff = std::time::Duration::from_secs(1)
+            .saturating_mul(1 << n.min(16))
+            .min(self.max_wait);
         // Jitter in [1/2, 1] of the backoff, so clients that failed together do not retry together.
         Some(backoff.mul_f64(0.5 + 0.5 * jitter(n)))
     }
@@ -138,7 +182,10 @@ impl Patience {
     /// Sleeps `d` in short steps, stopping early with [`Error::Cancelled`] when `cancelled` says so.
     pub fn sleep(&self, d: std::time::Duration, cancelled: impl Fn() -> bool) -> Result<()> {
         let end = std::time::Instant::now() + d;
-        while let Some(left) = end.checked_duration_since(std::time::Instant::now()).filter(|l| !l.is_zero()) {
+        while let Some(left) = end
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|l| !l.is_zero())
+        {
             if cancelled() {
                 return Err(Error::Cancelled);
             }
@@ -154,7 +201,11 @@ fn jitter(salt: u32) -> f64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(salt);
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -174,8 +225,12 @@ pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<std::time:
 fn http_date(s: &str) -> Option<u64> {
     let (_, rest) = s.split_once(", ")?;
     let parts: Vec<&str> = rest.split(' ').collect();
-    let [day, month, year, time, "GMT"] = parts[..] else { return None };
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let [day, month, year, time, "GMT"] = parts[..] else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
     let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
     let hms: Vec<u64> = time.split(':').map(str::parse).collect::<Result<_, _>>().ok()?;
@@ -200,9 +255,15 @@ mod tests {
     #[test]
     fn printable_defuses_terminal_escapes_and_truncates() {
         assert_eq!(printable("ok\tfine\nnext", 100), "ok\tfine\nnext");
-        assert_eq!(printable("\x1b[2J\x1b]0;pwned\x07red\r", 100), "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}red\\u{d}");
+        assert_eq!(
+            printable("\x1b[2J\x1b]0;pwned\x07red\r", 100),
+            "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}red\\u{d}"
+        );
         assert_eq!(printable("a\u{9b}b\u{202e}c", 100), "a\\u{9b}b\\u{202e}c");
-        assert_eq!(printable(&"x".repeat(1000), 10), format!("{}... (990 more bytes)", "x".repeat(10)));
+        assert_eq!(
+            printable(&"x".repeat(1000), 10),
+            format!("{}... (990 more bytes)", "x".repeat(10))
+        );
         assert_eq!(printable("ééé", 2), "éé... (2 more bytes)");
     }
 
@@ -210,9 +271,15 @@ mod tests {
     fn retry_after_in_seconds_or_as_a_date() {
         let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
         assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO));
-        assert_eq!(retry_after("Tue, 29 Feb 2028 00:00:00 GMT", UNIX_EPOCH), Some(Duration::from_secs(1_835_395_200)));
+        assert_eq!(
+            retry_after("Tue, 29 Feb 2028 00:00:00 GMT", UNIX_EPOCH),
+            Some(Duration::from_secs(1_835_395_200))
+        );
         assert_eq!(retry_after("soon", now), None);
         assert_eq!(retry_after("-3", now), None);
         assert!(retry_after("Sun, 06 Nov 1994 08:49:37 GMT", SystemTime::now()).is_some());
@@ -220,7 +287,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_and_stays_bounded() {
-        let p = Patience { idle: Duration::from_secs(1), retries: 3, max_wait: Duration::from_secs(3) };
+        let p = Patience {
+            idle: Duration::from_secs(1),
+            retries: 3,
+            max_wait: Duration::from_secs(3),
+        };
         for n in 0..3 {
             let d = p.delay(n, None).unwrap();
             let full = Duration::from_secs(1 << n).min(p.max_wait);
@@ -228,13 +299,24 @@ mod tests {
         }
         assert_eq!(p.delay(3, None), None, "no fourth retry");
         assert_eq!(p.delay(0, Some(Duration::from_secs(2))), Some(Duration::from_secs(2)));
-        assert_eq!(p.delay(0, Some(Duration::from_secs(7))), None, "longer than max_wait: not waited for");
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(7))),
+            None,
+            "longer than max_wait: not waited for"
+        );
         let env = Patience::from_vars(|k| match k {
             "OLLAMA_TOOLS_TIMEOUT" => Some("0.5".into()),
             "OLLAMA_TOOLS_RETRIES" => Some("1".into()),
             "OLLAMA_TOOLS_RETRY_MAX_WAIT" => Some("nonsense".into()),
             _ => None,
         });
-        assert_eq!(env, Patience { idle: Duration::from_millis(500), retries: 1, max_wait: Duration::from_secs(30) });
+        assert_eq!(
+            env,
+            Patience {
+                idle: Duration::from_millis(500),
+                retries: 1,
+                max_wait: Duration::from_secs(30)
+            }
+        );
     }
 }

@@ -86,7 +86,9 @@ impl GgmlType {
 
     /// The type of a ggml type name (`Q4_K`, `F16`), as Ollama's API reports them.
     pub fn from_name(name: &str) -> Option<Self> {
-        (0..64).map(GgmlType).find(|t| t.traits().is_some_and(|(n, _, _)| n.eq_ignore_ascii_case(name)))
+        (0..64)
+            .map(GgmlType)
+            .find(|t| t.traits().is_some_and(|(n, _, _)| n.eq_ignore_ascii_case(name)))
     }
 
     /// Whether this table knows the type (its block layout, so its size).
@@ -95,7 +97,8 @@ impl GgmlType {
     }
 
     pub fn name(self) -> String {
-        self.traits().map_or_else(|| format!("type {}", self.0), |t| t.0.to_string())
+        self.traits()
+            .map_or_else(|| format!("type {}", self.0), |t| t.0.to_string())
     }
 
     /// Bytes taken by a tensor of this type with dimensions `ne` (ggml order), or `None` for an
@@ -111,8 +114,15 @@ impl GgmlType {
         if row % block != 0 {
             return Err(SizeError::PartialBlock);
         }
-        let rows = ne.iter().skip(1).try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or(SizeError::Overflow)?;
-        (row / block).checked_mul(bytes).and_then(|b| b.checked_mul(rows)).ok_or(SizeError::Overflow)
+        let rows = ne
+            .iter()
+            .skip(1)
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or(SizeError::Overflow)?;
+        (row / block)
+            .checked_mul(bytes)
+            .and_then(|b| b.checked_mul(rows))
+            .ok_or(SizeError::Overflow)
     }
 }
 
@@ -127,10 +137,16 @@ enum SizeError {
 /// The message for a tensor `name` of type `ty` and dimensions `ne` without a byte size.
 fn size_message(name: &str, ty: GgmlType, ne: &[u64], e: SizeError) -> String {
     match e {
-        SizeError::Unknown => format!("tensor `{name}` has type {}, which this tool does not know the size of", ty.0),
+        SizeError::Unknown => format!(
+            "tensor `{name}` has type {}, which this tool does not know the size of",
+            ty.0
+        ),
         SizeError::PartialBlock => {
             let block = ty.traits().map_or(1, |t| t.1);
-            format!("tensor `{name}`: a row of {} is not a whole number of {ty} blocks ({block} values)", ne.first().unwrap_or(&1))
+            format!(
+                "tensor `{name}`: a row of {} is not a whole number of {ty} blocks ({block} values)",
+                ne.first().unwrap_or(&1)
+            )
         }
         SizeError::Overflow => format!("tensor `{name}`: dimensions {ne:?} overflow (their size does not fit 64 bits)"),
     }
@@ -411,7 +427,12 @@ struct Counting<R> {
 
 impl<R: Read> Counting<R> {
     fn new(inner: R, file_len: u64) -> Self {
-        Counting { inner, pos: 0, file_len, scratch: Vec::new() }
+        Counting {
+            inner,
+            pos: 0,
+            file_len,
+            scratch: Vec::new(),
+        }
     }
     fn bytes<const N: usize>(&mut self) -> io::Result<[u8; N]> {
         let mut b = [0u8; N];
@@ -432,7 +453,10 @@ impl<R: Read> Counting<R> {
         let at = self.pos - 8;
         let need = n.saturating_mul(item_size);
         if need > self.file_len.saturating_sub(self.pos) {
-            return Err(invalid(format!("{what} count {n} at byte {at} exceeds what is left of the file ({} bytes)", self.file_len)));
+            return Err(invalid(format!(
+                "{what} count {n} at byte {at} exceeds what is left of the file ({} bytes)",
+                self.file_len
+            )));
         }
         if need > MAX_HEADER_BYTES.saturating_sub(self.pos) {
             return Err(invalid(format!(
@@ -449,7 +473,10 @@ impl<R: Read> Counting<R> {
         let got = (&mut self.inner).take(n).read_to_end(&mut self.scratch)? as u64;
         self.pos += got;
         if got != n {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("the file ends inside a string of {n} bytes")));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ends inside a string of {n} bytes"),
+            ));
         }
         Ok(())
     }
@@ -475,7 +502,12 @@ impl<R: Read> Counting<R> {
             10 => Value::U64(self.u64()?),
             11 => Value::I64(i64::from_le_bytes(self.bytes()?)),
             12 => Value::F64(f64::from_le_bytes(self.bytes()?)),
-            t => return Err(invalid(format!("unknown metadata value type {t} at byte {}", self.pos - 4))),
+            t => {
+                return Err(invalid(format!(
+                    "unknown metadata value type {t} at byte {}",
+                    self.pos - 4
+                )));
+            }
         })
     }
     fn bool(&mut self) -> io::Result<bool> {
@@ -502,7 +534,12 @@ impl<R: Read> Counting<R> {
             4..=6 => 4,
             8 | 10..=12 => 8,
             9 => return Err(invalid("nested arrays are not used by llama.cpp and not supported")),
-            t => return Err(invalid(format!("unknown array element type {t} at byte {}", self.pos - 4))),
+            t => {
+                return Err(invalid(format!(
+                    "unknown array element type {t} at byte {}",
+                    self.pos - 4
+                )));
+            }
         };
         let n = self.len("array", item_size)?;
         Ok(match elem {
@@ -528,13 +565,19 @@ impl<R: Read> Counting<R> {
     }
     /// Magic, version, tensor count and KV count.
     fn preamble(&mut self) -> io::Result<(u32, usize, usize)> {
-        let magic: [u8; 4] = self.bytes().map_err(|_| invalid("file is shorter than a GGUF header"))?;
+        let magic: [u8; 4] = self
+            .bytes()
+            .map_err(|_| invalid("file is shorter than a GGUF header"))?;
         if magic != MAGIC {
-            return Err(invalid(format!("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")")));
+            return Err(invalid(format!(
+                "not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")"
+            )));
         }
         let version = self.u32()?;
         if !(2..=3).contains(&version) {
-            return Err(invalid(format!("GGUF version {version} is not supported (2 and 3 are)")));
+            return Err(invalid(format!(
+                "GGUF version {version} is not supported (2 and 3 are)"
+            )));
         }
         // A tensor info takes at least 32 bytes, a KV at least 13.
         let n_tensors = self.len("tensor count", 32)?;
@@ -544,14 +587,18 @@ impl<R: Read> Counting<R> {
     fn kv(&mut self) -> io::Result<(String, Value)> {
         let key = self.string()?;
         let ty = self.u32()?;
-        let value = self.value(ty).map_err(|e| io::Error::new(e.kind(), format!("metadata `{key}`: {e}")))?;
+        let value = self
+            .value(ty)
+            .map_err(|e| io::Error::new(e.kind(), format!("metadata `{key}`: {e}")))?;
         Ok((key, value))
     }
     fn tensor_info(&mut self) -> io::Result<TensorInfo> {
         let name = self.string()?;
         let n_dims = self.u32()?;
         if n_dims == 0 || n_dims > 4 {
-            return Err(invalid(format!("tensor `{name}` has {n_dims} dimensions (ggml allows 1 to 4)")));
+            return Err(invalid(format!(
+                "tensor `{name}` has {n_dims} dimensions (ggml allows 1 to 4)"
+            )));
         }
         let ne = (0..n_dims).map(|_| self.u64()).collect::<io::Result<Vec<_>>>()?;
         let ty = GgmlType(self.u32()?);
@@ -578,7 +625,10 @@ pub fn kv_in_prefix(prefix: &[u8], file_len: u64, key: &str) -> Option<Value> {
 /// Whether the file at `path` starts with the GGUF magic.
 pub fn is_gguf(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| io::Read::read_exact(&mut f, &mut magic)).is_ok() && &magic == b"GGUF"
+    std::fs::File::open(path)
+        .and_then(|mut f| io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }
 
 /// Reads the header and tensor table of a GGUF file, checking that every tensor lies inside the file.
@@ -597,7 +647,10 @@ pub fn read_header(path: &Path) -> io::Result<Header> {
             .ok_or_else(|| invalid(format!("general.alignment {v:?} is not a power of two")))?,
         None => DEFAULT_ALIGNMENT,
     };
-    let data_offset = r.pos.checked_next_multiple_of(alignment).ok_or_else(|| invalid("general.alignment is too large"))?;
+    let data_offset = r
+        .pos
+        .checked_next_multiple_of(alignment)
+        .ok_or_else(|| invalid("general.alignment is too large"))?;
     let mut names = std::collections::HashSet::with_capacity(tensors.len());
     for t in &tensors {
         if !names.insert(t.name.as_str()) {
@@ -605,21 +658,36 @@ pub fn read_header(path: &Path) -> io::Result<Header> {
         }
         check_tensor(t, alignment, data_offset, file_len)?;
     }
-    Ok(Header { version, kvs, tensors, alignment, data_offset })
+    Ok(Header {
+        version,
+        kvs,
+        tensors,
+        alignment,
+        data_offset,
+    })
 }
 
 /// A tensor's shape, alignment and extent, as llama.cpp's loader checks them.
 fn check_tensor(t: &TensorInfo, alignment: u64, data_offset: u64, file_len: u64) -> io::Result<()> {
     if t.ne.contains(&0) {
-        return Err(invalid(format!("tensor `{}` has dimensions {:?}: an empty tensor is no model weight", t.name, t.ne)));
+        return Err(invalid(format!(
+            "tensor `{}` has dimensions {:?}: an empty tensor is no model weight",
+            t.name, t.ne
+        )));
     }
     // ggml counts elements in int64_t.
-    let elements = t.ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).filter(|&n| n <= i64::MAX as u64);
+    let elements =
+        t.ne.iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= i64::MAX as u64);
     if elements.is_none() {
         return Err(invalid(size_message(&t.name, t.ty, &t.ne, SizeError::Overflow)));
     }
     if t.offset % alignment != 0 {
-        return Err(invalid(format!("tensor `{}` offset {} is not aligned to {alignment}", t.name, t.offset)));
+        return Err(invalid(format!(
+            "tensor `{}` offset {} is not aligned to {alignment}",
+            t.name, t.offset
+        )));
     }
     // A type this table does not know (newer ggml) cannot be sized; its shape is still right,
     // which is all a LoRA needs, so it is only the bounds check that is skipped.
@@ -641,15 +709,29 @@ fn check_tensor(t: &TensorInfo, alignment: u64, data_offset: u64, file_len: u64)
 /// Reads the bytes of tensor `t` of `header` (read from `file`) into `buf`, resized to fit. The size
 /// was checked against the file by [`read_header`]; an unknown type is an error.
 pub fn read_tensor_data(file: &File, header: &Header, t: &TensorInfo, buf: &mut Vec<u8>) -> io::Result<()> {
-    let size = t.ty.size(&t.ne).map_err(|e| invalid(size_message(&t.name, t.ty, &t.ne, e)))?;
-    let start = header.data_offset.checked_add(t.offset).ok_or_else(|| invalid(format!("tensor `{}` offset overflows", t.name)))?;
-    let len = usize::try_from(size).map_err(|_| invalid(format!("tensor `{}` ({size} bytes) does not fit this machine", t.name)))?;
+    let size =
+        t.ty.size(&t.ne)
+            .map_err(|e| invalid(size_message(&t.name, t.ty, &t.ne, e)))?;
+    let start = header
+        .data_offset
+        .checked_add(t.offset)
+        .ok_or_else(|| invalid(format!("tensor `{}` offset overflows", t.name)))?;
+    let len = usize::try_from(size)
+        .map_err(|_| invalid(format!("tensor `{}` ({size} bytes) does not fit this machine", t.name)))?;
     buf.clear();
-    buf.try_reserve_exact(len)
-        .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, format!("tensor `{}`: {size} bytes of memory are not available", t.name)))?;
+    buf.try_reserve_exact(len).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("tensor `{}`: {size} bytes of memory are not available", t.name),
+        )
+    })?;
     buf.resize(len, 0);
-    crate::peft::read_exact_at(file, buf, start)
-        .map_err(|e| io::Error::new(e.kind(), format!("reading tensor `{}` ({size} bytes at byte {start}): {e}", t.name)))
+    crate::peft::read_exact_at(file, buf, start).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("reading tensor `{}` ({size} bytes at byte {start}): {e}", t.name),
+        )
+    })
 }
 
 /// What the writer needs to know about a tensor before any data is written.
@@ -665,7 +747,11 @@ impl TensorSpec {
     /// (a type this tool does not know, a partial block, dimensions that overflow).
     pub fn byte_size(&self) -> io::Result<u64> {
         if self.ne.is_empty() || self.ne.len() > 4 {
-            return Err(invalid(format!("tensor `{}` has {} dimensions (ggml allows 1 to 4)", self.name, self.ne.len())));
+            return Err(invalid(format!(
+                "tensor `{}` has {} dimensions (ggml allows 1 to 4)",
+                self.name,
+                self.ne.len()
+            )));
         }
         self.ty.size(&self.ne).map_err(|e| {
             let msg = size_message(&self.name, self.ty, &self.ne, e);
@@ -760,12 +846,22 @@ impl<W: Write> Writer<W> {
             offset = size
                 .checked_next_multiple_of(DEFAULT_ALIGNMENT)
                 .and_then(|s| offset.checked_add(s))
-                .ok_or_else(|| invalid(format!("tensor `{}`: the tensors' total size overflows 64 bits", t.name)))?;
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "tensor `{}`: the tensors' total size overflows 64 bits",
+                        t.name
+                    ))
+                })?;
         }
         pos += header.len() as u64;
         out.write_all(&header)?;
         out.write_all(&PADDING[..(pos.next_multiple_of(DEFAULT_ALIGNMENT) - pos) as usize])?;
-        Ok(Self { out, sizes, next: 0, written: 0 })
+        Ok(Self {
+            out,
+            sizes,
+            next: 0,
+            written: 0,
+        })
     }
 
     /// Writes the next tensor's bytes, then the padding that aligns the one after it.
@@ -776,9 +872,15 @@ impl<W: Write> Writer<W> {
 
     /// Appends bytes to the current tensor (for tensors streamed in pieces).
     pub fn write_part(&mut self, data: &[u8]) -> io::Result<()> {
-        let expected = *self.sizes.get(self.next).ok_or_else(|| invalid("more tensors written than declared"))?;
+        let expected = *self
+            .sizes
+            .get(self.next)
+            .ok_or_else(|| invalid("more tensors written than declared"))?;
         if self.written.saturating_add(data.len() as u64) > expected {
-            return Err(invalid(format!("tensor {} gets more than its declared {expected} bytes", self.next)));
+            return Err(invalid(format!(
+                "tensor {} gets more than its declared {expected} bytes",
+                self.next
+            )));
         }
         self.out.write_all(data)?;
         self.written += data.len() as u64;
@@ -787,11 +889,18 @@ impl<W: Write> Writer<W> {
 
     /// Ends the current tensor: checks it is complete and pads to the next alignment.
     pub fn end_tensor(&mut self) -> io::Result<()> {
-        let expected = *self.sizes.get(self.next).ok_or_else(|| invalid("more tensors written than declared"))?;
+        let expected = *self
+            .sizes
+            .get(self.next)
+            .ok_or_else(|| invalid("more tensors written than declared"))?;
         if self.written != expected {
-            return Err(invalid(format!("tensor {} has {} bytes, declared {expected}", self.next, self.written)));
+            return Err(invalid(format!(
+                "tensor {} has {} bytes, declared {expected}",
+                self.next, self.written
+            )));
         }
-        self.out.write_all(&PADDING[..(expected.next_multiple_of(DEFAULT_ALIGNMENT) - expected) as usize])?;
+        self.out
+            .write_all(&PADDING[..(expected.next_multiple_of(DEFAULT_ALIGNMENT) - expected) as usize])?;
         self.next += 1;
         self.written = 0;
         Ok(())
@@ -799,7 +908,11 @@ impl<W: Write> Writer<W> {
 
     pub fn finish(mut self) -> io::Result<W> {
         if self.next != self.sizes.len() {
-            return Err(invalid(format!("{} of {} tensors written", self.next, self.sizes.len())));
+            return Err(invalid(format!(
+                "{} of {} tensors written",
+                self.next,
+                self.sizes.len()
+            )));
         }
         self.out.flush()?;
         Ok(self.out)
@@ -833,8 +946,16 @@ mod tests {
             ("x.empty".to_string(), Value::Array(Array::String(Strings::default()))),
         ];
         let tensors = vec![
-            TensorSpec { name: "a".into(), ne: vec![3, 1], ty: GgmlType::F32 },
-            TensorSpec { name: "b".into(), ne: vec![5], ty: GgmlType::F16 },
+            TensorSpec {
+                name: "a".into(),
+                ne: vec![3, 1],
+                ty: GgmlType::F32,
+            },
+            TensorSpec {
+                name: "b".into(),
+                ne: vec![5],
+                ty: GgmlType::F16,
+            },
         ];
         let mut w = Writer::new(File::create(&path).unwrap(), &kvs, &tensors).unwrap();
         w.write_tensor(&[1u8; 12]).unwrap();
@@ -857,8 +978,11 @@ mod tests {
     /// table): Q4_K 144 bytes per 256 values, Q6_K 210 per 256, Q8_0 34 per 32.
     #[test]
     fn quantized_tensor_sizes_read_from_a_hand_built_file() {
-        let tensors: [(&str, u32, [u64; 2], u64); 3] =
-            [("a.q4k", 12, [256, 2], 2 * 144), ("b.q6k", 14, [512, 1], 2 * 210), ("c.q80", 8, [64, 3], 3 * 2 * 34)];
+        let tensors: [(&str, u32, [u64; 2], u64); 3] = [
+            ("a.q4k", 12, [256, 2], 2 * 144),
+            ("b.q6k", 14, [512, 1], 2 * 210),
+            ("c.q80", 8, [64, 3], 3 * 2 * 34),
+        ];
         let mut b = Vec::new();
         b.extend_from_slice(b"GGUF");
         b.extend_from_slice(&3u32.to_le_bytes());
@@ -917,11 +1041,20 @@ mod tests {
                 ("ffn_up", [4096, 14336], GgmlType::Q4_K),
                 ("ffn_down", [14336, 4096], GgmlType::Q6_K),
             ] {
-                specs.push(TensorSpec { name: format!("blk.{i}.{stem}.weight"), ne: ne.to_vec(), ty });
+                specs.push(TensorSpec {
+                    name: format!("blk.{i}.{stem}.weight"),
+                    ne: ne.to_vec(),
+                    ty,
+                });
             }
         }
         let file = File::create(&path).unwrap();
-        Writer::new(&file, &[("general.architecture".into(), Value::String("llama".into()))], &specs).unwrap();
+        Writer::new(
+            &file,
+            &[("general.architecture".into(), Value::String("llama".into()))],
+            &specs,
+        )
+        .unwrap();
         let header_len = file.metadata().unwrap().len();
         let total: u64 = specs.iter().map(|s| s.byte_size().unwrap().next_multiple_of(32)).sum();
         file.set_len(header_len + total).unwrap();
@@ -935,12 +1068,21 @@ mod tests {
     fn truncated_and_foreign_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.gguf");
-        let tensors = vec![TensorSpec { name: "a".into(), ne: vec![64], ty: GgmlType::F32 }];
+        let tensors = vec![TensorSpec {
+            name: "a".into(),
+            ne: vec![64],
+            ty: GgmlType::F32,
+        }];
         let mut w = Writer::new(File::create(&path).unwrap(), &[], &tensors).unwrap();
         w.write_tensor(&[0u8; 256]).unwrap();
         w.finish().unwrap();
         let len = std::fs::metadata(&path).unwrap().len();
-        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 1).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
         let err = read_header(&path).unwrap_err().to_string();
         assert!(err.contains("truncated"), "{err}");
 
@@ -1000,7 +1142,12 @@ mod tests {
         let mut kv = (1u64 << 39).to_le_bytes().to_vec();
         kv.extend_from_slice(b"general.architecture");
         std::fs::write(&path, raw(0, 1, &kv)).unwrap();
-        if File::options().write(true).open(&path).and_then(|f| f.set_len(1 << 40)).is_err() {
+        if File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(1 << 40))
+            .is_err()
+        {
             return; // a file system without sparse files of that size: nothing to check here
         }
         let err = read_header(&path).unwrap_err().to_string();
@@ -1025,18 +1172,40 @@ mod tests {
             Array::I64(vec![-1]),
             Array::F64(vec![0.1]),
         ];
-        let kvs: Vec<(String, Value)> = arrays.into_iter().enumerate().map(|(i, a)| (format!("x.{i}"), Value::Array(a))).collect();
-        Writer::new(File::create(&a).unwrap(), &kvs, &[]).unwrap().finish().unwrap();
+        let kvs: Vec<(String, Value)> = arrays
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| (format!("x.{i}"), Value::Array(a)))
+            .collect();
+        Writer::new(File::create(&a).unwrap(), &kvs, &[])
+            .unwrap()
+            .finish()
+            .unwrap();
         let h = read_header(&a).unwrap();
-        assert_eq!(h.get("x.8").and_then(Value::as_array).and_then(Array::as_strings).unwrap().iter().collect::<Vec<_>>(), ["", "é", "tok"]);
+        assert_eq!(
+            h.get("x.8")
+                .and_then(Value::as_array)
+                .and_then(Array::as_strings)
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>(),
+            ["", "é", "tok"]
+        );
         assert_eq!(h.get("x.4").and_then(Value::array_len), Some(0));
-        Writer::new(File::create(&b).unwrap(), &h.kvs, &[]).unwrap().finish().unwrap();
+        Writer::new(File::create(&b).unwrap(), &h.kvs, &[])
+            .unwrap()
+            .finish()
+            .unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     }
 
     #[test]
     fn writer_refuses_types_and_shapes_it_cannot_size() {
-        let spec = |ne: Vec<u64>, ty| TensorSpec { name: "blk.0.x.weight".into(), ne, ty };
+        let spec = |ne: Vec<u64>, ty| TensorSpec {
+            name: "blk.0.x.weight".into(),
+            ne,
+            ty,
+        };
         for (s, want) in [
             (spec(vec![64], GgmlType(99)), "type 99"),
             (spec(vec![1 << 32, 1 << 32, 1 << 32], GgmlType::F32), "overflow"),
@@ -1052,7 +1221,10 @@ mod tests {
     fn overflowing_empty_and_duplicate_tensors_are_named() {
         // Q4_0 rows of 2^32 values, 2^32 rows: the size overflows, and the row is whole blocks.
         let err = header_error(&raw(1, 0, &tensor_info("w", &[1 << 32, 1 << 32], 2)));
-        assert!(err.contains("tensor `w`: dimensions [4294967296, 4294967296] overflow"), "{err}");
+        assert!(
+            err.contains("tensor `w`: dimensions [4294967296, 4294967296] overflow"),
+            "{err}"
+        );
         let err = header_error(&raw(1, 0, &tensor_info("w", &[u64::MAX, 2], 99)));
         assert!(err.contains("overflow"), "{err}");
         let err = header_error(&raw(1, 0, &tensor_info("w", &[64, 0], 0)));
@@ -1066,7 +1238,11 @@ mod tests {
     fn tensor_data_is_read_within_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.gguf");
-        let tensors = vec![TensorSpec { name: "a".into(), ne: vec![2, 2], ty: GgmlType::F32 }];
+        let tensors = vec![TensorSpec {
+            name: "a".into(),
+            ne: vec![2, 2],
+            ty: GgmlType::F32,
+        }];
         let mut w = Writer::new(File::create(&path).unwrap(), &[], &tensors).unwrap();
         w.write_tensor(&[7u8; 16]).unwrap();
         w.finish().unwrap();
@@ -1074,8 +1250,13 @@ mod tests {
         let mut buf = Vec::new();
         read_tensor_data(&File::open(&path).unwrap(), &h, &h.tensors[0], &mut buf).unwrap();
         assert_eq!(buf, [7u8; 16]);
-        let unknown = TensorInfo { ty: GgmlType(99), ..h.tensors[0].clone() };
-        let err = read_tensor_data(&File::open(&path).unwrap(), &h, &unknown, &mut buf).unwrap_err().to_string();
+        let unknown = TensorInfo {
+            ty: GgmlType(99),
+            ..h.tensors[0].clone()
+        };
+        let err = read_tensor_data(&File::open(&path).unwrap(), &h, &unknown, &mut buf)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("type 99"), "{err}");
     }
 }

@@ -64,7 +64,9 @@ impl Settings {
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
         let home = var("HOME").or_else(|| var("USERPROFILE")).unwrap_or_default();
         let hf_home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            var("XDG_CACHE_HOME").map_or_else(|| Path::new(&home).join(".cache"), PathBuf::from).join("huggingface")
+            var("XDG_CACHE_HOME")
+                .map_or_else(|| Path::new(&home).join(".cache"), PathBuf::from)
+                .join("huggingface")
         });
         let cache = var("HF_HUB_CACHE").map_or_else(|| hf_home.join("hub"), PathBuf::from);
         let token_file = var("HF_TOKEN_PATH").map_or_else(|| hf_home.join("token"), PathBuf::from);
@@ -73,9 +75,13 @@ impl Settings {
             .or_else(|| fs::read_to_string(token_file).ok())
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty());
-        let truthy = |k: &str| var(k).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true"));
+        let truthy =
+            |k: &str| var(k).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true"));
         Settings {
-            endpoint: var("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into()).trim_end_matches('/').to_string(),
+            endpoint: var("HF_ENDPOINT")
+                .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
+                .trim_end_matches('/')
+                .to_string(),
             token,
             cache,
             offline: truthy("HF_HUB_OFFLINE"),
@@ -125,7 +131,13 @@ impl std::fmt::Display for Candidate {
 impl Candidate {
     /// The files to download for it.
     pub fn files(&self) -> Vec<String> {
-        let join = |dir: &str, f: &str| if dir.is_empty() { f.to_string() } else { format!("{dir}/{f}") };
+        let join = |dir: &str, f: &str| {
+            if dir.is_empty() {
+                f.to_string()
+            } else {
+                format!("{dir}/{f}")
+            }
+        };
         match self {
             Candidate::Peft(dir) => vec![join(dir, "adapter_config.json"), join(dir, "adapter_model.safetensors")],
             Candidate::Gguf(path) => vec![path.clone()],
@@ -137,7 +149,9 @@ impl Candidate {
 /// A repo with none gets an error that says what it holds instead and what to do.
 pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Result<Vec<Candidate>> {
     // `--subfolder .` is the PEFT adapter at the root; a `.gguf` path is that file.
-    let sub = subfolder.map(|s| s.trim_matches('/')).map(|s| if s == "." { "" } else { s });
+    let sub = subfolder
+        .map(|s| s.trim_matches('/'))
+        .map(|s| if s == "." { "" } else { s });
     let has = |p: &str| files.iter().any(|f| f == p);
     let dir_of = |p: &str| p.rsplit_once('/').map_or(String::new(), |(d, _)| d.to_string());
     let is_gguf = |p: &str| p.to_ascii_lowercase().ends_with(".gguf");
@@ -151,7 +165,11 @@ pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Resu
     for f in files.iter().filter(|f| within(f)) {
         if f.rsplit('/').next() == Some("adapter_config.json") {
             let dir = dir_of(f);
-            let weights = if dir.is_empty() { "adapter_model.safetensors".to_string() } else { format!("{dir}/adapter_model.safetensors") };
+            let weights = if dir.is_empty() {
+                "adapter_model.safetensors".to_string()
+            } else {
+                format!("{dir}/adapter_model.safetensors")
+            };
             if has(&weights) && sub.is_none_or(|s| s == dir) {
                 found.push(Candidate::Peft(dir));
             }
@@ -162,18 +180,25 @@ pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Resu
     if !found.is_empty() {
         return Ok(found);
     }
-    let where_ = sub.map_or_else(|| format!("`{repo}`"), |s| format!("`{}` of `{repo}`", printable(s, 200)));
+    let where_ = sub.map_or_else(
+        || format!("`{repo}`"),
+        |s| format!("`{}` of `{repo}`", printable(s, 200)),
+    );
     let path = PathBuf::from(repo);
     let in_scope: Vec<&String> = files.iter().filter(|f| within(f)).collect();
     let any = |pred: &dyn Fn(&str) -> bool| in_scope.iter().any(|f| pred(f.rsplit('/').next().unwrap_or(f)));
     if any(&|n| n == "adapter_model.bin") {
         return Err(Error::refused(
             &path,
-            format!("{where_} holds its adapter only as adapter_model.bin (a PyTorch pickle), which this tool does not load: it can run code"),
+            format!(
+                "{where_} holds its adapter only as adapter_model.bin (a PyTorch pickle), which this tool does not load: it can run code"
+            ),
             "ask the author for adapter_model.safetensors, or load it with PEFT and save it again with `model.save_pretrained(dir, safe_serialization=True)`",
         ));
     }
-    if any(&|n| n == "config.json") && any(&|n| n.ends_with(".safetensors") || (n.starts_with("pytorch_model") && n.ends_with(".bin"))) {
+    if any(&|n| n == "config.json")
+        && any(&|n| n.ends_with(".safetensors") || (n.starts_with("pytorch_model") && n.ends_with(".bin")))
+    {
         return Err(Error::refused(
             &path,
             format!("{where_} holds a full model, not a LoRA adapter"),
@@ -183,8 +208,19 @@ pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Resu
     let listing: Vec<String> = in_scope.iter().take(12).map(|s| printable(s, 200)).collect();
     Err(Error::refused(
         &path,
-        format!("{where_} holds no LoRA adapter (adapter_config.json with adapter_model.safetensors, or a .gguf file); it has: {}", if listing.is_empty() { "no files".into() } else { listing.join(", ") }),
-        if sub.is_some() { "check --subfolder against the repo's files" } else { "check the repo name, or pass --subfolder for an adapter in a folder" },
+        format!(
+            "{where_} holds no LoRA adapter (adapter_config.json with adapter_model.safetensors, or a .gguf file); it has: {}",
+            if listing.is_empty() {
+                "no files".into()
+            } else {
+                listing.join(", ")
+            }
+        ),
+        if sub.is_some() {
+            "check --subfolder against the repo's files"
+        } else {
+            "check the repo name, or pass --subfolder for an adapter in a folder"
+        },
     ))
 }
 
@@ -232,11 +268,20 @@ impl Hub {
             .user_agent(concat!("ollama-tools/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client builds with the compiled-in TLS backend");
-        Hub { settings, patience, probe_time: Duration::from_secs(30), http }
+        Hub {
+            settings,
+            patience,
+            probe_time: Duration::from_secs(30),
+            http,
+        }
     }
 
     fn cache_repo(&self, repo: &str, revision: &str) -> hf_hub::CacheRepo {
-        Cache::new(self.settings.cache.clone()).repo(Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string()))
+        Cache::new(self.settings.cache.clone()).repo(Repo::with_revision(
+            repo.to_string(),
+            RepoType::Model,
+            revision.to_string(),
+        ))
     }
 
     /// The repo's folder in the cache.
@@ -247,10 +292,18 @@ impl Hub {
     /// A request to `url`, with the token only when `url` is on the endpoint: the one place the
     /// token is attached, so it can reach no other host. With a deadline, the whole request
     /// (body included) must end by then.
-    fn request(&self, method: reqwest::Method, url: &str, deadline: Option<Instant>) -> reqwest::blocking::RequestBuilder {
+    fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        deadline: Option<Instant>,
+    ) -> reqwest::blocking::RequestBuilder {
         let mut req = self.http.request(method, url);
         if let Some(d) = deadline {
-            req = req.timeout(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+            req = req.timeout(
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            );
         }
         match &self.settings.token {
             Some(t) if same_origin(url, &self.settings.endpoint) => req.header(AUTHORIZATION, format!("Bearer {t}")),
@@ -261,18 +314,36 @@ impl Hub {
     /// Sends `method url` with [`Hub::follow`]; an answer that says "later" (429, 5xx) is asked
     /// again after a backoff or its `Retry-After`, while [`Patience`] allows (not before a
     /// deadline: that is a quick peek).
-    fn send(&self, method: reqwest::Method, url: &str, range: Option<u64>, stop_at_other_host: bool, deadline: Option<Instant>, ui: &dyn Progress) -> Result<Response, NetError> {
+    fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        range: Option<u64>,
+        stop_at_other_host: bool,
+        deadline: Option<Instant>,
+        ui: &dyn Progress,
+    ) -> Result<Response, NetError> {
         for retry in 0.. {
             let resp = self.follow(method.clone(), url, range, stop_at_other_host, deadline)?;
             let status = resp.status();
-            let after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| retry_after(v, SystemTime::now()));
+            let after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry_after(v, SystemTime::now()));
             let wait = match status.as_u16() {
                 429 | 500 | 502 | 503 | 504 if deadline.is_none() => self.patience.delay(retry, after),
                 _ => None,
             };
             let Some(wait) = wait else { return Ok(resp) };
-            ui.notice(&format!("the Hub answered {status} for {}; asking again in {:.1} s", without_query(url), wait.as_secs_f64()));
-            self.patience.sleep(wait, || ui.cancelled()).map_err(|_| NetError::Cancelled)?;
+            ui.notice(&format!(
+                "the Hub answered {status} for {}; asking again in {:.1} s",
+                without_query(url),
+                wait.as_secs_f64()
+            ));
+            self.patience
+                .sleep(wait, || ui.cancelled())
+                .map_err(|_| NetError::Cancelled)?;
         }
         unreachable!("the loop returns once the retries are spent")
     }
@@ -280,7 +351,14 @@ impl Hub {
     /// Sends `method url`, following up to [`MAX_REDIRECTS`] redirects (relative ones resolved on
     /// the endpoint); `stop_at_other_host` leaves a redirect to another host unfollowed (an LFS
     /// file's CDN), for the caller to read. More redirects than that is a loop: an error naming it.
-    fn follow(&self, method: reqwest::Method, url: &str, range: Option<u64>, stop_at_other_host: bool, deadline: Option<Instant>) -> Result<Response, NetError> {
+    fn follow(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        range: Option<u64>,
+        stop_at_other_host: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Response, NetError> {
         let mut url = url.to_string();
         for _ in 0..=MAX_REDIRECTS {
             let mut req = self.request(method.clone(), &url, deadline);
@@ -288,9 +366,18 @@ impl Hub {
                 req = req.header(RANGE, format!("bytes={from}-"));
             }
             let resp = req.send().map_err(NetError::Http)?;
-            let next = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(|l| absolute_url(l, &self.settings.endpoint));
+            let next = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| absolute_url(l, &self.settings.endpoint));
             match next {
-                Some(next) if resp.status().is_redirection() && (!stop_at_other_host || same_origin(&next, &self.settings.endpoint)) => url = next,
+                Some(next)
+                    if resp.status().is_redirection()
+                        && (!stop_at_other_host || same_origin(&next, &self.settings.endpoint)) =>
+                {
+                    url = next
+                }
                 _ => return Ok(resp),
             }
         }
@@ -317,7 +404,11 @@ impl Hub {
                 "check the network (and HF_ENDPOINT if you use a mirror); with HF_HUB_OFFLINE=1 files already in the Hugging Face cache are used without asking".into(),
             ),
         };
-        Error::Refused { path, msg, hint: Some(hint) }
+        Error::Refused {
+            path,
+            msg,
+            hint: Some(hint),
+        }
     }
 
     /// The files of `repo` at `revision` (a branch, tag or commit).
@@ -329,16 +420,25 @@ impl Hub {
     /// caller that can fall back to the cache.
     fn try_info(&self, repo: &str, revision: &str, ui: &dyn Progress) -> Result<Result<RepoInfo>> {
         check_revision(revision)?;
-        let url = format!("{}/api/models/{repo}/revision/{}", self.settings.endpoint, encode(revision));
+        let url = format!(
+            "{}/api/models/{repo}/revision/{}",
+            self.settings.endpoint,
+            encode(revision)
+        );
         let resp = match self.send(reqwest::Method::GET, &url, None, false, None, ui) {
             Ok(resp) => resp,
-            Err(NetError::Http(e)) if e.is_connect() || e.is_timeout() => return Ok(Err(self.unreachable(&url, &NetError::Http(e)))),
+            Err(NetError::Http(e)) if e.is_connect() || e.is_timeout() => {
+                return Ok(Err(self.unreachable(&url, &NetError::Http(e))));
+            }
             Err(e) => return Err(self.unreachable(&url, &e)),
         };
         let resp = self.check(resp, repo, revision, None)?;
         if resp.status().is_redirection() {
-            return Err(Error::invalid(Path::new(&url), format!("the Hub answered {} without a Location to follow", resp.status()))
-                .with_hint("if HF_ENDPOINT points at a mirror or a proxy, check its configuration"));
+            return Err(Error::invalid(
+                Path::new(&url),
+                format!("the Hub answered {} without a Location to follow", resp.status()),
+            )
+            .with_hint("if HF_ENDPOINT points at a mirror or a proxy, check its configuration"));
         }
         #[derive(serde::Deserialize)]
         struct Info {
@@ -355,12 +455,25 @@ impl Hub {
             BodyError::Read(e) => self.unreachable(&url, &NetError::Broken(crate::ollama::root_cause(&e))),
             too_large => Error::invalid(Path::new(&url), format!("the Hub's repo listing: {too_large}")),
         })?;
-        let info: Info = serde_json::from_slice(&body)
-            .map_err(|e| Error::invalid(Path::new(&url), format!("the Hub's answer is not a repo listing: {}", json_problem(&e, &body))))?;
+        let info: Info = serde_json::from_slice(&body).map_err(|e| {
+            Error::invalid(
+                Path::new(&url),
+                format!("the Hub's answer is not a repo listing: {}", json_problem(&e, &body)),
+            )
+        })?;
         if !is_commit(&info.sha) {
-            return Err(Error::invalid(Path::new(&url), format!("the Hub's listing gives the commit {:?}, not 40 hex digits", printable(&info.sha, 80))));
+            return Err(Error::invalid(
+                Path::new(&url),
+                format!(
+                    "the Hub's listing gives the commit {:?}, not 40 hex digits",
+                    printable(&info.sha, 80)
+                ),
+            ));
         }
-        Ok(Ok(RepoInfo { sha: info.sha, files: info.siblings.into_iter().map(|s| s.rfilename).collect() }))
+        Ok(Ok(RepoInfo {
+            sha: info.sha,
+            files: info.siblings.into_iter().map(|s| s.rfilename).collect(),
+        }))
     }
 
     /// The Hub's error answers, in words: its own `X-Error-Message`, and what to do.
@@ -369,7 +482,12 @@ impl Hub {
         if status.is_success() || status.is_redirection() {
             return Ok(resp);
         }
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let code = header("x-error-code").unwrap_or_default();
         let retry = header(RETRY_AFTER.as_str());
         let mut message = printable(&header("x-error-message").unwrap_or_default(), MESSAGE_CHARS);
@@ -388,33 +506,77 @@ impl Hub {
                 },
             ),
             (_, "RepoNotFound") => (
-                format!("repository `{repo}` not found on {} ({message})", self.settings.endpoint),
+                format!(
+                    "repository `{repo}` not found on {} ({message})",
+                    self.settings.endpoint
+                ),
                 if self.settings.token.is_some() {
                     "check the name (ORG/REPO); a private repo needs a token of an account that can read it".to_string()
                 } else {
                     format!("check the name (ORG/REPO); if it is private, {login}")
                 },
             ),
-            (_, "RevisionNotFound") => (format!("revision `{revision}` of `{repo}` not found ({message})"), format!("check --revision against the branches and commits at {page}")),
+            (_, "RevisionNotFound") => (
+                format!("revision `{revision}` of `{repo}` not found ({message})"),
+                format!("check --revision against the branches and commits at {page}"),
+            ),
             (_, "EntryNotFound") => (
-                format!("`{}` is not in `{repo}` at `{revision}` ({message})", printable(file.unwrap_or("?"), 200)),
+                format!(
+                    "`{}` is not in `{repo}` at `{revision}` ({message})",
+                    printable(file.unwrap_or("?"), 200)
+                ),
                 "the repo changed since it was listed; run again".into(),
             ),
-            (429, _) => (format!("the Hub is rate-limiting requests: {message}"), rate_limit_hint(retry.as_deref())),
-            (401 | 403, _) => (format!("the Hub refused access to `{repo}` ({status}: {message})"), login.to_string()),
-            _ => (format!("the Hub answered {status} for `{repo}`: {message}"), "try again later".into()),
+            (429, _) => (
+                format!("the Hub is rate-limiting requests: {message}"),
+                rate_limit_hint(retry.as_deref()),
+            ),
+            (401 | 403, _) => (
+                format!("the Hub refused access to `{repo}` ({status}: {message})"),
+                login.to_string(),
+            ),
+            _ => (
+                format!("the Hub answered {status} for `{repo}`: {message}"),
+                "try again later".into(),
+            ),
         };
-        Err(Error::Refused { path: PathBuf::from(format!("{page}/tree/{revision}")), msg, hint: Some(hint) })
+        Err(Error::Refused {
+            path: PathBuf::from(format!("{page}/tree/{revision}")),
+            msg,
+            hint: Some(hint),
+        })
     }
 
     /// `HEAD` of a file's resolve URL at `at` (a commit, or the revision), following redirects on the
     /// endpoint and stopping at one to another host (an LFS file's CDN).
-    fn meta(&self, repo: &str, revision: &str, at: &str, file: &str, deadline: Option<Instant>, ui: &dyn Progress) -> Result<FileMeta> {
-        let url = format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(at), encode_path(file));
-        let resp = self.send(reqwest::Method::HEAD, &url, None, true, deadline, ui).map_err(|e| self.unreachable(&url, &e))?;
+    fn meta(
+        &self,
+        repo: &str,
+        revision: &str,
+        at: &str,
+        file: &str,
+        deadline: Option<Instant>,
+        ui: &dyn Progress,
+    ) -> Result<FileMeta> {
+        let url = format!(
+            "{}/{repo}/resolve/{}/{}",
+            self.settings.endpoint,
+            encode(at),
+            encode_path(file)
+        );
+        let resp = self
+            .send(reqwest::Method::HEAD, &url, None, true, deadline, ui)
+            .map_err(|e| self.unreachable(&url, &e))?;
         let resp = self.check(resp, repo, revision, Some(file))?;
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let etag = header("x-linked-etag").or_else(|| header(ETAG.as_str())).unwrap_or_default();
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let etag = header("x-linked-etag")
+            .or_else(|| header(ETAG.as_str()))
+            .unwrap_or_default();
         let etag = etag.trim_start_matches("W/").trim_matches('"').to_string();
         let commit = header("x-repo-commit").unwrap_or_default();
         // Both become file names in the cache: only the Hub's own forms are taken.
@@ -431,16 +593,40 @@ impl Hub {
         }
         let redirect = resp.status().is_redirection();
         // A redirect's Content-Length is that of the redirect's own body, not the file's.
-        let size = header("x-linked-size").or_else(|| if redirect { None } else { header(CONTENT_LENGTH.as_str()) }).and_then(|s| s.parse().ok());
-        let location = if redirect { header(LOCATION.as_str()).map(|l| absolute_url(&l, &self.settings.endpoint)) } else { None };
-        Ok(FileMeta { commit, etag, size, location })
+        let size = header("x-linked-size")
+            .or_else(|| {
+                if redirect {
+                    None
+                } else {
+                    header(CONTENT_LENGTH.as_str())
+                }
+            })
+            .and_then(|s| s.parse().ok());
+        let location = if redirect {
+            header(LOCATION.as_str()).map(|l| absolute_url(&l, &self.settings.endpoint))
+        } else {
+            None
+        };
+        Ok(FileMeta {
+            commit,
+            etag,
+            size,
+            location,
+        })
     }
 
     /// `file` of `repo` at `revision` in the cache, downloaded when it is not there (or, offline,
     /// an error saying so). Returns the snapshot path (`snapshots/<commit>/<file>`).
     /// `at` is the commit the listing gave, so every file comes from one commit even if the branch
     /// moves meanwhile (`None`: the revision as it is now).
-    pub fn fetch(&self, repo: &str, revision: &str, at: Option<&str>, file: &str, ui: &dyn Progress) -> Result<PathBuf> {
+    pub fn fetch(
+        &self,
+        repo: &str,
+        revision: &str,
+        at: Option<&str>,
+        file: &str,
+        ui: &dyn Progress,
+    ) -> Result<PathBuf> {
         check_revision(revision)?;
         check_file_path(repo, file)?;
         let cached = self.cached(repo, revision, file);
@@ -462,13 +648,22 @@ impl Hub {
             // meanwhile waits rather than writing into the same `.incomplete` file.
             let lock = self.lock_blob(repo, &blob, file, ui)?;
             if !self.usable(&blob, &meta, ui)? {
-                let url = meta.location.clone().unwrap_or_else(|| format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(&meta.commit), encode_path(file)));
+                let url = meta.location.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}/{repo}/resolve/{}/{}",
+                        self.settings.endpoint,
+                        encode(&meta.commit),
+                        encode_path(file)
+                    )
+                });
                 self.download(&url, &blob, &meta, file, lock.as_ref(), ui)?;
             }
         }
         link(&blob, &pointer)?;
         if revision != meta.commit {
-            self.cache_repo(repo, revision).create_ref(&meta.commit).map_err(|e| Error::io(&dir.join("refs"), e))?;
+            self.cache_repo(repo, revision)
+                .create_ref(&meta.commit)
+                .map_err(|e| Error::io(&dir.join("refs"), e))?;
         }
         Ok(pointer)
     }
@@ -495,7 +690,11 @@ impl Hub {
     /// file can be made (a read-only cache folder, say).
     fn lock_blob(&self, repo: &str, blob: &Path, file: &str, ui: &dyn Progress) -> Result<Option<BlobLock>> {
         let name = blob.file_name().expect("blob paths have a name").to_string_lossy();
-        let dir = self.settings.cache.join(".locks").join(Repo::model(repo.to_string()).folder_name());
+        let dir = self
+            .settings
+            .cache
+            .join(".locks")
+            .join(Repo::model(repo.to_string()).folder_name());
         let path = dir.join(format!("{name}.ollama-tools.lock"));
         // The holder beats at least this often, unless a server keeps it waiting (then at most
         // an idle timeout and a retry's wait).
@@ -506,16 +705,25 @@ impl Hub {
                 Ok(Some(lock)) => return Ok(Some(lock)),
                 Ok(None) => {}
                 Err(e) => {
-                    ui.notice(&format!("cannot make the lock file {} ({e}); downloading without it", path.display()));
+                    ui.notice(&format!(
+                        "cannot make the lock file {} ({e}); downloading without it",
+                        path.display()
+                    ));
                     return Ok(None);
                 }
             }
             if BlobLock::take_over_if_stale(&path, stale_after) {
-                ui.notice(&format!("took over the lock {}: the run that held it has ended or stopped", path.display()));
+                ui.notice(&format!(
+                    "took over the lock {}: the run that held it has ended or stopped",
+                    path.display()
+                ));
                 continue;
             }
             if !told {
-                ui.notice(&format!("another run is downloading {}; waiting for it", printable(file, 200)));
+                ui.notice(&format!(
+                    "another run is downloading {}; waiting for it",
+                    printable(file, 200)
+                ));
                 told = true;
             }
             if ui.cancelled() {
@@ -551,9 +759,22 @@ impl Hub {
 
     /// The `general.type` of a GGUF file in the repo, from its first 256 KiB, asked by `deadline`.
     fn gguf_type(&self, repo: &str, revision: &str, at: &str, file: &str, deadline: Instant) -> Option<String> {
-        let meta = self.meta(repo, revision, at, file, Some(deadline), &crate::progress::Silent).ok()?;
-        let url = meta.location.clone().unwrap_or_else(|| format!("{}/{repo}/resolve/{}/{}", self.settings.endpoint, encode(at), encode_path(file)));
-        let resp = self.request(reqwest::Method::GET, &url, Some(deadline)).header(RANGE, "bytes=0-262143").send().ok()?;
+        let meta = self
+            .meta(repo, revision, at, file, Some(deadline), &crate::progress::Silent)
+            .ok()?;
+        let url = meta.location.clone().unwrap_or_else(|| {
+            format!(
+                "{}/{repo}/resolve/{}/{}",
+                self.settings.endpoint,
+                encode(at),
+                encode_path(file)
+            )
+        });
+        let resp = self
+            .request(reqwest::Method::GET, &url, Some(deadline))
+            .header(RANGE, "bytes=0-262143")
+            .send()
+            .ok()?;
         if !resp.status().is_success() {
             return None;
         }
@@ -572,7 +793,10 @@ impl Hub {
             return Some(revision.to_string());
         }
         check_revision(revision).ok()?;
-        let commit = fs::read_to_string(self.repo_dir(repo).join("refs").join(revision)).ok()?.trim().to_string();
+        let commit = fs::read_to_string(self.repo_dir(repo).join("refs").join(revision))
+            .ok()?
+            .trim()
+            .to_string();
         // It becomes a folder name: only a commit is taken.
         is_commit(&commit).then_some(commit)
     }
@@ -587,7 +811,15 @@ impl Hub {
 
     /// Streams `url` into `blob.incomplete`, resuming what is there, retrying with backoff while
     /// the transfer breaks, and renames it to `blob` when its content is what the ETag names.
-    fn download(&self, url: &str, blob: &Path, meta: &FileMeta, file: &str, lock: Option<&BlobLock>, ui: &dyn Progress) -> Result<()> {
+    fn download(
+        &self,
+        url: &str,
+        blob: &Path,
+        meta: &FileMeta,
+        file: &str,
+        lock: Option<&BlobLock>,
+        ui: &dyn Progress,
+    ) -> Result<()> {
         let beat = || {
             if let Some(l) = lock {
                 l.beat();
@@ -610,12 +842,18 @@ impl Hub {
             let Some(wait) = self.patience.delay(retries, None) else {
                 return Err(Error::Refused {
                     path: PathBuf::from(without_query(url)),
-                    msg: format!("the download of {file} broke off {} times, the last at {now} bytes ({why})", retries + 1),
+                    msg: format!(
+                        "the download of {file} broke off {} times, the last at {now} bytes ({why})",
+                        retries + 1
+                    ),
                     hint: Some(format!("run the command again: it resumes from {}", partial.display())),
                 });
             };
             retries += 1;
-            ui.notice(&format!("the download of {file} broke off at {now} bytes ({why}); resuming in {:.1} s", wait.as_secs_f64()));
+            ui.notice(&format!(
+                "the download of {file} broke off at {now} bytes ({why}); resuming in {:.1} s",
+                wait.as_secs_f64()
+            ));
             self.patience.sleep(wait, || {
                 beat();
                 ui.cancelled()
@@ -637,7 +875,15 @@ impl Hub {
 
     /// One GET of the file from byte `have` on, appended to `partial` (or written afresh when the
     /// server sends it all), never past the size announced for it.
-    fn transfer(&self, url: &str, partial: &Path, have: u64, meta: &FileMeta, beat: &dyn Fn(), ui: &dyn Progress) -> Result<(), Transfer> {
+    fn transfer(
+        &self,
+        url: &str,
+        partial: &Path,
+        have: u64,
+        meta: &FileMeta,
+        beat: &dyn Fn(),
+        ui: &dyn Progress,
+    ) -> Result<(), Transfer> {
         if meta.size.is_some_and(|s| have == s && s > 0) {
             return Ok(());
         }
@@ -650,21 +896,46 @@ impl Hub {
         };
         let status = resp.status();
         let append = status == StatusCode::PARTIAL_CONTENT
-            && resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).is_some_and(|r| r.starts_with(&format!("bytes {from}-")));
+            && resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|r| r.starts_with(&format!("bytes {from}-")));
         if !status.is_success() {
-            let retry = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let retry = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let hint = match (status.as_u16(), retry) {
                 (429, retry) => rate_limit_hint(retry.as_deref()),
                 _ => "run again; if it repeats, the file may have moved".into(),
             };
-            return Err(Transfer::Failed(Error::Refused { path: PathBuf::from(without_query(url)), msg: format!("the download answered {status}"), hint: Some(hint) }));
+            return Err(Transfer::Failed(Error::Refused {
+                path: PathBuf::from(without_query(url)),
+                msg: format!("the download answered {status}"),
+                hint: Some(hint),
+            }));
         }
         let start = if append { from } else { 0 };
         // The end the file may not pass: its announced size, and what this answer announces.
-        let limit = [meta.size, resp.content_length().map(|n| start + n)].into_iter().flatten().min();
-        let mut out = if append { OpenOptions::new().append(true).open(partial) } else { File::create(partial) }.map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
+        let limit = [meta.size, resp.content_length().map(|n| start + n)]
+            .into_iter()
+            .flatten()
+            .min();
+        let mut out = if append {
+            OpenOptions::new().append(true).open(partial)
+        } else {
+            File::create(partial)
+        }
+        .map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
         if !append && have > 0 {
-            ui.stage(&partial.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()), meta.size.unwrap_or(0));
+            ui.stage(
+                &partial
+                    .file_name()
+                    .map_or(String::new(), |n| n.to_string_lossy().into_owned()),
+                meta.size.unwrap_or(0),
+            );
         }
         let len = copy_body(&mut resp, &mut out, partial, start, limit, beat, ui)?;
         if let Some(limit) = limit.filter(|l| len > *l) {
@@ -685,7 +956,15 @@ impl Hub {
 
 /// Copies the body into `out` (already holding `start` bytes) until it ends or would pass `limit`;
 /// returns how long the file is, or `limit + 1` when the body has more than that.
-fn copy_body(resp: &mut Response, out: &mut File, partial: &Path, start: u64, limit: Option<u64>, beat: &dyn Fn(), ui: &dyn Progress) -> Result<u64, Transfer> {
+fn copy_body(
+    resp: &mut Response,
+    out: &mut File,
+    partial: &Path,
+    start: u64,
+    limit: Option<u64>,
+    beat: &dyn Fn(),
+    ui: &dyn Progress,
+) -> Result<u64, Transfer> {
     let mut buf = vec![0u8; 1 << 20];
     let mut len = start;
     loop {
@@ -696,14 +975,19 @@ fn copy_body(resp: &mut Response, out: &mut File, partial: &Path, start: u64, li
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if crate::ollama::is_timeout(&e) => return Err(Transfer::Cut("nothing arrived for the timeout (OLLAMA_TOOLS_TIMEOUT)".into())),
+            Err(e) if crate::ollama::is_timeout(&e) => {
+                return Err(Transfer::Cut(
+                    "nothing arrived for the timeout (OLLAMA_TOOLS_TIMEOUT)".into(),
+                ));
+            }
             Err(e) => return Err(Transfer::Cut(crate::ollama::root_cause(&e))),
         };
         if let Some(l) = limit.filter(|l| len + n as u64 > *l) {
             // What is past the announced size is not written: the disk is not filled.
             return Ok(l + 1);
         }
-        out.write_all(&buf[..n]).map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| Transfer::Failed(Error::io(partial, e)))?;
         len += n as u64;
         ui.advance(n as u64);
         beat();
@@ -730,10 +1014,17 @@ impl BlobLock {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
             Err(e) => return Err(e),
         };
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let token = format!("{} {nanos}\n", std::process::id());
         file.write_all(token.as_bytes())?;
-        Ok(Some(BlobLock { path: path.to_path_buf(), file, token, last_beat: std::cell::Cell::new(Instant::now()) }))
+        Ok(Some(BlobLock {
+            path: path.to_path_buf(),
+            file,
+            token,
+            last_beat: std::cell::Cell::new(Instant::now()),
+        }))
     }
 
     /// Shows the lock's holder is alive (at most once a second).
@@ -748,8 +1039,12 @@ impl BlobLock {
     /// has not beaten for `stale_after`; whether it did. What is removed is what was judged, so a
     /// lock just taken by a third run is left alone.
     fn take_over_if_stale(path: &Path, stale_after: Duration) -> bool {
-        let Ok(held) = fs::read_to_string(path) else { return false };
-        let quiet = fs::metadata(path).and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e > stale_after));
+        let Ok(held) = fs::read_to_string(path) else {
+            return false;
+        };
+        let quiet = fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > stale_after));
         let pid = held.split_whitespace().next().and_then(|p| p.parse::<u32>().ok());
         let ended = pid.is_some_and(|p| Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{p}")).exists());
         (quiet || ended) && fs::read_to_string(path).is_ok_and(|now| now == held) && fs::remove_file(path).is_ok()
@@ -791,7 +1086,14 @@ fn rate_limit_hint(retry: Option<&str>) -> String {
 pub fn check_revision(revision: &str) -> Result<()> {
     let bad_part = |p: &str| p.is_empty() || p.starts_with('.') || p.ends_with(".lock") || p.ends_with('.');
     let bad_char = |c: char| c.is_control() || " ~^:?*[\\".contains(c);
-    if is_commit(revision) || (!revision.is_empty() && revision.len() <= 255 && !revision.contains("..") && !revision.contains("@{") && !revision.chars().any(bad_char) && !revision.split('/').any(bad_part)) {
+    if is_commit(revision)
+        || (!revision.is_empty()
+            && revision.len() <= 255
+            && !revision.contains("..")
+            && !revision.contains("@{")
+            && !revision.chars().any(bad_char)
+            && !revision.split('/').any(bad_part))
+    {
         return Ok(());
     }
     Err(Error::Usage(format!(
@@ -804,7 +1106,14 @@ pub fn check_revision(revision: &str) -> Result<()> {
 /// relative, `/`-separated parts, none of them `.`, `..`, or holding a backslash or control
 /// character (or, on Windows, a drive's `:`).
 fn check_file_path(repo: &str, file: &str) -> Result<()> {
-    let bad_part = |p: &str| p.is_empty() || p == "." || p == ".." || p.contains('\\') || p.chars().any(char::is_control) || (cfg!(windows) && p.contains(':'));
+    let bad_part = |p: &str| {
+        p.is_empty()
+            || p == "."
+            || p == ".."
+            || p.contains('\\')
+            || p.chars().any(char::is_control)
+            || (cfg!(windows) && p.contains(':'))
+    };
     if file.split('/').any(bad_part) {
         return Err(Error::invalid(Path::new(repo), format!("`{}` is not a file path inside a repo", printable(file, 200)))
             .with_hint("the Hub (or the mirror HF_ENDPOINT names) lists a file name this tool will not write; pick another adapter with --subfolder"));
@@ -855,7 +1164,9 @@ fn is_commit(s: &str) -> bool {
 
 /// `location` made absolute against `base` (the Hub answers relative redirects for renamed repos).
 fn absolute_url(location: &str, base: &str) -> String {
-    reqwest::Url::parse(base).and_then(|b| b.join(location)).map_or_else(|_| location.to_string(), |u| u.to_string())
+    reqwest::Url::parse(base)
+        .and_then(|b| b.join(location))
+        .map_or_else(|_| location.to_string(), |u| u.to_string())
 }
 
 /// A URL without its query: a CDN's signed address is a short-lived credential, kept out of messages.
@@ -865,7 +1176,15 @@ fn without_query(url: &str) -> String {
 
 /// Whether two URLs have the same scheme, host and port.
 fn same_origin(a: &str, b: &str) -> bool {
-    let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| (u.scheme().to_string(), u.host_str().map(str::to_string), u.port_or_known_default()));
+    let origin = |u: &str| {
+        reqwest::Url::parse(u).ok().map(|u| {
+            (
+                u.scheme().to_string(),
+                u.host_str().map(str::to_string),
+                u.port_or_known_default(),
+            )
+        })
+    };
     origin(a).is_some() && origin(a) == origin(b)
 }
 
@@ -884,7 +1203,9 @@ fn link(blob: &Path, pointer: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         // From snapshots/<commit>/<a>/<b>: up to the repo folder, then blobs/<etag>.
-        let depth = pointer.strip_prefix(blob.parent().and_then(Path::parent).expect("repo folder")).map_or(0, |p| p.components().count() - 1);
+        let depth = pointer
+            .strip_prefix(blob.parent().and_then(Path::parent).expect("repo folder"))
+            .map_or(0, |p| p.components().count() - 1);
         let mut target = PathBuf::new();
         for _ in 0..depth {
             target.push("..");
@@ -902,7 +1223,11 @@ fn link(blob: &Path, pointer: &Path) -> Result<()> {
 /// `to` never exists half-written (an interrupted copy would otherwise be trusted forever).
 fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
     let dir = to.parent().expect("snapshot paths have a parent");
-    let mut tmp = tempfile::Builder::new().prefix(".copy-").suffix(".tmp").tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".copy-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
     let mut src = File::open(from).map_err(|e| Error::io(from, e))?;
     std::io::copy(&mut src, tmp.as_file_mut()).map_err(|e| Error::io(to, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(to, e))?;
@@ -924,9 +1249,22 @@ pub struct Fetched {
 
 /// Finds the adapter in `repo` at `revision` (asking which one when there are several), and makes its
 /// files available in the cache: downloaded, or as they are when another run or tool put them there.
-pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&str>, ui: &dyn Progress) -> Result<Fetched> {
-    if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\\') || p.contains(char::is_control)) {
-        return Err(Error::Usage(format!("`{}` is not a Hugging Face repo id: use ORG/NAME, e.g. `someone/llama3-lora`", printable(repo, 100))));
+pub fn fetch_adapter(
+    hub: &Hub,
+    repo: &str,
+    revision: &str,
+    subfolder: Option<&str>,
+    ui: &dyn Progress,
+) -> Result<Fetched> {
+    if repo.split('/').count() != 2
+        || repo
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\\') || p.contains(char::is_control))
+    {
+        return Err(Error::Usage(format!(
+            "`{}` is not a Hugging Face repo id: use ORG/NAME, e.g. `someone/llama3-lora`",
+            printable(repo, 100)
+        )));
     }
     check_revision(revision)?;
     let (commit, listing) = if hub.settings.offline {
@@ -936,8 +1274,16 @@ pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&s
             Ok(info) => (Some(info.sha), Some(info.files)),
             // As huggingface_hub does: no network, but the cache knows this revision.
             Err(e) if hub.cached_commit(repo, revision).is_some() => {
-                ui.notice(&format!("{e}; using what the Hugging Face cache holds for `{repo}` at `{revision}`"));
-                let offline = Hub::with_patience(Settings { offline: true, ..hub.settings.clone() }, hub.patience);
+                ui.notice(&format!(
+                    "{e}; using what the Hugging Face cache holds for `{repo}` at `{revision}`"
+                ));
+                let offline = Hub::with_patience(
+                    Settings {
+                        offline: true,
+                        ..hub.settings.clone()
+                    },
+                    hub.patience,
+                );
                 return fetch_adapter(&offline, repo, revision, subfolder, ui);
             }
             Err(e) => return Err(e),
@@ -949,7 +1295,16 @@ pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&s
             // A .gguf may be the whole model rather than an adapter: its header says which, from
             // its first bytes, before anything large is downloaded.
             let at = commit.as_deref().unwrap_or(revision);
-            let ggufs: Vec<String> = found.iter().filter_map(|c| if let Candidate::Gguf(f) = c { Some(f.clone()) } else { None }).collect();
+            let ggufs: Vec<String> = found
+                .iter()
+                .filter_map(|c| {
+                    if let Candidate::Gguf(f) = c {
+                        Some(f.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
             let types = hub.gguf_types(repo, revision, at, &ggufs);
             let mut models = Vec::new();
             for (f, t) in ggufs.iter().zip(&types) {
@@ -961,7 +1316,10 @@ pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&s
             if found.is_empty() {
                 return Err(Error::refused(
                     Path::new(repo),
-                    format!("`{repo}` holds no LoRA adapter; its GGUF files are not adapters: {}", models.join(", ")),
+                    format!(
+                        "`{repo}` holds no LoRA adapter; its GGUF files are not adapters: {}",
+                        models.join(", ")
+                    ),
                     "a full-model GGUF is imported with Ollama directly (`FROM ./file.gguf` in a Modelfile), not with this command",
                 ));
             }
@@ -978,14 +1336,20 @@ pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&s
                             let list: Vec<String> = found
                                 .iter()
                                 .map(|c| match c {
-                                    Candidate::Peft(d) if d.is_empty() => "  --subfolder .   (the PEFT adapter at the repo's root)".to_string(),
+                                    Candidate::Peft(d) if d.is_empty() => {
+                                        "  --subfolder .   (the PEFT adapter at the repo's root)".to_string()
+                                    }
                                     Candidate::Peft(d) => format!("  --subfolder {}", printable(d, 200)),
                                     Candidate::Gguf(p) => format!("  --subfolder {}", printable(p, 200)),
                                 })
                                 .collect();
                             return Err(Error::Refused {
                                 path: PathBuf::from(repo),
-                                msg: format!("the repo holds {} adapters and there is no terminal to ask which one:\n{}", found.len(), list.join("\n")),
+                                msg: format!(
+                                    "the repo holds {} adapters and there is no terminal to ask which one:\n{}",
+                                    found.len(),
+                                    list.join("\n")
+                                ),
                                 hint: Some("pass --subfolder with one of them (a folder, or a .gguf file)".into()),
                             });
                         }
@@ -1009,7 +1373,14 @@ pub fn fetch_adapter(hub: &Hub, repo: &str, revision: &str, subfolder: Option<&s
         Candidate::Peft(_) => files[0].parent().expect("a snapshot file has a folder").to_path_buf(),
     };
     let commit = commit.or_else(|| hub.cached_commit(repo, revision)).unwrap_or_default();
-    Ok(Fetched { repo: repo.into(), revision: revision.into(), commit, gguf: matches!(candidate, Candidate::Gguf(_)), path, files })
+    Ok(Fetched {
+        repo: repo.into(),
+        revision: revision.into(),
+        commit,
+        gguf: matches!(candidate, Candidate::Gguf(_)),
+        path,
+        files,
+    })
 }
 
 /// Which base to create on: the one given, else the Ollama model this adapter's
@@ -1019,7 +1390,9 @@ pub fn choose_base(given: Option<&str>, adapter_base: Option<&str>, yes: bool, u
         return Ok(b.to_string());
     }
     let Some(id) = adapter_base.filter(|s| !s.is_empty()) else {
-        return Err(Error::Usage("the adapter does not name its base model (base_model_name_or_path): pass --base".into()));
+        return Err(Error::Usage(
+            "the adapter does not name its base model (base_model_name_or_path): pass --base".into(),
+        ));
     };
     let Some(suggested) = suggest_base(id) else {
         return Err(Error::Usage(format!(
@@ -1029,7 +1402,10 @@ pub fn choose_base(given: Option<&str>, adapter_base: Option<&str>, yes: bool, u
     if yes {
         return Ok(suggested);
     }
-    match ui.confirm(&format!("The adapter was trained on `{id}`. Use the Ollama model `{suggested}` as the base?"), true) {
+    match ui.confirm(
+        &format!("The adapter was trained on `{id}`. Use the Ollama model `{suggested}` as the base?"),
+        true,
+    ) {
         Some(true) => Ok(suggested),
         Some(false) => Err(Error::Usage("no base chosen: pass --base".into())),
         None => Err(Error::Usage(format!(
@@ -1051,27 +1427,65 @@ pub fn suggest_base(hf_id: &str) -> Option<String> {
     let name = name.strip_suffix("-unsloth").unwrap_or(name);
     type Rule = (&'static str, fn(&regex::Captures) -> String);
     let table: &[Rule] = &[
-        (r"^(?:meta-)?llama-?3\.2-(1b|3b)(?:-instruct)?$", |c| format!("llama3.2:{}", &c[1])),
-        (r"^(?:meta-)?llama-?3\.1-(8b|70b|405b)(?:-instruct)?$", |c| format!("llama3.1:{}", &c[1])),
-        (r"^(?:meta-)?llama-?3\.3-(70b)(?:-instruct)?$", |c| format!("llama3.3:{}", &c[1])),
-        (r"^(?:meta-)?llama-?3-(8b|70b)(?:-instruct)?$", |c| format!("llama3:{}", &c[1])),
-        (r"^qwen2\.5-coder-(0\.5b|1\.5b|3b|7b|14b|32b)(?:-instruct)?$", |c| format!("qwen2.5-coder:{}", &c[1])),
-        (r"^qwen2\.5-(0\.5b|1\.5b|3b|7b|14b|32b|72b)(?:-instruct)?$", |c| format!("qwen2.5:{}", &c[1])),
-        (r"^qwen3-(0\.6b|1\.7b|4b|8b|14b|32b)(?:-base|-instruct)?$", |c| format!("qwen3:{}", &c[1])),
+        (r"^(?:meta-)?llama-?3\.2-(1b|3b)(?:-instruct)?$", |c| {
+            format!("llama3.2:{}", &c[1])
+        }),
+        (r"^(?:meta-)?llama-?3\.1-(8b|70b|405b)(?:-instruct)?$", |c| {
+            format!("llama3.1:{}", &c[1])
+        }),
+        (r"^(?:meta-)?llama-?3\.3-(70b)(?:-instruct)?$", |c| {
+            format!("llama3.3:{}", &c[1])
+        }),
+        (r"^(?:meta-)?llama-?3-(8b|70b)(?:-instruct)?$", |c| {
+            format!("llama3:{}", &c[1])
+        }),
+        (r"^qwen2\.5-coder-(0\.5b|1\.5b|3b|7b|14b|32b)(?:-instruct)?$", |c| {
+            format!("qwen2.5-coder:{}", &c[1])
+        }),
+        (r"^qwen2\.5-(0\.5b|1\.5b|3b|7b|14b|32b|72b)(?:-instruct)?$", |c| {
+            format!("qwen2.5:{}", &c[1])
+        }),
+        (r"^qwen3-(0\.6b|1\.7b|4b|8b|14b|32b)(?:-base|-instruct)?$", |c| {
+            format!("qwen3:{}", &c[1])
+        }),
         (r"^gemma-?2-(2b|9b|27b)(?:-it)?$", |c| format!("gemma2:{}", &c[1])),
-        (r"^gemma-?3-(1b|4b|12b|27b)(?:-it|-pt)?$", |c| format!("gemma3:{}", &c[1])),
-        (r"^phi-?3(\.5)?-(mini|medium)-(?:4k|128k)?-?instruct$", |c| if c.get(1).is_some() { "phi3.5".to_string() } else { format!("phi3:{}", &c[2]) }),
-        (r"^mistral-7b(?:-instruct)?(?:-v0\.[1-3])?$", |_| "mistral:7b".to_string()),
+        (r"^gemma-?3-(1b|4b|12b|27b)(?:-it|-pt)?$", |c| {
+            format!("gemma3:{}", &c[1])
+        }),
+        (r"^phi-?3(\.5)?-(mini|medium)-(?:4k|128k)?-?instruct$", |c| {
+            if c.get(1).is_some() {
+                "phi3.5".to_string()
+            } else {
+                format!("phi3:{}", &c[2])
+            }
+        }),
+        (r"^mistral-7b(?:-instruct)?(?:-v0\.[1-3])?$", |_| {
+            "mistral:7b".to_string()
+        }),
         // The 2026 families, dense sizes only (Gemma 4 26B-A4B and Qwen3.5's A3B sizes are MoE).
         (r"^gemma-?4-(e2b|e4b|31b)(?:-it|-pt)?$", |c| format!("gemma4:{}", &c[1])),
-        (r"^qwen3\.5-(0\.8b|2b|4b|9b|27b)(?:-base|-instruct)?$", |c| format!("qwen3.5:{}", &c[1])),
-        (r"^ministral-3-(3b|8b|14b)(?:-(?:base|instruct|reasoning)(?:-2512)?)?$", |c| format!("ministral-3:{}", &c[1])),
-        (r"^olmo-2-1124-(7b|13b)(?:-instruct|-sft|-dpo)?$", |c| format!("olmo2:{}", &c[1])),
-        (r"^granite-3\.3-(2b|8b)(?:-instruct|-base)?$", |c| format!("granite3.3:{}", &c[1])),
+        (r"^qwen3\.5-(0\.8b|2b|4b|9b|27b)(?:-base|-instruct)?$", |c| {
+            format!("qwen3.5:{}", &c[1])
+        }),
+        (
+            r"^ministral-3-(3b|8b|14b)(?:-(?:base|instruct|reasoning)(?:-2512)?)?$",
+            |c| format!("ministral-3:{}", &c[1]),
+        ),
+        (r"^olmo-2-1124-(7b|13b)(?:-instruct|-sft|-dpo)?$", |c| {
+            format!("olmo2:{}", &c[1])
+        }),
+        (r"^granite-3\.3-(2b|8b)(?:-instruct|-base)?$", |c| {
+            format!("granite3.3:{}", &c[1])
+        }),
         // Granite 4 micro is the dense, all-attention size (the -h sizes are Mamba hybrids).
         (r"^granite-4\.0-micro(?:-base)?$", |_| "granite4:micro".to_string()),
     ];
-    table.iter().find_map(|(p, f)| regex::Regex::new(p).expect("static pattern").captures(name).map(|c| f(&c)))
+    table.iter().find_map(|(p, f)| {
+        regex::Regex::new(p)
+            .expect("static pattern")
+            .captures(name)
+            .map(|c| f(&c))
+    })
 }
 
 /// A model name from a repo name: `org/My_Adapter v2` -> `my_adapter-v2`.
@@ -1079,7 +1493,11 @@ pub fn slug(repo: &str) -> String {
     let name = repo.rsplit('/').next().unwrap_or(repo).to_ascii_lowercase();
     let mut out = String::new();
     for c in name.chars() {
-        let c = if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' };
+        let c = if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+            c
+        } else {
+            '-'
+        };
         if !(c == '-' && out.ends_with('-')) {
             out.push(c);
         }
@@ -1108,7 +1526,10 @@ mod tests {
             "HF_HUB_OFFLINE" => Some("1".into()),
             _ => None,
         });
-        assert_eq!((s.endpoint.as_str(), s.cache.as_path(), s.token.as_deref(), s.offline), ("http://mirror:8080", Path::new("/data/hf/hub"), Some("hf_abc"), true));
+        assert_eq!(
+            (s.endpoint.as_str(), s.cache.as_path(), s.token.as_deref(), s.offline),
+            ("http://mirror:8080", Path::new("/data/hf/hub"), Some("hf_abc"), true)
+        );
         let s = Settings::from_vars(|k| (k == "HF_HUB_CACHE" || k == "XDG_CACHE_HOME").then(|| format!("/x/{k}")));
         assert_eq!(s.cache, Path::new("/x/HF_HUB_CACHE"));
     }
@@ -1117,15 +1538,44 @@ mod tests {
     fn adapters_in_a_listing() {
         let files = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let root = files(&["README.md", "adapter_config.json", "adapter_model.safetensors"]);
-        assert_eq!(candidates("o/r", &root, None).unwrap(), vec![Candidate::Peft(String::new())]);
-        let several = files(&["adapter_config.json", "adapter_model.safetensors", "checkpoint-500/adapter_config.json", "checkpoint-500/adapter_model.safetensors", "lora.gguf"]);
+        assert_eq!(
+            candidates("o/r", &root, None).unwrap(),
+            vec![Candidate::Peft(String::new())]
+        );
+        let several = files(&[
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "checkpoint-500/adapter_config.json",
+            "checkpoint-500/adapter_model.safetensors",
+            "lora.gguf",
+        ]);
         assert_eq!(candidates("o/r", &several, None).unwrap().len(), 3);
-        assert_eq!(candidates("o/r", &several, Some("checkpoint-500")).unwrap(), vec![Candidate::Peft("checkpoint-500".into())]);
-        assert_eq!(candidates("o/r", &several, Some("lora.gguf")).unwrap(), vec![Candidate::Gguf("lora.gguf".into())]);
-        assert_eq!(candidates("o/r", &several, Some(".")).unwrap(), vec![Candidate::Peft(String::new())]);
-        let bin = candidates("o/r", &files(&["adapter_config.json", "adapter_model.bin"]), None).unwrap_err().to_string();
-        assert!(bin.contains("adapter_model.bin") && bin.contains("safe_serialization=True"), "{bin}");
-        let full = candidates("o/r", &files(&["config.json", "model-00001-of-00002.safetensors"]), None).unwrap_err().to_string();
+        assert_eq!(
+            candidates("o/r", &several, Some("checkpoint-500")).unwrap(),
+            vec![Candidate::Peft("checkpoint-500".into())]
+        );
+        assert_eq!(
+            candidates("o/r", &several, Some("lora.gguf")).unwrap(),
+            vec![Candidate::Gguf("lora.gguf".into())]
+        );
+        assert_eq!(
+            candidates("o/r", &several, Some(".")).unwrap(),
+            vec![Candidate::Peft(String::new())]
+        );
+        let bin = candidates("o/r", &files(&["adapter_config.json", "adapter_model.bin"]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bin.contains("adapter_model.bin") && bin.contains("safe_serialization=True"),
+            "{bin}"
+        );
+        let full = candidates(
+            "o/r",
+            &files(&["config.json", "model-00001-of-00002.safetensors"]),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(full.contains("full model"), "{full}");
         let none = candidates("o/r", &files(&["README.md"]), None).unwrap_err().to_string();
         assert!(none.contains("no LoRA adapter") && none.contains("README.md"), "{none}");
@@ -1177,10 +1627,33 @@ mod tests {
 
     #[test]
     fn revisions_are_names_or_commits_never_paths() {
-        for ok in ["main", "v1.0", "refs/pr/1", "feature/x-y_z", "0123456789abcdef0123456789abcdef01234567"] {
+        for ok in [
+            "main",
+            "v1.0",
+            "refs/pr/1",
+            "feature/x-y_z",
+            "0123456789abcdef0123456789abcdef01234567",
+        ] {
             assert!(check_revision(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "..", "../../..", "a/../b", "/etc", "a//b", "a/", "main\\..", "ma\u{1b}in", "a\0b", ".git", "x.lock", "a b", "a:b", "a@{1}", "v1."] {
+        for bad in [
+            "",
+            "..",
+            "../../..",
+            "a/../b",
+            "/etc",
+            "a//b",
+            "a/",
+            "main\\..",
+            "ma\u{1b}in",
+            "a\0b",
+            ".git",
+            "x.lock",
+            "a b",
+            "a:b",
+            "a@{1}",
+            "v1.",
+        ] {
             let e = check_revision(bad).unwrap_err().to_string();
             assert!(e.contains("is not a revision") && !e.contains('\u{1b}'), "{bad:?}: {e}");
         }
@@ -1206,7 +1679,11 @@ mod tests {
         let other = d.path().join("repo/snapshots/c/copy");
         copy_atomically(&blob, &other).unwrap();
         assert_eq!(fs::read(&other).unwrap(), fs::read(&blob).unwrap());
-        let names: Vec<String> = fs::read_dir(other.parent().unwrap()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = fs::read_dir(other.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
     }
 }

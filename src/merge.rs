@@ -64,7 +64,12 @@ enum Job {
     /// An untouched tensor, copied from the base file.
     Copy { tensor: usize },
     /// Rows `start..end` of a touched tensor.
-    Rows { tensor: usize, pair: usize, start: usize, end: usize },
+    Rows {
+        tensor: usize,
+        pair: usize,
+        start: usize,
+        end: usize,
+    },
 }
 
 /// A base tensor to merge into.
@@ -81,9 +86,20 @@ enum Piece {
 }
 
 /// Merges `inputs` into the GGUF of `base` (which must have one), writing `output`.
-pub fn merge(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
+pub fn merge(
+    inputs: &[Input],
+    base: &BaseModel,
+    output: &Path,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Summary> {
     let base_path = base_gguf(base)?;
-    let convert_opts = convert::Options { scale: opts.scale, force: opts.force, strict: opts.strict, ..Default::default() };
+    let convert_opts = convert::Options {
+        scale: opts.scale,
+        force: opts.force,
+        strict: opts.strict,
+        ..Default::default()
+    };
     let plan = convert::prepare(inputs, base, output, &convert_opts)?;
     let provenance = Provenance {
         adapters: inputs
@@ -93,22 +109,55 @@ pub fn merge(inputs: &[Input], base: &BaseModel, output: &Path, opts: &Options, 
                 crate::peft::hub_cache_repo(&cfg).unwrap_or_else(|| convert::adapter_label(&i.adapter))
             })
             .collect(),
-        revisions: inputs.iter().map(|i| i.adapter.config.revision.clone().unwrap_or_default()).collect(),
+        revisions: inputs
+            .iter()
+            .map(|i| i.adapter.config.revision.clone().unwrap_or_default())
+            .collect(),
         weights: inputs.iter().map(|i| i.weight as f32).collect(),
     };
-    merge_with(&Source::Peft { inputs, plan }, &base_path, provenance, output, opts, progress)
+    merge_with(
+        &Source::Peft { inputs, plan },
+        &base_path,
+        provenance,
+        output,
+        opts,
+        progress,
+    )
 }
 
 /// Merges a ready GGUF LoRA adapter (checked against `base` first) into the GGUF of `base`.
-pub fn merge_gguf_adapter(adapter: &Path, base: &BaseModel, output: &Path, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
+pub fn merge_gguf_adapter(
+    adapter: &Path,
+    base: &BaseModel,
+    output: &Path,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Summary> {
     let base_path = base_gguf(base)?;
     convert::check_output(output, opts.force, &[adapter, base_path.as_path()])?;
     convert::check_scale(opts.scale)?;
     let checked = crate::validate::check_gguf_adapter(adapter, base)?;
     let file = File::open(adapter).map_err(|e| Error::io(adapter, e))?;
-    let label = adapter.file_name().map_or_else(|| "adapter".into(), |n| n.to_string_lossy().into_owned());
-    let provenance = Provenance { adapters: vec![label], revisions: vec![String::new()], weights: vec![1.0] };
-    merge_with(&Source::Gguf { adapter: checked, file, scale: opts.scale as f32 }, &base_path, provenance, output, opts, progress)
+    let label = adapter
+        .file_name()
+        .map_or_else(|| "adapter".into(), |n| n.to_string_lossy().into_owned());
+    let provenance = Provenance {
+        adapters: vec![label],
+        revisions: vec![String::new()],
+        weights: vec![1.0],
+    };
+    merge_with(
+        &Source::Gguf {
+            adapter: checked,
+            file,
+            scale: opts.scale as f32,
+        },
+        &base_path,
+        provenance,
+        output,
+        opts,
+        progress,
+    )
 }
 
 fn base_gguf(base: &BaseModel) -> Result<PathBuf> {
@@ -124,8 +173,15 @@ fn base_gguf(base: &BaseModel) -> Result<PathBuf> {
 /// Where the LoRA pairs come from: PEFT adapters through convert's plan (every scale rule, the Q/K
 /// row order and the embedding layout already applied), or a GGUF LoRA adapter as llama.cpp reads it.
 enum Source<'a> {
-    Peft { inputs: &'a [Input], plan: Plan },
-    Gguf { adapter: crate::validate::GgufAdapter, file: File, scale: f32 },
+    Peft {
+        inputs: &'a [Input],
+        plan: Plan,
+    },
+    Gguf {
+        adapter: crate::validate::GgufAdapter,
+        file: File,
+        scale: f32,
+    },
 }
 
 /// One LoRA pair, by the indexes of its two matrices in the source.
@@ -144,12 +200,25 @@ impl Source<'_> {
                 .chunks(2)
                 .enumerate()
                 .map(|(k, ab)| LoraPair {
-                    name: ab[0].spec.name.strip_suffix(".lora_a").expect("plan pairs lora_a with lora_b").to_string(),
+                    name: ab[0]
+                        .spec
+                        .name
+                        .strip_suffix(".lora_a")
+                        .expect("plan pairs lora_a with lora_b")
+                        .to_string(),
                     a: 2 * k,
                     b: 2 * k + 1,
                 })
                 .collect(),
-            Source::Gguf { adapter, .. } => adapter.pairs.iter().map(|(name, a, b)| LoraPair { name: name.clone(), a: *a, b: *b }).collect(),
+            Source::Gguf { adapter, .. } => adapter
+                .pairs
+                .iter()
+                .map(|(name, a, b)| LoraPair {
+                    name: name.clone(),
+                    a: *a,
+                    b: *b,
+                })
+                .collect(),
         }
     }
 
@@ -174,14 +243,22 @@ impl Source<'_> {
                 let h = &adapter.header;
                 for (index, out) in [(pair.a, &mut s.lora_a), (pair.b, &mut s.lora_b)] {
                     let t = &h.tensors[index];
-                    let size = t.ty.byte_size(&t.ne).ok_or_else(|| Error::invalid(&adapter.path, format!("`{}`: type {} has no known size", t.name, t.ty)))? as usize;
+                    let size = t.ty.byte_size(&t.ne).ok_or_else(|| {
+                        Error::invalid(&adapter.path, format!("`{}`: type {} has no known size", t.name, t.ty))
+                    })? as usize;
                     s.raw.resize(size, 0);
-                    crate::peft::read_exact_at(file, &mut s.raw, h.data_offset + t.offset).map_err(|e| Error::io(&adapter.path, e))?;
+                    crate::peft::read_exact_at(file, &mut s.raw, h.data_offset + t.offset)
+                        .map_err(|e| Error::io(&adapter.path, e))?;
                     out.resize(t.ne.iter().product::<u64>() as usize, 0.0);
-                    quant::dequantize(t.ty, &s.raw, out).map_err(|e| Error::invalid(&adapter.path, format!("`{}`: {e}", t.name)))?;
+                    quant::dequantize(t.ty, &s.raw, out)
+                        .map_err(|e| Error::invalid(&adapter.path, format!("`{}`: {e}", t.name)))?;
                 }
                 let rank = h.tensors[pair.b].ne[0];
-                Ok((rank as usize, adapter.scale(rank) * scale, pair.name == "token_embd.weight"))
+                Ok((
+                    rank as usize,
+                    adapter.scale(rank) * scale,
+                    pair.name == "token_embd.weight",
+                ))
             }
         }
     }
@@ -194,7 +271,14 @@ struct Provenance {
     weights: Vec<f32>,
 }
 
-fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output: &Path, opts: &Options, progress: &dyn Progress) -> Result<Summary> {
+fn merge_with(
+    source: &Source,
+    base_path: &Path,
+    provenance: Provenance,
+    output: &Path,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Summary> {
     let base_path = base_path.to_path_buf();
     let header = gguf::read_header(&base_path).map_err(|e| Error::invalid(&base_path, e.to_string()))?;
     let mut notices = source.notices();
@@ -202,17 +286,28 @@ fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output:
 
     check_base_tensors(&header, &base_path)?;
     // Which base tensors the adapters touch, and what type each becomes.
-    let by_name: HashMap<&str, usize> = header.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let by_name: HashMap<&str, usize> = header
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
     let mut pairs: Vec<Pair> = Vec::new();
     let mut pair_of = HashMap::new();
     for (k, lp) in lora_pairs.iter().enumerate() {
         let name = lp.name.as_str();
-        let &i = by_name.get(name).ok_or_else(|| Error::invalid(&base_path, format!("tensor `{name}` is missing")))?;
+        let &i = by_name
+            .get(name)
+            .ok_or_else(|| Error::invalid(&base_path, format!("tensor `{name}` is missing")))?;
         let t = &header.tensors[i];
         if t.ne.len() != 2 {
             return Err(Error::refused(
                 &base_path,
-                format!("`{name}` is a {}-d tensor {:?}; a LoRA adapts 2-d weight matrices", t.ne.len(), t.ne),
+                format!(
+                    "`{name}` is a {}-d tensor {:?}; a LoRA adapts 2-d weight matrices",
+                    t.ne.len(),
+                    t.ne
+                ),
                 "use the base model the adapter was made for",
             ));
         }
@@ -232,8 +327,14 @@ fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output:
         let ty = if fits(wanted) {
             wanted
         } else {
-            let fallback = if fits(GgmlType::Q8_0) { GgmlType::Q8_0 } else { GgmlType::F16 };
-            notices.push(format!("`{name}` written as {fallback}: {wanted} cannot be written for it"));
+            let fallback = if fits(GgmlType::Q8_0) {
+                GgmlType::Q8_0
+            } else {
+                GgmlType::F16
+            };
+            notices.push(format!(
+                "`{name}` written as {fallback}: {wanted} cannot be written for it"
+            ));
             fallback
         };
         pair_of.insert(i, pairs.len());
@@ -247,16 +348,29 @@ fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output:
         match pair_of.get(&i) {
             None => {
                 jobs.push(Job::Copy { tensor: i });
-                specs.push(TensorSpec { name: t.name.clone(), ne: t.ne.clone(), ty: t.ty });
+                specs.push(TensorSpec {
+                    name: t.name.clone(),
+                    ne: t.ne.clone(),
+                    ty: t.ty,
+                });
             }
             Some(&pair) => {
                 let (cols, rows) = (t.ne[0] as usize, t.ne[1..].iter().product::<u64>() as usize);
                 // Zero-width tensors never get here (the reader refuses them); max(1) keeps it so.
                 let step = (BLOCK_VALUES / cols.max(1)).max(1);
                 for start in (0..rows).step_by(step) {
-                    jobs.push(Job::Rows { tensor: i, pair, start, end: (start + step).min(rows) });
+                    jobs.push(Job::Rows {
+                        tensor: i,
+                        pair,
+                        start,
+                        end: (start + step).min(rows),
+                    });
                 }
-                specs.push(TensorSpec { name: t.name.clone(), ne: t.ne.clone(), ty: pairs[pair].ty });
+                specs.push(TensorSpec {
+                    name: t.name.clone(),
+                    ne: t.ne.clone(),
+                    ty: pairs[pair].ty,
+                });
             }
         }
     }
@@ -264,19 +378,32 @@ fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output:
 
     let tmp = convert::temp_beside(output)?;
     let io_err = |e| Error::io(output, e);
-    let mut writer = gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), &kvs, &specs).map_err(io_err)?;
+    let mut writer =
+        gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), &kvs, &specs).map_err(io_err)?;
     let base_file = File::open(&base_path).map_err(|e| Error::io(&base_path, e))?;
     let total: u64 = specs.iter().filter_map(|s| s.byte_size().ok()).sum();
     progress.stage("merging", total);
 
-    let merger = Merger { source, lora_pairs: &lora_pairs, pairs: &pairs, header: &header, base_file: &base_file, base_path: &base_path };
+    let merger = Merger {
+        source,
+        lora_pairs: &lora_pairs,
+        pairs: &pairs,
+        header: &header,
+        base_file: &base_file,
+        base_path: &base_path,
+    };
     let mut copy_buf = vec![0u8; 8 << 20];
     pipeline::ordered(
         &jobs,
         WorkerState::default,
         |state, job| match job {
             Job::Copy { .. } => Ok(Piece::Copy),
-            Job::Rows { tensor, pair, start, end } => merger.rows(state, *tensor, *pair, *start, *end).map(Piece::Bytes),
+            Job::Rows {
+                tensor,
+                pair,
+                start,
+                end,
+            } => merger.rows(state, *tensor, *pair, *start, *end).map(Piece::Bytes),
         },
         |job, piece| {
             if progress.cancelled() {
@@ -290,7 +417,8 @@ fn merge_with(source: &Source, base_path: &Path, provenance: Provenance, output:
                     let mut offset = header.data_offset + t.offset;
                     for chunk_start in (0..size).step_by(copy_buf.len()) {
                         let n = (size - chunk_start).min(copy_buf.len() as u64) as usize;
-                        crate::peft::read_exact_at(&base_file, &mut copy_buf[..n], offset).map_err(|e| Error::io(&base_path, e))?;
+                        crate::peft::read_exact_at(&base_file, &mut copy_buf[..n], offset)
+                            .map_err(|e| Error::io(&base_path, e))?;
                         writer.write_part(&copy_buf[..n]).map_err(io_err)?;
                         progress.advance(n as u64);
                         offset += n as u64;
@@ -370,17 +498,42 @@ impl Merger<'_> {
         let (rank, factor, transposed) = s.loaded;
         let cols = t.ne[0] as usize;
         let n = (end - start) * cols;
-        let size_error = |ty: GgmlType| Error::invalid(self.base_path, format!("`{}`: type {ty} cannot hold rows of {cols}", t.name));
+        let size_error = |ty: GgmlType| {
+            Error::invalid(
+                self.base_path,
+                format!("`{}`: type {ty} cannot hold rows of {cols}", t.name),
+            )
+        };
         let row_bytes = t.ty.byte_size(&[t.ne[0]]).ok_or_else(|| size_error(t.ty))? as usize;
         s.raw.resize((end - start) * row_bytes, 0);
-        crate::peft::read_exact_at(self.base_file, &mut s.raw, self.header.data_offset + t.offset + (start * row_bytes) as u64)
-            .map_err(|e| Error::io(self.base_path, e))?;
+        crate::peft::read_exact_at(
+            self.base_file,
+            &mut s.raw,
+            self.header.data_offset + t.offset + (start * row_bytes) as u64,
+        )
+        .map_err(|e| Error::io(self.base_path, e))?;
         s.rows.resize(n, 0.0);
-        quant::dequantize(t.ty, &s.raw, &mut s.rows).map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
-        add_delta(rank, factor, transposed, &s.lora_a, &s.lora_b, start, end, cols, &mut s.rows);
+        quant::dequantize(t.ty, &s.raw, &mut s.rows)
+            .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
+        add_delta(
+            rank,
+            factor,
+            transposed,
+            &s.lora_a,
+            &s.lora_b,
+            start,
+            end,
+            cols,
+            &mut s.rows,
+        );
         check_values(&s.rows, cols, start, p.ty, &t.name, self.base_path)?;
-        let mut out = vec![0u8; p.ty.byte_size(&[cols as u64, (end - start) as u64]).ok_or_else(|| size_error(p.ty))? as usize];
-        quant::quantize(p.ty, &s.rows, &mut out).map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
+        let mut out = vec![
+            0u8;
+            p.ty.byte_size(&[cols as u64, (end - start) as u64])
+                .ok_or_else(|| size_error(p.ty))? as usize
+        ];
+        quant::quantize(p.ty, &s.rows, &mut out)
+            .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
         Ok(out)
     }
 }
@@ -391,7 +544,10 @@ fn check_base_tensors(header: &gguf::Header, base_path: &Path) -> Result<()> {
     match header.tensors.iter().find(|t| t.ty.byte_size(&t.ne).is_none()) {
         Some(t) => Err(Error::refused(
             base_path,
-            format!("tensor `{}` has type {}, whose size this tool does not know, so it cannot copy it", t.name, t.ty),
+            format!(
+                "tensor `{}` has type {}, whose size this tool does not know, so it cannot copy it",
+                t.name, t.ty
+            ),
             "use a build of the base with common types (F16, Q8_0, Q4_K_M ...)",
         )),
         None => Ok(()),
@@ -406,12 +562,25 @@ const F16_MAX: f32 = 65504.0;
 /// Refuses merged rows holding NaN, Inf, or values the target type cannot hold: the adapter
 /// (or its scale) would otherwise write a broken model that loads and produces garbage.
 fn check_values(rows: &[f32], cols: usize, start: usize, ty: GgmlType, name: &str, base_path: &Path) -> Result<()> {
-    let limit = if matches!(ty, GgmlType::F32 | GgmlType::BF16) { f32::MAX } else { F16_MAX };
-    let Some(i) = rows.iter().position(|v| v.is_nan() || v.abs() > limit) else { return Ok(()) };
-    let what = if rows[i].is_finite() { format!("{:e}, beyond what {ty} can hold", rows[i]) } else { rows[i].to_string() };
+    let limit = if matches!(ty, GgmlType::F32 | GgmlType::BF16) {
+        f32::MAX
+    } else {
+        F16_MAX
+    };
+    let Some(i) = rows.iter().position(|v| v.is_nan() || v.abs() > limit) else {
+        return Ok(());
+    };
+    let what = if rows[i].is_finite() {
+        format!("{:e}, beyond what {ty} can hold", rows[i])
+    } else {
+        rows[i].to_string()
+    };
     Err(Error::refused(
         base_path,
-        format!("merging into `{name}` gives {what} at row {}: the adapter holds NaN/Inf or huge values", start + i / cols),
+        format!(
+            "merging into `{name}` gives {what} at row {}: the adapter holds NaN/Inf or huge values",
+            start + i / cols
+        ),
         "check the adapter (a diverged training run?) with `ollama-tools inspect`, and --scale / the adapter weights",
     ))
 }
@@ -420,7 +589,17 @@ fn check_values(rows: &[f32], cols: usize, start: usize, ty: GgmlType, name: &st
 /// `scale * lora_b @ lora_a` for a linear weight, and for the token embedding (whose lora_a is
 /// stored transposed, `[vocab, rank]`) `scale * lora_a @ lora_b^T`. llama.cpp's scale is `alpha / rank`.
 #[allow(clippy::too_many_arguments)]
-fn add_delta(rank: usize, scale: f32, transposed: bool, lora_a: &[f32], lora_b: &[f32], start: usize, end: usize, cols: usize, rows: &mut [f32]) {
+fn add_delta(
+    rank: usize,
+    scale: f32,
+    transposed: bool,
+    lora_a: &[f32],
+    lora_b: &[f32],
+    start: usize,
+    end: usize,
+    cols: usize,
+    rows: &mut [f32],
+) {
     let m = end - start;
     // (left: [m, rank] row-major; right: [rank, cols] with strides).
     let (left, right, rs_right, cs_right) = if transposed {
@@ -455,13 +634,23 @@ fn add_delta(rank: usize, scale: f32, transposed: bool, lora_a: &[f32], lora_b: 
 /// The base's metadata as it is (its alignment aside: the writer aligns to 32, the default), plus
 /// where the merge came from.
 fn metadata(header: &gguf::Header, provenance: &Provenance, opts: &Options) -> Vec<(String, Value)> {
-    let mut kvs: Vec<(String, Value)> =
-        header.kvs.iter().filter(|(k, _)| k != "general.alignment" && !k.starts_with("ollama_tools.")).cloned().collect();
+    let mut kvs: Vec<(String, Value)> = header
+        .kvs
+        .iter()
+        .filter(|(k, _)| k != "general.alignment" && !k.starts_with("ollama_tools."))
+        .cloned()
+        .collect();
     let strings = |v: &[String]| Value::Array(gguf::Array::String(v.iter().collect()));
-    kvs.push(("ollama_tools.version".into(), Value::String(env!("CARGO_PKG_VERSION").into())));
+    kvs.push((
+        "ollama_tools.version".into(),
+        Value::String(env!("CARGO_PKG_VERSION").into()),
+    ));
     kvs.push(("ollama_tools.merged.adapters".into(), strings(&provenance.adapters)));
     kvs.push(("ollama_tools.merged.revisions".into(), strings(&provenance.revisions)));
-    kvs.push(("ollama_tools.merged.weights".into(), Value::Array(gguf::Array::F32(provenance.weights.clone()))));
+    kvs.push((
+        "ollama_tools.merged.weights".into(),
+        Value::Array(gguf::Array::F32(provenance.weights.clone())),
+    ));
     kvs.push(("ollama_tools.merged.scale".into(), Value::F32(opts.scale as f32)));
     kvs
 }

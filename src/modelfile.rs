@@ -86,7 +86,12 @@ pub enum ParamError {
     #[error("Ollama no longer accepts the parameter {name} (removed from its options in 2025); leave it out")]
     Removed { name: String },
     #[error("parameter {name}: {value:?} is not {expected}; {hint}")]
-    BadValue { name: String, value: String, expected: &'static str, hint: &'static str },
+    BadValue {
+        name: String,
+        value: String,
+        expected: &'static str,
+        hint: &'static str,
+    },
     #[error(
         "parameter {name}: {value:?} is not a finite number; JSON (and so Ollama's API) cannot carry NaN or \
          infinity, give a number like 0.7"
@@ -99,11 +104,18 @@ pub enum ParamError {
 /// What a kind expects, and what to do instead, for [`ParamError::BadValue`].
 fn expectation(kind: ParamKind) -> (&'static str, &'static str) {
     match kind {
-        ParamKind::Int => {
-            ("a whole number", "write it in decimal digits, like 4096 (no suffixes such as k, no decimal point)")
-        }
-        ParamKind::Float => ("a 32-bit floating-point number", "write it in decimal, like 0.7 or 1e-3, within ±3.4e38"),
-        ParamKind::Bool => ("a boolean", "write true or false (Ollama also reads 1/0, t/f, TRUE/FALSE)"),
+        ParamKind::Int => (
+            "a whole number",
+            "write it in decimal digits, like 4096 (no suffixes such as k, no decimal point)",
+        ),
+        ParamKind::Float => (
+            "a 32-bit floating-point number",
+            "write it in decimal, like 0.7 or 1e-3, within ±3.4e38",
+        ),
+        ParamKind::Bool => (
+            "a boolean",
+            "write true or false (Ollama also reads 1/0, t/f, TRUE/FALSE)",
+        ),
         ParamKind::Str | ParamKind::StrList => ("text", "give the text as is"),
     }
 }
@@ -160,7 +172,11 @@ impl Parameters {
             if trimmed.is_empty() {
                 continue;
             }
-            let bad = |reason: String| ParamError::ShowText { line: i + 1, text: line.to_string(), reason };
+            let bad = |reason: String| ParamError::ShowText {
+                line: i + 1,
+                text: line.to_string(),
+                reason,
+            };
             let (name, raw) = match trimmed.split_once([' ', '\t']) {
                 Some((n, r)) => (n, r.trim_start()),
                 None => return Err(bad("a name without a value".into())),
@@ -271,7 +287,12 @@ fn known_kind(name: &str) -> Result<ParamKind, ParamError> {
 fn parse_typed(name: &str, kind: ParamKind, value: &str) -> Result<Value, ParamError> {
     let bad = || {
         let (expected, hint) = expectation(kind);
-        ParamError::BadValue { name: name.to_string(), value: value.to_string(), expected, hint }
+        ParamError::BadValue {
+            name: name.to_string(),
+            value: value.to_string(),
+            expected,
+            hint,
+        }
     };
     match kind {
         // Rust's i64 parser takes exactly what ParseInt(v, 10, 64) takes: optional sign, ASCII digits.
@@ -283,7 +304,10 @@ fn parse_typed(name: &str, kind: ParamKind, value: &str) -> Result<Value, ParamE
             if !f.is_finite() {
                 let lower = value.to_ascii_lowercase();
                 return if lower.contains("inf") || lower.contains("nan") {
-                    Err(ParamError::NonFinite { name: name.to_string(), value: value.to_string() })
+                    Err(ParamError::NonFinite {
+                        name: name.to_string(),
+                        value: value.to_string(),
+                    })
                 } else {
                     Err(bad()) // finite text beyond f32's range: ParseFloat reports ErrRange
                 };
@@ -317,18 +341,21 @@ fn integral(n: &Number) -> Option<i64> {
 /// Types a value read from `/api/show` text by the table.
 fn retype(kind: ParamKind, value: Value) -> Result<Value, String> {
     match (kind, &value) {
-        (ParamKind::Int, Value::Number(n)) => {
-            integral(n).map(|i| Value::Number(i.into())).ok_or_else(|| format!("{n} is not a whole number"))
-        }
+        (ParamKind::Int, Value::Number(n)) => integral(n)
+            .map(|i| Value::Number(i.into()))
+            .ok_or_else(|| format!("{n} is not a whole number")),
         // Ollama holds a float32: a value beyond its range could not have come from a server, and
         // would be written as a PARAMETER that `ollama create` refuses (ParseFloat's ErrRange).
         (ParamKind::Float, Value::Number(n)) => match n.as_f64() {
             Some(f) if f.abs() <= f64::from(f32::MAX) => Ok(float32_json(f as f32)),
-            _ => Err(format!("{n} is beyond the range of a 32-bit float, which Ollama gives this parameter")),
+            _ => Err(format!(
+                "{n} is beyond the range of a 32-bit float, which Ollama gives this parameter"
+            )),
         },
-        (ParamKind::Bool, Value::Bool(_))
-        | (ParamKind::Str | ParamKind::StrList, Value::String(_)) => Ok(value),
-        _ => Err(format!("{value} does not have the type Ollama gives this parameter ({kind:?})")),
+        (ParamKind::Bool, Value::Bool(_)) | (ParamKind::Str | ParamKind::StrList, Value::String(_)) => Ok(value),
+        _ => Err(format!(
+            "{value} does not have the type Ollama gives this parameter ({kind:?})"
+        )),
     }
 }
 
@@ -437,7 +464,11 @@ fn value_text(kind: Option<ParamKind>, v: &Value) -> Option<String> {
 /// Shortest text Go's ParseFloat reads back as `f` (exponent form for very large or small values).
 fn go_float_text(f: f64) -> String {
     let a = f.abs();
-    if a == 0.0 || (1e-5..1e16).contains(&a) { format!("{f}") } else { format!("{f:e}") }
+    if a == 0.0 || (1e-5..1e16).contains(&a) {
+        format!("{f}")
+    } else {
+        format!("{f:e}")
+    }
 }
 
 /// A chat message given to the model before the user's first turn (Modelfile `MESSAGE`).
@@ -510,7 +541,10 @@ impl Modelfile {
         for (index, m) in self.messages.iter().enumerate() {
             // parser.go's isValidMessageRole: anything else is a parse error in `ollama create`.
             if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-                return Err(RenderError::MessageRole { index: index + 1, role: m.role.clone() });
+                return Err(RenderError::MessageRole {
+                    index: index + 1,
+                    role: m.role.clone(),
+                });
             }
         }
         let params = self.parameters.lines();
@@ -553,7 +587,10 @@ impl Modelfile {
             .lstrip_blocks(true)
             .keep_trailing_newline(true)
             .build()
-            .map_err(|e| RenderError::Render { template: template_name.to_string(), detail: e.to_string() })?;
+            .map_err(|e| RenderError::Render {
+                template: template_name.to_string(),
+                detail: e.to_string(),
+            })?;
         env.set_syntax(syntax);
         env.set_auto_escape_callback(|_| AutoEscape::None);
         // SemiStrict: `{% if adapter %}` works, a misspelt `{{ sytem }}` fails instead of printing nothing.
@@ -563,14 +600,24 @@ impl Modelfile {
         let source = template_source.unwrap_or(BUILTIN_TEMPLATE);
         let tmpl = env
             .template_from_named_str(template_name, source)
-            .map_err(|e| RenderError::Syntax { template: template_name.to_string(), detail: e.to_string() })?;
+            .map_err(|e| RenderError::Syntax {
+                template: template_name.to_string(),
+                detail: e.to_string(),
+            })?;
         tmpl.render(ctx).map_err(|e| {
-            let quote_err = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<QuoteError>()).cloned();
+            let quote_err = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<QuoteError>())
+                .cloned();
             match quote_err {
-                Some(source) => {
-                    RenderError::Quote { template: template_name.to_string(), line: e.line().unwrap_or(0), source }
-                }
-                None => RenderError::Render { template: template_name.to_string(), detail: e.to_string() },
+                Some(source) => RenderError::Quote {
+                    template: template_name.to_string(),
+                    line: e.line().unwrap_or(0),
+                    source,
+                },
+                None => RenderError::Render {
+                    template: template_name.to_string(),
+                    detail: e.to_string(),
+                },
             }
         })
     }
@@ -600,14 +647,23 @@ pub enum QuoteError {
          character, or send the value through the API instead (leave out --out-modelfile)",
         escaped = ch.escape_unicode(), code = *ch as u32
     )]
-    Unprintable { ch: char, line: usize, column: usize, preview: String },
+    Unprintable {
+        ch: char,
+        line: usize,
+        column: usize,
+        preview: String,
+    },
     #[error(
         "no Modelfile quoting can carry the value {preview}: in \"\"\" quotes Ollama's Modelfile reader would \
          end it at the end of line {triple_line} (the text up to there ends with \"\"\"), and in \" quotes \
          {single}. Change the text there (for example put a character after the closing quotes), or send the \
          value through the API instead (leave out --out-modelfile)"
     )]
-    Unquotable { preview: String, triple_line: usize, single: String },
+    Unquotable {
+        preview: String,
+        triple_line: usize,
+        single: String,
+    },
 }
 
 /// Characters Ollama's reader keeps: Go's `strconv.IsPrint` (Unicode L, M, N, P, S and U+0020), plus
@@ -623,7 +679,12 @@ pub fn quote(value: &str) -> Result<String, QuoteError> {
     if let Some(m) = DROPPED.find(value) {
         let (line, column) = line_col(value, m.start());
         let ch = value[m.start()..].chars().next().unwrap_or('\u{0}');
-        return Err(QuoteError::Unprintable { ch, line, column, preview: preview(value) });
+        return Err(QuoteError::Unprintable {
+            ch,
+            line,
+            column,
+            preview: preview(value),
+        });
     }
     if value.is_empty() {
         return Ok("\"\"".into());
@@ -656,7 +717,11 @@ pub fn quote(value: &str) -> Result<String, QuoteError> {
         ReadBack::Unterminated => "it would never close (the value starts with \"\")".into(),
         ReadBack::Value(_) => "it would read back different text (the value starts and ends with \"\")".into(),
     };
-    Err(QuoteError::Unquotable { preview: preview(value), triple_line, single })
+    Err(QuoteError::Unquotable {
+        preview: preview(value),
+        triple_line,
+        single,
+    })
 }
 
 /// What the value state of Ollama's reader makes of `candidate` followed by a newline.
@@ -678,7 +743,11 @@ fn read_back(candidate: &str) -> ReadBack {
     for (i, r) in candidate.char_indices().chain(std::iter::once((end, '\n'))) {
         if r == '\n' || r == '\r' {
             if let Some(v) = unquote(candidate[..i].trim()) {
-                return if i == end { ReadBack::Value(v.to_string()) } else { ReadBack::EndsEarly { at: i } };
+                return if i == end {
+                    ReadBack::Value(v.to_string())
+                } else {
+                    ReadBack::EndsEarly { at: i }
+                };
             }
         }
     }
@@ -773,12 +842,18 @@ mod tests {
         assert_eq!(go_float_text(1e30), "1e30");
         assert_eq!(go_float_text(1.5e-7), "1.5e-7");
         assert_eq!(float32_json(0.6), serde_json::json!(0.6));
-        assert_eq!(value_text(Some(ParamKind::Int), &serde_json::json!(4096.0)).unwrap(), "4096");
+        assert_eq!(
+            value_text(Some(ParamKind::Int), &serde_json::json!(4096.0)).unwrap(),
+            "4096"
+        );
     }
 
     #[test]
     fn go_unquote_escapes() {
-        assert_eq!(go_unquote(r#""a\n\t\"\\\x41\u00e9\U0001f600\101""#).unwrap(), "a\n\t\"\\Aé😀A");
+        assert_eq!(
+            go_unquote(r#""a\n\t\"\\\x41\u00e9\U0001f600\101""#).unwrap(),
+            "a\n\t\"\\Aé😀A"
+        );
         assert!(go_unquote(r#""\q""#).is_err());
         assert!(go_unquote(r#""\ud800""#).is_err());
         assert!(go_unquote("\"").is_err());
@@ -788,7 +863,9 @@ mod tests {
     /// line that `ollama create` refuses; a float is a float32, rounded as Ollama holds it.
     #[test]
     fn show_text_floats_are_float32() {
-        let e = Parameters::from_show_text("temperature       1e300").unwrap_err().to_string();
+        let e = Parameters::from_show_text("temperature       1e300")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1e+300 is beyond the range of a 32-bit float"), "{e}");
         let p = Parameters::from_show_text("top_p 0.123456789012").unwrap();
         assert_eq!(p.get("top_p"), Some(&serde_json::json!(0.12345679)));

@@ -50,7 +50,11 @@ pub fn host_from(value: &str) -> String {
     };
     let host = if host.is_empty() { "127.0.0.1".to_string() } else { host };
     let host = if host.contains(':') { format!("[{host}]") } else { host };
-    let path = if path.is_empty() { String::new() } else { format!("/{}", path.trim_end_matches('/')) };
+    let path = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{}", path.trim_end_matches('/'))
+    };
     format!("{scheme}://{host}:{port}{path}")
 }
 
@@ -70,7 +74,9 @@ pub fn store_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("OLLAMA_MODELS").filter(|v| !v.is_empty()) {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE")).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .or_else(|| std::env::var_os("USERPROFILE"))
+        .unwrap_or_default();
     Path::new(&home).join(".ollama").join("models")
 }
 
@@ -110,7 +116,12 @@ impl ModelName {
 
     /// The manifest's path inside the store.
     pub fn manifest_path(&self, store: &Path) -> PathBuf {
-        store.join("manifests").join(&self.registry).join(&self.namespace).join(&self.model).join(&self.tag)
+        store
+            .join("manifests")
+            .join(&self.registry)
+            .join(&self.namespace)
+            .join(&self.model)
+            .join(&self.tag)
     }
 }
 
@@ -300,7 +311,12 @@ impl Client {
                 .build()
                 .expect("the HTTP client builds with the compiled-in TLS backend")
         };
-        Client { base: base.trim_end_matches('/').to_string(), http: build(Some(patience.idle)), upload: build(None), idle: patience.idle }
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http: build(Some(patience.idle)),
+            upload: build(None),
+            idle: patience.idle,
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -310,10 +326,21 @@ impl Client {
     /// A request that got no answer, in words: nobody there, no answer in time, a redirect loop.
     fn unreachable(&self, e: &reqwest::Error) -> ApiError {
         if e.is_redirect() {
-            return ApiError::Malformed { url: self.base.clone(), err: "it redirects in a loop (too many redirects); check OLLAMA_HOST and any proxy in front of it".into() };
+            return ApiError::Malformed {
+                url: self.base.clone(),
+                err: "it redirects in a loop (too many redirects); check OLLAMA_HOST and any proxy in front of it"
+                    .into(),
+            };
         }
-        let err = if e.is_timeout() { "no answer in time".to_string() } else { root_cause(e) };
-        ApiError::Unreachable { url: self.base.clone(), err }
+        let err = if e.is_timeout() {
+            "no answer in time".to_string()
+        } else {
+            root_cause(e)
+        };
+        ApiError::Unreachable {
+            url: self.base.clone(),
+            err,
+        }
     }
 
     /// The body of a successful answer (at most `cap` bytes); Ollama's `{"error": ...}` text for
@@ -321,17 +348,30 @@ impl Client {
     fn body(&self, path: &str, resp: reqwest::blocking::Response, cap: usize) -> Result<Vec<u8>, ApiError> {
         let status = resp.status();
         if !status.is_success() {
-            return Err(ApiError::Status { url: self.base.clone(), status: status.as_u16(), message: error_text(&error_body(resp)) });
+            return Err(ApiError::Status {
+                url: self.base.clone(),
+                status: status.as_u16(),
+                message: error_text(&error_body(resp)),
+            });
         }
         let announced = resp.content_length();
         read_capped(resp, announced, cap).map_err(|e| match e {
-            BodyError::Read(e) => ApiError::Unreachable { url: self.base.clone(), err: format!("the answer to {path} broke off: {}", root_cause(&e)) },
-            too_large => ApiError::Malformed { url: format!("{}{path}", self.base), err: too_large.to_string() },
+            BodyError::Read(e) => ApiError::Unreachable {
+                url: self.base.clone(),
+                err: format!("the answer to {path} broke off: {}", root_cause(&e)),
+            },
+            too_large => ApiError::Malformed {
+                url: format!("{}{path}", self.base),
+                err: too_large.to_string(),
+            },
         })
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, ApiError> {
-        serde_json::from_slice(body).map_err(|e| ApiError::Malformed { url: format!("{}{path}", self.base), err: crate::error::json_problem(&e, body) })
+        serde_json::from_slice(body).map_err(|e| ApiError::Malformed {
+            url: format!("{}{path}", self.base),
+            err: crate::error::json_problem(&e, body),
+        })
     }
 
     /// `POST /api/show` with `verbose: true`.
@@ -364,7 +404,12 @@ impl Client {
         struct V {
             version: String,
         }
-        let resp = self.http.get(format!("{}/api/version", self.base)).timeout(SHORT).send().map_err(|e| self.unreachable(&e))?;
+        let resp = self
+            .http
+            .get(format!("{}/api/version", self.base))
+            .timeout(SHORT)
+            .send()
+            .map_err(|e| self.unreachable(&e))?;
         let body = self.body("/api/version", resp, SMALL_CAP)?;
         Ok(printable(&self.parse::<V>("/api/version", &body)?.version, 80))
     }
@@ -376,18 +421,32 @@ impl Client {
             #[serde(default, deserialize_with = "null_as_default")]
             models: Vec<Tag>,
         }
-        let resp = self.http.get(format!("{}/api/tags", self.base)).timeout(SHORT).send().map_err(|e| self.unreachable(&e))?;
+        let resp = self
+            .http
+            .get(format!("{}/api/tags", self.base))
+            .timeout(SHORT)
+            .send()
+            .map_err(|e| self.unreachable(&e))?;
         let body = self.body("/api/tags", resp, TAGS_CAP)?;
         Ok(self.parse::<Tags>("/api/tags", &body)?.models)
     }
 
     /// `HEAD /api/blobs/<digest>`: whether the server already holds the blob.
     pub fn has_blob(&self, digest: &str) -> Result<bool, ApiError> {
-        let resp = self.http.head(format!("{}/api/blobs/{digest}", self.base)).timeout(SHORT).send().map_err(|e| self.unreachable(&e))?;
+        let resp = self
+            .http
+            .head(format!("{}/api/blobs/{digest}", self.base))
+            .timeout(SHORT)
+            .send()
+            .map_err(|e| self.unreachable(&e))?;
         match resp.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
-            status => Err(ApiError::Status { url: self.base.clone(), status, message: format!("HEAD /api/blobs/{digest}") }),
+            status => Err(ApiError::Status {
+                url: self.base.clone(),
+                status,
+                message: format!("HEAD /api/blobs/{digest}"),
+            }),
         }
     }
 
@@ -395,53 +454,109 @@ impl Client {
     /// through `progress`; Ctrl-C abandons the upload ([`ApiError::Cancelled`]). A connection that breaks
     /// mid-body is [`ApiError::Cut`]; a digest the server does not confirm is its 400 [`ApiError::Status`];
     /// a server that takes no byte, or does not answer, for the idle timeout is [`ApiError::Stalled`].
-    pub fn push_blob(&self, digest: &str, file: std::fs::File, len: u64, progress: &dyn Progress) -> Result<(), ApiError> {
+    pub fn push_blob(
+        &self,
+        digest: &str,
+        file: std::fs::File,
+        len: u64,
+        progress: &dyn Progress,
+    ) -> Result<(), ApiError> {
         let sent = Arc::new(AtomicU64::new(0));
-        let body = reqwest::blocking::Body::sized(Counted { inner: file, sent: sent.clone() }, len);
+        let body = reqwest::blocking::Body::sized(
+            Counted {
+                inner: file,
+                sent: sent.clone(),
+            },
+            len,
+        );
         let request = self.upload.post(format!("{}/api/blobs/{digest}", self.base)).body(body);
         let (mut shown, mut moved) = (0, Instant::now());
-        let resp = cancellable(progress, move |_: &dyn Fn(())| request.send(), |_| {}, || {
-            let now = sent.load(Ordering::Relaxed);
-            if now != shown {
-                progress.advance(now - shown);
-                (shown, moved) = (now, Instant::now());
+        let resp = cancellable(
+            progress,
+            move |_: &dyn Fn(())| request.send(),
+            |_| {},
+            || {
+                let now = sent.load(Ordering::Relaxed);
+                if now != shown {
+                    progress.advance(now - shown);
+                    (shown, moved) = (now, Instant::now());
+                }
+                // The clock runs from the last byte taken: a server that stops reading, or never
+                // answers once it has everything, is given up on.
+                match moved.elapsed() > self.idle {
+                    true => Err(self.stalled(&format!("uploading {digest} ({shown} of {len} bytes taken)"))),
+                    false => Ok(()),
+                }
+            },
+        )?
+        .map_err(|e| {
+            if e.is_connect() {
+                self.unreachable(&e)
+            } else {
+                ApiError::Cut {
+                    url: self.base.clone(),
+                    err: root_cause(&e),
+                }
             }
-            // The clock runs from the last byte taken: a server that stops reading, or never
-            // answers once it has everything, is given up on.
-            match moved.elapsed() > self.idle {
-                true => Err(self.stalled(&format!("uploading {digest} ({shown} of {len} bytes taken)"))),
-                false => Ok(()),
-            }
-        })?
-        .map_err(|e| if e.is_connect() { self.unreachable(&e) } else { ApiError::Cut { url: self.base.clone(), err: root_cause(&e) } })?;
+        })?;
         self.body("/api/blobs", resp, SMALL_CAP).map(|_| ())
     }
 
     fn stalled(&self, doing: &str) -> ApiError {
-        ApiError::Stalled { url: self.base.clone(), doing: doing.to_string(), secs: self.idle.as_secs_f64().ceil() as u64 }
+        ApiError::Stalled {
+            url: self.base.clone(),
+            doing: doing.to_string(),
+            secs: self.idle.as_secs_f64().ceil() as u64,
+        }
     }
 
     /// `POST /api/create`, each streamed status passed to `on_status`. An `{"error": ...}` line is
     /// [`ApiError::Failed`] with Ollama's text. Ctrl-C stops waiting ([`ApiError::Cancelled`]); when
     /// the process then exits, the connection closes, and Ollama, which writes a model's manifest
     /// last, leaves no model.
-    pub fn create(&self, request: &Json, progress: &dyn Progress, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
+    pub fn create(
+        &self,
+        request: &Json,
+        progress: &dyn Progress,
+        on_status: &mut dyn FnMut(&StreamStatus),
+    ) -> Result<(), ApiError> {
         self.stream("/api/create", request, progress, on_status)
     }
 
     /// `POST /api/pull` for `model`, statuses (with digest, total, completed) passed to `on_status`.
-    pub fn pull(&self, model: &str, progress: &dyn Progress, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
-        self.stream("/api/pull", &serde_json::json!({ "model": model, "stream": true }), progress, on_status)
+    pub fn pull(
+        &self,
+        model: &str,
+        progress: &dyn Progress,
+        on_status: &mut dyn FnMut(&StreamStatus),
+    ) -> Result<(), ApiError> {
+        self.stream(
+            "/api/pull",
+            &serde_json::json!({ "model": model, "stream": true }),
+            progress,
+            on_status,
+        )
     }
 
-    fn stream(&self, path: &'static str, request: &Json, progress: &dyn Progress, on_status: &mut dyn FnMut(&StreamStatus)) -> Result<(), ApiError> {
+    fn stream(
+        &self,
+        path: &'static str,
+        request: &Json,
+        progress: &dyn Progress,
+        on_status: &mut dyn FnMut(&StreamStatus),
+    ) -> Result<(), ApiError> {
         let this = self.clone();
         let request = request.clone();
         let call = move |emit: &dyn Fn(StreamStatus)| -> Result<(), ApiError> {
-            let resp = this.http.post(format!("{}{path}", this.base)).json(&request).send().map_err(|e| match e.is_timeout() {
-                true => this.stalled(&format!("waiting for the answer to {path}")),
-                false => this.unreachable(&e),
-            })?;
+            let resp = this
+                .http
+                .post(format!("{}{path}", this.base))
+                .json(&request)
+                .send()
+                .map_err(|e| match e.is_timeout() {
+                    true => this.stalled(&format!("waiting for the answer to {path}")),
+                    false => this.unreachable(&e),
+                })?;
             if !resp.status().is_success() {
                 return this.body(path, resp, SMALL_CAP).map(|_| ());
             }
@@ -457,16 +572,31 @@ impl Client {
             let line = match read_line_capped(&mut reader, LINE_CAP) {
                 Ok(Some(line)) => line,
                 Ok(None) => break,
-                Err(BodyError::Read(e)) if is_timeout(&e) => return Err(self.stalled(&format!("reading the answer to {path} (last status: {last:?})"))),
-                Err(BodyError::Read(e)) => return Err(ApiError::Unreachable { url: self.base.clone(), err: format!("the answer to {path} broke off: {}", root_cause(&e)) }),
-                Err(too_long) => return Err(ApiError::Malformed { url: format!("{}{path}", self.base), err: too_long.to_string() }),
+                Err(BodyError::Read(e)) if is_timeout(&e) => {
+                    return Err(self.stalled(&format!("reading the answer to {path} (last status: {last:?})")));
+                }
+                Err(BodyError::Read(e)) => {
+                    return Err(ApiError::Unreachable {
+                        url: self.base.clone(),
+                        err: format!("the answer to {path} broke off: {}", root_cause(&e)),
+                    });
+                }
+                Err(too_long) => {
+                    return Err(ApiError::Malformed {
+                        url: format!("{}{path}", self.base),
+                        err: too_long.to_string(),
+                    });
+                }
             };
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             let mut status: StreamStatus = self.parse(path, &line)?;
             if let Some(message) = status.error {
-                return Err(ApiError::Failed { url: self.base.clone(), message: printable(&message, MESSAGE_CHARS) });
+                return Err(ApiError::Failed {
+                    url: self.base.clone(),
+                    message: printable(&message, MESSAGE_CHARS),
+                });
             }
             status.status = printable(&status.status, 200).replace('\n', " ");
             status.digest = printable(&status.digest, 80);
@@ -474,7 +604,10 @@ impl Client {
             emit(status);
         }
         if last != "success" {
-            return Err(ApiError::Malformed { url: format!("{}{path}", self.base), err: format!("the stream ended without \"success\" (last status: {last:?})") });
+            return Err(ApiError::Malformed {
+                url: format!("{}{path}", self.base),
+                err: format!("the stream ended without \"success\" (last status: {last:?})"),
+            });
         }
         Ok(())
     }
@@ -485,7 +618,13 @@ impl Client {
 /// changes; the template, system prompt, license and parameters are data and stay verbatim.
 fn defuse_names(show: &mut Show) {
     let d = &mut show.details;
-    for field in [&mut d.family, &mut d.parameter_size, &mut d.quantization_level, &mut d.format, &mut show.modified_at] {
+    for field in [
+        &mut d.family,
+        &mut d.parameter_size,
+        &mut d.quantization_level,
+        &mut d.format,
+        &mut show.modified_at,
+    ] {
         *field = printable(field, 80);
     }
     for (_, value) in show.model_info.iter_mut().filter(|(k, _)| k.starts_with("general.")) {
@@ -530,7 +669,9 @@ fn cancellable<E: Send + 'static, R: Send + 'static>(
                 return Ok(result);
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => unreachable!("the call's thread sends Done before it ends"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                unreachable!("the call's thread sends Done before it ends")
+            }
         }
         tick()?;
         if progress.cancelled() {
@@ -575,7 +716,9 @@ pub(crate) fn read_capped(resp: impl Read, announced: Option<u64>, cap: usize) -
         return Err(BodyError::TooLarge { cap });
     }
     let mut buf = Vec::new();
-    resp.take(cap as u64 + 1).read_to_end(&mut buf).map_err(BodyError::Read)?;
+    resp.take(cap as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(BodyError::Read)?;
     if buf.len() > cap {
         return Err(BodyError::TooLarge { cap });
     }
@@ -585,7 +728,10 @@ pub(crate) fn read_capped(resp: impl Read, announced: Option<u64>, cap: usize) -
 /// The next line of `reader` (without its newline), at most `cap` bytes; `None` at the end.
 pub(crate) fn read_line_capped(reader: &mut impl BufRead, cap: usize) -> Result<Option<Vec<u8>>, BodyError> {
     let mut line = Vec::new();
-    reader.take(cap as u64 + 1).read_until(b'\n', &mut line).map_err(BodyError::Read)?;
+    reader
+        .take(cap as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .map_err(BodyError::Read)?;
     if line.last() == Some(&b'\n') {
         line.pop();
     } else if line.len() > cap {
@@ -598,7 +744,10 @@ pub(crate) fn read_line_capped(reader: &mut impl BufRead, cap: usize) -> Result<
 
 /// Whether a read failed because the client's timeout ran out (no byte for that long).
 pub(crate) fn is_timeout(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::TimedOut || e.get_ref().and_then(|i| i.downcast_ref::<reqwest::Error>()).is_some_and(reqwest::Error::is_timeout)
+    e.kind() == std::io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|i| i.downcast_ref::<reqwest::Error>())
+            .is_some_and(reqwest::Error::is_timeout)
 }
 
 /// `1 MiB`, `64 KiB`, `12 bytes`.
@@ -612,7 +761,9 @@ pub(crate) fn size(n: u64) -> String {
 
 /// A field Ollama's API documents as a string (or list, number, object) that proxies and older
 /// servers send as `null`: read as absent.
-pub(crate) fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+pub(crate) fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
@@ -660,7 +811,8 @@ pub struct Layer {
 /// The blob file of a digest (`sha256:<hex>` -> `blobs/sha256-<hex>`), or `None` for a malformed digest.
 pub fn blob_path(store: &Path, digest: &str) -> Option<PathBuf> {
     let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| store.join("blobs").join(format!("sha256-{hex}")))
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| store.join("blobs").join(format!("sha256-{hex}")))
 }
 
 #[cfg(test)]
@@ -684,14 +836,28 @@ mod tests {
     #[test]
     fn model_names() {
         let n = ModelName::parse("llama3.2").unwrap();
-        assert_eq!((n.registry.as_str(), n.namespace.as_str(), n.model.as_str(), n.tag.as_str()), (DEFAULT_REGISTRY, "library", "llama3.2", "latest"));
+        assert_eq!(
+            (
+                n.registry.as_str(),
+                n.namespace.as_str(),
+                n.model.as_str(),
+                n.tag.as_str()
+            ),
+            (DEFAULT_REGISTRY, "library", "llama3.2", "latest")
+        );
         assert_eq!(n.to_string(), "llama3.2:latest");
         let n = ModelName::parse("llama3.2:3b").unwrap();
         assert_eq!((n.model.as_str(), n.tag.as_str()), ("llama3.2", "3b"));
         let n = ModelName::parse("user/model:q4").unwrap();
-        assert_eq!((n.namespace.as_str(), n.to_string().as_str()), ("user", "user/model:q4"));
+        assert_eq!(
+            (n.namespace.as_str(), n.to_string().as_str()),
+            ("user", "user/model:q4")
+        );
         let n = ModelName::parse("localhost:5000/team/model").unwrap();
-        assert_eq!((n.registry.as_str(), n.namespace.as_str(), n.tag.as_str()), ("localhost:5000", "team", "latest"));
+        assert_eq!(
+            (n.registry.as_str(), n.namespace.as_str(), n.tag.as_str()),
+            ("localhost:5000", "team", "latest")
+        );
         assert_eq!(
             n.manifest_path(Path::new("/s")),
             Path::new("/s/manifests/localhost:5000/team/model/latest")
@@ -704,7 +870,10 @@ mod tests {
     #[test]
     fn blob_paths() {
         let hex = "a".repeat(64);
-        assert_eq!(blob_path(Path::new("/s"), &format!("sha256:{hex}")).unwrap(), Path::new(&format!("/s/blobs/sha256-{hex}")));
+        assert_eq!(
+            blob_path(Path::new("/s"), &format!("sha256:{hex}")).unwrap(),
+            Path::new(&format!("/s/blobs/sha256-{hex}"))
+        );
         assert_eq!(blob_path(Path::new("/s"), "sha256:../../etc"), None);
     }
 }

@@ -67,7 +67,11 @@ pub struct Problem {
 }
 
 fn problem(subject: impl Into<String>, why: impl Into<String>, hint: impl Into<String>) -> Problem {
-    Problem { subject: subject.into(), why: why.into(), hint: hint.into() }
+    Problem {
+        subject: subject.into(),
+        why: why.into(),
+        hint: hint.into(),
+    }
 }
 
 impl LoraConfig {
@@ -82,7 +86,9 @@ impl LoraConfig {
             }
             err
         })?;
-        let obj = root.as_object().ok_or_else(|| Error::invalid(path, "expected a JSON object"))?;
+        let obj = root
+            .as_object()
+            .ok_or_else(|| Error::invalid(path, "expected a JSON object"))?;
         let field_err = |key: &str, want: &str, got: &Json| {
             Error::invalid(path, format!("field `{key}` must be {want}, found {got}"))
         };
@@ -103,8 +109,13 @@ impl LoraConfig {
         // A whole number within `min..=max`. PEFT writes ints, but hand-written configs carry `16.0`:
         // whole floats are accepted, and only within range, so `1e300` is not read as u64::MAX.
         let int_in = |key: &str, v: &Json, (min, max): (u64, u64), what: &str| -> Result<u64> {
-            let n = v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && (0.0..=max as f64).contains(f)).map(|f| f as u64));
-            n.filter(|n| (min..=max).contains(n)).ok_or_else(|| field_err(key, &format!("{what} from {min} to {max}"), v))
+            let n = v.as_u64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..=max as f64).contains(f))
+                    .map(|f| f as u64)
+            });
+            n.filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| field_err(key, &format!("{what} from {min} to {max}"), v))
         };
         let rank = |key: &str, v: &Json| int_in(key, v, (1, MAX_RANK), "a positive rank, a whole number");
         let layer = |v: &Json| int_in("layers_to_transform", v, (0, MAX_LAYER), "a layer number");
@@ -136,14 +147,28 @@ impl LoraConfig {
             base_model_name_or_path: string("base_model_name_or_path")?,
             revision: string("revision")?,
             peft_version: string("peft_version")?,
-            r: obj.get("r").filter(|v| !v.is_null()).map(|v| rank("r", v)).transpose()?,
-            lora_alpha: obj.get("lora_alpha").filter(|v| !v.is_null()).map(|v| number("lora_alpha", v)).transpose()?,
+            r: obj
+                .get("r")
+                .filter(|v| !v.is_null())
+                .map(|v| rank("r", v))
+                .transpose()?,
+            lora_alpha: obj
+                .get("lora_alpha")
+                .filter(|v| !v.is_null())
+                .map(|v| number("lora_alpha", v))
+                .transpose()?,
             use_rslora: flag("use_rslora")?,
             use_dora: flag("use_dora")?,
             fan_in_fan_out: flag("fan_in_fan_out")?,
             rank_pattern: Patterns::parse(path, "rank_pattern", map("rank_pattern")?, rank)?,
             alpha_pattern: Patterns::parse(path, "alpha_pattern", map("alpha_pattern")?, |key, v| {
-                number(key, v).and_then(|a| if a > 0.0 && a.is_finite() { Ok(a) } else { Err(field_err(key, "a positive number", v)) })
+                number(key, v).and_then(|a| {
+                    if a > 0.0 && a.is_finite() {
+                        Ok(a)
+                    } else {
+                        Err(field_err(key, "a positive number", v))
+                    }
+                })
             })?,
             target_modules: obj.get("target_modules").filter(|v| !v.is_null()).cloned(),
             modules_to_save: match obj.get("modules_to_save") {
@@ -153,16 +178,18 @@ impl LoraConfig {
             },
             layers_to_transform: match obj.get("layers_to_transform") {
                 None | Some(Json::Null) => None,
-                Some(Json::Array(items)) => {
-                    Some(items.iter().map(layer).collect::<Result<_>>()?)
-                }
+                Some(Json::Array(items)) => Some(items.iter().map(layer).collect::<Result<_>>()?),
                 Some(v) => Some(vec![layer(v)?]),
             },
             bias: string("bias")?.unwrap_or_else(|| "none".into()),
             unsupported: vec![],
         };
         // Features that change what the adapter computes. Checked here, reported by analyze().
-        let set = |key: &str| obj.get(key).is_some_and(|v| !v.is_null() && v != &Json::Bool(false) && v != &serde_json::json!([]) && v != &serde_json::json!({}));
+        let set = |key: &str| {
+            obj.get(key).is_some_and(|v| {
+                !v.is_null() && v != &Json::Bool(false) && v != &serde_json::json!([]) && v != &serde_json::json!({})
+            })
+        };
         if set("target_parameters") {
             cfg.unsupported.push(problem(
                 "target_parameters",
@@ -171,18 +198,37 @@ impl LoraConfig {
             ));
         }
         for (key, why) in [
-            ("layer_replication", "layer_replication changes the model's layer stack, which llama.cpp cannot reproduce"),
-            ("alora_invocation_tokens", "activated LoRA applies only after its invocation tokens; llama.cpp applies adapters everywhere"),
-            ("trainable_token_indices", "trainable tokens replace embedding rows, which a GGUF LoRA cannot carry"),
-            ("arrow_config", "Arrow routing mixes several LoRAs per token; GGUF LoRA is one static adapter"),
+            (
+                "layer_replication",
+                "layer_replication changes the model's layer stack, which llama.cpp cannot reproduce",
+            ),
+            (
+                "alora_invocation_tokens",
+                "activated LoRA applies only after its invocation tokens; llama.cpp applies adapters everywhere",
+            ),
+            (
+                "trainable_token_indices",
+                "trainable tokens replace embedding rows, which a GGUF LoRA cannot carry",
+            ),
+            (
+                "arrow_config",
+                "Arrow routing mixes several LoRAs per token; GGUF LoRA is one static adapter",
+            ),
         ] {
             if set(key) {
-                cfg.unsupported.push(problem(key, why, "merge it with PEFT (merge_and_unload) and convert the merged model instead"));
+                cfg.unsupported.push(problem(
+                    key,
+                    why,
+                    "merge it with PEFT (merge_and_unload) and convert the merged model instead",
+                ));
             }
         }
         if let Some(Json::String(init)) = obj.get("init_lora_weights") {
             let lower = init.to_ascii_lowercase();
-            if ["pissa", "olora", "corda", "loftq"].iter().any(|m| lower.starts_with(m)) {
+            if ["pissa", "olora", "corda", "loftq"]
+                .iter()
+                .any(|m| lower.starts_with(m))
+            {
                 cfg.unsupported.push(problem(
                     "init_lora_weights",
                     format!("`{init}` initialisation changes the base weights, so this adapter only fits that modified base"),
@@ -205,7 +251,11 @@ impl LoraConfig {
 
     /// PEFT's scaling for a module: `alpha / r`, or `alpha / sqrt(r)` with rsLoRA.
     pub fn scale(&self, rank: u64, alpha: f64) -> f64 {
-        if self.use_rslora { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 }
+        if self.use_rslora {
+            alpha / (rank as f64).sqrt()
+        } else {
+            alpha / rank as f64
+        }
     }
 }
 
@@ -227,8 +277,12 @@ impl<T: Copy> Patterns<T> {
         for (pattern, v) in items {
             // PEFT's rule (`get_pattern_key`): `re.match(rf"(.*\.)?({key})$", module_name)`, i.e. the
             // pattern matches the end of the module name at a dot boundary.
-            let re = regex::Regex::new(&format!(r"^(?:.*\.)?(?:{pattern})$"))
-                .map_err(|e| Error::invalid(path, format!("{field} pattern `{pattern}` is not a valid regular expression: {e}")))?;
+            let re = regex::Regex::new(&format!(r"^(?:.*\.)?(?:{pattern})$")).map_err(|e| {
+                Error::invalid(
+                    path,
+                    format!("{field} pattern `{pattern}` is not a valid regular expression: {e}"),
+                )
+            })?;
             let v = value(&format!("{field}.{pattern}"), &v)?;
             entries.push((pattern, re, v));
         }
@@ -237,7 +291,10 @@ impl<T: Copy> Patterns<T> {
 
     /// The value of the first pattern, in file order, that matches `module_path`.
     pub fn lookup(&self, module_path: &str) -> Option<T> {
-        self.entries.iter().find(|(_, re, _)| re.is_match(module_path)).map(|(_, _, v)| *v)
+        self.entries
+            .iter()
+            .find(|(_, re, _)| re.is_match(module_path))
+            .map(|(_, _, v)| *v)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -292,7 +349,9 @@ pub fn hub_repo_id(base: &str) -> Option<String> {
         return Some(id);
     }
     let (org, name) = base.split_once('/')?;
-    let ok = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !s.starts_with('.');
+    let ok = |s: &str| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !s.starts_with('.')
+    };
     (ok(org) && ok(name)).then(|| base.to_string())
 }
 
@@ -314,7 +373,10 @@ pub struct Adapter {
 
 impl std::fmt::Debug for Adapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Adapter").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
+        f.debug_struct("Adapter")
+            .field("path", &self.path)
+            .field("tensors", &self.tensors.len())
+            .finish()
     }
 }
 
@@ -331,11 +393,16 @@ fn locate(path: &Path) -> Result<(PathBuf, PathBuf)> {
     } else if path.is_file() {
         match ext {
             "bin" | "pt" | "pth" => {
-                return Err(Error::refused(path, "this is a pickled PyTorch adapter, not safetensors", PICKLE_HINT));
+                return Err(Error::refused(
+                    path,
+                    "this is a pickled PyTorch adapter, not safetensors",
+                    PICKLE_HINT,
+                ));
             }
             "gguf" => {
-                return Err(Error::invalid(path, "this is already a GGUF file")
-                    .with_hint("convert takes a PEFT adapter folder; a GGUF adapter can be used by llama.cpp/Ollama as it is"));
+                return Err(Error::invalid(path, "this is already a GGUF file").with_hint(
+                    "convert takes a PEFT adapter folder; a GGUF adapter can be used by llama.cpp/Ollama as it is",
+                ));
             }
             "json" => {
                 let weights = path.with_file_name(WEIGHTS_FILE);
@@ -351,7 +418,9 @@ fn locate(path: &Path) -> Result<(PathBuf, PathBuf)> {
         }
     } else {
         // The real reason (no such file, a symlink loop, no permission), not a bare "not found".
-        let err = std::fs::metadata(path).err().unwrap_or_else(|| std::io::Error::other("neither a file nor a folder"));
+        let err = std::fs::metadata(path)
+            .err()
+            .unwrap_or_else(|| std::io::Error::other("neither a file nor a folder"));
         return Err(Error::io(path, err).with_hint(
             "pass the adapter folder PEFT's save_pretrained() wrote, holding adapter_config.json and adapter_model.safetensors",
         ));
@@ -406,7 +475,11 @@ impl Adapter {
         if !weights_path.is_file() {
             let pickle = weights_path.with_file_name(PICKLE_FILE);
             if pickle.is_file() {
-                return Err(Error::refused(&pickle, "the adapter weights are a pickled PyTorch file, not safetensors", PICKLE_HINT));
+                return Err(Error::refused(
+                    &pickle,
+                    "the adapter weights are a pickled PyTorch file, not safetensors",
+                    PICKLE_HINT,
+                ));
             }
             return Err(Error::invalid(&weights_path, "adapter weights not found")
                 .with_hint("the folder needs adapter_model.safetensors next to adapter_config.json"));
@@ -416,8 +489,10 @@ impl Adapter {
         let mut head = [0u8; 24];
         let n = std::io::Read::read(&mut &file, &mut head).unwrap_or(0);
         if head[..n].starts_with(b"version https://git-lfs") {
-            return Err(Error::invalid(&weights_path, "this is a Git LFS pointer, not the weights")
-                .with_hint("run `git lfs pull` in the repository, or download the file from the Hub"));
+            return Err(
+                Error::invalid(&weights_path, "this is a Git LFS pointer, not the weights")
+                    .with_hint("run `git lfs pull` in the repository, or download the file from the Hub"),
+            );
         }
         // The safetensors crate validates a header against the whole file, so it gets a map of the
         // file; only the header's pages are touched, and the map is gone before any tensor is read.
@@ -463,7 +538,13 @@ impl Adapter {
         buf.clear();
         buf.try_reserve_exact(n).map_err(|_| {
             let bytes = n.saturating_mul(std::mem::size_of::<T>());
-            Error::invalid(&self.weights_path, format!("tensor `{}` needs {bytes} bytes of memory, which are not available", t.key))
+            Error::invalid(
+                &self.weights_path,
+                format!(
+                    "tensor `{}` needs {bytes} bytes of memory, which are not available",
+                    t.key
+                ),
+            )
         })?;
         buf.resize(n, fill);
         Ok(())
@@ -472,7 +553,10 @@ impl Adapter {
     fn read_into(&self, t: &RawTensor, buf: &mut [u8]) -> Result<()> {
         debug_assert_eq!(buf.len(), t.byte_len());
         read_exact_at(&self.file, buf, t.range.0 as u64).map_err(|e| {
-            Error::io(&self.weights_path, std::io::Error::new(e.kind(), format!("reading tensor `{}`: {e}", t.key)))
+            Error::io(
+                &self.weights_path,
+                std::io::Error::new(e.kind(), format!("reading tensor `{}`: {e}", t.key)),
+            )
         })
     }
 
@@ -481,7 +565,10 @@ impl Adapter {
     pub fn read_f32(&self, t: &RawTensor, halves: &mut Vec<u16>, out: &mut Vec<f32>) -> Result<()> {
         use half::slice::HalfFloatSliceExt;
         if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-            let msg = format!("tensor `{}` is {:?}, not a float type LoRA weights are stored in", t.key, t.dtype);
+            let msg = format!(
+                "tensor `{}` is {:?}, not a float type LoRA weights are stored in",
+                t.key, t.dtype
+            );
             return Err(Error::invalid(&self.weights_path, msg));
         }
         self.sized(t, out, t.len(), 0.0)?;
@@ -514,7 +601,12 @@ enum Half {
 /// What a safetensors key holds.
 #[derive(Debug, PartialEq)]
 enum KeyKind {
-    Lora { module: String, half: Half, embedding: bool, adapter_name: Option<String> },
+    Lora {
+        module: String,
+        half: Half,
+        embedding: bool,
+        adapter_name: Option<String>,
+    },
     LoraBias,
     Dora,
     /// A full tensor (modules_to_save copy, a bias, a classifier head...).
@@ -527,7 +619,10 @@ fn parse_key(key: &str) -> KeyKind {
     let key = key.strip_prefix("base_model.model.").unwrap_or(key);
     let parts: Vec<&str> = key.split('.').collect();
     let Some(i) = parts.iter().position(|p| {
-        matches!(*p, "lora_A" | "lora_B" | "lora_embedding_A" | "lora_embedding_B" | "lora_magnitude_vector")
+        matches!(
+            *p,
+            "lora_A" | "lora_B" | "lora_embedding_A" | "lora_embedding_B" | "lora_magnitude_vector"
+        )
     }) else {
         return KeyKind::Full;
     };
@@ -539,8 +634,18 @@ fn parse_key(key: &str) -> KeyKind {
     let half = if parts[i].ends_with('A') { Half::A } else { Half::B };
     match &parts[i + 1..] {
         [.., "bias"] => KeyKind::LoraBias,
-        [] | ["weight"] => KeyKind::Lora { module, half, embedding, adapter_name: None },
-        [name] | [name, "weight"] => KeyKind::Lora { module, half, embedding, adapter_name: Some(name.to_string()) },
+        [] | ["weight"] => KeyKind::Lora {
+            module,
+            half,
+            embedding,
+            adapter_name: None,
+        },
+        [name] | [name, "weight"] => KeyKind::Lora {
+            module,
+            half,
+            embedding,
+            adapter_name: Some(name.to_string()),
+        },
         _ => KeyKind::Full,
     }
 }
@@ -581,7 +686,10 @@ pub struct Analysis {
 
 fn analyze(adapter: &Adapter) -> Analysis {
     let cfg = &adapter.config;
-    let mut out = Analysis { problems: cfg.unsupported.clone(), ..Default::default() };
+    let mut out = Analysis {
+        problems: cfg.unsupported.clone(),
+        ..Default::default()
+    };
     let merge_hint = "merge it with PEFT (merge_and_unload) and convert the merged model, or retrain without it";
     match cfg.peft_type.as_deref() {
         Some("LORA") => {}
@@ -605,12 +713,19 @@ fn analyze(adapter: &Adapter) -> Analysis {
         }
     }
     if cfg.r.is_none_or(|r| r == 0) {
-        out.problems.push(problem("r", "the rank `r` is missing or zero", "the config must say the rank PEFT trained with"));
+        out.problems.push(problem(
+            "r",
+            "the rank `r` is missing or zero",
+            "the config must say the rank PEFT trained with",
+        ));
     }
     if !cfg.lora_alpha.is_some_and(|a| a > 0.0 && a.is_finite()) {
         out.problems.push(problem(
             "lora_alpha",
-            format!("lora_alpha must be a positive number, found {}", cfg.lora_alpha.map_or("none".into(), |a| a.to_string())),
+            format!(
+                "lora_alpha must be a positive number, found {}",
+                cfg.lora_alpha.map_or("none".into(), |a| a.to_string())
+            ),
             "set lora_alpha to the value used in training (PEFT's default is 8)",
         ));
     }
@@ -626,7 +741,12 @@ fn analyze(adapter: &Adapter) -> Analysis {
     let mut adapter_names = std::collections::BTreeSet::new();
     for (i, t) in adapter.tensors.iter().enumerate() {
         match parse_key(&t.key) {
-            KeyKind::Lora { module, half, embedding, adapter_name } => {
+            KeyKind::Lora {
+                module,
+                half,
+                embedding,
+                adapter_name,
+            } => {
                 adapter_names.insert(adapter_name);
                 if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
                     out.problems.push(problem(
@@ -636,7 +756,11 @@ fn analyze(adapter: &Adapter) -> Analysis {
                     ));
                 }
                 if t.shape.len() != 2 {
-                    out.problems.push(problem(&t.key, format!("expected a 2-D tensor, found shape {:?}", t.shape), "this is not a LoRA weight PEFT writes for linear or embedding layers"));
+                    out.problems.push(problem(
+                        &t.key,
+                        format!("expected a 2-D tensor, found shape {:?}", t.shape),
+                        "this is not a LoRA weight PEFT writes for linear or embedding layers",
+                    ));
                     continue;
                 }
                 pairs.entry((module, embedding)).or_default()[half as usize] = Some(i);
@@ -652,7 +776,10 @@ fn analyze(adapter: &Adapter) -> Analysis {
                 merge_hint,
             )),
             KeyKind::Full => {
-                let saved = cfg.modules_to_save.iter().any(|m| t.key.contains(&format!(".{m}.")) || t.key.contains("modules_to_save"));
+                let saved = cfg
+                    .modules_to_save
+                    .iter()
+                    .any(|m| t.key.contains(&format!(".{m}.")) || t.key.contains("modules_to_save"));
                 let why = if saved {
                     "a full copy of a module (`modules_to_save`): a GGUF LoRA adapter can only add low-rank deltas, not replace weights"
                 } else if t.key.ends_with("bias") {
@@ -667,7 +794,10 @@ fn analyze(adapter: &Adapter) -> Analysis {
     if adapter_names.len() > 1 {
         out.problems.push(problem(
             "tensors",
-            format!("the file holds several named adapters ({:?})", adapter_names.iter().flatten().collect::<Vec<_>>()),
+            format!(
+                "the file holds several named adapters ({:?})",
+                adapter_names.iter().flatten().collect::<Vec<_>>()
+            ),
             "save each adapter on its own with PEFT's save_pretrained(selected_adapters=[...])",
         ));
     }
@@ -683,7 +813,11 @@ fn analyze(adapter: &Adapter) -> Analysis {
         let (a, b) = match (a, b) {
             (Some(a), Some(b)) => (a, b),
             (Some(i), None) | (None, Some(i)) => {
-                let (has, lacks) = if a.is_some() { ("lora_A", "lora_B") } else { ("lora_B", "lora_A") };
+                let (has, lacks) = if a.is_some() {
+                    ("lora_A", "lora_B")
+                } else {
+                    ("lora_B", "lora_A")
+                };
                 out.problems.push(problem(
                     &adapter.tensors[i].key,
                     format!("{has} of `{module}` has no {lacks}"),
@@ -706,7 +840,10 @@ fn analyze(adapter: &Adapter) -> Analysis {
         if tb.shape[1] as u64 != rank {
             out.problems.push(problem(
                 &tb.key,
-                format!("rank mismatch: lora_A {:?} has rank {rank}, lora_B {:?} has rank {}", ta.shape, tb.shape, tb.shape[1]),
+                format!(
+                    "rank mismatch: lora_A {:?} has rank {rank}, lora_B {:?} has rank {}",
+                    ta.shape, tb.shape, tb.shape[1]
+                ),
                 "the file is damaged or was edited: save the adapter again",
             ));
             continue;
@@ -852,13 +989,15 @@ impl Report {
                 // Listed on their own (`towers`).
                 Site::Tower { .. } => continue,
             };
-            let g = groups.entry((name.clone(), m.rank, m.alpha.to_bits())).or_insert_with(|| ModuleGroup {
-                module: name,
-                layers: vec![],
-                rank: m.rank,
-                alpha: m.alpha,
-                scale: m.scale,
-            });
+            let g = groups
+                .entry((name.clone(), m.rank, m.alpha.to_bits()))
+                .or_insert_with(|| ModuleGroup {
+                    module: name,
+                    layers: vec![],
+                    rank: m.rank,
+                    alpha: m.alpha,
+                    scale: m.scale,
+                });
             if let Some(l) = layer {
                 g.layers.push(l);
                 layers.insert(l);
@@ -907,7 +1046,12 @@ mod tests {
         let k = parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
         assert_eq!(
             k,
-            KeyKind::Lora { module: "model.layers.0.self_attn.q_proj".into(), half: Half::A, embedding: false, adapter_name: None }
+            KeyKind::Lora {
+                module: "model.layers.0.self_attn.q_proj".into(),
+                half: Half::A,
+                embedding: false,
+                adapter_name: None
+            }
         );
         let k = parse_key("base_model.model.model.layers.0.mlp.down_proj.lora_B.default.weight");
         assert_eq!(
@@ -920,7 +1064,15 @@ mod tests {
             }
         );
         let k = parse_key("base_model.model.model.embed_tokens.lora_embedding_A");
-        assert_eq!(k, KeyKind::Lora { module: "model.embed_tokens".into(), half: Half::A, embedding: true, adapter_name: None });
+        assert_eq!(
+            k,
+            KeyKind::Lora {
+                module: "model.embed_tokens".into(),
+                half: Half::A,
+                embedding: true,
+                adapter_name: None
+            }
+        );
         assert_eq!(
             parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"),
             KeyKind::Dora
@@ -942,13 +1094,15 @@ mod tests {
         assert_eq!(c.scale(16, 32.0), 2.0);
         let c = cfg(r#"{"peft_type":"LORA","r":16,"lora_alpha":32,"use_rslora":true}"#);
         assert_eq!(c.scale(16, 32.0), 8.0);
-        let c = cfg(
-            r#"{"peft_type":"LORA","r":8,"lora_alpha":16,
+        let c = cfg(r#"{"peft_type":"LORA","r":8,"lora_alpha":16,
                 "rank_pattern":{"model.layers.0.self_attn.q_proj":4,"v_proj":2},
-                "alpha_pattern":{"layers.1.mlp.down_proj":64}}"#,
-        );
+                "alpha_pattern":{"layers.1.mlp.down_proj":64}}"#);
         assert_eq!(c.rank_for("model.layers.0.self_attn.q_proj"), Some(4));
-        assert_eq!(c.rank_for("model.layers.10.self_attn.q_proj"), Some(8), "layers.10 must not match layers.0 patterns");
+        assert_eq!(
+            c.rank_for("model.layers.10.self_attn.q_proj"),
+            Some(8),
+            "layers.10 must not match layers.0 patterns"
+        );
         assert_eq!(c.rank_for("model.layers.3.self_attn.v_proj"), Some(2));
         // A pattern matches at a dot boundary only: `v_proj` does not match `xv_proj`.
         assert_eq!(c.rank_for("model.layers.3.self_attn.xv_proj"), Some(8));
@@ -975,23 +1129,38 @@ mod tests {
     #[test]
     fn pattern_values_must_be_positive() {
         let p = Path::new("adapter_config.json");
-        let e = LoraConfig::parse(p, r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"rank_pattern":{"q_proj":0}}"#)
-            .unwrap_err()
-            .to_string();
+        let e = LoraConfig::parse(
+            p,
+            r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"rank_pattern":{"q_proj":0}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("rank_pattern.q_proj") && e.contains("positive rank"), "{e}");
-        let e = LoraConfig::parse(p, r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"alpha_pattern":{"q_proj":0}}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("alpha_pattern.q_proj") && e.contains("positive number"), "{e}");
-        let e = LoraConfig::parse(p, r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"rank_pattern":{"(q_proj":2}}"#)
-            .unwrap_err()
-            .to_string();
+        let e = LoraConfig::parse(
+            p,
+            r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"alpha_pattern":{"q_proj":0}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("alpha_pattern.q_proj") && e.contains("positive number"),
+            "{e}"
+        );
+        let e = LoraConfig::parse(
+            p,
+            r#"{"peft_type":"LORA","r":8,"lora_alpha":16,"rank_pattern":{"(q_proj":2}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not a valid regular expression"), "{e}");
     }
 
     #[test]
     fn hub_ids_from_base_model_field() {
-        assert_eq!(hub_repo_id("meta-llama/Llama-3.2-1B").as_deref(), Some("meta-llama/Llama-3.2-1B"));
+        assert_eq!(
+            hub_repo_id("meta-llama/Llama-3.2-1B").as_deref(),
+            Some("meta-llama/Llama-3.2-1B")
+        );
         assert_eq!(
             hub_repo_id("/content/llama3_model/models--meta-llama--Meta-Llama-3-8B/snapshots/8cde5ca8").as_deref(),
             Some("meta-llama/Meta-Llama-3-8B")
@@ -1005,13 +1174,24 @@ mod tests {
     #[test]
     fn foreign_configs_are_named() {
         let p = Path::new("adapter_config.json");
-        let e = LoraConfig::parse(p, r#"{"model_type":"llama","hidden_size":1}"#).unwrap_err().to_string();
+        let e = LoraConfig::parse(p, r#"{"model_type":"llama","hidden_size":1}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("transformers model config.json"), "{e}");
-        let e = LoraConfig::parse(p, r#"{"lora_parameters":{"rank":8}}"#).unwrap_err().to_string();
+        let e = LoraConfig::parse(p, r#"{"lora_parameters":{"rank":8}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("MLX-LM"), "{e}");
-        let e = LoraConfig::parse(p, r#"{"peft_type":"LORA","r":"eight"}"#).unwrap_err().to_string();
-        assert!(e.contains("field `r` must be a positive rank, a whole number from 1 to 65536, found \"eight\""), "{e}");
-        let e = LoraConfig::parse(p, "{\"peft_type\": \"LORA\",").unwrap_err().to_string();
+        let e = LoraConfig::parse(p, r#"{"peft_type":"LORA","r":"eight"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `r` must be a positive rank, a whole number from 1 to 65536, found \"eight\""),
+            "{e}"
+        );
+        let e = LoraConfig::parse(p, "{\"peft_type\": \"LORA\",")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not valid JSON"), "{e}");
     }
 
@@ -1021,13 +1201,19 @@ mod tests {
         let p = Path::new("adapter_config.json");
         let err = |json: &str| LoraConfig::parse(p, json).unwrap_err().to_string();
         let e = err(r#"{"peft_type":"LORA","r":1e300,"lora_alpha":16}"#);
-        assert!(e.contains("field `r` must be a positive rank, a whole number from 1 to 65536, found 1e+300"), "{e}");
+        assert!(
+            e.contains("field `r` must be a positive rank, a whole number from 1 to 65536, found 1e+300"),
+            "{e}"
+        );
         let e = err(r#"{"peft_type":"LORA","r":-8}"#);
         assert!(e.contains("found -8"), "{e}");
         let e = err(r#"{"peft_type":"LORA","r":8.5}"#);
         assert!(e.contains("found 8.5"), "{e}");
         let e = err(r#"{"peft_type":"LORA","r":8,"layers_to_transform":[1e20]}"#);
-        assert!(e.contains("`layers_to_transform` must be a layer number from 0 to 65536, found 1e+20"), "{e}");
+        assert!(
+            e.contains("`layers_to_transform` must be a layer number from 0 to 65536, found 1e+20"),
+            "{e}"
+        );
         assert_eq!(cfg(r#"{"peft_type":"LORA","r":16.0}"#).r, Some(16));
     }
 }

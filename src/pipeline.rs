@@ -8,7 +8,9 @@ use crate::error::Result;
 
 /// How many threads to work with: the machine's cores, but no more than there are jobs.
 pub fn worker_count(jobs: usize) -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, jobs.max(1))
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, jobs.max(1))
 }
 
 /// Runs `work` on every job across the cores (`init` makes each worker's scratch state) and hands
@@ -56,13 +58,30 @@ mod tests {
     fn results_arrive_in_order_and_errors_stop_the_run() {
         let jobs: Vec<u64> = (0..1000).collect();
         let mut seen = Vec::new();
-        ordered(&jobs, || 0u64, |calls, j| { *calls += 1; j * 2 }, |j, r| { seen.push((*j, r)); Ok(()) }).unwrap();
+        ordered(
+            &jobs,
+            || 0u64,
+            |calls, j| {
+                *calls += 1;
+                j * 2
+            },
+            |j, r| {
+                seen.push((*j, r));
+                Ok(())
+            },
+        )
+        .unwrap();
         assert_eq!(seen, jobs.iter().map(|j| (*j, j * 2)).collect::<Vec<_>>());
         let mut n = 0;
-        let err = ordered(&jobs, || (), |_, j| *j, |j, _| {
-            n += 1;
-            if *j == 10 { Err(crate::Error::Cancelled) } else { Ok(()) }
-        });
+        let err = ordered(
+            &jobs,
+            || (),
+            |_, j| *j,
+            |j, _| {
+                n += 1;
+                if *j == 10 { Err(crate::Error::Cancelled) } else { Ok(()) }
+            },
+        );
         assert!(matches!(err, Err(crate::Error::Cancelled)));
         assert_eq!(n, 11);
     }

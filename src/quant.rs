@@ -36,9 +36,20 @@ pub enum QuantError {
     #[error("tensor type {0} cannot be converted to or from f32 by this tool")]
     Unsupported(GgmlType),
     #[error("{ty}: {len} {unit} is not a whole number of blocks of {block}")]
-    PartialBlock { ty: GgmlType, len: usize, unit: &'static str, block: usize },
+    PartialBlock {
+        ty: GgmlType,
+        len: usize,
+        unit: &'static str,
+        block: usize,
+    },
     #[error("{ty}: {values} values do not fit {bytes} bytes of blocks ({block} values per {block_bytes} bytes)")]
-    SizeMismatch { ty: GgmlType, values: usize, bytes: usize, block: usize, block_bytes: usize },
+    SizeMismatch {
+        ty: GgmlType,
+        values: usize,
+        bytes: usize,
+        block: usize,
+        block_bytes: usize,
+    },
 }
 
 /// `(elements per block, bytes per block)` of the types this module converts.
@@ -85,10 +96,21 @@ pub fn block_bytes(ty: GgmlType) -> usize {
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     let (qk, bs) = layout(ty).ok_or(QuantError::Unsupported(ty))?;
     if src.len() % bs != 0 {
-        return Err(QuantError::PartialBlock { ty, len: src.len(), unit: "bytes", block: bs });
+        return Err(QuantError::PartialBlock {
+            ty,
+            len: src.len(),
+            unit: "bytes",
+            block: bs,
+        });
     }
     if dst.len() != src.len() / bs * qk {
-        return Err(QuantError::SizeMismatch { ty, values: dst.len(), bytes: src.len(), block: qk, block_bytes: bs });
+        return Err(QuantError::SizeMismatch {
+            ty,
+            values: dst.len(),
+            bytes: src.len(),
+            block: qk,
+            block_bytes: bs,
+        });
     }
     match ty {
         GgmlType::F32 => {
@@ -127,10 +149,21 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
 pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     let (qk, bs) = layout(ty).ok_or(QuantError::Unsupported(ty))?;
     if src.len() % qk != 0 {
-        return Err(QuantError::PartialBlock { ty, len: src.len(), unit: "values", block: qk });
+        return Err(QuantError::PartialBlock {
+            ty,
+            len: src.len(),
+            unit: "values",
+            block: qk,
+        });
     }
     if dst.len() != src.len() / qk * bs {
-        return Err(QuantError::SizeMismatch { ty, values: src.len(), bytes: dst.len(), block: qk, block_bytes: bs });
+        return Err(QuantError::SizeMismatch {
+            ty,
+            values: src.len(),
+            bytes: dst.len(),
+            block: qk,
+            block_bytes: bs,
+        });
     }
     match ty {
         GgmlType::F32 => {
@@ -326,7 +359,10 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -1331,8 +1367,14 @@ mod tests {
         for ty in [GgmlType::Q8_1, GgmlType::Q8_K, GgmlType(16), GgmlType(99)] {
             assert!(!can_quantize(ty) && !can_dequantize(ty));
             assert_eq!(block_len(ty), 0);
-            assert!(matches!(quantize(ty, &[0.0; 256], &mut [0; 512]), Err(QuantError::Unsupported(_))));
-            assert!(matches!(dequantize(ty, &[0; 292], &mut [0.0; 256]), Err(QuantError::Unsupported(_))));
+            assert!(matches!(
+                quantize(ty, &[0.0; 256], &mut [0; 512]),
+                Err(QuantError::Unsupported(_))
+            ));
+            assert!(matches!(
+                dequantize(ty, &[0; 292], &mut [0.0; 256]),
+                Err(QuantError::Unsupported(_))
+            ));
         }
     }
 
@@ -1378,7 +1420,10 @@ mod tests {
         for h in 0..=u16::MAX {
             let ours = fp16_to_fp32(h);
             let want = half::f16::from_bits(h).to_f32();
-            assert!(ours.to_bits() == want.to_bits() || (ours.is_nan() && want.is_nan()), "{h:#06x}");
+            assert!(
+                ours.to_bits() == want.to_bits() || (ours.is_nan() && want.is_nan()),
+                "{h:#06x}"
+            );
             if !ours.is_nan() {
                 assert_eq!(fp32_to_fp16(ours), h, "{h:#06x} round trip");
             }
@@ -1424,7 +1469,10 @@ mod tests {
             } else {
                 let drift = rel_rms(&y, &y2);
                 let err = rel_rms(&x, &y);
-                assert!(drift < err / 2.0, "{ty}: second round moved values by {drift} (first error {err})");
+                assert!(
+                    drift < err / 2.0,
+                    "{ty}: second round moved values by {drift} (first error {err})"
+                );
             }
         }
     }
@@ -1438,7 +1486,10 @@ mod tests {
             if matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0) {
                 // Symmetric formats with unsigned storage: zero is level 8 (16), and d is -0.0
                 // (ggml computes it as max / -8, max / -16).
-                assert!(q.chunks(block_bytes(ty)).all(|b| b[0] == 0 && b[1] == 0x80), "{ty}: {q:?}");
+                assert!(
+                    q.chunks(block_bytes(ty)).all(|b| b[0] == 0 && b[1] == 0x80),
+                    "{ty}: {q:?}"
+                );
             } else {
                 assert!(q.iter().all(|&b| b == 0), "{ty}: {q:?}");
             }
@@ -1453,7 +1504,13 @@ mod tests {
         assert_eq!(u16::from_le_bytes([q[0], q[1]]), 0x3c00); // d = 1.0
         assert_eq!((q[2] as i8, q[3] as i8, q[4] as i8), (127, -64, 1));
         // Constant blocks stay (nearly) constant in the min-based formats.
-        for ty in [GgmlType::Q4_1, GgmlType::Q5_1, GgmlType::Q2_K, GgmlType::Q4_K, GgmlType::Q5_K] {
+        for ty in [
+            GgmlType::Q4_1,
+            GgmlType::Q5_1,
+            GgmlType::Q2_K,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+        ] {
             let (_, y) = roundtrip(ty, &[1.5; 256]);
             assert!(y.iter().all(|&v| (v - 1.5).abs() < 0.01), "{ty}: {:?}", &y[..4]);
         }
@@ -1554,7 +1611,10 @@ mod tests {
             };
             let qr = time(&mut || quantize(ty, std::hint::black_box(&x), &mut q).unwrap());
             let dr = time(&mut || dequantize(ty, std::hint::black_box(&q), &mut y).unwrap());
-            eprintln!("{:<5} quantize {qr:>8.1} M values/s   dequantize {dr:>8.1} M values/s", ty.name());
+            eprintln!(
+                "{:<5} quantize {qr:>8.1} M values/s   dequantize {dr:>8.1} M values/s",
+                ty.name()
+            );
         }
     }
 }

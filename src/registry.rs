@@ -72,7 +72,12 @@ pub fn pull_model_blob(name: &ModelName, cache: &Path, progress: &dyn Progress) 
 }
 
 /// [`pull_model_blob`] with its timeouts and retries given rather than taken from the environment.
-pub fn pull_model_blob_with(name: &ModelName, cache: &Path, progress: &dyn Progress, patience: Patience) -> Result<PathBuf> {
+pub fn pull_model_blob_with(
+    name: &ModelName,
+    cache: &Path,
+    progress: &dyn Progress,
+    patience: Patience,
+) -> Result<PathBuf> {
     let base = registry_url(name);
     let http = Client::builder()
         .connect_timeout(Duration::from_secs(10))
@@ -80,13 +85,21 @@ pub fn pull_model_blob_with(name: &ModelName, cache: &Path, progress: &dyn Progr
         .timeout(patience.idle)
         .user_agent(concat!("ollama-tools/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| Error::invalid(Path::new(&base), format!("cannot set up an HTTPS client: {}", root_cause(&e))))?;
+        .map_err(|e| {
+            Error::invalid(
+                Path::new(&base),
+                format!("cannot set up an HTTPS client: {}", root_cause(&e)),
+            )
+        })?;
     let repo = format!("{base}/v2/{}/{}", name.namespace, name.model);
 
     let manifest_url = format!("{repo}/manifests/{}", name.tag);
     let layer = fetch_model_layer(&http, name, &base, &manifest_url)?;
     let dest = blob_path(cache, &layer.digest).ok_or_else(|| {
-        Error::invalid(Path::new(&manifest_url), format!("the model layer's digest `{}` is not a sha256 digest", layer.digest))
+        Error::invalid(
+            Path::new(&manifest_url),
+            format!("the model layer's digest `{}` is not a sha256 digest", layer.digest),
+        )
     })?;
     if let Ok(meta) = fs::metadata(&dest) {
         if meta.is_file() && (layer.size == 0 || meta.len() == layer.size) {
@@ -105,8 +118,14 @@ pub fn pull_model_blob_with(name: &ModelName, cache: &Path, progress: &dyn Progr
 fn fetch_model_layer(http: &Client, name: &ModelName, base: &str, url: &str) -> Result<crate::ollama::Layer> {
     let path = Path::new(url);
     let resp = http.get(url).header(ACCEPT, MANIFEST_V2).send().map_err(|e| {
-        Error::invalid(Path::new(base), format!("no registry answers there ({})", net_cause(&e)))
-            .with_hint(format!("check the network and the registry host `{}` in the model name", name.registry))
+        Error::invalid(
+            Path::new(base),
+            format!("no registry answers there ({})", net_cause(&e)),
+        )
+        .with_hint(format!(
+            "check the network and the registry host `{}` in the model name",
+            name.registry
+        ))
     })?;
     let status = resp.status();
     if !status.is_success() {
@@ -119,22 +138,39 @@ fn fetch_model_layer(http: &Client, name: &ModelName, base: &str, url: &str) -> 
         return Err(status_error(status, &body, path, &format!("the manifest of {name}")));
     }
     let announced = resp.content_length();
-    let body = read_capped(resp, announced, MANIFEST_CAP)
-        .map_err(|e| Error::invalid(path, format!("the registry's answer for the manifest of {name}: {e}")).with_hint("run the command again"))?;
-    let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| {
-        Error::invalid(path, format!("the registry's manifest for {name} is not a manifest: {}", crate::error::json_problem(&e, &body)))
+    let body = read_capped(resp, announced, MANIFEST_CAP).map_err(|e| {
+        Error::invalid(path, format!("the registry's answer for the manifest of {name}: {e}"))
+            .with_hint("run the command again")
     })?;
-    manifest.layers.iter().find(|l| l.media_type == MODEL_LAYER).cloned().ok_or_else(|| {
-        let types: Vec<String> = manifest.layers.iter().map(|l| printable(&l.media_type, 100)).collect();
-        Error::refused(
+    let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| {
+        Error::invalid(
             path,
             format!(
-                "the manifest of {name} has no GGUF model layer ({MODEL_LAYER}); its layers are: {}",
-                if types.is_empty() { "none".to_string() } else { types.join(", ") }
+                "the registry's manifest for {name} is not a manifest: {}",
+                crate::error::json_problem(&e, &body)
             ),
-            "check that the name points at an Ollama model with weights, not an adapter or another kind of image",
         )
-    })
+    })?;
+    manifest
+        .layers
+        .iter()
+        .find(|l| l.media_type == MODEL_LAYER)
+        .cloned()
+        .ok_or_else(|| {
+            let types: Vec<String> = manifest.layers.iter().map(|l| printable(&l.media_type, 100)).collect();
+            Error::refused(
+                path,
+                format!(
+                    "the manifest of {name} has no GGUF model layer ({MODEL_LAYER}); its layers are: {}",
+                    if types.is_empty() {
+                        "none".to_string()
+                    } else {
+                        types.join(", ")
+                    }
+                ),
+                "check that the name points at an Ollama model with weights, not an adapter or another kind of image",
+            )
+        })
 }
 
 /// A request that got no answer, in words: a redirect loop and a timeout said as such.
@@ -157,7 +193,8 @@ fn status_error(status: StatusCode, body: &str, path: &Path, what: &str) -> Erro
             "ollama-tools pulls without credentials, so only public models can be downloaded; check the name, or pull \
              the model with `ollama pull` where Ollama's store is readable and pass the base as a GGUF file",
         ),
-        _ => Error::invalid(path, format!("the registry answered {code} for {what}: {text}")).with_hint("run the command again later"),
+        _ => Error::invalid(path, format!("the registry answered {code} for {what}: {text}"))
+            .with_hint("run the command again later"),
     }
 }
 
@@ -201,7 +238,11 @@ enum Attempt {
     Cut(String),
     /// The registry answered a passing error (429, 5xx): `error` unless a retry (after its
     /// `Retry-After`) goes better.
-    Busy { status: u16, error: Error, after: Option<Duration> },
+    Busy {
+        status: u16,
+        error: Error,
+        after: Option<Duration>,
+    },
     /// The body ran past the size the manifest gives.
     Overrun,
 }
@@ -234,15 +275,34 @@ impl<'a> Download<'a> {
             .truncate(false)
             .open(&partial)
             .map_err(|e| Error::io(&partial, e))?;
-        Ok(Download { dest, partial, digest, size, out: BufWriter::with_capacity(CHUNK, file), hasher: Sha256::new(), have: 0, label: String::new() })
+        Ok(Download {
+            dest,
+            partial,
+            digest,
+            size,
+            out: BufWriter::with_capacity(CHUNK, file),
+            hasher: Sha256::new(),
+            have: 0,
+            label: String::new(),
+        })
     }
 
-    fn run(mut self, http: &Client, url: &str, name: &ModelName, progress: &dyn Progress, patience: Patience) -> Result<()> {
+    fn run(
+        mut self,
+        http: &Client,
+        url: &str,
+        name: &ModelName,
+        progress: &dyn Progress,
+        patience: Patience,
+    ) -> Result<()> {
         self.label = format!("pulling {name}");
         progress.stage(&self.label, self.size);
         self.rehash(progress)?;
         if self.have > 0 {
-            progress.notice(&format!("resuming the download of {} at {} bytes", self.digest, self.have));
+            progress.notice(&format!(
+                "resuming the download of {} at {} bytes",
+                self.digest, self.have
+            ));
         }
         let mut retries = 0;
         while self.size == 0 || self.have < self.size {
@@ -250,14 +310,20 @@ impl<'a> Download<'a> {
                 Attempt::Complete => break,
                 Attempt::Overrun => return Err(self.discard_overrun(url)),
                 Attempt::Cut(cause) => (cause, None, None),
-                Attempt::Busy { status, error, after } => (format!("the registry answered {status}"), after, Some(error)),
+                Attempt::Busy { status, error, after } => {
+                    (format!("the registry answered {status}"), after, Some(error))
+                }
             };
             self.out.flush().map_err(|e| Error::io(&self.partial, e))?;
             let Some(wait) = patience.delay(retries, after) else {
                 return Err(error.unwrap_or_else(|| self.broke_off(url, retries, &why)));
             };
             retries += 1;
-            progress.notice(&format!("the download broke off at {} bytes ({why}); retrying from there in {:.1} s", self.have, wait.as_secs_f64()));
+            progress.notice(&format!(
+                "the download broke off at {} bytes ({why}); retrying from there in {:.1} s",
+                self.have,
+                wait.as_secs_f64()
+            ));
             patience.sleep(wait, || progress.cancelled())?;
         }
         self.finish(url)?;
@@ -266,20 +332,39 @@ impl<'a> Download<'a> {
     }
 
     fn broke_off(&self, url: &str, retries: u32, why: &str) -> Error {
-        let size = if self.size > 0 { self.size.to_string() } else { "?".to_string() };
+        let size = if self.size > 0 {
+            self.size.to_string()
+        } else {
+            "?".to_string()
+        };
         let after = match retries {
             0 => String::new(),
             1 => ", also after a retry".into(),
             n => format!(", also after {n} retries"),
         };
-        Error::invalid(Path::new(url), format!("the download of {} broke off at {} of {size} bytes{after} ({why})", self.digest, self.have))
-            .with_hint(format!("run the command again: it resumes from {}", self.partial.display()))
+        Error::invalid(
+            Path::new(url),
+            format!(
+                "the download of {} broke off at {} of {size} bytes{after} ({why})",
+                self.digest, self.have
+            ),
+        )
+        .with_hint(format!(
+            "run the command again: it resumes from {}",
+            self.partial.display()
+        ))
     }
 
     /// The error for a body longer than the manifest says, its partial file deleted: what came is
     /// not that blob, and a resume would only append to it.
     fn discard_overrun(self, url: &str) -> Error {
-        let Download { partial, digest, size, out, .. } = self;
+        let Download {
+            partial,
+            digest,
+            size,
+            out,
+            ..
+        } = self;
         drop(out);
         let _ = fs::remove_file(&partial);
         Error::invalid(Path::new(url), format!("the registry sent more than the {size} bytes the manifest gives for {digest}; the partial file was deleted"))
@@ -315,7 +400,9 @@ impl<'a> Download<'a> {
     fn restart(&mut self, progress: &dyn Progress) -> Result<()> {
         self.out.flush().map_err(|e| Error::io(&self.partial, e))?;
         let file = self.out.get_mut();
-        file.set_len(0).and_then(|()| file.seek(SeekFrom::Start(0)).map(drop)).map_err(|e| Error::io(&self.partial, e))?;
+        file.set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)).map(drop))
+            .map_err(|e| Error::io(&self.partial, e))?;
         self.hasher = Sha256::new();
         self.have = 0;
         // A new stage of the same size resets the bar.
@@ -363,10 +450,18 @@ impl<'a> Download<'a> {
             // manifest gave no size); the digest check decides.
             StatusCode::RANGE_NOT_SATISFIABLE if self.have > 0 => return Ok(Attempt::Complete),
             status => {
-                let after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| retry_after(v, SystemTime::now()));
+                let after = resp
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| retry_after(v, SystemTime::now()));
                 let error = status_error(status, &error_body(resp), path, &format!("blob {}", self.digest));
                 if matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504) {
-                    return Ok(Attempt::Busy { status: status.as_u16(), error, after });
+                    return Ok(Attempt::Busy {
+                        status: status.as_u16(),
+                        error,
+                        after,
+                    });
                 }
                 return Err(error);
             }
@@ -385,7 +480,11 @@ impl<'a> Download<'a> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if crate::ollama::is_timeout(&e) => return Ok(Attempt::Cut("nothing arrived for the timeout, OLLAMA_TOOLS_TIMEOUT".into())),
+                Err(e) if crate::ollama::is_timeout(&e) => {
+                    return Ok(Attempt::Cut(
+                        "nothing arrived for the timeout, OLLAMA_TOOLS_TIMEOUT".into(),
+                    ));
+                }
                 Err(e) => return Ok(Attempt::Cut(root_cause(&e))),
             };
             // Never past the announced size: a body that keeps coming must not fill the disk.
@@ -405,7 +504,16 @@ impl<'a> Download<'a> {
 
     /// Checks the digest and puts the blob in place, or deletes the partial file.
     fn finish(self, url: &str) -> Result<()> {
-        let Download { dest, partial, digest, size, out, hasher, have, .. } = self;
+        let Download {
+            dest,
+            partial,
+            digest,
+            size,
+            out,
+            hasher,
+            have,
+            ..
+        } = self;
         let file = out.into_inner().map_err(|e| Error::io(&partial, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&partial, e))?;
         drop(file);
@@ -430,7 +538,15 @@ impl<'a> Download<'a> {
 /// The first byte of a 206 answer's `Content-Range: bytes <start>-<end>/<total>`.
 fn range_start(resp: &Response) -> Option<u64> {
     let value = resp.headers().get(CONTENT_RANGE)?.to_str().ok()?;
-    value.trim().strip_prefix("bytes")?.trim().split('-').next()?.trim().parse().ok()
+    value
+        .trim()
+        .strip_prefix("bytes")?
+        .trim()
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -449,7 +565,12 @@ mod tests {
         assert_eq!(url("localhost:5000/team/model"), "http://localhost:5000");
         assert_eq!(url("127.0.0.1:41234/library/tiny:latest"), "http://127.0.0.1:41234");
         assert_eq!(url("127.0.0.1/library/tiny"), "http://127.0.0.1");
-        let v6 = ModelName { registry: "[::1]:5000".into(), namespace: "library".into(), model: "m".into(), tag: "latest".into() };
+        let v6 = ModelName {
+            registry: "[::1]:5000".into(),
+            namespace: "library".into(),
+            model: "m".into(),
+            tag: "latest".into(),
+        };
         assert_eq!(registry_url(&v6), "http://[::1]:5000");
     }
 
@@ -458,17 +579,37 @@ mod tests {
         fn env(vars: &[(&str, &str)]) -> PathBuf {
             cache_dir_from(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).into()))
         }
-        assert_eq!(env(&[("OLLAMA_TOOLS_CACHE", "/c/tools"), ("XDG_CACHE_HOME", "/xdg"), ("HOME", "/home/u")]), Path::new("/c/tools"));
-        assert_eq!(env(&[("OLLAMA_TOOLS_CACHE", ""), ("XDG_CACHE_HOME", "/xdg"), ("HOME", "/home/u")]), Path::new("/xdg/ollama-tools"));
+        assert_eq!(
+            env(&[
+                ("OLLAMA_TOOLS_CACHE", "/c/tools"),
+                ("XDG_CACHE_HOME", "/xdg"),
+                ("HOME", "/home/u")
+            ]),
+            Path::new("/c/tools")
+        );
+        assert_eq!(
+            env(&[
+                ("OLLAMA_TOOLS_CACHE", ""),
+                ("XDG_CACHE_HOME", "/xdg"),
+                ("HOME", "/home/u")
+            ]),
+            Path::new("/xdg/ollama-tools")
+        );
         assert_eq!(env(&[("HOME", "/home/u")]), Path::new("/home/u/.cache/ollama-tools"));
-        assert_eq!(env(&[("USERPROFILE", "C:/Users/u")]), Path::new("C:/Users/u/.cache/ollama-tools"));
+        assert_eq!(
+            env(&[("USERPROFILE", "C:/Users/u")]),
+            Path::new("C:/Users/u/.cache/ollama-tools")
+        );
     }
 
     #[test]
     fn registry_messages() {
         let oci = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
         assert_eq!(registry_message(oci).unwrap(), "MANIFEST_UNKNOWN: manifest unknown");
-        assert_eq!(registry_message(r#"{"error":"pull model manifest: file does not exist"}"#).unwrap(), "pull model manifest: file does not exist");
+        assert_eq!(
+            registry_message(r#"{"error":"pull model manifest: file does not exist"}"#).unwrap(),
+            "pull model manifest: file does not exist"
+        );
         assert_eq!(registry_message("not found\n").unwrap(), "not found");
         assert_eq!(registry_message("  "), None);
     }

@@ -21,7 +21,11 @@ pub struct Finding {
 }
 
 fn finding(subject: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Finding {
-    Finding { subject: subject.into(), message: message.into(), hint: hint.into() }
+    Finding {
+        subject: subject.into(),
+        message: message.into(),
+        hint: hint.into(),
+    }
 }
 
 /// "`first`" or "`first` and N more", for messages about a list of names (empty for none).
@@ -88,7 +92,10 @@ impl Validation {
 
 /// Types below 4 bits per weight: a LoRA applied on top of them loses much of its effect.
 fn below_q4(t: GgmlType) -> bool {
-    matches!(t.name().as_str(), "Q2_K" | "Q3_K" | "IQ2_XXS" | "IQ2_XS" | "IQ2_S" | "IQ3_XXS" | "IQ3_S" | "IQ1_S" | "IQ1_M" | "TQ1_0" | "TQ2_0")
+    matches!(
+        t.name().as_str(),
+        "Q2_K" | "Q3_K" | "IQ2_XXS" | "IQ2_XS" | "IQ2_S" | "IQ3_XXS" | "IQ3_S" | "IQ1_S" | "IQ1_M" | "TQ1_0" | "TQ2_0"
+    )
 }
 
 /// The llama.cpp architecture a Hugging Face model id most likely has, from its name.
@@ -162,7 +169,11 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         base: base_name.clone(),
         arch: base.arch.clone(),
         checks: vec![],
-        errors: analysis.problems.iter().map(|p| finding(&p.subject, &p.why, &p.hint)).collect(),
+        errors: analysis
+            .problems
+            .iter()
+            .map(|p| finding(&p.subject, &p.why, &p.hint))
+            .collect(),
         warnings: vec![],
         notices: analysis.notices.clone(),
         summary: String::new(),
@@ -182,7 +193,10 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
     if !base.unknown_types.is_empty() {
         v.errors.push(finding(
             "base",
-            format!("tensor types this tool can neither apply an adapter to nor re-quantize: {}", base.unknown_types.join(", ")),
+            format!(
+                "tensor types this tool can neither apply an adapter to nor re-quantize: {}",
+                base.unknown_types.join(", ")
+            ),
             "use a build of the base model with common types (F16, Q8_0, Q4_K_M ...)",
         ));
     }
@@ -196,14 +210,20 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
     };
     v.checks.push(format!(
         "base {base_name} ({}): architecture `{}`, {} layers{}{}",
-        base.format.as_deref().map_or("described by config.json".to_string(), |f| format!("{} model", f.to_uppercase())),
+        base.format
+            .as_deref()
+            .map_or("described by config.json".to_string(), |f| format!(
+                "{} model",
+                f.to_uppercase()
+            )),
         arch.name,
         base.block_count,
         base.size_label.as_ref().map_or(String::new(), |s| format!(", {s}")),
         base.quantization.as_ref().map_or(String::new(), |q| format!(", {q}")),
     ));
     if !base.exact_tensors {
-        v.checks.push("tensor shapes derived from the base's hyper-parameters (the source lists no tensors)".into());
+        v.checks
+            .push("tensor shapes derived from the base's hyper-parameters (the source lists no tensors)".into());
     }
 
     // Every LoRA pair against the base's tensors: what llama.cpp's loader checks, and more.
@@ -213,7 +233,14 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             check_target(&mut v, &mut tally, base, adapter, target, &base_id);
         }
     }
-    let Tally { shape_errors, layers, low_bit, types, kv_shared, towers_left_out } = tally;
+    let Tally {
+        shape_errors,
+        layers,
+        low_bit,
+        types,
+        kv_shared,
+        towers_left_out,
+    } = tally;
     if !kv_shared.is_empty() {
         v.notices.push(format!(
             "skipped the k_proj/v_proj LoRA of layers {}: these layers reuse an earlier layer's keys and values \
@@ -229,7 +256,12 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             ));
         }
     }
-    let tower_targets: Vec<&str> = v.modules.iter().map(|t| t.tensor.as_str()).filter(|n| arch::is_tower_tensor(n)).collect();
+    let tower_targets: Vec<&str> = v
+        .modules
+        .iter()
+        .map(|t| t.tensor.as_str())
+        .filter(|n| arch::is_tower_tensor(n))
+        .collect();
     if !tower_targets.is_empty() {
         v.notices.push(format!(
             "{} LoRA pair{} on the multimodal towers map to the tower this base GGUF carries ({}): `merge` applies \
@@ -243,7 +275,8 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
     if let Some(first) = shape_errors.first() {
         let mut f = first.clone();
         if shape_errors.len() > 1 {
-            f.message.push_str(&format!(" ({} more tensors do not fit either)", shape_errors.len() - 1));
+            f.message
+                .push_str(&format!(" ({} more tensors do not fit either)", shape_errors.len() - 1));
         }
         v.errors.push(f);
     }
@@ -255,11 +288,16 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             layer_list(&layers),
             base.block_count
         ));
-        v.checks.push("every lora_A input width and lora_B output height matches its base tensor".into());
+        v.checks
+            .push("every lora_A input width and lora_B output height matches its base tensor".into());
         let ranks: BTreeSet<u64> = analysis.modules.iter().map(|m| m.rank).collect();
-        v.checks.push(format!("ranks {ranks:?} match r / rank_pattern; alpha positive"));
+        v.checks
+            .push(format!("ranks {ranks:?} match r / rank_pattern; alpha positive"));
         if !types.is_empty() {
-            v.checks.push(format!("base tensor types {} take an adapter and can be re-quantized", types.into_iter().collect::<Vec<_>>().join(", ")));
+            v.checks.push(format!(
+                "base tensor types {} take an adapter and can be re-quantized",
+                types.into_iter().collect::<Vec<_>>().join(", ")
+            ));
         }
     }
 
@@ -267,7 +305,10 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
     if !low_bit.is_empty() {
         v.warnings.push(finding(
             "base",
-            format!("the adapted base tensors are quantized below 4 bits ({}): the adapter's effect degrades", low_bit.into_iter().collect::<Vec<_>>().join(", ")),
+            format!(
+                "the adapted base tensors are quantized below 4 bits ({}): the adapter's effect degrades",
+                low_bit.into_iter().collect::<Vec<_>>().join(", ")
+            ),
             "use a Q4_K_M or better build of the base",
         ));
     }
@@ -310,7 +351,10 @@ fn map_module(
     let Some(names) = arch.targets(&m.site) else {
         v.errors.push(finding(
             key_a,
-            format!("adapts `{}`, which the `{}` architecture does not have", m.path, arch.name),
+            format!(
+                "adapts `{}`, which the `{}` architecture does not have",
+                m.path, arch.name
+            ),
             format!("modules of `{}`: {}", arch.name, arch.module_names().join(", ")),
         ));
         return vec![];
@@ -325,8 +369,17 @@ fn map_module(
         if u64::from(layer) >= base.block_count {
             v.errors.push(finding(
                 key_a,
-                format!("maps to `{}`, but the base has {} layers (0-{})", names[0], base.block_count, base.block_count.saturating_sub(1)),
-                format!("the base has {} layers; this adapter was trained on a deeper model{}", base.block_count, trained_for(base_id)),
+                format!(
+                    "maps to `{}`, but the base has {} layers (0-{})",
+                    names[0],
+                    base.block_count,
+                    base.block_count.saturating_sub(1)
+                ),
+                format!(
+                    "the base has {} layers; this adapter was trained on a deeper model{}",
+                    base.block_count,
+                    trained_for(base_id)
+                ),
             ));
             return vec![];
         }
@@ -341,8 +394,16 @@ fn split_rows(tally: &mut Tally, m: &LoraModule, names: Vec<String>, key_a: &str
     if m.out_features % parts != 0 {
         tally.shape_errors.push(finding(
             key_a,
-            format!("`{}` has {} output rows, which llama.cpp splits into {}: they do not divide evenly", m.path, m.out_features, names.join(" and ")),
-            format!("the adapter was trained for another model: pass the base it was trained on{}", trained_for(base_id)),
+            format!(
+                "`{}` has {} output rows, which llama.cpp splits into {}: they do not divide evenly",
+                m.path,
+                m.out_features,
+                names.join(" and ")
+            ),
+            format!(
+                "the adapter was trained for another model: pass the base it was trained on{}",
+                trained_for(base_id)
+            ),
         ));
         return vec![];
     }
@@ -351,7 +412,10 @@ fn split_rows(tally: &mut Tally, m: &LoraModule, names: Vec<String>, key_a: &str
         .into_iter()
         .enumerate()
         .map(|(i, tensor)| Target {
-            module: LoraModule { out_features: height, ..m.clone() },
+            module: LoraModule {
+                out_features: height,
+                ..m.clone()
+            },
             tensor,
             b_row_offset: i * height as usize,
         })
@@ -367,7 +431,14 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
             Site::Output => "the base ties its output to the token embeddings, so there is no separate output weight for an lm_head LoRA".to_string(),
             _ => format!("the adapter was trained for a different model: pass the base it was trained on{}", trained_for(base_id)),
         };
-        v.errors.push(finding(key_a, format!("maps to `{name}`, which the base model {} does not have", base.source.display()), hint));
+        v.errors.push(finding(
+            key_a,
+            format!(
+                "maps to `{name}`, which the base model {} does not have",
+                base.source.display()
+            ),
+            hint,
+        ));
         return;
     };
     if m.embedding && !base.tensors.contains_key("output.weight") {
@@ -382,7 +453,11 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
         ));
         return;
     }
-    let want = if m.embedding { [m.out_features, m.in_features] } else { [m.in_features, m.out_features] };
+    let want = if m.embedding {
+        [m.out_features, m.in_features]
+    } else {
+        [m.in_features, m.out_features]
+    };
     if base_t.ne[..] != want[..] {
         tally.shape_errors.push(finding(
             name,
@@ -434,7 +509,9 @@ fn check_towers(v: &mut Validation, towers: &[String], base: &BaseModel) {
 
 /// A k/v projection of a layer that reuses an earlier layer's keys and values (Gemma 4).
 fn is_kv_shared(base: &BaseModel, site: &Site) -> bool {
-    let Site::Layer { layer, module } = site else { return false };
+    let Site::Layer { layer, module } = site else {
+        return false;
+    };
     base.shared_kv_layers > 0
         && u64::from(*layer) >= base.block_count.saturating_sub(base.shared_kv_layers)
         && u64::from(*layer) < base.block_count
@@ -442,7 +519,11 @@ fn is_kv_shared(base: &BaseModel, site: &Site) -> bool {
 }
 
 fn trained_for(base_id: &str) -> String {
-    if base_id.is_empty() { String::new() } else { format!(" (`{base_id}`, says its adapter_config.json)") }
+    if base_id.is_empty() {
+        String::new()
+    } else {
+        format!(" (`{base_id}`, says its adapter_config.json)")
+    }
 }
 
 fn layer_list(layers: &BTreeSet<u32>) -> String {
@@ -456,7 +537,8 @@ fn layer_list(layers: &BTreeSet<u32>) -> String {
 /// Family, size and 4-bit warnings from the adapter's `base_model_name_or_path`.
 fn check_identity(v: &mut Validation, base: &BaseModel, base_id: &str) {
     if base_id.is_empty() {
-        v.checks.push("adapter names no base model (base_model_name_or_path), so family and size were not compared".into());
+        v.checks
+            .push("adapter names no base model (base_model_name_or_path), so family and size were not compared".into());
         return;
     }
     let lower = base_id.to_ascii_lowercase();
@@ -470,13 +552,22 @@ fn check_identity(v: &mut Validation, base: &BaseModel, base_id: &str) {
     match family_of(base_id) {
         Some(f) if f != base.arch => v.warnings.push(finding(
             "base_model_name_or_path",
-            format!("the adapter was trained on `{base_id}` (a {f} model), but the base is `{}`", base.arch),
+            format!(
+                "the adapter was trained on `{base_id}` (a {f} model), but the base is `{}`",
+                base.arch
+            ),
             "pass the base model the adapter was trained on",
         )),
-        Some(f) => v.checks.push(format!("adapter's base `{base_id}` is a {f} model, like the base")),
+        Some(f) => v
+            .checks
+            .push(format!("adapter's base `{base_id}` is a {f} model, like the base")),
         None => {}
     }
-    let base_size = base.size_label.as_deref().and_then(size_of).or_else(|| base.name.as_deref().and_then(size_of));
+    let base_size = base
+        .size_label
+        .as_deref()
+        .and_then(size_of)
+        .or_else(|| base.name.as_deref().and_then(size_of));
     match (size_of(base_id), base_size) {
         (Some(a), Some(b)) if (a - b).abs() / a.max(b) > 0.3 => v.warnings.push(finding(
             "base_model_name_or_path",
@@ -514,9 +605,18 @@ fn check_vocab(v: &mut Validation, adapter: &Adapter, modules: &[LoraModule], ba
 
 fn finish(mut v: Validation, base: &BaseModel, layers: usize) -> Validation {
     v.summary = if v.errors.is_empty() {
-        format!("{layers} layers, {} tensors, all shapes match {}", v.modules.len() * 2, base.source.display())
+        format!(
+            "{layers} layers, {} tensors, all shapes match {}",
+            v.modules.len() * 2,
+            base.source.display()
+        )
     } else {
-        format!("{} error{} against {}", v.errors.len(), if v.errors.len() == 1 { "" } else { "s" }, base.source.display())
+        format!(
+            "{} error{} against {}",
+            v.errors.len(),
+            if v.errors.len() == 1 { "" } else { "s" },
+            base.source.display()
+        )
     };
     v
 }
@@ -534,7 +634,11 @@ pub struct GgufAdapter {
 impl GgufAdapter {
     /// The factor llama.cpp multiplies `lora_b @ lora_a` by for a pair of rank `rank`.
     pub fn scale(&self, rank: u64) -> f32 {
-        if self.alpha == 0.0 { 1.0 } else { self.alpha / rank as f32 }
+        if self.alpha == 0.0 {
+            1.0
+        } else {
+            self.alpha / rank as f32
+        }
     }
 }
 
@@ -548,44 +652,91 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
     match header.get_str("general.type") {
         Some("adapter") => {}
         other => {
-            return Err(Error::refused(path, format!("not a GGUF LoRA adapter: general.type is {}", other.map_or("not set".into(), |t| format!("`{t}`"))), hint));
+            return Err(Error::refused(
+                path,
+                format!(
+                    "not a GGUF LoRA adapter: general.type is {}",
+                    other.map_or("not set".into(), |t| format!("`{t}`"))
+                ),
+                hint,
+            ));
         }
     }
     if let Some(t) = header.get_str("adapter.type").filter(|t| *t != "lora") {
-        return Err(Error::refused(path, format!("adapter.type is `{t}`; only LoRA adapters are applied by llama.cpp and Ollama"), hint));
+        return Err(Error::refused(
+            path,
+            format!("adapter.type is `{t}`; only LoRA adapters are applied by llama.cpp and Ollama"),
+            hint,
+        ));
     }
     let arch = header.get_str("general.architecture").unwrap_or_default();
     if arch != base.arch {
         return Err(Error::refused(
             path,
-            format!("the adapter is for `{arch}` models, and {} is `{}`", base.source.display(), base.arch),
+            format!(
+                "the adapter is for `{arch}` models, and {} is `{}`",
+                base.source.display(),
+                base.arch
+            ),
             "use the base model the adapter was made for",
         ));
     }
     let alpha = header.get("adapter.lora.alpha").and_then(|v| v.as_f64()).unwrap_or(0.0) as f32;
     if !(alpha.is_finite() && alpha >= 0.0) {
-        return Err(Error::invalid(path, format!("adapter.lora.alpha is {alpha}; it must be a finite number >= 0")).with_hint(hint));
+        return Err(Error::invalid(
+            path,
+            format!("adapter.lora.alpha is {alpha}; it must be a finite number >= 0"),
+        )
+        .with_hint(hint));
     }
-    let index: std::collections::HashMap<&str, usize> = header.tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let index: std::collections::HashMap<&str, usize> = header
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
     let mut pairs = Vec::new();
     for (i, t) in header.tensors.iter().enumerate() {
         let Some(name) = t.name.strip_suffix(".lora_a") else {
             if !t.name.ends_with(".lora_b") {
-                return Err(Error::refused(path, format!("tensor `{}` is neither a lora_a nor a lora_b", t.name), hint));
+                return Err(Error::refused(
+                    path,
+                    format!("tensor `{}` is neither a lora_a nor a lora_b", t.name),
+                    hint,
+                ));
             }
             if !index.contains_key(format!("{}.lora_a", t.name.trim_end_matches(".lora_b")).as_str()) {
                 return Err(Error::invalid(path, format!("`{}` has no matching lora_a", t.name)).with_hint(hint));
             }
             continue;
         };
-        let &b = index.get(format!("{name}.lora_b").as_str()).ok_or_else(|| Error::invalid(path, format!("`{}` has no matching lora_b", t.name)).with_hint(hint))?;
+        let &b = index
+            .get(format!("{name}.lora_b").as_str())
+            .ok_or_else(|| Error::invalid(path, format!("`{}` has no matching lora_b", t.name)).with_hint(hint))?;
         let bt = &header.tensors[b];
         let base_t = base.tensors.get(name).ok_or_else(|| {
-            Error::refused(path, format!("`{}` adapts `{name}`, which {} does not have", t.name, base.source.display()), "use the base model the adapter was made for")
+            Error::refused(
+                path,
+                format!(
+                    "`{}` adapts `{name}`, which {} does not have",
+                    t.name,
+                    base.source.display()
+                ),
+                "use the base model the adapter was made for",
+            )
         })?;
         for x in [t, bt] {
             if x.ne.len() != 2 || !crate::quant::can_dequantize(x.ty) {
-                return Err(Error::refused(path, format!("`{}` is a {}-d {} tensor; a LoRA pair is two 2-d matrices of a readable type", x.name, x.ne.len(), x.ty), hint));
+                return Err(Error::refused(
+                    path,
+                    format!(
+                        "`{}` is a {}-d {} tensor; a LoRA pair is two 2-d matrices of a readable type",
+                        x.name,
+                        x.ne.len(),
+                        x.ty
+                    ),
+                    hint,
+                ));
             }
         }
         let (bn, an, bbn) = (&base_t.ne, &t.ne, &bt.ne);
@@ -603,7 +754,9 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
         if !fits {
             return Err(Error::refused(
                 path,
-                format!("`{name}` is {bn:?} in the base, and its lora_a {an:?} / lora_b {bbn:?} do not fit it (ggml order)"),
+                format!(
+                    "`{name}` is {bn:?} in the base, and its lora_a {an:?} / lora_b {bbn:?} do not fit it (ggml order)"
+                ),
                 "the adapter was made for a different model; use its own base",
             ));
         }
@@ -612,7 +765,12 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
     if pairs.is_empty() {
         return Err(Error::refused(path, "the adapter holds no LoRA tensor pairs", hint));
     }
-    Ok(GgufAdapter { path: path.to_path_buf(), header, alpha, pairs })
+    Ok(GgufAdapter {
+        path: path.to_path_buf(),
+        header,
+        alpha,
+        pairs,
+    })
 }
 
 #[cfg(test)]
@@ -635,7 +793,10 @@ mod tests {
         assert_eq!(family_of("unsloth/Qwen3.5-9B"), Some("qwen35"));
         assert_eq!(family_of("google/gemma-4-E4B-it"), Some("gemma4"));
         assert_eq!(family_of("mistralai/Ministral-3-3B-Instruct-2512"), Some("mistral3"));
-        assert_eq!(family_of("mistralai/Mistral-Small-3.1-24B-Instruct-2503"), Some("mistral3"));
+        assert_eq!(
+            family_of("mistralai/Mistral-Small-3.1-24B-Instruct-2503"),
+            Some("mistral3")
+        );
         assert_eq!(family_of("mistralai/Mistral-Small-24B-Instruct-2501"), Some("llama"));
         assert_eq!(family_of("allenai/OLMo-2-1124-7B"), Some("olmo2"));
         assert_eq!(family_of("mistralai/Mistral-7B-v0.1"), Some("llama"));

@@ -42,8 +42,14 @@ impl Write for Sparse {
 fn write_header(path: &Path, arch: &str, kvs: Vec<(&str, Value)>, tensors: &[(String, [u64; 2])]) {
     let mut all = vec![("general.architecture".to_string(), Value::String(arch.into()))];
     all.extend(kvs.into_iter().map(|(k, v)| (format!("{arch}.{k}"), v)));
-    let specs: Vec<TensorSpec> =
-        tensors.iter().map(|(n, ne)| TensorSpec { name: n.clone(), ne: ne.to_vec(), ty: GgmlType::F16 }).collect();
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|(n, ne)| TensorSpec {
+            name: n.clone(),
+            ne: ne.to_vec(),
+            ty: GgmlType::F16,
+        })
+        .collect();
     let mut w = gguf::Writer::new(Sparse(std::fs::File::create(path).unwrap()), &all, &specs).unwrap();
     let zeros = vec![0u8; 1 << 20];
     for s in &specs {
@@ -65,7 +71,12 @@ fn write_peft(dir: &Path, config: serde_json::Value, r: usize, modules: &[(Strin
     for (path, [out, inp]) in modules {
         for (half, shape) in [("lora_A", [r, *inp]), ("lora_B", [*out, r])] {
             let key = format!("base_model.model.{path}.{half}.weight");
-            tensors.push(T { key, dtype: Dtype::F16, shape: shape.to_vec(), values: vec![0.0; shape[0] * shape[1]] });
+            tensors.push(T {
+                key,
+                dtype: Dtype::F16,
+                shape: shape.to_vec(),
+                values: vec![0.0; shape[0] * shape[1]],
+            });
         }
     }
     write_adapter(dir, &config, &tensors)
@@ -73,7 +84,15 @@ fn write_peft(dir: &Path, config: serde_json::Value, r: usize, modules: &[(Strin
 
 /// `ollama-tools convert ADAPTER --base BASE -o OUT [extra...]`.
 fn convert(adapter: &Path, base: &Path, out: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
-    bin().arg("convert").arg(adapter).arg("--base").arg(base).arg("-o").arg(out).args(extra).assert()
+    bin()
+        .arg("convert")
+        .arg(adapter)
+        .arg("--base")
+        .arg(base)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .assert()
 }
 
 fn corpus_config(name: &str) -> Option<serde_json::Value> {
@@ -82,7 +101,11 @@ fn corpus_config(name: &str) -> Option<serde_json::Value> {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus"));
     let path = dir.join("configs").join(name);
     if !path.is_file() {
-        assert!(std::env::var_os("CI").is_none(), "corpus file {} missing", path.display());
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "corpus file {} missing",
+            path.display()
+        );
         return None;
     }
     Some(serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
@@ -101,7 +124,10 @@ fn blk(i: u64, stem: &str, ne: [u64; 2]) -> (String, [u64; 2]) {
 const Q_H: u64 = 4096;
 
 fn qwen35_tensors(layers: u64) -> Vec<(String, [u64; 2])> {
-    let mut t = vec![("token_embd.weight".to_string(), [Q_H, 248_320]), ("output.weight".to_string(), [Q_H, 248_320])];
+    let mut t = vec![
+        ("token_embd.weight".to_string(), [Q_H, 248_320]),
+        ("output.weight".to_string(), [Q_H, 248_320]),
+    ];
     for i in 0..layers {
         if (i + 1) % 4 == 0 {
             t.extend([
@@ -119,7 +145,11 @@ fn qwen35_tensors(layers: u64) -> Vec<(String, [u64; 2])> {
                 blk(i, "ssm_out", [32 * 128, Q_H]),
             ]);
         }
-        t.extend([blk(i, "ffn_gate", [Q_H, 12288]), blk(i, "ffn_up", [Q_H, 12288]), blk(i, "ffn_down", [12288, Q_H])]);
+        t.extend([
+            blk(i, "ffn_gate", [Q_H, 12288]),
+            blk(i, "ffn_up", [Q_H, 12288]),
+            blk(i, "ffn_down", [12288, Q_H]),
+        ]);
     }
     t
 }
@@ -192,27 +222,43 @@ fn qwen35_config_json_derives_the_converters_shapes() {
 
 #[test]
 fn qwen35_corpus_adapter_validates_and_leaves_the_vision_tower_out() {
-    let Some(config) = corpus_config("AnHuanAo__qwythos-9b-math-sft__adapter_config.json") else { return };
+    let Some(config) = corpus_config("AnHuanAo__qwythos-9b-math-sft__adapter_config.json") else {
+        return;
+    };
     let d = tempfile::tempdir().unwrap();
     let gguf = d.path().join("qwen35.gguf");
     write_header(&gguf, "qwen35", qwen35_kvs(4), &qwen35_tensors(4));
     // The config targets the vision tower's qkv / attn.proj / linear_fc1 / linear_fc2 too.
     let mut modules = qwen35_modules(4);
-    for (m, shape) in [("attn.qkv", [3456, 1152]), ("attn.proj", [1152, 1152]), ("mlp.linear_fc1", [4304, 1152])] {
+    for (m, shape) in [
+        ("attn.qkv", [3456, 1152]),
+        ("attn.proj", [1152, 1152]),
+        ("mlp.linear_fc1", [4304, 1152]),
+    ] {
         modules.push((format!("model.visual.blocks.0.{m}"), shape));
     }
     let a = write_peft(&d.path().join("a"), config, 16, &modules);
     let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
     assert!(v.errors.is_empty(), "{:?}", v.errors);
     assert_eq!(v.modules.len(), qwen35_modules(4).len());
-    assert!(v.warnings.iter().any(|w| w.message.contains("3 LoRA pairs on the multimodal towers")), "{:?}", v.warnings);
+    assert!(
+        v.warnings
+            .iter()
+            .any(|w| w.message.contains("3 LoRA pairs on the multimodal towers")),
+        "{:?}",
+        v.warnings
+    );
     // `--strict` turns the warning into a refusal, naming the tower.
-    convert(&a, &gguf, &d.path().join("x.gguf"), &["--strict"]).failure().stderr(predicates::str::contains("model.visual.blocks.0"));
+    convert(&a, &gguf, &d.path().join("x.gguf"), &["--strict"])
+        .failure()
+        .stderr(predicates::str::contains("model.visual.blocks.0"));
 }
 
 #[test]
 fn qwen35_corpus_adapter_merges_the_vision_tower_an_ollama_base_carries() {
-    let Some(config) = corpus_config("AnHuanAo__qwythos-9b-math-sft__adapter_config.json") else { return };
+    let Some(config) = corpus_config("AnHuanAo__qwythos-9b-math-sft__adapter_config.json") else {
+        return;
+    };
     let d = tempfile::tempdir().unwrap();
     let gguf = d.path().join("qwen35-ollama.gguf");
     // Ollama's Qwen3.5 GGUF keeps the vision tower, its qkv split into thirds (convert_qwen35.go).
@@ -223,7 +269,11 @@ fn qwen35_corpus_adapter_merges_the_vision_tower_an_ollama_base_carries() {
     tensors.push(("v.blk.0.mlp.linear_fc1.weight".into(), [1152, 4304]));
     write_header(&gguf, "qwen35", qwen35_kvs(4), &tensors);
     let mut modules = qwen35_modules(4);
-    for (m, shape) in [("attn.qkv", [3456, 1152]), ("attn.proj", [1152, 1152]), ("mlp.linear_fc1", [4304, 1152])] {
+    for (m, shape) in [
+        ("attn.qkv", [3456, 1152]),
+        ("attn.proj", [1152, 1152]),
+        ("mlp.linear_fc1", [4304, 1152]),
+    ] {
         modules.push((format!("model.visual.blocks.0.{m}"), shape));
     }
     // A block the base lacks is still left out, with the warning.
@@ -231,8 +281,12 @@ fn qwen35_corpus_adapter_merges_the_vision_tower_an_ollama_base_carries() {
     let a = write_peft(&d.path().join("a"), config, 16, &modules);
     let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
     assert!(v.errors.is_empty(), "{:?}", v.errors);
-    let towers: Vec<(&str, usize)> =
-        v.modules.iter().filter(|t| t.tensor.starts_with("v.")).map(|t| (t.tensor.as_str(), t.b_row_offset)).collect();
+    let towers: Vec<(&str, usize)> = v
+        .modules
+        .iter()
+        .filter(|t| t.tensor.starts_with("v."))
+        .map(|t| (t.tensor.as_str(), t.b_row_offset))
+        .collect();
     assert_eq!(
         towers,
         [
@@ -243,8 +297,20 @@ fn qwen35_corpus_adapter_merges_the_vision_tower_an_ollama_base_carries() {
             ("v.blk.0.mlp.linear_fc1.weight", 0)
         ]
     );
-    assert!(v.notices.iter().any(|n| n.contains("5 LoRA pairs on the multimodal towers map to the tower")), "{:?}", v.notices);
-    assert!(v.warnings.iter().any(|w| w.message.contains("`model.visual.blocks.1.attn.proj`) left out")), "{:?}", v.warnings);
+    assert!(
+        v.notices
+            .iter()
+            .any(|n| n.contains("5 LoRA pairs on the multimodal towers map to the tower")),
+        "{:?}",
+        v.notices
+    );
+    assert!(
+        v.warnings
+            .iter()
+            .any(|w| w.message.contains("`model.visual.blocks.1.attn.proj`) left out")),
+        "{:?}",
+        v.warnings
+    );
 }
 
 #[test]
@@ -253,15 +319,41 @@ fn qwen35_linear_attention_shape_mismatch_names_the_layer() {
     let gguf = d.path().join("qwen35.gguf");
     write_header(&gguf, "qwen35", qwen35_kvs(4), &qwen35_tensors(4));
     // Trained on a model with 16 value heads: in_proj_z is half as high.
-    let modules = vec![("model.layers.2.linear_attn.in_proj_z".to_string(), [16 * 128, Q_H as usize])];
-    let a = write_peft(&d.path().join("a"), json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}), 8, &modules);
+    let modules = vec![(
+        "model.layers.2.linear_attn.in_proj_z".to_string(),
+        [16 * 128, Q_H as usize],
+    )];
+    let a = write_peft(
+        &d.path().join("a"),
+        json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}),
+        8,
+        &modules,
+    );
     let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
-    assert!(v.errors.iter().any(|e| e.subject == "blk.2.attn_gate.weight"), "{:?}", v.errors);
+    assert!(
+        v.errors.iter().any(|e| e.subject == "blk.2.attn_gate.weight"),
+        "{:?}",
+        v.errors
+    );
     // A linear-attention module on a full-attention layer does not exist there.
-    let modules = vec![("model.layers.3.linear_attn.in_proj_z".to_string(), [32 * 128, Q_H as usize])];
-    let a = write_peft(&d.path().join("b"), json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}), 8, &modules);
+    let modules = vec![(
+        "model.layers.3.linear_attn.in_proj_z".to_string(),
+        [32 * 128, Q_H as usize],
+    )];
+    let a = write_peft(
+        &d.path().join("b"),
+        json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}),
+        8,
+        &modules,
+    );
     let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
-    assert!(v.errors.iter().any(|e| e.message.contains("`blk.3.attn_gate.weight`, which the base model")), "{:?}", v.errors);
+    assert!(
+        v.errors
+            .iter()
+            .any(|e| e.message.contains("`blk.3.attn_gate.weight`, which the base model")),
+        "{:?}",
+        v.errors
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -281,14 +373,21 @@ fn gemma4_layer(i: u64) -> (u64, bool, u64) {
 }
 
 fn gemma4_tensors() -> Vec<(String, [u64; 2])> {
-    let mut t = vec![("token_embd.weight".to_string(), [G_H, 262_144]), ("per_layer_model_proj.weight".to_string(), [G_H, 6 * 256])];
+    let mut t = vec![
+        ("token_embd.weight".to_string(), [G_H, 262_144]),
+        ("per_layer_model_proj.weight".to_string(), [G_H, 6 * 256]),
+    ];
     for i in 0..6 {
         let (hd, shared, ffn) = gemma4_layer(i);
         t.extend([blk(i, "attn_q", [G_H, 8 * hd]), blk(i, "attn_output", [8 * hd, G_H])]);
         if !shared {
             t.extend([blk(i, "attn_k", [G_H, 2 * hd]), blk(i, "attn_v", [G_H, 2 * hd])]);
         }
-        t.extend([blk(i, "ffn_gate", [G_H, ffn]), blk(i, "ffn_up", [G_H, ffn]), blk(i, "ffn_down", [ffn, G_H])]);
+        t.extend([
+            blk(i, "ffn_gate", [G_H, ffn]),
+            blk(i, "ffn_up", [G_H, ffn]),
+            blk(i, "ffn_down", [ffn, G_H]),
+        ]);
         t.extend([blk(i, "inp_gate", [G_H, 256]), blk(i, "proj", [256, G_H])]);
     }
     t
@@ -369,7 +468,9 @@ fn gemma4_config_json_derives_per_layer_shapes() {
 
 #[test]
 fn gemma4_corpus_adapter_validates_layer_by_layer() {
-    let Some(config) = corpus_config("Mar-IA-no__deamoncraft-gemma4-andy__adapter_adapter_config.json") else { return };
+    let Some(config) = corpus_config("Mar-IA-no__deamoncraft-gemma4-andy__adapter_adapter_config.json") else {
+        return;
+    };
     let d = tempfile::tempdir().unwrap();
     let gguf = d.path().join("gemma4.gguf");
     write_header(&gguf, "gemma4", gemma4_kvs(), &gemma4_tensors());
@@ -389,7 +490,11 @@ fn gemma4_corpus_adapter_validates_layer_by_layer() {
     }
     write_header(&gguf, "gemma4", gemma4_kvs(), &wrong);
     let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
-    assert!(v.errors.iter().any(|e| e.subject == "blk.3.attn_q.weight"), "{:?}", v.errors);
+    assert!(
+        v.errors.iter().any(|e| e.subject == "blk.3.attn_q.weight"),
+        "{:?}",
+        v.errors
+    );
 }
 
 #[test]
@@ -402,14 +507,25 @@ fn gemma4_kv_shared_layers_and_the_merge_only_projection() {
     let mut modules = gemma4_modules();
     modules.push(("model.language_model.layers.4.self_attn.k_proj".into(), [512, 2560]));
     modules.push(("model.language_model.layers.5.self_attn.k_proj".into(), [1024, 2560]));
-    modules.push(("model.language_model.per_layer_model_projection".into(), [6 * 256, 2560]));
+    modules.push((
+        "model.language_model.per_layer_model_projection".into(),
+        [6 * 256, 2560],
+    ));
     let cfg = json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8});
     let a = write_peft(&d.path().join("a"), cfg, 4, &modules);
     let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
     assert!(v.errors.is_empty(), "{:?}", v.errors);
     assert_eq!(v.modules.len(), gemma4_modules().len() + 1);
-    assert!(v.notices.iter().any(|n| n.contains("k_proj/v_proj LoRA of layers 4-5")), "{:?}", v.notices);
-    assert!(v.notices.iter().any(|n| n.contains("can only be merged")), "{:?}", v.notices);
+    assert!(
+        v.notices.iter().any(|n| n.contains("k_proj/v_proj LoRA of layers 4-5")),
+        "{:?}",
+        v.notices
+    );
+    assert!(
+        v.notices.iter().any(|n| n.contains("can only be merged")),
+        "{:?}",
+        v.notices
+    );
     // convert refuses the projection and says to merge.
     convert(&a, &gguf, &d.path().join("x.gguf"), &[])
         .failure()
@@ -423,9 +539,9 @@ fn gemma4_kv_shared_layers_and_the_merge_only_projection() {
 
 #[test]
 fn ministral3_corpus_adapter_validates_against_mistral3() {
-    let Some(config) =
-        corpus_config("David-Barnes-Data-Imaginations__cookbook-beancount-llm__outputs_checkpoint-180_adapter_config.json")
-    else {
+    let Some(config) = corpus_config(
+        "David-Barnes-Data-Imaginations__cookbook-beancount-llm__outputs_checkpoint-180_adapter_config.json",
+    ) else {
         return;
     };
     // Ministral-3-3B: H 3072, 32 heads of 128, 8 KV heads, MLP 9216, tied; two layers here.
@@ -468,12 +584,19 @@ fn ministral3_corpus_adapter_validates_against_mistral3() {
         &tensors,
     );
     // The plain target list also wrapped the Pixtral vision tower's attention.
-    modules.push(("model.vision_tower.transformer.layers.0.attention.q_proj".into(), [1024, 1024]));
+    modules.push((
+        "model.vision_tower.transformer.layers.0.attention.q_proj".into(),
+        [1024, 1024],
+    ));
     let a = write_peft(&d.path().join("a"), config, 16, &modules);
     let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
     assert!(v.errors.is_empty(), "{:?}", v.errors);
     assert_eq!(v.modules.len(), 14);
-    assert!(v.warnings.iter().any(|w| w.message.contains("model.vision_tower")), "{:?}", v.warnings);
+    assert!(
+        v.warnings.iter().any(|w| w.message.contains("model.vision_tower")),
+        "{:?}",
+        v.warnings
+    );
 }
 
 #[test]
@@ -490,14 +613,24 @@ fn dense_families_by_model_type() {
         c["model_type"] = json!(mt);
         c
     };
-    for (model_type, arch) in [("smollm3", "smollm3"), ("olmo2", "olmo2"), ("olmo3", "olmo2"), ("granite", "granite")] {
+    for (model_type, arch) in [
+        ("smollm3", "smollm3"),
+        ("olmo2", "olmo2"),
+        ("olmo3", "olmo2"),
+        ("granite", "granite"),
+    ] {
         assert_eq!(load(with(model_type)).unwrap().arch, arch, "{model_type}");
     }
     // Mistral Small 3.1's wrapper says mistral3, its text_config plain mistral: the GGUF is mistral3.
     let wrapped = json!({"model_type": "mistral3", "text_config": with("mistral")});
     assert_eq!(load(wrapped).unwrap().arch, "mistral3");
     // A LLaVA-style wrapper of a Llama keeps the decoder's own type.
-    assert_eq!(load(json!({"model_type": "llava", "text_config": with("llama")})).unwrap().arch, "llama");
+    assert_eq!(
+        load(json!({"model_type": "llava", "text_config": with("llama")}))
+            .unwrap()
+            .arch,
+        "llama"
+    );
 }
 
 #[test]
@@ -505,10 +638,24 @@ fn gemma4_per_layer_token_embedding_lora_is_refused_with_its_reason() {
     let d = tempfile::tempdir().unwrap();
     let gguf = d.path().join("gemma4.gguf");
     write_header(&gguf, "gemma4", gemma4_kvs(), &gemma4_tensors());
-    let modules = vec![("model.language_model.embed_tokens_per_layer".to_string(), [6 * 256, 262_144])];
-    let a = write_peft(&d.path().join("a"), json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8}), 4, &modules);
+    let modules = vec![(
+        "model.language_model.embed_tokens_per_layer".to_string(),
+        [6 * 256, 262_144],
+    )];
+    let a = write_peft(
+        &d.path().join("a"),
+        json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8}),
+        4,
+        &modules,
+    );
     let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
-    assert!(v.errors.iter().any(|e| e.message.contains("per-layer token embeddings")), "{:?}", v.errors);
+    assert!(
+        v.errors
+            .iter()
+            .any(|e| e.message.contains("per-layer token embeddings")),
+        "{:?}",
+        v.errors
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -546,7 +693,12 @@ fn granite4_dense_config_maps_the_shared_mlp_to_gate_up_and_down() {
     let base = BaseModel::load(d.path()).unwrap();
     assert_eq!(base.arch, "granite");
     assert_eq!(base.tensors["blk.1.ffn_gate.weight"].ne, vec![2560, 8192]);
-    let a = write_peft(&d.path().join("a"), json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}), 8, &granite4_modules());
+    let a = write_peft(
+        &d.path().join("a"),
+        json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}),
+        8,
+        &granite4_modules(),
+    );
     let v = validate(&Adapter::open(&a).unwrap(), &base);
     assert!(v.errors.is_empty(), "{:?}", v.errors);
     // input_linear becomes two pairs per layer: 4 modules, 5 pairs.
@@ -556,9 +708,21 @@ fn granite4_dense_config_maps_the_shared_mlp_to_gate_up_and_down() {
 
     // The GGUF adapter holds both halves, each [r, 8192], sharing lora_A.
     let gguf = d.path().join("g.gguf");
-    let tensors: Vec<(String, [u64; 2])> =
-        base.tensors.iter().map(|(n, t)| (n.clone(), [t.ne[0], t.ne[1]])).collect();
-    write_header(&gguf, "granite", vec![("block_count", Value::U32(2)), ("attention.head_count", Value::U32(40)), ("attention.head_count_kv", Value::U32(8))], &tensors);
+    let tensors: Vec<(String, [u64; 2])> = base
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), [t.ne[0], t.ne[1]]))
+        .collect();
+    write_header(
+        &gguf,
+        "granite",
+        vec![
+            ("block_count", Value::U32(2)),
+            ("attention.head_count", Value::U32(40)),
+            ("attention.head_count_kv", Value::U32(8)),
+        ],
+        &tensors,
+    );
     let out = d.path().join("out.gguf");
     convert(&a, &gguf, &out, &[]).success();
     let h = gguf::read_header(&out).unwrap();
@@ -583,11 +747,24 @@ fn granite4_hybrid_moe_and_mismatched_mlp_are_refused_with_the_reason() {
     assert!(load(cfg).contains("shared_intermediate_size"));
     // A LoRA trained on granite-4.0-micro does not fit a Granite 3 base with another MLP width.
     let gguf = d.path().join("g3.gguf");
-    let tensors = vec![blk(0, "ffn_gate", [2560, 4096]), blk(0, "ffn_up", [2560, 4096]), blk(0, "ffn_down", [4096, 2560])];
+    let tensors = vec![
+        blk(0, "ffn_gate", [2560, 4096]),
+        blk(0, "ffn_up", [2560, 4096]),
+        blk(0, "ffn_down", [4096, 2560]),
+    ];
     let kvs = vec![("block_count", Value::U32(1)), ("attention.head_count", Value::U32(40))];
     write_header(&gguf, "granite", kvs, &tensors);
     let modules = vec![("model.layers.0.shared_mlp.input_linear".to_string(), [2 * 8192, 2560])];
-    let a = write_peft(&d.path().join("a"), json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}), 8, &modules);
+    let a = write_peft(
+        &d.path().join("a"),
+        json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}),
+        8,
+        &modules,
+    );
     let v = validate(&Adapter::open(&a).unwrap(), &BaseModel::load(&gguf).unwrap());
-    assert!(v.errors.iter().any(|e| e.subject == "blk.0.ffn_gate.weight"), "{:?}", v.errors);
+    assert!(
+        v.errors.iter().any(|e| e.subject == "blk.0.ffn_gate.weight"),
+        "{:?}",
+        v.errors
+    );
 }

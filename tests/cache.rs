@@ -10,8 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 fn builds(cache: &Path) -> Vec<PathBuf> {
-    let Ok(dir) = std::fs::read_dir(cache.join("builds")) else { return vec![] };
-    dir.map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "gguf")).collect()
+    let Ok(dir) = std::fs::read_dir(cache.join("builds")) else {
+        return vec![];
+    };
+    dir.map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect()
 }
 
 #[test]
@@ -27,40 +31,85 @@ fn create_keeps_or_drops_its_build_and_the_cache_command_manages_the_rest() {
     });
     let tool = || {
         let mut cmd = bin();
-        cmd.env("OLLAMA_HOST", &fake.url).env("OLLAMA_MODELS", &store).env("OLLAMA_TOOLS_CACHE", &cache);
+        cmd.env("OLLAMA_HOST", &fake.url)
+            .env("OLLAMA_MODELS", &store)
+            .env("OLLAMA_TOOLS_CACHE", &cache);
         cmd
     };
     let create = |extra: &[&str]| {
-        tool().args(["create-from-base", "--base", "tiny", "--name", "m", "--force", "--adapter"]).arg(&adapter).args(extra).assert().success()
+        tool()
+            .args([
+                "create-from-base",
+                "--base",
+                "tiny",
+                "--name",
+                "m",
+                "--force",
+                "--adapter",
+            ])
+            .arg(&adapter)
+            .args(extra)
+            .assert()
+            .success()
     };
     // Kept by default, and marked used when a re-run takes it.
     create(&[]);
     let kept = builds(&cache);
     assert_eq!(kept.len(), 1);
     let long_ago = SystemTime::now() - Duration::from_secs(10 * 86400);
-    std::fs::File::options().append(true).open(&kept[0]).unwrap().set_modified(long_ago).unwrap();
+    std::fs::File::options()
+        .append(true)
+        .open(&kept[0])
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
     create(&[]);
     let used = std::fs::metadata(&kept[0]).unwrap().modified().unwrap();
-    assert!(SystemTime::now().duration_since(used).unwrap() < Duration::from_secs(3600), "reuse marks the build used");
+    assert!(
+        SystemTime::now().duration_since(used).unwrap() < Duration::from_secs(3600),
+        "reuse marks the build used"
+    );
 
     // An entry unused for longer than 30 days goes after the next create.
     let stale = cache.join("builds").join("adapter-0123456789abcdef.gguf");
     std::fs::write(&stale, b"old").unwrap();
-    std::fs::File::options().append(true).open(&stale).unwrap().set_modified(SystemTime::now() - Duration::from_secs(40 * 86400)).unwrap();
+    std::fs::File::options()
+        .append(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(40 * 86400))
+        .unwrap();
     create(&[]).stderr(contains("removed 1 cache entries unused for 30 days"));
     assert!(!stale.exists());
 
     // --no-keep-build: once Ollama holds the model, the build goes.
     create(&["--no-keep-build"]).stderr(contains("from the cache (--no-keep-build)"));
     assert!(builds(&cache).is_empty());
-    assert_eq!(std::fs::read_dir(cache.join("builds")).unwrap().count(), 0, "the sidecar goes too");
+    assert_eq!(
+        std::fs::read_dir(cache.join("builds")).unwrap().count(),
+        0,
+        "the sidecar goes too"
+    );
 
     // The cache command.
     create(&[]);
-    tool().args(["cache", "list"]).assert().success().stdout(contains("build").and(contains("1 entries")));
-    let listed: serde_json::Value = serde_json::from_slice(&tool().args(["cache", "list", "--json"]).output().unwrap().stdout).unwrap();
+    tool()
+        .args(["cache", "list"])
+        .assert()
+        .success()
+        .stdout(contains("build").and(contains("1 entries")));
+    let listed: serde_json::Value =
+        serde_json::from_slice(&tool().args(["cache", "list", "--json"]).output().unwrap().stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
-    tool().args(["cache", "prune", "--older-than", "1"]).assert().success().stdout(contains("removed 0 entries"));
-    tool().args(["cache", "clear"]).assert().success().stdout(contains("removed 1 entries"));
+    tool()
+        .args(["cache", "prune", "--older-than", "1"])
+        .assert()
+        .success()
+        .stdout(contains("removed 0 entries"));
+    tool()
+        .args(["cache", "clear"])
+        .assert()
+        .success()
+        .stdout(contains("removed 1 entries"));
     assert!(builds(&cache).is_empty());
 }

@@ -13,7 +13,11 @@ fn corpus() -> Option<PathBuf> {
         return Some(dir);
     }
     // CI always has shared/ beside the clone; elsewhere the corpus is optional.
-    assert!(std::env::var_os("CI").is_none(), "corpus not found at {}", dir.display());
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "corpus not found at {}",
+        dir.display()
+    );
     eprintln!("corpus not found at {}; set OLLAMA_TOOLS_CORPUS", dir.display());
     None
 }
@@ -21,9 +25,16 @@ fn corpus() -> Option<PathBuf> {
 #[test]
 fn every_config_parses_or_is_refused_with_a_reason() {
     let Some(dir) = corpus() else { return };
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("configs")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("configs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    assert!(files.len() >= 50, "expected the corpus' 57 configs, found {}", files.len());
+    assert!(
+        files.len() >= 50,
+        "expected the corpus' 57 configs, found {}",
+        files.len()
+    );
     let (mut lora, mut other_peft, mut refused) = (0, 0, Vec::new());
     for f in &files {
         let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
@@ -35,7 +46,10 @@ fn every_config_parses_or_is_refused_with_a_reason() {
             Ok(_) => other_peft += 1,
             Err(e) => {
                 let msg = e.to_string();
-                assert!(msg.contains(&*f.file_name().unwrap().to_string_lossy()), "error must name the file: {msg}");
+                assert!(
+                    msg.contains(&*f.file_name().unwrap().to_string_lossy()),
+                    "error must name the file: {msg}"
+                );
                 assert!(msg.contains("hint:"), "refusal without a hint: {msg}");
                 refused.push(f.file_name().unwrap().to_string_lossy().into_owned());
             }
@@ -55,11 +69,23 @@ const ADAPTERS: &[(&str, Option<&str>)] = &[
     ("0112LY__logo-gemma-lora__adapter", None),
     ("Jr1407__SQL__root", None),
     ("Jrajeev88__WithYourMind__root", Some("holds no tensors")),
-    ("MatthewZhang473__LoRA_Qwen0.5B__fine_tuned_models_20251017_101834_r6_alpha32", None),
-    ("RifqiCah__Adalora_indonesiaDataset__models_emot_adalora_best", Some("`ADALORA`")),
-    ("abrhaleyarefaine1997__gpt2-tigrinya-lora__root", Some("not part of a supported decoder")),
+    (
+        "MatthewZhang473__LoRA_Qwen0.5B__fine_tuned_models_20251017_101834_r6_alpha32",
+        None,
+    ),
+    (
+        "RifqiCah__Adalora_indonesiaDataset__models_emot_adalora_best",
+        Some("`ADALORA`"),
+    ),
+    (
+        "abrhaleyarefaine1997__gpt2-tigrinya-lora__root",
+        Some("not part of a supported decoder"),
+    ),
     ("anirudh-ak__peft-gpt2__model_lora_model", Some("not a LoRA weight")),
-    ("hazemzidan4545__medical-qa-fine-tuning-phi-3-5-mini__prompt_tuning_adapter", Some("`PROMPT_TUNING`")),
+    (
+        "hazemzidan4545__medical-qa-fine-tuning-phi-3-5-mini__prompt_tuning_adapter",
+        Some("`PROMPT_TUNING`"),
+    ),
     ("justbautista__fine-tuning__emotion_lora_model", None),
     ("merkulovsvt__NLP__lora_model", None),
 ];
@@ -74,13 +100,27 @@ fn every_real_adapter_converts_or_is_refused_with_a_reason() {
         match refusal {
             None => {
                 assert!(report.convertible, "{name} should convert: {:?}", report.problems);
-                assert_eq!(report.tensor_count, analysis.modules.len() * 2, "{name}: every tensor is in a pair");
+                assert_eq!(
+                    report.tensor_count,
+                    analysis.modules.len() * 2,
+                    "{name}: every tensor is in a pair"
+                );
             }
             Some(why) => {
                 assert!(!report.convertible, "{name} must be refused");
-                let all: Vec<String> = report.problems.iter().map(|p| format!("{}: {}", p.subject, p.why)).collect();
-                assert!(all.iter().any(|p| p.contains(why)), "{name}: expected `{why}` in {all:?}");
-                assert!(report.problems.iter().all(|p| !p.hint.is_empty()), "{name}: every problem says what to do");
+                let all: Vec<String> = report
+                    .problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.subject, p.why))
+                    .collect();
+                assert!(
+                    all.iter().any(|p| p.contains(why)),
+                    "{name}: expected `{why}` in {all:?}"
+                );
+                assert!(
+                    report.problems.iter().all(|p| !p.hint.is_empty()),
+                    "{name}: every problem says what to do"
+                );
             }
         }
     }

@@ -21,7 +21,13 @@ struct Env {
 fn setup() -> Env {
     let d = tempfile::tempdir().unwrap();
     let (base_gguf, store, adapter) = tiny_world(d.path(), "my-adapter");
-    Env { cache: d.path().join("cache"), store, base_gguf, adapter, d }
+    Env {
+        cache: d.path().join("cache"),
+        store,
+        base_gguf,
+        adapter,
+        d,
+    }
 }
 
 fn server(version: &str, refuse: RefuseAdapters) -> Fake {
@@ -49,14 +55,22 @@ fn tool(env: &Env, host: &str) -> assert_cmd::Command {
 /// `create-from-base --base tiny --adapter <adapter> ARGS` against `fake`.
 fn run(env: &Env, fake: &Fake, args: &[&str]) -> assert_cmd::Command {
     let mut cmd = tool(env, &fake.url);
-    cmd.args(["create-from-base", "--base", "tiny", "--adapter"]).arg(&env.adapter).args(args);
+    cmd.args(["create-from-base", "--base", "tiny", "--adapter"])
+        .arg(&env.adapter)
+        .args(args);
     cmd
 }
 
 fn sha256(path: &Path) -> String {
     use sha2::Digest;
     let bytes = std::fs::read(path).unwrap();
-    format!("sha256:{}", sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "sha256:{}",
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
 }
 
 fn requests(fake: &Fake) -> Vec<Value> {
@@ -82,7 +96,10 @@ fn modelfile_request(path: &Path) -> Value {
             other => vec![other],
         };
         assert_eq!(list.len(), 1, "{list:?}");
-        obj.insert("adapters".into(), json!({"adapter.gguf": sha256(Path::new(list[0].as_str().unwrap()))}));
+        obj.insert(
+            "adapters".into(),
+            json!({"adapter.gguf": sha256(Path::new(list[0].as_str().unwrap()))}),
+        );
     }
     req
 }
@@ -94,9 +111,27 @@ fn assert_same_model(ours: &Value, theirs: &Value) {
         Some(Value::String(s)) => Some(json!([s])),
         other => other.cloned(),
     };
-    assert_eq!(licenses(ours.get("license")), licenses(theirs.get("license")), "license differs:\nours   {ours}\ntheirs {theirs}");
-    for key in ["from", "files", "adapters", "template", "system", "parameters", "messages", "renderer", "parser"] {
-        assert_eq!(ours.get(key), theirs.get(key), "`{key}` differs:\nours   {ours}\ntheirs {theirs}");
+    assert_eq!(
+        licenses(ours.get("license")),
+        licenses(theirs.get("license")),
+        "license differs:\nours   {ours}\ntheirs {theirs}"
+    );
+    for key in [
+        "from",
+        "files",
+        "adapters",
+        "template",
+        "system",
+        "parameters",
+        "messages",
+        "renderer",
+        "parser",
+    ] {
+        assert_eq!(
+            ours.get(key),
+            theirs.get(key),
+            "`{key}` differs:\nours   {ours}\ntheirs {theirs}"
+        );
     }
 }
 
@@ -105,14 +140,31 @@ fn merge_mode_on_current_ollama_uploads_the_merged_gguf_with_the_bases_template_
     let env = setup();
     let fake = server("0.34.2", RefuseAdapters::Http400);
     let modelfile = env.d.path().join("Modelfile");
-    run(&env, &fake, &["--name", "my-model", "--temperature", "0.7", "--num-ctx", "8192", "--parameter", "stop=</s>", "--system", "Be brief.\nVery brief."])
-        .arg("--out-modelfile")
-        .arg(&modelfile)
-        .assert()
-        .success()
-        .stdout(contains("created my-model"))
-        .stdout(contains("merged into the base: Ollama 0.34.2 no longer creates models with adapter layers"))
-        .stdout(contains("1 blob(s)"));
+    run(
+        &env,
+        &fake,
+        &[
+            "--name",
+            "my-model",
+            "--temperature",
+            "0.7",
+            "--num-ctx",
+            "8192",
+            "--parameter",
+            "stop=</s>",
+            "--system",
+            "Be brief.\nVery brief.",
+        ],
+    )
+    .arg("--out-modelfile")
+    .arg(&modelfile)
+    .assert()
+    .success()
+    .stdout(contains("created my-model"))
+    .stdout(contains(
+        "merged into the base: Ollama 0.34.2 no longer creates models with adapter layers",
+    ))
+    .stdout(contains("1 blob(s)"));
 
     let reqs = requests(&fake);
     assert_eq!(reqs.len(), 1);
@@ -121,16 +173,26 @@ fn merge_mode_on_current_ollama_uploads_the_merged_gguf_with_the_bases_template_
     let digest = req["files"]["model.gguf"].as_str().unwrap().to_string();
     // The uploaded blob is the merged model from the cache, with the base's template and license,
     // the base's parameters overridden by ours (our stop list replaces the base's).
-    let built: Vec<PathBuf> = std::fs::read_dir(env.cache.join("builds")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "gguf")).collect();
+    let built: Vec<PathBuf> = std::fs::read_dir(env.cache.join("builds"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
     assert_eq!(built.len(), 1);
     assert_eq!(sha256(&built[0]), digest);
-    assert_eq!(fake.state.lock().unwrap().blobs[&digest], std::fs::read(&built[0]).unwrap());
+    assert_eq!(
+        fake.state.lock().unwrap().blobs[&digest],
+        std::fs::read(&built[0]).unwrap()
+    );
     let (h, _) = read_gguf(&built[0]);
     assert!(h.get("ollama_tools.merged.adapters").is_some());
     assert_eq!(req["template"], "{{ .Prompt }}");
     assert_eq!(req["license"], "LLAMA 3.2 COMMUNITY LICENSE AGREEMENT");
     assert_eq!(req["system"], "Be brief.\nVery brief.");
-    assert_eq!(req["parameters"], json!({"stop": ["</s>"], "temperature": 0.7, "num_ctx": 8192}));
+    assert_eq!(
+        req["parameters"],
+        json!({"stop": ["</s>"], "temperature": 0.7, "num_ctx": 8192})
+    );
     // `ollama create my-model -f Modelfile` would send the same model.
     assert_same_model(req, &modelfile_request(&modelfile));
     // And the model exists on the server, made from that request.
@@ -148,11 +210,16 @@ fn adapter_mode_on_older_ollama_uploads_the_gguf_adapter_and_creates_from_the_ba
         .arg(&modelfile)
         .assert()
         .success()
-        .stdout(contains("adapter layer: Ollama 0.33.0 creates models with adapter layers"));
+        .stdout(contains(
+            "adapter layer: Ollama 0.33.0 creates models with adapter layers",
+        ));
     let req = requests(&fake).pop().unwrap();
     assert_eq!(req["model"], "me/tuned:v1");
     assert_eq!(req["from"], "tiny");
-    assert!(req.get("files").is_none() && req.get("template").is_none(), "the base's own template is inherited: {req}");
+    assert!(
+        req.get("files").is_none() && req.get("template").is_none(),
+        "the base's own template is inherited: {req}"
+    );
     assert_eq!(req["parameters"], json!({"top_k": 20}));
     let digest = req["adapters"]["adapter.gguf"].as_str().unwrap();
     let blob = fake.state.lock().unwrap().blobs[digest].clone();
@@ -200,7 +267,10 @@ fn forced_adapter_mode_on_a_refusing_server_fails_with_the_servers_words_and_wha
 fn a_second_run_builds_nothing_and_uploads_nothing() {
     let env = setup();
     let fake = server("0.34.2", RefuseAdapters::Http400);
-    run(&env, &fake, &["--name", "m"]).assert().success().stdout(contains("built now"));
+    run(&env, &fake, &["--name", "m"])
+        .assert()
+        .success()
+        .stdout(contains("built now"));
     let posts = fake.requests("POST /api/blobs");
     run(&env, &fake, &["--name", "m2"])
         .assert()
@@ -254,14 +324,27 @@ fn an_upload_cut_is_sent_again_with_backoff_and_cut_every_time_fails_naming_the_
     let env = setup();
     let fake = server("0.34.2", RefuseAdapters::Http400);
     fake.state.lock().unwrap().faults.cut_uploads = 4;
-    run(&env, &fake, &["--name", "m"]).assert().success().stderr(contains("broke off")).stderr(contains("sending it again in"));
+    run(&env, &fake, &["--name", "m"])
+        .assert()
+        .success()
+        .stderr(contains("broke off"))
+        .stderr(contains("sending it again in"));
     assert!(fake.model("m").is_some());
-    assert_eq!(fake.requests("POST /api/blobs/"), 5, "four retries (the default), the last one goes through");
+    assert_eq!(
+        fake.requests("POST /api/blobs/"),
+        5,
+        "four retries (the default), the last one goes through"
+    );
 
     let env = setup();
     let fake = server("0.34.2", RefuseAdapters::Http400);
     fake.state.lock().unwrap().faults.cut_uploads = 2;
-    run(&env, &fake, &["--name", "m"]).env("OLLAMA_TOOLS_RETRIES", "1").assert().failure().stderr(contains("broke off 2 times")).stderr(contains("sha256:"));
+    run(&env, &fake, &["--name", "m"])
+        .env("OLLAMA_TOOLS_RETRIES", "1")
+        .assert()
+        .failure()
+        .stderr(contains("broke off 2 times"))
+        .stderr(contains("sha256:"));
     assert!(fake.model("m").is_none());
     assert!(requests(&fake).is_empty(), "no create after a failed upload");
 }
@@ -271,7 +354,11 @@ fn a_corrupted_upload_is_reported_with_the_servers_digest_mismatch() {
     let env = setup();
     let fake = server("0.34.2", RefuseAdapters::Http400);
     fake.state.lock().unwrap().faults.corrupt_uploads = 1;
-    run(&env, &fake, &["--name", "m"]).assert().failure().stderr(contains("refused the upload of sha256:")).stderr(contains("digest mismatch"));
+    run(&env, &fake, &["--name", "m"])
+        .assert()
+        .failure()
+        .stderr(contains("refused the upload of sha256:"))
+        .stderr(contains("digest mismatch"));
     assert!(requests(&fake).is_empty());
 }
 
@@ -279,11 +366,13 @@ fn a_corrupted_upload_is_reported_with_the_servers_digest_mismatch() {
 fn server_errors_are_passed_on_verbatim_and_no_server_names_the_url() {
     let env = setup();
     let fake = server("0.34.2", RefuseAdapters::Http400);
-    fake.state.lock().unwrap().faults.create_error = Some((500, "write /root/.ollama/models/manifests: no space left on device".into()));
-    run(&env, &fake, &["--name", "m"])
-        .assert()
-        .failure()
-        .stderr(contains("creating `m`: Ollama answered 500: write /root/.ollama/models/manifests: no space left on device"));
+    fake.state.lock().unwrap().faults.create_error = Some((
+        500,
+        "write /root/.ollama/models/manifests: no space left on device".into(),
+    ));
+    run(&env, &fake, &["--name", "m"]).assert().failure().stderr(contains(
+        "creating `m`: Ollama answered 500: write /root/.ollama/models/manifests: no space left on device",
+    ));
 
     tool(&env, NO_SERVER)
         .args(["create-from-base", "--base", "tiny", "--name", "m"])
@@ -298,7 +387,19 @@ fn without_an_adapter_the_model_is_the_base_with_the_options() {
     let env = setup();
     let fake = server("0.34.2", RefuseAdapters::Http400);
     tool(&env, &fake.url)
-        .args(["create-from-base", "--base", "tiny", "--name", "plain", "--system", "You are terse.", "--parameter", "stop=END", "--parameter", "stop=STOP"])
+        .args([
+            "create-from-base",
+            "--base",
+            "tiny",
+            "--name",
+            "plain",
+            "--system",
+            "You are terse.",
+            "--parameter",
+            "stop=END",
+            "--parameter",
+            "stop=STOP",
+        ])
         .assert()
         .success()
         .stdout(contains("base with options"));
@@ -381,17 +482,35 @@ fn no_create_writes_a_modelfile_without_any_server() {
 fn bad_parameters_are_refused_before_anything_is_sent() {
     let env = setup();
     let fake = server("0.34.2", RefuseAdapters::Http400);
-    for (arg, want) in [("num_ctx=8k", "num_ctx"), ("mirostat=1", "mirostat"), ("temprature=0.5", "temprature")] {
-        run(&env, &fake, &["--name", "m", "--parameter", arg]).assert().failure().stderr(contains(want));
+    for (arg, want) in [
+        ("num_ctx=8k", "num_ctx"),
+        ("mirostat=1", "mirostat"),
+        ("temprature=0.5", "temprature"),
+    ] {
+        run(&env, &fake, &["--name", "m", "--parameter", arg])
+            .assert()
+            .failure()
+            .stderr(contains(want));
     }
-    assert!(fake.state.lock().unwrap().log.is_empty(), "nothing was asked of the server");
+    assert!(
+        fake.state.lock().unwrap().log.is_empty(),
+        "nothing was asked of the server"
+    );
 }
 
 #[test]
 fn a_ready_gguf_adapter_is_uploaded_as_is_or_merged() {
     let env = setup();
     let gguf = env.d.path().join("adapter.gguf");
-    bin().args(["convert"]).arg(&env.adapter).arg("--base").arg(&env.base_gguf).arg("-o").arg(&gguf).assert().success();
+    bin()
+        .args(["convert"])
+        .arg(&env.adapter)
+        .arg("--base")
+        .arg(&env.base_gguf)
+        .arg("-o")
+        .arg(&gguf)
+        .assert()
+        .success();
     let fake = server("0.33.0", RefuseAdapters::Never);
     tool(&env, &fake.url)
         .args(["create-from-base", "--base", "tiny", "--name", "a", "--adapter"])
@@ -412,13 +531,26 @@ fn a_ready_gguf_adapter_is_uploaded_as_is_or_merged() {
     let from_gguf = env.d.path().join("from-gguf.gguf");
     std::fs::write(&from_gguf, &fake.state.lock().unwrap().blobs[&digest]).unwrap();
     let from_peft = env.d.path().join("from-peft.gguf");
-    bin().args(["merge"]).arg(&env.adapter).arg("--base").arg(&env.base_gguf).arg("-o").arg(&from_peft).assert().success();
+    bin()
+        .args(["merge"])
+        .arg(&env.adapter)
+        .arg("--base")
+        .arg(&env.base_gguf)
+        .arg("-o")
+        .arg(&from_peft)
+        .assert()
+        .success();
     let (_, a) = read_gguf(&from_gguf);
     let (_, b) = read_gguf(&from_peft);
     assert_eq!(a.len(), b.len());
     for (name, ta) in &a {
         let tb = &b[name];
-        let worst = ta.values.iter().zip(&tb.values).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let worst = ta
+            .values
+            .iter()
+            .zip(&tb.values)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(worst < 2e-3, "{name}: {worst}");
     }
 
@@ -436,9 +568,19 @@ fn a_ready_gguf_adapter_is_uploaded_as_is_or_merged() {
 }
 
 fn run_in_terminal(env: &Env, fake: &Fake, args: &[&str], question: &str, key: &str) -> (bool, String) {
-    let mut all = vec!["create-from-base", "--base", "tiny", "--adapter", env.adapter.to_str().unwrap()];
+    let mut all = vec![
+        "create-from-base",
+        "--base",
+        "tiny",
+        "--adapter",
+        env.adapter.to_str().unwrap(),
+    ];
     all.extend_from_slice(args);
-    let vars = [("OLLAMA_HOST", fake.url.as_str()), ("OLLAMA_MODELS", env.store.to_str().unwrap()), ("OLLAMA_TOOLS_CACHE", env.cache.to_str().unwrap())];
+    let vars = [
+        ("OLLAMA_HOST", fake.url.as_str()),
+        ("OLLAMA_MODELS", env.store.to_str().unwrap()),
+        ("OLLAMA_TOOLS_CACHE", env.cache.to_str().unwrap()),
+    ];
     in_terminal(&all, &vars, question, key)
 }
 
@@ -449,7 +591,10 @@ fn at_a_terminal_the_user_is_asked_before_a_model_is_replaced() {
     run(&env, &fake, &["--name", "m"]).assert().success();
     let (ok, shown) = run_in_terminal(&env, &fake, &["--name", "m"], "Replace it with the new model?", "n");
     assert!(!ok, "{shown}");
-    assert!(shown.contains("`m:latest` exists on") && shown.contains("llama"), "the question says what exists: {shown}");
+    assert!(
+        shown.contains("`m:latest` exists on") && shown.contains("llama"),
+        "the question says what exists: {shown}"
+    );
     assert!(shown.contains("kept the existing model"), "{shown}");
     assert_eq!(requests(&fake).len(), 1);
     let (ok, shown) = run_in_terminal(&env, &fake, &["--name", "m"], "Replace it with the new model?", "y");
@@ -477,17 +622,29 @@ fn ctrl_c_during_create_hangs_up_and_leaves_no_model_and_no_temporary_file() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let pid = child.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(fake.model("m").is_none());
     // The cache holds finished files only: the merged model and its digest.
-    let mut names: Vec<String> = std::fs::read_dir(env.cache.join("builds")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(env.cache.join("builds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(names[0].ends_with(".gguf") && names[1].ends_with(".gguf.sha256"), "{names:?}");
+    assert!(
+        names[0].ends_with(".gguf") && names[1].ends_with(".gguf.sha256"),
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -495,7 +652,11 @@ fn the_fallback_writes_the_modelfile_of_the_mode_that_was_used() {
     let env = setup();
     let fake = server("0.0.0", RefuseAdapters::Http400);
     let out = env.d.path().join("Modelfile");
-    run(&env, &fake, &["--name", "m"]).arg("--out-modelfile").arg(&out).assert().success();
+    run(&env, &fake, &["--name", "m"])
+        .arg("--out-modelfile")
+        .arg(&out)
+        .assert()
+        .success();
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(!text.contains("ADAPTER"), "{text}");
     assert_same_model(&requests(&fake)[1], &modelfile_request(&out));
@@ -531,8 +692,13 @@ fn a_stores_renderer_and_parser_are_carried_over_unless_a_template_is_given() {
     use sha2::Digest;
     let env = setup();
     // Ollama keeps a model's built-in renderer and parser in its config blob.
-    let config = json!({"model_format": "gguf", "model_family": "llama", "renderer": "qwen3-coder", "parser": "qwen3-coder"}).to_string();
-    let hex: String = sha2::Sha256::digest(config.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let config =
+        json!({"model_format": "gguf", "model_family": "llama", "renderer": "qwen3-coder", "parser": "qwen3-coder"})
+            .to_string();
+    let hex: String = sha2::Sha256::digest(config.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     std::fs::write(env.store.join("blobs").join(format!("sha256-{hex}")), &config).unwrap();
     let manifest_path = env.store.join("manifests/registry.ollama.ai/library/tiny/latest");
     let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
@@ -551,12 +717,18 @@ fn a_stores_renderer_and_parser_are_carried_over_unless_a_template_is_given() {
         modelfile_request(out)
     };
     let req = no_create(&env.d.path().join("M1"), &[]);
-    assert_eq!((req["renderer"].as_str(), req["parser"].as_str()), (Some("qwen3-coder"), Some("qwen3-coder")));
+    assert_eq!(
+        (req["renderer"].as_str(), req["parser"].as_str()),
+        (Some("qwen3-coder"), Some("qwen3-coder"))
+    );
     let template = env.d.path().join("t.tmpl");
     std::fs::write(&template, "{{ .System }} {{ .Prompt }}").unwrap();
     let req = no_create(&env.d.path().join("M2"), &["--template", template.to_str().unwrap()]);
     assert_eq!(req["template"], "{{ .System }} {{ .Prompt }}");
-    assert!(req.get("renderer").is_none(), "the user's template replaces the renderer: {req}");
+    assert!(
+        req.get("renderer").is_none(),
+        "the user's template replaces the renderer: {req}"
+    );
     assert_eq!(req["parser"], "qwen3-coder");
 }
 
@@ -575,7 +747,11 @@ fn a_create_the_server_never_finishes_fails_after_the_idle_timeout() {
         .stderr(contains("sent nothing for 1 s"))
         .stderr(contains("last status: \"parsing GGUF\""))
         .stderr(contains("OLLAMA_TOOLS_TIMEOUT"));
-    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(fake.model("m").is_none());
 }
 
@@ -585,9 +761,17 @@ fn a_servers_error_text_reaches_the_terminal_without_its_escapes() {
     let fake = server("0.34.2", RefuseAdapters::Http400);
     let hostile = format!("\x1b[2J\x1b]0;owned\x07no space left\r{}", "x".repeat(5000));
     fake.state.lock().unwrap().faults.create_error = Some((500, hostile));
-    let out = run(&env, &fake, &["--name", "m"]).assert().failure().get_output().stderr.clone();
+    let out = run(&env, &fake, &["--name", "m"])
+        .assert()
+        .failure()
+        .get_output()
+        .stderr
+        .clone();
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("\\u{1b}[2J") && text.contains("no space left"), "{text}");
-    assert!(!text.contains('\x1b') && !text.contains('\x07') && !text.contains('\r'), "{text:?}");
+    assert!(
+        !text.contains('\x1b') && !text.contains('\x07') && !text.contains('\r'),
+        "{text:?}"
+    );
     assert!(text.len() < 2000, "shortened: {} bytes", text.len());
 }

@@ -31,7 +31,11 @@ fn adapter_with(dir: &Path, lora_a: Vec<f32>, lora_b: Vec<f32>) -> std::path::Pa
         for (module, out) in [("q_proj", 32), ("v_proj", 16)] {
             let p = format!("base_model.model.model.layers.{layer}.self_attn.{module}");
             let (a, b) = (rng.vec(64, 0.3), rng.vec(out * 2, 0.3));
-            let (a, b) = if layer == 1 && module == "v_proj" { (lora_a.clone(), lora_b.clone()) } else { (a, b) };
+            let (a, b) = if layer == 1 && module == "v_proj" {
+                (lora_a.clone(), lora_b.clone())
+            } else {
+                (a, b)
+            };
             tensors.push(t(&format!("{p}.lora_A.weight"), &[2, 32], a));
             tensors.push(t(&format!("{p}.lora_B.weight"), &[out, 2], b));
         }
@@ -68,7 +72,11 @@ fn merge_refuses_nan_inf_and_overflowing_adapters_and_writes_nothing() {
             .stderr(contains("blk.1.attn_v.weight").and(contains("NaN/Inf")));
         assert!(!out.exists(), "{label}: no output");
     }
-    assert!(leftovers(d.path(), &["base.gguf", "nan", "inf", "overflow"]).is_empty(), "{:?}", leftovers(d.path(), &[]));
+    assert!(
+        leftovers(d.path(), &["base.gguf", "nan", "inf", "overflow"]).is_empty(),
+        "{:?}",
+        leftovers(d.path(), &[])
+    );
 }
 
 #[test]
@@ -97,7 +105,13 @@ fn bad_scales_are_refused_before_any_work() {
     write_base_gguf(&base, "llama", TINY);
     let a = tiny_adapter(&d.path().join("a"), json!({}), vec![]);
     let lora = d.path().join("lora.gguf");
-    bin().args(["convert"]).arg(&a).args(["--base", base.to_str().unwrap(), "-o"]).arg(&lora).assert().success();
+    bin()
+        .args(["convert"])
+        .arg(&a)
+        .args(["--base", base.to_str().unwrap(), "-o"])
+        .arg(&lora)
+        .assert()
+        .success();
     for scale in ["nan", "inf", "-inf", "0"] {
         for adapter in [&a, &lora] {
             let out = d.path().join("m.gguf");
@@ -133,13 +147,23 @@ fn write_gguf(path: &Path, general_type: Option<&str>, specs: &[TensorSpec]) {
     let mut rng = Rng::new(3);
     for spec in specs {
         let n = (spec.byte_size().unwrap() / 4) as usize;
-        w.write_tensor(&rng.vec(n, 0.1).iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        w.write_tensor(
+            &rng.vec(n, 0.1)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        )
+        .unwrap();
     }
     w.finish().unwrap();
 }
 
 fn spec(name: &str, ne: &[u64]) -> TensorSpec {
-    TensorSpec { name: name.into(), ne: ne.to_vec(), ty: GgmlType::F32 }
+    TensorSpec {
+        name: name.into(),
+        ne: ne.to_vec(),
+        ty: GgmlType::F32,
+    }
 }
 
 #[test]
@@ -147,7 +171,14 @@ fn gguf_adapter_merge_into_crafted_bases_is_refused_not_a_panic() {
     let d = tempfile::tempdir().unwrap();
     let adapter = d.path().join("lora.gguf");
     let lora = |ne_a: &[u64], ne_b: &[u64]| {
-        write_gguf(&adapter, Some("adapter"), &[spec("blk.0.attn_q.weight.lora_a", ne_a), spec("blk.0.attn_q.weight.lora_b", ne_b)])
+        write_gguf(
+            &adapter,
+            Some("adapter"),
+            &[
+                spec("blk.0.attn_q.weight.lora_a", ne_a),
+                spec("blk.0.attn_q.weight.lora_b", ne_b),
+            ],
+        )
     };
     let merge = |base: &Path, what: &str| {
         let out = d.path().join("out.gguf");
@@ -164,15 +195,36 @@ fn gguf_adapter_merge_into_crafted_bases_is_refused_not_a_panic() {
     };
     let base = d.path().join("base.gguf");
     // A 3-d base tensor.
-    write_gguf(&base, None, &[spec("token_embd.weight", &[32, 40]), spec("blk.0.attn_q.weight", &[32, 4, 8])]);
+    write_gguf(
+        &base,
+        None,
+        &[
+            spec("token_embd.weight", &[32, 40]),
+            spec("blk.0.attn_q.weight", &[32, 4, 8]),
+        ],
+    );
     lora(&[32, 2], &[2, 32]);
     merge(&base, "do not fit");
     // A zero dimension, in the base and the adapter alike.
-    write_gguf(&base, None, &[spec("token_embd.weight", &[32, 40]), spec("blk.0.attn_q.weight", &[32, 0])]);
+    write_gguf(
+        &base,
+        None,
+        &[
+            spec("token_embd.weight", &[32, 40]),
+            spec("blk.0.attn_q.weight", &[32, 0]),
+        ],
+    );
     lora(&[32, 2], &[2, 0]);
     merge(&base, "[32, 0]: an empty tensor");
     // An untouched tensor of a type this tool does not know: the type id patched in the file.
-    write_gguf(&base, None, &[spec("token_embd.weight", &[32, 40]), spec("blk.0.attn_q.weight", &[32, 32])]);
+    write_gguf(
+        &base,
+        None,
+        &[
+            spec("token_embd.weight", &[32, 40]),
+            spec("blk.0.attn_q.weight", &[32, 32]),
+        ],
+    );
     let mut bytes = std::fs::read(&base).unwrap();
     let at = find(&bytes, b"token_embd.weight") + "token_embd.weight".len() + 4 + 2 * 8;
     bytes[at..at + 4].copy_from_slice(&200u32.to_le_bytes());
@@ -234,7 +286,16 @@ impl SocketLike for std::fs::FileType {
 
 /// A base and adapter large enough that a merge runs for a noticeable time (about 170 MB of F32).
 fn big_case(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dims = Dims { layers: 8, hidden: 512, heads: 8, kv_heads: 4, head_dim: 64, ffn: 1536, vocab: 32000, tied: false };
+    let dims = Dims {
+        layers: 8,
+        hidden: 512,
+        heads: 8,
+        kv_heads: 4,
+        head_dim: 64,
+        ffn: 1536,
+        vocab: 32000,
+        tied: false,
+    };
     let base = dir.join("base.gguf");
     write_base_gguf(&base, "llama", dims);
     let mut rng = Rng::new(11);
@@ -271,12 +332,22 @@ fn signals_at_any_point_leave_a_complete_output_or_none() {
     let out = d.path().join("out.gguf");
     let (mut interrupted, mut runs) = (0, 0);
     for (k, delay_ms) in [0u64, 5, 10, 20, 40, 80, 160, 320].into_iter().enumerate() {
-        for (command, sigs) in
-            [("merge", vec![libc::SIGINT]), ("merge", vec![libc::SIGTERM]), ("convert", vec![libc::SIGHUP]), ("merge", vec![libc::SIGINT, libc::SIGINT])]
-        {
+        for (command, sigs) in [
+            ("merge", vec![libc::SIGINT]),
+            ("merge", vec![libc::SIGTERM]),
+            ("convert", vec![libc::SIGHUP]),
+            ("merge", vec![libc::SIGINT, libc::SIGINT]),
+        ] {
             let _ = std::fs::remove_file(&out);
             let mut child = Command::new(&exe)
-                .args([command, adapter.to_str().unwrap(), "--base", base.to_str().unwrap(), "-o", out.to_str().unwrap()])
+                .args([
+                    command,
+                    adapter.to_str().unwrap(),
+                    "--base",
+                    base.to_str().unwrap(),
+                    "-o",
+                    out.to_str().unwrap(),
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -295,14 +366,26 @@ fn signals_at_any_point_leave_a_complete_output_or_none() {
                 assert!(!h.tensors.is_empty(), "a finished output is complete");
             } else {
                 interrupted += 1;
-                assert!(!out.exists(), "{command} {sigs:?} after {delay_ms} ms: interrupted run left an output");
+                assert!(
+                    !out.exists(),
+                    "{command} {sigs:?} after {delay_ms} ms: interrupted run left an output"
+                );
             }
         }
     }
     // Most runs must really be cut (the early delays), or the test proves little.
-    assert!(interrupted >= runs / 4, "only {interrupted} of {runs} runs were interrupted: the case is too fast to test");
+    assert!(
+        interrupted >= runs / 4,
+        "only {interrupted} of {runs} runs were interrupted: the case is too fast to test"
+    );
     let _ = std::fs::remove_file(&out);
-    bin().args(["merge"]).arg(&adapter).args(["--base", base.to_str().unwrap(), "-o"]).arg(&out).assert().success();
+    bin()
+        .args(["merge"])
+        .arg(&adapter)
+        .args(["--base", base.to_str().unwrap(), "-o"])
+        .arg(&out)
+        .assert()
+        .success();
 }
 
 /// A file-size limit (`ulimit -f`) kills a writer with SIGXFSZ unless the signal is ignored: the
@@ -324,9 +407,16 @@ fn a_file_size_limit_gives_an_error_and_no_leftover() {
     let o = Command::new("bash").args(["-c", &script]).output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(stderr.contains("out.gguf") && stderr.to_lowercase().contains("too large"), "{stderr}");
+    assert!(
+        stderr.contains("out.gguf") && stderr.to_lowercase().contains("too large"),
+        "{stderr}"
+    );
     assert!(!out.exists());
-    assert!(leftovers(d.path(), &["base.gguf", "adapter"]).is_empty(), "{:?}", leftovers(d.path(), &[]));
+    assert!(
+        leftovers(d.path(), &["base.gguf", "adapter"]).is_empty(),
+        "{:?}",
+        leftovers(d.path(), &[])
+    );
 }
 
 /// Files under `dir`, recursively, as paths relative to it (symlinks not followed).
@@ -355,13 +445,38 @@ fn tree(dir: &Path) -> Vec<String> {
 fn signals_during_a_download_leave_only_resumable_state() {
     use common::hub_server::{self, Access, File, HubFaults, Repo};
     let d = tempfile::tempdir().unwrap();
-    let a = tiny_adapter(&d.path().join("a"), json!({}), vec![t("base_model.model.model.layers.0.mlp.down_proj.lora_A.weight", &[2, 1 << 20], vec![0.01; 2 << 20])]);
+    let a = tiny_adapter(
+        &d.path().join("a"),
+        json!({}),
+        vec![t(
+            "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight",
+            &[2, 1 << 20],
+            vec![0.01; 2 << 20],
+        )],
+    );
     let files = vec![
-        File { path: "adapter_config.json".into(), bytes: std::fs::read(a.join("adapter_config.json")).unwrap(), lfs: false },
-        File { path: "adapter_model.safetensors".into(), bytes: std::fs::read(a.join("adapter_model.safetensors")).unwrap(), lfs: true },
+        File {
+            path: "adapter_config.json".into(),
+            bytes: std::fs::read(a.join("adapter_config.json")).unwrap(),
+            lfs: false,
+        },
+        File {
+            path: "adapter_model.safetensors".into(),
+            bytes: std::fs::read(a.join("adapter_model.safetensors")).unwrap(),
+            lfs: true,
+        },
     ];
-    let hub = hub_server::start(vec![Repo { id: "me/big".into(), files, branch: "main".into(), commit: String::new(), access: Access::Public }]);
-    hub.set_faults(HubFaults { slow_ms_per_mb: 150, ..Default::default() });
+    let hub = hub_server::start(vec![Repo {
+        id: "me/big".into(),
+        files,
+        branch: "main".into(),
+        commit: String::new(),
+        access: Access::Public,
+    }]);
+    hub.set_faults(HubFaults {
+        slow_ms_per_mb: 150,
+        ..Default::default()
+    });
     let hf_home = d.path().join("hf");
     let exe = assert_cmd::cargo::cargo_bin("ollama-tools");
     let run = || {
@@ -384,11 +499,24 @@ fn signals_during_a_download_leave_only_resumable_state() {
         signal(&child, sig);
         let o = child.wait_with_output().unwrap();
         let files = tree(&hf_home);
-        assert!(!files.iter().any(|f| f.contains("snapshots") && f.ends_with(".safetensors") && !f.contains("incomplete")) || o.status.success(), "{files:?}");
+        assert!(
+            !files
+                .iter()
+                .any(|f| f.contains("snapshots") && f.ends_with(".safetensors") && !f.contains("incomplete"))
+                || o.status.success(),
+            "{files:?}"
+        );
         if !o.status.success() {
             interrupted += 1;
-            assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"), "{}", String::from_utf8_lossy(&o.stderr));
-            let stray: Vec<&String> = files.iter().filter(|f| f.contains(".tmp") || (f.starts_with('.') && !f.contains("incomplete"))).collect();
+            assert!(
+                String::from_utf8_lossy(&o.stderr).contains("interrupted"),
+                "{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let stray: Vec<&String> = files
+                .iter()
+                .filter(|f| f.contains(".tmp") || (f.starts_with('.') && !f.contains("incomplete")))
+                .collect();
             assert!(stray.is_empty(), "{stray:?}");
         }
     }
@@ -396,9 +524,16 @@ fn signals_during_a_download_leave_only_resumable_state() {
     hub.set_faults(HubFaults::default());
     let o = run().wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let snap = tree(&hf_home).into_iter().find(|f| f.contains("snapshots") && f.ends_with("adapter_model.safetensors")).unwrap();
+    let snap = tree(&hf_home)
+        .into_iter()
+        .find(|f| f.contains("snapshots") && f.ends_with("adapter_model.safetensors"))
+        .unwrap();
     let got = std::fs::read(hf_home.join(snap)).unwrap();
-    assert_eq!(got, std::fs::read(a.join("adapter_model.safetensors")).unwrap(), "resumed to the exact file");
+    assert_eq!(
+        got,
+        std::fs::read(a.join("adapter_model.safetensors")).unwrap(),
+        "resumed to the exact file"
+    );
 }
 
 /// An adapter path that is a symlink loop says so, not "entity not found".
@@ -408,5 +543,10 @@ fn a_symlink_loop_is_named_as_such() {
     let d = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(d.path().join("b"), d.path().join("a")).unwrap();
     std::os::unix::fs::symlink(d.path().join("a"), d.path().join("b")).unwrap();
-    bin().arg("inspect").arg(d.path().join("a")).assert().failure().stderr(contains("symbolic links"));
+    bin()
+        .arg("inspect")
+        .arg(d.path().join("a"))
+        .assert()
+        .failure()
+        .stderr(contains("symbolic links"));
 }

@@ -31,19 +31,43 @@ fn setup() -> Env {
 }
 
 fn adapter_files(env: &Env, dir: &str) -> Vec<File> {
-    let p = |f: &str| if dir.is_empty() { f.to_string() } else { format!("{dir}/{f}") };
+    let p = |f: &str| {
+        if dir.is_empty() {
+            f.to_string()
+        } else {
+            format!("{dir}/{f}")
+        }
+    };
     vec![
-        File { path: p("adapter_config.json"), bytes: env.config_bytes.clone(), lfs: false },
-        File { path: p("adapter_model.safetensors"), bytes: env.adapter_bytes.clone(), lfs: true },
+        File {
+            path: p("adapter_config.json"),
+            bytes: env.config_bytes.clone(),
+            lfs: false,
+        },
+        File {
+            path: p("adapter_model.safetensors"),
+            bytes: env.adapter_bytes.clone(),
+            lfs: true,
+        },
     ]
 }
 
 fn repo(id: &str, files: Vec<File>, access: Access) -> Repo {
-    Repo { id: id.into(), files, branch: "main".into(), commit: String::new(), access }
+    Repo {
+        id: id.into(),
+        files,
+        branch: "main".into(),
+        commit: String::new(),
+        access,
+    }
 }
 
 fn ollama() -> Fake {
-    ollama_server::start(Config { version: "0.34.2".into(), models: vec![("tiny".into(), show_json(TINY, "F32", true))], ..Config::default() })
+    ollama_server::start(Config {
+        version: "0.34.2".into(),
+        models: vec![("tiny".into(), show_json(TINY, "F32", true))],
+        ..Config::default()
+    })
 }
 
 /// `fetch-adapter ARGS` with the Hub at `hub`, Ollama at `fake`, the HF cache in the env's HF_HOME.
@@ -93,15 +117,32 @@ fn fetch_downloads_into_the_hf_cache_creates_the_model_and_a_second_run_download
     assert_eq!(commit.len(), 40);
     let blob = repo_dir.join("blobs").join(sha256_hex(&env.adapter_bytes));
     assert_eq!(std::fs::read(&blob).unwrap(), env.adapter_bytes);
-    let pointer = repo_dir.join("snapshots").join(&commit).join("adapter_model.safetensors");
-    assert_eq!(std::fs::read_link(&pointer).unwrap(), Path::new("../../blobs").join(sha256_hex(&env.adapter_bytes)));
-    assert_eq!(std::fs::read(repo_dir.join("snapshots").join(&commit).join("adapter_config.json")).unwrap(), env.config_bytes);
+    let pointer = repo_dir
+        .join("snapshots")
+        .join(&commit)
+        .join("adapter_model.safetensors");
+    assert_eq!(
+        std::fs::read_link(&pointer).unwrap(),
+        Path::new("../../blobs").join(sha256_hex(&env.adapter_bytes))
+    );
+    assert_eq!(
+        std::fs::read(repo_dir.join("snapshots").join(&commit).join("adapter_config.json")).unwrap(),
+        env.config_bytes
+    );
     assert!(fake.model("tiny-lora").is_some());
     assert_eq!(cdn_gets(&hub), 1);
 
     // Again: the files come from the cache (the listing is asked, no file body is sent again).
     let served = hub.state.lock().unwrap().served_bytes;
-    fetch(&env, &hub, &fake, &["me/Tiny-LoRA", "--base", "tiny", "--name", "again"]).assert().success().stdout(contains("reused from an earlier run"));
+    fetch(
+        &env,
+        &hub,
+        &fake,
+        &["me/Tiny-LoRA", "--base", "tiny", "--name", "again"],
+    )
+    .assert()
+    .success()
+    .stdout(contains("reused from an earlier run"));
     assert_eq!(cdn_gets(&hub), 1);
     assert_eq!(hub.state.lock().unwrap().served_bytes, served);
 
@@ -115,7 +156,11 @@ fn fetch_downloads_into_the_hf_cache_creates_the_model_and_a_second_run_download
 
     // Offline: no request at all.
     let before = hub.state.lock().unwrap().log.len();
-    fetch(&env, &hub, &fake, &["me/Tiny-LoRA", "--download-only"]).env("HF_HUB_OFFLINE", "1").assert().success().stdout(contains("snapshots"));
+    fetch(&env, &hub, &fake, &["me/Tiny-LoRA", "--download-only"])
+        .env("HF_HUB_OFFLINE", "1")
+        .assert()
+        .success()
+        .stdout(contains("snapshots"));
     assert_eq!(hub.state.lock().unwrap().log.len(), before);
 }
 
@@ -125,10 +170,24 @@ fn a_cut_transfer_resumes_where_it_stopped_and_a_partial_file_from_an_earlier_ru
     let hub = hub_server::start(vec![repo("me/lora", adapter_files(&env, ""), Access::Public)]);
     let fake = ollama();
     let half = env.adapter_bytes.len() as u64 / 2;
-    hub.set_faults(HubFaults { cut_after: Some(half), ..HubFaults::default() });
-    fetch(&env, &hub, &fake, &["me/lora", "--download-only"]).assert().success().stderr(contains("broke off")).stderr(contains("resuming"));
+    hub.set_faults(HubFaults {
+        cut_after: Some(half),
+        ..HubFaults::default()
+    });
+    fetch(&env, &hub, &fake, &["me/lora", "--download-only"])
+        .assert()
+        .success()
+        .stderr(contains("broke off"))
+        .stderr(contains("resuming"));
     let cdn = hub.cdn_host.clone();
-    assert_eq!(hub.requests(move |r| r.host == cdn && r.range.as_deref().is_some_and(|r| r.starts_with("bytes=") && !r.starts_with("bytes=0-"))), 1, "the second request asks for the rest");
+    assert_eq!(
+        hub.requests(move |r| r.host == cdn
+            && r.range
+                .as_deref()
+                .is_some_and(|r| r.starts_with("bytes=") && !r.starts_with("bytes=0-"))),
+        1,
+        "the second request asks for the rest"
+    );
 
     // A partial file left by an earlier run (ours or huggingface_hub's) is continued, not restarted.
     let env = setup();
@@ -136,12 +195,21 @@ fn a_cut_transfer_resumes_where_it_stopped_and_a_partial_file_from_an_earlier_ru
     let blobs = env.hf_home.join("hub/models--me--lora/blobs");
     std::fs::create_dir_all(&blobs).unwrap();
     let sha = sha256_hex(&env.adapter_bytes);
-    std::fs::write(blobs.join(format!("{sha}.incomplete")), &env.adapter_bytes[..half as usize]).unwrap();
-    fetch(&env, &hub, &fake, &["me/lora", "--download-only"]).assert().success();
+    std::fs::write(
+        blobs.join(format!("{sha}.incomplete")),
+        &env.adapter_bytes[..half as usize],
+    )
+    .unwrap();
+    fetch(&env, &hub, &fake, &["me/lora", "--download-only"])
+        .assert()
+        .success();
     assert_eq!(std::fs::read(blobs.join(&sha)).unwrap(), env.adapter_bytes);
     let cdn = hub.cdn_host.clone();
     let want = format!("bytes={half}-");
-    assert_eq!(hub.requests(move |r| r.host == cdn && r.range.as_deref() == Some(want.as_str())), 1);
+    assert_eq!(
+        hub.requests(move |r| r.host == cdn && r.range.as_deref() == Some(want.as_str())),
+        1
+    );
 }
 
 #[test]
@@ -150,24 +218,36 @@ fn a_corrupted_download_is_deleted_and_refused() {
     let hub = hub_server::start(vec![repo("me/lora", adapter_files(&env, ""), Access::Public)]);
     let fake = ollama();
     // The config (kept in git: checked against its git blob id) comes first.
-    hub.set_faults(HubFaults { corrupt_next: true, ..HubFaults::default() });
+    hub.set_faults(HubFaults {
+        corrupt_next: true,
+        ..HubFaults::default()
+    });
     fetch(&env, &hub, &fake, &["me/lora", "--base", "tiny"])
         .assert()
         .failure()
         .stderr(contains("adapter_config.json downloaded with git blob id"))
         .stderr(contains("the file was deleted"));
     // Then the weights (LFS: checked against their sha256), the config now in the cache.
-    fetch(&env, &hub, &fake, &["me/lora", "--subfolder", ".", "--download-only"]).assert().success();
+    fetch(&env, &hub, &fake, &["me/lora", "--subfolder", ".", "--download-only"])
+        .assert()
+        .success();
     let repo_dir = env.hf_home.join("hub/models--me--lora");
     let sha = sha256_hex(&env.adapter_bytes);
     std::fs::remove_file(repo_dir.join("blobs").join(&sha)).unwrap();
-    hub.set_faults(HubFaults { corrupt_next: true, ..HubFaults::default() });
+    hub.set_faults(HubFaults {
+        corrupt_next: true,
+        ..HubFaults::default()
+    });
     fetch(&env, &hub, &fake, &["me/lora", "--base", "tiny"])
         .assert()
         .failure()
         .stderr(contains("adapter_model.safetensors downloaded with sha256"))
         .stderr(contains(format!("the Hub says it is {sha}: the file was deleted")));
-    let left: Vec<String> = std::fs::read_dir(repo_dir.join("blobs")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let left: Vec<String> = std::fs::read_dir(repo_dir.join("blobs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(left.iter().all(|n| !n.starts_with(&sha)), "{left:?}");
     assert!(fake.model("lora").is_none());
 }
@@ -180,15 +260,32 @@ fn the_hubs_errors_say_what_happened_and_what_to_do() {
         repo("corp/gated-lora", adapter_files(&env, ""), Access::Gated),
     ]);
     let fake = ollama();
-    fetch(&env, &hub, &fake, &["me/nope", "--base", "tiny"]).assert().failure().stderr(contains("repository `me/nope` not found")).stderr(contains("HF_TOKEN"));
-    fetch(&env, &hub, &fake, &["me/lora", "--revision", "v9", "--base", "tiny"]).assert().failure().stderr(contains("revision `v9` of `me/lora` not found"));
+    fetch(&env, &hub, &fake, &["me/nope", "--base", "tiny"])
+        .assert()
+        .failure()
+        .stderr(contains("repository `me/nope` not found"))
+        .stderr(contains("HF_TOKEN"));
+    fetch(&env, &hub, &fake, &["me/lora", "--revision", "v9", "--base", "tiny"])
+        .assert()
+        .failure()
+        .stderr(contains("revision `v9` of `me/lora` not found"));
     fetch(&env, &hub, &fake, &["corp/gated-lora", "--base", "tiny"])
         .assert()
         .failure()
         .stderr(contains("is gated"))
-        .stderr(contains(format!("accept its conditions at {}/corp/gated-lora", hub.url)));
-    hub.set_faults(HubFaults { rate_limit: 1, ..HubFaults::default() });
-    fetch(&env, &hub, &fake, &["me/lora", "--base", "tiny"]).assert().failure().stderr(contains("rate-limiting")).stderr(contains("wait 7 seconds"));
+        .stderr(contains(format!(
+            "accept its conditions at {}/corp/gated-lora",
+            hub.url
+        )));
+    hub.set_faults(HubFaults {
+        rate_limit: 1,
+        ..HubFaults::default()
+    });
+    fetch(&env, &hub, &fake, &["me/lora", "--base", "tiny"])
+        .assert()
+        .failure()
+        .stderr(contains("rate-limiting"))
+        .stderr(contains("wait 7 seconds"));
     bin()
         .env("HF_ENDPOINT", "http://127.0.0.1:1")
         .env("HF_HOME", &env.hf_home)
@@ -197,7 +294,10 @@ fn the_hubs_errors_say_what_happened_and_what_to_do() {
         .failure()
         .stderr(contains("cannot reach the Hub"))
         .stderr(contains("HF_HUB_OFFLINE=1"));
-    fetch(&env, &hub, &fake, &["not-a-repo-id"]).assert().failure().stderr(contains("ORG/NAME"));
+    fetch(&env, &hub, &fake, &["not-a-repo-id"])
+        .assert()
+        .failure()
+        .stderr(contains("ORG/NAME"));
 }
 
 #[test]
@@ -206,16 +306,38 @@ fn a_token_opens_a_gated_repo_and_never_reaches_the_cdn() {
     let hub = hub_server::start(vec![repo("corp/gated-lora", adapter_files(&env, ""), Access::Gated)]);
     hub.add_token("hf_secret");
     let fake = ollama();
-    fetch(&env, &hub, &fake, &["corp/gated-lora", "--base", "tiny"]).env("HF_TOKEN", "hf_secret").assert().success().stdout(contains("created gated-lora"));
-    let log = hub.state.lock().unwrap().log.iter().map(|r| (r.host.clone(), r.auth.clone())).collect::<Vec<_>>();
-    assert!(log.iter().any(|(h, a)| h != &hub.cdn_host && a.as_deref() == Some("Bearer hf_secret")));
-    assert!(log.iter().any(|(h, _)| h == &hub.cdn_host), "the LFS file came from the CDN host");
-    assert!(log.iter().filter(|(h, _)| h == &hub.cdn_host).all(|(_, a)| a.is_none()), "{log:?}");
+    fetch(&env, &hub, &fake, &["corp/gated-lora", "--base", "tiny"])
+        .env("HF_TOKEN", "hf_secret")
+        .assert()
+        .success()
+        .stdout(contains("created gated-lora"));
+    let log = hub
+        .state
+        .lock()
+        .unwrap()
+        .log
+        .iter()
+        .map(|r| (r.host.clone(), r.auth.clone()))
+        .collect::<Vec<_>>();
+    assert!(
+        log.iter()
+            .any(|(h, a)| h != &hub.cdn_host && a.as_deref() == Some("Bearer hf_secret"))
+    );
+    assert!(
+        log.iter().any(|(h, _)| h == &hub.cdn_host),
+        "the LFS file came from the CDN host"
+    );
+    assert!(
+        log.iter().filter(|(h, _)| h == &hub.cdn_host).all(|(_, a)| a.is_none()),
+        "{log:?}"
+    );
     // The token file `huggingface-cli login` writes works the same.
     let env2 = setup();
     std::fs::create_dir_all(&env2.hf_home).unwrap();
     std::fs::write(env2.hf_home.join("token"), "hf_secret\n").unwrap();
-    fetch(&env2, &hub, &fake, &["corp/gated-lora", "--download-only"]).assert().success();
+    fetch(&env2, &hub, &fake, &["corp/gated-lora", "--download-only"])
+        .assert()
+        .success();
 }
 
 #[test]
@@ -223,11 +345,45 @@ fn several_adapters_are_listed_and_chosen_with_subfolder_and_non_adapters_are_ex
     let env = setup();
     let mut files = adapter_files(&env, "");
     files.extend(adapter_files(&env, "checkpoint-500"));
-    files.push(File { path: "lora-f16.gguf".into(), bytes: b"GGUF-not-really".to_vec(), lfs: true });
+    files.push(File {
+        path: "lora-f16.gguf".into(),
+        bytes: b"GGUF-not-really".to_vec(),
+        lfs: true,
+    });
     let hub = hub_server::start(vec![
         repo("me/many", files, Access::Public),
-        repo("me/full", vec![File { path: "config.json".into(), bytes: b"{}".to_vec(), lfs: false }, File { path: "model.safetensors".into(), bytes: vec![0; 64], lfs: true }], Access::Public),
-        repo("me/pickle", vec![File { path: "adapter_config.json".into(), bytes: env.config_bytes.clone(), lfs: false }, File { path: "adapter_model.bin".into(), bytes: vec![0; 64], lfs: true }], Access::Public),
+        repo(
+            "me/full",
+            vec![
+                File {
+                    path: "config.json".into(),
+                    bytes: b"{}".to_vec(),
+                    lfs: false,
+                },
+                File {
+                    path: "model.safetensors".into(),
+                    bytes: vec![0; 64],
+                    lfs: true,
+                },
+            ],
+            Access::Public,
+        ),
+        repo(
+            "me/pickle",
+            vec![
+                File {
+                    path: "adapter_config.json".into(),
+                    bytes: env.config_bytes.clone(),
+                    lfs: false,
+                },
+                File {
+                    path: "adapter_model.bin".into(),
+                    bytes: vec![0; 64],
+                    lfs: true,
+                },
+            ],
+            Access::Public,
+        ),
     ]);
     let fake = ollama();
     fetch(&env, &hub, &fake, &["me/many", "--base", "tiny"])
@@ -237,10 +393,25 @@ fn several_adapters_are_listed_and_chosen_with_subfolder_and_non_adapters_are_ex
         .stderr(contains("--subfolder checkpoint-500"))
         .stderr(contains("--subfolder lora-f16.gguf"))
         .stderr(contains("--subfolder ."));
-    fetch(&env, &hub, &fake, &["me/many", "--subfolder", "checkpoint-500", "--download-only"]).assert().success().stdout(contains("checkpoint-500"));
+    fetch(
+        &env,
+        &hub,
+        &fake,
+        &["me/many", "--subfolder", "checkpoint-500", "--download-only"],
+    )
+    .assert()
+    .success()
+    .stdout(contains("checkpoint-500"));
     assert_eq!(cdn_gets(&hub), 1, "only the chosen adapter's files, not the whole repo");
-    fetch(&env, &hub, &fake, &["me/full", "--base", "tiny"]).assert().failure().stderr(contains("holds a full model, not a LoRA adapter"));
-    fetch(&env, &hub, &fake, &["me/pickle", "--base", "tiny"]).assert().failure().stderr(contains("adapter_model.bin")).stderr(contains("safe_serialization=True"));
+    fetch(&env, &hub, &fake, &["me/full", "--base", "tiny"])
+        .assert()
+        .failure()
+        .stderr(contains("holds a full model, not a LoRA adapter"));
+    fetch(&env, &hub, &fake, &["me/pickle", "--base", "tiny"])
+        .assert()
+        .failure()
+        .stderr(contains("adapter_model.bin"))
+        .stderr(contains("safe_serialization=True"));
 }
 
 #[test]
@@ -253,8 +424,15 @@ fn without_base_the_adapters_own_base_is_suggested_and_taken_with_yes() {
         models: vec![("llama3.2:1b".into(), show_json(TINY, "F32", true))],
         ..Config::default()
     });
-    fetch(&env, &hub, &fake, &["me/lora"]).assert().failure().stderr(contains("meta-llama/Llama-3.2-1B")).stderr(contains("--base llama3.2:1b"));
-    fetch(&env, &hub, &fake, &["me/lora", "--yes"]).assert().success().stdout(contains("adapter layer"));
+    fetch(&env, &hub, &fake, &["me/lora"])
+        .assert()
+        .failure()
+        .stderr(contains("meta-llama/Llama-3.2-1B"))
+        .stderr(contains("--base llama3.2:1b"));
+    fetch(&env, &hub, &fake, &["me/lora", "--yes"])
+        .assert()
+        .success()
+        .stdout(contains("adapter layer"));
     let req = fake.create_requests().pop().unwrap();
     assert_eq!(req["from"], "llama3.2:1b");
     assert_eq!(req["model"], "lora");
@@ -266,10 +444,36 @@ fn out_gguf_leaves_the_merged_model_for_llama_cpp() {
     let hub = hub_server::start(vec![repo("me/lora", adapter_files(&env, ""), Access::Public)]);
     let fake = ollama();
     let out = env.d.path().join("merged.gguf");
-    fetch(&env, &hub, &fake, &["me/lora", "--base", "tiny", "--out-gguf", out.to_str().unwrap()]).assert().success();
+    fetch(
+        &env,
+        &hub,
+        &fake,
+        &["me/lora", "--base", "tiny", "--out-gguf", out.to_str().unwrap()],
+    )
+    .assert()
+    .success();
     let req = fake.create_requests().pop().unwrap();
-    assert_eq!(format!("sha256:{}", sha256_hex(&std::fs::read(&out).unwrap())), req["files"]["model.gguf"].as_str().unwrap());
-    fetch(&env, &hub, &fake, &["me/lora", "--base", "tiny", "--name", "x", "--out-gguf", out.to_str().unwrap()]).assert().failure().stderr(contains("--out-gguf"));
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(&std::fs::read(&out).unwrap())),
+        req["files"]["model.gguf"].as_str().unwrap()
+    );
+    fetch(
+        &env,
+        &hub,
+        &fake,
+        &[
+            "me/lora",
+            "--base",
+            "tiny",
+            "--name",
+            "x",
+            "--out-gguf",
+            out.to_str().unwrap(),
+        ],
+    )
+    .assert()
+    .failure()
+    .stderr(contains("--out-gguf"));
 }
 
 #[test]
@@ -297,10 +501,15 @@ fn a_file_another_tool_left_in_the_cache_is_used_and_ours_serves_it() {
     let sha = sha256_hex(&env.adapter_bytes);
     std::fs::create_dir_all(dir.join("blobs")).unwrap();
     std::fs::write(dir.join("blobs").join(&sha), &env.adapter_bytes).unwrap();
-    fetch(&env, &hub, &fake, &["me/lora", "--download-only"]).assert().success();
+    fetch(&env, &hub, &fake, &["me/lora", "--download-only"])
+        .assert()
+        .success();
     assert_eq!(cdn_gets(&hub), 0, "the weights were not downloaded again");
     let snap = dir.join("snapshots").join(&commit);
-    assert_eq!(std::fs::read(snap.join("adapter_model.safetensors")).unwrap(), env.adapter_bytes);
+    assert_eq!(
+        std::fs::read(snap.join("adapter_model.safetensors")).unwrap(),
+        env.adapter_bytes
+    );
     assert_eq!(std::fs::read_to_string(dir.join("refs/main")).unwrap(), commit);
 }
 
@@ -313,10 +522,24 @@ fn at_a_terminal_the_user_picks_the_adapter() {
     let home = env.hf_home.to_str().unwrap().to_string();
     let vars = [("HF_ENDPOINT", hub.url.as_str()), ("HF_HOME", home.as_str())];
     // Down, then Enter: the second entry.
-    let (ok, shown) = in_terminal(&["fetch-adapter", "me/many", "--download-only"], &vars, "which one?", "\x1b[B\r");
+    let (ok, shown) = in_terminal(
+        &["fetch-adapter", "me/many", "--download-only"],
+        &vars,
+        "which one?",
+        "\x1b[B\r",
+    );
     assert!(ok, "{shown}");
-    assert!(shown.contains("the PEFT adapter in checkpoint-500/") && shown.contains("snapshots"), "{shown}");
-    assert!(env.hf_home.join("hub/models--me--many/snapshots").join(hub.commit("me/many")).join("checkpoint-500/adapter_model.safetensors").exists());
+    assert!(
+        shown.contains("the PEFT adapter in checkpoint-500/") && shown.contains("snapshots"),
+        "{shown}"
+    );
+    assert!(
+        env.hf_home
+            .join("hub/models--me--many/snapshots")
+            .join(hub.commit("me/many"))
+            .join("checkpoint-500/adapter_model.safetensors")
+            .exists()
+    );
 }
 
 #[test]
@@ -325,10 +548,22 @@ fn a_gguf_adapter_in_the_repo_is_fetched_and_used_as_is() {
     let gguf = env.d.path().join("lora.gguf");
     let base_gguf = env.d.path().join("base.gguf");
     let peft = env.d.path().join("a");
-    bin().arg("convert").arg(&peft).arg("--base").arg(&base_gguf).arg("-o").arg(&gguf).assert().success();
+    bin()
+        .arg("convert")
+        .arg(&peft)
+        .arg("--base")
+        .arg(&base_gguf)
+        .arg("-o")
+        .arg(&gguf)
+        .assert()
+        .success();
     let bytes = std::fs::read(&gguf).unwrap();
     let mut files = adapter_files(&env, "");
-    files.push(File { path: "gguf/lora-f16.gguf".into(), bytes: bytes.clone(), lfs: true });
+    files.push(File {
+        path: "gguf/lora-f16.gguf".into(),
+        bytes: bytes.clone(),
+        lfs: true,
+    });
     let hub = hub_server::start(vec![repo("me/lora", files, Access::Public)]);
     let fake = ollama_server::start(Config {
         version: "0.33.0".into(),
@@ -336,9 +571,20 @@ fn a_gguf_adapter_in_the_repo_is_fetched_and_used_as_is() {
         models: vec![("tiny".into(), show_json(TINY, "F32", true))],
         ..Config::default()
     });
-    fetch(&env, &hub, &fake, &["me/lora", "--subfolder", "gguf/lora-f16.gguf", "--base", "tiny"]).assert().success().stdout(contains("adapter layer"));
+    fetch(
+        &env,
+        &hub,
+        &fake,
+        &["me/lora", "--subfolder", "gguf/lora-f16.gguf", "--base", "tiny"],
+    )
+    .assert()
+    .success()
+    .stdout(contains("adapter layer"));
     let req = fake.create_requests().pop().unwrap();
-    assert_eq!(req["adapters"]["adapter.gguf"], format!("sha256:{}", sha256_hex(&bytes)));
+    assert_eq!(
+        req["adapters"]["adapter.gguf"],
+        format!("sha256:{}", sha256_hex(&bytes))
+    );
     assert_eq!(cdn_gets(&hub), 1, "only the GGUF file");
 }
 
@@ -348,20 +594,36 @@ fn a_full_model_gguf_beside_the_adapter_is_told_apart_by_its_header_and_left_out
     let env = setup();
     // A "full model": general.type = model, and a tensor of 1 MiB that must not be downloaded.
     let model = env.d.path().join("model.gguf");
-    let kvs = vec![("general.architecture".to_string(), Value::String("llama".into())), ("general.type".to_string(), Value::String("model".into()))];
-    let specs = vec![TensorSpec { name: "token_embd.weight".into(), ne: vec![256, 1024], ty: GgmlType::F32 }];
+    let kvs = vec![
+        ("general.architecture".to_string(), Value::String("llama".into())),
+        ("general.type".to_string(), Value::String("model".into())),
+    ];
+    let specs = vec![TensorSpec {
+        name: "token_embd.weight".into(),
+        ne: vec![256, 1024],
+        ty: GgmlType::F32,
+    }];
     let mut w = Writer::new(std::fs::File::create(&model).unwrap(), &kvs, &specs).unwrap();
     w.write_tensor(&vec![0u8; 256 * 1024 * 4]).unwrap();
     w.finish().unwrap();
     let mut files = adapter_files(&env, "");
-    files.push(File { path: "model-f32.gguf".into(), bytes: std::fs::read(&model).unwrap(), lfs: true });
+    files.push(File {
+        path: "model-f32.gguf".into(),
+        bytes: std::fs::read(&model).unwrap(),
+        lfs: true,
+    });
     let hub = hub_server::start(vec![repo("me/lora", files, Access::Public)]);
     let fake = ollama();
     fetch(&env, &hub, &fake, &["me/lora", "--base", "tiny"])
         .assert()
         .success()
-        .stderr(contains("not adapters, left out: model-f32.gguf (general.type `model`)"));
-    assert!(hub.state.lock().unwrap().served_bytes < 512 * 1024, "only the header of the model was read");
+        .stderr(contains(
+            "not adapters, left out: model-f32.gguf (general.type `model`)",
+        ));
+    assert!(
+        hub.state.lock().unwrap().served_bytes < 512 * 1024,
+        "only the header of the model was read"
+    );
 }
 
 #[test]
@@ -369,7 +631,18 @@ fn a_revision_that_is_a_path_is_refused_before_anything_is_asked() {
     let env = setup();
     let hub = hub_server::start(vec![repo("me/lora", adapter_files(&env, ""), Access::Public)]);
     let fake = ollama();
-    for rev in ["../../..", "/etc", "a/../../b", "main\\..\\..", "ma\x1bin", "", "a//b", ".hidden", "x.lock", "a b"] {
+    for rev in [
+        "../../..",
+        "/etc",
+        "a/../../b",
+        "main\\..\\..",
+        "ma\x1bin",
+        "",
+        "a//b",
+        ".hidden",
+        "x.lock",
+        "a b",
+    ] {
         fetch(&env, &hub, &fake, &["me/lora", "--download-only", "--revision", rev])
             .assert()
             .failure()
@@ -380,18 +653,38 @@ fn a_revision_that_is_a_path_is_refused_before_anything_is_asked() {
     assert!(!env.hf_home.exists() || std::fs::read_dir(env.hf_home.join("hub")).map_or(true, |d| d.count() == 0));
     // Branch and tag names with slashes, and commits, are revisions.
     let commit = hub.commit("me/lora");
-    fetch(&env, &hub, &fake, &["me/lora", "--download-only", "--revision", &commit]).assert().success();
+    fetch(
+        &env,
+        &hub,
+        &fake,
+        &["me/lora", "--download-only", "--revision", &commit],
+    )
+    .assert()
+    .success();
 }
 
 /// An LFS-only repo whose weights take about a second to send: `--download-only` never parses them.
 fn slow_repo(env: &Env) -> (Hub, Vec<u8>) {
-    let weights: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let weights: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let files = vec![
-        File { path: "adapter_config.json".into(), bytes: env.config_bytes.clone(), lfs: false },
-        File { path: "adapter_model.safetensors".into(), bytes: weights.clone(), lfs: true },
+        File {
+            path: "adapter_config.json".into(),
+            bytes: env.config_bytes.clone(),
+            lfs: false,
+        },
+        File {
+            path: "adapter_model.safetensors".into(),
+            bytes: weights.clone(),
+            lfs: true,
+        },
     ];
     let hub = hub_server::start(vec![repo("me/lora", files, Access::Public)]);
-    hub.set_faults(HubFaults { slow_ms_per_mb: 300, ..HubFaults::default() });
+    hub.set_faults(HubFaults {
+        slow_ms_per_mb: 300,
+        ..HubFaults::default()
+    });
     (hub, weights)
 }
 
@@ -400,7 +693,12 @@ fn two_runs_fetching_the_same_file_take_turns_and_download_it_once() {
     let env = setup();
     let (hub, weights) = slow_repo(&env);
     let fake = ollama();
-    let spawn = || fetch(&env, &hub, &fake, &["me/lora", "--download-only"]).timeout(std::time::Duration::from_secs(120)).output().unwrap();
+    let spawn = || {
+        fetch(&env, &hub, &fake, &["me/lora", "--download-only"])
+            .timeout(std::time::Duration::from_secs(120))
+            .output()
+            .unwrap()
+    };
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(spawn);
         let b = s.spawn(spawn);
@@ -409,15 +707,25 @@ fn two_runs_fetching_the_same_file_take_turns_and_download_it_once() {
     for out in [&a, &b] {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    let waited = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).contains("another run is downloading adapter_model.safetensors");
+    let waited = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stderr).contains("another run is downloading adapter_model.safetensors")
+    };
     assert!(waited(&a) != waited(&b), "one run waited for the other");
     let sha = sha256_hex(&weights);
-    assert_eq!(cdn_gets(&hub), 1, "one download; the other run waited for it and used it");
+    assert_eq!(
+        cdn_gets(&hub),
+        1,
+        "one download; the other run waited for it and used it"
+    );
     let blobs = env.hf_home.join("hub/models--me--lora/blobs");
     assert_eq!(std::fs::read(blobs.join(&sha)).unwrap(), weights);
     assert!(!blobs.join(format!("{sha}.incomplete")).exists());
     let locks = env.hf_home.join("hub/.locks/models--me--lora");
-    assert_eq!(std::fs::read_dir(&locks).unwrap().count(), 0, "the lock is gone with its run");
+    assert_eq!(
+        std::fs::read_dir(&locks).unwrap().count(),
+        0,
+        "the lock is gone with its run"
+    );
 }
 
 #[test]
@@ -441,7 +749,12 @@ fn a_lock_left_by_a_run_that_ended_or_stopped_is_taken_over() {
     for (pid, age, timeout) in cases {
         std::fs::write(&lock, format!("{pid} 1\n")).unwrap();
         if let Some(age) = age {
-            std::fs::File::options().write(true).open(&lock).unwrap().set_modified(std::time::SystemTime::now() - age).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&lock)
+                .unwrap()
+                .set_modified(std::time::SystemTime::now() - age)
+                .unwrap();
         }
         let blobs = env.hf_home.join("hub/models--me--lora/blobs");
         let _ = std::fs::remove_dir_all(&blobs);
@@ -455,7 +768,11 @@ fn a_lock_left_by_a_run_that_ended_or_stopped_is_taken_over() {
         assert!(!lock.exists());
         assert_eq!(std::fs::read(blobs.join(sha256_hex(&weights))).unwrap(), weights);
         if timeout == "1" {
-            assert!(started.elapsed() >= std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+            assert!(
+                started.elapsed() >= std::time::Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
         }
     }
 }
@@ -498,7 +815,11 @@ mod rogue {
                 }
             }
         });
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -525,44 +846,71 @@ mod rogue {
     /// `pattern` repeated to `total` bytes, streamed without a Content-Length.
     pub fn endless(status: StatusCode, pattern: &'static [u8], total: usize) -> Reply {
         let chunk = Bytes::from(pattern.repeat((64 << 10) / pattern.len()));
-        let body = futures_util::stream::iter((0..total / chunk.len()).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-        Reply::Now(Response::builder().status(status).body(Body::from_stream(body)).unwrap())
+        let body =
+            futures_util::stream::iter((0..total / chunk.len()).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+        Reply::Now(
+            Response::builder()
+                .status(status)
+                .body(Body::from_stream(body))
+                .unwrap(),
+        )
     }
 }
 
+use axum::response::IntoResponse;
 use ollama_tools::error::Patience;
 use ollama_tools::hub::{Settings, fetch_adapter};
 use ollama_tools::progress::Silent;
-use axum::response::IntoResponse;
 use rogue::Reply;
 
 /// A library Hub client for `url` with a cache in `cache`, quick timeouts and retries.
 fn client(url: &str, cache: &Path) -> ollama_tools::hub::Hub {
-    let settings = Settings { endpoint: url.into(), token: None, cache: cache.to_path_buf(), offline: false };
-    let patience = Patience { idle: std::time::Duration::from_secs(2), retries: 2, max_wait: std::time::Duration::from_millis(1500) };
+    let settings = Settings {
+        endpoint: url.into(),
+        token: None,
+        cache: cache.to_path_buf(),
+        offline: false,
+    };
+    let patience = Patience {
+        idle: std::time::Duration::from_secs(2),
+        retries: 2,
+        max_wait: std::time::Duration::from_millis(1500),
+    };
     let mut hub = ollama_tools::hub::Hub::with_patience(settings, patience);
     hub.probe_time = std::time::Duration::from_secs(1);
     hub
 }
 
 fn fetch_err(hub: &rogue::Hub, cache: &Path) -> String {
-    fetch_adapter(&client(&hub.url, cache), "me/lora", "main", None, &Silent).unwrap_err().to_string()
+    fetch_adapter(&client(&hub.url, cache), "me/lora", "main", None, &Silent)
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
 fn a_file_that_runs_past_its_announced_size_is_cut_there_and_deleted() {
     let config = br#"{"peft_type":"LORA"}"#;
     let hub = rogue::start(move |method, path| match (method.as_str(), path) {
-        (_, p) if p.starts_with("/api/models/") => rogue::listing(&["adapter_config.json", "adapter_model.safetensors"]),
+        (_, p) if p.starts_with("/api/models/") => {
+            rogue::listing(&["adapter_config.json", "adapter_model.safetensors"])
+        }
         ("HEAD", _) => Reply::Now(rogue::file_head(config)),
         // Far more than announced, and no Content-Length to stop the client.
         _ => rogue::endless(axum::http::StatusCode::OK, b"{}", 50 << 20),
     });
     let cache = tempfile::tempdir().unwrap();
     let err = fetch_err(&hub, cache.path());
-    assert!(err.contains(&format!("sent more than the {} bytes announced", config.len())) && err.contains("partial file was deleted"), "{err}");
+    assert!(
+        err.contains(&format!("sent more than the {} bytes announced", config.len()))
+            && err.contains("partial file was deleted"),
+        "{err}"
+    );
     let blobs = cache.path().join("models--me--lora/blobs");
-    let left: Vec<_> = std::fs::read_dir(&blobs).unwrap().flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -571,34 +919,60 @@ fn huge_listings_and_error_bodies_are_not_read_whole() {
     let hub = rogue::start(|_, _| rogue::endless(axum::http::StatusCode::OK, b" ", 100 << 20));
     let cache = tempfile::tempdir().unwrap();
     let err = fetch_err(&hub, cache.path());
-    assert!(err.contains("larger than 16 MiB") && err.contains("/api/models/me/lora/revision/main"), "{err}");
+    assert!(
+        err.contains("larger than 16 MiB") && err.contains("/api/models/me/lora/revision/main"),
+        "{err}"
+    );
 
-    let hub = rogue::start(|_, _| rogue::endless(axum::http::StatusCode::FORBIDDEN, b"\x1b]0;owned\x07\x1b[2Jdenied\r", 100 << 20));
+    let hub = rogue::start(|_, _| {
+        rogue::endless(
+            axum::http::StatusCode::FORBIDDEN,
+            b"\x1b]0;owned\x07\x1b[2Jdenied\r",
+            100 << 20,
+        )
+    });
     let err = fetch_err(&hub, cache.path());
     assert!(err.contains("403") && err.contains("denied"), "{err}");
-    assert!(err.len() < 2000 && !err.contains('\x1b') && !err.contains('\x07') && !err.contains('\r'), "{err:?}");
+    assert!(
+        err.len() < 2000 && !err.contains('\x1b') && !err.contains('\x07') && !err.contains('\r'),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn a_redirect_loop_says_so_rather_than_eof_while_parsing() {
     let hub = rogue::start(|_, path| {
-        Reply::Now(axum::response::Response::builder().status(302).header("location", path).body(axum::body::Body::empty()).unwrap())
+        Reply::Now(
+            axum::response::Response::builder()
+                .status(302)
+                .header("location", path)
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
     });
     let cache = tempfile::tempdir().unwrap();
     let err = fetch_err(&hub, cache.path());
-    assert!(err.contains("redirects in a loop") && err.contains("/api/models/me/lora/revision/main"), "{err}");
+    assert!(
+        err.contains("redirects in a loop") && err.contains("/api/models/me/lora/revision/main"),
+        "{err}"
+    );
     assert!(!err.contains("EOF"), "{err}");
 }
 
 #[test]
 fn file_names_from_the_listing_are_defused_and_backslashes_refused() {
     let hub = rogue::start(|_, path| match path {
-        p if p.starts_with("/api/models/") => rogue::listing(&["evil\x1b[31m/adapter_config.json", "README.md\x1b]0;owned\x07"]),
+        p if p.starts_with("/api/models/") => {
+            rogue::listing(&["evil\x1b[31m/adapter_config.json", "README.md\x1b]0;owned\x07"])
+        }
         _ => Reply::Now(axum::http::StatusCode::NOT_FOUND.into_response()),
     });
     let cache = tempfile::tempdir().unwrap();
     let err = fetch_err(&hub, cache.path());
-    assert!(err.contains("holds no LoRA adapter") && err.contains("\\u{1b}]0;owned\\u{7}"), "{err}");
+    assert!(
+        err.contains("holds no LoRA adapter") && err.contains("\\u{1b}]0;owned\\u{7}"),
+        "{err}"
+    );
     assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
 
     let hub = rogue::start(|method, path| match (method.as_str(), path) {
@@ -622,7 +996,11 @@ fn stalling_gguf_files_are_peeked_at_together_within_one_deadline() {
     let started = std::time::Instant::now();
     let err = fetch_err(&hub, cache.path());
     // 12 files that never answer, one second for all of them (not 12 times the timeout).
-    assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(err.contains("holds 12 adapters"), "{err}");
 }
 
@@ -632,7 +1010,11 @@ fn nulls_in_the_listing_read_as_absent_and_a_busy_hub_is_asked_again() {
     let count = asked.clone();
     let hub = rogue::start(move |_, _| {
         if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-            let r = axum::response::Response::builder().status(503).header("retry-after", "1").body(axum::body::Body::empty()).unwrap();
+            let r = axum::response::Response::builder()
+                .status(503)
+                .header("retry-after", "1")
+                .body(axum::body::Body::empty())
+                .unwrap();
             return Reply::Now(r);
         }
         Reply::Now(axum::Json(serde_json::json!({"sha": rogue::COMMIT, "siblings": null})).into_response())
@@ -640,7 +1022,14 @@ fn nulls_in_the_listing_read_as_absent_and_a_busy_hub_is_asked_again() {
     let cache = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
     let err = fetch_err(&hub, cache.path());
-    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "Retry-After honoured: {:?}", started.elapsed());
-    assert!(err.contains("holds no LoRA adapter") && err.contains("no files"), "{err}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "Retry-After honoured: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.contains("holds no LoRA adapter") && err.contains("no files"),
+        "{err}"
+    );
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

@@ -51,12 +51,19 @@ fn weights(n: usize) -> Vec<u8> {
 /// `/usr/bin/time -v` when present (GNU time), for the peak RSS.
 fn gnu_time() -> Option<PathBuf> {
     let p = Path::new("/usr/bin/time");
-    let ok = p.is_file() && Command::new(p).args(["-v", "true"]).output().is_ok_and(|o| o.status.success());
+    let ok = p.is_file()
+        && Command::new(p)
+            .args(["-v", "true"])
+            .output()
+            .is_ok_and(|o| o.status.success());
     ok.then(|| p.to_path_buf())
 }
 
 fn have(cmd: &str) -> bool {
-    Command::new(cmd).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(cmd)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 struct Run {
@@ -79,7 +86,11 @@ fn timed(time: Option<&Path>, cmd: Command, scratch: &Path, blob: Option<&Path>)
     let mut cmd = match time {
         Some(t) => {
             let mut w = Command::new(t);
-            w.arg("-v").arg("-o").arg(&report).arg(cmd.get_program()).args(cmd.get_args());
+            w.arg("-v")
+                .arg("-o")
+                .arg(&report)
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
             for (k, v) in cmd.get_envs() {
                 match v {
                     Some(v) => w.env(k, v),
@@ -92,7 +103,11 @@ fn timed(time: Option<&Path>, cmd: Command, scratch: &Path, blob: Option<&Path>)
     };
     let partial = blob.map(|b| PathBuf::from(format!("{}.incomplete", b.display())));
     let start = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("the command starts");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut s = String::new();
@@ -100,7 +115,10 @@ fn timed(time: Option<&Path>, cmd: Command, scratch: &Path, blob: Option<&Path>)
             s
         })
     };
-    let (out, err) = (drain(Box::new(child.stdout.take().unwrap())), drain(Box::new(child.stderr.take().unwrap())));
+    let (out, err) = (
+        drain(Box::new(child.stdout.take().unwrap())),
+        drain(Box::new(child.stderr.take().unwrap())),
+    );
     let (mut first, mut last, mut placed) = (None, None, None);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -123,12 +141,25 @@ fn timed(time: Option<&Path>, cmd: Command, scratch: &Path, blob: Option<&Path>)
     let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
     assert!(status.success(), "{cmd:?} failed: {status}\n{stderr}");
     let report = std::fs::read_to_string(&report).unwrap_or_default();
-    let field = |name: &str| report.lines().find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()));
+    let field = |name: &str| {
+        report
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+    };
     let rss_kib = field("Maximum resident set size (kbytes):").map(|k| k as u64);
-    let cpu = field("User time (seconds):").zip(field("System time (seconds):")).map(|(u, s)| u + s);
+    let cpu = field("User time (seconds):")
+        .zip(field("System time (seconds):"))
+        .map(|(u, s)| u + s);
     let body = first.zip(last).map(|(f, l)| l - f);
     let verify = last.zip(placed.or(Some(secs))).map(|(l, p)| p - l);
-    Run { secs, rss_kib, cpu, body, verify, stdout }
+    Run {
+        secs,
+        rss_kib,
+        cpu,
+        body,
+        verify,
+        stdout,
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -157,11 +188,22 @@ fn fmt_usage(runs: &[Run]) -> String {
 fn report(label: &str, runs: &[Run]) {
     let secs: Vec<f64> = runs.iter().map(|r| r.secs).collect();
     let m = median(&secs);
-    println!("{label}: wall {} s; median {m:.3} s = {:.0} MB/s; {}", fmt_times(&secs), mb_s(m), fmt_usage(runs));
+    println!(
+        "{label}: wall {} s; median {m:.3} s = {:.0} MB/s; {}",
+        fmt_times(&secs),
+        mb_s(m),
+        fmt_usage(runs)
+    );
     let body: Vec<f64> = runs.iter().filter_map(|r| r.body).collect();
     if !body.is_empty() {
         let b = median(&body);
-        print!("{:width$}  body (first to last byte): {} s; median {b:.3} s = {:.0} MB/s", "", fmt_times(&body), mb_s(b), width = label.len());
+        print!(
+            "{:width$}  body (first to last byte): {} s; median {b:.3} s = {:.0} MB/s",
+            "",
+            fmt_times(&body),
+            mb_s(b),
+            width = label.len()
+        );
         let verify: Vec<f64> = runs.iter().filter_map(|r| r.verify).collect();
         if !verify.is_empty() {
             print!("; then sha256 and rename: median {:.3} s", median(&verify));
@@ -180,7 +222,13 @@ fn median_of(runs: &[Run], f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
 fn fetch_adapter_download_throughput_against_curl() {
     let data = weights(SIZE);
     let config = br#"{"peft_type":"LORA","r":16,"lora_alpha":32,"target_modules":["q_proj","v_proj"],"base_model_name_or_path":"meta-llama/Llama-3.2-1B"}"#.to_vec();
-    let hub = hub_server::start(vec![Repo::new(REPO, vec![File::git("adapter_config.json", config.clone()), File::lfs("adapter_model.safetensors", data.clone())])]);
+    let hub = hub_server::start(vec![Repo::new(
+        REPO,
+        vec![
+            File::git("adapter_config.json", config.clone()),
+            File::lfs("adapter_model.safetensors", data.clone()),
+        ],
+    )]);
     let commit = hub.commit(REPO);
     let sha = hub_server::sha256_hex(&data);
     let url = hub.resolve_url(REPO, "main", "adapter_model.safetensors");
@@ -206,15 +254,38 @@ fn fetch_adapter_download_throughput_against_curl() {
         let hf_home = work.path().join(format!("hf-{run}"));
         let repo_dir = hf_home.join("hub/models--bench--lora-512m");
         let mut cmd = Command::new(bin);
-        cmd.args(["fetch-adapter", REPO, "--download-only"]).env("HF_ENDPOINT", &hub.url).env("HF_HOME", &hf_home);
-        for k in ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HUB_CACHE", "HF_HUB_OFFLINE"] {
+        cmd.args(["fetch-adapter", REPO, "--download-only"])
+            .env("HF_ENDPOINT", &hub.url)
+            .env("HF_HOME", &hf_home);
+        for k in [
+            "HF_TOKEN",
+            "HUGGING_FACE_HUB_TOKEN",
+            "HF_TOKEN_PATH",
+            "HF_HUB_CACHE",
+            "HF_HUB_OFFLINE",
+        ] {
             cmd.env_remove(k);
         }
-        let r = timed(time.as_deref(), cmd, work.path(), Some(&repo_dir.join("blobs").join(&sha)));
+        let r = timed(
+            time.as_deref(),
+            cmd,
+            work.path(),
+            Some(&repo_dir.join("blobs").join(&sha)),
+        );
         let snapshot = repo_dir.join("snapshots").join(&commit);
-        assert_eq!(Path::new(r.stdout.trim()), snapshot, "fetch-adapter prints the adapter's snapshot folder");
-        assert_eq!(std::fs::read_link(snapshot.join("adapter_model.safetensors")).unwrap(), Path::new("../../blobs").join(&sha));
-        assert!(std::fs::read(snapshot.join("adapter_model.safetensors")).unwrap() == data, "fetch-adapter's weights differ from the Hub's");
+        assert_eq!(
+            Path::new(r.stdout.trim()),
+            snapshot,
+            "fetch-adapter prints the adapter's snapshot folder"
+        );
+        assert_eq!(
+            std::fs::read_link(snapshot.join("adapter_model.safetensors")).unwrap(),
+            Path::new("../../blobs").join(&sha)
+        );
+        assert!(
+            std::fs::read(snapshot.join("adapter_model.safetensors")).unwrap() == data,
+            "fetch-adapter's weights differ from the Hub's"
+        );
         assert_eq!(std::fs::read(snapshot.join("adapter_config.json")).unwrap(), config);
         std::fs::remove_dir_all(&hf_home).unwrap();
         println!("  run {}: fetch-adapter {:.3} s", run + 1, r.secs);
@@ -224,11 +295,18 @@ fn fetch_adapter_download_throughput_against_curl() {
         if curl {
             let out = work.path().join("curl.bin");
             let mut cmd = Command::new("curl");
-            cmd.arg("-sSL").arg("-o").arg(&out).args(["-w", "%{time_starttransfer} %{time_total}"]).arg(&url);
+            cmd.arg("-sSL")
+                .arg("-o")
+                .arg(&out)
+                .args(["-w", "%{time_starttransfer} %{time_total}"])
+                .arg(&url);
             let mut r = timed(time.as_deref(), cmd, work.path(), None);
             let t: Vec<f64> = r.stdout.split_whitespace().filter_map(|v| v.parse().ok()).collect();
             r.body = (t.len() == 2).then(|| t[1] - t[0]);
-            assert!(std::fs::read(&out).unwrap() == data, "curl's file differs from the Hub's");
+            assert!(
+                std::fs::read(&out).unwrap() == data,
+                "curl's file differs from the Hub's"
+            );
             std::fs::remove_file(&out).unwrap();
             println!("  run {}: curl          {:.3} s", run + 1, r.secs);
             theirs.push(r);
@@ -250,11 +328,20 @@ fn fetch_adapter_download_throughput_against_curl() {
             c.args(args);
             timed(None, c, work.path(), None).secs
         };
-        let listing = ask(&["-sS", "-o", "/dev/null", &format!("{}/api/models/{REPO}/revision/main", hub.url)]);
+        let listing = ask(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            &format!("{}/api/models/{REPO}/revision/main", hub.url),
+        ]);
         let head = ask(&["-sSI", "-o", "/dev/null", &url]);
         println!(
             "test server: the listing takes {listing:.3} s (a only), a HEAD of the weights' resolve URL {head:.3} s (a's HEAD, b's first GET)"
         );
     }
-    println!("served {} content bytes in all ({} requests logged)", hub.served_bytes(), hub.requests(|_| true));
+    println!(
+        "served {} content bytes in all ({} requests logged)",
+        hub.served_bytes(),
+        hub.requests(|_| true)
+    );
 }

@@ -97,12 +97,38 @@ impl Rng {
 const MAX_INPUT: usize = 16 << 10;
 
 const INTERESTING_BYTES: [u8; 6] = [0, 0xff, 0x7f, 0x80, 1, b'"'];
-const INTERESTING_WORDS: [u64; 10] =
-    [0, 1, 0x7f, 0xff, 0x7fff_ffff, 0xffff_ffff, 1 << 32, 1 << 40, i64::MAX as u64, u64::MAX];
+const INTERESTING_WORDS: [u64; 10] = [
+    0,
+    1,
+    0x7f,
+    0xff,
+    0x7fff_ffff,
+    0xffff_ffff,
+    1 << 32,
+    1 << 40,
+    i64::MAX as u64,
+    u64::MAX,
+];
 /// Text fragments for the JSON and text formats: numbers at the edges, structure, odd characters.
 const TOKENS: [&str; 18] = [
-    "1e300", "-1", "0", "4294967296", "18446744073709551616", "1.5", "null", "[]", "{}", "\"\"", "\n", "\"\"\"",
-    "\\", "\u{200d}", "\r\n", "PARAMETER ", "nan", "9007199254740993",
+    "1e300",
+    "-1",
+    "0",
+    "4294967296",
+    "18446744073709551616",
+    "1.5",
+    "null",
+    "[]",
+    "{}",
+    "\"\"",
+    "\n",
+    "\"\"\"",
+    "\\",
+    "\u{200d}",
+    "\r\n",
+    "PARAMETER ",
+    "nan",
+    "9007199254740993",
 ];
 
 /// One to four mutations of `seed`: bit flips, interesting bytes, truncation, a length field set
@@ -139,7 +165,9 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
 }
 
 fn seed_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/seeds").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz/seeds")
+        .join(name)
 }
 
 fn seed(name: &str) -> Vec<u8> {
@@ -147,13 +175,23 @@ fn seed(name: &str) -> Vec<u8> {
 }
 
 fn budget(n: usize) -> usize {
-    let factor = std::env::var("OLLAMA_TOOLS_FUZZ").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let factor = std::env::var("OLLAMA_TOOLS_FUZZ")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     n * factor
 }
 
 fn rng_for(target: &str) -> Rng {
-    let base: u64 = std::env::var("OLLAMA_TOOLS_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    Rng::new(target.bytes().fold(base, |h, b| h.wrapping_mul(31).wrapping_add(b.into())))
+    let base: u64 = std::env::var("OLLAMA_TOOLS_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    Rng::new(
+        target
+            .bytes()
+            .fold(base, |h, b| h.wrapping_mul(31).wrapping_add(b.into())),
+    )
 }
 
 /// Runs `check` on the seeds and then on `runs` mutations of them. A panic, or a peak allocation
@@ -178,13 +216,19 @@ fn fuzz(target: &str, seeds: &[Vec<u8>], runs: usize, check: impl Fn(&[u8])) {
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join(format!("{target}-{i}.bin"));
             std::fs::write(&path, &input).unwrap();
-            panic!("fuzz target {target}, execution {i}: {failure}; input saved to {}", path.display());
+            panic!(
+                "fuzz target {target}, execution {i}: {failure}; input saved to {}",
+                path.display()
+            );
         }
     }
 }
 
 fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
-    e.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| e.downcast_ref::<String>().cloned()).unwrap_or_default()
+    e.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| e.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 fn text(input: &[u8]) -> String {
@@ -214,14 +258,32 @@ fn gguf_file(bytes: &[u8], dir: &Path) {
             quant::dequantize(t.ty, &raw, &mut values).unwrap();
         }
     }
-    let specs: Vec<gguf::TensorSpec> =
-        h.tensors.iter().map(|t| gguf::TensorSpec { name: t.name.clone(), ne: t.ne.clone(), ty: t.ty }).collect();
-    let kvs: Vec<_> = h.kvs.iter().filter(|(k, _)| k != "general.alignment").cloned().collect();
-    let Some(first) = write_header(&kvs, &specs) else { return };
+    let specs: Vec<gguf::TensorSpec> = h
+        .tensors
+        .iter()
+        .map(|t| gguf::TensorSpec {
+            name: t.name.clone(),
+            ne: t.ne.clone(),
+            ty: t.ty,
+        })
+        .collect();
+    let kvs: Vec<_> = h
+        .kvs
+        .iter()
+        .filter(|(k, _)| k != "general.alignment")
+        .cloned()
+        .collect();
+    let Some(first) = write_header(&kvs, &specs) else {
+        return;
+    };
     let again = dir.join("again.gguf");
     std::fs::write(&again, &first).unwrap();
     let h2 = gguf::read_header(&again).expect("a header the writer wrote reads back");
-    assert_eq!(write_header(&h2.kvs, &specs).as_ref(), Some(&first), "re-written header differs");
+    assert_eq!(
+        write_header(&h2.kvs, &specs).as_ref(),
+        Some(&first),
+        "re-written header differs"
+    );
 }
 
 /// The header (and zeroed data) the writer makes for `kvs` and `specs`, `None` when it refuses them.
@@ -247,7 +309,9 @@ fn safetensors_adapter(bytes: &[u8], dir: &Path) {
 }
 
 fn adapter_config(bytes: &[u8]) {
-    let Ok(cfg) = peft::LoraConfig::parse(Path::new("adapter_config.json"), &text(bytes)) else { return };
+    let Ok(cfg) = peft::LoraConfig::parse(Path::new("adapter_config.json"), &text(bytes)) else {
+        return;
+    };
     for module in ["model.layers.0.self_attn.q_proj", "model.embed_tokens", "lm_head"] {
         let (r, a) = (cfg.rank_for(module), cfg.alpha_for(module));
         if let (Some(r), Some(a)) = (r, a) {
@@ -268,7 +332,11 @@ fn dequantize(bytes: &[u8]) {
     let bytes_per = quant::block_bytes(ty).max(1);
     let blocks = rest.len() / bytes_per;
     // Mostly the right output length, sometimes not.
-    let n = if rest.len() % 7 == 0 { blocks * block + 1 } else { blocks * block };
+    let n = if rest.len() % 7 == 0 {
+        blocks * block + 1
+    } else {
+        blocks * block
+    };
     let mut out = vec![0f32; n];
     let _ = quant::dequantize(ty, rest, &mut out);
     let _ = quant::dequantize(ty, &rest[..blocks * bytes_per], &mut out[..blocks * block]);
@@ -279,7 +347,9 @@ fn dequantize(bytes: &[u8]) {
 }
 
 fn ollama_show(bytes: &[u8]) {
-    let Ok(show) = serde_json::from_slice::<ollama::Show>(bytes) else { return };
+    let Ok(show) = serde_json::from_slice::<ollama::Show>(bytes) else {
+        return;
+    };
     let name = ollama::ModelName::parse("tiny:latest").unwrap();
     let _ = base::BaseModel::from_show(&name, &show, "http://127.0.0.1:1");
     let _ = show.license_text();
@@ -305,17 +375,25 @@ fn ollama_manifest(bytes: &[u8], store: &Path) {
 
 /// Parameters as `/api/show` prints them; when a Modelfile can carry them, they read back equal.
 fn show_parameters(bytes: &[u8]) {
-    let Ok(params) = Parameters::from_show_text(&text(bytes)) else { return };
+    let Ok(params) = Parameters::from_show_text(&text(bytes)) else {
+        return;
+    };
     // Names Ollama does not know are kept as the server wrote them, and would be refused on reading.
     if params.to_json().keys().all(|k| modelfile::param_kind(k).is_some()) {
-        round_trip(&Modelfile { from: "m".into(), parameters: params, ..Default::default() });
+        round_trip(&Modelfile {
+            from: "m".into(),
+            parameters: params,
+            ..Default::default()
+        });
     }
 }
 
 /// Modelfile text read by an independent port of Ollama's parser, rendered by ours, read again:
 /// what a Modelfile carries must come back unchanged.
 fn modelfile(bytes: &[u8]) {
-    let Ok(cmds) = modelfile_parser::parse(&text(bytes)) else { return };
+    let Ok(cmds) = modelfile_parser::parse(&text(bytes)) else {
+        return;
+    };
     if let Some(mf) = from_commands(&cmds) {
         round_trip(&mf);
     }
@@ -337,7 +415,10 @@ fn from_commands(cmds: &[(String, String)]) -> Option<Modelfile> {
             "requires" | "draft" => {}
             "message" => {
                 let (role, content) = args.split_once(": ").unwrap_or((args.as_str(), ""));
-                mf.messages.push(Message { role: role.into(), content: content.into() });
+                mf.messages.push(Message {
+                    role: role.into(),
+                    content: content.into(),
+                });
             }
             param => mf.parameters.push(param, args).ok()?,
         }
@@ -346,25 +427,46 @@ fn from_commands(cmds: &[(String, String)]) -> Option<Modelfile> {
 }
 
 fn round_trip(mf: &Modelfile) {
-    let Ok(written) = mf.render(None, "Modelfile") else { return };
-    let cmds = modelfile_parser::parse(&written).unwrap_or_else(|e| panic!("rendered Modelfile does not parse: {e}\n{written}"));
+    let Ok(written) = mf.render(None, "Modelfile") else {
+        return;
+    };
+    let cmds = modelfile_parser::parse(&written)
+        .unwrap_or_else(|e| panic!("rendered Modelfile does not parse: {e}\n{written}"));
     let back = from_commands(&cmds).unwrap_or_else(|| panic!("rendered parameters are refused\n{written}"));
     let fields = |m: &Modelfile| {
-        (m.from.clone(), m.adapter.clone(), m.template.clone(), m.system.clone(), m.license.clone())
+        (
+            m.from.clone(),
+            m.adapter.clone(),
+            m.template.clone(),
+            m.system.clone(),
+            m.license.clone(),
+        )
     };
     assert_eq!(fields(&back), fields(mf), "{written}");
-    assert_eq!((&back.renderer, &back.parser, &back.messages), (&mf.renderer, &mf.parser, &mf.messages), "{written}");
+    assert_eq!(
+        (&back.renderer, &back.parser, &back.messages),
+        (&mf.renderer, &mf.parser, &mf.messages),
+        "{written}"
+    );
     assert_eq!(back.parameters, mf.parameters, "{written}");
 }
 
 /// A Hub answer (a model's info or a tree listing): every string in it is a file list entry, a
 /// repo id, a subfolder.
 fn hub_json(bytes: &[u8]) {
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(bytes) else { return };
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return;
+    };
     let mut strings = Vec::new();
     collect_strings(&json, &mut strings);
     let strings: Vec<String> = strings.into_iter().take(256).collect();
-    for sub in [None, Some("."), Some("lora"), Some("gguf/tiny-Q8_0.GGUF"), strings.first().map(String::as_str)] {
+    for sub in [
+        None,
+        Some("."),
+        Some("lora"),
+        Some("gguf/tiny-Q8_0.GGUF"),
+        strings.first().map(String::as_str),
+    ] {
         if let Ok(found) = hub::candidates("org/tiny-lora", &strings, sub) {
             for c in &found {
                 let _ = (c.files(), c.to_string());
@@ -372,7 +474,12 @@ fn hub_json(bytes: &[u8]) {
         }
     }
     for s in strings.iter().take(16) {
-        let _ = (hub::slug(s), hub::suggest_base(s), peft::hub_repo_id(s), peft::hub_cache_repo(s));
+        let _ = (
+            hub::slug(s),
+            hub::suggest_base(s),
+            peft::hub_repo_id(s),
+            peft::hub_cache_repo(s),
+        );
     }
     let _ = hub::Settings::from_vars(|k| strings.iter().find(|s| s.len() % 3 == k.len() % 3).cloned());
 }
@@ -402,13 +509,24 @@ fn fuzz_gguf_reader() {
 #[test]
 fn fuzz_safetensors_adapter() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(seed_path("adapter/adapter_config.json"), dir.path().join(peft::CONFIG_FILE)).unwrap();
-    fuzz("safetensors", &[seed("adapter/adapter_model.safetensors")], 3000, |b| safetensors_adapter(b, dir.path()));
+    std::fs::copy(
+        seed_path("adapter/adapter_config.json"),
+        dir.path().join(peft::CONFIG_FILE),
+    )
+    .unwrap();
+    fuzz("safetensors", &[seed("adapter/adapter_model.safetensors")], 3000, |b| {
+        safetensors_adapter(b, dir.path())
+    });
 }
 
 #[test]
 fn fuzz_adapter_config() {
-    fuzz("adapter_config", &[seed("adapter/adapter_config.json")], 4000, adapter_config);
+    fuzz(
+        "adapter_config",
+        &[seed("adapter/adapter_config.json")],
+        4000,
+        adapter_config,
+    );
 }
 
 #[test]
@@ -426,7 +544,12 @@ fn fuzz_dequantize() {
 
 #[test]
 fn fuzz_ollama_show() {
-    fuzz("show", &[seed("show.json"), seed("show_no_tensors.json")], 3000, ollama_show);
+    fuzz(
+        "show",
+        &[seed("show.json"), seed("show_no_tensors.json")],
+        3000,
+        ollama_show,
+    );
 }
 
 #[test]
@@ -434,8 +557,14 @@ fn fuzz_ollama_manifest() {
     let store = tempfile::tempdir().unwrap();
     let blobs = store.path().join("blobs");
     std::fs::create_dir_all(&blobs).unwrap();
-    std::fs::copy(seed_path("tiny.gguf"), blobs.join(format!("sha256-{}1", "0".repeat(63)))).unwrap();
-    fuzz("manifest", &[seed("manifest.json")], 3000, |b| ollama_manifest(b, store.path()));
+    std::fs::copy(
+        seed_path("tiny.gguf"),
+        blobs.join(format!("sha256-{}1", "0".repeat(63))),
+    )
+    .unwrap();
+    fuzz("manifest", &[seed("manifest.json")], 3000, |b| {
+        ollama_manifest(b, store.path())
+    });
 }
 
 #[test]
@@ -450,7 +579,12 @@ fn fuzz_modelfile_round_trip() {
 
 #[test]
 fn fuzz_hub_json() {
-    fuzz("hub", &[seed("hub_model_info.json"), seed("hub_tree.json")], 3000, hub_json);
+    fuzz(
+        "hub",
+        &[seed("hub_model_info.json"), seed("hub_tree.json")],
+        3000,
+        hub_json,
+    );
 }
 
 #[test]

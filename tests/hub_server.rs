@@ -12,7 +12,11 @@ use reqwest::blocking::{Client, Response};
 const TOKEN: &str = "hf_valid_token";
 
 fn client() -> Client {
-    Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(20)).build().unwrap()
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
 }
 
 /// Deterministic bytes, large enough to span several 64 KiB chunks.
@@ -22,7 +26,13 @@ fn weights(n: usize) -> Vec<u8> {
 
 fn hub() -> Hub {
     let config = br#"{"peft_type":"LORA","r":8}"#.to_vec();
-    let mut gated = Repo::new("meta/gated", vec![File::git("adapter_config.json", config.clone()), File::lfs("adapter_model.safetensors", weights(1000))]);
+    let mut gated = Repo::new(
+        "meta/gated",
+        vec![
+            File::git("adapter_config.json", config.clone()),
+            File::lfs("adapter_model.safetensors", weights(1000)),
+        ],
+    );
     gated.access = Access::Gated;
     let mut private = Repo::new("me/private", vec![File::git("adapter_config.json", config.clone())]);
     private.access = Access::Private;
@@ -41,7 +51,10 @@ fn hub() -> Hub {
 }
 
 fn header(r: &Response, name: &str) -> String {
-    r.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
 }
 
 fn get(url: &str, token: Option<&str>, range: Option<&str>) -> Response {
@@ -75,10 +88,19 @@ fn assert_error(r: Response, status: u16, code: Option<&str>, msg: &str) {
 
 #[test]
 fn git_ids_are_git_s() {
-    assert_eq!(hub_server::hex(&hub_server::sha1(b"abc")), "a9993e364706816aba3e25717850c26c9cd0d89d");
-    assert_eq!(hub_server::hex(&hub_server::sha1(&[b'a'; 1000])), "291e9a6c66994949b57ba5e650361e98fc36b1ba");
+    assert_eq!(
+        hub_server::hex(&hub_server::sha1(b"abc")),
+        "a9993e364706816aba3e25717850c26c9cd0d89d"
+    );
+    assert_eq!(
+        hub_server::hex(&hub_server::sha1(&[b'a'; 1000])),
+        "291e9a6c66994949b57ba5e650361e98fc36b1ba"
+    );
     // `printf 'hello\n' | git hash-object --stdin`
-    assert_eq!(hub_server::git_blob_sha1(b"hello\n"), "ce013625030ba8dba906f756967f9e9ca394464a");
+    assert_eq!(
+        hub_server::git_blob_sha1(b"hello\n"),
+        "ce013625030ba8dba906f756967f9e9ca394464a"
+    );
 }
 
 #[test]
@@ -99,41 +121,94 @@ fn repo_info_at_branch_and_at_commit() {
         assert_eq!(info["sha"], commit.as_str());
         assert_eq!(info["private"], false);
         assert_eq!(info["gated"], false);
-        let files: Vec<&str> = info["siblings"].as_array().unwrap().iter().map(|s| s["rfilename"].as_str().unwrap()).collect();
-        assert_eq!(files, ["adapter_config.json", "adapter_model.safetensors", "sub/dir/README.md"]);
+        let files: Vec<&str> = info["siblings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["rfilename"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            files,
+            ["adapter_config.json", "adapter_model.safetensors", "sub/dir/README.md"]
+        );
     }
-    let info: serde_json::Value = get(&format!("{}/api/models/org/adapter?blobs=true", hub.url), None, None).json().unwrap();
+    let info: serde_json::Value = get(&format!("{}/api/models/org/adapter?blobs=true", hub.url), None, None)
+        .json()
+        .unwrap();
     let w = weights(300_000);
     assert_eq!(info["siblings"][1]["lfs"]["sha256"], hub_server::sha256_hex(&w));
     assert_eq!(info["siblings"][1]["size"], 300_000);
     assert!(info["siblings"][0].get("lfs").is_none());
     // The gated repo's info is public, as on the Hub; the private one's is not.
-    let info: serde_json::Value = get(&format!("{}/api/models/meta/gated", hub.url), None, None).json().unwrap();
+    let info: serde_json::Value = get(&format!("{}/api/models/meta/gated", hub.url), None, None)
+        .json()
+        .unwrap();
     assert_eq!(info["gated"], "manual");
-    assert_error(get(&format!("{}/api/models/me/private", hub.url), None, None), 401, Some("RepoNotFound"), "Repository not found");
+    assert_error(
+        get(&format!("{}/api/models/me/private", hub.url), None, None),
+        401,
+        Some("RepoNotFound"),
+        "Repository not found",
+    );
     hub.add_token(TOKEN);
-    let info: serde_json::Value = get(&format!("{}/api/models/me/private", hub.url), Some(TOKEN), None).json().unwrap();
+    let info: serde_json::Value = get(&format!("{}/api/models/me/private", hub.url), Some(TOKEN), None)
+        .json()
+        .unwrap();
     assert_eq!(info["private"], true);
 }
 
 #[test]
 fn missing_repo_revision_and_entry() {
     let hub = hub();
-    assert_error(get(&format!("{}/api/models/org/nope", hub.url), None, None), 401, Some("RepoNotFound"), "Repository not found");
-    assert_error(head(&hub.resolve_url("org/nope", "main", "x.json"), None), 401, Some("RepoNotFound"), "Repository not found");
+    assert_error(
+        get(&format!("{}/api/models/org/nope", hub.url), None, None),
+        401,
+        Some("RepoNotFound"),
+        "Repository not found",
+    );
+    assert_error(
+        head(&hub.resolve_url("org/nope", "main", "x.json"), None),
+        401,
+        Some("RepoNotFound"),
+        "Repository not found",
+    );
     // With a valid token a missing repo is a 404; a bad token is refused everywhere.
     hub.add_token(TOKEN);
-    assert_error(get(&format!("{}/api/models/org/nope", hub.url), Some(TOKEN), None), 404, Some("RepoNotFound"), "Repository not found");
+    assert_error(
+        get(&format!("{}/api/models/org/nope", hub.url), Some(TOKEN), None),
+        404,
+        Some("RepoNotFound"),
+        "Repository not found",
+    );
     let bad = get(&format!("{}/api/models/org/adapter", hub.url), Some("hf_wrong"), None);
     assert_error(bad, 401, None, hub_server::INVALID_TOKEN_MESSAGE);
 
     let r = get(&format!("{}/api/models/org/adapter/revision/v9", hub.url), None, None);
     assert_error(r, 404, Some("RevisionNotFound"), "Invalid rev id: v9");
-    let r = get(&format!("{}/api/models/org/adapter/revision/refs%2Fpr%2F1", hub.url), None, None);
+    let r = get(
+        &format!("{}/api/models/org/adapter/revision/refs%2Fpr%2F1", hub.url),
+        None,
+        None,
+    );
     assert_error(r, 404, Some("RevisionNotFound"), "Invalid rev id: refs/pr/1");
-    assert_error(head(&hub.resolve_url("org/adapter", "v9", "adapter_config.json"), None), 404, Some("RevisionNotFound"), "Invalid rev id: v9");
-    assert_error(get(&hub.resolve_url("org/adapter", "main", "nope.json"), None, None), 404, Some("EntryNotFound"), "Entry not found");
-    assert_error(head(&hub.resolve_url("org/adapter", "main", "nope.json"), None), 404, Some("EntryNotFound"), "Entry not found");
+    assert_error(
+        head(&hub.resolve_url("org/adapter", "v9", "adapter_config.json"), None),
+        404,
+        Some("RevisionNotFound"),
+        "Invalid rev id: v9",
+    );
+    assert_error(
+        get(&hub.resolve_url("org/adapter", "main", "nope.json"), None, None),
+        404,
+        Some("EntryNotFound"),
+        "Entry not found",
+    );
+    assert_error(
+        head(&hub.resolve_url("org/adapter", "main", "nope.json"), None),
+        404,
+        Some("EntryNotFound"),
+        "Entry not found",
+    );
 }
 
 #[test]
@@ -145,7 +220,14 @@ fn gated_files_need_a_token() {
     assert_error(get(&url, None, None), 401, Some("GatedRepo"), msg);
     hub.add_token(TOKEN);
     assert_eq!(head(&url, Some(TOKEN)).status(), StatusCode::OK);
-    assert_eq!(head(&hub.resolve_url("meta/gated", "main", "adapter_model.safetensors"), Some(TOKEN)).status(), StatusCode::FOUND);
+    assert_eq!(
+        head(
+            &hub.resolve_url("meta/gated", "main", "adapter_model.safetensors"),
+            Some(TOKEN)
+        )
+        .status(),
+        StatusCode::FOUND
+    );
     // A valid token without access to the gated repo: 403.
     hub.add_token("hf_other");
     hub.lock().not_granted.push("hf_other".into());
@@ -171,12 +253,27 @@ fn small_file_is_served_in_place() {
     assert_eq!(r.bytes().unwrap().as_ref(), config);
     let r = get(&url, None, Some("bytes=5-"));
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(header(&r, "content-range"), format!("bytes 5-{}/{}", config.len() - 1, config.len()));
+    assert_eq!(
+        header(&r, "content-range"),
+        format!("bytes 5-{}/{}", config.len() - 1, config.len())
+    );
     assert_eq!(r.bytes().unwrap().as_ref(), &config[5..]);
     // A path with folders, the revision as a commit, and an encoded revision.
-    let r = get(&hub.resolve_url("org/adapter", &commit, "sub/dir/README.md"), None, None);
+    let r = get(
+        &hub.resolve_url("org/adapter", &commit, "sub/dir/README.md"),
+        None,
+        None,
+    );
     assert_eq!(r.bytes().unwrap().as_ref(), b"# hi\n");
-    assert_eq!(get(&hub.resolve_url("org/adapter", "main", "sub%2Fdir/README.md"), None, None).status(), StatusCode::OK);
+    assert_eq!(
+        get(
+            &hub.resolve_url("org/adapter", "main", "sub%2Fdir/README.md"),
+            None,
+            None
+        )
+        .status(),
+        StatusCode::OK
+    );
 }
 
 #[test]
@@ -185,12 +282,22 @@ fn lfs_file_redirects_to_the_cdn_host() {
     let w = weights(300_000);
     let sha = hub_server::sha256_hex(&w);
     for r in [
-        head(&hub.resolve_url("org/adapter", "main", "adapter_model.safetensors"), None),
-        get(&hub.resolve_url("org/adapter", "main", "adapter_model.safetensors"), None, None),
+        head(
+            &hub.resolve_url("org/adapter", "main", "adapter_model.safetensors"),
+            None,
+        ),
+        get(
+            &hub.resolve_url("org/adapter", "main", "adapter_model.safetensors"),
+            None,
+            None,
+        ),
     ] {
         assert_eq!(r.status(), StatusCode::FOUND);
         let location = reqwest::Url::parse(&header(&r, "location")).unwrap();
-        assert_eq!(format!("{}:{}", location.host_str().unwrap(), location.port().unwrap()), hub.cdn_host);
+        assert_eq!(
+            format!("{}:{}", location.host_str().unwrap(), location.port().unwrap()),
+            hub.cdn_host
+        );
         assert_eq!(location.path(), format!("/cdn/{sha}"));
         assert_eq!(header(&r, "x-linked-etag"), format!("\"{sha}\""));
         assert_eq!(header(&r, "x-linked-size"), "300000");
@@ -199,7 +306,10 @@ fn lfs_file_redirects_to_the_cdn_host() {
         assert!(!etag.is_empty() && etag != format!("\"{sha}\""));
     }
     // The signed URL without its signature is refused.
-    assert_eq!(get(&format!("http://{}/cdn/{sha}", hub.cdn_host), None, None).status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        get(&format!("http://{}/cdn/{sha}", hub.cdn_host), None, None).status(),
+        StatusCode::FORBIDDEN
+    );
 }
 
 fn cdn_url(hub: &Hub, path: &str) -> String {
@@ -244,7 +354,10 @@ fn cut_body_then_resume() {
     let hub = hub();
     let w = weights(300_000);
     let url = cdn_url(&hub, "adapter_model.safetensors");
-    hub.set_faults(HubFaults { cut_after: Some(100_000), ..Default::default() });
+    hub.set_faults(HubFaults {
+        cut_after: Some(100_000),
+        ..Default::default()
+    });
     // A probe does not use the fault up.
     assert_eq!(get(&url, None, Some("bytes=0-0")).bytes().unwrap().len(), 1);
     let mut r = get(&url, None, None);
@@ -264,9 +377,17 @@ fn cut_body_then_resume() {
 
     // Regular files are cut too.
     let config = br#"{"peft_type":"LORA","r":8}"#;
-    hub.set_faults(HubFaults { cut_after: Some(4), ..Default::default() });
+    hub.set_faults(HubFaults {
+        cut_after: Some(4),
+        ..Default::default()
+    });
     let mut got = Vec::new();
-    let res = get(&hub.resolve_url("org/adapter", "main", "adapter_config.json"), None, None).read_to_end(&mut got);
+    let res = get(
+        &hub.resolve_url("org/adapter", "main", "adapter_config.json"),
+        None,
+        None,
+    )
+    .read_to_end(&mut got);
     assert!(res.is_err() || got.len() < config.len());
     assert_eq!(got, config[..got.len()]);
 }
@@ -276,7 +397,10 @@ fn corrupt_flips_one_byte_once() {
     let hub = hub();
     let w = weights(300_000);
     let url = cdn_url(&hub, "adapter_model.safetensors");
-    hub.set_faults(HubFaults { corrupt_next: true, ..Default::default() });
+    hub.set_faults(HubFaults {
+        corrupt_next: true,
+        ..Default::default()
+    });
     let r = get(&url, None, None);
     assert_eq!(header(&r, "etag"), format!("\"{}\"", hub_server::sha256_hex(&w)));
     let bad = r.bytes().unwrap();
@@ -290,7 +414,10 @@ fn corrupt_flips_one_byte_once() {
 fn slow_bodies_take_time() {
     let hub = hub();
     let url = cdn_url(&hub, "adapter_model.safetensors");
-    hub.set_faults(HubFaults { slow_ms_per_mb: 2000, ..Default::default() });
+    hub.set_faults(HubFaults {
+        slow_ms_per_mb: 2000,
+        ..Default::default()
+    });
     let t = Instant::now();
     assert_eq!(get(&url, None, None).bytes().unwrap().len(), 300_000);
     // 300000 bytes at 2 s/MiB: about 570 ms.
@@ -300,7 +427,10 @@ fn slow_bodies_take_time() {
 #[test]
 fn rate_limit_answers_429() {
     let hub = hub();
-    hub.set_faults(HubFaults { rate_limit: 2, ..Default::default() });
+    hub.set_faults(HubFaults {
+        rate_limit: 2,
+        ..Default::default()
+    });
     let url = format!("{}/api/models/org/adapter", hub.url);
     for _ in 0..2 {
         let r = get(&url, None, None);
@@ -324,8 +454,14 @@ fn log_records_auth_per_host() {
     assert_eq!(r.bytes().unwrap().to_vec(), weights(1000)[10..]);
     let hub_host = hub.url.trim_start_matches("http://").to_string();
     let bearer = format!("Bearer {TOKEN}");
-    assert_eq!(hub.requests(|r| r.host == hub_host && r.method == "HEAD" && r.auth.as_deref() == Some(bearer.as_str())), 1);
-    assert_eq!(hub.requests(|r| r.host == hub.cdn_host && r.auth.is_none() && r.range.as_deref() == Some("bytes=10-")), 1);
+    assert_eq!(
+        hub.requests(|r| r.host == hub_host && r.method == "HEAD" && r.auth.as_deref() == Some(bearer.as_str())),
+        1
+    );
+    assert_eq!(
+        hub.requests(|r| r.host == hub.cdn_host && r.auth.is_none() && r.range.as_deref() == Some("bytes=10-")),
+        1
+    );
     assert_eq!(hub.requests(|r| r.host == hub.cdn_host && r.auth.is_some()), 0);
 
     // The CDN host is another origin: a client that follows redirects drops the token there, and

@@ -28,7 +28,11 @@ fn merged_minus_base_is_the_peft_delta_and_the_rest_is_copied() {
     let base = d.path().join("base.gguf");
     write_base_gguf(&base, "llama", TINY);
     // q_proj (permuted rows) and v_proj (not) on both layers, r=2, alpha=4: scale 2; --scale 0.5.
-    let a = tiny_adapter(&d.path().join("a"), json!({"base_model_name_or_path": "meta-llama/Llama-3.2-1B"}), vec![]);
+    let a = tiny_adapter(
+        &d.path().join("a"),
+        json!({"base_model_name_or_path": "meta-llama/Llama-3.2-1B"}),
+        vec![],
+    );
     let out = d.path().join("merged.gguf");
     bin()
         .args(["merge"])
@@ -51,15 +55,25 @@ fn merged_minus_base_is_the_peft_delta_and_the_rest_is_copied() {
     for layer in 0..2 {
         for (module, stem, out_f, heads) in [("q_proj", "attn_q", 32, Some(4)), ("v_proj", "attn_v", 16, None)] {
             let p = format!("base_model.model.model.layers.{layer}.self_attn.{module}");
-            let (la, lb) = (values(&format!("{p}.lora_A.weight")), values(&format!("{p}.lora_B.weight")));
-            let delta: Vec<f64> = matmul(&lb, &la, out_f, 2, 32).into_iter().map(|x| x * 2.0 * 0.5).collect();
+            let (la, lb) = (
+                values(&format!("{p}.lora_A.weight")),
+                values(&format!("{p}.lora_B.weight")),
+            );
+            let delta: Vec<f64> = matmul(&lb, &la, out_f, 2, 32)
+                .into_iter()
+                .map(|x| x * 2.0 * 0.5)
+                .collect();
             let delta = match heads {
                 Some(h) => llama_rows(&delta, h, 32),
                 None => delta,
             };
             let name = format!("blk.{layer}.{stem}.weight");
-            let got: Vec<f64> =
-                mt[&name].values.iter().zip(&bt[&name].values).map(|(m, b)| f64::from(*m) - f64::from(*b)).collect();
+            let got: Vec<f64> = mt[&name]
+                .values
+                .iter()
+                .zip(&bt[&name].values)
+                .map(|(m, b)| f64::from(*m) - f64::from(*b))
+                .collect();
             assert!(rel_err(&got, &delta) < 1e-5, "{name}: {}", rel_err(&got, &delta));
         }
     }
@@ -86,7 +100,8 @@ fn merge_needs_the_base_gguf_and_keeps_existing_files() {
     std::fs::write(
         hf.join("config.json"),
         json!({"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-               "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 48, "vocab_size": 40}).to_string(),
+               "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 48, "vocab_size": 40})
+        .to_string(),
     )
     .unwrap();
     let out = d.path().join("m.gguf");
@@ -101,7 +116,14 @@ fn merge_needs_the_base_gguf_and_keeps_existing_files() {
     let base = d.path().join("base.gguf");
     write_base_gguf(&base, "llama", TINY);
     std::fs::write(&out, b"keep me").unwrap();
-    bin().arg("merge").arg(&a).args(["--base", base.to_str().unwrap(), "-o"]).arg(&out).assert().failure().stderr(contains("--force"));
+    bin()
+        .arg("merge")
+        .arg(&a)
+        .args(["--base", base.to_str().unwrap(), "-o"])
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(contains("--force"));
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
 }
 

@@ -93,8 +93,16 @@ fn expected_in_every_position(value: &str) -> Vec<Result<Vec<(String, String)>, 
     vec![
         Ok(vec![cmd("model", value), cmd("system", "after")]),
         Ok(vec![cmd("model", "base"), cmd("system", value), cmd("seed", "1")]),
-        Ok(vec![cmd("model", "base"), cmd("template", value), cmd("license", "after")]),
-        Ok(vec![cmd("model", "base"), cmd("message", &format!("user: {value}")), cmd("message", "assistant: after")]),
+        Ok(vec![
+            cmd("model", "base"),
+            cmd("template", value),
+            cmd("license", "after"),
+        ]),
+        Ok(vec![
+            cmd("model", "base"),
+            cmd("message", &format!("user: {value}")),
+            cmd("message", "assistant: after"),
+        ]),
         Ok(vec![cmd("model", "base"), cmd("stop", value), cmd("stop", "after")]),
         Ok(vec![cmd("model", "base"), cmd("system", value)]),
     ]
@@ -106,11 +114,19 @@ fn check_value(value: &str) -> bool {
     let expected = expected_in_every_position(value);
     match quote(value) {
         Ok(written) => {
-            assert_eq!(read_in_every_position(&written), expected, "value {value:?} written as {written:?}");
+            assert_eq!(
+                read_in_every_position(&written),
+                expected,
+                "value {value:?} written as {written:?}"
+            );
             true
         }
         Err(err) => {
-            for naive in [value.to_string(), format!("\"{value}\""), format!("\"\"\"{value}\"\"\"")] {
+            for naive in [
+                value.to_string(),
+                format!("\"{value}\""),
+                format!("\"\"\"{value}\"\"\""),
+            ] {
                 assert_ne!(
                     read_in_every_position(&naive),
                     expected,
@@ -180,7 +196,11 @@ fn tricky_values_round_trip_or_are_refused() {
         }
     }
     // Only the values whose line ends close every quoting are refused.
-    assert_eq!(refused, vec!["line ends with triple\"\"\"\nnext", "\"\"\"\nafter"], "refused: {refused:?}");
+    assert_eq!(
+        refused,
+        vec!["line ends with triple\"\"\"\nnext", "\"\"\"\nafter"],
+        "refused: {refused:?}"
+    );
     // Real chat templates must be writable.
     for t in [LLAMA3_TEMPLATE, QWEN_TEMPLATE] {
         assert!(quote(t).is_ok());
@@ -256,7 +276,10 @@ fn characters_the_reader_drops_are_refused_with_their_code_point() {
         assert!(matches!(err, QuoteError::Unprintable { .. }), "{value:?}: {err:?}");
         let msg = err.to_string();
         assert!(msg.contains(code), "{value:?}: {msg}");
-        assert!(msg.contains("API"), "the message should say the API can carry it: {msg}");
+        assert!(
+            msg.contains("API"),
+            "the message should say the API can carry it: {msg}"
+        );
         // And the refusal is right: the reader loses the character whatever the quoting.
         check_value(value);
     }
@@ -299,9 +322,18 @@ fn full_modelfile() -> Modelfile {
             "LLAMA 3.2 COMMUNITY LICENSE AGREEMENT\nLlama 3.2 Version Release Date: September 25, 2024".into(),
         ),
         messages: vec![
-            Message { role: "system".into(), content: "Stay on topic.".into() },
-            Message { role: "user".into(), content: "Say \"hi\"\nthen stop".into() },
-            Message { role: "assistant".into(), content: "".into() },
+            Message {
+                role: "system".into(),
+                content: "Stay on topic.".into(),
+            },
+            Message {
+                role: "user".into(),
+                content: "Say \"hi\"\nthen stop".into(),
+            },
+            Message {
+                role: "assistant".into(),
+                content: "".into(),
+            },
         ],
         renderer: Some("qwen3-coder".into()),
         parser: Some("qwen3-coder".into()),
@@ -355,20 +387,36 @@ fn full_modelfile_reads_back_as_the_fields_given() {
         "messages": mf.messages,
     });
     assert_eq!(req, expected, "{text}");
-    assert_eq!(req["parameters"]["stop"], json!(["<|eot_id|>", "end of turn", "\n", "\"quoted\"", " "]));
+    assert_eq!(
+        req["parameters"]["stop"],
+        json!(["<|eot_id|>", "end of turn", "\n", "\"quoted\"", " "])
+    );
     assert_eq!(req["parameters"]["temperature"], json!(0.6));
     assert_eq!(req["parameters"]["num_ctx"], json!(8192));
 }
 
 #[test]
 fn minimal_modelfile_has_no_blank_lines() {
-    let mf = Modelfile { from: "llama3.2".into(), ..Default::default() };
+    let mf = Modelfile {
+        from: "llama3.2".into(),
+        ..Default::default()
+    };
     let text = mf.render(None, "templates/Modelfile").unwrap();
     assert!(!text.contains("\n\n"), "{text:?}");
-    assert_eq!(text.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(), ["FROM llama3.2"]);
-    assert_eq!(create_request(&parse(&text).unwrap()).unwrap(), json!({"from": "llama3.2"}));
+    assert_eq!(
+        text.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(),
+        ["FROM llama3.2"]
+    );
+    assert_eq!(
+        create_request(&parse(&text).unwrap()).unwrap(),
+        json!({"from": "llama3.2"})
+    );
 
-    let mf = Modelfile { adapter: Some("/a.gguf".into()), system: Some(String::new()), ..mf };
+    let mf = Modelfile {
+        adapter: Some("/a.gguf".into()),
+        system: Some(String::new()),
+        ..mf
+    };
     let text = mf.render(None, "templates/Modelfile").unwrap();
     assert!(!text.contains("\n\n"), "{text:?}");
     // An empty SYSTEM is written: it clears the base model's system prompt.
@@ -380,16 +428,29 @@ fn minimal_modelfile_has_no_blank_lines() {
 
 #[test]
 fn render_refuses_what_a_modelfile_cannot_carry() {
-    let mut mf = Modelfile { from: "base".into(), system: Some("bad\u{200d}".into()), ..Default::default() };
+    let mut mf = Modelfile {
+        from: "base".into(),
+        system: Some("bad\u{200d}".into()),
+        ..Default::default()
+    };
     let err = mf.render(None, "templates/Modelfile").unwrap_err();
     assert!(matches!(err, RenderError::Quote { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("templates/Modelfile line") && msg.contains("U+200D"), "{msg}");
+    assert!(
+        msg.contains("templates/Modelfile line") && msg.contains("U+200D"),
+        "{msg}"
+    );
 
     mf.system = None;
-    mf.messages = vec![Message { role: "tool".into(), content: "{}".into() }];
+    mf.messages = vec![Message {
+        role: "tool".into(),
+        content: "{}".into(),
+    }];
     let msg = mf.render(None, "templates/Modelfile").unwrap_err().to_string();
-    assert!(msg.contains("\"tool\"") && msg.contains("system, user or assistant"), "{msg}");
+    assert!(
+        msg.contains("\"tool\"") && msg.contains("system, user or assistant"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -400,9 +461,14 @@ fn user_template_and_its_errors() {
     let req = create_request(&parse(&text).unwrap()).unwrap();
     assert_eq!(req["from"], json!(mf.from));
     assert_eq!(req["system"], json!(mf.system.as_ref().unwrap()));
-    assert_eq!(req["parameters"], json!({"stop": ["<|eot_id|>", "end of turn", "\n", "\"quoted\"", " "]}));
+    assert_eq!(
+        req["parameters"],
+        json!({"stop": ["<|eot_id|>", "end of turn", "\n", "\"quoted\"", " "]})
+    );
 
-    let err = mf.render(Some("FROM {{ from | quote }\n"), "my.Modelfile.j2").unwrap_err();
+    let err = mf
+        .render(Some("FROM {{ from | quote }\n"), "my.Modelfile.j2")
+        .unwrap_err();
     assert!(matches!(err, RenderError::Syntax { .. }), "{err:?}");
     assert!(err.to_string().contains("my.Modelfile.j2"), "{err}");
 
@@ -414,8 +480,13 @@ fn user_template_and_its_errors() {
     assert!(err.to_string().contains("typo.j2"), "{err}");
 
     // Quoting an absent value is an error that says how to guard it.
-    let bare = Modelfile { from: "x".into(), ..Default::default() };
-    let err = bare.render(Some("SYSTEM {{ system | quote }}\n"), "none.j2").unwrap_err();
+    let bare = Modelfile {
+        from: "x".into(),
+        ..Default::default()
+    };
+    let err = bare
+        .render(Some("SYSTEM {{ system | quote }}\n"), "none.j2")
+        .unwrap_err();
     assert!(err.to_string().contains("is not none"), "{err}");
 }
 
@@ -429,7 +500,15 @@ fn parameter_arguments() {
 
     let mut p = Parameters::default();
     assert!(p.is_empty());
-    for arg in ["num_ctx=4096", "temperature=.5", "top_k=+40", "use_mmap=T", "stop=a=b", "stop=", "min_p=1e-3"] {
+    for arg in [
+        "num_ctx=4096",
+        "temperature=.5",
+        "top_k=+40",
+        "use_mmap=T",
+        "stop=a=b",
+        "stop=",
+        "min_p=1e-3",
+    ] {
         p.push_arg(arg).unwrap_or_else(|e| panic!("{arg}: {e}"));
     }
     p.push("temperature", "0.7").unwrap();
@@ -443,11 +522,23 @@ fn parameter_arguments() {
     let e = err("temprature=0.7");
     assert!(matches!(e, ParamError::Unknown { .. }));
     let msg = e.to_string();
-    assert!(msg.contains("\"temprature\"") && msg.contains("temperature") && msg.contains("num_ctx"), "{msg}");
+    assert!(
+        msg.contains("\"temprature\"") && msg.contains("temperature") && msg.contains("num_ctx"),
+        "{msg}"
+    );
 
     let msg = err("mirostat=2").to_string();
-    assert!(msg.contains("Ollama no longer accepts") && msg.contains("mirostat"), "{msg}");
-    for removed in ["tfs_z=1", "penalize_newline=true", "numa=true", "use_mlock=true", "low_vram=1"] {
+    assert!(
+        msg.contains("Ollama no longer accepts") && msg.contains("mirostat"),
+        "{msg}"
+    );
+    for removed in [
+        "tfs_z=1",
+        "penalize_newline=true",
+        "numa=true",
+        "use_mlock=true",
+        "low_vram=1",
+    ] {
         assert!(matches!(err(removed), ParamError::Removed { .. }), "{removed}");
     }
 
@@ -460,12 +551,21 @@ fn parameter_arguments() {
     assert!(matches!(err("seed=99999999999999999999"), ParamError::BadValue { .. }));
 
     let msg = err("temperature=warm").to_string();
-    assert!(msg.contains("temperature") && msg.contains("\"warm\"") && msg.contains("floating-point"), "{msg}");
-    assert!(matches!(err("temperature=1e39"), ParamError::BadValue { .. }), "beyond float32: ParseFloat's ErrRange");
+    assert!(
+        msg.contains("temperature") && msg.contains("\"warm\"") && msg.contains("floating-point"),
+        "{msg}"
+    );
+    assert!(
+        matches!(err("temperature=1e39"), ParamError::BadValue { .. }),
+        "beyond float32: ParseFloat's ErrRange"
+    );
     assert!(matches!(err("temperature=0x1p-2"), ParamError::BadValue { .. }));
 
     let msg = err("use_mmap=yes").to_string();
-    assert!(msg.contains("use_mmap") && msg.contains("\"yes\"") && msg.contains("true or false"), "{msg}");
+    assert!(
+        msg.contains("use_mmap") && msg.contains("\"yes\"") && msg.contains("true or false"),
+        "{msg}"
+    );
 
     for non_finite in ["temperature=NaN", "temperature=inf", "top_p=-Infinity"] {
         let e = err(non_finite);
@@ -544,13 +644,24 @@ fn params_layer_overlay_and_rendering() {
     );
 
     // Unknown names the server reported are written as given; the rest reads back typed.
-    let mf = Modelfile { from: "base".into(), parameters: base.clone(), ..Default::default() };
+    let mf = Modelfile {
+        from: "base".into(),
+        parameters: base.clone(),
+        ..Default::default()
+    };
     let text = mf.render(None, "templates/Modelfile").unwrap();
     assert!(text.contains("PARAMETER custom kept\n"), "{text}");
-    let without_custom: Vec<_> = parse(&text).unwrap().into_iter().filter(|(n, _)| n != "custom").collect();
+    let without_custom: Vec<_> = parse(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|(n, _)| n != "custom")
+        .collect();
     let mut expected = base.to_json();
     expected.remove("custom");
-    assert_eq!(create_request(&without_custom).unwrap()["parameters"], Value::Object(expected));
+    assert_eq!(
+        create_request(&without_custom).unwrap()["parameters"],
+        Value::Object(expected)
+    );
 }
 
 #[test]
@@ -574,13 +685,19 @@ fn independent_reader_matches_parser_go_on_known_cases() {
         parse("FROM foo\nSYSTEM  \"\"\"   spaces kept inside   \"\"\"\n").unwrap()[1],
         cmd("system", "   spaces kept inside   ")
     );
-    assert_eq!(parse("from foo\nmessage user Hey there!\n").unwrap()[1], cmd("message", "user: Hey there!"));
+    assert_eq!(
+        parse("from foo\nmessage user Hey there!\n").unwrap()[1],
+        cmd("message", "user: Hey there!")
+    );
     assert!(parse("FROM foo\nMESSAGE badrole Hey\n").is_err());
     assert!(parse("FROM foo\nBADCOMMAND x\n").is_err());
     assert!(parse("SYSTEM no from\n").is_err());
     assert!(parse("FROM foo\nSYSTEM \"open\n").is_err());
     // Windows line endings and a byte-order mark.
-    assert_eq!(parse("\u{feff}FROM foo\r\nSYSTEM bar\r\n").unwrap(), vec![cmd("model", "foo"), cmd("system", "bar")]);
+    assert_eq!(
+        parse("\u{feff}FROM foo\r\nSYSTEM bar\r\n").unwrap(),
+        vec![cmd("model", "foo"), cmd("system", "bar")]
+    );
     // Dropped characters vanish silently: the hazard `quote` guards against.
     assert_eq!(parse("FROM foo\nSYSTEM a\u{200d}b\n").unwrap()[1], cmd("system", "ab"));
     // A line ending in """ closes a """ value early; the rest is read as commands.

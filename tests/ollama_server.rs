@@ -11,7 +11,13 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "sha256:{}",
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
 }
 
 /// A fresh client per call: a pooled connection must not carry one test step into the next.
@@ -20,7 +26,10 @@ fn client() -> Client {
 }
 
 fn upload(url: &str, bytes: &[u8]) -> reqwest::Result<reqwest::blocking::Response> {
-    client().post(format!("{url}/api/blobs/{}", digest(bytes))).body(bytes.to_vec()).send()
+    client()
+        .post(format!("{url}/api/blobs/{}", digest(bytes)))
+        .body(bytes.to_vec())
+        .send()
 }
 
 fn post(url: &str, path: &str, body: Value) -> reqwest::blocking::Response {
@@ -31,11 +40,20 @@ fn post(url: &str, path: &str, body: Value) -> reqwest::blocking::Response {
 fn lines(resp: reqwest::blocking::Response) -> (u16, Vec<Value>) {
     let status = resp.status().as_u16();
     let text = resp.text().unwrap();
-    (status, text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect())
+    (
+        status,
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    )
 }
 
 fn statuses(lines: &[Value]) -> Vec<String> {
-    lines.iter().filter_map(|l| l["status"].as_str().map(str::to_string)).collect()
+    lines
+        .iter()
+        .filter_map(|l| l["status"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// A tiny GGUF LoRA adapter for the TINY llama: one F32 pair on blk.0.attn_q.
@@ -47,8 +65,16 @@ fn adapter_gguf() -> Vec<u8> {
         ("adapter.lora.alpha".to_string(), G::F32(4.0)),
     ];
     let specs = vec![
-        TensorSpec { name: "blk.0.attn_q.weight.lora_a".into(), ne: vec![32, 2], ty: GgmlType::F32 },
-        TensorSpec { name: "blk.0.attn_q.weight.lora_b".into(), ne: vec![2, 32], ty: GgmlType::F32 },
+        TensorSpec {
+            name: "blk.0.attn_q.weight.lora_a".into(),
+            ne: vec![32, 2],
+            ty: GgmlType::F32,
+        },
+        TensorSpec {
+            name: "blk.0.attn_q.weight.lora_b".into(),
+            ne: vec![2, 32],
+            ty: GgmlType::F32,
+        },
     ];
     let mut w = gguf::Writer::new(Vec::new(), &kvs, &specs).unwrap();
     for spec in &specs {
@@ -76,11 +102,27 @@ fn with_base(refuse: RefuseAdapters, version: &str) -> fake::Fake {
 #[test]
 fn version_root_and_request_log() {
     let server = fake::start(Config::default());
-    let v: Value = client().get(format!("{}/api/version", server.url)).send().unwrap().json().unwrap();
+    let v: Value = client()
+        .get(format!("{}/api/version", server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(v, json!({"version": "0.34.2"}));
-    assert_eq!(client().get(&server.url).send().unwrap().text().unwrap(), "Ollama is running");
-    let old = fake::start(Config { version: "0.0.0".into(), ..Config::default() });
-    let v: Value = client().get(format!("{}/api/version", old.url)).send().unwrap().json().unwrap();
+    assert_eq!(
+        client().get(&server.url).send().unwrap().text().unwrap(),
+        "Ollama is running"
+    );
+    let old = fake::start(Config {
+        version: "0.0.0".into(),
+        ..Config::default()
+    });
+    let v: Value = client()
+        .get(format!("{}/api/version", old.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(v["version"], "0.0.0");
     assert_eq!(server.log(), ["GET /api/version", "GET /"]);
     assert_eq!(server.requests("GET /api/"), 1);
@@ -91,7 +133,14 @@ fn blob_head_upload_head() {
     let server = fake::start(Config::default());
     let bytes = b"some blob".to_vec();
     let d = digest(&bytes);
-    let head = |d: &str| client().head(format!("{}/api/blobs/{d}", server.url)).send().unwrap().status().as_u16();
+    let head = |d: &str| {
+        client()
+            .head(format!("{}/api/blobs/{d}", server.url))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
     assert_eq!(head(&d), 404);
     assert_eq!(upload(&server.url, &bytes).unwrap().status().as_u16(), 201);
     assert_eq!(head(&d), 200);
@@ -100,7 +149,11 @@ fn blob_head_upload_head() {
     assert_eq!(server.blob_count(), 1);
     assert_eq!(server.lock().blobs[&d], bytes);
     assert_eq!(head("sha256:1234"), 400);
-    let r = client().post(format!("{}/api/blobs/md5:00", server.url)).body("x").send().unwrap();
+    let r = client()
+        .post(format!("{}/api/blobs/md5:00", server.url))
+        .body("x")
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     assert_eq!(r.json::<Value>().unwrap(), json!({"error": "invalid digest format"}));
     assert_eq!(server.requests("HEAD /api/blobs/"), 3);
@@ -121,16 +174,29 @@ fn digest_mismatch_and_corrupt_uploads() {
     let server = fake::start(Config::default());
     let bytes = b"payload".to_vec();
     let wrong = digest(b"something else");
-    let r = client().post(format!("{}/api/blobs/{wrong}", server.url)).body(bytes.clone()).send().unwrap();
+    let r = client()
+        .post(format!("{}/api/blobs/{wrong}", server.url))
+        .body(bytes.clone())
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     let expected = format!("digest mismatch, expected \"{wrong}\", got \"{}\"", digest(&bytes));
     assert_eq!(r.json::<Value>().unwrap(), json!({"error": expected}));
 
-    server.set_faults(Faults { corrupt_uploads: 1, ..Faults::default() });
+    server.set_faults(Faults {
+        corrupt_uploads: 1,
+        ..Faults::default()
+    });
     let r = upload(&server.url, &bytes).unwrap();
     assert_eq!(r.status().as_u16(), 400);
     let msg = r.json::<Value>().unwrap()["error"].as_str().unwrap().to_string();
-    assert!(msg.starts_with(&format!("digest mismatch, expected \"{}\", got \"sha256:", digest(&bytes))), "{msg}");
+    assert!(
+        msg.starts_with(&format!(
+            "digest mismatch, expected \"{}\", got \"sha256:",
+            digest(&bytes)
+        )),
+        "{msg}"
+    );
     assert!(!msg.ends_with(&format!("{}\"", digest(&bytes))), "{msg}");
     assert_eq!(server.blob_count(), 0);
     // The fault was one-shot.
@@ -141,7 +207,10 @@ fn digest_mismatch_and_corrupt_uploads() {
 fn cut_upload_is_a_connection_error_then_a_retry_succeeds() {
     let server = fake::start(Config::default());
     let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
-    server.set_faults(Faults { cut_uploads: 1, ..Faults::default() });
+    server.set_faults(Faults {
+        cut_uploads: 1,
+        ..Faults::default()
+    });
     let err = upload(&server.url, &bytes).expect_err("a cut upload must not produce an HTTP answer");
     assert!(err.status().is_none(), "{err:?}");
     assert!(!err.is_timeout(), "{err:?}");
@@ -157,15 +226,24 @@ fn cut_upload_is_a_connection_error_then_a_retry_succeeds() {
     std::fs::write(&path, &other).unwrap();
     let send = || {
         let body = reqwest::blocking::Body::sized(std::fs::File::open(&path).unwrap(), other.len() as u64);
-        client().post(format!("{}/api/blobs/{}", server.url, digest(&other))).body(body).send()
+        client()
+            .post(format!("{}/api/blobs/{}", server.url, digest(&other)))
+            .body(body)
+            .send()
     };
-    server.set_faults(Faults { cut_uploads: 1, ..Faults::default() });
+    server.set_faults(Faults {
+        cut_uploads: 1,
+        ..Faults::default()
+    });
     let err = send().expect_err("cut");
     assert!(err.status().is_none(), "{err:?}");
     assert_eq!(send().unwrap().status().as_u16(), 201);
 
     // A small body (one chunk) is cut too.
-    server.set_faults(Faults { cut_uploads: 1, ..Faults::default() });
+    server.set_faults(Faults {
+        cut_uploads: 1,
+        ..Faults::default()
+    });
     assert!(upload(&server.url, b"tiny").is_err());
     assert_eq!(upload(&server.url, b"tiny").unwrap().status().as_u16(), 201);
 }
@@ -181,7 +259,10 @@ fn adapters_refused_with_400() {
     let a = adapter_gguf();
     upload(&server.url, &a).unwrap();
     let (status, body) = lines(post(&server.url, "/api/create", adapter_request(&digest(&a))));
-    assert_eq!((status, body), (400, vec![json!({"error": "LoRA adapters are no longer supported"})]));
+    assert_eq!(
+        (status, body),
+        (400, vec![json!({"error": "LoRA adapters are no longer supported"})])
+    );
     assert!(server.model("tuned").is_none());
     assert_eq!(server.create_requests(), [adapter_request(&digest(&a))]);
 }
@@ -195,7 +276,13 @@ fn adapters_refused_in_stream() {
     assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
     let (status, body) = lines(resp);
     assert_eq!(status, 200);
-    assert_eq!(body, [json!({"status": "parsing GGUF"}), json!({"error": "LoRA adapters are no longer supported"})]);
+    assert_eq!(
+        body,
+        [
+            json!({"status": "parsing GGUF"}),
+            json!({"error": "LoRA adapters are no longer supported"})
+        ]
+    );
     assert!(server.model("tuned").is_none());
 }
 
@@ -217,19 +304,29 @@ fn adapter_accepted_by_an_older_server() {
     let base = server.model("llama3.2:1b").unwrap();
     assert_eq!(model.request.as_ref().unwrap()["adapters"]["adapter.gguf"], digest(&a));
     assert_eq!(model.size, base.size + a.len() as u64);
-    let show: Value = post(&server.url, "/api/show", json!({"model": "tuned", "verbose": true})).json().unwrap();
+    let show: Value = post(&server.url, "/api/show", json!({"model": "tuned", "verbose": true}))
+        .json()
+        .unwrap();
     assert_eq!(show["details"], base.show["details"]);
     assert_eq!(show["model_info"], base.show["model_info"]);
     assert_eq!(show["template"], base.show["template"]);
     assert_eq!(show["system"], "Be brief.");
     // The base's stop survives; the request's temperature is added.
-    assert_eq!(show["parameters"], format!("{:<30} \"<|eot_id|>\"\n{:<30} 0.5", "stop", "temperature"));
+    assert_eq!(
+        show["parameters"],
+        format!("{:<30} \"<|eot_id|>\"\n{:<30} 0.5", "stop", "temperature")
+    );
     let modelfile = show["modelfile"].as_str().unwrap();
     let hex = &digest(&a)["sha256:".len()..];
-    assert!(modelfile.contains(&format!("\nADAPTER /root/.ollama/models/blobs/sha256-{hex}\n")), "{modelfile}");
+    assert!(
+        modelfile.contains(&format!("\nADAPTER /root/.ollama/models/blobs/sha256-{hex}\n")),
+        "{modelfile}"
+    );
     assert!(show.get("tensors").is_some());
     // Without verbose, no tensor list.
-    let brief: Value = post(&server.url, "/api/show", json!({"model": "tuned"})).json().unwrap();
+    let brief: Value = post(&server.url, "/api/show", json!({"model": "tuned"}))
+        .json()
+        .unwrap();
     assert!(brief.get("tensors").is_none());
 }
 
@@ -241,7 +338,10 @@ fn create_validation_answers_400_before_streaming() {
     upload(&server.url, &a).unwrap();
     upload(&server.url, &b).unwrap();
     let cases = [
-        (json!({"model": "bad name!", "from": "llama3.2:1b"}), "invalid model name"),
+        (
+            json!({"model": "bad name!", "from": "llama3.2:1b"}),
+            "invalid model name",
+        ),
         (json!({"model": "x"}), "neither 'from' or 'files' was specified"),
         (
             json!({"model": "x", "from": "llama3.2:1b", "adapters": {"a.gguf": digest(&a), "b.gguf": digest(&b)}}),
@@ -257,9 +357,19 @@ fn create_validation_answers_400_before_streaming() {
         assert_eq!((status, body), (400, vec![json!({"error": msg})]), "{req}");
     }
     // Not an adapter GGUF: an error line inside the stream.
-    let (status, body) = lines(post(&server.url, "/api/create", json!({"model": "x", "from": "llama3.2:1b", "adapters": {"b": digest(&b)}})));
+    let (status, body) = lines(post(
+        &server.url,
+        "/api/create",
+        json!({"model": "x", "from": "llama3.2:1b", "adapters": {"b": digest(&b)}}),
+    ));
     assert_eq!(status, 200);
-    assert!(body.last().unwrap()["error"].as_str().unwrap().starts_with("adapter layer is not a GGUF LoRA adapter"), "{body:?}");
+    assert!(
+        body.last().unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("adapter layer is not a GGUF LoRA adapter"),
+        "{body:?}"
+    );
     assert_eq!(server.create_requests().len(), 5);
     assert!(server.model("x").is_none());
 }
@@ -283,7 +393,13 @@ fn create_from_gguf_file_then_show() {
     assert_eq!(st[1], format!("using existing layer {}", digest(&g)));
     assert_eq!(&st[st.len() - 2..], ["writing manifest", "success"]);
 
-    let show: Value = post(&server.url, "/api/show", json!({"model": "tiny:latest", "verbose": true})).json().unwrap();
+    let show: Value = post(
+        &server.url,
+        "/api/show",
+        json!({"model": "tiny:latest", "verbose": true}),
+    )
+    .json()
+    .unwrap();
     assert_eq!(show["model_info"]["general.architecture"], "llama");
     assert_eq!(show["model_info"]["llama.block_count"], 2);
     assert_eq!(show["model_info"]["llama.attention.head_count_kv"], 2);
@@ -312,16 +428,36 @@ fn create_from_gguf_file_then_show() {
 
 #[test]
 fn pull_then_show_tags_and_delete() {
-    let server = fake::start(Config { pullable: vec![("qwen3:0.6b".into(), show_json(TINY, "Q8_0", true))], ..Config::default() });
-    let (status, body) = lines(post(&server.url, "/api/pull", json!({"model": "missing", "stream": true})));
+    let server = fake::start(Config {
+        pullable: vec![("qwen3:0.6b".into(), show_json(TINY, "Q8_0", true))],
+        ..Config::default()
+    });
+    let (status, body) = lines(post(
+        &server.url,
+        "/api/pull",
+        json!({"model": "missing", "stream": true}),
+    ));
     assert_eq!(status, 200);
-    assert_eq!(body, [json!({"status": "pulling manifest"}), json!({"error": "pull model manifest: file does not exist"})]);
+    assert_eq!(
+        body,
+        [
+            json!({"status": "pulling manifest"}),
+            json!({"error": "pull model manifest: file does not exist"})
+        ]
+    );
 
-    let (status, body) = lines(post(&server.url, "/api/pull", json!({"model": "qwen3:0.6b", "stream": true})));
+    let (status, body) = lines(post(
+        &server.url,
+        "/api/pull",
+        json!({"model": "qwen3:0.6b", "stream": true}),
+    ));
     assert_eq!(status, 200);
     let st = statuses(&body);
     assert_eq!(st[0], "pulling manifest");
-    assert_eq!(&st[st.len() - 3..], ["verifying sha256 digest", "writing manifest", "success"]);
+    assert_eq!(
+        &st[st.len() - 3..],
+        ["verifying sha256 digest", "writing manifest", "success"]
+    );
     let progress: Vec<&Value> = body.iter().filter(|l| l.get("digest").is_some()).collect();
     assert!(!progress.is_empty());
     for p in &progress {
@@ -330,9 +466,20 @@ fn pull_then_show_tags_and_delete() {
         assert!(p["completed"].as_u64().unwrap() <= p["total"].as_u64().unwrap());
     }
 
-    let show: Value = post(&server.url, "/api/show", json!({"model": "qwen3:0.6b", "verbose": true})).json().unwrap();
+    let show: Value = post(
+        &server.url,
+        "/api/show",
+        json!({"model": "qwen3:0.6b", "verbose": true}),
+    )
+    .json()
+    .unwrap();
     assert_eq!(show["details"]["quantization_level"], "Q4_K_M");
-    let tags: Value = client().get(format!("{}/api/tags", server.url)).send().unwrap().json().unwrap();
+    let tags: Value = client()
+        .get(format!("{}/api/tags", server.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     let models = tags["models"].as_array().unwrap();
     assert_eq!(models.len(), 1);
     assert_eq!(models[0]["name"], "qwen3:0.6b");
@@ -341,9 +488,20 @@ fn pull_then_show_tags_and_delete() {
     assert!(models[0]["size"].as_u64().unwrap() > 0);
     assert_eq!(models[0]["digest"].as_str().unwrap().len(), 64);
 
-    let del = |m: &str| lines(client().delete(format!("{}/api/delete", server.url)).json(&json!({"model": m})).send().unwrap());
+    let del = |m: &str| {
+        lines(
+            client()
+                .delete(format!("{}/api/delete", server.url))
+                .json(&json!({"model": m}))
+                .send()
+                .unwrap(),
+        )
+    };
     assert_eq!(del("qwen3:0.6b").0, 200);
-    assert_eq!(del("qwen3:0.6b"), (404, vec![json!({"error": "model 'qwen3:0.6b' not found"})]));
+    assert_eq!(
+        del("qwen3:0.6b"),
+        (404, vec![json!({"error": "model 'qwen3:0.6b' not found"})])
+    );
     assert!(server.model("qwen3:0.6b").is_none());
 }
 
@@ -354,7 +512,11 @@ fn create_from_a_model_that_must_be_pulled() {
         pullable: vec![("llama3.2:1b".into(), show_json(TINY, "Q4_K", true))],
         ..Config::default()
     });
-    let (status, body) = lines(post(&server.url, "/api/create", json!({"model": "mine", "from": "llama3.2:1b"})));
+    let (status, body) = lines(post(
+        &server.url,
+        "/api/create",
+        json!({"model": "mine", "from": "llama3.2:1b"}),
+    ));
     assert_eq!(status, 200);
     let st = statuses(&body);
     assert_eq!(st[0], "pulling manifest");
@@ -363,15 +525,25 @@ fn create_from_a_model_that_must_be_pulled() {
     assert!(server.model("llama3.2:1b").is_some());
     assert!(server.model("mine").is_some());
 
-    let (status, body) = lines(post(&server.url, "/api/create", json!({"model": "mine", "from": "nowhere:7b"})));
+    let (status, body) = lines(post(
+        &server.url,
+        "/api/create",
+        json!({"model": "mine", "from": "nowhere:7b"}),
+    ));
     assert_eq!(status, 200);
-    assert_eq!(body.last().unwrap(), &json!({"error": "pull model manifest: file does not exist"}));
+    assert_eq!(
+        body.last().unwrap(),
+        &json!({"error": "pull model manifest: file does not exist"})
+    );
 }
 
 #[test]
 fn create_error_fault_is_one_shot_and_non_streamed_answers() {
     let server = with_base(RefuseAdapters::Http400, "0.34.2");
-    server.set_faults(Faults { create_error: Some((500, "boom".into())), ..Faults::default() });
+    server.set_faults(Faults {
+        create_error: Some((500, "boom".into())),
+        ..Faults::default()
+    });
     let req = json!({"model": "plain", "from": "llama3.2:1b", "stream": false});
     let (status, body) = lines(post(&server.url, "/api/create", req.clone()));
     assert_eq!((status, body), (500, vec![json!({"error": "boom"})]));
@@ -383,8 +555,18 @@ fn create_error_fault_is_one_shot_and_non_streamed_answers() {
     assert_eq!(server.requests("POST /api/create"), 2);
 
     server.lock().faults.fail_show_after_create = true;
-    assert_eq!(post(&server.url, "/api/show", json!({"model": "plain"})).status().as_u16(), 500);
-    assert_eq!(post(&server.url, "/api/show", json!({"model": "llama3.2:1b"})).status().as_u16(), 200);
+    assert_eq!(
+        post(&server.url, "/api/show", json!({"model": "plain"}))
+            .status()
+            .as_u16(),
+        500
+    );
+    assert_eq!(
+        post(&server.url, "/api/show", json!({"model": "llama3.2:1b"}))
+            .status()
+            .as_u16(),
+        200
+    );
 }
 
 #[test]
@@ -417,7 +599,11 @@ mod hostile {
     }
 
     pub fn start(app: Router) -> Server {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -427,8 +613,13 @@ mod hostile {
     /// `chunk` repeated to 100 MB, streamed without a Content-Length.
     pub fn endless(status: StatusCode, pattern: &'static [u8]) -> Response {
         let chunk = Bytes::from(pattern.repeat((64 << 10) / pattern.len()));
-        let body = futures_util::stream::iter((0..(100 << 20) / chunk.len()).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-        Response::builder().status(status).body(Body::from_stream(body)).unwrap()
+        let body = futures_util::stream::iter(
+            (0..(100 << 20) / chunk.len()).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+        );
+        Response::builder()
+            .status(status)
+            .body(Body::from_stream(body))
+            .unwrap()
     }
 
     /// NDJSON lines, then silence forever when `stall`.
@@ -443,7 +634,10 @@ mod hostile {
                 None => None,
             }
         });
-        Response::builder().header(header::CONTENT_TYPE, "application/x-ndjson").body(Body::from_stream(body)).unwrap()
+        Response::builder()
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
+            .body(Body::from_stream(body))
+            .unwrap()
     }
 
     /// Takes the whole upload, then never answers.
@@ -457,7 +651,13 @@ mod hostile {
 
     pub fn app() -> Router {
         let escape_status = || {
-            ndjson(vec![r#"{"status":"\u001b[2J\u001b]0;owned\u0007parsing\rGGUF"}"#.into(), r#"{"status":"success"}"#.into()], false)
+            ndjson(
+                vec![
+                    r#"{"status":"\u001b[2J\u001b]0;owned\u0007parsing\rGGUF"}"#.into(),
+                    r#"{"status":"success"}"#.into(),
+                ],
+                false,
+            )
         };
         Router::new()
             .route("/huge/api/version", get(|| async { endless(StatusCode::OK, b"{\"version\":\"0.34.2\"") }))
@@ -494,7 +694,11 @@ mod hostile {
 }
 
 fn quick() -> ollama_tools::error::Patience {
-    ollama_tools::error::Patience { idle: std::time::Duration::from_millis(700), retries: 0, max_wait: std::time::Duration::from_millis(10) }
+    ollama_tools::error::Patience {
+        idle: std::time::Duration::from_millis(700),
+        retries: 0,
+        max_wait: std::time::Duration::from_millis(10),
+    }
 }
 
 fn api(server: &hostile::Server, prefix: &str) -> ollama_tools::ollama::Client {
@@ -504,7 +708,9 @@ fn api(server: &hostile::Server, prefix: &str) -> ollama_tools::ollama::Client {
 /// Statuses a create passes on.
 fn create_statuses(client: &ollama_tools::ollama::Client) -> (Result<(), ollama_tools::ollama::ApiError>, Vec<String>) {
     let mut seen = Vec::new();
-    let r = client.create(&json!({"model": "m"}), &ollama_tools::progress::Silent, &mut |s| seen.push(s.status.clone()));
+    let r = client.create(&json!({"model": "m"}), &ollama_tools::progress::Silent, &mut |s| {
+        seen.push(s.status.clone())
+    });
     (r, seen)
 }
 
@@ -513,15 +719,28 @@ fn huge_answers_are_refused_or_cut_short_and_never_read_whole() {
     let server = hostile::start(hostile::app());
     let started = std::time::Instant::now();
     let err = api(&server, "huge").version().unwrap_err().to_string();
-    assert!(err.contains("larger than 64 KiB") && err.contains("/huge/api/version"), "{err}");
+    assert!(
+        err.contains("larger than 64 KiB") && err.contains("/huge/api/version"),
+        "{err}"
+    );
     let (r, _) = create_statuses(&api(&server, "huge"));
     let err = r.unwrap_err().to_string();
     assert!(err.contains("answered 500") && err.contains("disk full"), "{err}");
-    assert!(err.len() < 1000 && !err.contains('\x1b') && !err.contains('\r'), "a 100 MB error body is a short message: {err:?}");
+    assert!(
+        err.len() < 1000 && !err.contains('\x1b') && !err.contains('\r'),
+        "a 100 MB error body is a short message: {err:?}"
+    );
     let (r, _) = create_statuses(&api(&server, "longline"));
     let err = r.unwrap_err().to_string();
-    assert!(err.contains("a line longer than 1 MiB") && err.contains("/longline/api/create"), "{err}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        err.contains("a line longer than 1 MiB") && err.contains("/longline/api/create"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -529,7 +748,13 @@ fn status_lines_reach_the_terminal_defused() {
     let server = hostile::start(hostile::app());
     let (r, seen) = create_statuses(&api(&server, "escapes"));
     r.unwrap();
-    assert_eq!(seen, vec!["\\u{1b}[2J\\u{1b}]0;owned\\u{7}parsing\\u{d}GGUF".to_string(), "success".to_string()]);
+    assert_eq!(
+        seen,
+        vec![
+            "\\u{1b}[2J\\u{1b}]0;owned\\u{7}parsing\\u{d}GGUF".to_string(),
+            "success".to_string()
+        ]
+    );
 }
 
 #[test]
@@ -540,7 +765,10 @@ fn a_silent_server_is_given_up_on_after_the_idle_timeout() {
     let err = r.unwrap_err();
     assert!(matches!(err, ollama_tools::ollama::ApiError::Stalled { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("sent nothing for 1 s") && text.contains("parsing GGUF") && text.contains("OLLAMA_TOOLS_TIMEOUT"), "{text}");
+    assert!(
+        text.contains("sent nothing for 1 s") && text.contains("parsing GGUF") && text.contains("OLLAMA_TOOLS_TIMEOUT"),
+        "{text}"
+    );
     assert_eq!(seen, vec!["parsing GGUF".to_string()]);
 
     // An upload the server takes whole and never answers.
@@ -548,17 +776,30 @@ fn a_silent_server_is_given_up_on_after_the_idle_timeout() {
     let path = dir.path().join("blob");
     std::fs::write(&path, vec![7u8; 3 << 20]).unwrap();
     let file = std::fs::File::open(&path).unwrap();
-    let err = api(&server, "stall").push_blob(&digest(&[7u8; 1]), file, 3 << 20, &ollama_tools::progress::Silent).unwrap_err();
+    let err = api(&server, "stall")
+        .push_blob(&digest(&[7u8; 1]), file, 3 << 20, &ollama_tools::progress::Silent)
+        .unwrap_err();
     assert!(matches!(err, ollama_tools::ollama::ApiError::Stalled { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("{} of {} bytes taken", 3 << 20, 3 << 20)), "{err}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        err.to_string()
+            .contains(&format!("{} of {} bytes taken", 3 << 20, 3 << 20)),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
 fn a_redirect_loop_is_named_as_such() {
     let server = hostile::start(hostile::app());
     let err = api(&server, "loop").version().unwrap_err().to_string();
-    assert!(err.contains("redirects in a loop") && err.contains(&server.url), "{err}");
+    assert!(
+        err.contains("redirects in a loop") && err.contains(&server.url),
+        "{err}"
+    );
     assert!(!err.contains("EOF"), "{err}");
 }
 
@@ -567,12 +808,22 @@ fn nulls_where_strings_are_documented_read_as_absent() {
     let server = hostile::start(hostile::app());
     let client = api(&server, "nulls");
     let show = client.show("m").unwrap();
-    assert_eq!((show.details.family.as_str(), show.template.as_str(), show.tensors.len()), ("llama", "", 0));
+    assert_eq!(
+        (show.details.family.as_str(), show.template.as_str(), show.tensors.len()),
+        ("llama", "", 0)
+    );
     assert!(show.model_info.is_empty() && show.license_text().is_empty());
     let tags = client.tags().unwrap();
-    assert_eq!((tags[0].name.as_str(), tags[0].size, tags[0].digest.as_str()), ("m:latest", 0, ""));
+    assert_eq!(
+        (tags[0].name.as_str(), tags[0].size, tags[0].digest.as_str()),
+        ("m:latest", 0, "")
+    );
     let mut seen = Vec::new();
-    client.pull("m", &ollama_tools::progress::Silent, &mut |s| seen.push((s.status.clone(), s.total))).unwrap();
+    client
+        .pull("m", &ollama_tools::progress::Silent, &mut |s| {
+            seen.push((s.status.clone(), s.total))
+        })
+        .unwrap();
     assert_eq!(seen, vec![("pulling".to_string(), 0), ("success".to_string(), 0)]);
 }
 

@@ -20,7 +20,10 @@ use ollama_tools::quant;
 fn read_f32(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(bytes.len() % 4, 0, "{}: not a whole number of f32", path.display());
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 /// Every directory under `root` (itself included) that holds a `.bin` file.
@@ -56,17 +59,26 @@ fn check_case(dir: &Path, root: &Path, tally: &mut Tally) {
     for bin in files.iter().filter(|p| p.extension().is_some_and(|x| x == "bin")) {
         let type_name = bin.file_stem().unwrap().to_str().unwrap();
         let ty = GgmlType::from_name(type_name).unwrap_or_else(|| panic!("{}: unknown type", bin.display()));
-        assert!(quant::can_quantize(ty) && quant::can_dequantize(ty), "{name}: {ty} unsupported");
+        assert!(
+            quant::can_quantize(ty) && quant::can_dequantize(ty),
+            "{name}: {ty} unsupported"
+        );
         let expected = std::fs::read(bin).unwrap();
         let (qk, bs) = (quant::block_len(ty), quant::block_bytes(ty));
         let nblocks = expected.len() / bs;
         let mut line = format!("{name:<40} {type_name:<5} {nblocks:>6} blocks:");
 
         if let Some(x) = &input {
-            assert_eq!(x.len(), nblocks * qk, "{name}: input.f32 and {type_name}.bin disagree on length");
+            assert_eq!(
+                x.len(),
+                nblocks * qk,
+                "{name}: input.f32 and {type_name}.bin disagree on length"
+            );
             let mut ours = vec![0u8; expected.len()];
             quant::quantize(ty, x, &mut ours).unwrap();
-            let bad: Vec<usize> = (0..nblocks).filter(|&b| ours[b * bs..][..bs] != expected[b * bs..][..bs]).collect();
+            let bad: Vec<usize> = (0..nblocks)
+                .filter(|&b| ours[b * bs..][..bs] != expected[b * bs..][..bs])
+                .collect();
             tally.checks += 1;
             tally.values += x.len();
             let _ = write!(line, " quantize {}/{} blocks equal", nblocks - bad.len(), nblocks);
@@ -114,7 +126,10 @@ fn check_case(dir: &Path, root: &Path, tally: &mut Tally) {
 fn quant_reference() {
     let (root, from_env) = match std::env::var_os("OLLAMA_TOOLS_QUANT_REF") {
         Some(dir) => (PathBuf::from(dir), true),
-        None => (Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant"), false),
+        None => (
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quant"),
+            false,
+        ),
     };
     let mut dirs = Vec::new();
     case_dirs(&root, &mut dirs);
@@ -126,15 +141,32 @@ fn quant_reference() {
     eprintln!(
         "quant reference cases from {} ({})",
         root.display(),
-        if from_env { "OLLAMA_TOOLS_QUANT_REF" } else { "committed fixtures" }
+        if from_env {
+            "OLLAMA_TOOLS_QUANT_REF"
+        } else {
+            "committed fixtures"
+        }
     );
     for line in &tally.lines {
         eprintln!("  {line}");
     }
-    eprintln!("{} checks over {} values, {} failures", tally.checks, tally.values, tally.failures.len());
-    assert!(tally.failures.is_empty(), "mismatches against the references:\n{}", tally.failures.join("\n"));
+    eprintln!(
+        "{} checks over {} values, {} failures",
+        tally.checks,
+        tally.values,
+        tally.failures.len()
+    );
+    assert!(
+        tally.failures.is_empty(),
+        "mismatches against the references:\n{}",
+        tally.failures.join("\n")
+    );
     if !from_env {
         // The committed set covers every type both ways; a lost file should not pass silently.
-        assert!(tally.checks >= 30, "only {} checks ran: fixtures incomplete?", tally.checks);
+        assert!(
+            tally.checks >= 30,
+            "only {} checks ran: fixtures incomplete?",
+            tally.checks
+        );
     }
 }

@@ -23,7 +23,10 @@ fn pair(layer: usize, module: &str, r: usize) -> Vec<T> {
     };
     let p = format!("base_model.model.model.layers.{layer}.self_attn.{module}");
     let mut rng = Rng::new(layer as u64 + 11);
-    vec![t(&format!("{p}.lora_A.weight"), &[r, i], rng.vec(r * i, 0.3)), t(&format!("{p}.lora_B.weight"), &[o, r], rng.vec(o * r, 0.3))]
+    vec![
+        t(&format!("{p}.lora_A.weight"), &[r, i], rng.vec(r * i, 0.3)),
+        t(&format!("{p}.lora_B.weight"), &[o, r], rng.vec(o * r, 0.3)),
+    ]
 }
 
 /// Runs convert on the adapter in `dir/a` against a base of `arch`, expecting failure with all of `needles`.
@@ -31,13 +34,24 @@ fn refused(dir: &Path, arch: &str, dims: Dims, needles: &[&str]) {
     let base = dir.join("base.gguf");
     write_base_gguf(&base, arch, dims);
     let out = dir.join("out.gguf");
-    let mut a = bin().arg("convert").arg(dir.join("a")).arg("--base").arg(&base).arg("-o").arg(&out).assert().failure();
+    let mut a = bin()
+        .arg("convert")
+        .arg(dir.join("a"))
+        .arg("--base")
+        .arg(&base)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .failure();
     for n in needles {
         a = a.stderr(contains(*n));
     }
     assert!(!out.exists(), "nothing may be written");
-    let leftovers: Vec<_> =
-        std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
@@ -49,9 +63,18 @@ fn adapter(dir: &Path, config: serde_json::Value, tensors: Vec<T>) {
 fn dora() {
     let d = tempfile::tempdir().unwrap();
     let mut ts = pair(0, "q_proj", 2);
-    ts.push(t("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector", &[32], vec![1.0; 32]));
+    ts.push(t(
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector",
+        &[32],
+        vec![1.0; 32],
+    ));
     adapter(d.path(), cfg(json!({"use_dora": true})), ts);
-    refused(d.path(), "llama", TINY, &["use_dora", "DoRA", "lora_magnitude_vector", "merge_and_unload"]);
+    refused(
+        d.path(),
+        "llama",
+        TINY,
+        &["use_dora", "DoRA", "lora_magnitude_vector", "merge_and_unload"],
+    );
 }
 
 #[test]
@@ -60,17 +83,26 @@ fn modules_to_save_full_tensors() {
     let mut ts = pair(0, "q_proj", 2);
     ts.push(t("base_model.model.lm_head.weight", &[40, 32], vec![0.0; 40 * 32]));
     adapter(d.path(), cfg(json!({"modules_to_save": ["lm_head"]})), ts);
-    refused(d.path(), "llama", TINY, &["base_model.model.lm_head.weight", "modules_to_save"]);
+    refused(
+        d.path(),
+        "llama",
+        TINY,
+        &["base_model.model.lm_head.weight", "modules_to_save"],
+    );
 }
 
 #[test]
 fn peft_types_other_than_lora() {
     let d = tempfile::tempdir().unwrap();
-    adapter(d.path(), json!({"peft_type": "IA3", "target_modules": ["k_proj"]}), vec![t(
-        "base_model.model.model.layers.0.self_attn.k_proj.ia3_l",
-        &[16, 1],
-        vec![1.0; 16],
-    )]);
+    adapter(
+        d.path(),
+        json!({"peft_type": "IA3", "target_modules": ["k_proj"]}),
+        vec![t(
+            "base_model.model.model.layers.0.self_attn.k_proj.ia3_l",
+            &[16, 1],
+            vec![1.0; 16],
+        )],
+    );
     refused(d.path(), "llama", TINY, &["peft_type is `IA3`", "only LORA"]);
 }
 
@@ -79,14 +111,24 @@ fn module_the_base_architecture_does_not_have() {
     // q_proj LoRA against a Phi-3 base, whose attention is the fused qkv_proj.
     let d = tempfile::tempdir().unwrap();
     adapter(d.path(), cfg(json!({})), pair(0, "q_proj", 2));
-    refused(d.path(), "phi3", TINY, &["q_proj", "`phi3` architecture does not have", "qkv_proj"]);
+    refused(
+        d.path(),
+        "phi3",
+        TINY,
+        &["q_proj", "`phi3` architecture does not have", "qkv_proj"],
+    );
 }
 
 #[test]
 fn layer_beyond_the_base() {
     let d = tempfile::tempdir().unwrap();
     adapter(d.path(), cfg(json!({})), pair(5, "q_proj", 2));
-    refused(d.path(), "llama", TINY, &["blk.5.attn_q.weight", "the base has 2 layers"]);
+    refused(
+        d.path(),
+        "llama",
+        TINY,
+        &["blk.5.attn_q.weight", "the base has 2 layers"],
+    );
 }
 
 #[test]
@@ -94,36 +136,77 @@ fn wrong_size_base() {
     let d = tempfile::tempdir().unwrap();
     adapter(d.path(), cfg(json!({})), pair(0, "v_proj", 2));
     let bigger = Dims { hidden: 64, ..TINY };
-    refused(d.path(), "llama", bigger, &["blk.0.attn_v.weight", "[32, 16]", "[64, 16]", "pass the base it was trained on"]);
+    refused(
+        d.path(),
+        "llama",
+        bigger,
+        &[
+            "blk.0.attn_v.weight",
+            "[32, 16]",
+            "[64, 16]",
+            "pass the base it was trained on",
+        ],
+    );
 }
 
 #[test]
 fn lm_head_on_a_base_with_tied_embeddings() {
     let d = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(1);
-    adapter(d.path(), cfg(json!({"target_modules": ["lm_head"]})), vec![
-        t("base_model.model.lm_head.lora_A.weight", &[2, 32], rng.vec(64, 0.3)),
-        t("base_model.model.lm_head.lora_B.weight", &[40, 2], rng.vec(80, 0.3)),
-    ]);
-    refused(d.path(), "llama", Dims { tied: true, ..TINY }, &["output.weight", "ties its output to the token embeddings"]);
+    adapter(
+        d.path(),
+        cfg(json!({"target_modules": ["lm_head"]})),
+        vec![
+            t("base_model.model.lm_head.lora_A.weight", &[2, 32], rng.vec(64, 0.3)),
+            t("base_model.model.lm_head.lora_B.weight", &[40, 2], rng.vec(80, 0.3)),
+        ],
+    );
+    refused(
+        d.path(),
+        "llama",
+        Dims { tied: true, ..TINY },
+        &["output.weight", "ties its output to the token embeddings"],
+    );
 }
 
 #[test]
 fn embedding_lora_on_a_base_with_tied_embeddings() {
     let d = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(2);
-    adapter(d.path(), cfg(json!({"target_modules": ["embed_tokens"]})), vec![
-        t("base_model.model.model.embed_tokens.lora_embedding_A", &[2, 40], rng.vec(80, 0.3)),
-        t("base_model.model.model.embed_tokens.lora_embedding_B", &[32, 2], rng.vec(64, 0.3)),
-    ]);
-    refused(d.path(), "llama", Dims { tied: true, ..TINY }, &["embedding LoRA", "ties its output projection", "embed_tokens"]);
+    adapter(
+        d.path(),
+        cfg(json!({"target_modules": ["embed_tokens"]})),
+        vec![
+            t(
+                "base_model.model.model.embed_tokens.lora_embedding_A",
+                &[2, 40],
+                rng.vec(80, 0.3),
+            ),
+            t(
+                "base_model.model.model.embed_tokens.lora_embedding_B",
+                &[32, 2],
+                rng.vec(64, 0.3),
+            ),
+        ],
+    );
+    refused(
+        d.path(),
+        "llama",
+        Dims { tied: true, ..TINY },
+        &["embedding LoRA", "ties its output projection", "embed_tokens"],
+    );
 }
 
 #[test]
 fn unsupported_base_architecture_lists_supported() {
     let d = tempfile::tempdir().unwrap();
     adapter(d.path(), cfg(json!({})), pair(0, "q_proj", 2));
-    refused(d.path(), "gpt2", TINY, &["`gpt2` is not supported", "llama (", "qwen2 (", "gemma2 (", "phi3 ("]);
+    refused(
+        d.path(),
+        "gpt2",
+        TINY,
+        &["`gpt2` is not supported", "llama (", "qwen2 (", "gemma2 (", "phi3 ("],
+    );
 }
 
 #[test]
@@ -139,7 +222,11 @@ fn lora_a_without_lora_b() {
 fn rank_mismatch_between_a_and_b() {
     let d = tempfile::tempdir().unwrap();
     let mut ts = pair(0, "q_proj", 2);
-    ts[1] = t("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", &[32, 3], vec![0.1; 96]);
+    ts[1] = t(
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+        &[32, 3],
+        vec![0.1; 96],
+    );
     adapter(d.path(), cfg(json!({})), ts);
     refused(d.path(), "llama", TINY, &["rank mismatch", "[2, 32]", "[32, 3]"]);
 }
@@ -148,7 +235,12 @@ fn rank_mismatch_between_a_and_b() {
 fn rank_other_than_configured() {
     let d = tempfile::tempdir().unwrap();
     adapter(d.path(), cfg(json!({"r": 8})), pair(0, "q_proj", 2));
-    refused(d.path(), "llama", TINY, &["tensor rank 2 differs from the configured rank 8", "rank_pattern"]);
+    refused(
+        d.path(),
+        "llama",
+        TINY,
+        &["tensor rank 2 differs from the configured rank 8", "rank_pattern"],
+    );
 }
 
 #[test]
@@ -163,7 +255,11 @@ fn non_finite_values() {
 #[test]
 fn rank_zero_pattern_and_alpha_scale_out_of_range() {
     let d = tempfile::tempdir().unwrap();
-    adapter(d.path(), cfg(json!({"rank_pattern": {"q_proj": 0}})), pair(0, "q_proj", 2));
+    adapter(
+        d.path(),
+        cfg(json!({"rank_pattern": {"q_proj": 0}})),
+        pair(0, "q_proj", 2),
+    );
     refused(d.path(), "llama", TINY, &["rank_pattern.q_proj", "positive rank"]);
     let d = tempfile::tempdir().unwrap();
     adapter(d.path(), cfg(json!({"lora_alpha": 1e39})), pair(0, "q_proj", 2));
@@ -184,17 +280,36 @@ fn pickled_adapter_bin_explains_how_to_resave() {
     std::fs::create_dir(&a).unwrap();
     std::fs::write(a.join("adapter_config.json"), cfg(json!({})).to_string()).unwrap();
     std::fs::write(a.join("adapter_model.bin"), b"PK\x03\x04pickle").unwrap();
-    refused(d.path(), "llama", TINY, &["adapter_model.bin", "pickled", "safetensors.torch", "save_file"]);
+    refused(
+        d.path(),
+        "llama",
+        TINY,
+        &["adapter_model.bin", "pickled", "safetensors.torch", "save_file"],
+    );
     // The .bin given directly says the same.
-    bin().args(["inspect"]).arg(a.join("adapter_model.bin")).assert().failure().stderr(contains("pickled"));
+    bin()
+        .args(["inspect"])
+        .arg(a.join("adapter_model.bin"))
+        .assert()
+        .failure()
+        .stderr(contains("pickled"));
 }
 
 #[test]
 fn malformed_json() {
     let d = tempfile::tempdir().unwrap();
     adapter(d.path(), cfg(json!({})), pair(0, "q_proj", 2));
-    std::fs::write(d.path().join("a/adapter_config.json"), "{\"peft_type\": \"LORA\", \"r\": 2,").unwrap();
-    refused(d.path(), "llama", TINY, &["adapter_config.json", "not valid JSON", "line 1"]);
+    std::fs::write(
+        d.path().join("a/adapter_config.json"),
+        "{\"peft_type\": \"LORA\", \"r\": 2,",
+    )
+    .unwrap();
+    refused(
+        d.path(),
+        "llama",
+        TINY,
+        &["adapter_config.json", "not valid JSON", "line 1"],
+    );
 }
 
 #[test]
@@ -203,8 +318,22 @@ fn truncated_safetensors() {
     adapter(d.path(), cfg(json!({})), pair(0, "q_proj", 2));
     let st = d.path().join("a/adapter_model.safetensors");
     let len = std::fs::metadata(&st).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&st).unwrap().set_len(len - 10).unwrap();
-    refused(d.path(), "llama", TINY, &["adapter_model.safetensors", "not a complete safetensors file", "fetch it again"]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&st)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    refused(
+        d.path(),
+        "llama",
+        TINY,
+        &[
+            "adapter_model.safetensors",
+            "not a complete safetensors file",
+            "fetch it again",
+        ],
+    );
 }
 
 #[test]
@@ -236,13 +365,21 @@ fn existing_output_is_kept_without_force_and_replaced_with_it() {
     std::fs::write(&out, b"precious").unwrap();
     let run = |force: bool| {
         let mut c = bin();
-        c.arg("convert").arg(d.path().join("a")).arg("--base").arg(&base).arg("-o").arg(&out);
+        c.arg("convert")
+            .arg(d.path().join("a"))
+            .arg("--base")
+            .arg(&base)
+            .arg("-o")
+            .arg(&out);
         if force {
             c.arg("--force");
         }
         c.assert()
     };
-    run(false).failure().stderr(contains("already exists")).stderr(contains("--force"));
+    run(false)
+        .failure()
+        .stderr(contains("already exists"))
+        .stderr(contains("--force"));
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
     run(true).success();
     assert_eq!(&std::fs::read(&out).unwrap()[..4], b"GGUF");

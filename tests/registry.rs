@@ -15,9 +15,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ollama_tools::Error;
+use ollama_tools::error::Patience;
 use ollama_tools::ollama::ModelName;
 use ollama_tools::progress::{Progress, Silent};
-use ollama_tools::error::Patience;
 use ollama_tools::registry::{pull_model_blob, pull_model_blob_with};
 use sha2::{Digest, Sha256};
 
@@ -86,7 +86,11 @@ impl Server {
             ranges: Mutex::new(Vec::new()),
             streamed: Arc::new(AtomicU64::new(0)),
         });
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let app = Router::new()
             .route("/v2/{ns}/{model}/manifests/{tag}", get(manifest))
             .route("/v2/{ns}/{model}/blobs/{digest}", get(blob))
@@ -94,7 +98,11 @@ impl Server {
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Server { addr, registry, _rt: rt }
+        Server {
+            addr,
+            registry,
+            _rt: rt,
+        }
     }
 
     fn name(&self) -> ModelName {
@@ -115,7 +123,11 @@ fn oci_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-async fn manifest(State(reg): State<Arc<Registry>>, UrlPath((ns, model, tag)): UrlPath<(String, String, String)>, headers: HeaderMap) -> Response {
+async fn manifest(
+    State(reg): State<Arc<Registry>>,
+    UrlPath((ns, model, tag)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
     reg.manifest_requests.fetch_add(1, Ordering::SeqCst);
     assert_eq!(headers.get(header::ACCEPT).unwrap(), MANIFEST_V2);
     let m = reg.misbehave.lock().unwrap();
@@ -124,8 +136,15 @@ async fn manifest(State(reg): State<Arc<Registry>>, UrlPath((ns, model, tag)): U
         return (StatusCode::FOUND, [(header::LOCATION, here)]).into_response();
     }
     if m.huge_manifest || m.huge_error {
-        let (status, chunk) = if m.huge_error { (StatusCode::INTERNAL_SERVER_ERROR, b"\x1b[31mboom\r".to_vec()) } else { (StatusCode::OK, vec![b' '; 1 << 16]) };
-        return Response::builder().status(status).body(endless(chunk, 100 << 20, reg.streamed.clone())).unwrap();
+        let (status, chunk) = if m.huge_error {
+            (StatusCode::INTERNAL_SERVER_ERROR, b"\x1b[31mboom\r".to_vec())
+        } else {
+            (StatusCode::OK, vec![b' '; 1 << 16])
+        };
+        return Response::builder()
+            .status(status)
+            .body(endless(chunk, 100 << 20, reg.streamed.clone()))
+            .unwrap();
     }
     match m.manifest_status {
         Some(404) => return oci_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown"),
@@ -139,7 +158,10 @@ async fn manifest(State(reg): State<Arc<Registry>>, UrlPath((ns, model, tag)): U
     let template = format!("sha256:{}", sha256_hex(b"{{ .Prompt }}"));
     let mut layers = vec![layer("application/vnd.ollama.image.template", &template, 13)];
     if !m.no_model_layer {
-        layers.insert(0, layer("application/vnd.ollama.image.model", &reg.digest, reg.blob.len()));
+        layers.insert(
+            0,
+            layer("application/vnd.ollama.image.model", &reg.digest, reg.blob.len()),
+        );
     }
     let body = serde_json::json!({
         "schemaVersion": 2,
@@ -150,7 +172,11 @@ async fn manifest(State(reg): State<Arc<Registry>>, UrlPath((ns, model, tag)): U
     ([(header::CONTENT_TYPE, MANIFEST_V2)], body.to_string()).into_response()
 }
 
-async fn blob(State(reg): State<Arc<Registry>>, UrlPath((_ns, _model, digest)): UrlPath<(String, String, String)>, headers: HeaderMap) -> Response {
+async fn blob(
+    State(reg): State<Arc<Registry>>,
+    UrlPath((_ns, _model, digest)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
     reg.blob_requests.fetch_add(1, Ordering::SeqCst);
     let range = headers.get(header::RANGE).map(|v| v.to_str().unwrap().to_string());
     reg.ranges.lock().unwrap().push(range.clone());
@@ -175,11 +201,20 @@ async fn blob(State(reg): State<Arc<Registry>>, UrlPath((_ns, _model, digest)): 
     };
     let len = reg.blob.len();
     let start = match range.as_deref().filter(|_| !ignore_range) {
-        Some(r) => r.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).unwrap().parse::<usize>().unwrap(),
+        Some(r) => r
+            .strip_prefix("bytes=")
+            .and_then(|r| r.strip_suffix('-'))
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
         None => 0,
     };
     if start >= len {
-        return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))]).into_response();
+        return (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+        )
+            .into_response();
     }
     let mut data = reg.blob[start..].to_vec();
     if corrupt && len / 2 >= start {
@@ -187,7 +222,11 @@ async fn blob(State(reg): State<Arc<Registry>>, UrlPath((_ns, _model, digest)): 
     }
     if extra > 0 || stall {
         // No Content-Length: only the manifest's size says where the blob ends.
-        let status = if start > 0 { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+        let status = if start > 0 {
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
         let mut b = Response::builder().status(status);
         if start > 0 {
             b = b.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", len - 1));
@@ -211,7 +250,9 @@ async fn blob(State(reg): State<Arc<Registry>>, UrlPath((_ns, _model, digest)): 
     }
     let mut builder = Response::builder().header(header::CONTENT_LENGTH, data.len());
     builder = if start > 0 {
-        builder.status(StatusCode::PARTIAL_CONTENT).header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", len - 1))
+        builder
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", len - 1))
     } else {
         builder.status(StatusCode::OK)
     };
@@ -296,7 +337,8 @@ impl Progress for Recorder {
         self.finished.fetch_add(1, Ordering::SeqCst);
     }
     fn cancelled(&self) -> bool {
-        self.cancel_after.is_some_and(|n| self.advanced.load(Ordering::SeqCst) >= n)
+        self.cancel_after
+            .is_some_and(|n| self.advanced.load(Ordering::SeqCst) >= n)
     }
 }
 
@@ -305,7 +347,9 @@ fn blob_file(cache: &Path, server: &Server) -> PathBuf {
 }
 
 fn partial_file(cache: &Path, server: &Server) -> PathBuf {
-    cache.join("blobs").join(format!("{}.partial", server.registry.digest.replace(':', "-")))
+    cache
+        .join("blobs")
+        .join(format!("{}.partial", server.registry.digest.replace(':', "-")))
 }
 
 fn err_text(e: &Error) -> String {
@@ -314,7 +358,11 @@ fn err_text(e: &Error) -> String {
 
 /// Timeouts and retries for a test: `retries` with waits of a few milliseconds.
 fn patience(retries: u32) -> Patience {
-    Patience { idle: Duration::from_secs(10), retries, max_wait: Duration::from_millis(20) }
+    Patience {
+        idle: Duration::from_secs(10),
+        retries,
+        max_wait: Duration::from_millis(20),
+    }
 }
 
 #[test]
@@ -341,20 +389,33 @@ fn full_download_is_verified_and_then_reused() {
 
 #[test]
 fn a_cut_connection_resumes_where_it_stopped() {
-    let server = Server::start(Misbehave { cuts: 1, ..Default::default() });
+    let server = Server::start(Misbehave {
+        cuts: 1,
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let rec = Recorder::default();
     let path = pull_model_blob(&server.name(), cache.path(), &rec).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
     let half = server.registry.blob.len() / 2;
     assert_eq!(server.ranges(), vec![None, Some(format!("bytes={half}-"))]);
-    assert!(rec.notices.lock().unwrap().iter().any(|n| n.contains("broke off") && n.contains(&half.to_string())));
+    assert!(
+        rec.notices
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.contains("broke off") && n.contains(&half.to_string()))
+    );
     assert_eq!(rec.advanced.load(Ordering::SeqCst), server.registry.blob.len() as u64);
 }
 
 #[test]
 fn a_registry_that_ignores_range_gets_the_whole_blob_again() {
-    let server = Server::start(Misbehave { cuts: 1, ignore_range: true, ..Default::default() });
+    let server = Server::start(Misbehave {
+        cuts: 1,
+        ignore_range: true,
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let path = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
@@ -364,27 +425,42 @@ fn a_registry_that_ignores_range_gets_the_whole_blob_again() {
 
 #[test]
 fn cut_twice_fails_naming_the_digest_and_keeps_the_partial_for_a_rerun() {
-    let server = Server::start(Misbehave { cuts: 2, ..Default::default() });
+    let server = Server::start(Misbehave {
+        cuts: 2,
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let err = pull_model_blob_with(&server.name(), cache.path(), &Silent, patience(1)).unwrap_err();
     let text = err_text(&err);
     assert!(text.contains(&server.registry.digest), "{text}");
-    assert!(text.contains("broke off") && text.contains("also after a retry") && text.contains("run the command again"), "{text}");
+    assert!(
+        text.contains("broke off") && text.contains("also after a retry") && text.contains("run the command again"),
+        "{text}"
+    );
     let partial = partial_file(cache.path(), &server);
     let len = server.registry.blob.len();
     // Half, then half of the rest.
-    assert_eq!(std::fs::metadata(&partial).unwrap().len() as usize, len / 2 + (len - len / 2) / 2);
+    assert_eq!(
+        std::fs::metadata(&partial).unwrap().len() as usize,
+        len / 2 + (len - len / 2) / 2
+    );
     assert!(!blob_file(cache.path(), &server).exists());
 
     // The rerun resumes from the partial file.
     let path = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
-    assert_eq!(server.ranges().last().unwrap().as_deref(), Some(format!("bytes={}-", len / 2 + (len - len / 2) / 2).as_str()));
+    assert_eq!(
+        server.ranges().last().unwrap().as_deref(),
+        Some(format!("bytes={}-", len / 2 + (len - len / 2) / 2).as_str())
+    );
 }
 
 #[test]
 fn a_corrupted_blob_is_refused_and_nothing_is_left() {
-    let server = Server::start(Misbehave { corrupt: true, ..Default::default() });
+    let server = Server::start(Misbehave {
+        corrupt: true,
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let err = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err();
     let text = err_text(&err);
@@ -418,12 +494,21 @@ fn a_wrong_partial_from_an_earlier_run_is_rehashed_and_caught() {
 
 #[test]
 fn missing_model_or_tag() {
-    let server = Server::start(Misbehave { manifest_status: Some(404), ..Default::default() });
+    let server = Server::start(Misbehave {
+        manifest_status: Some(404),
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let err = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err();
     let text = err_text(&err);
-    assert!(text.contains("not found") && text.contains("MANIFEST_UNKNOWN: manifest unknown"), "{text}");
-    assert!(text.contains("library/tiny:latest") && text.contains("check the model name and tag"), "{text}");
+    assert!(
+        text.contains("not found") && text.contains("MANIFEST_UNKNOWN: manifest unknown"),
+        "{text}"
+    );
+    assert!(
+        text.contains("library/tiny:latest") && text.contains("check the model name and tag"),
+        "{text}"
+    );
     assert_eq!(server.blob_requests(), 0);
 
     // An unknown tag on a well-behaved registry says the same.
@@ -435,21 +520,33 @@ fn missing_model_or_tag() {
 
 #[test]
 fn unauthorized_passes_the_registry_text_on() {
-    let server = Server::start(Misbehave { manifest_status: Some(401), ..Default::default() });
+    let server = Server::start(Misbehave {
+        manifest_status: Some(401),
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let err = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err();
     let text = err_text(&err);
     assert!(matches!(err, Error::Refused { .. }), "{text}");
-    assert!(text.contains("401") && text.contains("UNAUTHORIZED: authentication required"), "{text}");
+    assert!(
+        text.contains("401") && text.contains("UNAUTHORIZED: authentication required"),
+        "{text}"
+    );
     assert_eq!(server.blob_requests(), 0);
 }
 
 #[test]
 fn a_manifest_without_a_model_layer_is_refused() {
-    let server = Server::start(Misbehave { no_model_layer: true, ..Default::default() });
+    let server = Server::start(Misbehave {
+        no_model_layer: true,
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let text = err_text(&pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err());
-    assert!(text.contains("no GGUF model layer") && text.contains("application/vnd.ollama.image.template"), "{text}");
+    assert!(
+        text.contains("no GGUF model layer") && text.contains("application/vnd.ollama.image.template"),
+        "{text}"
+    );
     assert_eq!(server.blob_requests(), 0);
 }
 
@@ -457,7 +554,10 @@ fn a_manifest_without_a_model_layer_is_refused() {
 fn cancel_keeps_the_partial_and_the_next_run_resumes() {
     let server = Server::start(Misbehave::default());
     let cache = tempfile::tempdir().unwrap();
-    let rec = Recorder { cancel_after: Some(1 << 20), ..Default::default() };
+    let rec = Recorder {
+        cancel_after: Some(1 << 20),
+        ..Default::default()
+    };
     let err = pull_model_blob(&server.name(), cache.path(), &rec).unwrap_err();
     assert!(matches!(err, Error::Cancelled), "{err}");
     let partial = partial_file(cache.path(), &server);
@@ -467,23 +567,39 @@ fn cancel_keeps_the_partial_and_the_next_run_resumes() {
 
     let path = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
-    assert_eq!(server.ranges().last().unwrap().as_deref(), Some(format!("bytes={have}-").as_str()));
+    assert_eq!(
+        server.ranges().last().unwrap().as_deref(),
+        Some(format!("bytes={have}-").as_str())
+    );
 
     // Cancelled before anything arrives: no blob request at all.
     let other = tempfile::tempdir().unwrap();
-    let rec = Recorder { cancel_after: Some(0), ..Default::default() };
+    let rec = Recorder {
+        cancel_after: Some(0),
+        ..Default::default()
+    };
     let before = server.blob_requests();
-    assert!(matches!(pull_model_blob(&server.name(), other.path(), &rec), Err(Error::Cancelled)));
+    assert!(matches!(
+        pull_model_blob(&server.name(), other.path(), &rec),
+        Err(Error::Cancelled)
+    ));
     assert_eq!(server.blob_requests(), before);
 }
 
 #[test]
 fn an_unreachable_registry_is_named() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let name = ModelName::parse(&format!("127.0.0.1:{port}/library/tiny")).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let text = err_text(&pull_model_blob(&name, cache.path(), &Silent).unwrap_err());
-    assert!(text.contains(&format!("http://127.0.0.1:{port}")) && text.contains("no registry answers"), "{text}");
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{port}")) && text.contains("no registry answers"),
+        "{text}"
+    );
 }
 
 /// The whole path as a user meets it: the Ollama server is elsewhere (it answers /api/show, the
@@ -513,27 +629,46 @@ fn merge_pulls_the_base_from_the_registry_when_the_store_is_elsewhere() {
     };
     run("m1.gguf");
     assert_eq!(registry.blob_requests(), 1);
-    assert_eq!(std::fs::read(blob_file(&cache, &registry)).unwrap(), std::fs::read(&gguf).unwrap());
+    assert_eq!(
+        std::fs::read(blob_file(&cache, &registry)).unwrap(),
+        std::fs::read(&gguf).unwrap()
+    );
     run("m2.gguf");
     assert_eq!(registry.blob_requests(), 1, "the cached blob is reused");
-    assert_eq!(std::fs::read(d.path().join("m1.gguf")).unwrap(), std::fs::read(d.path().join("m2.gguf")).unwrap());
+    assert_eq!(
+        std::fs::read(d.path().join("m1.gguf")).unwrap(),
+        std::fs::read(d.path().join("m2.gguf")).unwrap()
+    );
 }
 
 #[test]
 fn cuts_are_retried_with_growing_waits_until_the_retries_are_spent() {
-    let server = Server::start(Misbehave { cuts: 3, ..Default::default() });
+    let server = Server::start(Misbehave {
+        cuts: 3,
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let rec = Recorder::default();
     let path = pull_model_blob_with(&server.name(), cache.path(), &rec, patience(3)).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), server.registry.blob);
     assert_eq!(server.blob_requests(), 4);
     let notices = rec.notices.lock().unwrap().clone();
-    assert_eq!(notices.iter().filter(|n| n.contains("retrying from there in")).count(), 3, "{notices:?}");
+    assert_eq!(
+        notices.iter().filter(|n| n.contains("retrying from there in")).count(),
+        3,
+        "{notices:?}"
+    );
 
-    let server = Server::start(Misbehave { cuts: 4, ..Default::default() });
+    let server = Server::start(Misbehave {
+        cuts: 4,
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let text = err_text(&pull_model_blob_with(&server.name(), cache.path(), &Silent, patience(3)).unwrap_err());
-    assert!(text.contains("also after 3 retries") && text.contains("run the command again"), "{text}");
+    assert!(
+        text.contains("also after 3 retries") && text.contains("run the command again"),
+        "{text}"
+    );
     assert_eq!(server.blob_requests(), 4);
 }
 
@@ -541,9 +676,15 @@ fn cuts_are_retried_with_growing_waits_until_the_retries_are_spent() {
 fn a_busy_registry_is_asked_again_after_its_retry_after() {
     // 503 with Retry-After: 1 (honoured: the wait is a second, not the few ms of the backoff), then
     // 429 without one (the backoff), then the blob.
-    let server = Server::start(Misbehave { busy: vec![(503, Some("1")), (429, None)], ..Default::default() });
+    let server = Server::start(Misbehave {
+        busy: vec![(503, Some("1")), (429, None)],
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
-    let p = Patience { max_wait: Duration::from_secs(2), ..patience(3) };
+    let p = Patience {
+        max_wait: Duration::from_secs(2),
+        ..patience(3)
+    };
     let started = std::time::Instant::now();
     let path = pull_model_blob_with(&server.name(), cache.path(), &Silent, p).unwrap();
     assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
@@ -551,57 +692,102 @@ fn a_busy_registry_is_asked_again_after_its_retry_after() {
     assert_eq!(server.blob_requests(), 3);
 
     // Asked to wait longer than we would: no wait, the registry's answer is the error.
-    let server = Server::start(Misbehave { busy: vec![(429, Some("3600"))], ..Default::default() });
+    let server = Server::start(Misbehave {
+        busy: vec![(429, Some("3600"))],
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
     let text = err_text(&pull_model_blob_with(&server.name(), cache.path(), &Silent, patience(3)).unwrap_err());
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(text.contains("429") && text.contains("TOOMANYREQUESTS: slow down"), "{text}");
+    assert!(
+        text.contains("429") && text.contains("TOOMANYREQUESTS: slow down"),
+        "{text}"
+    );
     assert_eq!(server.blob_requests(), 1);
 }
 
 #[test]
 fn a_blob_that_runs_past_its_size_is_cut_there_and_deleted() {
-    let server = Server::start(Misbehave { extra: 5 << 20, ..Default::default() });
+    let server = Server::start(Misbehave {
+        extra: 5 << 20,
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let text = err_text(&pull_model_blob_with(&server.name(), cache.path(), &Silent, patience(0)).unwrap_err());
-    assert!(text.contains(&format!("sent more than the {} bytes the manifest gives", server.registry.blob.len())), "{text}");
+    assert!(
+        text.contains(&format!(
+            "sent more than the {} bytes the manifest gives",
+            server.registry.blob.len()
+        )),
+        "{text}"
+    );
     assert!(!partial_file(cache.path(), &server).exists());
     assert!(!blob_file(cache.path(), &server).exists());
 }
 
 #[test]
 fn a_stalled_blob_is_given_up_on_after_the_idle_timeout() {
-    let server = Server::start(Misbehave { stall: true, ..Default::default() });
+    let server = Server::start(Misbehave {
+        stall: true,
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
-    let p = Patience { idle: Duration::from_millis(500), ..patience(1) };
+    let p = Patience {
+        idle: Duration::from_millis(500),
+        ..patience(1)
+    };
     let started = std::time::Instant::now();
     let text = err_text(&pull_model_blob_with(&server.name(), cache.path(), &Silent, p).unwrap_err());
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
-    assert!(text.contains("broke off") && text.contains("OLLAMA_TOOLS_TIMEOUT"), "{text}");
+    assert!(
+        text.contains("broke off") && text.contains("OLLAMA_TOOLS_TIMEOUT"),
+        "{text}"
+    );
     assert_eq!(server.blob_requests(), 2, "retried once, from where it stopped");
     assert!(partial_file(cache.path(), &server).exists(), "kept for a rerun");
 }
 
 #[test]
 fn huge_answers_are_not_read_whole_and_their_text_is_defused() {
-    let server = Server::start(Misbehave { huge_manifest: true, ..Default::default() });
+    let server = Server::start(Misbehave {
+        huge_manifest: true,
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let text = err_text(&pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err());
-    assert!(text.contains("larger than 4 MiB") && text.contains("manifests/latest"), "{text}");
-    assert!(server.registry.streamed.load(Ordering::SeqCst) < 20 << 20, "the rest was never asked for");
+    assert!(
+        text.contains("larger than 4 MiB") && text.contains("manifests/latest"),
+        "{text}"
+    );
+    assert!(
+        server.registry.streamed.load(Ordering::SeqCst) < 20 << 20,
+        "the rest was never asked for"
+    );
 
-    let server = Server::start(Misbehave { huge_error: true, ..Default::default() });
+    let server = Server::start(Misbehave {
+        huge_error: true,
+        ..Default::default()
+    });
     let text = err_text(&pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err());
     assert!(text.contains("500") && text.contains("boom"), "{text}");
-    assert!(text.len() < 2000 && !text.contains('\x1b') && !text.contains('\r'), "{text:?}");
+    assert!(
+        text.len() < 2000 && !text.contains('\x1b') && !text.contains('\r'),
+        "{text:?}"
+    );
     assert!(server.registry.streamed.load(Ordering::SeqCst) < 20 << 20);
 }
 
 #[test]
 fn a_redirect_loop_is_named_as_such() {
-    let server = Server::start(Misbehave { redirect_loop: true, ..Default::default() });
+    let server = Server::start(Misbehave {
+        redirect_loop: true,
+        ..Default::default()
+    });
     let cache = tempfile::tempdir().unwrap();
     let text = err_text(&pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err());
-    assert!(text.contains("redirects in a loop") && text.contains(&server.addr.to_string()), "{text}");
+    assert!(
+        text.contains("redirects in a loop") && text.contains(&server.addr.to_string()),
+        "{text}"
+    );
 }

@@ -17,6 +17,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
 fi
 
+# Format and lints first: CI refuses unformatted code and any clippy warning.
+if command -v rustup >/dev/null; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
+cargo fmt --check
+cargo clippy --release --locked --all-targets -- -D warnings
+
 cargo build --release --locked
 cargo test --release --locked
 

@@ -8,13 +8,23 @@ use serde_json::json;
 use std::path::Path;
 
 fn validate(adapter: &Path, base: &str, host: &str) -> assert_cmd::assert::Assert {
-    bin().args(["validate"]).arg(adapter).args(["--base", base]).env("OLLAMA_HOST", host).env("OLLAMA_MODELS", "/nonexistent").assert()
+    bin()
+        .args(["validate"])
+        .arg(adapter)
+        .args(["--base", base])
+        .env("OLLAMA_HOST", host)
+        .env("OLLAMA_MODELS", "/nonexistent")
+        .assert()
 }
 
 #[test]
 fn server_base_with_tensor_list() {
     let d = tempfile::tempdir().unwrap();
-    let a = tiny_adapter(&d.path().join("a"), json!({"base_model_name_or_path": "meta-llama/Llama-3.2-1B"}), vec![]);
+    let a = tiny_adapter(
+        &d.path().join("a"),
+        json!({"base_model_name_or_path": "meta-llama/Llama-3.2-1B"}),
+        vec![],
+    );
     let server = start_ollama(vec![("tiny", show_json(TINY, "Q4_K", true))]);
     validate(&a, "tiny", &server.url)
         .success()
@@ -52,10 +62,14 @@ fn server_without_tensor_list_derives_shapes() {
     let d = tempfile::tempdir().unwrap();
     let a = tiny_adapter(&d.path().join("a"), json!({}), vec![]);
     let server = start_ollama(vec![("old", show_json(TINY, "Q4_K", false))]);
-    validate(&a, "old", &server.url).success().stdout(contains("derived from the base's hyper-parameters"));
+    validate(&a, "old", &server.url)
+        .success()
+        .stdout(contains("derived from the base's hyper-parameters"));
     // A wrong size is caught on derived shapes too.
     let server = start_ollama(vec![("old", show_json(Dims { hidden: 64, ..TINY }, "Q4_K", false))]);
-    validate(&a, "old", &server.url).failure().stdout(contains("needs base tensor `blk.0.attn_q.weight` with ggml shape [32, 32]"));
+    validate(&a, "old", &server.url).failure().stdout(contains(
+        "needs base tensor `blk.0.attn_q.weight` with ggml shape [32, 32]",
+    ));
 }
 
 #[test]
@@ -67,7 +81,9 @@ fn non_gguf_base_and_unknown_tensor_types_are_errors() {
     let mut odd = show_json(TINY, "F16", true);
     odd["tensors"][3]["type"] = json!("IQ9_Z");
     let server = start_ollama(vec![("st", st), ("odd", odd)]);
-    validate(&a, "st", &server.url).failure().stdout(contains("is a safetensors model, not GGUF"));
+    validate(&a, "st", &server.url)
+        .failure()
+        .stdout(contains("is a safetensors model, not GGUF"));
     validate(&a, "odd", &server.url)
         .failure()
         .stdout(contains("neither apply an adapter to nor re-quantize"))
@@ -77,14 +93,25 @@ fn non_gguf_base_and_unknown_tensor_types_are_errors() {
 #[test]
 fn low_bit_base_family_size_and_qlora_warnings_and_strict() {
     let d = tempfile::tempdir().unwrap();
-    let server = start_ollama(vec![("q2", show_json(TINY, "Q2_K", true)), ("tiny", show_json(TINY, "Q4_K", true))]);
+    let server = start_ollama(vec![
+        ("q2", show_json(TINY, "Q2_K", true)),
+        ("tiny", show_json(TINY, "Q4_K", true)),
+    ]);
     let a = tiny_adapter(&d.path().join("a"), json!({}), vec![]);
-    validate(&a, "q2", &server.url).success().stdout(contains("quantized below 4 bits (Q2_K)"));
+    validate(&a, "q2", &server.url)
+        .success()
+        .stdout(contains("quantized below 4 bits (Q2_K)"));
 
-    let a = tiny_adapter(&d.path().join("b"), json!({"base_model_name_or_path": "Qwen/Qwen2.5-7B-Instruct"}), vec![]);
+    let a = tiny_adapter(
+        &d.path().join("b"),
+        json!({"base_model_name_or_path": "Qwen/Qwen2.5-7B-Instruct"}),
+        vec![],
+    );
     validate(&a, "tiny", &server.url)
         .success()
-        .stdout(contains("trained on `Qwen/Qwen2.5-7B-Instruct` (a qwen2 model), but the base is `llama`"))
+        .stdout(contains(
+            "trained on `Qwen/Qwen2.5-7B-Instruct` (a qwen2 model), but the base is `llama`",
+        ))
         .stdout(contains("(7B parameters), but the base is a 1.2B model"));
     bin()
         .args(["validate", "--strict"])
@@ -96,7 +123,14 @@ fn low_bit_base_family_size_and_qlora_warnings_and_strict() {
         .stderr(contains("--strict makes them errors"));
     // convert --strict refuses on the same warnings; without it the warning is a notice.
     let out = d.path().join("o.gguf");
-    bin().arg("convert").arg(&a).args(["--base", "tiny", "--strict", "-o"]).arg(&out).env("OLLAMA_HOST", &server.url).assert().failure();
+    bin()
+        .arg("convert")
+        .arg(&a)
+        .args(["--base", "tiny", "--strict", "-o"])
+        .arg(&out)
+        .env("OLLAMA_HOST", &server.url)
+        .assert()
+        .failure();
     assert!(!out.exists());
     bin()
         .arg("convert")
@@ -108,8 +142,14 @@ fn low_bit_base_family_size_and_qlora_warnings_and_strict() {
         .success()
         .stderr(contains("warning: base_model_name_or_path"));
 
-    let a = tiny_adapter(&d.path().join("c"), json!({"base_model_name_or_path": "unsloth/Llama-3.2-1B-bnb-4bit"}), vec![]);
-    validate(&a, "tiny", &server.url).success().stdout(contains("4-bit (bitsandbytes / QLoRA) copy"));
+    let a = tiny_adapter(
+        &d.path().join("c"),
+        json!({"base_model_name_or_path": "unsloth/Llama-3.2-1B-bnb-4bit"}),
+        vec![],
+    );
+    validate(&a, "tiny", &server.url)
+        .success()
+        .stdout(contains("4-bit (bitsandbytes / QLoRA) copy"));
 }
 
 #[test]
@@ -117,7 +157,11 @@ fn vocabulary_resized_in_training() {
     let d = tempfile::tempdir().unwrap();
     let server = start_ollama(vec![("tiny", show_json(TINY, "Q4_K", true))]);
     // PEFT saves the full embedding when training resized the vocabulary: 40 + 8 new tokens.
-    let embed = t("base_model.model.model.embed_tokens.weight", &[48, 32], vec![0.0; 48 * 32]);
+    let embed = t(
+        "base_model.model.model.embed_tokens.weight",
+        &[48, 32],
+        vec![0.0; 48 * 32],
+    );
     let a = tiny_adapter(&d.path().join("a"), json!({}), vec![embed]);
     validate(&a, "tiny", &server.url)
         .failure()
@@ -203,8 +247,20 @@ fn unknown_ggml_type_in_a_gguf_base() {
     let gguf = d.path().join("odd.gguf");
     write_base_gguf(&gguf, "llama", TINY);
     let h = ollama_tools::gguf::read_header(&gguf).unwrap();
-    let mut specs: Vec<TensorSpec> = h.tensors.iter().map(|t| TensorSpec { name: t.name.clone(), ne: t.ne.clone(), ty: t.ty }).collect();
-    specs.push(TensorSpec { name: "blk.0.odd.weight".into(), ne: vec![32], ty: GgmlType::F32 });
+    let mut specs: Vec<TensorSpec> = h
+        .tensors
+        .iter()
+        .map(|t| TensorSpec {
+            name: t.name.clone(),
+            ne: t.ne.clone(),
+            ty: t.ty,
+        })
+        .collect();
+    specs.push(TensorSpec {
+        name: "blk.0.odd.weight".into(),
+        ne: vec![32],
+        ty: GgmlType::F32,
+    });
     let kvs: Vec<(String, Value)> = h.kvs.clone();
     let mut w = Writer::new(std::fs::File::create(&gguf).unwrap(), &kvs, &specs).unwrap();
     for s in &specs {
@@ -216,5 +272,7 @@ fn unknown_ggml_type_in_a_gguf_base() {
     let pos = bytes.windows(16).rposition(|w| w == b"blk.0.odd.weight").unwrap() + 16 + 4 + 8;
     bytes[pos..pos + 4].copy_from_slice(&99u32.to_le_bytes());
     std::fs::write(&gguf, &bytes).unwrap();
-    validate(&a, gguf.to_str().unwrap(), NO_SERVER).failure().stdout(contains("blk.0.odd.weight: type 99"));
+    validate(&a, gguf.to_str().unwrap(), NO_SERVER)
+        .failure()
+        .stdout(contains("blk.0.odd.weight: type 99"));
 }

@@ -64,7 +64,13 @@ pub struct Repo {
 impl Repo {
     /// A public repo on `main` with a commit derived from its content.
     pub fn new(id: &str, files: Vec<File>) -> Repo {
-        Repo { id: id.into(), files, branch: "main".into(), commit: String::new(), access: Access::Public }
+        Repo {
+            id: id.into(),
+            files,
+            branch: "main".into(),
+            commit: String::new(),
+            access: Access::Public,
+        }
     }
 }
 
@@ -81,15 +87,27 @@ pub struct File {
 impl File {
     /// A regular (git) file, answered in place by the resolve URL.
     pub fn git(path: &str, bytes: impl Into<Vec<u8>>) -> File {
-        File { path: path.into(), bytes: bytes.into(), lfs: false }
+        File {
+            path: path.into(),
+            bytes: bytes.into(),
+            lfs: false,
+        }
     }
     /// An LFS file, redirected to the CDN.
     pub fn lfs(path: &str, bytes: impl Into<Vec<u8>>) -> File {
-        File { path: path.into(), bytes: bytes.into(), lfs: true }
+        File {
+            path: path.into(),
+            bytes: bytes.into(),
+            lfs: true,
+        }
     }
     /// The `ETag` the Hub gives: the git blob sha1 of the content, or for LFS files of the pointer.
     pub fn git_etag(&self) -> String {
-        if self.lfs { git_blob_sha1(lfs_pointer(&self.bytes).as_bytes()) } else { git_blob_sha1(&self.bytes) }
+        if self.lfs {
+            git_blob_sha1(lfs_pointer(&self.bytes).as_bytes())
+        } else {
+            git_blob_sha1(&self.bytes)
+        }
     }
     pub fn sha256(&self) -> String {
         sha256_hex(&self.bytes)
@@ -200,7 +218,12 @@ impl Hub {
     /// The commit of repo `id` (derived if it was configured empty).
     pub fn commit(&self, id: &str) -> String {
         let s = self.lock();
-        repo_commit(s.repos.iter().find(|r| r.id == id).unwrap_or_else(|| panic!("no repo {id}")))
+        repo_commit(
+            s.repos
+                .iter()
+                .find(|r| r.id == id)
+                .unwrap_or_else(|| panic!("no repo {id}")),
+        )
     }
 }
 
@@ -217,11 +240,21 @@ pub fn start(repos: Vec<Repo>) -> Hub {
             r
         })
         .collect();
-    let state = Arc::new(Mutex::new(HubState { repos, ..HubState::default() }));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let state = Arc::new(Mutex::new(HubState {
+        repos,
+        ..HubState::default()
+    }));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let app = App { state: state.clone(), cdn_host: format!("localhost:{port}") };
+    let app = App {
+        state: state.clone(),
+        cdn_host: format!("localhost:{port}"),
+    };
     let router = Router::new()
         .fallback(handle)
         .layer(middleware::from_fn_with_state(app.clone(), log_and_limit))
@@ -231,7 +264,12 @@ pub fn start(repos: Vec<Repo>) -> Hub {
         runtime.spawn(async move { axum::serve(v6, r).await.unwrap() });
     }
     runtime.spawn(async move { axum::serve(listener, router).await.unwrap() });
-    Hub { url: format!("http://127.0.0.1:{port}"), cdn_host: app.cdn_host, state, _runtime: runtime }
+    Hub {
+        url: format!("http://127.0.0.1:{port}"),
+        cdn_host: app.cdn_host,
+        state,
+        _runtime: runtime,
+    }
 }
 
 #[derive(Clone)]
@@ -255,7 +293,10 @@ async fn log_and_limit(State(app): State<App>, req: Request, next: Next) -> Resp
         Req {
             method: req.method().to_string(),
             host: h(header::HOST).unwrap_or_default(),
-            path: req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string()),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string()),
             auth: h(header::AUTHORIZATION),
             range: h(header::RANGE),
         }
@@ -308,8 +349,15 @@ async fn handle(State(app): State<App>, req: Request) -> Response {
 
 /// Who is asking: `Ok(None)` anonymous, `Ok(Some(token))` a valid token, `Err` a bad token (401).
 fn caller(s: &HubState, headers: &HeaderMap) -> Result<Option<String>, Response> {
-    let Some(auth) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let token = auth.to_str().ok().and_then(|a| a.strip_prefix("Bearer ")).map(str::trim).unwrap_or_default();
+    let Some(auth) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let token = auth
+        .to_str()
+        .ok()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
     if !token.is_empty() && s.tokens.iter().any(|t| t == token) {
         Ok(Some(token.to_string()))
     } else {
@@ -321,19 +369,31 @@ fn caller(s: &HubState, headers: &HeaderMap) -> Result<Option<String>, Response>
 fn access(s: &HubState, headers: &HeaderMap, id: &str, files: bool) -> Result<Repo, Response> {
     let token = caller(s, headers)?;
     let granted = token.as_ref().is_some_and(|t| !s.not_granted.contains(t));
-    let not_found = || hub_error(if token.is_some() { 404 } else { 401 }, Some("RepoNotFound"), "Repository not found");
-    let Some(repo) = s.repos.iter().find(|r| r.id == id) else { return Err(not_found()) };
+    let not_found = || {
+        hub_error(
+            if token.is_some() { 404 } else { 401 },
+            Some("RepoNotFound"),
+            "Repository not found",
+        )
+    };
+    let Some(repo) = s.repos.iter().find(|r| r.id == id) else {
+        return Err(not_found());
+    };
     match repo.access {
         Access::Private if !granted => Err(not_found()),
         Access::Gated if files && token.is_none() => Err(hub_error(
             401,
             Some("GatedRepo"),
-            &format!("Access to model {id} is restricted. You must have access to it and be authenticated to access it. Please log in."),
+            &format!(
+                "Access to model {id} is restricted. You must have access to it and be authenticated to access it. Please log in."
+            ),
         )),
         Access::Gated if files && !granted => Err(hub_error(
             403,
             Some("GatedRepo"),
-            &format!("Access to model {id} is restricted and you are not in the authorized list. Visit https://huggingface.co/{id} to ask for access."),
+            &format!(
+                "Access to model {id} is restricted and you are not in the authorized list. Visit https://huggingface.co/{id} to ask for access."
+            ),
         )),
         _ => Ok(repo.clone()),
     }
@@ -439,7 +499,10 @@ fn resolve(app: &App, headers: &HeaderMap, id: &str, rest: &str, head: bool) -> 
     let name = path.rsplit('/').next().unwrap_or(&path);
     let extra = [
         ("x-repo-commit".to_string(), repo.commit.clone()),
-        ("content-disposition".to_string(), format!("inline; filename*=UTF-8''{name}; filename=\"{name}\";")),
+        (
+            "content-disposition".to_string(),
+            format!("inline; filename*=UTF-8''{name}; filename=\"{name}\";"),
+        ),
     ];
     content(app, headers, file.bytes.clone(), &file.git_etag(), &extra, head)
 }
@@ -447,11 +510,19 @@ fn resolve(app: &App, headers: &HeaderMap, id: &str, rest: &str, head: bool) -> 
 /// `/cdn/{sha256}?token-free-signed-url=1`.
 fn cdn(app: &App, headers: &HeaderMap, sha: &str, query: &str, head: bool) -> Response {
     if !query.split('&').any(|kv| kv == "token-free-signed-url=1") {
-        return (StatusCode::FORBIDDEN, "Missing Key-Pair-Id query parameter or cookie value").into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            "Missing Key-Pair-Id query parameter or cookie value",
+        )
+            .into_response();
     }
     let bytes = {
         let s = lock(&app.state);
-        s.repos.iter().flat_map(|r| &r.files).find(|f| f.lfs && f.sha256() == sha).map(|f| f.bytes.clone())
+        s.repos
+            .iter()
+            .flat_map(|r| &r.files)
+            .find(|f| f.lfs && f.sha256() == sha)
+            .map(|f| f.bytes.clone())
     };
     let Some(bytes) = bytes else {
         return (StatusCode::NOT_FOUND, "NoSuchKey: The specified key does not exist.").into_response();
@@ -488,7 +559,14 @@ pub fn parse_range(h: Option<&str>, total: u64) -> Option<Result<(u64, u64), ()>
 }
 
 /// A file body: 200, or 206 / 416 for a `Range`; streamed with the faults applied on GET.
-fn content(app: &App, headers: &HeaderMap, bytes: Vec<u8>, etag: &str, extra: &[(String, String)], head: bool) -> Response {
+fn content(
+    app: &App,
+    headers: &HeaderMap,
+    bytes: Vec<u8>,
+    etag: &str,
+    extra: &[(String, String)],
+    head: bool,
+) -> Response {
     let total = bytes.len() as u64;
     let range = parse_range(headers.get(header::RANGE).and_then(|v| v.to_str().ok()), total);
     let mut b = Response::builder()
@@ -508,7 +586,9 @@ fn content(app: &App, headers: &HeaderMap, bytes: Vec<u8>, etag: &str, extra: &[
                 .unwrap();
         }
         Some(Ok((f, l))) => {
-            b = b.status(StatusCode::PARTIAL_CONTENT).header(header::CONTENT_RANGE, format!("bytes {f}-{l}/{total}"));
+            b = b
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {f}-{l}/{total}"));
             (f as usize, l as usize + 1)
         }
         None => {
@@ -525,7 +605,11 @@ fn content(app: &App, headers: &HeaderMap, bytes: Vec<u8>, etag: &str, extra: &[
         let mut s = lock(&app.state);
         let f = &mut s.faults;
         let len = data.len() as u64;
-        let cut = if len > 1 && f.cut_after.is_some_and(|n| n < len) { f.cut_after.take() } else { None };
+        let cut = if len > 1 && f.cut_after.is_some_and(|n| n < len) {
+            f.cut_after.take()
+        } else {
+            None
+        };
         if len > 1 && f.corrupt_next {
             f.corrupt_next = false;
             let mid = data.len() / 2;
@@ -533,7 +617,8 @@ fn content(app: &App, headers: &HeaderMap, bytes: Vec<u8>, etag: &str, extra: &[
         }
         (cut, f.slow_ms_per_mb)
     };
-    b.body(Body::from_stream(body_stream(app.state.clone(), data, cut, slow))).unwrap()
+    b.body(Body::from_stream(body_stream(app.state.clone(), data, cut, slow)))
+        .unwrap()
 }
 
 /// Streams `data` in 64 KiB chunks, counting served bytes; with `cut`, stops after that many bytes
@@ -557,7 +642,13 @@ fn body_stream(
                 cut?;
                 // Let hyper flush what was sent, then fail the body: the connection is closed.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                return Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "fake hub: cut")), (pos, true)));
+                return Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "fake hub: cut",
+                    )),
+                    (pos, true),
+                ));
             }
             if slow_ms_per_mb > 0 {
                 let micros = slow_ms_per_mb * 1000 * chunk.len() as u64 / (1024 * 1024);
@@ -599,7 +690,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The LFS pointer file git stores in place of an LFS file.
 pub fn lfs_pointer(bytes: &[u8]) -> String {
-    format!("version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n", sha256_hex(bytes), bytes.len())
+    format!(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n",
+        sha256_hex(bytes),
+        bytes.len()
+    )
 }
 
 /// Git's blob id: sha1 of `"blob {len}\0"` followed by the content.
@@ -614,7 +709,12 @@ pub fn repo_commit(r: &Repo) -> String {
     if !r.commit.is_empty() {
         return r.commit.clone();
     }
-    let mut data = format!("commit\0{}\0{}\0", r.id, if r.branch.is_empty() { "main" } else { &r.branch }).into_bytes();
+    let mut data = format!(
+        "commit\0{}\0{}\0",
+        r.id,
+        if r.branch.is_empty() { "main" } else { &r.branch }
+    )
+    .into_bytes();
     for f in &r.files {
         data.extend_from_slice(format!("{}\0{}\0{}\0", f.path, f.lfs, sha256_hex(&f.bytes)).as_bytes());
     }
@@ -646,7 +746,12 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
                 40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
                 _ => (b ^ c ^ d, 0xCA62_C1D6),
             };
-            let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(wi);
+            let t = a
+                .rotate_left(5)
+                .wrapping_add(f)
+                .wrapping_add(e)
+                .wrapping_add(k)
+                .wrapping_add(wi);
             e = d;
             d = c;
             c = b.rotate_left(30);

@@ -36,14 +36,25 @@ pub struct T {
 
 pub fn t(key: &str, shape: &[usize], values: Vec<f32>) -> T {
     assert_eq!(shape.iter().product::<usize>(), values.len(), "{key}");
-    T { key: key.into(), dtype: Dtype::F32, shape: shape.to_vec(), values }
+    T {
+        key: key.into(),
+        dtype: Dtype::F32,
+        shape: shape.to_vec(),
+        values,
+    }
 }
 
 fn encode(dtype: Dtype, values: &[f32]) -> Vec<u8> {
     match dtype {
         Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Dtype::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-        Dtype::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
         other => panic!("fixture dtype {other:?}"),
     }
 }
@@ -51,7 +62,11 @@ fn encode(dtype: Dtype, values: &[f32]) -> Vec<u8> {
 /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir`.
 pub fn write_adapter(dir: &Path, config: &serde_json::Value, tensors: &[T]) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(config).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        serde_json::to_string_pretty(config).unwrap(),
+    )
+    .unwrap();
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| encode(t.dtype, &t.values)).collect();
     let views: Vec<(String, TensorView)> = tensors
         .iter()
@@ -75,19 +90,40 @@ pub struct Dims {
     pub tied: bool,
 }
 
-pub const TINY: Dims = Dims { layers: 2, hidden: 32, heads: 4, kv_heads: 2, head_dim: 8, ffn: 48, vocab: 40, tied: false };
+pub const TINY: Dims = Dims {
+    layers: 2,
+    hidden: 32,
+    heads: 4,
+    kv_heads: 2,
+    head_dim: 8,
+    ffn: 48,
+    vocab: 40,
+    tied: false,
+};
 
 /// Writes a base-model GGUF of `arch` with zero-filled F32 weights (only shapes matter to convert).
 pub fn write_base_gguf(path: &Path, arch: &str, d: Dims) {
     let q = d.heads * d.head_dim;
     let kv = d.kv_heads * d.head_dim;
-    let mut specs = vec![TensorSpec { name: "token_embd.weight".into(), ne: vec![d.hidden, d.vocab], ty: GgmlType::F32 }];
+    let mut specs = vec![TensorSpec {
+        name: "token_embd.weight".into(),
+        ne: vec![d.hidden, d.vocab],
+        ty: GgmlType::F32,
+    }];
     if !d.tied {
-        specs.push(TensorSpec { name: "output.weight".into(), ne: vec![d.hidden, d.vocab], ty: GgmlType::F32 });
+        specs.push(TensorSpec {
+            name: "output.weight".into(),
+            ne: vec![d.hidden, d.vocab],
+            ty: GgmlType::F32,
+        });
     }
     for i in 0..d.layers {
         let mut add = |stem: &str, ne: [u64; 2]| {
-            specs.push(TensorSpec { name: format!("blk.{i}.{stem}.weight"), ne: ne.to_vec(), ty: GgmlType::F32 })
+            specs.push(TensorSpec {
+                name: format!("blk.{i}.{stem}.weight"),
+                ne: ne.to_vec(),
+                ty: GgmlType::F32,
+            })
         };
         add("attn_norm", [d.hidden, 1]);
         if arch == "phi3" {
@@ -141,13 +177,29 @@ pub fn read_gguf(path: &Path) -> (gguf::Header, HashMap<String, Read>) {
         let start = (h.data_offset + t.offset) as usize;
         let raw = &bytes[start..start + size];
         let values: Vec<f32> = match t.ty {
-            GgmlType::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-            GgmlType::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            GgmlType::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            GgmlType::F32 => raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+            GgmlType::F16 => raw
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            GgmlType::BF16 => raw
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
             other => panic!("unexpected type {other}"),
         };
         let shape = t.ne.iter().rev().map(|&d| d as usize).collect();
-        out.insert(t.name.clone(), Read { shape, ty: t.ty, values });
+        out.insert(
+            t.name.clone(),
+            Read {
+                shape,
+                ty: t.ty,
+                values,
+            },
+        );
     }
     (h, out)
 }
@@ -182,7 +234,8 @@ pub fn bin() -> assert_cmd::Command {
 /// in `model_info`, tensors with ggml type names and ggml-order shapes.
 pub fn show_json(d: Dims, tensor_type: &str, with_tensors: bool) -> serde_json::Value {
     let (q, kv) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
-    let mut tensors = vec![serde_json::json!({"name": "token_embd.weight", "type": "Q6_K", "shape": [d.hidden, d.vocab]})];
+    let mut tensors =
+        vec![serde_json::json!({"name": "token_embd.weight", "type": "Q6_K", "shape": [d.hidden, d.vocab]})];
     if !d.tied {
         tensors.push(serde_json::json!({"name": "output.weight", "type": "Q6_K", "shape": [d.hidden, d.vocab]}));
     }
@@ -196,9 +249,11 @@ pub fn show_json(d: Dims, tensor_type: &str, with_tensors: bool) -> serde_json::
             ("ffn_up", [d.hidden, d.ffn]),
             ("ffn_down", [d.ffn, d.hidden]),
         ] {
-            tensors.push(serde_json::json!({"name": format!("blk.{i}.{stem}.weight"), "type": tensor_type, "shape": ne}));
+            tensors
+                .push(serde_json::json!({"name": format!("blk.{i}.{stem}.weight"), "type": tensor_type, "shape": ne}));
         }
-        tensors.push(serde_json::json!({"name": format!("blk.{i}.attn_norm.weight"), "type": "F32", "shape": [d.hidden]}));
+        tensors
+            .push(serde_json::json!({"name": format!("blk.{i}.attn_norm.weight"), "type": "F32", "shape": [d.hidden]}));
     }
     let mut show = serde_json::json!({
         "license": "LLAMA 3.2 COMMUNITY LICENSE AGREEMENT",
@@ -232,29 +287,57 @@ pub struct TestOllama {
 }
 
 pub fn start_ollama(models: Vec<(&str, serde_json::Value)>) -> TestOllama {
-    use axum::{Json, Router, extract::State, http::StatusCode, routing::{get, post}};
+    use axum::{
+        Json, Router,
+        extract::State,
+        http::StatusCode,
+        routing::{get, post},
+    };
     use std::sync::Arc;
     type Models = Arc<HashMap<String, serde_json::Value>>;
     // Ollama looks names up with the tag defaulted to `latest`.
-    let full = |n: &str| if n.rsplit('/').next().unwrap_or(n).contains(':') { n.to_string() } else { format!("{n}:latest") };
+    let full = |n: &str| {
+        if n.rsplit('/').next().unwrap_or(n).contains(':') {
+            n.to_string()
+        } else {
+            format!("{n}:latest")
+        }
+    };
     let models: Models = Arc::new(models.into_iter().map(|(n, v)| (full(n), v)).collect());
     async fn show(State(models): State<Models>, body: String) -> (StatusCode, Json<serde_json::Value>) {
         let Ok(req) = serde_json::from_str::<serde_json::Value>(&body) else {
-            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "invalid character looking for beginning of value"})));
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": "invalid character looking for beginning of value"})),
+            );
         };
         let name = req["model"].as_str().unwrap_or_default().to_string();
-        let key = if name.rsplit('/').next().unwrap_or(&name).contains(':') { name.clone() } else { format!("{name}:latest") };
+        let key = if name.rsplit('/').next().unwrap_or(&name).contains(':') {
+            name.clone()
+        } else {
+            format!("{name}:latest")
+        };
         match models.get(&key) {
             Some(v) => (StatusCode::OK, Json(v.clone())),
-            None => (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": format!("model '{name}' not found")}))),
+            None => (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({"error": format!("model '{name}' not found")})),
+            ),
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = Router::new()
         .route("/api/show", post(show))
-        .route("/api/version", get(|| async { Json(serde_json::json!({"version": "0.34.2"})) }))
+        .route(
+            "/api/version",
+            get(|| async { Json(serde_json::json!({"version": "0.34.2"})) }),
+        )
         .with_state(models);
     runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
     TestOllama { url, _runtime: runtime }
@@ -268,11 +351,17 @@ pub const NO_SERVER: &str = "127.0.0.1:1";
 pub fn write_store(store: &Path, registry: &str, namespace: &str, model: &str, tag: &str, gguf: &Path) {
     use sha2::Digest;
     let bytes = std::fs::read(gguf).unwrap();
-    let hex: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     std::fs::create_dir_all(store.join("blobs")).unwrap();
     std::fs::write(store.join("blobs").join(format!("sha256-{hex}")), &bytes).unwrap();
     let template = b"{{ .Prompt }}";
-    let thex: String = sha2::Sha256::digest(template).iter().map(|b| format!("{b:02x}")).collect();
+    let thex: String = sha2::Sha256::digest(template)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     std::fs::write(store.join("blobs").join(format!("sha256-{thex}")), template).unwrap();
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -295,7 +384,11 @@ pub fn tiny_world(dir: &Path, adapter_dir: &str) -> (PathBuf, PathBuf, PathBuf) 
     write_base_gguf(&base, "llama", TINY);
     let store = dir.join("store");
     write_store(&store, "registry.ollama.ai", "library", "tiny", "latest", &base);
-    let adapter = tiny_adapter(&dir.join(adapter_dir), serde_json::json!({"base_model_name_or_path": "meta-llama/Llama-3.2-1B"}), vec![]);
+    let adapter = tiny_adapter(
+        &dir.join(adapter_dir),
+        serde_json::json!({"base_model_name_or_path": "meta-llama/Llama-3.2-1B"}),
+        vec![],
+    );
     (base, store, adapter)
 }
 
@@ -361,6 +454,6 @@ pub fn in_terminal(args: &[&str], vars: &[(&str, &str)], question: &str, keys: &
     (status.success(), String::from_utf8_lossy(&seen).into_owned())
 }
 
+pub mod hub_server;
 pub mod modelfile_parser;
 pub mod ollama_server;
-pub mod hub_server;

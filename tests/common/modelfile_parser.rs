@@ -198,7 +198,11 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, String> {
                         b.push(r);
                         continue;
                     }
-                    let s = if role.is_empty() { s } else { format!("{}: {s}", std::mem::take(&mut role)) };
+                    let s = if role.is_empty() {
+                        s
+                    } else {
+                        format!("{}: {s}", std::mem::take(&mut role))
+                    };
                     cmds.push((cmd_name.clone(), s));
                 }
             }
@@ -296,7 +300,9 @@ pub fn create_request(cmds: &[(String, String)]) -> Result<Value, String> {
                 let value = match kind {
                     Kind::Int => json!(args.parse::<i64>().map_err(|_| format!("invalid int value [{args}]"))?),
                     Kind::Float => {
-                        let f = args.parse::<f32>().map_err(|_| format!("invalid float value [{args}]"))?;
+                        let f = args
+                            .parse::<f32>()
+                            .map_err(|_| format!("invalid float value [{args}]"))?;
                         if !f.is_finite() {
                             return Err(format!("{param}: {args} cannot be sent as JSON"));
                         }

@@ -59,7 +59,12 @@ pub struct Config {
 impl Default for Config {
     /// The current Ollama: version 0.34.2, adapters refused with a 400, no models.
     fn default() -> Self {
-        Config { version: "0.34.2".into(), refuse_adapters: RefuseAdapters::Http400, models: Vec::new(), pullable: Vec::new() }
+        Config {
+            version: "0.34.2".into(),
+            refuse_adapters: RefuseAdapters::Http400,
+            models: Vec::new(),
+            pullable: Vec::new(),
+        }
     }
 }
 
@@ -162,10 +167,20 @@ pub fn start(config: Config) -> Fake {
     let mut state = State::default();
     for (name, show) in &config.models {
         let key = normalize(name).unwrap_or_else(|| panic!("configured model name {name:?} is invalid"));
-        state.models.insert(key, Model { size: synthetic_size(show), show: show.clone(), request: None });
+        state.models.insert(
+            key,
+            Model {
+                size: synthetic_size(show),
+                show: show.clone(),
+                request: None,
+            },
+        );
     }
     let state = Arc::new(Mutex::new(state));
-    let app = App { state: state.clone(), config: Arc::new(config) };
+    let app = App {
+        state: state.clone(),
+        config: Arc::new(config),
+    };
     let router = Router::new()
         .route("/", get(|| async { "Ollama is running" }))
         .route("/api/version", get(version))
@@ -178,11 +193,23 @@ pub fn start(config: Config) -> Fake {
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
         .layer(middleware::from_fn_with_state(app.clone(), log_request))
         .with_state(app);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    runtime.spawn(async move { axum::serve(listener, router.into_make_service_with_connect_info::<Conn>()).await.unwrap() });
-    Fake { url, state, _runtime: runtime }
+    runtime.spawn(async move {
+        axum::serve(listener, router.into_make_service_with_connect_info::<Conn>())
+            .await
+            .unwrap()
+    });
+    Fake {
+        url,
+        state,
+        _runtime: runtime,
+    }
 }
 
 #[derive(Clone)]
@@ -231,7 +258,9 @@ fn dup_socket(s: &tokio::net::TcpStream) -> Option<std::net::TcpStream> {
 
 impl Conn {
     fn cut(&self) {
-        let sock = (*self.0).as_ref().expect("could not duplicate the connection's socket, so it cannot be cut");
+        let sock = (*self.0)
+            .as_ref()
+            .expect("could not duplicate the connection's socket, so it cannot be cut");
         let _ = sock.shutdown(std::net::Shutdown::Both);
     }
 }
@@ -289,7 +318,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn valid_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// Ollama's model name rules (`[host/][namespace/]model[:tag]`), returning the display name with
@@ -348,7 +378,12 @@ async fn head_blob(AxState(app): AxState<App>, Path(digest): Path<String>) -> Re
         return error(400, "invalid digest format");
     }
     let s = app.lock();
-    if s.blobs.contains_key(&digest) || s.layers.contains(&digest) { StatusCode::OK } else { StatusCode::NOT_FOUND }.into_response()
+    if s.blobs.contains_key(&digest) || s.layers.contains(&digest) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+    .into_response()
 }
 
 /// `POST /api/blobs/<digest>`: reads the body as a stream, hashing as it goes, so large files never
@@ -372,7 +407,9 @@ async fn upload_blob(
         s.faults.corrupt_uploads = s.faults.corrupt_uploads.saturating_sub(1);
         (cut, corrupt, s.blobs.contains_key(&digest))
     };
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     // Cut once this many bytes are in: half the announced body, or the first chunk when chunked.
     let cut_at = length.map_or(1, |l| (l / 2).max(1));
     let mut hasher = Sha256::new();
@@ -428,7 +465,11 @@ async fn show(AxState(app): AxState<App>, body: String) -> Response {
         Ok(r) => r,
         Err(e) => return error(400, e),
     };
-    let raw = req.get("model").or(req.get("name")).and_then(Value::as_str).unwrap_or_default();
+    let raw = req
+        .get("model")
+        .or(req.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if raw.is_empty() {
         return error(400, "model is required");
     }
@@ -476,7 +517,11 @@ async fn delete(AxState(app): AxState<App>, body: String) -> Response {
         Ok(r) => r,
         Err(e) => return error(400, e),
     };
-    let raw = req.get("model").or(req.get("name")).and_then(Value::as_str).unwrap_or_default();
+    let raw = req
+        .get("model")
+        .or(req.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let mut s = app.lock();
     match normalize(raw).and_then(|n| find(&s.models, &n)) {
         Some(key) => {
@@ -492,7 +537,11 @@ async fn pull(AxState(app): AxState<App>, body: String) -> Response {
         Ok(r) => r,
         Err(e) => return error(400, e),
     };
-    let raw = req.get("model").or(req.get("name")).and_then(Value::as_str).unwrap_or_default();
+    let raw = req
+        .get("model")
+        .or(req.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let stream = req.get("stream").and_then(Value::as_bool) != Some(false);
     let Some(name) = normalize(raw) else {
         return error(400, "invalid model name");
@@ -508,17 +557,29 @@ async fn pull(AxState(app): AxState<App>, body: String) -> Response {
 /// `lines` (ending with `success` or an error line). Returns the local key on success.
 fn pull_into(s: &mut State, config: &Config, name: &str, lines: &mut Vec<Value>) -> Option<String> {
     lines.push(json!({"status": "pulling manifest"}));
-    let Some((_, show)) = config.pullable.iter().find(|(n, _)| normalize(n).is_some_and(|n| n.eq_ignore_ascii_case(name))) else {
+    let Some((_, show)) = config
+        .pullable
+        .iter()
+        .find(|(n, _)| normalize(n).is_some_and(|n| n.eq_ignore_ascii_case(name)))
+    else {
         lines.push(json!({"error": "pull model manifest: file does not exist"}));
         return None;
     };
     let size = synthetic_size(show);
     let weights = synthetic_digest(name, show);
-    let template = format!("sha256:{}", sha256_hex(show["template"].as_str().unwrap_or_default().as_bytes()));
-    for (digest, total) in [(weights, size), (template, show["template"].as_str().map_or(0, |t| t.len() as u64))] {
+    let template = format!(
+        "sha256:{}",
+        sha256_hex(show["template"].as_str().unwrap_or_default().as_bytes())
+    );
+    for (digest, total) in [
+        (weights, size),
+        (template, show["template"].as_str().map_or(0, |t| t.len() as u64)),
+    ] {
         let short = &digest["sha256:".len()..][..12];
         for completed in [0, total / 2, total] {
-            lines.push(json!({"status": format!("pulling {short}"), "digest": digest, "total": total, "completed": completed}));
+            lines.push(
+                json!({"status": format!("pulling {short}"), "digest": digest, "total": total, "completed": completed}),
+            );
         }
     }
     lines.push(json!({"status": "verifying sha256 digest"}));
@@ -527,7 +588,14 @@ fn pull_into(s: &mut State, config: &Config, name: &str, lines: &mut Vec<Value>)
     let key = find(&s.models, name).unwrap_or_else(|| name.to_string());
     let mut show = show.clone();
     show["modified_at"] = json!(now_rfc3339());
-    s.models.insert(key.clone(), Model { show, request: None, size });
+    s.models.insert(
+        key.clone(),
+        Model {
+            show,
+            request: None,
+            size,
+        },
+    );
     Some(key)
 }
 
@@ -537,7 +605,11 @@ fn digest_map(v: Option<&Value>) -> Result<Option<Vec<(String, String)>>, String
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => m
             .iter()
-            .map(|(k, d)| d.as_str().map(|d| (k.clone(), d.to_string())).ok_or_else(|| format!("invalid digest for {k}")))
+            .map(|(k, d)| {
+                d.as_str()
+                    .map(|d| (k.clone(), d.to_string()))
+                    .ok_or_else(|| format!("invalid digest for {k}"))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
         Some(_) => Err("json: cannot unmarshal files into Go struct field".into()),
@@ -550,7 +622,9 @@ async fn create(AxState(app): AxState<App>, body: String) -> Response {
     let req = match parse_body(&body) {
         Ok(r) => r,
         Err(e) => {
-            app.lock().create_requests.push(serde_json::from_str(&body).unwrap_or(Value::String(body)));
+            app.lock()
+                .create_requests
+                .push(serde_json::from_str(&body).unwrap_or(Value::String(body)));
             return error(400, e);
         }
     };
@@ -559,7 +633,11 @@ async fn create(AxState(app): AxState<App>, body: String) -> Response {
     if let Some((status, msg)) = s.faults.create_error.take() {
         return error(status, msg);
     }
-    let raw = req.get("model").or(req.get("name")).and_then(Value::as_str).unwrap_or_default();
+    let raw = req
+        .get("model")
+        .or(req.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let Some(name) = normalize(raw) else {
         return error(400, "invalid model name");
     };
@@ -581,7 +659,11 @@ async fn create(AxState(app): AxState<App>, body: String) -> Response {
     if adapters.len() > 1 {
         return error(400, "only one adapter is currently supported");
     }
-    let used_files = if from.is_some() { &[][..] } else { files.as_deref().unwrap_or_default() };
+    let used_files = if from.is_some() {
+        &[][..]
+    } else {
+        files.as_deref().unwrap_or_default()
+    };
     for (_, digest) in used_files.iter().chain(&adapters) {
         if !s.blobs.contains_key(digest) {
             return error(400, format!("missing blob {digest}"));
@@ -589,7 +671,10 @@ async fn create(AxState(app): AxState<App>, body: String) -> Response {
     }
     if std::mem::take(&mut s.faults.stall_create) {
         use futures_util::StreamExt;
-        let first = futures_util::stream::iter([Ok::<_, std::io::Error>(format!("{}\n", json!({"status": "parsing GGUF"})))]);
+        let first = futures_util::stream::iter([Ok::<_, std::io::Error>(format!(
+            "{}\n",
+            json!({"status": "parsing GGUF"})
+        ))]);
         let body = first.chain(futures_util::stream::pending());
         return Response::builder()
             .status(StatusCode::OK)
@@ -632,7 +717,9 @@ fn run_create(
     let mut params: Map<String, Value>;
     let from_path: String;
     if let Some(from) = from {
-        let Some(base_name) = normalize(from) else { fail!("invalid model name") };
+        let Some(base_name) = normalize(from) else {
+            fail!("invalid model name")
+        };
         let key = match find(&s.models, &base_name) {
             Some(k) => k,
             None => match pull_into(s, config, &base_name, &mut lines) {
@@ -648,7 +735,10 @@ fn run_create(
         layers.push(weights);
         params = parse_parameters(base.show["parameters"].as_str().unwrap_or_default());
         if let Some(q) = req.get("quantize").and_then(Value::as_str).filter(|q| !q.is_empty()) {
-            let level = show["details"]["quantization_level"].as_str().unwrap_or_default().to_string();
+            let level = show["details"]["quantization_level"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if !matches!(level.as_str(), "F16" | "F32" | "BF16") {
                 fail!("quantization is only supported for F16 and F32 models");
             }
@@ -681,10 +771,15 @@ fn run_create(
             layers.push(digest.clone());
             model = Some((digest.clone(), header));
         }
-        let Some((digest, header)) = model else { fail!("no model GGUF among the files") };
+        let Some((digest, header)) = model else {
+            fail!("no model GGUF among the files")
+        };
         show = gguf_show(&header);
         if let Some(q) = req.get("quantize").and_then(Value::as_str).filter(|q| !q.is_empty()) {
-            let level = show["details"]["quantization_level"].as_str().unwrap_or_default().to_string();
+            let level = show["details"]["quantization_level"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if !matches!(level.as_str(), "F16" | "F32") {
                 fail!("quantization is only supported for F16 and F32 models");
             }
@@ -704,7 +799,10 @@ fn run_create(
             Err(e) => fail!("adapter layer is not a GGUF LoRA adapter: {file}: {e}"),
         };
         if header.get_str("general.type") != Some("adapter") {
-            fail!("adapter layer is not a GGUF LoRA adapter: {file} has general.type {:?}", header.get_str("general.type").unwrap_or(""));
+            fail!(
+                "adapter layer is not a GGUF LoRA adapter: {file} has general.type {:?}",
+                header.get_str("general.type").unwrap_or("")
+            );
         }
         size += s.blobs[digest].len() as u64;
         adapter_layers.push(digest.clone());
@@ -722,7 +820,12 @@ fn run_create(
     match req.get("license") {
         Some(Value::String(l)) => show["license"] = json!(l),
         Some(Value::Array(ls)) => {
-            show["license"] = json!(ls.iter().map(|l| l.as_str().unwrap_or_default()).collect::<Vec<_>>().join("\n"))
+            show["license"] = json!(
+                ls.iter()
+                    .map(|l| l.as_str().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
         }
         _ => {}
     }
@@ -764,13 +867,24 @@ fn run_create(
     }
     for content in string_layers {
         let digest = format!("sha256:{}", sha256_hex(content.as_bytes()));
-        let verb = if s.layers.insert(digest.clone()) { "creating new" } else { "using existing" };
+        let verb = if s.layers.insert(digest.clone()) {
+            "creating new"
+        } else {
+            "using existing"
+        };
         lines.push(json!({"status": format!("{verb} layer {digest}")}));
     }
     lines.push(json!({"status": "writing manifest"}));
     lines.push(json!({"status": "success"}));
     let key = find(&s.models, name).unwrap_or_else(|| name.to_string());
-    s.models.insert(key, Model { show, request: Some(Value::Object(req.clone())), size });
+    s.models.insert(
+        key,
+        Model {
+            show,
+            request: Some(Value::Object(req.clone())),
+            size,
+        },
+    );
     lines
 }
 
@@ -812,7 +926,11 @@ fn human_number(n: u64) -> String {
     for (unit, suffix) in [(1e9, "B"), (1e6, "M"), (1e3, "K")] {
         let x = n as f64 / unit;
         if x >= 1.0 {
-            return if x.fract() == 0.0 { format!("{x:.0}{suffix}") } else { format!("{x:.1}{suffix}") };
+            return if x.fract() == 0.0 {
+                format!("{x:.0}{suffix}")
+            } else {
+                format!("{x:.1}{suffix}")
+            };
         }
     }
     n.to_string()
@@ -829,8 +947,15 @@ fn gguf_show(h: &gguf::Header) -> Value {
     }
     let count: u64 = h.tensors.iter().map(|t| t.ne.iter().product::<u64>()).sum();
     info.entry("general.parameter_count").or_insert(json!(count));
-    let level = h.get("general.file_type").and_then(gguf::Value::as_u64).map_or("unknown", file_type_name);
-    let tensors: Vec<Value> = h.tensors.iter().map(|t| json!({"name": t.name, "type": t.ty.name(), "shape": t.ne})).collect();
+    let level = h
+        .get("general.file_type")
+        .and_then(gguf::Value::as_u64)
+        .map_or("unknown", file_type_name);
+    let tensors: Vec<Value> = h
+        .tensors
+        .iter()
+        .map(|t| json!({"name": t.name, "type": t.ty.name(), "shape": t.ne}))
+        .collect();
     json!({
         "license": "",
         "modelfile": "",
@@ -846,7 +971,10 @@ fn gguf_show(h: &gguf::Header) -> Value {
 
 /// The path on the base's `FROM` line of its Modelfile, if it has one.
 fn modelfile_from(show: &Value) -> Option<String> {
-    show["modelfile"].as_str()?.lines().find_map(|l| l.strip_prefix("FROM ").map(|p| p.trim().to_string()))
+    show["modelfile"]
+        .as_str()?
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM ").map(|p| p.trim().to_string()))
 }
 
 /// The Modelfile `/api/show` reports, in the shape `ollama show --modelfile` prints.
@@ -873,7 +1001,11 @@ fn modelfile(name: &str, from: &str, show: &Value, params: &Map<String, Value>, 
         m += &format!("LICENSE \"\"\"{t}\"\"\"\n");
     }
     for msg in show.get("messages").and_then(Value::as_array).into_iter().flatten() {
-        m += &format!("MESSAGE {} {}\n", msg["role"].as_str().unwrap_or_default(), go_value(&msg["content"]));
+        m += &format!(
+            "MESSAGE {} {}\n",
+            msg["role"].as_str().unwrap_or_default(),
+            go_value(&msg["content"])
+        );
     }
     m
 }
@@ -932,7 +1064,13 @@ fn go_float(x: f64) -> String {
         return "0".into();
     }
     if !x.is_finite() {
-        return if x.is_nan() { "NaN".into() } else if x > 0.0 { "+Inf".into() } else { "-Inf".into() };
+        return if x.is_nan() {
+            "NaN".into()
+        } else if x > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
     }
     // Rust's `{:e}` gives the shortest round-trip digits, e.g. "1.5e-5".
     let e = format!("{x:e}");
@@ -951,10 +1089,14 @@ fn go_float(x: f64) -> String {
 fn parse_parameters(text: &str) -> Map<String, Value> {
     let mut out = Map::new();
     for line in text.lines() {
-        let Some((k, v)) = line.trim().split_once(char::is_whitespace) else { continue };
+        let Some((k, v)) = line.trim().split_once(char::is_whitespace) else {
+            continue;
+        };
         let v = v.trim();
         let value = if v.starts_with('"') {
-            serde_json::from_str::<String>(v).map(Value::String).unwrap_or_else(|_| json!(v.trim_matches('"')))
+            serde_json::from_str::<String>(v)
+                .map(Value::String)
+                .unwrap_or_else(|_| json!(v.trim_matches('"')))
         } else if let Ok(b) = v.parse::<bool>() {
             json!(b)
         } else if let Ok(n) = v.parse::<f64>() {
@@ -975,7 +1117,9 @@ fn parse_parameters(text: &str) -> Map<String, Value> {
 
 /// The current time as RFC 3339 in UTC with nanoseconds, as Go marshals a `time.Time`.
 fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's civil_from_days.
