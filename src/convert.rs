@@ -287,7 +287,7 @@ pub(crate) fn prepare(inputs: &[Input], base: &BaseModel, output: &Path, opts: &
         .flat_map(|i| [i.adapter.weights_path.as_path(), i.adapter.config_path.as_path()])
         .collect();
     sources.extend(base.gguf_path.as_deref());
-    check_output(output, opts.force, &sources)?;
+    check_output(output, "-o", opts.force, &sources)?;
     let arch = base.arch_spec().ok_or_else(|| {
         Error::refused(
             &base.source,
@@ -310,7 +310,7 @@ pub(crate) fn check_scale(scale: f64) -> Result<()> {
 
 /// The output may be written: it does not exist (or `--force`), it is not one of the inputs, and
 /// it is not a device, socket or directory that a rename would replace. Checked before any work.
-pub(crate) fn check_output(output: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
+pub(crate) fn check_output(output: &Path, flag: &str, force: bool, inputs: &[&Path]) -> Result<()> {
     let refuse = |msg: &str, hint: &str| {
         Err(Error::Refused {
             path: output.to_path_buf(),
@@ -328,17 +328,20 @@ pub(crate) fn check_output(output: &Path, force: bool, inputs: &[&Path]) -> Resu
     if inputs.iter().any(same) {
         return refuse(
             "is one of the inputs; writing there would destroy what is being read",
-            "choose another -o",
+            &format!("choose another {flag}"),
         );
     }
     if !meta.is_file() && !meta.file_type().is_symlink() {
         return refuse(
             "exists and is not a regular file (a directory, device or socket)",
-            "choose another -o",
+            &format!("choose another {flag}"),
         );
     }
     if !force {
-        return refuse("already exists", "pass --force to replace it, or choose another -o");
+        return refuse(
+            "already exists",
+            &format!("pass --force to replace it, or choose another {flag}"),
+        );
     }
     Ok(())
 }

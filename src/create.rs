@@ -351,13 +351,15 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         })?),
         None => None,
     };
+    // The same rules as convert's and merge's -o: not an input, not a special file, not replaced
+    // without --force.
+    let inputs: Vec<&Path> = [Some(Path::new(&opts.base)), opts.adapter.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
     for (out, flag) in [(&opts.out_modelfile, "--out-modelfile"), (&opts.out_gguf, "--out-gguf")] {
-        if let Some(out) = out.as_ref().filter(|o| o.exists() && !opts.force) {
-            return Err(Error::refused(
-                out,
-                "exists",
-                format!("pass --force to replace it, or choose another {flag}"),
-            ));
+        if let Some(out) = out {
+            convert::check_output(out, flag, opts.force, &inputs)?;
         }
     }
     if opts.out_gguf.is_some() && opts.adapter.is_none() {

@@ -134,7 +134,7 @@ pub fn merge_gguf_adapter(
     progress: &dyn Progress,
 ) -> Result<Summary> {
     let base_path = base_gguf(base)?;
-    convert::check_output(output, opts.force, &[adapter, base_path.as_path()])?;
+    convert::check_output(output, "-o", opts.force, &[adapter, base_path.as_path()])?;
     convert::check_scale(opts.scale)?;
     let checked = crate::validate::check_gguf_adapter(adapter, base)?;
     let file = File::open(adapter).map_err(|e| Error::io(adapter, e))?;
