@@ -599,14 +599,7 @@ mod hostile {
     }
 
     pub fn start(app: Router) -> Server {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (url, rt) = crate::common::serve(app);
         Server { url, _rt: rt }
     }
 

@@ -325,13 +325,6 @@ pub fn start_ollama(models: Vec<(&str, serde_json::Value)>) -> TestOllama {
             ),
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let app = Router::new()
         .route("/api/show", post(show))
         .route(
@@ -339,8 +332,22 @@ pub fn start_ollama(models: Vec<(&str, serde_json::Value)>) -> TestOllama {
             get(|| async { Json(serde_json::json!({"version": "0.34.2"})) }),
         )
         .with_state(models);
-    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (url, runtime) = serve(app);
     TestOllama { url, _runtime: runtime }
+}
+
+/// Serves `app` on a free port of 127.0.0.1 from its own runtime: (`http://127.0.0.1:PORT`, the
+/// runtime, which stops the server when dropped).
+pub fn serve(app: axum::Router) -> (String, tokio::runtime::Runtime) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, runtime)
 }
 
 /// An address where nothing listens: connections are refused at once.
