@@ -2,8 +2,8 @@
 //! merged models keyed by what went into them (each with a `.sha256` sidecar), `blobs/` the base
 //! models pulled from a registry. The Hugging Face cache is the Hub's and is left alone.
 //!
-//! Policy: a build is kept so that a re-run costs nothing, and marked used (its modification
-//! time) whenever a run takes it. After every create, builds and blobs unused for
+//! Policy: a build is kept so that a re-run costs nothing, and marked used (its sidecar's
+//! modification time) whenever a run takes it. After every create, builds and blobs unused for
 //! [`MAX_AGE_DAYS`] days are removed; `create-from-base --no-keep-build` drops the run's own build
 //! once Ollama holds it; `ollama-tools cache` lists, prunes and clears.
 
@@ -58,7 +58,9 @@ pub fn list(dir: &Path) -> Result<Vec<Entry>> {
                 continue;
             };
             if meta.is_file() {
-                let last_used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                // A reuse marks the sidecar, so the build's own time still says when it was written.
+                let marked = std::fs::metadata(sidecar(&path)).and_then(|m| m.modified()).ok();
+                let last_used = meta.modified().ok().max(marked).unwrap_or(SystemTime::UNIX_EPOCH);
                 entries.push(Entry {
                     path,
                     kind,
@@ -108,9 +110,10 @@ pub fn remove(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Marks a cached file used now, so pruning keeps it (best effort: a read-only cache still works).
+/// Marks a build used now, so pruning keeps it: its sidecar's time is set, the build itself is left
+/// as written (best effort: a read-only cache still works).
 pub fn touch(path: &Path) {
-    if let Ok(f) = std::fs::File::options().append(true).open(path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(sidecar(path)) {
         let _ = f.set_modified(SystemTime::now());
     }
 }
@@ -146,12 +149,14 @@ mod tests {
         std::fs::write(sidecar(&old), "x 10\n").unwrap();
         std::fs::write(builds.join(".merge-c.gguf.1234.tmp"), "in progress").unwrap();
         let long_ago = SystemTime::now() - Duration::from_secs(90 * 86400);
-        std::fs::File::options()
-            .append(true)
-            .open(&old)
-            .unwrap()
-            .set_modified(long_ago)
-            .unwrap();
+        for f in [old.clone(), sidecar(&old)] {
+            std::fs::File::options()
+                .append(true)
+                .open(f)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
 
         let listed = list(d.path()).unwrap();
         assert_eq!(listed.iter().map(|e| e.bytes).sum::<u64>(), 60);

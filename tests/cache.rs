@@ -57,17 +57,23 @@ fn create_keeps_or_drops_its_build_and_the_cache_command_manages_the_rest() {
     let kept = builds(&cache);
     assert_eq!(kept.len(), 1);
     let long_ago = SystemTime::now() - Duration::from_secs(10 * 86400);
-    std::fs::File::options()
-        .append(true)
-        .open(&kept[0])
-        .unwrap()
-        .set_modified(long_ago)
-        .unwrap();
+    let sidecar = PathBuf::from(format!("{}.sha256", kept[0].display()));
+    for f in [&kept[0], &sidecar] {
+        let file = std::fs::File::options().append(true).open(f).unwrap();
+        file.set_modified(long_ago).unwrap();
+    }
     create(&[]);
-    let used = std::fs::metadata(&kept[0]).unwrap().modified().unwrap();
+    // The build is not rewritten; the cache's listing says it was used now.
+    assert_eq!(std::fs::metadata(&kept[0]).unwrap().modified().unwrap(), long_ago);
+    let listed = tool().args(["cache", "list", "--json"]).output().unwrap().stdout;
+    let listed: serde_json::Value = serde_json::from_slice(&listed).unwrap();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert!(
-        SystemTime::now().duration_since(used).unwrap() < Duration::from_secs(3600),
-        "reuse marks the build used"
+        now - listed[0]["last_used"].as_u64().unwrap() < 3600,
+        "reuse marks the build used: {listed}"
     );
 
     // An entry unused for longer than 30 days goes after the next create.
