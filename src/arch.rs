@@ -31,6 +31,9 @@ pub struct Arch {
     pub reorder_v_heads: bool,
     /// The multimodal towers' linear modules, for bases that carry a tower (see [`TowerModule`]).
     pub towers: &'static [TowerModule],
+    /// Mixture-of-experts: HF module inside `experts.{e}.` -> GGUF stem of the 3-D tensor that
+    /// stacks every expert's weight (`blk.{i}.{stem}.weight`, ggml `[in, out, n_expert]`).
+    pub experts: &'static [(&'static str, &'static str)],
     /// HF modules whose weight llama.cpp's converter splits by rows into equal consecutive parts,
     /// one GGUF tensor stem per part: their LoRA becomes one pair per part, sharing lora_A.
     pub row_splits: &'static [(&'static str, &'static [&'static str])],
@@ -75,6 +78,21 @@ const SHARED_MLP: &[(&str, &str)] = &[("output_linear", "ffn_down")];
 /// llama.cpp's converter (GraniteMoeModel) splits `shared_mlp.input_linear` into `ffn_gate` and
 /// `ffn_up` for a Granite 4 without experts.
 const GRANITE4_SPLITS: &[(&str, &[&str])] = &[("input_linear", &["ffn_gate", "ffn_up"])];
+
+/// Expert projections as separate modules (`mlp.experts.{e}.gate_proj`, Mixtral's
+/// `block_sparse_moe.experts.{e}.w1/w2/w3`): llama.cpp's converters stack them along the last ggml
+/// dimension, expert `e` taking the rows `e * out .. (e + 1) * out` of the 3-D tensor.
+const EXPERTS: &[(&str, &str)] = &[
+    ("gate_proj", "ffn_gate_exps"),
+    ("up_proj", "ffn_up_exps"),
+    ("down_proj", "ffn_down_exps"),
+    ("w1", "ffn_gate_exps"),
+    ("w3", "ffn_up_exps"),
+    ("w2", "ffn_down_exps"),
+];
+
+/// The router of a sparse MoE block (`mlp.gate`, Mixtral's `block_sparse_moe.gate`): a plain linear.
+const ROUTER: &[(&str, &str)] = &[("gate", "ffn_gate_inp")];
 
 /// A linear module of a multimodal tower and the GGUF tensors it becomes in a base that carries the
 /// tower. Ollama's own GGUFs keep vision and audio towers beside the language model (`v.*`, `a.*`,
@@ -260,18 +278,29 @@ const fn dense(
         reorder_v_heads: false,
         row_splits: &[],
         towers: &[],
+        experts: &[],
     }
 }
 
 pub const ARCHS: &[Arch] = &[
-    dense(
-        "llama",
-        &["llama", "mistral"],
-        "Llama 2/3/3.1/3.2/3.3, TinyLlama, CodeLlama, Mistral 7B, Mistral Nemo",
-        true,
-    ),
+    Arch {
+        // Mixtral is `llama` with experts.
+        layer_modules: &[STANDARD, ROUTER],
+        experts: EXPERTS,
+        ..dense(
+            "llama",
+            &["llama", "mistral", "mixtral"],
+            "Llama 2/3/3.1/3.2/3.3, TinyLlama, CodeLlama, Mistral 7B, Mistral Nemo, Mixtral",
+            true,
+        )
+    },
     dense("qwen2", &["qwen2"], "Qwen2, Qwen2.5", false),
     dense("qwen3", &["qwen3"], "Qwen3 (dense)", false),
+    Arch {
+        layer_modules: &[STANDARD, ROUTER],
+        experts: EXPERTS,
+        ..dense("qwen3moe", &["qwen3_moe"], "Qwen3 MoE (30B-A3B, 235B-A22B)", false)
+    },
     dense("gemma", &["gemma"], "Gemma", false),
     dense("gemma2", &["gemma2"], "Gemma 2", false),
     Arch {
@@ -343,6 +372,8 @@ pub fn supported_list() -> String {
 pub enum Site {
     /// A module inside decoder layer `layer`, e.g. `self_attn.q_proj` -> `("q_proj")`.
     Layer { layer: u32, module: String },
+    /// One expert's projection in a sparse MoE block (`mlp.experts.3.gate_proj`).
+    Expert { layer: u32, expert: u32, module: String },
     /// The input embedding (`embed_tokens`).
     Embedding,
     /// The output projection (`lm_head`).
@@ -367,7 +398,7 @@ const DECODER_PREFIXES: &[&str] = &[
 ];
 
 /// Sub-blocks of a decoder layer that hold LoRA-able modules.
-const LAYER_BLOCKS: &[&str] = &["self_attn", "mlp", "linear_attn", "shared_mlp"];
+const LAYER_BLOCKS: &[&str] = &["self_attn", "mlp", "linear_attn", "shared_mlp", "block_sparse_moe"];
 
 /// First path components (after an optional `model.`) of multimodal towers and projectors:
 /// Gemma 3/4, Mistral 3, LLaVA-style (`vision_tower`, `multi_modal_projector`, `audio_tower`,
@@ -424,6 +455,15 @@ pub fn site_of(module_path: &str) -> Option<Site> {
                     });
                 }
             }
+            ["layers", idx, block, "experts", e, module] if LAYER_BLOCKS.contains(&block) => {
+                if let (Ok(layer), Ok(expert)) = (idx.parse(), e.parse()) {
+                    return Some(Site::Expert {
+                        layer,
+                        expert,
+                        module: module.to_string(),
+                    });
+                }
+            }
             _ => {}
         }
     }
@@ -443,6 +483,10 @@ impl Arch {
             Site::Model { module } => {
                 let name = self.model_modules.iter().find(|(m, _)| m == module)?.1;
                 Some(format!("{name}.weight"))
+            }
+            Site::Expert { layer, module, .. } => {
+                let stem = self.experts.iter().find(|(m, _)| m == module)?.1;
+                Some(format!("blk.{layer}.{stem}.weight"))
             }
             Site::Tower { .. } => None,
         }
@@ -493,6 +537,7 @@ impl Arch {
             .map(|m| m.0)
             .collect();
         names.extend(self.row_splits.iter().map(|(m, _)| *m));
+        names.extend(self.experts.iter().map(|(m, _)| *m));
         names.extend(["embed_tokens", "lm_head"]);
         names
     }
@@ -812,6 +857,18 @@ mod tests {
             vec!["v.blk.0.ffn_up.weight"]
         );
         assert_eq!(by_name("llama").unwrap().tower_targets(fc1, |_| true), None);
+    }
+
+    #[test]
+    fn expert_modules_map_to_the_stacked_expert_tensors() {
+        let site = site_of("model.layers.2.mlp.experts.5.down_proj").unwrap();
+        assert_eq!(site, Site::Expert { layer: 2, expert: 5, module: "down_proj".into() });
+        assert_eq!(by_name("qwen3moe").unwrap().tensor_name(&site).unwrap(), "blk.2.ffn_down_exps.weight");
+        let mixtral = site_of("model.layers.0.block_sparse_moe.experts.7.w3").unwrap();
+        assert_eq!(by_hf_model_type("mixtral").unwrap().tensor_name(&mixtral).unwrap(), "blk.0.ffn_up_exps.weight");
+        let router = site_of("model.layers.0.mlp.gate").unwrap();
+        assert_eq!(by_name("qwen3moe").unwrap().tensor_name(&router).unwrap(), "blk.0.ffn_gate_inp.weight");
+        assert_eq!(by_name("qwen3").unwrap().tensor_name(&site), None);
     }
 
     #[test]

@@ -119,6 +119,10 @@ pub(crate) struct OutTensor {
     row_perm: Option<Vec<usize>>,
     /// Source column of each output column (lora_A: Qwen3.5's V heads on out_proj's input).
     col_perm: Option<Vec<usize>>,
+    /// The base tensor this pair adapts (`spec.name` without `.lora_a` / `.lora_b`).
+    pub(crate) base: String,
+    /// First row of the base tensor the pair adapts: an expert's rows in a stacked expert tensor.
+    pub(crate) base_row_offset: u64,
 }
 
 /// The refusal for an adapter that failed validation, every finding listed.
@@ -471,6 +475,7 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
         let (out_features, in_features) = (mods[0].1.out_features as usize, mods[0].1.in_features as usize);
         // Every module on one tensor has the same site and so the same share of rows.
         let row_offset = targets[0].1.b_row_offset;
+        let base_row_offset = targets[0].1.base_row_offset;
         let r = total_rank as usize;
         let reorder = if embedding {
             arch::Reorder::default()
@@ -500,6 +505,8 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
             parts: parts_a,
             row_perm: None,
             col_perm: reorder.a_cols,
+            base: name.clone(),
+            base_row_offset,
         });
         tensors.push(OutTensor {
             spec: TensorSpec {
@@ -513,6 +520,8 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
             parts: parts_b,
             row_perm: row_source(reorder.b_rows, row_offset, out_features),
             col_perm: None,
+            base: name.clone(),
+            base_row_offset,
         });
     }
 

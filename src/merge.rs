@@ -74,8 +74,8 @@ enum Job {
 
 /// A base tensor to merge into.
 struct Pair {
-    /// Its LoRA pair, an index into the source's pairs.
-    lora: usize,
+    /// Its LoRA pairs, indexes into the source's pairs: one, or one per adapted expert.
+    loras: Vec<usize>,
     /// Target type of the merged tensor.
     ty: GgmlType,
 }
@@ -190,6 +190,8 @@ struct LoraPair {
     name: String,
     a: usize,
     b: usize,
+    /// The base tensor's first row it adapts (an expert's rows in a stacked expert tensor).
+    row_offset: usize,
 }
 
 impl Source<'_> {
@@ -200,14 +202,10 @@ impl Source<'_> {
                 .chunks(2)
                 .enumerate()
                 .map(|(k, ab)| LoraPair {
-                    name: ab[0]
-                        .spec
-                        .name
-                        .strip_suffix(".lora_a")
-                        .expect("plan pairs lora_a with lora_b")
-                        .to_string(),
+                    name: ab[0].base.clone(),
                     a: 2 * k,
                     b: 2 * k + 1,
+                    row_offset: ab[0].base_row_offset as usize,
                 })
                 .collect(),
             Source::Gguf { adapter, .. } => adapter
@@ -217,6 +215,7 @@ impl Source<'_> {
                     name: name.clone(),
                     a: *a,
                     b: *b,
+                    row_offset: 0,
                 })
                 .collect(),
         }
@@ -293,52 +292,19 @@ fn merge_with(
         .map(|(i, t)| (t.name.as_str(), i))
         .collect();
     let mut pairs: Vec<Pair> = Vec::new();
-    let mut pair_of = HashMap::new();
+    let mut pair_of: HashMap<usize, usize> = HashMap::new();
     for (k, lp) in lora_pairs.iter().enumerate() {
         let name = lp.name.as_str();
         let &i = by_name
             .get(name)
             .ok_or_else(|| Error::invalid(&base_path, format!("tensor `{name}` is missing")))?;
-        let t = &header.tensors[i];
-        if t.ne.len() != 2 {
-            return Err(Error::refused(
-                &base_path,
-                format!(
-                    "`{name}` is a {}-d tensor {:?}; a LoRA adapts 2-d weight matrices",
-                    t.ne.len(),
-                    t.ne
-                ),
-                "use the base model the adapter was made for",
-            ));
+        if let Some(&p) = pair_of.get(&i) {
+            pairs[p].loras.push(k);
+            continue;
         }
-        if !quant::can_dequantize(t.ty) {
-            return Err(Error::refused(
-                &base_path,
-                format!("`{name}` is {}, which this tool cannot read to merge into", t.ty),
-                "use a build of the base with F16, BF16, Q8_0, Q4_0/Q4_1/Q5_0/Q5_1 or K-quant tensors",
-            ));
-        }
-        let wanted = match opts.merged_type {
-            MergedType::Keep => t.ty,
-            MergedType::F16 => GgmlType::F16,
-            MergedType::Q8_0 => GgmlType::Q8_0,
-        };
-        let fits = |ty: GgmlType| quant::can_quantize(ty) && t.ne[0] as usize % quant::block_len(ty) == 0;
-        let ty = if fits(wanted) {
-            wanted
-        } else {
-            let fallback = if fits(GgmlType::Q8_0) {
-                GgmlType::Q8_0
-            } else {
-                GgmlType::F16
-            };
-            notices.push(format!(
-                "`{name}` written as {fallback}: {wanted} cannot be written for it"
-            ));
-            fallback
-        };
+        let ty = merged_type(&header.tensors[i], opts, &base_path, &mut notices)?;
         pair_of.insert(i, pairs.len());
-        pairs.push(Pair { lora: k, ty });
+        pairs.push(Pair { loras: vec![k], ty });
     }
 
     // The jobs, in file order: whole tensors to copy, row blocks to merge.
@@ -491,11 +457,6 @@ impl Merger<'_> {
     fn rows(&self, s: &mut WorkerState, tensor: usize, pair: usize, start: usize, end: usize) -> Result<Vec<u8>> {
         let t = &self.header.tensors[tensor];
         let p = &self.pairs[pair];
-        if s.pair != Some(pair) {
-            s.loaded = self.source.load(&self.lora_pairs[p.lora], s)?;
-            s.pair = Some(pair);
-        }
-        let (rank, factor, transposed) = s.loaded;
         let cols = t.ne[0] as usize;
         let n = (end - start) * cols;
         let size_error = |ty: GgmlType| {
@@ -515,17 +476,9 @@ impl Merger<'_> {
         s.rows.resize(n, 0.0);
         quant::dequantize(t.ty, &s.raw, &mut s.rows)
             .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
-        add_delta(
-            rank,
-            factor,
-            transposed,
-            &s.lora_a,
-            &s.lora_b,
-            start,
-            end,
-            cols,
-            &mut s.rows,
-        );
+        for &k in &p.loras {
+            self.add_pair(s, k, start, end, cols)?;
+        }
         check_values(&s.rows, cols, start, p.ty, &t.name, self.base_path)?;
         let mut out = vec![
             0u8;
@@ -536,6 +489,56 @@ impl Merger<'_> {
             .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
         Ok(out)
     }
+
+    /// Adds LoRA pair `k`'s delta to the rows `start..end` it covers (all of them, or one expert's).
+    fn add_pair(&self, s: &mut WorkerState, k: usize, start: usize, end: usize, cols: usize) -> Result<()> {
+        if s.pair != Some(k) {
+            s.loaded = self.source.load(&self.lora_pairs[k], s)?;
+            s.pair = Some(k);
+        }
+        let (rank, factor, transposed) = s.loaded;
+        let offset = self.lora_pairs[k].row_offset;
+        // lora_b (or the transposed embedding lora_a) has one row per adapted row.
+        let height = if transposed { s.lora_a.len() } else { s.lora_b.len() } / rank.max(1);
+        let (lo, hi) = (start.max(offset), end.min(offset + height));
+        if lo < hi {
+            let dst = &mut s.rows[(lo - start) * cols..(hi - start) * cols];
+            add_delta(rank, factor, transposed, &s.lora_a, &s.lora_b, lo - offset, hi - offset, cols, dst);
+        }
+        Ok(())
+    }
+}
+
+/// What a touched base tensor becomes: checked (2-d, or a 3-d stack of experts; a type this tool
+/// reads), and the type the options ask for where it can be written, else Q8_0 or F16.
+fn merged_type(t: &gguf::TensorInfo, opts: &Options, base_path: &Path, notices: &mut Vec<String>) -> Result<GgmlType> {
+    let name = &t.name;
+    if !matches!(t.ne.len(), 2 | 3) {
+        return Err(Error::refused(
+            base_path,
+            format!("`{name}` is a {}-d tensor {:?}; a LoRA adapts 2-d weight matrices (or 3-d stacks of experts)", t.ne.len(), t.ne),
+            "use the base model the adapter was made for",
+        ));
+    }
+    if !quant::can_dequantize(t.ty) {
+        return Err(Error::refused(
+            base_path,
+            format!("`{name}` is {}, which this tool cannot read to merge into", t.ty),
+            "use a build of the base with F16, BF16, Q8_0, Q4_0/Q4_1/Q5_0/Q5_1 or K-quant tensors",
+        ));
+    }
+    let wanted = match opts.merged_type {
+        MergedType::Keep => t.ty,
+        MergedType::F16 => GgmlType::F16,
+        MergedType::Q8_0 => GgmlType::Q8_0,
+    };
+    let fits = |ty: GgmlType| quant::can_quantize(ty) && t.ne[0] as usize % quant::block_len(ty) == 0;
+    if fits(wanted) {
+        return Ok(wanted);
+    }
+    let fallback = if fits(GgmlType::Q8_0) { GgmlType::Q8_0 } else { GgmlType::F16 };
+    notices.push(format!("`{name}` written as {fallback}: {wanted} cannot be written for it"));
+    Ok(fallback)
 }
 
 /// Every base tensor must have a known size, so the copy and the output table are exact (a crafted

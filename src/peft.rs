@@ -983,6 +983,7 @@ impl Report {
         for m in &analysis.modules {
             let (name, layer) = match &m.site {
                 Site::Layer { layer, module } => (module.clone(), Some(*layer)),
+                Site::Expert { layer, module, .. } => (format!("experts.{module}"), Some(*layer)),
                 Site::Embedding => ("embed_tokens".to_string(), None),
                 Site::Output => ("lm_head".to_string(), None),
                 Site::Model { module } => (module.clone(), None),
@@ -998,7 +999,8 @@ impl Report {
                     alpha: m.alpha,
                     scale: m.scale,
                 });
-            if let Some(l) = layer {
+            // Experts of one layer come in a row (modules are sorted by site): the layer once.
+            if let Some(l) = layer.filter(|l| g.layers.last() != Some(l)) {
                 g.layers.push(l);
                 layers.insert(l);
             }

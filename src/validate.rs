@@ -70,6 +70,9 @@ pub struct Target {
     pub tensor: String,
     /// First row of the module's lora_B that belongs to this tensor (0 unless split).
     pub b_row_offset: usize,
+    /// First row of the base tensor this pair adapts: an expert's rows in the stacked 3-D expert
+    /// tensor (0 otherwise, and the pair covers every row).
+    pub base_row_offset: u64,
 }
 
 /// What the per-pair checks collect for the summary.
@@ -82,6 +85,8 @@ struct Tally {
     kv_shared: BTreeSet<u32>,
     /// Tower modules (paths) the base has no tensors for.
     towers_left_out: Vec<String>,
+    /// Experts adapted (in any layer).
+    experts: BTreeSet<u32>,
 }
 
 impl Validation {
@@ -240,6 +245,7 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         types,
         kv_shared,
         towers_left_out,
+        experts,
     } = tally;
     if !kv_shared.is_empty() {
         v.notices.push(format!(
@@ -290,6 +296,9 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         ));
         v.checks
             .push("every lora_A input width and lora_B output height matches its base tensor".into());
+        if !experts.is_empty() {
+            v.checks.push(expert_check(&experts, &v.modules, base));
+        }
         let ranks: BTreeSet<u64> = analysis.modules.iter().map(|m| m.rank).collect();
         v.checks
             .push(format!("ranks {ranks:?} match r / rank_pattern; alpha positive"));
@@ -365,7 +374,7 @@ fn map_module(
         }
         return vec![];
     }
-    if let Site::Layer { layer, .. } = m.site {
+    if let Site::Layer { layer, .. } | Site::Expert { layer, .. } = m.site {
         if u64::from(layer) >= base.block_count {
             v.errors.push(finding(
                 key_a,
@@ -418,6 +427,7 @@ fn split_rows(tally: &mut Tally, m: &LoraModule, names: Vec<String>, key_a: &str
             },
             tensor,
             b_row_offset: i * height as usize,
+            base_row_offset: 0,
         })
         .collect()
 }
@@ -458,6 +468,13 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
     } else {
         [m.in_features, m.out_features]
     };
+    if let Site::Expert { expert, .. } = m.site {
+        let Some(offset) = expert_rows(v, base_t, expert, want, key_a, name) else {
+            return;
+        };
+        tally.experts.insert(expert);
+        return keep(v, tally, base_t, Target { base_row_offset: offset, ..t });
+    }
     if base_t.ne[..] != want[..] {
         tally.shape_errors.push(finding(
             name,
@@ -469,6 +486,24 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
         ));
         return;
     }
+    keep(v, tally, base_t, t);
+}
+
+/// "experts: 8 of the base's 128 adapted (0-7), ranks [16]".
+fn expert_check(experts: &BTreeSet<u32>, modules: &[Target], base: &BaseModel) -> String {
+    let per_layer = base.tensors.iter().find(|(n, _)| n.ends_with("_exps.weight")).and_then(|(_, t)| t.ne.get(2).copied());
+    let ranks: BTreeSet<u64> =
+        modules.iter().filter(|t| matches!(t.module.site, Site::Expert { .. })).map(|t| t.module.rank).collect();
+    format!(
+        "experts: {} of the base's {} per layer adapted ({}), ranks {ranks:?}",
+        experts.len(),
+        per_layer.map_or("?".to_string(), |n| n.to_string()),
+        layer_list(experts)
+    )
+}
+
+/// Records a pair that fits its base tensor.
+fn keep(v: &mut Validation, tally: &mut Tally, base_t: &crate::base::BaseTensor, t: Target) {
     if let Some(ty) = base_t.ty {
         tally.types.insert(ty.name());
         if below_q4(ty) {
@@ -476,6 +511,34 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
         }
     }
     v.modules.push(t);
+}
+
+/// Where expert `expert`'s rows start in the stacked 3-D expert tensor (ggml `[in, out, n_expert]`),
+/// or `None` with the error recorded when the tensor is not that or has fewer experts.
+fn expert_rows(
+    v: &mut Validation,
+    base_t: &crate::base::BaseTensor,
+    expert: u32,
+    want: [u64; 2],
+    key_a: &str,
+    name: &str,
+) -> Option<u64> {
+    let hint = "the adapter was trained on another model (another size or expert count): pass the base it was trained on";
+    match base_t.ne[..] {
+        [i, o, n] if [i, o] == want && u64::from(expert) < n => Some(u64::from(expert) * o),
+        [i, o, n] if [i, o] == want => {
+            v.errors.push(finding(key_a, format!("adapts expert {expert}, and `{name}` holds {n} experts (0-{})", n - 1), hint));
+            None
+        }
+        _ => {
+            v.errors.push(finding(
+                key_a,
+                format!("an expert's pair needs `{name}` of ggml shape [{}, {}, n_expert], and the base has {:?}", want[0], want[1], base_t.ne),
+                hint,
+            ));
+            None
+        }
+    }
 }
 
 /// LoRA on a vision or audio tower that the base has no tensors for: llama.cpp's converter writes
@@ -585,7 +648,7 @@ fn check_vocab(v: &mut Validation, adapter: &Adapter, modules: &[LoraModule], ba
     let from_lora = modules.iter().find_map(|m| match m.site {
         Site::Embedding => Some(m.in_features),
         Site::Output => Some(m.out_features),
-        Site::Layer { .. } | Site::Model { .. } | Site::Tower { .. } => None,
+        Site::Layer { .. } | Site::Expert { .. } | Site::Model { .. } | Site::Tower { .. } => None,
     });
     let from_full = adapter.tensors.iter().find_map(|t| {
         let full = t.key.ends_with("embed_tokens.weight") || t.key.ends_with("lm_head.weight");

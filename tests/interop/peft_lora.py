@@ -120,9 +120,12 @@ def module_names(arch, cfg: dict, targets) -> list[str]:
     for i in range(cfg["num_hidden_layers"]):
         for mod, how in arch.LORA_MODULES.items():
             path = how if isinstance(how, str) else how[0]
-            full = f"model.layers.{i}.{path}"
-            if any(full == t or full.endswith("." + t) for t in targets):
-                out.append(full)
+            # `{e}` in a path: one module per expert (per-expert modules, transformers v4)
+            paths = [path.format(e=e) for e in range(cfg["num_experts"])] if "{e}" in path else [path]
+            for p in paths:
+                full = f"model.layers.{i}.{p}"
+                if any(full == t or full.endswith("." + t) for t in targets):
+                    out.append(full)
     if "embed_tokens" in targets:
         out.append(EMBED)
     if "lm_head" in targets:

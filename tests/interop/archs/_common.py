@@ -225,7 +225,8 @@ def decoder_forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]
                     query_scale: Callable[[np.ndarray], np.ndarray] | None = None,
                     post_norms: bool = False, qk_norm_full: bool = False,
                     residual_scale: float | None = None,
-                    logits_scaling: float | None = None) -> np.ndarray:
+                    logits_scaling: float | None = None,
+                    mlp: Callable[[int, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Logits [n_tokens, vocab] of a HF Llama-style decoder (HF parameter names, HF layout).
 
     Per layer, with h = norm(x): x += o_proj(attention(RoPE(q_proj(h)), RoPE(k_proj(h)), v_proj(h)));
@@ -266,6 +267,8 @@ def decoder_forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]
     residual_scale the attention and MLP branch outputs are multiplied by this right before their
                    residual adds (Granite: residual_multiplier)
     logits_scaling the logits are divided by this (Granite: logits_scaling), before final_softcap
+    mlp            (il, h) -> the MLP output of layer il for its normed input h, replacing the
+                   dense gate/up/down MLP (mixtures of experts, see moe_mlp)
     """
     nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim(cfg)
     eps, n = cfg["rms_norm_eps"], len(tokens)
@@ -318,11 +321,14 @@ def decoder_forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]
             h = x
         else:
             h = norm(x, g("post_attention_layernorm.weight"))
-        if fused_gate_up:
+        if mlp is not None:
+            m = mlp(i, h)
+        elif fused_gate_up:
             gate, up = np.split(linear(h, g("mlp.gate_up_proj.weight")), 2, axis=-1)
+            m = linear(act(gate) * up, g("mlp.down_proj.weight"))
         else:
             gate, up = linear(h, g("mlp.gate_proj.weight")), linear(h, g("mlp.up_proj.weight"))
-        m = linear(act(gate) * up, g("mlp.down_proj.weight"))
+            m = linear(act(gate) * up, g("mlp.down_proj.weight"))
         if sandwich_norms or post_norms:
             m = norm(m, g("post_feedforward_layernorm.weight"))
         if residual_scale is not None:
