@@ -862,12 +862,28 @@ mod tests {
     #[test]
     fn expert_modules_map_to_the_stacked_expert_tensors() {
         let site = site_of("model.layers.2.mlp.experts.5.down_proj").unwrap();
-        assert_eq!(site, Site::Expert { layer: 2, expert: 5, module: "down_proj".into() });
-        assert_eq!(by_name("qwen3moe").unwrap().tensor_name(&site).unwrap(), "blk.2.ffn_down_exps.weight");
+        assert_eq!(
+            site,
+            Site::Expert {
+                layer: 2,
+                expert: 5,
+                module: "down_proj".into()
+            }
+        );
+        assert_eq!(
+            by_name("qwen3moe").unwrap().tensor_name(&site).unwrap(),
+            "blk.2.ffn_down_exps.weight"
+        );
         let mixtral = site_of("model.layers.0.block_sparse_moe.experts.7.w3").unwrap();
-        assert_eq!(by_hf_model_type("mixtral").unwrap().tensor_name(&mixtral).unwrap(), "blk.0.ffn_up_exps.weight");
+        assert_eq!(
+            by_hf_model_type("mixtral").unwrap().tensor_name(&mixtral).unwrap(),
+            "blk.0.ffn_up_exps.weight"
+        );
         let router = site_of("model.layers.0.mlp.gate").unwrap();
-        assert_eq!(by_name("qwen3moe").unwrap().tensor_name(&router).unwrap(), "blk.0.ffn_gate_inp.weight");
+        assert_eq!(
+            by_name("qwen3moe").unwrap().tensor_name(&router).unwrap(),
+            "blk.0.ffn_gate_inp.weight"
+        );
         assert_eq!(by_name("qwen3").unwrap().tensor_name(&site), None);
     }
 

@@ -22,7 +22,7 @@ use crate::arch::{self, Arch, Site};
 use crate::base::BaseModel;
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgmlType, TensorSpec, Value};
-use crate::peft::{self, Adapter, LoraModule, RawTensor};
+use crate::peft::{self, Adapter, RawTensor};
 use crate::pipeline;
 use crate::progress::Progress;
 use crate::validate::{Finding, Target, first_and_more, plural, validate};
@@ -106,6 +106,10 @@ struct Part {
     rank: usize,
     /// Multiplier folded into this part (1.0 for lora_A).
     factor: f64,
+    /// The expert block it fills (0 but in a stacked expert pair).
+    expert: usize,
+    /// Its first rank within its expert block (parts stacked on one tensor follow each other).
+    at: usize,
 }
 
 pub(crate) struct OutTensor {
@@ -121,8 +125,9 @@ pub(crate) struct OutTensor {
     col_perm: Option<Vec<usize>>,
     /// The base tensor this pair adapts (`spec.name` without `.lora_a` / `.lora_b`).
     pub(crate) base: String,
-    /// First row of the base tensor the pair adapts: an expert's rows in a stacked expert tensor.
-    pub(crate) base_row_offset: u64,
+    /// Expert blocks: 1, or a stacked expert tensor's expert count (lora_a ggml `[in, r, n]`,
+    /// lora_b `[r, out, n]`, what llama.cpp's `build_lora_mm_id` multiplies per expert).
+    pub(crate) experts: usize,
 }
 
 /// The refusal for an adapter that failed validation, every finding listed.
@@ -416,7 +421,8 @@ pub(crate) struct Plan {
 /// stacks modules that adapt the same tensor, and folds each part's scale against one file alpha.
 pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Options) -> Result<Plan> {
     let mut notices = Vec::new();
-    // Keyed by site, then tensor: a row-split module adapts several tensors.
+    // Keyed by site, then tensor: a row-split module adapts several tensors, and every expert of
+    // a layer's projection goes into one stacked pair.
     let mut by_target: BTreeMap<(Site, String), Vec<(usize, Target)>> = BTreeMap::new();
     for (i, input) in inputs.iter().enumerate() {
         let v = validate(&input.adapter, base);
@@ -442,7 +448,7 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
         );
         for t in v.modules {
             by_target
-                .entry((t.module.site.clone(), t.tensor.clone()))
+                .entry((group_site(&t.module.site), t.tensor.clone()))
                 .or_default()
                 .push((i, t));
         }
@@ -450,79 +456,7 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
 
     let mut tensors = Vec::new();
     for ((site, name), targets) in &by_target {
-        let mods: Vec<(usize, &LoraModule)> = targets.iter().map(|(i, t)| (*i, &t.module)).collect();
-        let embedding = matches!(site, Site::Embedding);
-        let total_rank: u64 = mods.iter().map(|(_, m)| m.rank).sum();
-        // The factor each part needs so that llama.cpp's alpha/total_rank reproduces it; alpha comes later.
-        let parts_b: Vec<Part> = mods
-            .iter()
-            .map(|(i, m)| Part {
-                input: *i,
-                tensor: m.b,
-                rank: m.rank as usize,
-                factor: m.scale * inputs[*i].weight * opts.scale * total_rank as f64,
-            })
-            .collect();
-        let parts_a: Vec<Part> = mods
-            .iter()
-            .map(|(i, m)| Part {
-                input: *i,
-                tensor: m.a,
-                rank: m.rank as usize,
-                factor: 1.0,
-            })
-            .collect();
-        let (out_features, in_features) = (mods[0].1.out_features as usize, mods[0].1.in_features as usize);
-        // Every module on one tensor has the same site and so the same share of rows.
-        let row_offset = targets[0].1.b_row_offset;
-        let base_row_offset = targets[0].1.base_row_offset;
-        let r = total_rank as usize;
-        let reorder = if embedding {
-            arch::Reorder::default()
-        } else {
-            arch.reorder(site, &base.geometry(), out_features, in_features)
-                .map_err(|why| {
-                    Error::invalid(
-                        &base.source,
-                        format!("the LoRA of `{name}` cannot follow llama.cpp's layout: {why}"),
-                    )
-                })?
-        };
-        let (a_layout, a_rows, a_cols) = if embedding {
-            (Layout::TransposedA, in_features, r)
-        } else {
-            (Layout::RowsA, r, in_features)
-        };
-        tensors.push(OutTensor {
-            spec: TensorSpec {
-                name: format!("{name}.lora_a"),
-                ne: vec![a_cols as u64, a_rows as u64],
-                ty: GgmlType::F32,
-            },
-            layout: a_layout,
-            rows: a_rows,
-            cols: a_cols,
-            parts: parts_a,
-            row_perm: None,
-            col_perm: reorder.a_cols,
-            base: name.clone(),
-            base_row_offset,
-        });
-        tensors.push(OutTensor {
-            spec: TensorSpec {
-                name: format!("{name}.lora_b"),
-                ne: vec![r as u64, out_features as u64],
-                ty: GgmlType::F32,
-            },
-            layout: Layout::ColsB,
-            rows: out_features,
-            cols: r,
-            parts: parts_b,
-            row_perm: row_source(reorder.b_rows, row_offset, out_features),
-            col_perm: None,
-            base: name.clone(),
-            base_row_offset,
-        });
+        tensors.extend(out_pair(inputs, base, arch, opts, site, name, targets)?);
     }
 
     // The file alpha: the most common magnitude among tensors whose parts share one factor, so those
@@ -581,6 +515,128 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
         folded,
         notices,
     })
+}
+
+/// The key pairs are grouped by: an expert's projection counts as its layer's stacked tensor.
+fn group_site(site: &Site) -> Site {
+    match site {
+        Site::Expert { layer, module, .. } => Site::Expert {
+            layer: *layer,
+            expert: 0,
+            module: module.clone(),
+        },
+        other => other.clone(),
+    }
+}
+
+fn expert_of(site: &Site) -> usize {
+    match site {
+        Site::Expert { expert, .. } => *expert as usize,
+        _ => 0,
+    }
+}
+
+/// The lora_a and lora_b written for base tensor `name` from the modules that adapt it: their
+/// ranks stacked (per expert block for a stacked expert tensor, each block as wide as the widest,
+/// the rest zeros), each part's scale to be folded against the file alpha, and llama.cpp's layout.
+fn out_pair(
+    inputs: &[Input],
+    base: &BaseModel,
+    arch: &Arch,
+    opts: &Options,
+    site: &Site,
+    name: &str,
+    targets: &[(usize, Target)],
+) -> Result<[OutTensor; 2]> {
+    let experts = match site {
+        Site::Expert { .. } => base
+            .tensors
+            .get(name)
+            .and_then(|t| t.ne.get(2))
+            .map_or(1, |&n| n as usize),
+        _ => 1,
+    };
+    let mut used = vec![0usize; experts];
+    let (mut parts_a, mut parts_b) = (Vec::new(), Vec::new());
+    for (i, t) in targets {
+        let m = &t.module;
+        let expert = expert_of(&m.site);
+        let (rank, at) = (m.rank as usize, used[expert]);
+        used[expert] += rank;
+        let part = |tensor, factor| Part {
+            input: *i,
+            tensor,
+            rank,
+            factor,
+            expert,
+            at,
+        };
+        parts_a.push(part(m.a, 1.0));
+        parts_b.push(part(m.b, m.scale * inputs[*i].weight * opts.scale));
+    }
+    let r = used.iter().copied().max().unwrap_or(0);
+    // The factor each part needs so that llama.cpp's alpha/r reproduces it; alpha comes later.
+    for p in &mut parts_b {
+        p.factor *= r as f64;
+    }
+    let first = &targets[0].1;
+    let (out_features, in_features) = (first.module.out_features as usize, first.module.in_features as usize);
+    let embedding = matches!(site, Site::Embedding);
+    let reorder = if embedding {
+        arch::Reorder::default()
+    } else {
+        arch.reorder(site, &base.geometry(), out_features, in_features)
+            .map_err(|why| {
+                Error::invalid(
+                    &base.source,
+                    format!("the LoRA of `{name}` cannot follow llama.cpp's layout: {why}"),
+                )
+            })?
+    };
+    let stack = |mut ne: Vec<u64>| {
+        if experts > 1 {
+            ne.push(experts as u64);
+        }
+        ne
+    };
+    let (a_layout, a_rows, a_cols, a_ne) = if embedding {
+        (Layout::TransposedA, in_features, r, vec![r as u64, in_features as u64])
+    } else {
+        (
+            Layout::RowsA,
+            experts * r,
+            in_features,
+            stack(vec![in_features as u64, r as u64]),
+        )
+    };
+    let tensor = |suffix: &str, ne, layout, rows, cols, parts, row_perm, col_perm| OutTensor {
+        spec: TensorSpec {
+            name: format!("{name}.{suffix}"),
+            ne,
+            ty: GgmlType::F32,
+        },
+        layout,
+        rows,
+        cols,
+        parts,
+        row_perm,
+        col_perm,
+        base: name.to_string(),
+        experts,
+    };
+    Ok([
+        tensor("lora_a", a_ne, a_layout, a_rows, a_cols, parts_a, None, reorder.a_cols),
+        tensor(
+            "lora_b",
+            stack(vec![r as u64, out_features as u64]),
+            Layout::ColsB,
+            experts * out_features,
+            r,
+            parts_b,
+            row_source(reorder.b_rows, first.b_row_offset, out_features),
+            None,
+        ),
+    ])
 }
 
 /// lora_B's source row of each output row: `reorder` within this tensor's share of rows, which
@@ -802,7 +858,7 @@ fn passthrough<'a>(inputs: &'a [Input], t: &OutTensor) -> Option<(&'a Adapter, &
     );
     let reordered = t.row_perm.is_some() || t.col_perm.is_some();
     // A row-split module's first part takes its rows in order, but not all of them.
-    let whole = raw.len() == t.rows * t.cols;
+    let whole = raw.len() == t.rows * t.cols && t.experts == 1;
     (same_type && whole && p.factor == 1.0 && !reordered && t.layout != Layout::TransposedA).then_some((adapter, raw))
 }
 
@@ -816,14 +872,15 @@ pub(crate) fn assemble(
 ) -> Result<()> {
     out.clear();
     out.resize(t.rows * t.cols, 0.0);
-    let mut offset = 0;
     for p in &t.parts {
         let (adapter, raw) = src(inputs, p);
         adapter.read_f32(raw, halves, buf)?;
         let f = p.factor as f32;
         match t.layout {
             Layout::RowsA => {
-                let dst = &mut out[offset * t.cols..][..buf.len()];
+                // The expert's block of rows, this part's ranks within it.
+                let r = t.rows / t.experts;
+                let dst = &mut out[(p.expert * r + p.at) * t.cols..][..buf.len()];
                 match &t.col_perm {
                     None => dst.copy_from_slice(buf),
                     Some(perm) => {
@@ -836,10 +893,12 @@ pub(crate) fn assemble(
                 }
             }
             Layout::ColsB => {
-                for (o, row) in out.chunks_exact_mut(t.cols).enumerate() {
+                let out_rows = t.rows / t.experts;
+                let block = &mut out[p.expert * out_rows * t.cols..][..out_rows * t.cols];
+                for (o, row) in block.chunks_exact_mut(t.cols).enumerate() {
                     let s = t.row_perm.as_ref().map_or(o, |perm| perm[o]);
                     let src_row = &buf[s * p.rank..][..p.rank];
-                    for (d, &v) in row[offset..offset + p.rank].iter_mut().zip(src_row) {
+                    for (d, &v) in row[p.at..p.at + p.rank].iter_mut().zip(src_row) {
                         *d = v * f;
                     }
                 }
@@ -849,12 +908,11 @@ pub(crate) fn assemble(
                 let vocab = t.rows;
                 for (v, row) in out.chunks_exact_mut(t.cols).enumerate() {
                     for j in 0..p.rank {
-                        row[offset + j] = buf[j * vocab + v];
+                        row[p.at + j] = buf[j * vocab + v];
                     }
                 }
             }
         }
-        offset += p.rank;
     }
     Ok(())
 }

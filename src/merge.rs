@@ -74,8 +74,8 @@ enum Job {
 
 /// A base tensor to merge into.
 struct Pair {
-    /// Its LoRA pairs, indexes into the source's pairs: one, or one per adapted expert.
-    loras: Vec<usize>,
+    /// Its LoRA pair, an index into the source's pairs.
+    lora: usize,
     /// Target type of the merged tensor.
     ty: GgmlType,
 }
@@ -190,8 +190,6 @@ struct LoraPair {
     name: String,
     a: usize,
     b: usize,
-    /// The base tensor's first row it adapts (an expert's rows in a stacked expert tensor).
-    row_offset: usize,
 }
 
 impl Source<'_> {
@@ -205,7 +203,6 @@ impl Source<'_> {
                     name: ab[0].base.clone(),
                     a: 2 * k,
                     b: 2 * k + 1,
-                    row_offset: ab[0].base_row_offset as usize,
                 })
                 .collect(),
             Source::Gguf { adapter, .. } => adapter
@@ -215,7 +212,6 @@ impl Source<'_> {
                     name: name.clone(),
                     a: *a,
                     b: *b,
-                    row_offset: 0,
                 })
                 .collect(),
         }
@@ -228,15 +224,19 @@ impl Source<'_> {
         }
     }
 
-    /// Fills `s.lora_a` / `s.lora_b` (row-major, numpy order) for `pair`; returns (rank, the
-    /// factor of `lora_b @ lora_a`, whether lora_a is stored transposed as for the token embedding).
-    fn load(&self, pair: &LoraPair, s: &mut WorkerState) -> Result<(usize, f32, bool)> {
+    /// Fills `s.lora_a` / `s.lora_b` (row-major, numpy order) for `pair` and says how to apply them.
+    fn load(&self, pair: &LoraPair, s: &mut WorkerState) -> Result<Loaded> {
         match self {
             Source::Peft { inputs, plan } => {
                 let (a, b) = (&plan.tensors[pair.a], &plan.tensors[pair.b]);
                 convert::assemble(inputs, a, &mut s.halves, &mut s.scratch, &mut s.lora_a)?;
                 convert::assemble(inputs, b, &mut s.halves, &mut s.scratch, &mut s.lora_b)?;
-                Ok((b.cols, plan.alpha / b.cols as f32, a.layout == Layout::TransposedA))
+                Ok(Loaded {
+                    rank: b.cols,
+                    factor: plan.alpha / b.cols as f32,
+                    transposed: a.layout == Layout::TransposedA,
+                    experts: b.experts,
+                })
             }
             Source::Gguf { adapter, file, scale } => {
                 let h = &adapter.header;
@@ -252,15 +252,26 @@ impl Source<'_> {
                     quant::dequantize(t.ty, &s.raw, out)
                         .map_err(|e| Error::invalid(&adapter.path, format!("`{}`: {e}", t.name)))?;
                 }
-                let rank = h.tensors[pair.b].ne[0];
-                Ok((
-                    rank as usize,
-                    adapter.scale(rank) * scale,
-                    pair.name == "token_embd.weight",
-                ))
+                let b = &h.tensors[pair.b];
+                Ok(Loaded {
+                    rank: b.ne[0] as usize,
+                    factor: adapter.scale(b.ne[0]) * scale,
+                    transposed: pair.name == "token_embd.weight",
+                    experts: b.ne.get(2).map_or(1, |&n| n as usize),
+                })
             }
         }
     }
+}
+
+/// A loaded LoRA pair: `factor * lora_b @ lora_a` per expert block (rank = lora_a's rows per block),
+/// lora_a stored transposed for the token embedding (`factor * lora_a @ lora_b^T`).
+#[derive(Clone, Copy, Default)]
+struct Loaded {
+    rank: usize,
+    factor: f32,
+    transposed: bool,
+    experts: usize,
 }
 
 /// What the merged file records about where it came from (`ollama_tools.merged.*`).
@@ -298,13 +309,9 @@ fn merge_with(
         let &i = by_name
             .get(name)
             .ok_or_else(|| Error::invalid(&base_path, format!("tensor `{name}` is missing")))?;
-        if let Some(&p) = pair_of.get(&i) {
-            pairs[p].loras.push(k);
-            continue;
-        }
         let ty = merged_type(&header.tensors[i], opts, &base_path, &mut notices)?;
         pair_of.insert(i, pairs.len());
-        pairs.push(Pair { loras: vec![k], ty });
+        pairs.push(Pair { lora: k, ty });
     }
 
     // The jobs, in file order: whole tensors to copy, row blocks to merge.
@@ -433,8 +440,8 @@ fn merge_with(
 #[derive(Default)]
 struct WorkerState {
     pair: Option<usize>,
-    /// Of the pair loaded: rank, factor, lora_a transposed.
-    loaded: (usize, f32, bool),
+    /// How to apply the pair loaded.
+    loaded: Loaded,
     lora_a: Vec<f32>,
     lora_b: Vec<f32>,
     halves: Vec<u16>,
@@ -476,9 +483,7 @@ impl Merger<'_> {
         s.rows.resize(n, 0.0);
         quant::dequantize(t.ty, &s.raw, &mut s.rows)
             .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
-        for &k in &p.loras {
-            self.add_pair(s, k, start, end, cols)?;
-        }
+        self.add_pair(s, p.lora, start, end, cols)?;
         check_values(&s.rows, cols, start, p.ty, &t.name, self.base_path)?;
         let mut out = vec![
             0u8;
@@ -490,20 +495,31 @@ impl Merger<'_> {
         Ok(out)
     }
 
-    /// Adds LoRA pair `k`'s delta to the rows `start..end` it covers (all of them, or one expert's).
+    /// Adds LoRA pair `k`'s delta to the rows `start..end`: one matrix product, or for a stacked
+    /// expert tensor each expert's own over the rows of its block.
     fn add_pair(&self, s: &mut WorkerState, k: usize, start: usize, end: usize, cols: usize) -> Result<()> {
         if s.pair != Some(k) {
             s.loaded = self.source.load(&self.lora_pairs[k], s)?;
             s.pair = Some(k);
         }
-        let (rank, factor, transposed) = s.loaded;
-        let offset = self.lora_pairs[k].row_offset;
+        let Loaded {
+            rank,
+            factor,
+            transposed,
+            experts,
+        } = s.loaded;
+        let experts = experts.max(1);
+        let (a_len, b_len) = (s.lora_a.len() / experts, s.lora_b.len() / experts);
         // lora_b (or the transposed embedding lora_a) has one row per adapted row.
-        let height = if transposed { s.lora_a.len() } else { s.lora_b.len() } / rank.max(1);
-        let (lo, hi) = (start.max(offset), end.min(offset + height));
-        if lo < hi {
-            let dst = &mut s.rows[(lo - start) * cols..(hi - start) * cols];
-            add_delta(rank, factor, transposed, &s.lora_a, &s.lora_b, lo - offset, hi - offset, cols, dst);
+        let height = if transposed { a_len } else { b_len } / rank.max(1);
+        for e in 0..experts {
+            let first = e * height;
+            let (lo, hi) = (start.max(first), end.min(first + height));
+            if lo < hi {
+                let (a, b) = (&s.lora_a[e * a_len..][..a_len], &s.lora_b[e * b_len..][..b_len]);
+                let dst = &mut s.rows[(lo - start) * cols..(hi - start) * cols];
+                add_delta(rank, factor, transposed, a, b, lo - first, hi - first, cols, dst);
+            }
         }
         Ok(())
     }
@@ -516,7 +532,11 @@ fn merged_type(t: &gguf::TensorInfo, opts: &Options, base_path: &Path, notices: 
     if !matches!(t.ne.len(), 2 | 3) {
         return Err(Error::refused(
             base_path,
-            format!("`{name}` is a {}-d tensor {:?}; a LoRA adapts 2-d weight matrices (or 3-d stacks of experts)", t.ne.len(), t.ne),
+            format!(
+                "`{name}` is a {}-d tensor {:?}; a LoRA adapts 2-d weight matrices (or 3-d stacks of experts)",
+                t.ne.len(),
+                t.ne
+            ),
             "use the base model the adapter was made for",
         ));
     }
@@ -536,8 +556,14 @@ fn merged_type(t: &gguf::TensorInfo, opts: &Options, base_path: &Path, notices: 
     if fits(wanted) {
         return Ok(wanted);
     }
-    let fallback = if fits(GgmlType::Q8_0) { GgmlType::Q8_0 } else { GgmlType::F16 };
-    notices.push(format!("`{name}` written as {fallback}: {wanted} cannot be written for it"));
+    let fallback = if fits(GgmlType::Q8_0) {
+        GgmlType::Q8_0
+    } else {
+        GgmlType::F16
+    };
+    notices.push(format!(
+        "`{name}` written as {fallback}: {wanted} cannot be written for it"
+    ));
     Ok(fallback)
 }
 

@@ -70,9 +70,6 @@ pub struct Target {
     pub tensor: String,
     /// First row of the module's lora_B that belongs to this tensor (0 unless split).
     pub b_row_offset: usize,
-    /// First row of the base tensor this pair adapts: an expert's rows in the stacked 3-D expert
-    /// tensor (0 otherwise, and the pair covers every row).
-    pub base_row_offset: u64,
 }
 
 /// What the per-pair checks collect for the summary.
@@ -427,7 +424,6 @@ fn split_rows(tally: &mut Tally, m: &LoraModule, names: Vec<String>, key_a: &str
             },
             tensor,
             b_row_offset: i * height as usize,
-            base_row_offset: 0,
         })
         .collect()
 }
@@ -469,11 +465,11 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
         [m.in_features, m.out_features]
     };
     if let Site::Expert { expert, .. } = m.site {
-        let Some(offset) = expert_rows(v, base_t, expert, want, key_a, name) else {
-            return;
-        };
-        tally.experts.insert(expert);
-        return keep(v, tally, base_t, Target { base_row_offset: offset, ..t });
+        if expert_fits(v, base_t, expert, want, key_a, name) {
+            tally.experts.insert(expert);
+            keep(v, tally, base_t, t);
+        }
+        return;
     }
     if base_t.ne[..] != want[..] {
         tally.shape_errors.push(finding(
@@ -491,9 +487,16 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
 
 /// "experts: 8 of the base's 128 adapted (0-7), ranks [16]".
 fn expert_check(experts: &BTreeSet<u32>, modules: &[Target], base: &BaseModel) -> String {
-    let per_layer = base.tensors.iter().find(|(n, _)| n.ends_with("_exps.weight")).and_then(|(_, t)| t.ne.get(2).copied());
-    let ranks: BTreeSet<u64> =
-        modules.iter().filter(|t| matches!(t.module.site, Site::Expert { .. })).map(|t| t.module.rank).collect();
+    let per_layer = base
+        .tensors
+        .iter()
+        .find(|(n, _)| n.ends_with("_exps.weight"))
+        .and_then(|(_, t)| t.ne.get(2).copied());
+    let ranks: BTreeSet<u64> = modules
+        .iter()
+        .filter(|t| matches!(t.module.site, Site::Expert { .. }))
+        .map(|t| t.module.rank)
+        .collect();
     format!(
         "experts: {} of the base's {} per layer adapted ({}), ranks {ranks:?}",
         experts.len(),
@@ -513,30 +516,38 @@ fn keep(v: &mut Validation, tally: &mut Tally, base_t: &crate::base::BaseTensor,
     v.modules.push(t);
 }
 
-/// Where expert `expert`'s rows start in the stacked 3-D expert tensor (ggml `[in, out, n_expert]`),
-/// or `None` with the error recorded when the tensor is not that or has fewer experts.
-fn expert_rows(
+/// Whether expert `expert` of a pair of shape `want` fits the stacked 3-D expert tensor (ggml
+/// `[in, out, n_expert]`); the error is recorded when it does not.
+fn expert_fits(
     v: &mut Validation,
     base_t: &crate::base::BaseTensor,
     expert: u32,
     want: [u64; 2],
     key_a: &str,
     name: &str,
-) -> Option<u64> {
-    let hint = "the adapter was trained on another model (another size or expert count): pass the base it was trained on";
+) -> bool {
+    let hint =
+        "the adapter was trained on another model (another size or expert count): pass the base it was trained on";
     match base_t.ne[..] {
-        [i, o, n] if [i, o] == want && u64::from(expert) < n => Some(u64::from(expert) * o),
+        [i, o, n] if [i, o] == want && u64::from(expert) < n => true,
         [i, o, n] if [i, o] == want => {
-            v.errors.push(finding(key_a, format!("adapts expert {expert}, and `{name}` holds {n} experts (0-{})", n - 1), hint));
-            None
+            v.errors.push(finding(
+                key_a,
+                format!("adapts expert {expert}, and `{name}` holds {n} experts (0-{})", n - 1),
+                hint,
+            ));
+            false
         }
         _ => {
             v.errors.push(finding(
                 key_a,
-                format!("an expert's pair needs `{name}` of ggml shape [{}, {}, n_expert], and the base has {:?}", want[0], want[1], base_t.ne),
+                format!(
+                    "an expert's pair needs `{name}` of ggml shape [{}, {}, n_expert], and the base has {:?}",
+                    want[0], want[1], base_t.ne
+                ),
                 hint,
             ));
-            None
+            false
         }
     }
 }
@@ -789,11 +800,11 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
             )
         })?;
         for x in [t, bt] {
-            if x.ne.len() != 2 || !crate::quant::can_dequantize(x.ty) {
+            if !matches!(x.ne.len(), 2 | 3) || !crate::quant::can_dequantize(x.ty) {
                 return Err(Error::refused(
                     path,
                     format!(
-                        "`{}` is a {}-d {} tensor; a LoRA pair is two 2-d matrices of a readable type",
+                        "`{}` is a {}-d {} tensor; a LoRA pair is two 2-d matrices (3-d for experts) of a readable type",
                         x.name,
                         x.ne.len(),
                         x.ty
@@ -807,8 +818,12 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
         // keeps lora_a transposed, a = [r, vocab], b = [r, hidden].
         // Every dimension non-zero: a rank or width of 0 would make the merge divide by zero.
         let nonzero = [bn, an, bbn].iter().all(|ne| ne.iter().all(|&d| d > 0));
+        // A stacked expert tensor (ggml [in, out, n]) takes a = [in, r, n], b = [r, out, n].
+        let same_stack =
+            bn.len() == an.len() && bn.len() == bbn.len() && bn.get(2) == an.get(2) && bn.get(2) == bbn.get(2);
         let fits = nonzero
-            && bn.len() == 2
+            && matches!(bn.len(), 2 | 3)
+            && same_stack
             && if name == "token_embd.weight" {
                 bn[0] == bbn[1] && bn[1] == an[1] && an[0] == bbn[0]
             } else {

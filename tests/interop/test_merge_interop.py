@@ -67,6 +67,9 @@ CFG = {
     # the shared MLP's input_linear is touched: its LoRA becomes the ffn_gate and ffn_up merges
     "granite4": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
                      tie_word_embeddings=False),
+    # 4 experts, top-2: the router and the gate/up experts are touched, the down experts copied
+    "qwen3moe": dict(hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=64),
     # global_head_dim 128 and per-layer inputs of 256 follow; touches sliding, full, KV-shared and
     # double-wide layers and the per-layer-input modules
     "gemma4": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
@@ -147,7 +150,8 @@ def touched_targets(arch) -> list[str]:
     quantized untouched matrices get copied too (linear attention and per-layer modules count as
     attention here: each one's layout must be merged)."""
     mlp = [m for m in arch.LORA_MODULES if archs.module_path(arch, m).startswith(("mlp.", "shared_mlp."))]
-    return [m for m in arch.LORA_MODULES if m not in mlp] + mlp[:1]
+    experts = [m for m in mlp if "{e}" in archs.module_path(arch, m)]
+    return [m for m in arch.LORA_MODULES if m not in mlp] + mlp[:1] + experts[:2]
 
 
 def make_adapter(mb: MergeBase, path: Path, seed: int, targets=None, r: int = 8, alpha: float = 16):
@@ -180,9 +184,9 @@ def lora_deltas(adapter_gguf: Path) -> dict[str, np.ndarray]:
     for name, t in f.tensors.items():
         if name.endswith(".lora_a"):
             base = name[:-len(".lora_a")]
-            a = t.values().astype(np.float64)                            # [r, cols]
-            b = f.tensors[base + ".lora_b"].values().astype(np.float64)  # [rows, r]
-            out[base] = alpha / b.shape[1] * (b @ a)
+            a = t.values().astype(np.float64)                            # [r, cols] ([E, r, cols])
+            b = f.tensors[base + ".lora_b"].values().astype(np.float64)  # [rows, r] ([E, rows, r])
+            out[base] = alpha / b.shape[-1] * (b @ a)                    # per expert for 3-d pairs
     return out
 
 
@@ -289,7 +293,7 @@ def reference_merge(base_path: Path, out: Path, deltas: dict[str, np.ndarray], m
         if ty in ("F32", "F16"):
             return target.astype(np.float16) if ty == "F16" else target
         raw = np.frombuffer(harness.ggml_quantize_ref(ty, target), dtype=np.uint8)
-        return raw.reshape(target.shape[0], -1), gguf.GGMLQuantizationType[ty]
+        return raw.reshape(*target.shape[:-1], -1), gguf.GGMLQuantizationType[ty]
 
     harness.rewrite_gguf(base_path, out, fn)
 
