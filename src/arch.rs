@@ -34,6 +34,9 @@ pub struct Arch {
     /// Mixture-of-experts: HF module inside `experts.{e}.` -> GGUF stem of the 3-D tensor that
     /// stacks every expert's weight (`blk.{i}.{stem}.weight`, ggml `[in, out, n_expert]`).
     pub experts: &'static [(&'static str, &'static str)],
+    /// Mixture-of-experts as fused 3-D parameters (transformers 5, PEFT `target_parameters`):
+    /// parameter -> the stacked expert tensors its rows go to (equal consecutive parts).
+    pub fused_experts: &'static [(&'static str, &'static [&'static str])],
     /// HF modules whose weight llama.cpp's converter splits by rows into equal consecutive parts,
     /// one GGUF tensor stem per part: their LoRA becomes one pair per part, sharing lora_A.
     pub row_splits: &'static [(&'static str, &'static [&'static str])],
@@ -89,6 +92,14 @@ const EXPERTS: &[(&str, &str)] = &[
     ("w1", "ffn_gate_exps"),
     ("w3", "ffn_up_exps"),
     ("w2", "ffn_down_exps"),
+];
+
+/// transformers 5's fused experts (Qwen3-MoE, Mixtral): `mlp.experts.gate_up_proj` `[n, 2 * ff, hidden]`
+/// holds gate then up (llama.cpp's converter splits it by halves), `down_proj` `[n, hidden, ff]`.
+/// PEFT's `target_parameters` LoRA on them works per expert in the `nn.Linear` orientation.
+const FUSED_EXPERTS: &[(&str, &[&str])] = &[
+    ("gate_up_proj", &["ffn_gate_exps", "ffn_up_exps"]),
+    ("down_proj", &["ffn_down_exps"]),
 ];
 
 /// The router of a sparse MoE block (`mlp.gate`, Mixtral's `block_sparse_moe.gate`): a plain linear.
@@ -279,6 +290,7 @@ const fn dense(
         row_splits: &[],
         towers: &[],
         experts: &[],
+        fused_experts: &[],
     }
 }
 
@@ -287,6 +299,7 @@ pub const ARCHS: &[Arch] = &[
         // Mixtral is `llama` with experts.
         layer_modules: &[STANDARD, ROUTER],
         experts: EXPERTS,
+        fused_experts: FUSED_EXPERTS,
         ..dense(
             "llama",
             &["llama", "mistral", "mixtral"],
@@ -299,6 +312,7 @@ pub const ARCHS: &[Arch] = &[
     Arch {
         layer_modules: &[STANDARD, ROUTER],
         experts: EXPERTS,
+        fused_experts: FUSED_EXPERTS,
         ..dense("qwen3moe", &["qwen3_moe"], "Qwen3 MoE (30B-A3B, 235B-A22B)", false)
     },
     dense("gemma", &["gemma"], "Gemma", false),
@@ -374,6 +388,8 @@ pub enum Site {
     Layer { layer: u32, module: String },
     /// One expert's projection in a sparse MoE block (`mlp.experts.3.gate_proj`).
     Expert { layer: u32, expert: u32, module: String },
+    /// Every expert of a layer at once: a fused 3-D parameter (`mlp.experts.gate_up_proj`).
+    FusedExperts { layer: u32, param: String },
     /// The input embedding (`embed_tokens`).
     Embedding,
     /// The output projection (`lm_head`).
@@ -488,7 +504,7 @@ impl Arch {
                 let stem = self.experts.iter().find(|(m, _)| m == module)?.1;
                 Some(format!("blk.{layer}.{stem}.weight"))
             }
-            Site::Tower { .. } => None,
+            Site::Tower { .. } | Site::FusedExperts { .. } => None,
         }
     }
 
@@ -511,10 +527,13 @@ impl Arch {
     /// The GGUF base tensors a site maps to: one, or for a row-split module one per part, in row
     /// order (each part takes an equal share of lora_B's rows). `None` when there is no such module.
     pub fn targets(&self, site: &Site) -> Option<Vec<String>> {
-        if let Site::Layer { layer, module } = site {
-            if let Some((_, stems)) = self.row_splits.iter().find(|(m, _)| m == module) {
-                return Some(stems.iter().map(|stem| format!("blk.{layer}.{stem}.weight")).collect());
-            }
+        let (layer, splits, key) = match site {
+            Site::Layer { layer, module } => (layer, self.row_splits, module),
+            Site::FusedExperts { layer, param } => (layer, self.fused_experts, param),
+            _ => return self.tensor_name(site).map(|name| vec![name]),
+        };
+        if let Some((_, stems)) = splits.iter().find(|(m, _)| m == key) {
+            return Some(stems.iter().map(|stem| format!("blk.{layer}.{stem}.weight")).collect());
         }
         self.tensor_name(site).map(|name| vec![name])
     }
@@ -538,6 +557,7 @@ impl Arch {
             .collect();
         names.extend(self.row_splits.iter().map(|(m, _)| *m));
         names.extend(self.experts.iter().map(|(m, _)| *m));
+        names.extend(self.fused_experts.iter().map(|(m, _)| *m));
         names.extend(["embed_tokens", "lm_head"]);
         names
     }
@@ -617,6 +637,18 @@ fn block_of(pattern: &str, path: &str) -> Option<String> {
         }
     }
     Some(block)
+}
+
+/// The decoder layer of a fused-experts module (`model.layers.3.mlp.experts` -> 3), for PEFT's
+/// `target_parameters` wrappers, which are keyed by the module, not the parameter.
+pub fn experts_layer(module_path: &str) -> Option<u32> {
+    DECODER_PREFIXES.iter().find_map(|prefix| {
+        let parts: Vec<&str> = module_path.strip_prefix(prefix)?.split('.').collect();
+        match parts[..] {
+            ["layers", idx, block, "experts"] if LAYER_BLOCKS.contains(&block) => idx.parse().ok(),
+            _ => None,
+        }
+    })
 }
 
 /// Whether a GGUF tensor belongs to a multimodal tower or projector (Ollama's in-file towers).

@@ -110,6 +110,10 @@ struct Part {
     expert: usize,
     /// Its first rank within its expert block (parts stacked on one tensor follow each other).
     at: usize,
+    /// Where it is in the source tensor: lora_A's rows `src_first..src_first + rank`, lora_B's
+    /// columns `src_first + k * src_stride` (a fused-experts pair holds every expert; else 0, 1).
+    src_first: usize,
+    src_stride: usize,
 }
 
 pub(crate) struct OutTensor {
@@ -549,7 +553,7 @@ fn out_pair(
     targets: &[(usize, Target)],
 ) -> Result<[OutTensor; 2]> {
     let experts = match site {
-        Site::Expert { .. } => base
+        Site::Expert { .. } | Site::FusedExperts { .. } => base
             .tensors
             .get(name)
             .and_then(|t| t.ne.get(2))
@@ -560,19 +564,27 @@ fn out_pair(
     let (mut parts_a, mut parts_b) = (Vec::new(), Vec::new());
     for (i, t) in targets {
         let m = &t.module;
-        let expert = expert_of(&m.site);
-        let (rank, at) = (m.rank as usize, used[expert]);
-        used[expert] += rank;
-        let part = |tensor, factor| Part {
-            input: *i,
-            tensor,
-            rank,
-            factor,
-            expert,
-            at,
-        };
-        parts_a.push(part(m.a, 1.0));
-        parts_b.push(part(m.b, m.scale * inputs[*i].weight * opts.scale));
+        let rank = m.rank as usize;
+        // A fused-experts pair (PEFT's ParamWrapper) holds every expert: A's rows expert-major,
+        // B's columns expert-minor.
+        let n = m.experts as usize;
+        for k in 0..n {
+            let expert = if n > 1 { k } else { expert_of(&m.site) };
+            let at = used[expert];
+            used[expert] += rank;
+            let part = |tensor, factor, src_first, src_stride| Part {
+                input: *i,
+                tensor,
+                rank,
+                factor,
+                expert,
+                at,
+                src_first,
+                src_stride,
+            };
+            parts_a.push(part(m.a, 1.0, k * rank, 1));
+            parts_b.push(part(m.b, m.scale * inputs[*i].weight * opts.scale, k, n));
+        }
     }
     let r = used.iter().copied().max().unwrap_or(0);
     // The factor each part needs so that llama.cpp's alpha/r reproduces it; alpha comes later.
@@ -880,11 +892,12 @@ pub(crate) fn assemble(
             Layout::RowsA => {
                 // The expert's block of rows, this part's ranks within it.
                 let r = t.rows / t.experts;
-                let dst = &mut out[(p.expert * r + p.at) * t.cols..][..buf.len()];
+                let src = &buf[p.src_first * t.cols..][..p.rank * t.cols];
+                let dst = &mut out[(p.expert * r + p.at) * t.cols..][..src.len()];
                 match &t.col_perm {
-                    None => dst.copy_from_slice(buf),
+                    None => dst.copy_from_slice(src),
                     Some(perm) => {
-                        for (d, s) in dst.chunks_exact_mut(t.cols).zip(buf.chunks_exact(t.cols)) {
+                        for (d, s) in dst.chunks_exact_mut(t.cols).zip(src.chunks_exact(t.cols)) {
                             for (x, &c) in d.iter_mut().zip(perm) {
                                 *x = s[c];
                             }
@@ -894,12 +907,13 @@ pub(crate) fn assemble(
             }
             Layout::ColsB => {
                 let out_rows = t.rows / t.experts;
+                let src_cols = raw.shape.get(1).copied().unwrap_or(p.rank);
                 let block = &mut out[p.expert * out_rows * t.cols..][..out_rows * t.cols];
                 for (o, row) in block.chunks_exact_mut(t.cols).enumerate() {
                     let s = t.row_perm.as_ref().map_or(o, |perm| perm[o]);
-                    let src_row = &buf[s * p.rank..][..p.rank];
-                    for (d, &v) in row[p.at..p.at + p.rank].iter_mut().zip(src_row) {
-                        *d = v * f;
+                    let src_row = &buf[s * src_cols..][..src_cols];
+                    for (j, d) in row[p.at..p.at + p.rank].iter_mut().enumerate() {
+                        *d = src_row[p.src_first + j * p.src_stride] * f;
                     }
                 }
             }

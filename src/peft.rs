@@ -52,6 +52,8 @@ pub struct LoraConfig {
     pub target_modules: Option<Json>,
     pub modules_to_save: Vec<String>,
     pub layers_to_transform: Option<Vec<u64>>,
+    /// PEFT `target_parameters`: raw parameters wrapped with LoRA (fused MoE experts, routers).
+    pub target_parameters: Vec<String>,
     pub bias: String,
     /// Fields set to a value that changes what the adapter computes in a way GGUF cannot carry.
     unsupported: Vec<Problem>,
@@ -181,6 +183,11 @@ impl LoraConfig {
                 Some(Json::Array(items)) => Some(items.iter().map(layer).collect::<Result<_>>()?),
                 Some(v) => Some(vec![layer(v)?]),
             },
+            target_parameters: match obj.get("target_parameters") {
+                None | Some(Json::Null) => vec![],
+                Some(Json::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                Some(v) => return Err(field_err("target_parameters", "a list of parameter names", v)),
+            },
             bias: string("bias")?.unwrap_or_else(|| "none".into()),
             unsupported: vec![],
         };
@@ -190,13 +197,6 @@ impl LoraConfig {
                 !v.is_null() && v != &Json::Bool(false) && v != &serde_json::json!([]) && v != &serde_json::json!({})
             })
         };
-        if set("target_parameters") {
-            cfg.unsupported.push(problem(
-                "target_parameters",
-                "LoRA on raw parameters (e.g. fused MoE expert weights) has no GGUF LoRA form",
-                "merge it with PEFT (merge_and_unload) and convert the merged model instead",
-            ));
-        }
         for (key, why) in [
             (
                 "layer_replication",
@@ -668,6 +668,10 @@ pub struct LoraModule {
     pub alpha: f64,
     /// `alpha / rank` or `alpha / sqrt(rank)`.
     pub scale: f64,
+    /// Experts a fused 3-D parameter's pair covers (`target_parameters`): lora_A `[rank * experts,
+    /// in]` holds expert e's rows at `e * rank`, lora_B `[out, rank * experts]` its columns at
+    /// `e + k * experts` (PEFT's ParamWrapper). 1 for every other pair.
+    pub experts: u64,
 }
 
 /// The result of pairing and checking an adapter's tensors.
@@ -848,7 +852,12 @@ fn analyze(adapter: &Adapter) -> Analysis {
             ));
             continue;
         }
-        let Some(site) = arch::site_of(&module) else {
+        let fused = fused_experts(&module, &cfg.target_parameters);
+        let site = match &fused {
+            Some(f) => Some(f.site.clone()),
+            None => arch::site_of(&module),
+        };
+        let Some(site) = site else {
             out.problems.push(problem(
                 &ta.key,
                 "LoRA on a module that is not part of a supported decoder (layers.N.self_attn.*, layers.N.mlp.*, layers.N.linear_attn.*, embed_tokens, lm_head) nor a multimodal tower",
@@ -867,6 +876,21 @@ fn analyze(adapter: &Adapter) -> Analysis {
                 continue;
             }
         }
+        // A fused parameter's pair stacks every expert's rank: patterns name the parameter.
+        let (module, rank, experts) = match fused {
+            Some(f) => match f.split(cfg, rank) {
+                Ok((r, n)) => (f.param_path, r, n),
+                Err(why) => {
+                    out.problems.push(problem(
+                        &ta.key,
+                        why,
+                        "check r / rank_pattern in adapter_config.json: PEFT gives lora_A r rows per expert",
+                    ));
+                    continue;
+                }
+            },
+            None => (module, rank, 1),
+        };
         let configured = cfg.rank_for(&module);
         if configured.is_some_and(|r| r != rank) {
             out.problems.push(problem(
@@ -891,6 +915,7 @@ fn analyze(adapter: &Adapter) -> Analysis {
             in_features,
             out_features,
             alpha,
+            experts,
         });
     }
     if cfg.fan_in_fan_out && !out.modules.is_empty() {
@@ -903,6 +928,64 @@ fn analyze(adapter: &Adapter) -> Analysis {
     out.modules.sort_by(|a, b| a.site.cmp(&b.site));
     out.problems = group_problems(std::mem::take(&mut out.problems));
     out
+}
+
+/// A PEFT `target_parameters` wrapper on a fused-experts module, resolved to its parameter.
+struct Fused {
+    /// `model.layers.3.mlp.experts.gate_up_proj`: what rank_pattern / alpha_pattern match.
+    param_path: String,
+    site: Site,
+}
+
+/// Fused expert parameters in the order transformers registers them: PEFT nests one wrapper per
+/// targeted parameter, the first-registered innermost, so the keys of `gate_up_proj` carry one
+/// `.base_layer` more than those of `down_proj` (`mlp.experts.base_layer.lora_A` /
+/// `mlp.experts.lora_A`) when both are targeted.
+const FUSED_PARAMS: &[&str] = &["gate_up_proj", "down_proj"];
+
+/// The parameter a wrapper on `module_path` (`...mlp.experts[.base_layer]*`) adapts, by how deep
+/// it is nested among the parameters `targets` names (PEFT matches a target as the whole key or a
+/// `.`-separated suffix of `<module>.<parameter>`).
+fn fused_experts(module_path: &str, targets: &[String]) -> Option<Fused> {
+    if targets.is_empty() {
+        return None;
+    }
+    let mut module = module_path;
+    let mut depth = 0;
+    while let Some(inner) = module.strip_suffix(".base_layer") {
+        module = inner;
+        depth += 1;
+    }
+    let layer = arch::experts_layer(module)?;
+    let matches = |key: &str| targets.iter().any(|t| key == t || key.ends_with(&format!(".{t}")));
+    let targeted: Vec<&str> = FUSED_PARAMS
+        .iter()
+        .copied()
+        .filter(|p| matches(&format!("{module}.{p}")))
+        .collect();
+    let param = *targeted.get(targeted.len().checked_sub(depth + 1)?)?;
+    Some(Fused {
+        param_path: format!("{module}.{param}"),
+        site: Site::FusedExperts {
+            layer,
+            param: param.to_string(),
+        },
+    })
+}
+
+impl Fused {
+    /// (rank per expert, experts) of a pair whose lora_A has `rows` rows: the configured rank
+    /// divides them.
+    fn split(&self, cfg: &LoraConfig, rows: u64) -> std::result::Result<(u64, u64), String> {
+        let r = cfg.rank_for(&self.param_path).unwrap_or(0);
+        if r == 0 || rows % r != 0 {
+            return Err(format!(
+                "lora_A of `{}` has {rows} rows, not a whole number of experts of the configured rank {r}",
+                self.param_path
+            ));
+        }
+        Ok((r, rows / r))
+    }
 }
 
 /// Merges problems with the same reason into one entry naming a few of the tensors, so a GPT-2
@@ -984,6 +1067,7 @@ impl Report {
             let (name, layer) = match &m.site {
                 Site::Layer { layer, module } => (module.clone(), Some(*layer)),
                 Site::Expert { layer, module, .. } => (format!("experts.{module}"), Some(*layer)),
+                Site::FusedExperts { layer, param } => (format!("experts.{param}"), Some(*layer)),
                 Site::Embedding => ("embed_tokens".to_string(), None),
                 Site::Output => ("lm_head".to_string(), None),
                 Site::Model { module } => (module.clone(), None),

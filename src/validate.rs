@@ -371,7 +371,7 @@ fn map_module(
         }
         return vec![];
     }
-    if let Site::Layer { layer, .. } | Site::Expert { layer, .. } = m.site {
+    if let Site::Layer { layer, .. } | Site::Expert { layer, .. } | Site::FusedExperts { layer, .. } = m.site {
         if u64::from(layer) >= base.block_count {
             v.errors.push(finding(
                 key_a,
@@ -470,6 +470,23 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
             keep(v, tally, base_t, t);
         }
         return;
+    }
+    if let Site::FusedExperts { .. } = m.site {
+        // Every expert at once: the base must hold exactly as many as the pair stacks.
+        let n = m.experts;
+        if !expert_fits(v, base_t, 0, want, key_a, name) {
+            return;
+        }
+        if base_t.ne.get(2) != Some(&n) {
+            v.errors.push(finding(
+                key_a,
+                format!("stacks {n} experts, and `{name}` holds {}", base_t.ne[2]),
+                "the adapter was trained on another model (another expert count): pass the base it was trained on",
+            ));
+            return;
+        }
+        tally.experts.extend(0..n as u32);
+        return keep(v, tally, base_t, t);
     }
     if base_t.ne[..] != want[..] {
         tally.shape_errors.push(finding(
@@ -659,7 +676,11 @@ fn check_vocab(v: &mut Validation, adapter: &Adapter, modules: &[LoraModule], ba
     let from_lora = modules.iter().find_map(|m| match m.site {
         Site::Embedding => Some(m.in_features),
         Site::Output => Some(m.out_features),
-        Site::Layer { .. } | Site::Expert { .. } | Site::Model { .. } | Site::Tower { .. } => None,
+        Site::Layer { .. }
+        | Site::Expert { .. }
+        | Site::FusedExperts { .. }
+        | Site::Model { .. }
+        | Site::Tower { .. } => None,
     });
     let from_full = adapter.tensors.iter().find_map(|t| {
         let full = t.key.ends_with("embed_tokens.weight") || t.key.ends_with("lm_head.weight");

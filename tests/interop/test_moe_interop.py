@@ -1,0 +1,127 @@
+"""Mixture-of-experts adapters in the real llama.cpp, beyond what the generic convert and merge
+suites cover with per-expert modules (archs/qwen3moe.py):
+
+- PEFT `target_parameters` on transformers 5's fused expert parameters (`mlp.experts.gate_up_proj`
+  [E, 2F, H], `mlp.experts.down_proj` [E, H, F]) and on the router weight (`mlp.gate.weight`). The
+  reference applies PEFT's ParamWrapper semantics written out here from PEFT 0.21.2's source
+  (tuners/lora/layer.py): lora_A [r*E, in] holds expert e's rows at e*r, lora_B [out, r*E] its
+  columns at e + k*E, delta_e = alpha/r * B_e @ A_e in the nn.Linear orientation; gate_up's rows are
+  gate then up. The keys name the module, not the parameter: with both targeted, the
+  first-registered gate_up_proj is the inner wrapper (`mlp.experts.base_layer.lora_A`).
+- A top-k choice near a tie would make llama.cpp and the reference route differently for reasons
+  that have nothing to do with the adapter: every reference forward records its smallest gap between
+  the k-th and (k+1)-th router probability, and the test requires it to stay clear of rounding.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import archs
+import harness
+import peft_lora
+from harness import TOKENS, convert_ok, merge_ok, rel
+from llama_runner import llama_logits
+
+TOL = 5e-3            # F16 adapter tensors
+MERGE_TOL = 1e-3      # F32 base merged in F32
+MIN_EFFECT = 0.1
+MIN_ROUTING_GAP = 2e-3   # seeds 120 / 96 chosen by search: gaps 5.7e-3 (base), 7.6e-3 (adapted)
+
+
+def fused_adapter(path, cfg, weights, rng, r=4, alpha=8.0, experts=None):
+    """A PEFT adapter as PEFT 0.21.2 saves target_parameters on Qwen3-MoE: fused experts of every
+    layer, the router, and q_proj. Returns (dir, merged HF weights by PEFT's semantics)."""
+    n, h, f = cfg["num_experts"], cfg["hidden_size"], cfg["moe_intermediate_size"]
+    n_saved = n if experts is None else experts
+    s = alpha / r
+    merged = {k: v.astype(np.float64) for k, v in weights.items()}
+    tensors = {}
+
+    def pair(key, out_f, in_f, width):
+        A = (rng.standard_normal((r * width, in_f)) / np.sqrt(in_f)).astype(np.float32)
+        B = (rng.standard_normal((out_f, r * width)) * 0.6 / np.sqrt(r)).astype(np.float32)
+        tensors[f"base_model.model.{key}.lora_A.weight"], tensors[f"base_model.model.{key}.lora_B.weight"] = A, B
+        return A.astype(np.float64), B.astype(np.float64)
+
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        A, B = pair(p + "mlp.experts.base_layer", 2 * f, h, n_saved)     # gate_up_proj (inner wrapper)
+        for e in range(min(n, n_saved)):
+            delta = s * B[:, e::n_saved] @ A[e * r:(e + 1) * r]        # [2F, H], gate rows then up rows
+            merged[p + f"mlp.experts.{e}.gate_proj.weight"] += delta[:f]
+            merged[p + f"mlp.experts.{e}.up_proj.weight"] += delta[f:]
+        A, B = pair(p + "mlp.experts", h, f, n_saved)                   # down_proj (outer wrapper)
+        for e in range(min(n, n_saved)):
+            merged[p + f"mlp.experts.{e}.down_proj.weight"] += s * B[:, e::n_saved] @ A[e * r:(e + 1) * r]
+        A, B = pair(p + "mlp.gate", n, h, 1)                            # router weight, a 2-d parameter
+        merged[p + "mlp.gate.weight"] += 0.5 * s * B @ A
+        A, B = pair(p + "self_attn.q_proj", weights[p + "self_attn.q_proj.weight"].shape[0], h, 1)
+        merged[p + "self_attn.q_proj.weight"] += s * B @ A
+    # The router's pair is scaled down a little (routing stays clear of ties), through its own B.
+    for key in [k for k in tensors if k.endswith("mlp.gate.lora_B.weight")]:
+        tensors[key] = tensors[key] * 0.5
+    path.mkdir(parents=True, exist_ok=True)
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "bias": "none",
+        "base_model_name_or_path": "Qwen/Qwen3-30B-A3B", "peft_version": "0.21.2",
+        "target_modules": ["q_proj"],
+        "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.gate.weight"],
+    }
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    peft_lora.write_safetensors(path / "adapter_model.safetensors", tensors, "f32")
+    return path, {k: v.astype(np.float32) for k, v in merged.items()}
+
+
+def reference(arch, cfg, weights):
+    logits = arch.forward(cfg, weights, TOKENS)
+    gap = arch.ROUTING_MARGIN[0][0]
+    assert gap > MIN_ROUTING_GAP, f"a top-k choice sits near a tie (gap {gap:.2e}): pick other seeds"
+    return logits
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory):
+    arch = archs.ARCHS["qwen3moe"]
+    d = tmp_path_factory.mktemp("moe")
+    base = harness.build_base(arch, d / "base", seed=120)
+    reference(arch, base.cfg, base.weights)
+    adapter, merged = fused_adapter(d / "fused", base.cfg, base.weights, np.random.default_rng(96))
+    return arch, base, adapter, merged, reference(arch, base.cfg, merged)
+
+
+def test_fused_expert_parameters_convert_exactly(moe, tmp_path):
+    harness.require_binary()
+    arch, base, adapter, merged, ref = moe
+    out = tmp_path / "adapter.gguf"
+    p = convert_ok([adapter, "--base", base.path, "-o", out])
+    tensors = harness.read_gguf(out).tensors
+    # Stacked pairs, one per expert tensor: lora_a [E, r, in], lora_b [E, out, r] (numpy order).
+    assert tensors["blk.0.ffn_gate_exps.weight.lora_a"][1] == (4, 4, 64), tensors
+    assert tensors["blk.0.ffn_up_exps.weight.lora_b"][1] == (4, 32, 4), tensors
+    got = llama_logits(base.path, TOKENS, tmp_path, adapters=[(out, 1.0)])
+    r, effect = rel(got, ref), rel(ref, base.ref_logits)
+    harness.record("qwen3moe target_parameters convert", r, TOL, effect=effect)
+    assert effect > MIN_EFFECT and r < TOL, f"rel {r:.3e}, effect {effect:.3f}\n{p.stderr}"
+
+
+def test_fused_expert_parameters_merge_exactly(moe, tmp_path):
+    harness.require_binary()
+    arch, base, adapter, merged, ref = moe
+    out = tmp_path / "merged.gguf"
+    merge_ok([adapter, "--base", base.path, "-o", out])
+    got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
+    r = rel(got, ref)
+    harness.record("qwen3moe target_parameters merge F32", r, MERGE_TOL, effect=rel(ref, base.ref_logits))
+    assert r < MERGE_TOL, f"merged vs numpy rel {r:.3e}"
+
+
+def test_an_adapter_for_another_expert_count_is_refused(moe, tmp_path):
+    harness.require_binary()
+    arch, base, _, _, _ = moe
+    adapter, _ = fused_adapter(tmp_path / "eight", base.cfg, base.weights, np.random.default_rng(93), experts=8)
+    p = harness.run_convert([adapter, "--base", base.path, "-o", tmp_path / "x.gguf"])
+    assert p.returncode != 0 and "ffn_gate_exps" in p.stderr and "8 experts" in p.stderr, p.stderr
+    assert not (tmp_path / "x.gguf").exists()
