@@ -107,6 +107,11 @@ struct Dims {
     per_layer_input: u64,
     /// Gemma 4's `num_kv_shared_layers`.
     shared_kv_layers: u64,
+    /// Mixture-of-experts: experts per sparse layer (0: dense) and each expert's MLP width.
+    experts: u64,
+    expert_ffn: u64,
+    /// Which layers are sparse (empty: every layer, when `experts` > 0).
+    sparse: Vec<bool>,
 }
 
 /// Bounds on the hyper-parameters of any source, as for `config.json`: a damaged or hostile
@@ -115,6 +120,7 @@ const MAX_LAYERS: u64 = 4096;
 const MAX_HEADS: u64 = 4096;
 const MAX_DIM: u64 = 1 << 20;
 const MAX_VOCAB: u64 = 1 << 24;
+const MAX_EXPERTS: u64 = 4096;
 
 /// 1 to 4 dimensions, none 0, whose product fits 64 bits (as a GGUF reader requires).
 fn plausible_shape(ne: &[u64]) -> bool {
@@ -140,7 +146,16 @@ impl Dims {
         bounded("hidden size", self.hidden, MAX_DIM)?;
         bounded("feed-forward size", self.ffn, MAX_DIM)?;
         bounded("vocabulary size", self.vocab, MAX_VOCAB)?;
+        if self.experts > 0 {
+            bounded("expert count", self.experts, MAX_EXPERTS)?;
+            bounded("expert feed-forward size", self.expert_ffn, MAX_DIM)?;
+        }
         Ok(())
+    }
+
+    /// Whether layer `i` is a sparse MoE layer.
+    fn is_sparse(&self, i: u64) -> bool {
+        self.experts > 0 && self.sparse.get(i as usize).copied().unwrap_or(true)
     }
 
     /// A plain attention layer with the model-wide sizes.
@@ -184,7 +199,7 @@ struct LinearDims {
 /// LoRA can touch).
 fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
     let mut tensors = BTreeMap::new();
-    let mut add = |name: String, ne: [u64; 2]| {
+    let mut add = |name: String, ne: &[u64]| {
         tensors.insert(
             name,
             BaseTensor {
@@ -193,22 +208,34 @@ fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
             },
         );
     };
-    add("token_embd.weight".into(), [d.hidden, d.vocab]);
+    add("token_embd.weight".into(), &[d.hidden, d.vocab]);
     if !d.tied {
-        add("output.weight".into(), [d.hidden, d.vocab]);
+        add("output.weight".into(), &[d.hidden, d.vocab]);
     }
     if d.per_layer_input > 0 {
         add(
             "per_layer_model_proj.weight".into(),
-            [d.hidden, d.layers * d.per_layer_input],
+            &[d.hidden, d.layers * d.per_layer_input],
         );
     }
     for i in 0..d.layers {
         let kind = d.kinds.get(i as usize).copied().unwrap_or_else(|| d.attention_layer());
+        let sparse = d.is_sparse(i);
         for (_, stem) in arch.layer_stems() {
-            if let Some(ne) = layer_tensor_shape(arch, d, kind, stem) {
-                add(format!("blk.{i}.{stem}.weight"), ne);
+            // A sparse layer's MLP is its experts (below), not a dense gate/up/down.
+            if sparse && matches!(stem, "ffn_gate" | "ffn_up" | "ffn_down") {
+                continue;
             }
+            if let Some(ne) = layer_tensor_shape(arch, d, kind, stem) {
+                add(format!("blk.{i}.{stem}.weight"), &ne);
+            }
+        }
+        if sparse {
+            let (h, f, n) = (d.hidden, d.expert_ffn, d.experts);
+            add(format!("blk.{i}.ffn_gate_inp.weight"), &[h, n]);
+            add(format!("blk.{i}.ffn_gate_exps.weight"), &[h, f, n]);
+            add(format!("blk.{i}.ffn_up_exps.weight"), &[h, f, n]);
+            add(format!("blk.{i}.ffn_down_exps.weight"), &[f, h, n]);
         }
     }
     tensors
@@ -407,6 +434,30 @@ fn granite4_dense(cfg: &Json, d: &Dims) -> std::result::Result<(), String> {
         )),
         _ => Ok(()),
     }
+}
+
+/// The sparse MoE layers as transformers' configs describe them: Mixtral's `num_local_experts`
+/// experts of `intermediate_size` in every layer; Qwen3-MoE's `num_experts` of
+/// `moe_intermediate_size` in every `decoder_sparse_step`-th layer not in `mlp_only_layers`.
+fn moe_dims(d: &mut Dims, cfg: &Json, model_type: &str) -> std::result::Result<(), String> {
+    let need =
+        |key: &str, max: u64| cfg_u64(cfg, key, max)?.ok_or_else(|| format!("config.json field `{key}` is missing"));
+    if model_type == "mixtral" {
+        d.experts = need("num_local_experts", MAX_EXPERTS)?;
+        d.expert_ffn = d.ffn;
+        return Ok(());
+    }
+    d.experts = need("num_experts", MAX_EXPERTS)?;
+    d.expert_ffn = need("moe_intermediate_size", MAX_DIM)?;
+    let step = cfg_u64(cfg, "decoder_sparse_step", MAX_LAYERS)?.unwrap_or(1);
+    let dense: Vec<u64> = cfg
+        .get("mlp_only_layers")
+        .and_then(Json::as_array)
+        .map_or(vec![], |l| l.iter().filter_map(Json::as_u64).collect());
+    d.sparse = (0..d.layers)
+        .map(|i| !dense.contains(&i) && (i + 1) % step == 0)
+        .collect();
+    Ok(())
 }
 
 /// Which layers are of type `wanted` by the config's `layer_types`, else by `default`.
@@ -766,6 +817,7 @@ impl BaseModel {
         let per_layer = match (arch.name, model_type) {
             ("qwen35", _) => qwen35_dims(&mut dims, cfg),
             ("gemma4", _) => gemma4_dims(&mut dims, cfg),
+            (_, "qwen3_moe" | "mixtral") => moe_dims(&mut dims, cfg, model_type),
             (_, "granitemoehybrid") => granite4_dense(cfg, &dims),
             _ => Ok(()),
         };
@@ -902,6 +954,10 @@ impl BaseModel {
                     // Unknown without a tensor list: assume tied, so an embedding or lm_head LoRA is
                     // refused rather than handed to llama.cpp on a guess.
                     tied: true,
+                    experts: int("expert_count").unwrap_or(0),
+                    expert_ffn: int("expert_feed_forward_length")
+                        .or(int("feed_forward_length"))
+                        .unwrap_or(0),
                     ..Dims::default()
                 };
                 dims.check().map_err(|msg| {

@@ -768,3 +768,131 @@ fn granite4_hybrid_moe_and_mismatched_mlp_are_refused_with_the_reason() {
         v.errors
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Mixtures of experts: config.json derivation, per-expert and fused-parameter adapters
+// ---------------------------------------------------------------------------------------------
+
+/// Qwen3-30B-A3B's widths (H 2048, 32 heads of 128, 4 KV heads, 128 experts of 768), two layers.
+fn qwen3moe_config() -> serde_json::Value {
+    json!({
+        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+        "hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768,
+        "num_experts": 128, "num_experts_per_tok": 8, "num_hidden_layers": 2,
+        "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+        "vocab_size": 151936, "tie_word_embeddings": false, "decoder_sparse_step": 1, "mlp_only_layers": []
+    })
+}
+
+#[test]
+fn qwen3moe_config_json_derives_the_stacked_expert_tensors() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("config.json"), qwen3moe_config().to_string()).unwrap();
+    let base = BaseModel::load(d.path()).unwrap();
+    assert_eq!(base.arch, "qwen3moe");
+    assert_eq!(base.tensors["blk.1.ffn_gate_exps.weight"].ne, vec![2048, 768, 128]);
+    assert_eq!(base.tensors["blk.1.ffn_down_exps.weight"].ne, vec![768, 2048, 128]);
+    assert_eq!(base.tensors["blk.0.ffn_gate_inp.weight"].ne, vec![2048, 128]);
+    assert!(
+        !base.tensors.contains_key("blk.0.ffn_gate.weight"),
+        "a sparse layer has no dense MLP"
+    );
+    // Mixtral: arch llama with 8 experts of intermediate_size in every layer.
+    let mixtral = json!({"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+        "num_local_experts": 8, "num_hidden_layers": 1, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "vocab_size": 32000});
+    std::fs::write(d.path().join("config.json"), mixtral.to_string()).unwrap();
+    let base = BaseModel::load(d.path()).unwrap();
+    assert_eq!(
+        (base.arch.as_str(), base.tensors["blk.0.ffn_up_exps.weight"].ne.clone()),
+        ("llama", vec![4096, 14336, 8])
+    );
+}
+
+#[test]
+fn expert_adapters_validate_per_expert_and_refuse_another_expert_count() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("config.json"), qwen3moe_config().to_string()).unwrap();
+    let base = BaseModel::load(d.path()).unwrap();
+    // transformers v4 style: per-expert modules, here experts 0-2 of layer 1 only.
+    let modules: Vec<(String, [usize; 2])> = (0..3)
+        .map(|e| (format!("model.layers.1.mlp.experts.{e}.down_proj"), [2048, 768]))
+        .collect();
+    let a = write_peft(
+        &d.path().join("a"),
+        json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}),
+        8,
+        &modules,
+    );
+    let v = validate(&Adapter::open(&a).unwrap(), &base);
+    assert!(v.errors.is_empty(), "{:?}", v.errors);
+    assert!(
+        v.checks
+            .iter()
+            .any(|c| c.contains("experts: 3 of the base's 128 per layer adapted (0-2), ranks {8}")),
+        "{:?}",
+        v.checks
+    );
+    // Expert 130 does not exist.
+    let modules = vec![("model.layers.1.mlp.experts.130.down_proj".to_string(), [2048, 768])];
+    let a = write_peft(
+        &d.path().join("b"),
+        json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16}),
+        8,
+        &modules,
+    );
+    let v = validate(&Adapter::open(&a).unwrap(), &base);
+    assert!(
+        v.errors
+            .iter()
+            .any(|e| e.message.contains("adapts expert 130") && e.message.contains("holds 128 experts")),
+        "{:?}",
+        v.errors
+    );
+    // transformers v5: target_parameters on the fused experts; gate_up_proj is the inner wrapper.
+    let cfg = json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
+        "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]});
+    let fused = |n: usize| {
+        vec![
+            ("model.layers.0.mlp.experts.base_layer".to_string(), [2 * 768, 2048]),
+            ("model.layers.0.mlp.experts".to_string(), [2048, 768]),
+        ]
+        .into_iter()
+        .map(|(p, [o, i])| (p, [o, i], n))
+        .collect::<Vec<_>>()
+    };
+    let write_fused = |dir: &str, n: usize| {
+        let mut tensors = Vec::new();
+        for (path, [out, inp], n) in fused(n) {
+            for (half, shape) in [("lora_A", [4 * n, inp]), ("lora_B", [out, 4 * n])] {
+                let key = format!("base_model.model.{path}.{half}.weight");
+                tensors.push(T {
+                    key,
+                    dtype: Dtype::F16,
+                    shape: shape.to_vec(),
+                    values: vec![0.0; shape[0] * shape[1]],
+                });
+            }
+        }
+        write_adapter(&d.path().join(dir), &cfg, &tensors)
+    };
+    let v = validate(&Adapter::open(&write_fused("f", 128)).unwrap(), &base);
+    assert!(v.errors.is_empty(), "{:?}", v.errors);
+    let names: Vec<&str> = v.modules.iter().map(|t| t.tensor.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "blk.0.ffn_down_exps.weight",
+            "blk.0.ffn_gate_exps.weight",
+            "blk.0.ffn_up_exps.weight"
+        ]
+    );
+    let v = validate(&Adapter::open(&write_fused("g", 64)).unwrap(), &base);
+    assert!(
+        v.errors
+            .iter()
+            .any(|e| e.message.contains("stacks 64 experts") && e.message.contains("holds 128")),
+        "{:?}",
+        v.errors
+    );
+}
