@@ -121,7 +121,8 @@ def module_names(arch, cfg: dict, targets) -> list[str]:
         for mod, how in arch.LORA_MODULES.items():
             path = how if isinstance(how, str) else how[0]
             # `{e}` in a path: one module per expert (per-expert modules, transformers v4)
-            paths = [path.format(e=e) for e in range(cfg["num_experts"])] if "{e}" in path else [path]
+            n = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+            paths = [path.format(e=e) for e in range(n)] if "{e}" in path else [path]
             for p in paths:
                 full = f"model.layers.{i}.{p}"
                 if any(full == t or full.endswith("." + t) for t in targets):

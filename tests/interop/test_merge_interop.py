@@ -67,9 +67,12 @@ CFG = {
     # the shared MLP's input_linear is touched: its LoRA becomes the ffn_gate and ffn_up merges
     "granite4": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
                      tie_word_embeddings=False),
-    # 4 experts, top-2: the router and the gate/up experts are touched, the down experts copied
+    # 4 experts, top-2: the router and the gate experts are touched, the up and down experts copied
     "qwen3moe": dict(hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_attention_heads=4,
                      num_key_value_heads=2, head_dim=64),
+    # arch llama with experts: the router and the w1 experts are touched, w3 and w2 copied
+    "mixtral": dict(hidden_size=256, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
+                    head_dim=64),
     # global_head_dim 128 and per-layer inputs of 256 follow; touches sliding, full, KV-shared and
     # double-wide layers and the per-layer-input modules
     "gemma4": dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
@@ -149,9 +152,9 @@ def touched_targets(arch) -> list[str]:
     """Every module but the MLP's, and the first MLP one: the other MLP weights stay untouched, so
     quantized untouched matrices get copied too (linear attention and per-layer modules count as
     attention here: each one's layout must be merged)."""
-    mlp = [m for m in arch.LORA_MODULES if archs.module_path(arch, m).startswith(("mlp.", "shared_mlp."))]
+    mlp = [m for m in arch.LORA_MODULES if archs.module_path(arch, m).startswith(("mlp.", "shared_mlp.", "block_sparse_moe."))]
     experts = [m for m in mlp if "{e}" in archs.module_path(arch, m)]
-    return [m for m in arch.LORA_MODULES if m not in mlp] + mlp[:1] + experts[:2]
+    return [m for m in arch.LORA_MODULES if m not in mlp] + mlp[:1] + experts[:1]
 
 
 def make_adapter(mb: MergeBase, path: Path, seed: int, targets=None, r: int = 8, alpha: float = 16):

@@ -70,29 +70,38 @@ def random_weights(cfg: dict, rng: np.random.Generator) -> dict[str, np.ndarray]
     return w
 
 
-def stacked(cfg: dict, weights: dict) -> dict[str, np.ndarray]:
-    """HF names of the non-expert weights, plus the stacked expert tensors under their GGUF names."""
-    out, n = {}, cfg["num_experts"]
+def stacked(cfg: dict, weights: dict, block: str = "mlp", stems: dict = EXPERT_STEMS) -> dict[str, np.ndarray]:
+    """HF names of the non-expert weights, plus the stacked expert tensors under their GGUF names
+    (per-expert modules `model.layers.{i}.<block>.experts.{e}.<module>`, `stems` naming them)."""
+    out, n = {}, experts_of(cfg)
     for name, arr in weights.items():
-        if ".mlp.experts." not in name:
+        if f".{block}.experts." not in name:
             out[name] = arr
     for i in range(cfg["num_hidden_layers"]):
-        for module, stem in EXPERT_STEMS.items():
-            parts = [weights[f"model.layers.{i}.mlp.experts.{e}.{module}.weight"] for e in range(n)]
+        for module, stem in stems.items():
+            parts = [weights[f"model.layers.{i}.{block}.experts.{e}.{module}.weight"] for e in range(n)]
             out[f"blk.{i}.{stem}.weight"] = np.stack(parts)  # numpy [E, out, in] = ggml [in, out, E]
     return out
 
 
-def gguf_names(cfg: dict, hf_names) -> set[str]:
+def experts_of(cfg: dict) -> int:
+    return cfg.get("num_experts") or cfg["num_local_experts"]
+
+
+def expert_gguf_names(arch: str, cfg: dict, hf_names, stems: dict = EXPERT_STEMS) -> set[str]:
     """GGUF base tensors these HF weights become (an expert's weight: its layer's stacked tensor)."""
     out, plain = set(), {}
     for name in hf_names:
-        if ".mlp.experts." in name:
+        if ".experts." in name:
             i, module = name.split(".")[2], name.split(".")[-2]
-            out.add(f"blk.{i}.{EXPERT_STEMS[module]}.weight")
+            out.add(f"blk.{i}.{stems[module]}.weight")
         else:
             plain[name] = None
-    return out | set(C.gguf_tensor_names(ARCH, cfg["num_hidden_layers"], plain))
+    return out | set(C.gguf_tensor_names(arch, cfg["num_hidden_layers"], plain))
+
+
+def gguf_names(cfg: dict, hf_names) -> set[str]:
+    return expert_gguf_names(ARCH, cfg, hf_names)
 
 
 def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f32") -> None:
@@ -107,13 +116,18 @@ def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f3
     C.write_tensors_and_close(wr, tensors, dtype)
 
 
-def moe_mlp(cfg: dict, weights: dict):
-    """The HF Qwen3MoeSparseMoeBlock of layer il on normed input h [n, hidden]."""
-    n, k = cfg["num_experts"], cfg["num_experts_per_tok"]
+def moe_mlp(cfg: dict, weights: dict, block: str = "mlp", names: tuple = ("gate_proj", "up_proj", "down_proj"),
+            renorm: bool | None = None):
+    """The HF sparse MoE block (Qwen3MoeSparseMoeBlock; Mixtral's with block "block_sparse_moe"
+    and names w1/w3/w2) of layer il on normed input h [n, hidden]: softmax router, top-k, the
+    top-k weights renormalised when `renorm` (default: cfg's norm_topk_prob)."""
+    n, k = experts_of(cfg), cfg["num_experts_per_tok"]
+    renorm = cfg.get("norm_topk_prob", True) if renorm is None else renorm
+    gate_name, up_name, down_name = names
     margin = [np.inf, None, None]
 
     def mlp(il: int, h: np.ndarray) -> np.ndarray:
-        g = lambda name: weights[f"model.layers.{il}.mlp.{name}"]  # noqa: E731
+        g = lambda name: weights[f"model.layers.{il}.{block}.{name}"]  # noqa: E731
         logits = C.linear(h, g("gate.weight"))
         probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
@@ -124,12 +138,12 @@ def moe_mlp(cfg: dict, weights: dict):
             if gap < margin[0]:
                 margin[:] = [gap, il, t]
             top = order[:k]
-            w = probs[t, top] / probs[t, top].sum() if cfg["norm_topk_prob"] else probs[t, top]
+            w = probs[t, top] / probs[t, top].sum() if renorm else probs[t, top]
             for e, we in zip(top, w):
                 x = h[t:t + 1]
-                gate = C.linear(x, g(f"experts.{e}.gate_proj.weight"))
-                up = C.linear(x, g(f"experts.{e}.up_proj.weight"))
-                out[t] += we * C.linear(C.silu(gate) * up, g(f"experts.{e}.down_proj.weight"))[0]
+                gate = C.linear(x, g(f"experts.{e}.{gate_name}.weight"))
+                up = C.linear(x, g(f"experts.{e}.{up_name}.weight"))
+                out[t] += we * C.linear(C.silu(gate) * up, g(f"experts.{e}.{down_name}.weight"))[0]
         ROUTING_MARGIN[0] = tuple(margin)
         return out
 
