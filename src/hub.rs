@@ -1448,6 +1448,14 @@ pub fn suggest_base(hf_id: &str) -> Option<String> {
         (r"^qwen3-(0\.6b|1\.7b|4b|8b|14b|32b)(?:-base|-instruct)?$", |c| {
             format!("qwen3:{}", &c[1])
         }),
+        // Qwen3's mixtures of experts: Ollama names them by total size.
+        (
+            r"^qwen3-(30b|235b)-a(?:3|22)b(?:-base|-instruct-2507|-thinking-2507)?$",
+            |c| format!("qwen3:{}", &c[1]),
+        ),
+        (r"^mixtral-(8x7b|8x22b)(?:-instruct)?(?:-v0\.1)?$", |c| {
+            format!("mixtral:{}", &c[1])
+        }),
         (r"^gemma-?2-(2b|9b|27b)(?:-it)?$", |c| format!("gemma2:{}", &c[1])),
         (r"^gemma-?3-(1b|4b|12b|27b)(?:-it|-pt)?$", |c| {
             format!("gemma3:{}", &c[1])
@@ -1607,6 +1615,9 @@ mod tests {
             ("allenai/OLMo-2-1124-7B-Instruct", Some("olmo2:7b")),
             ("ibm-granite/granite-3.3-8b-instruct", Some("granite3.3:8b")),
             ("ibm-granite/granite-4.0-micro", Some("granite4:micro")),
+            ("Qwen/Qwen3-30B-A3B", Some("qwen3:30b")),
+            ("unsloth/Qwen3-30B-A3B-Instruct-2507", Some("qwen3:30b")),
+            ("mistralai/Mixtral-8x7B-Instruct-v0.1", Some("mixtral:8x7b")),
             ("ibm-granite/granite-4.0-h-tiny", None),
             ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", None),
         ] {

@@ -109,6 +109,9 @@ fn family_of(id: &str) -> Option<&'static str> {
         ("qwen3.5", "qwen35"),
         ("qwen3_5", "qwen35"),
         ("qwen35", "qwen35"),
+        ("qwen3-30b-a3b", "qwen3moe"),
+        ("qwen3-235b-a22b", "qwen3moe"),
+        ("qwen3-coder-30b-a3b", "qwen3moe"),
         ("qwen3", "qwen3"),
         ("qwen2", "qwen2"),
         ("qwen1.5", "qwen2"),
@@ -890,6 +893,7 @@ mod tests {
         assert_eq!(family_of("google/gemma-3-270m-it"), Some("gemma3"));
         assert_eq!(family_of("microsoft/Phi-3.5-mini-instruct"), Some("phi3"));
         assert_eq!(family_of("unsloth/Qwen3.5-9B"), Some("qwen35"));
+        assert_eq!(family_of("Qwen/Qwen3-30B-A3B-Instruct-2507"), Some("qwen3moe"));
         assert_eq!(family_of("google/gemma-4-E4B-it"), Some("gemma4"));
         assert_eq!(family_of("mistralai/Ministral-3-3B-Instruct-2512"), Some("mistral3"));
         assert_eq!(
