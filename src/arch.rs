@@ -102,6 +102,14 @@ const FUSED_EXPERTS: &[(&str, &[&str])] = &[
     ("down_proj", &["ffn_down_exps"]),
 ];
 
+/// Qwen3.5-MoE's shared expert beside the routed ones, and its sigmoid gate (a `[1, hidden]` linear).
+const SHARED_EXPERT: &[(&str, &str)] = &[
+    ("shared_expert.gate_proj", "ffn_gate_shexp"),
+    ("shared_expert.up_proj", "ffn_up_shexp"),
+    ("shared_expert.down_proj", "ffn_down_shexp"),
+    ("shared_expert_gate", "ffn_gate_inp_shexp"),
+];
+
 /// The router of a sparse MoE block (`mlp.gate`, Mixtral's `block_sparse_moe.gate`): a plain linear.
 const ROUTER: &[(&str, &str)] = &[("gate", "ffn_gate_inp")];
 
@@ -356,6 +364,19 @@ pub const ARCHS: &[Arch] = &[
         )
     },
     Arch {
+        layer_modules: &[STANDARD, LINEAR_ATTN, ROUTER, SHARED_EXPERT],
+        experts: EXPERTS,
+        fused_experts: FUSED_EXPERTS,
+        reorder_v_heads: true,
+        towers: QWEN35_TOWER,
+        ..dense(
+            "qwen35moe",
+            &["qwen3_5_moe", "qwen3_5_moe_text"],
+            "Qwen3.5 MoE (35B-A3B, 122B-A10B, 397B-A17B)",
+            false,
+        )
+    },
+    Arch {
         layer_modules: &[STANDARD, LINEAR_ATTN],
         reorder_v_heads: true,
         towers: QWEN35_TOWER,
@@ -468,6 +489,14 @@ pub fn site_of(module_path: &str) -> Option<Site> {
                     return Some(Site::Layer {
                         layer,
                         module: module.to_string(),
+                    });
+                }
+            }
+            ["layers", idx, "mlp", "shared_expert", module] => {
+                if let Ok(layer) = idx.parse() {
+                    return Some(Site::Layer {
+                        layer,
+                        module: format!("shared_expert.{module}"),
                     });
                 }
             }

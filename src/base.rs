@@ -110,6 +110,8 @@ struct Dims {
     /// Mixture-of-experts: experts per sparse layer (0: dense) and each expert's MLP width.
     experts: u64,
     expert_ffn: u64,
+    /// Qwen3.5-MoE's shared expert width (0: none).
+    shared_ffn: u64,
     /// Which layers are sparse (empty: every layer, when `experts` > 0).
     sparse: Vec<bool>,
 }
@@ -236,6 +238,13 @@ fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
             add(format!("blk.{i}.ffn_gate_exps.weight"), &[h, f, n]);
             add(format!("blk.{i}.ffn_up_exps.weight"), &[h, f, n]);
             add(format!("blk.{i}.ffn_down_exps.weight"), &[f, h, n]);
+            if d.shared_ffn > 0 {
+                let s = d.shared_ffn;
+                add(format!("blk.{i}.ffn_gate_shexp.weight"), &[h, s]);
+                add(format!("blk.{i}.ffn_up_shexp.weight"), &[h, s]);
+                add(format!("blk.{i}.ffn_down_shexp.weight"), &[s, h]);
+                add(format!("blk.{i}.ffn_gate_inp_shexp.weight"), &[h, 1]);
+            }
         }
     }
     tensors
@@ -449,6 +458,7 @@ fn moe_dims(d: &mut Dims, cfg: &Json, model_type: &str) -> std::result::Result<(
     }
     d.experts = need("num_experts", MAX_EXPERTS)?;
     d.expert_ffn = need("moe_intermediate_size", MAX_DIM)?;
+    d.shared_ffn = cfg_u64(cfg, "shared_expert_intermediate_size", MAX_DIM)?.unwrap_or(0);
     let step = cfg_u64(cfg, "decoder_sparse_step", MAX_LAYERS)?.unwrap_or(1);
     let dense: Vec<u64> = cfg
         .get("mlp_only_layers")
@@ -794,7 +804,11 @@ impl BaseModel {
             )
             .with_hint("the config needs `head_dim`, or a hidden_size that is a multiple of num_attention_heads"));
         }
-        let ffn = need("intermediate_size", DIM)?;
+        // MoE configs may give only the experts' width (Qwen3.5-MoE): every layer is sparse then.
+        let ffn = match get("intermediate_size", DIM)? {
+            Some(f) => f,
+            None => need("moe_intermediate_size", DIM)?,
+        };
         let vocab = need("vocab_size", 1 << 24)?;
         let tied_default = arch.name.starts_with("gemma");
         let tied = cfg
@@ -816,6 +830,7 @@ impl BaseModel {
         };
         let per_layer = match (arch.name, model_type) {
             ("qwen35", _) => qwen35_dims(&mut dims, cfg),
+            ("qwen35moe", _) => qwen35_dims(&mut dims, cfg).and_then(|()| moe_dims(&mut dims, cfg, "qwen3_5_moe")),
             ("gemma4", _) => gemma4_dims(&mut dims, cfg),
             (_, "qwen3_moe" | "mixtral") => moe_dims(&mut dims, cfg, model_type),
             (_, "granitemoehybrid") => granite4_dense(cfg, &dims),
@@ -931,7 +946,7 @@ impl BaseModel {
             })
             .or_else(|| tensors.get("token_embd.weight").and_then(|t| t.ne.get(1).copied()));
         let exact_tensors = !tensors.is_empty();
-        if !exact_tensors && gguf && matches!(arch.as_str(), "qwen35" | "gemma4") {
+        if !exact_tensors && gguf && matches!(arch.as_str(), "qwen35" | "qwen35moe" | "gemma4") {
             return Err(bad(format!(
                 "the server lists no tensors, and the layers of `{arch}` models differ from one another"
             ))

@@ -106,6 +106,9 @@ fn family_of(id: &str) -> Option<&'static str> {
     let name = id.rsplit('/').next().unwrap_or(&id);
     // First match wins: newer names before the older ones they contain.
     const TABLE: &[(&str, &str)] = &[
+        ("qwen3.5-35b-a3b", "qwen35moe"),
+        ("qwen3.5-122b-a10b", "qwen35moe"),
+        ("qwen3.5-397b-a17b", "qwen35moe"),
         ("qwen3.5", "qwen35"),
         ("qwen3_5", "qwen35"),
         ("qwen35", "qwen35"),

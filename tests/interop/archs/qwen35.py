@@ -262,7 +262,7 @@ def random_weights(cfg: dict, rng: np.random.Generator) -> dict[str, np.ndarray]
 # ---------------------------------------------------------------------------------------------
 
 
-def gguf_tensors(cfg: dict, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def gguf_tensors(cfg: dict, weights: dict[str, np.ndarray], arch: str = ARCH) -> dict[str, np.ndarray]:
     """GGUF name -> array (numpy layout), with every transform of the converter applied."""
     hf: dict[str, np.ndarray] = {}
     dv = cfg["linear_value_head_dim"]
@@ -292,7 +292,7 @@ def gguf_tensors(cfg: dict, weights: dict[str, np.ndarray]) -> dict[str, np.ndar
         if name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
             data = data + np.float32(1.0)
         hf[name] = data
-    return C.gguf_tensor_names(ARCH, cfg["num_hidden_layers"], hf)
+    return C.gguf_tensor_names(arch, cfg["num_hidden_layers"], hf)
 
 
 def _gguf_dtype(name: str, arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -302,11 +302,13 @@ def _gguf_dtype(name: str, arr: np.ndarray, dtype: str) -> np.ndarray:
     return C.as_gguf_dtype(arr, dtype)
 
 
-def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f32") -> None:
+def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f32", *, arch: str = ARCH,
+               extra_kv=None, extra_tensors: dict | None = None) -> None:
+    """The GGUF of `arch` (qwen35; qwen35moe passes its own name, keys and stacked expert tensors)."""
     C.check_dtype(dtype)
     nk, nv, dk, dv, key_dim, value_dim = _dims(cfg)
     rp = cfg["rope_parameters"]
-    wr = gguf.GGUFWriter(str(path), ARCH)
+    wr = gguf.GGUFWriter(str(path), arch)
     wr.add_name("tiny-qwen35-interop")
     # TextModel.set_gguf_parameters
     wr.add_block_count(cfg["num_hidden_layers"])
@@ -330,11 +332,15 @@ def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f3
     wr.add_ssm_inner_size(value_dim)
     # add_recurrent_layers (Keys.Attention.RECURRENT_LAYERS; both missing from the gguf 0.19
     # package): one bool per layer, true for a linear-attention layer
-    wr.add_array(f"{ARCH}.attention.recurrent_layers", [t == "linear_attention" for t in layer_types(cfg)])
+    wr.add_array(f"{arch}.attention.recurrent_layers", [t == "linear_attention" for t in layer_types(cfg)])
     wr.add_full_attention_interval(int(cfg.get("full_attention_interval", 4)))
     wr.add_rope_dimension_count(rope_dim(cfg))
+    if extra_kv is not None:
+        extra_kv(wr)
     C.add_no_vocab_tokenizer(wr, cfg["vocab_size"])
-    for name, arr in gguf_tensors(cfg, weights).items():
+    tensors = gguf_tensors(cfg, weights, arch)
+    tensors.update(extra_tensors or {})
+    for name, arr in tensors.items():
         wr.add_tensor(name, _gguf_dtype(name, arr, dtype))
     wr.write_header_to_file()
     wr.write_kv_data_to_file()
@@ -416,7 +422,8 @@ def _attention(cfg: dict, g, h: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return C.linear(o, g("self_attn.o_proj.weight"))
 
 
-def forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
+def forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int], mlp=None) -> np.ndarray:
+    """mlp: (il, h) -> the MLP output replacing the dense one (qwen35moe's sparse block)."""
     eps, n = cfg["rms_norm_eps"], len(tokens)
     pos = np.arange(n)
     emb = weights["model.embed_tokens.weight"]
@@ -426,6 +433,9 @@ def forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]) -> np.
         h = C.rms_norm(x, g("input_layernorm.weight"), eps, plus_one=True)
         x = x + (_gated_delta_net(cfg, g, h) if is_linear(cfg, il) else _attention(cfg, g, h, pos))
         h = C.rms_norm(x, g("post_attention_layernorm.weight"), eps, plus_one=True)
+        if mlp is not None:
+            x = x + mlp(il, h)
+            continue
         x = x + C.linear(C.silu(C.linear(h, g("mlp.gate_proj.weight"))) * C.linear(h, g("mlp.up_proj.weight")),
                          g("mlp.down_proj.weight"))
     x = C.rms_norm(x, weights["model.norm.weight"], eps, plus_one=True)
