@@ -588,7 +588,8 @@ fn mxfp4_exponent(amax: f32) -> u8 {
 /// still sees the codes in ggml's order, and the inner loop becomes SIMD compares and blends.
 #[inline(always)]
 fn mxfp4_codes(x: &[f32; 32], d: f32) -> [u8; 32] {
-    let mut best = [0u8; 32];
+    // Codes kept as u32, the width of the f32 errors, so that one mask selects both.
+    let mut best = [0u32; 32];
     let mut best_err = [0f32; 32];
     let v0 = KVALUES_MXFP4[0] as f32 * d;
     for j in 0..32 {
@@ -598,13 +599,12 @@ fn mxfp4_codes(x: &[f32; 32], d: f32) -> [u8; 32] {
         let v = KVALUES_MXFP4[i] as f32 * d;
         for j in 0..32 {
             let err = (v - x[j]).abs();
-            if err < best_err[j] {
-                best[j] = i as u8;
-                best_err[j] = err;
-            }
+            let better = err < best_err[j];
+            best[j] = if better { i as u32 } else { best[j] };
+            best_err[j] = if better { err } else { best_err[j] };
         }
     }
-    best
+    best.map(|c| c as u8)
 }
 
 #[inline(always)]
