@@ -37,6 +37,7 @@ impl GgmlType {
     pub const Q6_K: Self = Self(14);
     pub const Q8_K: Self = Self(15);
     pub const BF16: Self = Self(30);
+    pub const MXFP4: Self = Self(39);
 
     /// `(name, elements per block, bytes per block)`, from ggml's type traits table.
     fn traits(self) -> Option<(&'static str, u64, u64)> {

@@ -1,4 +1,4 @@
-//! ggml tensor blocks: f32 <-> F32 / F16 / BF16 / Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q2_K .. Q6_K.
+//! ggml tensor blocks: f32 <-> F32 / F16 / BF16 / Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q2_K .. Q6_K / MXFP4.
 //!
 //! Written from ggml's reference code (`ggml-quants.c`: `dequantize_row_*` and `quantize_row_*_ref`,
 //! with `make_qx_quants`, `make_q3_quants` and `make_qkx2_quants` for the K-quants), because that is
@@ -67,6 +67,7 @@ fn layout(ty: GgmlType) -> Option<(usize, usize)> {
         GgmlType::Q4_K => (QK_K, 144),
         GgmlType::Q5_K => (QK_K, 176),
         GgmlType::Q6_K => (QK_K, 210),
+        GgmlType::MXFP4 => (32, 17),
         _ => return None,
     })
 }
@@ -138,6 +139,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
         GgmlType::Q4_K => blocks(src, dst, dequantize_q4_k),
         GgmlType::Q5_K => blocks(src, dst, dequantize_q5_k),
         GgmlType::Q6_K => blocks(src, dst, dequantize_q6_k),
+        GgmlType::MXFP4 => blocks(src, dst, dequantize_mxfp4),
         _ => unreachable!("layout() covers the same types"),
     }
     Ok(())
@@ -191,6 +193,7 @@ pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantEr
         GgmlType::Q4_K => encode_q4_k(src, dst),
         GgmlType::Q5_K => encode_q5_k(src, dst),
         GgmlType::Q6_K => encode_q6_k(src, dst),
+        GgmlType::MXFP4 => encode_mxfp4(src, dst),
         _ => unreachable!("layout() covers the same types"),
     }
     Ok(())
@@ -266,6 +269,7 @@ encoder!(encode_q3_k, quantize_q3_k, QK_K, 110);
 encoder!(pairs encode_q4_k, quantize_q4_k_pair, QK_K, 144);
 encoder!(pairs encode_q5_k, quantize_q5_k_pair, QK_K, 176);
 encoder!(encode_q6_k, quantize_q6_k, QK_K, 210);
+encoder!(encode_mxfp4, quantize_mxfp4, 32, 17);
 
 // ---------------------------------------------------------------------------------------------
 // Scalars
@@ -531,6 +535,92 @@ fn quantize_q8_0(x: &[f32; 32], y: &mut [u8; 34]) {
     y[0..2].copy_from_slice(&fp32_to_fp16(d).to_le_bytes());
     for j in 0..32 {
         y[2 + j] = round_away(x[j] * id) as i8 as u8;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MXFP4: 32 e2m1 values sharing one power-of-two (E8M0) scale
+// ---------------------------------------------------------------------------------------------
+
+/// ggml's `kvalues_mxfp4`: the e2m1 values doubled, so that they are integers (the scale is halved
+/// to match). Codes 8..15 are the negatives of 0..7; code 8 is -0, which the quantizer never picks.
+const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// ggml's `GGML_E8M0_TO_FP32_HALF`: 2^(e - 128), half the E8M0 scale because the table is doubled.
+/// e = 0 and 1 give the subnormals 2^-128 and 2^-127; e = 255 is 2^127, not NaN, as in ggml.
+#[inline(always)]
+fn e8m0_to_fp32_half(e: u8) -> f32 {
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        (e as u32 - 1) << 23
+    };
+    f32::from_bits(bits)
+}
+
+fn dequantize_mxfp4(b: &[u8; 17], y: &mut [f32; 32]) {
+    let d = e8m0_to_fp32_half(b[0]);
+    for j in 0..16 {
+        y[j] = KVALUES_MXFP4[(b[1 + j] & 0xf) as usize] as f32 * d;
+        y[j + 16] = KVALUES_MXFP4[(b[1 + j] >> 4) as usize] as f32 * d;
+    }
+}
+
+/// The shared exponent as ggml computes it, `(uint8_t)(floorf(log2f(amax)) - 2 + 127)`, 0 for a
+/// zero block. Two details decide bytes:
+/// - `log2f` is the C library's in both (Rust's `f32::log2` calls it). It rounds log2 of values a
+///   few ulps below a power of two up to the integer, and floor then takes the higher exponent.
+/// - The float -> uint8 cast is undefined in C outside [0, 255]. ggml's x86-64 build truncates to a
+///   32-bit int and keeps the low byte (`cvttss2si`), so an amax below 2^-125 wraps round to
+///   e = 232..255 (all codes 0), and an infinite amax, whose int is 0x80000000, gives e = 0.
+#[inline(always)]
+fn mxfp4_exponent(amax: f32) -> u8 {
+    if amax <= 0.0 {
+        return 0;
+    }
+    let e = amax.log2().floor() - 2.0 + 127.0;
+    if e.is_finite() { e as i32 as u8 } else { 0 }
+}
+
+/// ggml's `best_index_mxfp4` for a whole block: the code whose value `k * d` is nearest. The scan
+/// moves only on a strictly smaller error, so a tie keeps the lower code (the smaller magnitude,
+/// +0 over -0) and NaN keeps code 0. Codes in the outer loop, values in the inner one: every value
+/// still sees the codes in ggml's order, and the inner loop becomes SIMD compares and blends.
+#[inline(always)]
+fn mxfp4_codes(x: &[f32; 32], d: f32) -> [u8; 32] {
+    // Codes kept as u32, the width of the f32 errors, so that one mask selects both.
+    let mut best = [0u32; 32];
+    let mut best_err = [0f32; 32];
+    let v0 = KVALUES_MXFP4[0] as f32 * d;
+    for j in 0..32 {
+        best_err[j] = (v0 - x[j]).abs();
+    }
+    for i in 1..16 {
+        let v = KVALUES_MXFP4[i] as f32 * d;
+        for j in 0..32 {
+            let err = (v - x[j]).abs();
+            let better = err < best_err[j];
+            best[j] = if better { i as u32 } else { best[j] };
+            best_err[j] = if better { err } else { best_err[j] };
+        }
+    }
+    best.map(|c| c as u8)
+}
+
+#[inline(always)]
+fn quantize_mxfp4(x: &[f32; 32], y: &mut [u8; 17]) {
+    let mut amax = 0.0f32;
+    for &v in x {
+        // The comparison skips NaN, as ggml's does.
+        if amax < v.abs() {
+            amax = v.abs();
+        }
+    }
+    let e = mxfp4_exponent(amax);
+    let q = mxfp4_codes(x, e8m0_to_fp32_half(e));
+    y[0] = e;
+    for j in 0..16 {
+        y[1 + j] = q[j] | (q[j + 16] << 4);
     }
 }
 
@@ -1306,7 +1396,7 @@ fn quantize_q6_k(x: &[f32; 256], y: &mut [u8; 210]) {
 mod tests {
     use super::*;
 
-    const ALL: [GgmlType; 13] = [
+    const ALL: [GgmlType; 14] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -1320,6 +1410,7 @@ mod tests {
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
+        GgmlType::MXFP4,
     ];
 
     /// Deterministic standard normal values (xorshift64* + Box-Muller).
@@ -1382,10 +1473,10 @@ mod tests {
     fn error_within_each_formats_bound() {
         // Relative RMS error on N(0, 1) data. Measured (the same as ggml's: the bytes are ggml's):
         // Q8_0 0.0055, Q6_K 0.0178, Q5_0 0.0437, Q5_1 0.0381, Q5_K 0.0364, Q4_0 0.0878,
-        // Q4_1 0.0790, Q4_K 0.0718, Q3_K 0.1525, Q2_K 0.2985, F16 0.0002, BF16 0.0017; the bounds
-        // leave ~10% headroom. The symmetric Q4_0 / Q5_0 lose a level to the sign, hence their
-        // higher figures. (Values far below 1e-2 lose more: the f16 super-block scales go subnormal,
-        // in ggml too.)
+        // Q4_1 0.0790, Q4_K 0.0718, Q3_K 0.1525, Q2_K 0.2985, MXFP4 0.1150, F16 0.0002, BF16 0.0017;
+        // the bounds leave ~10% headroom. The symmetric Q4_0 / Q5_0 lose a level to the sign, hence
+        // their higher figures; MXFP4 has a power-of-two scale and an uneven grid (0 .. 6 in e2m1).
+        // (Values far below 1e-2 lose more: the f16 super-block scales go subnormal, in ggml too.)
         let x = normal(256 * 64, 1);
         let bounds = [
             (GgmlType::Q8_0, 0.007),
@@ -1398,6 +1489,7 @@ mod tests {
             (GgmlType::Q4_K, 0.08),
             (GgmlType::Q3_K, 0.165),
             (GgmlType::Q2_K, 0.32),
+            (GgmlType::MXFP4, 0.127),
             (GgmlType::F16, 0.0003),
             (GgmlType::BF16, 0.0025),
         ];
@@ -1464,7 +1556,12 @@ mod tests {
         for ty in ALL {
             let (q, y) = roundtrip(ty, &x);
             let (q2, y2) = roundtrip(ty, &y);
-            if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0) {
+            // MXFP4 too: decoded blocks keep their top code (8 or 12 times the scale), hence their
+            // exponent, and every decoded value is exactly on the grid.
+            if matches!(
+                ty,
+                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::MXFP4
+            ) {
                 assert_eq!(q, q2, "{ty}: re-quantizing decoded values changed the bytes");
             } else {
                 let drift = rel_rms(&y, &y2);
@@ -1513,6 +1610,59 @@ mod tests {
         ] {
             let (_, y) = roundtrip(ty, &[1.5; 256]);
             assert!(y.iter().all(|&v| (v - 1.5).abs() < 0.01), "{ty}: {:?}", &y[..4]);
+        }
+    }
+
+    /// One MXFP4 block of `x` (padded with zeros): (exponent byte, the 32 codes).
+    fn mxfp4_block(x: &[f32]) -> (u8, Vec<u8>) {
+        let mut v = [0.0f32; 32];
+        v[..x.len()].copy_from_slice(x);
+        let mut q = [0u8; 17];
+        quantize(GgmlType::MXFP4, &v, &mut q).unwrap();
+        let codes = (0..32)
+            .map(|j| if j < 16 { q[1 + j] & 0xf } else { q[j - 15] >> 4 })
+            .collect();
+        (q[0], codes)
+    }
+
+    #[test]
+    fn mxfp4_follows_ggml_on_ties_nan_and_extremes() {
+        // amax 6 gives e = 127, d = 0.5: the grid is 0, 0.5, 1, 1.5, 2, 3, 4, 6. Ties go to the
+        // lower code (smaller magnitude, +0 for -0.25); 7 saturates to 6; -0.0 is code 0.
+        let x = [6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.25, -5.0, 7.0, -0.0, -6.0];
+        let (e, c) = mxfp4_block(&x);
+        assert_eq!((e, &c[..13]), (127, &[7, 0, 1, 2, 3, 4, 5, 6, 0, 14, 7, 0, 15][..]));
+        // NaN is skipped by the max and keeps code 0; 1.0 = 8 * 2^-3 is code 6.
+        assert_eq!(mxfp4_block(&[f32::NAN, 1.0]), (125, [&[0, 6][..], &[0; 30]].concat()));
+        assert_eq!(mxfp4_block(&[f32::NAN; 32]).0, 0);
+        // ggml's x86-64 float -> uint8 cast: infinity gives e = 0 (d = 2^-128, so 1.0 is as far
+        // from every grid value and keeps code 0), amax under 2^-125 wraps round.
+        let x = [f32::INFINITY, 1.0, f32::powi(2.0, -126)];
+        assert_eq!(mxfp4_block(&x), (0, [&[0, 0, 4][..], &[0; 29]].concat()));
+        assert_eq!(mxfp4_block(&[f32::powi(2.0, -126)]).0, 255);
+        assert_eq!(mxfp4_block(&[f32::from_bits(1)]).0, 232);
+        assert_eq!(mxfp4_block(&[f32::powi(2.0, -125)]).0, 0);
+        // log2f rounds log2 of a value just under 2^k up to k: one ulp under 2^20 takes e = 145,
+        // as 2^20 does. f32::MAX so gets d = 2^125, where 8d and 12d overflow, and decodes as 6d.
+        assert_eq!(mxfp4_block(&[f32::from_bits(0x497f_ffff)]).0, 145);
+        assert_eq!(mxfp4_block(&[f32::MAX]), (253, [&[5][..], &[0; 31]].concat()));
+        // The scale, with its two subnormal exponents.
+        let scales = [0u8, 1, 2, 128, 255].map(e8m0_to_fp32_half);
+        let want = [-128, -127, -126, 0, 127].map(|p| 2f64.powi(p) as f32);
+        assert_eq!(scales, want);
+    }
+
+    #[test]
+    fn mxfp4_decodes_every_byte_pattern() {
+        // Every exponent with every code: k * 2^(e-128), overflowing to infinity only at e = 255.
+        for e in 0..=255u8 {
+            let b: Vec<u8> = [e].into_iter().chain((0..16u8).map(|j| j | ((15 - j) << 4))).collect();
+            let mut y = [0.0f32; 32];
+            dequantize(GgmlType::MXFP4, &b, &mut y).unwrap();
+            for j in 0..32 {
+                let k = KVALUES_MXFP4[if j < 16 { j } else { 31 - j }] as f64;
+                assert_eq!(y[j], (k * 2f64.powi(e as i32 - 128)) as f32, "e {e} value {j}");
+            }
         }
     }
 

@@ -11,6 +11,7 @@
 //! - `TYPE.deq*.f32` (`Q4_K.deq.f32`, `Q4_K.deq-ggml.f32`): what a reference decoded `TYPE.bin` to, so
 //!   our `dequantize` must give the same values, bit for bit.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,9 @@ struct Tally {
     values: usize,
     failures: Vec<String>,
     lines: Vec<String>,
+    /// Type names checked each way.
+    quantized: BTreeSet<String>,
+    dequantized: BTreeSet<String>,
 }
 
 fn check_case(dir: &Path, root: &Path, tally: &mut Tally) {
@@ -81,6 +85,7 @@ fn check_case(dir: &Path, root: &Path, tally: &mut Tally) {
                 .collect();
             tally.checks += 1;
             tally.values += x.len();
+            tally.quantized.insert(type_name.to_string());
             let _ = write!(line, " quantize {}/{} blocks equal", nblocks - bad.len(), nblocks);
             if let Some(&b) = bad.first() {
                 tally.failures.push(format!(
@@ -106,6 +111,7 @@ fn check_case(dir: &Path, root: &Path, tally: &mut Tally) {
             let bad: Vec<usize> = (0..want.len()).filter(|&i| !same(ours[i], want[i])).collect();
             tally.checks += 1;
             tally.values += want.len();
+            tally.dequantized.insert(type_name.to_string());
             let label = deq.file_name().unwrap().to_str().unwrap();
             let _ = write!(line, " {label} {}/{} equal", want.len() - bad.len(), want.len());
             if let Some(&i) = bad.first() {
@@ -121,6 +127,11 @@ fn check_case(dir: &Path, root: &Path, tally: &mut Tally) {
         tally.lines.push(line);
     }
 }
+
+/// Types the committed fixtures check both ways (quantize and dequantize).
+const COMMITTED_TYPES: [&str; 13] = [
+    "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "MXFP4",
+];
 
 #[test]
 fn quant_reference() {
@@ -168,5 +179,11 @@ fn quant_reference() {
             "only {} checks ran: fixtures incomplete?",
             tally.checks
         );
+        for ty in COMMITTED_TYPES {
+            assert!(
+                tally.quantized.contains(ty) && tally.dequantized.contains(ty),
+                "the committed fixtures no longer check {ty} both ways"
+            );
+        }
     }
 }

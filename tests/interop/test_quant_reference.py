@@ -4,8 +4,8 @@ References:
 - ggml itself, as llama-cpp-python ships it: `quantize_row_*_ref` / `dequantize_row_*` called
   through ctypes from libggml-base, and `llama_model_quantize` (what `llama-quantize` runs) on a tiny
   F32 llama GGUF, without an importance matrix, for mixed (Q4_K_M, Q3_K_M, ...) and pure ftypes;
-- the `gguf` package's numpy code: `gguf.quants.quantize` (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, BF16, F16)
-  and `gguf.quants.dequantize` (every type).
+- the `gguf` package's numpy code: `gguf.quants.quantize` (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, BF16,
+  F16) and `gguf.quants.dequantize` (every type).
 
 This file writes cases (input f32 values, expected bytes, expected decoded values; layout in
 tests/quant_reference.rs) into a directory and runs `cargo test --release --test quant_reference`
@@ -36,12 +36,16 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 BLOCK_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
-GGUFPY_QUANTIZES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "BF16", "F16"]
+# Block types with a power-of-two (E8M0) scale. Kept apart from BLOCK_TYPES and iterated last, so the
+# seeded random draws for the older types, hence their committed fixtures, stay as they were.
+E8M0_TYPES = ["MXFP4"]
+GGUFPY_QUANTIZES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "BF16", "F16", "MXFP4"]
 FLOAT_TYPES = ["F16", "BF16"]
+ALL_TYPES = BLOCK_TYPES + FLOAT_TYPES + E8M0_TYPES
 # llama_ftype values (llama.h): mixes as llama-quantize names them, then one per block type.
 FTYPES_MIXED = {"Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
 FTYPES_PURE = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K": 12,
-               "Q4_K": 15, "Q5_K": 17, "Q6_K": 18}
+               "Q4_K": 15, "Q5_K": 17, "Q6_K": 18, "MXFP4": 38}
 
 
 def block(tname: str) -> tuple[int, int]:
@@ -138,6 +142,53 @@ def special_blocks(rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(out)                                     # 15 blocks: an odd count
 
 
+def mxfp4_edge_blocks(full: bool) -> np.ndarray:
+    """32-value blocks for MXFP4's own corners: grid values and the midpoints between them (ties go
+    to the lower code), NaN, infinities, an amax under 2^-125 (ggml's float -> uint8 cast of a
+    negative exponent wraps round), subnormals, f32's top, and amax a few ulps under a power of two
+    (log2f rounds up to the integer there, which moves the exponent). Own seed: adding cases here
+    leaves every other draw alone."""
+    rng = np.random.default_rng(39)
+    f32 = np.float32
+    grid = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], f32)
+    mids = (grid[:-1] + grid[1:]) / 2
+    ties = np.concatenate([grid, mids, -grid, -mids, [7.0, -0.0]]).astype(f32)  # 32 values, amax 7
+    out = [np.zeros(32, f32), np.full(32, np.nan, f32)]
+    for s in [1.0, 0.75, 2.0**-126, 2.0**-140, 2.0**100] + ([2.0**-149 * 4, 2.0**60, 2.0**-30] if full else []):
+        out.append((ties * f32(s)).astype(f32))
+        out.append((np.append(np.delete(ties, 30), f32(6.0)) * f32(s)).astype(f32))  # amax on the grid
+    x = rng.standard_normal(32).astype(f32); x[[3, 20]] = np.nan
+    out.append(x)                                                  # NaN among values
+    for inf in [np.inf, -np.inf]:
+        x = rng.standard_normal(32).astype(f32) * f32(2.0**-120); x[7] = inf
+        out.append(x)                                              # infinity: e = 0
+    tops = [np.finfo(f32).max, -np.finfo(f32).max, 3e38, 2.0**127, 1.5 * 2.0**127, 1.75 * 2.0**127]
+    for top in tops:
+        x = rng.standard_normal(32).astype(f32) * f32(2.0**120); x[11] = top
+        out.append(x)
+    shifts = range(110, 150) if full else [120, 124, 125, 126, 127, 130, 140, 149]
+    for k in shifts:                                               # tiny and subnormal amax
+        out.append((rng.standard_normal(32) * 2.0**-k).astype(f32))
+    exps = range(-149, 128) if full else [-140, -126, -125, -3, 0, 1, 4, 20, 100, 127]
+    ulps = range(1, 65) if full else [1, 2, 9, 40, 64]
+    for k in exps:                                                 # amax just under 2^k
+        for n in ulps:
+            top = (np.array([2.0**k], f32).view(np.uint32) - np.uint32(n)).view(f32)[0]
+            x = (rng.uniform(-1, 1, 32) * top).astype(f32); x[rng.integers(32)] = top * rng.choice([-1, 1])
+            out.append(x)
+    scales = np.exp2(rng.uniform(-135, 125, 512 if full else 16))
+    out.extend((rng.standard_normal((len(scales), 32)) * scales[:, None]).astype(f32))
+    return np.concatenate([np.asarray(b, f32).reshape(32) for b in out])
+
+
+def mxfp4_edge_case(root: Path, full: bool) -> None:
+    """ggml's bytes for mxfp4_edge_blocks, decoded by ggml and by gguf-py."""
+    x = mxfp4_edge_blocks(full)
+    raw = ggml_quantize("MXFP4", x)
+    write_case(root / "ggml-ref" / "mxfp4-edge", x, {"MXFP4": raw},
+               {"MXFP4.deq": gguf_dequantize("MXFP4", raw), "MXFP4.deq-ggml": ggml_dequantize("MXFP4", raw)})
+
+
 def normal_data(rng: np.random.Generator, n_blocks: int) -> np.ndarray:
     scales = np.exp(rng.uniform(np.log(1e-3), np.log(10.0), n_blocks)).astype(np.float32)
     x = rng.standard_normal((n_blocks, 256)).astype(np.float32) * scales[:, None]
@@ -151,7 +202,7 @@ def random_block_bytes(rng: np.random.Generator, tname: str, n_blocks: int) -> b
     raw = rng.integers(0, 256, (n_blocks, bs), dtype=np.uint8)
     half_fields = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
                    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
-                   "F16": list(range(0, bs, 2)), "BF16": []}[tname]
+                   "F16": list(range(0, bs, 2)), "BF16": [], "MXFP4": []}[tname]
     for off in half_fields:
         vals = (rng.standard_normal(n_blocks) * np.exp(rng.uniform(-8, 4, n_blocks))).astype(np.float16)
         raw[:, off:off + 2] = vals.view(np.uint8).reshape(n_blocks, 2)
@@ -220,7 +271,7 @@ def llama_quantize_cases(root: Path, workdir: Path, max_blocks: int, small: bool
         if not small:
             done_types = set()
         for name, (tname, data) in gguf_tensors(out).items():
-            if tname not in BLOCK_TYPES and tname not in FLOAT_TYPES:
+            if tname not in ALL_TYPES:
                 continue
             if small and tname in done_types:
                 continue
@@ -242,7 +293,7 @@ def llama_quantize_cases(root: Path, workdir: Path, max_blocks: int, small: bool
 def ggml_ref_cases(root: Path, x: np.ndarray, label: str, decode: bool = True) -> None:
     """quantize_row_*_ref bytes of x for every type; ggml's and gguf-py's decodings of them."""
     bins, deqs = {}, {}
-    for t in BLOCK_TYPES + FLOAT_TYPES:
+    for t in ALL_TYPES:
         raw = ggml_quantize(t, x)
         bins[t] = raw
         if decode:
@@ -264,7 +315,7 @@ def gguf_py_cases(root: Path, x: np.ndarray, label: str) -> None:
 def random_bytes_cases(root: Path, rng: np.random.Generator, n_blocks: int, with_ggml: bool = True) -> None:
     """Decoding only, of random bit patterns (every quant value, sign and scale bit), by gguf-py and
     (with_ggml) by ggml."""
-    for t in BLOCK_TYPES + FLOAT_TYPES:
+    for t in ALL_TYPES:
         raw = random_block_bytes(rng, t, n_blocks if block(t)[0] > 1 else n_blocks * 128)
         deqs = {f"{t}.deq": gguf_dequantize(t, raw)}
         if with_ggml:
@@ -281,6 +332,7 @@ def write_full_cases(root: Path, workdir: Path) -> None:
     gguf_py_cases(root, special, "special")
     gguf_py_cases(root, normal, "normal")
     random_bytes_cases(root, rng, 64)
+    mxfp4_edge_case(root, True)
     llama_quantize_cases(root, workdir, 96, False)
 
 
@@ -294,6 +346,7 @@ def write_fixtures(root: Path, workdir: Path) -> None:
     ggml_ref_cases(root, special[[3, 4, 6, 7, 9, 10, 12, 14]].reshape(-1), "special", decode=False)
     gguf_py_cases(root, normal_data(rng, 2), "normal")
     random_bytes_cases(root, rng, 2, with_ggml=False)
+    mxfp4_edge_case(root, False)
     llama_quantize_cases(root, workdir, 2, True)
     (root / "README.md").write_text(
         "Reference cases for `tests/quant_reference.rs` (layout described there), written by\n"
@@ -302,7 +355,9 @@ def write_fixtures(root: Path, workdir: Path) -> None:
         "with gguf 0.19.0 and llama-cpp-python 0.3.36 (ggml 0.25.3): `ggml-ref/` from ggml's\n"
         "`quantize_row_*_ref` via ctypes, `llama-quantize/` from `llama_model_quantize` on a tiny\n"
         "F32 llama (no imatrix), `gguf-py/` from `gguf.quants`, `random-bytes/` random blocks\n"
-        "decoded by `gguf.quants.dequantize`. The pytest of that file checks many more cases.\n")
+        "decoded by `gguf.quants.dequantize`, `ggml-ref/mxfp4-edge/` MXFP4's corner cases (ties, NaN,\n"
+        "infinities, tiny, huge, amax just under a power of two) decoded by ggml and gguf-py. The pytest\n"
+        "of that file checks many more cases.\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +378,12 @@ def test_references_agree_with_each_other():
     for t in GGUFPY_QUANTIZES:
         a, b = gguf_quantize(t, x), ggml_quantize(t, x)
         assert a == b, f"{t}: gguf-py and ggml quantize differently"
-    for t in BLOCK_TYPES + FLOAT_TYPES:
+    # MXFP4's corner cases too, but for blocks with a NaN: gguf-py's max lets it through, ggml's skips it.
+    edge = mxfp4_edge_blocks(True).reshape(-1, 32)
+    edge = edge[~np.isnan(edge).any(axis=1)].reshape(-1)
+    with np.errstate(all="ignore"):  # numpy warns on the infinities and the wrapping exponent casts
+        assert gguf_quantize("MXFP4", edge) == ggml_quantize("MXFP4", edge), "MXFP4 corner cases differ"
+    for t in ALL_TYPES:
         raw = random_block_bytes(rng, t, 64 if block(t)[0] > 1 else 4096)
         a, b = gguf_dequantize(t, raw), ggml_dequantize(t, raw)
         assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), f"{t}: decodings differ"
