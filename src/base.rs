@@ -531,6 +531,7 @@ pub fn file_type_name(ftype: u64) -> Option<&'static str> {
         32 => "BF16",
         36 => "TQ1_0",
         37 => "TQ2_0",
+        38 => "MXFP4_MOE",
         _ => return None,
     })
 }

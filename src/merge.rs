@@ -544,7 +544,7 @@ fn merged_type(t: &gguf::TensorInfo, opts: &Options, base_path: &Path, notices: 
         return Err(Error::refused(
             base_path,
             format!("`{name}` is {}, which this tool cannot read to merge into", t.ty),
-            "use a build of the base with F16, BF16, Q8_0, Q4_0/Q4_1/Q5_0/Q5_1 or K-quant tensors",
+            "use a build of the base with F16, BF16, Q8_0, Q4_0/Q4_1/Q5_0/Q5_1, K-quant or MXFP4 tensors",
         ));
     }
     let wanted = match opts.merged_type {
