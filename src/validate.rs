@@ -517,7 +517,7 @@ fn expert_check(experts: &BTreeSet<u32>, modules: &[Target], base: &BaseModel) -
         .and_then(|(_, t)| t.ne.get(2).copied());
     let ranks: BTreeSet<u64> = modules
         .iter()
-        .filter(|t| matches!(t.module.site, Site::Expert { .. }))
+        .filter(|t| matches!(t.module.site, Site::Expert { .. } | Site::FusedExperts { .. }))
         .map(|t| t.module.rank)
         .collect();
     format!(

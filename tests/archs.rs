@@ -878,6 +878,13 @@ fn expert_adapters_validate_per_expert_and_refuse_another_expert_count() {
     };
     let v = validate(&Adapter::open(&write_fused("f", 128)).unwrap(), &base);
     assert!(v.errors.is_empty(), "{:?}", v.errors);
+    assert!(
+        v.checks
+            .iter()
+            .any(|c| c.contains("experts: 128 of the base's 128 per layer adapted (0-127), ranks {4}")),
+        "{:?}",
+        v.checks
+    );
     let names: Vec<&str> = v.modules.iter().map(|t| t.tensor.as_str()).collect();
     assert_eq!(
         names,
