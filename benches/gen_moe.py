@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 import sys
 
 import gguf
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from gen_q4km import BLOCK_BYTES, QK_K, bf16, random_blocks, use_more_bits  # noqa: E402
+from gen_q4km import BLOCK_BYTES, QK_K, random_blocks, use_more_bits, write_bf16_safetensors  # noqa: E402
 
 H, NH, HD, NKV, E, F, VOCAB = 2048, 32, 128, 4, 128, 768, 151936
 FULL_LAYERS = 48  # the Q4_K_M mix follows the real model's depth
@@ -115,22 +114,8 @@ def gen_adapter(adapter: str, layers: int, rank: int, alpha: int, seed: int) -> 
     tensors = []
     for key, n_in, n_out, r in pairs:
         tensors += [(f"{key}.lora_A.weight", (r, n_in), 0.02), (f"{key}.lora_B.weight", (n_out, r), 0.01)]
-    header, off = {"__metadata__": {"format": "pt"}}, 0
-    for key, shape, _ in tensors:
-        n = 2 * shape[0] * shape[1]
-        header[key] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + n]}
-        off += n
-    hjson = json.dumps(header, separators=(",", ":")).encode()
-    hjson += b" " * (-len(hjson) % 8)
-    rng = np.random.default_rng(seed)
     path = os.path.join(adapter, "adapter_model.safetensors")
-    with open(path + ".tmp", "wb") as f:
-        f.write(struct.pack("<Q", len(hjson)))
-        f.write(hjson)
-        for _, shape, std in tensors:
-            f.write(bf16(rng.standard_normal(shape, dtype=np.float32) * np.float32(std)).tobytes())
-    os.replace(path + ".tmp", path)
-    print(f"wrote {path}: {len(tensors)} tensors, {os.path.getsize(path)} bytes", file=sys.stderr)
+    write_bf16_safetensors(path, tensors, np.random.default_rng(seed))
 
 
 def main() -> None:

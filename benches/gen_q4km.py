@@ -183,6 +183,11 @@ def gen_adapter(adapter: str, layers: int, rank: int, alpha: int, seed: int) -> 
             k = f"base_model.model.model.layers.{i}.{prefix}.{name}"
             tensors.append((f"{k}.lora_A.weight", (rank, n_in), 0.02))
             tensors.append((f"{k}.lora_B.weight", (n_out, rank), 0.01))
+    write_bf16_safetensors(os.path.join(adapter, "adapter_model.safetensors"), tensors, np.random.default_rng(seed))
+
+
+def write_bf16_safetensors(path: str, tensors: list, rng: np.random.Generator) -> None:
+    """(key, shape, std) -> normal BF16 values, written through a temporary file."""
     header, off = {"__metadata__": {"format": "pt"}}, 0
     for key, shape, _ in tensors:
         n = 2 * shape[0] * shape[1]
@@ -190,8 +195,6 @@ def gen_adapter(adapter: str, layers: int, rank: int, alpha: int, seed: int) -> 
         off += n
     hjson = json.dumps(header, separators=(",", ":")).encode()
     hjson += b" " * (-len(hjson) % 8)
-    rng = np.random.default_rng(seed)
-    path = os.path.join(adapter, "adapter_model.safetensors")
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(hjson)))
