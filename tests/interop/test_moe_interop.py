@@ -125,3 +125,63 @@ def test_an_adapter_for_another_expert_count_is_refused(moe, tmp_path):
     p = harness.run_convert([adapter, "--base", base.path, "-o", tmp_path / "x.gguf"])
     assert p.returncode != 0 and "ffn_gate_exps" in p.stderr and "8 experts" in p.stderr, p.stderr
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_per_expert_adapter_with_some_experts_left_out(moe, tmp_path):
+    """A per-expert (transformers 4) adapter on experts 0 and 2 only: the stacked pair gets zero
+    blocks for experts 1 and 3 (llama.cpp indexes every expert), and merging touches only 0 and 2."""
+    harness.require_binary()
+    arch, base, _, _, _ = moe
+    targets = [f"mlp.experts.{e}.{m}" for e in (0, 2) for m in ("gate_proj", "down_proj")]
+    ad = peft_lora.write_peft_adapter(tmp_path / "a", arch, base.cfg, base.weights, r=4, alpha=8,
+                                      targets=targets, rng=np.random.default_rng(95))
+    assert {m.name.split(".")[5] for m in ad.modules} == {"0", "2"}
+    ref = reference(arch, base.cfg, peft_lora.merge(base.weights, [(ad, 1.0)]))
+    out = tmp_path / "adapter.gguf"
+    convert_ok([ad.path, "--base", base.path, "-o", out, "--outtype", "f32"])
+    got = llama_logits(base.path, TOKENS, tmp_path, adapters=[(out, 1.0)])
+    r, effect = rel(got, ref), rel(ref, base.ref_logits)
+    harness.record("qwen3moe experts 0 and 2 only, convert", r, 1e-3, effect=effect)
+    assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
+    merged = tmp_path / "merged.gguf"
+    merge_ok([ad.path, "--base", base.path, "-o", merged])
+    m, b = harness.read_gguf_raw(merged).tensors, harness.read_gguf_raw(base.path).tensors
+    gate_m, gate_b = m["blk.0.ffn_gate_exps.weight"].values(), b["blk.0.ffn_gate_exps.weight"].values()
+    assert [bool(np.any(gate_m[e] != gate_b[e])) for e in range(4)] == [True, False, True, False]
+    r = rel(harness.llama_logits_plain_cpu(merged, TOKENS, tmp_path / "run"), ref)
+    harness.record("qwen3moe experts 0 and 2 only, merge F32", r, MERGE_TOL)
+    assert r < MERGE_TOL, f"merged vs numpy rel {r:.3e}"
+
+
+def test_rank_pattern_on_a_fused_parameter(moe, tmp_path):
+    """rank_pattern / alpha_pattern name the parameter (`gate_up_proj`): its lora_A holds 8 rows per
+    expert, down_proj's the default 4, each with its own scale."""
+    harness.require_binary()
+    arch, base, _, _, _ = moe
+    cfg, n, h, f = base.cfg, base.cfg["num_experts"], base.cfg["hidden_size"], base.cfg["moe_intermediate_size"]
+    rng, merged, tensors = np.random.default_rng(98), {k: v.astype(np.float64) for k, v in base.weights.items()}, {}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for key, r, alpha, out_f, in_f in (("mlp.experts.base_layer", 8, 32.0, 2 * f, h), ("mlp.experts", 4, 8.0, h, f)):
+            A = (rng.standard_normal((r * n, in_f)) / np.sqrt(in_f)).astype(np.float32)
+            B = (rng.standard_normal((out_f, r * n)) * 0.4 / np.sqrt(r)).astype(np.float32)
+            tensors[f"base_model.model.{p}{key}.lora_A.weight"], tensors[f"base_model.model.{p}{key}.lora_B.weight"] = A, B
+            for e in range(n):
+                delta = alpha / r * B[:, e::n].astype(np.float64) @ A[e * r:(e + 1) * r]
+                if key.endswith("base_layer"):
+                    merged[p + f"mlp.experts.{e}.gate_proj.weight"] += delta[:f]
+                    merged[p + f"mlp.experts.{e}.up_proj.weight"] += delta[f:]
+                else:
+                    merged[p + f"mlp.experts.{e}.down_proj.weight"] += delta
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 4, "lora_alpha": 8, "rank_pattern": {"gate_up_proj": 8},
+        "alpha_pattern": {"gate_up_proj": 32}, "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}))
+    peft_lora.write_safetensors(tmp_path / "a" / "adapter_model.safetensors", tensors, "f32")
+    ref = reference(arch, cfg, {k: v.astype(np.float32) for k, v in merged.items()})
+    out = tmp_path / "adapter.gguf"
+    convert_ok([tmp_path / "a", "--base", base.path, "-o", out, "--outtype", "f32"])
+    got = llama_logits(base.path, TOKENS, tmp_path, adapters=[(out, 1.0)])
+    r, effect = rel(got, ref), rel(ref, base.ref_logits)
+    harness.record("qwen3moe target_parameters rank/alpha patterns", r, 1e-3, effect=effect)
+    assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
