@@ -37,6 +37,9 @@ pub struct Arch {
     /// Mixture-of-experts as fused 3-D parameters (transformers 5, PEFT `target_parameters`):
     /// parameter -> the stacked expert tensors its rows go to (equal consecutive parts).
     pub fused_experts: &'static [(&'static str, &'static [&'static str])],
+    /// The fused `gate_up_proj` alternates gate and up (gpt-oss: `[..., ::2]` / `[..., 1::2]`),
+    /// rather than gate then up.
+    pub interleaved_gate_up: bool,
     /// HF modules whose weight llama.cpp's converter splits by rows into equal consecutive parts,
     /// one GGUF tensor stem per part: their LoRA becomes one pair per part, sharing lora_A.
     pub row_splits: &'static [(&'static str, &'static [&'static str])],
@@ -112,6 +115,16 @@ const SHARED_EXPERT: &[(&str, &str)] = &[
 
 /// The router of a sparse MoE block (`mlp.gate`, Mixtral's `block_sparse_moe.gate`): a plain linear.
 const ROUTER: &[(&str, &str)] = &[("gate", "ffn_gate_inp")];
+
+/// gpt-oss: attention without the MLP's dense projections (every layer is sparse), and its router
+/// `mlp.router`. Its attention sinks are a 1-D parameter PEFT cannot wrap.
+const GPT_OSS: &[(&str, &str)] = &[
+    ("q_proj", "attn_q"),
+    ("k_proj", "attn_k"),
+    ("v_proj", "attn_v"),
+    ("o_proj", "attn_output"),
+    ("router", "ffn_gate_inp"),
+];
 
 /// A linear module of a multimodal tower and the GGUF tensors it becomes in a base that carries the
 /// tower. Ollama's own GGUFs keep vision and audio towers beside the language model (`v.*`, `a.*`,
@@ -299,6 +312,7 @@ const fn dense(
         towers: &[],
         experts: &[],
         fused_experts: &[],
+        interleaved_gate_up: false,
     }
 }
 
@@ -362,6 +376,12 @@ pub const ARCHS: &[Arch] = &[
             "Granite 3.x, Granite 4 dense (no Mamba layers, no experts)",
             true,
         )
+    },
+    Arch {
+        layer_modules: &[GPT_OSS],
+        fused_experts: FUSED_EXPERTS,
+        interleaved_gate_up: true,
+        ..dense("gpt-oss", &["gpt_oss"], "gpt-oss (20B, 120B)", false)
     },
     Arch {
         layer_modules: &[STANDARD, LINEAR_ATTN, ROUTER, SHARED_EXPERT],

@@ -451,7 +451,7 @@ fn granite4_dense(cfg: &Json, d: &Dims) -> std::result::Result<(), String> {
 fn moe_dims(d: &mut Dims, cfg: &Json, model_type: &str) -> std::result::Result<(), String> {
     let need =
         |key: &str, max: u64| cfg_u64(cfg, key, max)?.ok_or_else(|| format!("config.json field `{key}` is missing"));
-    if model_type == "mixtral" {
+    if model_type == "mixtral" || model_type == "gpt_oss" {
         d.experts = need("num_local_experts", MAX_EXPERTS)?;
         d.expert_ffn = d.ffn;
         return Ok(());
@@ -833,7 +833,7 @@ impl BaseModel {
             ("qwen35", _) => qwen35_dims(&mut dims, cfg),
             ("qwen35moe", _) => qwen35_dims(&mut dims, cfg).and_then(|()| moe_dims(&mut dims, cfg, "qwen3_5_moe")),
             ("gemma4", _) => gemma4_dims(&mut dims, cfg),
-            (_, "qwen3_moe" | "mixtral") => moe_dims(&mut dims, cfg, model_type),
+            (_, "qwen3_moe" | "mixtral" | "gpt_oss") => moe_dims(&mut dims, cfg, model_type),
             (_, "granitemoehybrid") => granite4_dense(cfg, &dims),
             _ => Ok(()),
         };

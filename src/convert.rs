@@ -645,18 +645,19 @@ fn out_pair(
             experts * out_features,
             r,
             parts_b,
-            row_source(reorder.b_rows, first.b_row_offset, out_features),
+            row_source(reorder.b_rows, first.b_row_offset, first.b_row_stride, out_features),
             None,
         ),
     ])
 }
 
 /// lora_B's source row of each output row: `reorder` within this tensor's share of rows, which
-/// starts at `offset` (a row-split module); `None` for all rows in order.
-fn row_source(reorder: Option<Vec<usize>>, offset: usize, rows: usize) -> Option<Vec<usize>> {
+/// starts at `offset` and takes every `stride`-th row (a row-split module); `None` for all rows in
+/// order.
+fn row_source(reorder: Option<Vec<usize>>, offset: usize, stride: usize, rows: usize) -> Option<Vec<usize>> {
     match reorder {
-        Some(perm) => Some(perm.into_iter().map(|r| offset + r).collect()),
-        None if offset > 0 => Some((offset..offset + rows).collect()),
+        Some(perm) => Some(perm.into_iter().map(|r| offset + r * stride).collect()),
+        None if offset > 0 || stride > 1 => Some((0..rows).map(|r| offset + r * stride).collect()),
         None => None,
     }
 }

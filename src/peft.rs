@@ -941,7 +941,9 @@ struct Fused {
 /// targeted parameter, the first-registered innermost, so the keys of `gate_up_proj` carry one
 /// `.base_layer` more than those of `down_proj` (`mlp.experts.base_layer.lora_A` /
 /// `mlp.experts.lora_A`) when both are targeted.
-const FUSED_PARAMS: &[&str] = &["gate_up_proj", "down_proj"];
+/// gpt-oss also registers a bias after each (PEFT can wrap those too: they count for the nesting,
+/// and are then refused as modules no architecture maps).
+const FUSED_PARAMS: &[&str] = &["gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"];
 
 /// The parameter a wrapper on `module_path` (`...mlp.experts[.base_layer]*`) adapts, by how deep
 /// it is nested among the parameters `targets` names (PEFT matches a target as the whole key or a

@@ -70,6 +70,9 @@ pub struct Target {
     pub tensor: String,
     /// First row of the module's lora_B that belongs to this tensor (0 unless split).
     pub b_row_offset: usize,
+    /// Step between this tensor's rows in lora_B: 1, or the number of parts for a split whose
+    /// parts interleave (gpt-oss's gate/up rows alternate).
+    pub b_row_stride: usize,
 }
 
 /// What the per-pair checks collect for the summary.
@@ -358,7 +361,7 @@ fn map_module(
             tally.towers_left_out.push(m.path.clone());
             return vec![];
         };
-        return split_rows(tally, m, names, key_a, base_id);
+        return split_rows(tally, m, names, key_a, base_id, false);
     }
     let Some(names) = arch.targets(&m.site) else {
         v.errors.push(finding(
@@ -397,11 +400,13 @@ fn map_module(
         }
         tally.layers.insert(layer);
     }
-    split_rows(tally, m, names, key_a, base_id)
+    // gpt-oss's fused gate_up_proj alternates gate and up rows; the others stack them.
+    let interleaved = arch.interleaved_gate_up && matches!(&m.site, Site::FusedExperts { param, .. } if param == "gate_up_proj");
+    split_rows(tally, m, names, key_a, base_id, interleaved)
 }
 
 /// One target per tensor in `names`, each taking an equal consecutive share of lora_B's rows.
-fn split_rows(tally: &mut Tally, m: &LoraModule, names: Vec<String>, key_a: &str, base_id: &str) -> Vec<Target> {
+fn split_rows(tally: &mut Tally, m: &LoraModule, names: Vec<String>, key_a: &str, base_id: &str, interleaved: bool) -> Vec<Target> {
     let parts = names.len() as u64;
     if m.out_features % parts != 0 {
         tally.shape_errors.push(finding(
@@ -429,7 +434,8 @@ fn split_rows(tally: &mut Tally, m: &LoraModule, names: Vec<String>, key_a: &str
                 ..m.clone()
             },
             tensor,
-            b_row_offset: i * height as usize,
+            b_row_offset: if interleaved { i } else { i * height as usize },
+            b_row_stride: if interleaved { parts as usize } else { 1 },
         })
         .collect()
 }
