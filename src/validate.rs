@@ -401,12 +401,20 @@ fn map_module(
         tally.layers.insert(layer);
     }
     // gpt-oss's fused gate_up_proj alternates gate and up rows; the others stack them.
-    let interleaved = arch.interleaved_gate_up && matches!(&m.site, Site::FusedExperts { param, .. } if param == "gate_up_proj");
+    let interleaved =
+        arch.interleaved_gate_up && matches!(&m.site, Site::FusedExperts { param, .. } if param == "gate_up_proj");
     split_rows(tally, m, names, key_a, base_id, interleaved)
 }
 
 /// One target per tensor in `names`, each taking an equal consecutive share of lora_B's rows.
-fn split_rows(tally: &mut Tally, m: &LoraModule, names: Vec<String>, key_a: &str, base_id: &str, interleaved: bool) -> Vec<Target> {
+fn split_rows(
+    tally: &mut Tally,
+    m: &LoraModule,
+    names: Vec<String>,
+    key_a: &str,
+    base_id: &str,
+    interleaved: bool,
+) -> Vec<Target> {
     let parts = names.len() as u64;
     if m.out_features % parts != 0 {
         tally.shape_errors.push(finding(

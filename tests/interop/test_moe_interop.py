@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 
+import gguf
 import numpy as np
 import pytest
 
@@ -185,3 +186,91 @@ def test_rank_pattern_on_a_fused_parameter(moe, tmp_path):
     r, effect = rel(got, ref), rel(ref, base.ref_logits)
     harness.record("qwen3moe target_parameters rank/alpha patterns", r, 1e-3, effect=effect)
     assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
+
+
+def gptoss_adapter(path, cfg, weights, rng, r=4, alpha=8.0):
+    """target_parameters on gpt-oss's fused experts as PEFT saves them: its experts class is
+    `is_transposed` (parameters [E, in, out], used as x @ W), so PEFT's delta is (B_e @ A_e)^T,
+    still A [r*E, in] expert-major and B [out, r*E] expert-minor; gate_up's out is interleaved."""
+    n = cfg["num_local_experts"]
+    s, merged, tensors = alpha / r, {k: v.astype(np.float64) for k, v in weights.items()}, {}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for key, param in (("mlp.experts.base_layer", "gate_up_proj"), ("mlp.experts", "down_proj")):
+            W = weights[p + "mlp.experts." + param]                     # [E, in, out]
+            in_f, out_f = W.shape[1], W.shape[2]
+            A = (rng.standard_normal((r * n, in_f)) / np.sqrt(in_f)).astype(np.float32)
+            B = (rng.standard_normal((out_f, r * n)) * 0.5 / np.sqrt(r)).astype(np.float32)
+            tensors[f"base_model.model.{p}{key}.lora_A.weight"] = A
+            tensors[f"base_model.model.{p}{key}.lora_B.weight"] = B
+            for e in range(n):
+                merged[p + "mlp.experts." + param][e] += (s * B[:, e::n].astype(np.float64) @ A[e * r:(e + 1) * r]).T
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": r, "lora_alpha": alpha, "base_model_name_or_path": "openai/gpt-oss-20b",
+        "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}))
+    peft_lora.write_safetensors(path / "adapter_model.safetensors", tensors, "f32")
+    return path, {k: v.astype(np.float32) for k, v in merged.items()}
+
+
+def test_gptoss_interleaved_experts_convert_and_merge_exactly(tmp_path):
+    """gpt-oss's gate/up rows alternate: each expert's lora_B rows split even -> gate, odd -> up."""
+    harness.require_binary()
+    arch = archs.ARCHS["gptoss"]
+    # seeds chosen by search: router logit gaps 0.20 (base) and 0.25 (adapted)
+    base = harness.build_base(arch, tmp_path / "base", seed=132)
+    adapter, merged = gptoss_adapter(tmp_path / "a", base.cfg, base.weights, np.random.default_rng(133))
+    ref = arch.forward(base.cfg, merged, TOKENS)
+    gap = arch.ROUTING_MARGIN[0][0]
+    assert gap > 0.05, f"a top-k choice sits near a tie (router logit gap {gap:.2e})"
+    effect = rel(ref, base.ref_logits)
+    out = tmp_path / "adapter.gguf"
+    convert_ok([adapter, "--base", base.path, "-o", out, "--outtype", "f32"])
+    got = llama_logits(base.path, TOKENS, tmp_path, adapters=[(out, 1.0)])
+    r = rel(got, ref)
+    harness.record("gpt-oss target_parameters convert", r, 1e-3, effect=effect)
+    assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
+    m = tmp_path / "merged.gguf"
+    merge_ok([adapter, "--base", base.path, "-o", m])
+    r = rel(harness.llama_logits_plain_cpu(m, TOKENS, tmp_path / "run"), ref)
+    harness.record("gpt-oss target_parameters merge F32", r, MERGE_TOL, effect=effect)
+    assert r < MERGE_TOL, f"merged vs numpy rel {r:.3e}"
+
+
+def test_gptoss_mxfp4_experts_merge_keeps_mxfp4_bit_for_bit(tmp_path):
+    """A base whose experts are MXFP4, as gpt-oss ships: the merged experts stay MXFP4 and equal
+    ggml's own MXFP4 quantization of dequant(base) + delta (the delta from our F32 adapter file, as
+    llama.cpp applies it), and the model runs in llama.cpp."""
+    harness.require_binary()
+    arch = archs.ARCHS["gptoss"]
+    cfg = arch.tiny_config()
+    weights = arch.random_weights(cfg, np.random.default_rng(140))
+    mx = gguf.GGMLQuantizationType.MXFP4
+
+    def quant(name, arr):
+        return (gguf.quants.quantize(arr, mx), mx) if name.endswith("_exps.weight") else None
+
+    base = tmp_path / "base.gguf"
+    arch.write_gguf(base, cfg, weights, quant=quant)
+    adapter, _ = gptoss_adapter(tmp_path / "a", cfg, weights, np.random.default_rng(141))
+    lora = tmp_path / "lora.gguf"
+    convert_ok([adapter, "--base", base, "-o", lora, "--outtype", "f32"])
+    merged = tmp_path / "merged.gguf"
+    merge_ok([adapter, "--base", base, "-o", merged])
+    b, mg, lo = (harness.read_gguf_raw(x) for x in (base, merged, lora))
+    alpha = float(lo.kv["adapter.lora.alpha"][1])
+    same = total = 0
+    for name, t in mg.tensors.items():
+        if not name.endswith("_exps.weight"):
+            continue
+        assert t.type == "MXFP4", f"{name} became {t.type}"
+        A, B = lo.tensors[name + ".lora_a"].values(), lo.tensors[name + ".lora_b"].values()
+        target = b.tensors[name].values().astype(np.float64) + alpha / B.shape[-1] * (B.astype(np.float64) @ A)
+        want = np.frombuffer(harness.ggml_quantize_ref("MXFP4", target.astype(np.float32)), dtype=np.uint8)
+        got = np.frombuffer(t.data, dtype=np.uint8)
+        same += int(np.sum(got == want))
+        total += got.size
+    harness.record_note("gpt-oss MXFP4 merge", f"{same / total:.4%} of the expert bytes as ggml's MXFP4 of the same target")
+    # f32 sums in a different order may flip a value across a rounding boundary: nearly every byte agrees
+    assert same / total > 0.99, f"only {same / total:.4%} of the MXFP4 expert bytes match ggml's"
+    harness.llama_logits_plain_cpu(merged, TOKENS, tmp_path / "run")  # loads and runs
