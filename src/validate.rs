@@ -406,7 +406,8 @@ fn map_module(
     split_rows(tally, m, names, key_a, base_id, interleaved)
 }
 
-/// One target per tensor in `names`, each taking an equal consecutive share of lora_B's rows.
+/// One target per tensor in `names`, each taking an equal share of lora_B's rows: consecutive, or
+/// every n-th row when the parts interleave.
 fn split_rows(
     tally: &mut Tally,
     m: &LoraModule,
