@@ -1618,6 +1618,7 @@ mod tests {
             ("Qwen/Qwen3-30B-A3B", Some("qwen3:30b")),
             ("unsloth/Qwen3-30B-A3B-Instruct-2507", Some("qwen3:30b")),
             ("mistralai/Mixtral-8x7B-Instruct-v0.1", Some("mixtral:8x7b")),
+            ("openai/gpt-oss-20b", Some("gpt-oss:20b")),
             ("ibm-granite/granite-4.0-h-tiny", None),
             ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", None),
         ] {

@@ -132,6 +132,7 @@ fn family_of(id: &str) -> Option<&'static str> {
         ("phi3", "phi3"),
         ("phi-4", "phi3"),
         ("phi-2", "phi2"),
+        ("gpt-oss", "gpt-oss"),
         ("smollm3", "smollm3"),
         ("olmo-2", "olmo2"),
         ("olmo-3", "olmo2"),
