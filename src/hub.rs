@@ -1456,6 +1456,7 @@ pub fn suggest_base(hf_id: &str) -> Option<String> {
         (r"^mixtral-(8x7b|8x22b)(?:-instruct)?(?:-v0\.1)?$", |c| {
             format!("mixtral:{}", &c[1])
         }),
+        (r"^gpt-oss-(20b|120b)$", |c| format!("gpt-oss:{}", &c[1])),
         (r"^gemma-?2-(2b|9b|27b)(?:-it)?$", |c| format!("gemma2:{}", &c[1])),
         (r"^gemma-?3-(1b|4b|12b|27b)(?:-it|-pt)?$", |c| {
             format!("gemma3:{}", &c[1])
