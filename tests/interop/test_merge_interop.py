@@ -74,6 +74,10 @@ CFG = {
     "qwen35moe": dict(hidden_size=256, intermediate_size=512, moe_intermediate_size=256,
                       shared_expert_intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
                       head_dim=64),
+    # attention with biases and sinks and the router touched; the experts (PEFT reaches them only as
+    # target_parameters, test_moe_interop.py) copied
+    "gptoss": dict(hidden_size=256, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
+                   head_dim=64),
     # arch llama with experts: the w1 experts are touched; router, w3 and w2 copied
     "mixtral": dict(hidden_size=256, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
                     head_dim=64),
@@ -112,7 +116,8 @@ class MergeBase:
 
 
 def _q8_0_tensor(name: str, x: np.ndarray):
-    if x.ndim < 2 or x.shape[-1] % 32:  # norms, biases, Qwen3.5's [channels, 4] conv kernel stay F32
+    # norms, biases (gpt-oss's 2-d expert biases too), Qwen3.5's [channels, 4] conv kernel stay F32
+    if x.ndim < 2 or x.shape[-1] % 32 or name.endswith(".bias"):
         return x
     return gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
 
