@@ -540,26 +540,15 @@ fn expert_of(site: &Site) -> usize {
     }
 }
 
-/// The lora_a and lora_b written for base tensor `name` from the modules that adapt it: their
-/// ranks stacked (per expert block for a stacked expert tensor, each block as wide as the widest,
-/// the rest zeros), each part's scale to be folded against the file alpha, and llama.cpp's layout.
-fn out_pair(
+/// The parts of a pair's lora_a and lora_b: every module's ranks stacked within its expert block
+/// (one block unless the base tensor stacks experts), and the block width `r` they share. lora_B's
+/// factors are what llama.cpp's alpha / r must reproduce; alpha is folded in later.
+fn stack_parts(
     inputs: &[Input],
-    base: &BaseModel,
-    arch: &Arch,
     opts: &Options,
-    site: &Site,
-    name: &str,
     targets: &[(usize, Target)],
-) -> Result<[OutTensor; 2]> {
-    let experts = match site {
-        Site::Expert { .. } | Site::FusedExperts { .. } => base
-            .tensors
-            .get(name)
-            .and_then(|t| t.ne.get(2))
-            .map_or(1, |&n| n as usize),
-        _ => 1,
-    };
+    experts: usize,
+) -> (Vec<Part>, Vec<Part>, usize) {
     let mut used = vec![0usize; experts];
     let (mut parts_a, mut parts_b) = (Vec::new(), Vec::new());
     for (i, t) in targets {
@@ -587,10 +576,33 @@ fn out_pair(
         }
     }
     let r = used.iter().copied().max().unwrap_or(0);
-    // The factor each part needs so that llama.cpp's alpha/r reproduces it; alpha comes later.
     for p in &mut parts_b {
         p.factor *= r as f64;
     }
+    (parts_a, parts_b, r)
+}
+
+/// The lora_a and lora_b written for base tensor `name` from the modules that adapt it: their
+/// ranks stacked (per expert block for a stacked expert tensor, each block as wide as the widest,
+/// the rest zeros), each part's scale to be folded against the file alpha, and llama.cpp's layout.
+fn out_pair(
+    inputs: &[Input],
+    base: &BaseModel,
+    arch: &Arch,
+    opts: &Options,
+    site: &Site,
+    name: &str,
+    targets: &[(usize, Target)],
+) -> Result<[OutTensor; 2]> {
+    let experts = match site {
+        Site::Expert { .. } | Site::FusedExperts { .. } => base
+            .tensors
+            .get(name)
+            .and_then(|t| t.ne.get(2))
+            .map_or(1, |&n| n as usize),
+        _ => 1,
+    };
+    let (parts_a, parts_b, r) = stack_parts(inputs, opts, targets, experts);
     let first = &targets[0].1;
     let (out_features, in_features) = (first.module.out_features as usize, first.module.in_features as usize);
     let embedding = matches!(site, Site::Embedding);
