@@ -194,37 +194,23 @@ fn gguf_adapter_merge_into_crafted_bases_is_refused_not_a_panic() {
         assert!(!out.exists());
     };
     let base = d.path().join("base.gguf");
+    let base_with = |q_ne: &[u64]| {
+        write_gguf(
+            &base,
+            None,
+            &[spec("token_embd.weight", &[32, 40]), spec("blk.0.attn_q.weight", q_ne)],
+        )
+    };
     // A 3-d base tensor.
-    write_gguf(
-        &base,
-        None,
-        &[
-            spec("token_embd.weight", &[32, 40]),
-            spec("blk.0.attn_q.weight", &[32, 4, 8]),
-        ],
-    );
+    base_with(&[32, 4, 8]);
     lora(&[32, 2], &[2, 32]);
     merge(&base, "do not fit");
     // A zero dimension, in the base and the adapter alike.
-    write_gguf(
-        &base,
-        None,
-        &[
-            spec("token_embd.weight", &[32, 40]),
-            spec("blk.0.attn_q.weight", &[32, 0]),
-        ],
-    );
+    base_with(&[32, 0]);
     lora(&[32, 2], &[2, 0]);
     merge(&base, "[32, 0]: an empty tensor");
     // An untouched tensor of a type this tool does not know: the type id patched in the file.
-    write_gguf(
-        &base,
-        None,
-        &[
-            spec("token_embd.weight", &[32, 40]),
-            spec("blk.0.attn_q.weight", &[32, 32]),
-        ],
-    );
+    base_with(&[32, 32]);
     let mut bytes = std::fs::read(&base).unwrap();
     let at = find(&bytes, b"token_embd.weight") + "token_embd.weight".len() + 4 + 2 * 8;
     bytes[at..at + 4].copy_from_slice(&200u32.to_le_bytes());
@@ -269,18 +255,8 @@ fn outputs_that_are_inputs_or_special_files_are_refused_even_with_force() {
             .assert()
             .failure()
             .stderr(contains("not a regular file"));
-        assert!(std::fs::symlink_metadata(&sock).unwrap().file_type().is_socket_like());
-    }
-}
-
-trait SocketLike {
-    fn is_socket_like(&self) -> bool;
-}
-
-#[cfg(unix)]
-impl SocketLike for std::fs::FileType {
-    fn is_socket_like(&self) -> bool {
-        std::os::unix::fs::FileTypeExt::is_socket(self)
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&sock).unwrap().file_type().is_socket());
     }
 }
 
