@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _common as C
+from . import llama as L
 from . import qwen3moe as Q
 
 ARCH = "llama"
@@ -30,24 +31,10 @@ ROUTING_MARGIN = Q.ROUTING_MARGIN
 
 
 def tiny_config(**overrides) -> dict:
-    cfg = {
-        "model_type": "mixtral",
-        "vocab_size": 288,
-        "hidden_size": 64,
-        "intermediate_size": 32,
-        "num_local_experts": 4,
-        "num_experts_per_tok": 2,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 1000000.0,
-        "max_position_embeddings": 128,
-        "tie_word_embeddings": False,
-    }
-    cfg.update(overrides)
-    return cfg
+    """Tiny Llama (archs/llama.py) with Mixtral's sparse block (experts of intermediate_size)."""
+    moe = {"model_type": "mixtral", "intermediate_size": 32, "num_local_experts": 4, "num_experts_per_tok": 2,
+           "rope_theta": 1000000.0}
+    return L.tiny_config(**{**moe, **overrides})
 
 
 def random_weights(cfg: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _common as C
+from . import qwen3 as Q3
 
 ARCH = "qwen3moe"
 
@@ -32,26 +33,10 @@ ROUTING_MARGIN: list = [None]
 
 
 def tiny_config(**overrides) -> dict:
-    cfg = {
-        "model_type": "qwen3_moe",
-        "vocab_size": 320,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "moe_intermediate_size": 32,
-        "num_experts": 4,
-        "num_experts_per_tok": 2,
-        "norm_topk_prob": True,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 32,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
-        "max_position_embeddings": 128,
-        "tie_word_embeddings": False,
-    }
-    cfg.update(overrides)
-    return cfg
+    """Tiny Qwen3 (archs/qwen3.py) with the sparse block's hyper-parameters."""
+    moe = {"model_type": "qwen3_moe", "moe_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2,
+           "norm_topk_prob": True}
+    return Q3.tiny_config(**{**moe, **overrides})
 
 
 def random_weights(cfg: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
