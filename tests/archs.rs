@@ -852,30 +852,12 @@ fn expert_adapters_validate_per_expert_and_refuse_another_expert_count() {
     // transformers v5: target_parameters on the fused experts; gate_up_proj is the inner wrapper.
     let cfg = json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
         "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]});
-    let fused = |n: usize| {
-        vec![
-            ("model.layers.0.mlp.experts.base_layer".to_string(), [2 * 768, 2048]),
-            ("model.layers.0.mlp.experts".to_string(), [2048, 768]),
-        ]
-        .into_iter()
-        .map(|(p, [o, i])| (p, [o, i], n))
-        .collect::<Vec<_>>()
-    };
-    let write_fused = |dir: &str, n: usize| {
-        let mut tensors = Vec::new();
-        for (path, [out, inp], n) in fused(n) {
-            for (half, shape) in [("lora_A", [4 * n, inp]), ("lora_B", [out, 4 * n])] {
-                let key = format!("base_model.model.{path}.{half}.weight");
-                tensors.push(T {
-                    key,
-                    dtype: Dtype::F16,
-                    shape: shape.to_vec(),
-                    values: vec![0.0; shape[0] * shape[1]],
-                });
-            }
-        }
-        write_adapter(&d.path().join(dir), &cfg, &tensors)
-    };
+    // PEFT stacks the experts' ranks: lora_A [4 * n, in], lora_B [out, 4 * n], as a rank-4n pair.
+    let fused = vec![
+        ("model.layers.0.mlp.experts.base_layer".to_string(), [2 * 768, 2048]),
+        ("model.layers.0.mlp.experts".to_string(), [2048, 768]),
+    ];
+    let write_fused = |dir: &str, n: usize| write_peft(&d.path().join(dir), cfg.clone(), 4 * n, &fused);
     let v = validate(&Adapter::open(&write_fused("f", 128)).unwrap(), &base);
     assert!(v.errors.is_empty(), "{:?}", v.errors);
     assert!(
