@@ -40,6 +40,11 @@ pub struct Arch {
     /// The fused `gate_up_proj` alternates gate and up (gpt-oss: `[..., ::2]` / `[..., 1::2]`),
     /// rather than gate then up.
     pub interleaved_gate_up: bool,
+    /// PEFT's lora_A / lora_B act the other way round on the fused experts: Llama 4's experts
+    /// class stores `[n, in, out]` (used as `x @ W`) without saying so (`is_transposed`), so PEFT
+    /// takes the last dimension for the input. Its lora_A `[r * n, out]` then faces the outputs
+    /// and lora_B `[in, r * n]` the inputs, and the linear delta of expert e is A_e^T B_e^T.
+    pub fused_experts_swapped: bool,
     /// HF modules whose weight llama.cpp's converter splits by rows into equal consecutive parts,
     /// one GGUF tensor stem per part: their LoRA becomes one pair per part, sharing lora_A.
     pub row_splits: &'static [(&'static str, &'static [&'static str])],
@@ -100,6 +105,8 @@ const EXPERTS: &[(&str, &str)] = &[
 /// transformers 5's fused experts (Qwen3-MoE, Mixtral): `mlp.experts.gate_up_proj` `[n, 2 * ff, hidden]`
 /// holds gate then up (llama.cpp's converter splits it by halves), `down_proj` `[n, hidden, ff]`.
 /// PEFT's `target_parameters` LoRA on them works per expert in the `nn.Linear` orientation.
+/// Llama 4 and gpt-oss store them transposed (`[n, hidden, 2 * ff]`, `[n, ff, hidden]`); the
+/// split of gate_up's outputs into gate then up is the same for Llama 4.
 const FUSED_EXPERTS: &[(&str, &[&str])] = &[
     ("gate_up_proj", &["ffn_gate_exps", "ffn_up_exps"]),
     ("down_proj", &["ffn_down_exps"]),
@@ -111,6 +118,15 @@ const SHARED_EXPERT: &[(&str, &str)] = &[
     ("shared_expert.up_proj", "ffn_up_shexp"),
     ("shared_expert.down_proj", "ffn_down_shexp"),
     ("shared_expert_gate", "ffn_gate_inp_shexp"),
+];
+
+/// Llama 4's sparse block (`feed_forward.*`): the router is an `nn.Linear` (a plain LoRA target),
+/// and the shared expert has no gate of its own.
+const LLAMA4_MOE: &[(&str, &str)] = &[
+    ("router", "ffn_gate_inp"),
+    ("shared_expert.gate_proj", "ffn_gate_shexp"),
+    ("shared_expert.up_proj", "ffn_up_shexp"),
+    ("shared_expert.down_proj", "ffn_down_shexp"),
 ];
 
 /// The router of a sparse MoE block (`mlp.gate`, Mixtral's `block_sparse_moe.gate`): a plain linear.
@@ -313,6 +329,7 @@ const fn dense(
         experts: &[],
         fused_experts: &[],
         interleaved_gate_up: false,
+        fused_experts_swapped: false,
     }
 }
 
@@ -382,6 +399,19 @@ pub const ARCHS: &[Arch] = &[
         fused_experts: FUSED_EXPERTS,
         interleaved_gate_up: true,
         ..dense("gpt-oss", &["gpt_oss"], "gpt-oss (20B, 120B)", false)
+    },
+    Arch {
+        // Dense MLP layers between the sparse ones (`interleave_moe_layer_step`); llama.cpp's
+        // converter keeps q/k as they are (`undo_permute = False`).
+        layer_modules: &[STANDARD, LLAMA4_MOE],
+        fused_experts: FUSED_EXPERTS,
+        fused_experts_swapped: true,
+        ..dense(
+            "llama4",
+            &["llama4", "llama4_text"],
+            "Llama 4 (Scout, Maverick; text)",
+            false,
+        )
     },
     Arch {
         layer_modules: &[STANDARD, LINEAR_ATTN, ROUTER, SHARED_EXPERT],
@@ -455,7 +485,14 @@ const DECODER_PREFIXES: &[&str] = &[
 ];
 
 /// Sub-blocks of a decoder layer that hold LoRA-able modules.
-const LAYER_BLOCKS: &[&str] = &["self_attn", "mlp", "linear_attn", "shared_mlp", "block_sparse_moe"];
+const LAYER_BLOCKS: &[&str] = &[
+    "self_attn",
+    "mlp",
+    "linear_attn",
+    "shared_mlp",
+    "block_sparse_moe",
+    "feed_forward",
+];
 
 /// First path components (after an optional `model.`) of multimodal towers and projectors:
 /// Gemma 3/4, Mistral 3, LLaVA-style (`vision_tower`, `multi_modal_projector`, `audio_tower`,
@@ -512,7 +549,7 @@ pub fn site_of(module_path: &str) -> Option<Site> {
                     });
                 }
             }
-            ["layers", idx, "mlp", "shared_expert", module] => {
+            ["layers", idx, block, "shared_expert", module] if LAYER_BLOCKS.contains(&block) => {
                 if let Ok(layer) = idx.parse() {
                     return Some(Site::Layer {
                         layer,

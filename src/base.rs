@@ -110,8 +110,10 @@ struct Dims {
     /// Mixture-of-experts: experts per sparse layer (0: dense) and each expert's MLP width.
     experts: u64,
     expert_ffn: u64,
-    /// Qwen3.5-MoE's shared expert width (0: none).
+    /// The shared expert's width (0: none), and whether it has a sigmoid gate (Qwen3.5-MoE's
+    /// `shared_expert_gate`; Llama 4's has none).
     shared_ffn: u64,
+    shared_gate: bool,
     /// Which layers are sparse (empty: every layer, when `experts` > 0).
     sparse: Vec<bool>,
 }
@@ -243,6 +245,8 @@ fn derive_tensors(arch: &Arch, d: &Dims) -> BTreeMap<String, BaseTensor> {
                 add(format!("blk.{i}.ffn_gate_shexp.weight"), &[h, s]);
                 add(format!("blk.{i}.ffn_up_shexp.weight"), &[h, s]);
                 add(format!("blk.{i}.ffn_down_shexp.weight"), &[s, h]);
+            }
+            if d.shared_gate {
                 add(format!("blk.{i}.ffn_gate_inp_shexp.weight"), &[h, 1]);
             }
         }
@@ -459,6 +463,7 @@ fn moe_dims(d: &mut Dims, cfg: &Json, model_type: &str) -> std::result::Result<(
     d.experts = need("num_experts", MAX_EXPERTS)?;
     d.expert_ffn = need("moe_intermediate_size", MAX_DIM)?;
     d.shared_ffn = cfg_u64(cfg, "shared_expert_intermediate_size", MAX_DIM)?.unwrap_or(0);
+    d.shared_gate = d.shared_ffn > 0;
     let step = cfg_u64(cfg, "decoder_sparse_step", MAX_LAYERS)?.unwrap_or(1);
     let dense: Vec<u64> = cfg
         .get("mlp_only_layers")
@@ -467,6 +472,20 @@ fn moe_dims(d: &mut Dims, cfg: &Json, model_type: &str) -> std::result::Result<(
     d.sparse = (0..d.layers)
         .map(|i| !dense.contains(&i) && (i + 1) % step == 0)
         .collect();
+    Ok(())
+}
+
+/// Llama 4: `num_local_experts` experts of `intermediate_size` and a shared expert as wide, in
+/// every `interleave_moe_layer_step`-th layer (llama.cpp's rule; the converter writes only the
+/// step); the dense layers' MLP is `intermediate_size_mlp` wide.
+fn llama4_dims(d: &mut Dims, cfg: &Json) -> std::result::Result<(), String> {
+    let need =
+        |key: &str, max: u64| cfg_u64(cfg, key, max)?.ok_or_else(|| format!("config.json field `{key}` is missing"));
+    d.experts = need("num_local_experts", MAX_EXPERTS)?;
+    (d.expert_ffn, d.shared_ffn) = (d.ffn, d.ffn);
+    d.ffn = need("intermediate_size_mlp", MAX_DIM)?;
+    let step = cfg_u64(cfg, "interleave_moe_layer_step", MAX_LAYERS)?.unwrap_or(1);
+    d.sparse = (0..d.layers).map(|i| (i + 1) % step == 0).collect();
     Ok(())
 }
 
@@ -833,6 +852,7 @@ impl BaseModel {
             ("qwen35", _) => qwen35_dims(&mut dims, cfg),
             ("qwen35moe", _) => qwen35_dims(&mut dims, cfg).and_then(|()| moe_dims(&mut dims, cfg, "qwen3_5_moe")),
             ("gemma4", _) => gemma4_dims(&mut dims, cfg),
+            ("llama4", _) => llama4_dims(&mut dims, cfg),
             (_, "qwen3_moe" | "mixtral" | "gpt_oss") => moe_dims(&mut dims, cfg, model_type),
             (_, "granitemoehybrid") => granite4_dense(cfg, &dims),
             _ => Ok(()),

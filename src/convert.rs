@@ -114,6 +114,10 @@ struct Part {
     /// columns `src_first + k * src_stride` (a fused-experts pair holds every expert; else 0, 1).
     src_first: usize,
     src_stride: usize,
+    /// The source holds this part transposed: lora_A's rows are the source's columns
+    /// `src_first + k * src_stride`, lora_B's columns its rows (Llama 4's fused experts, where
+    /// PEFT's lora_B serves as lora_a and its lora_A as lora_b).
+    transposed: bool,
 }
 
 pub(crate) struct OutTensor {
@@ -570,9 +574,16 @@ fn stack_parts(
                 at,
                 src_first,
                 src_stride,
+                transposed: t.swapped,
             };
-            parts_a.push(part(m.a, 1.0, k * rank, 1));
-            parts_b.push(part(m.b, m.scale * inputs[*i].weight * opts.scale, k, n));
+            let factor = m.scale * inputs[*i].weight * opts.scale;
+            if t.swapped {
+                parts_a.push(part(m.b, 1.0, k, n));
+                parts_b.push(part(m.a, factor, k * rank, 1));
+            } else {
+                parts_a.push(part(m.a, 1.0, k * rank, 1));
+                parts_b.push(part(m.b, factor, k, n));
+            }
         }
     }
     let r = used.iter().copied().max().unwrap_or(0);
@@ -902,6 +913,18 @@ pub(crate) fn assemble(
         adapter.read_f32(raw, halves, buf)?;
         let f = p.factor as f32;
         match t.layout {
+            Layout::RowsA if p.transposed => {
+                let src_cols = raw.shape.get(1).copied().unwrap_or(1);
+                let r = t.rows / t.experts;
+                let dst = &mut out[(p.expert * r + p.at) * t.cols..][..p.rank * t.cols];
+                for (k, row) in dst.chunks_exact_mut(t.cols).enumerate() {
+                    let col = p.src_first + k * p.src_stride;
+                    for (c, x) in row.iter_mut().enumerate() {
+                        let c = t.col_perm.as_ref().map_or(c, |perm| perm[c]);
+                        *x = buf[c * src_cols + col];
+                    }
+                }
+            }
             Layout::RowsA => {
                 // The expert's block of rows, this part's ranks within it.
                 let r = t.rows / t.experts;
@@ -924,9 +947,15 @@ pub(crate) fn assemble(
                 let block = &mut out[p.expert * out_rows * t.cols..][..out_rows * t.cols];
                 for (o, row) in block.chunks_exact_mut(t.cols).enumerate() {
                     let s = t.row_perm.as_ref().map_or(o, |perm| perm[o]);
-                    let src_row = &buf[s * src_cols..][..src_cols];
                     for (j, d) in row[p.at..p.at + p.rank].iter_mut().enumerate() {
-                        *d = src_row[p.src_first + j * p.src_stride] * f;
+                        let k = p.src_first + j * p.src_stride;
+                        // Transposed: the source's row k, column s.
+                        let v = if p.transposed {
+                            buf[k * src_cols + s]
+                        } else {
+                            buf[s * src_cols + k]
+                        };
+                        *d = v * f;
                     }
                 }
             }

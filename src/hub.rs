@@ -1457,6 +1457,9 @@ pub fn suggest_base(hf_id: &str) -> Option<String> {
             format!("mixtral:{}", &c[1])
         }),
         (r"^gpt-oss-(20b|120b)$", |c| format!("gpt-oss:{}", &c[1])),
+        (r"^llama-4-(scout|maverick)-17b-(?:16|128)e(?:-instruct)?$", |c| {
+            format!("llama4:{}", &c[1])
+        }),
         (r"^gemma-?2-(2b|9b|27b)(?:-it)?$", |c| format!("gemma2:{}", &c[1])),
         (r"^gemma-?3-(1b|4b|12b|27b)(?:-it|-pt)?$", |c| {
             format!("gemma3:{}", &c[1])
@@ -1620,6 +1623,7 @@ mod tests {
             ("unsloth/Qwen3-30B-A3B-Instruct-2507", Some("qwen3:30b")),
             ("mistralai/Mixtral-8x7B-Instruct-v0.1", Some("mixtral:8x7b")),
             ("openai/gpt-oss-20b", Some("gpt-oss:20b")),
+            ("meta-llama/Llama-4-Scout-17B-16E-Instruct", Some("llama4:scout")),
             ("ibm-granite/granite-4.0-h-tiny", None),
             ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", None),
         ] {

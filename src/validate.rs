@@ -73,6 +73,9 @@ pub struct Target {
     /// Step between this tensor's rows in lora_B: 1, or the number of parts for a split whose
     /// parts interleave (gpt-oss's gate/up rows alternate).
     pub b_row_stride: usize,
+    /// lora_A and lora_B change roles (see `Arch::fused_experts_swapped`): `module`'s in and out
+    /// features are already the real ones, and its lora_B's rows face the outputs.
+    pub swapped: bool,
 }
 
 /// What the per-pair checks collect for the summary.
@@ -143,6 +146,8 @@ fn family_of(id: &str) -> Option<&'static str> {
         ("mistral3", "mistral3"),
         ("mistral-small-3.1", "mistral3"),
         ("mistral-small-3.2", "mistral3"),
+        ("llama-4", "llama4"),
+        ("llama4", "llama4"),
         ("llama", "llama"),
         ("mistral", "llama"),
         ("mixtral", "llama"),
@@ -404,6 +409,16 @@ fn map_module(
     // gpt-oss's fused gate_up_proj alternates gate and up rows; the others stack them.
     let interleaved =
         arch.interleaved_gate_up && matches!(&m.site, Site::FusedExperts { param, .. } if param == "gate_up_proj");
+    if arch.fused_experts_swapped && matches!(m.site, Site::FusedExperts { .. }) {
+        let real = LoraModule {
+            in_features: m.out_features,
+            out_features: m.in_features,
+            ..m.clone()
+        };
+        let mut targets = split_rows(tally, &real, names, key_a, base_id, interleaved);
+        targets.iter_mut().for_each(|t| t.swapped = true);
+        return targets;
+    }
     split_rows(tally, m, names, key_a, base_id, interleaved)
 }
 
@@ -446,6 +461,7 @@ fn split_rows(
             tensor,
             b_row_offset: if interleaved { i } else { i * height as usize },
             b_row_stride: if interleaved { parts as usize } else { 1 },
+            swapped: false,
         })
         .collect()
 }
@@ -913,6 +929,7 @@ mod tests {
         assert_eq!(family_of("microsoft/Phi-3.5-mini-instruct"), Some("phi3"));
         assert_eq!(family_of("unsloth/Qwen3.5-9B"), Some("qwen35"));
         assert_eq!(family_of("Qwen/Qwen3-30B-A3B-Instruct-2507"), Some("qwen3moe"));
+        assert_eq!(family_of("meta-llama/Llama-4-Scout-17B-16E-Instruct"), Some("llama4"));
         assert_eq!(family_of("google/gemma-4-E4B-it"), Some("gemma4"));
         assert_eq!(family_of("mistralai/Ministral-3-3B-Instruct-2512"), Some("mistral3"));
         assert_eq!(

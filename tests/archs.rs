@@ -885,3 +885,106 @@ fn expert_adapters_validate_per_expert_and_refuse_another_expert_count() {
         v.errors
     );
 }
+
+/// Llama 4 Maverick's layout at small widths: experts and a shared expert of `intermediate_size`
+/// in every second layer, dense MLPs of `intermediate_size_mlp` between.
+fn llama4_config() -> serde_json::Value {
+    json!({
+        "architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4",
+        "text_config": {"model_type": "llama4_text", "hidden_size": 192, "intermediate_size": 128,
+            "intermediate_size_mlp": 512, "num_local_experts": 16, "num_experts_per_tok": 1,
+            "interleave_moe_layer_step": 2, "num_hidden_layers": 4, "num_attention_heads": 8,
+            "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 1024},
+        "tie_word_embeddings": false
+    })
+}
+
+#[test]
+fn llama4_config_json_derives_interleaved_sparse_layers_with_a_shared_expert() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("config.json"), llama4_config().to_string()).unwrap();
+    let base = BaseModel::load(d.path()).unwrap();
+    assert_eq!(base.arch, "llama4");
+    let ne = |name: &str| base.tensors.get(name).map(|t| t.ne.clone());
+    assert_eq!(ne("blk.0.ffn_gate.weight"), Some(vec![192, 512]), "layer 0 is dense");
+    assert_eq!(ne("blk.0.ffn_gate_exps.weight"), None);
+    assert_eq!(ne("blk.1.ffn_gate_exps.weight"), Some(vec![192, 128, 16]));
+    assert_eq!(ne("blk.1.ffn_down_exps.weight"), Some(vec![128, 192, 16]));
+    assert_eq!(ne("blk.1.ffn_up_shexp.weight"), Some(vec![192, 128]));
+    assert_eq!(ne("blk.1.ffn_gate_inp.weight"), Some(vec![192, 16]));
+    assert_eq!(
+        ne("blk.1.ffn_gate_inp_shexp.weight"),
+        None,
+        "Llama 4's shared expert has no gate"
+    );
+    assert_eq!(ne("blk.1.ffn_gate.weight"), None);
+}
+
+#[test]
+fn llama4_fused_experts_take_peft_swapped_in_and_out_features() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("config.json"), llama4_config().to_string()).unwrap();
+    let base = BaseModel::load(d.path()).unwrap();
+    // Llama4TextExperts keeps [n, in, out] without `is_transposed`: PEFT's in_features is the
+    // parameter's last dimension, so gate_up's pair is [out 192, in 2 * 128] per PEFT.
+    let cfg = json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["router", "up_proj"],
+        "target_parameters": ["feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj"]});
+    let modules = vec![
+        (
+            "language_model.model.layers.1.feed_forward.experts.base_layer".to_string(),
+            [192, 2 * 128],
+        ),
+        (
+            "language_model.model.layers.1.feed_forward.experts".to_string(),
+            [128, 192],
+        ),
+        (
+            "language_model.model.layers.1.feed_forward.router".to_string(),
+            [16, 192],
+        ),
+        (
+            "language_model.model.layers.1.feed_forward.shared_expert.up_proj".to_string(),
+            [128, 192],
+        ),
+        (
+            "language_model.model.layers.0.feed_forward.up_proj".to_string(),
+            [512, 192],
+        ),
+    ];
+    let one = |(p, s): &(String, [usize; 2])| -> (String, [usize; 2]) { (p.clone(), *s) };
+    let fused: Vec<_> = modules[..2].iter().map(one).collect();
+    let plain: Vec<_> = modules[2..].iter().map(one).collect();
+    let a = d.path().join("a");
+    write_peft(&a, cfg.clone(), 4 * 16, &fused);
+    let v = validate(&Adapter::open(&a).unwrap(), &base);
+    assert!(v.errors.is_empty(), "{:?}", v.errors);
+    let names: Vec<&str> = v.modules.iter().map(|t| t.tensor.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "blk.1.ffn_down_exps.weight",
+            "blk.1.ffn_gate_exps.weight",
+            "blk.1.ffn_up_exps.weight"
+        ]
+    );
+    // The real orientation: ggml [in, out] of each expert matrix.
+    let dims: Vec<_> = v
+        .modules
+        .iter()
+        .map(|t| (t.swapped, t.module.in_features, t.module.out_features))
+        .collect();
+    assert_eq!(dims, [(true, 128, 192), (true, 192, 128), (true, 192, 128)]);
+    let b = d.path().join("b");
+    write_peft(&b, cfg, 4, &plain);
+    let v = validate(&Adapter::open(&b).unwrap(), &base);
+    assert!(v.errors.is_empty(), "{:?}", v.errors);
+    let names: Vec<&str> = v.modules.iter().map(|t| t.tensor.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "blk.0.ffn_up.weight",
+            "blk.1.ffn_gate_inp.weight",
+            "blk.1.ffn_up_shexp.weight"
+        ]
+    );
+}
