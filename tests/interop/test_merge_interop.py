@@ -78,6 +78,9 @@ CFG = {
     # target_parameters, test_moe_interop.py) copied
     "gptoss": dict(hidden_size=256, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
                    head_dim=64),
+    # dense MLPs in layers 0 and 2 (their gate touched), experts and a shared expert in 1 and 3 (copied)
+    "llama4": dict(hidden_size=256, intermediate_size=256, intermediate_size_mlp=512, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=64),
     # arch llama with experts: the w1 experts are touched; router, w3 and w2 copied
     "mixtral": dict(hidden_size=256, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
                     head_dim=64),
@@ -161,7 +164,7 @@ def touched_targets(arch) -> list[str]:
     """Every module but the MLP's, and the first MLP one: the other MLP weights stay untouched, so
     quantized untouched matrices get copied too (linear attention and per-layer modules count as
     attention here: each one's layout must be merged)."""
-    mlp = [m for m in arch.LORA_MODULES if archs.module_path(arch, m).startswith(("mlp.", "shared_mlp.", "block_sparse_moe."))]
+    mlp = [m for m in arch.LORA_MODULES if archs.module_path(arch, m).startswith(("mlp.", "shared_mlp.", "block_sparse_moe.", "feed_forward."))]
     experts = [m for m in mlp if "{e}" in archs.module_path(arch, m)]
     # MoE: one expert tensor instead (the router's LoRA is merged in test_moe_interop.py); fewer
     # re-quantized tensors keep the Q4_K_M noise well under the adapter's effect

@@ -8,6 +8,8 @@ suites cover with per-expert modules (archs/qwen3moe.py):
   columns at e + k*E, delta_e = alpha/r * B_e @ A_e in the nn.Linear orientation; gate_up's rows are
   gate then up. The keys name the module, not the parameter: with both targeted, the
   first-registered gate_up_proj is the inner wrapper (`mlp.experts.base_layer.lora_A`).
+- Llama 4's experts, for which PEFT swaps the roles of lora_A and lora_B (its experts class stores
+  [E, in, out] without `is_transposed`), converted and merged into F32, F16, Q8_0 and Q4_K experts.
 - A top-k choice near a tie would make llama.cpp and the reference route differently for reasons
   that have nothing to do with the adapter: every reference forward records its smallest gap between
   the k-th and (k+1)-th router probability, and the test requires it to stay clear of rounding.
@@ -273,4 +275,112 @@ def test_gptoss_mxfp4_experts_merge_keeps_mxfp4_bit_for_bit(tmp_path):
     harness.record_note("gpt-oss MXFP4 merge", f"{same / total:.4%} of the expert bytes as ggml's MXFP4 of the same target")
     # f32 sums in a different order may flip a value across a rounding boundary: nearly every byte agrees
     assert same / total > 0.99, f"only {same / total:.4%} of the MXFP4 expert bytes match ggml's"
+    harness.llama_logits_plain_cpu(merged, TOKENS, tmp_path / "run")  # loads and runs
+
+
+def llama4_adapter(path, cfg, weights, rng, r=4, alpha=8.0):
+    """target_parameters on Llama 4's fused experts as PEFT 0.21.2 saves them. Llama4TextExperts
+    stores [E, in, out] (used as x @ W) but does not say so (`is_transposed`), so PEFT swaps what
+    it calls in and out: lora_A is [r*E, out], lora_B [in, r*E], and its delta B_e @ A_e
+    ([in, out], the parameter's own layout) is added to W[e] (tuners/lora/layer.py,
+    get_delta_weight's `e o i` branch). Plus the router and the shared expert's up_proj."""
+    n = cfg["num_local_experts"]
+    s, merged, tensors = alpha / r, {k: v.astype(np.float64) for k, v in weights.items()}, {}
+
+    def pair(key, a_shape, b_shape, gain=0.5):
+        A = (rng.standard_normal(a_shape) / np.sqrt(a_shape[1])).astype(np.float32)
+        B = (rng.standard_normal(b_shape) * gain / np.sqrt(r)).astype(np.float32)
+        tensors[f"base_model.model.{key}.lora_A.weight"], tensors[f"base_model.model.{key}.lora_B.weight"] = A, B
+        return A.astype(np.float64), B.astype(np.float64)
+
+    for i in (i for i in range(cfg["num_hidden_layers"]) if archs.ARCHS["llama4"].is_sparse(cfg, i)):
+        p = f"model.layers.{i}.feed_forward."
+        for key, param in (("experts.base_layer", "gate_up_proj"), ("experts", "down_proj")):
+            W = weights[p + "experts." + param]                          # [E, in, out]
+            A, B = pair(p + key, (r * n, W.shape[2]), (W.shape[1], r * n))
+            for e in range(n):
+                merged[p + "experts." + param][e] += s * B[:, e::n] @ A[e * r:(e + 1) * r]
+        for module in ("router", "shared_expert.up_proj"):
+            W = weights[p + module + ".weight"]
+            A, B = pair(p + module, (r, W.shape[1]), (W.shape[0], r), 0.3 if module == "router" else 0.5)
+            merged[p + module + ".weight"] += s * B @ A
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": r, "lora_alpha": alpha,
+        "base_model_name_or_path": "meta-llama/Llama-4-Scout-17B-16E-Instruct",
+        "target_modules": ["router", "up_proj"],
+        "target_parameters": ["feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj"]}))
+    peft_lora.write_safetensors(path / "adapter_model.safetensors", tensors, "f32")
+    return path, {k: v.astype(np.float32) for k, v in merged.items()}
+
+
+def test_llama4_swapped_expert_factors_convert_and_merge_exactly(tmp_path):
+    """Llama 4's expert LoRA has A and B the other way round (A faces the outputs): converted, the
+    pair becomes lora_a = B_e^T, lora_b = A_e^T per expert; merged, W_e^T + s * A_e^T B_e^T."""
+    harness.require_binary()
+    arch = archs.ARCHS["llama4"]
+    # seeds chosen by search: router logit gaps 0.58 (base) and 0.49 (adapted)
+    base = harness.build_base(arch, tmp_path / "base", seed=150)
+    adapter, merged = llama4_adapter(tmp_path / "a", base.cfg, base.weights, np.random.default_rng(152))
+    ref = arch.forward(base.cfg, merged, TOKENS)
+    gap = arch.ROUTING_MARGIN[0][0]
+    assert gap > 0.05, f"a top-k choice sits near a tie (router logit gap {gap:.2e})"
+    arch.forward(base.cfg, base.weights, TOKENS)
+    assert arch.ROUTING_MARGIN[0][0] > 0.05, "the base's routing sits near a tie"
+    effect = rel(ref, base.ref_logits)
+    out = tmp_path / "adapter.gguf"
+    convert_ok([adapter, "--base", base.path, "-o", out, "--outtype", "f32"])
+    tensors = harness.read_gguf(out).tensors
+    assert tensors["blk.1.ffn_gate_exps.weight.lora_a"][1] == (4, 4, 64), tensors    # [E, r, H]
+    assert tensors["blk.1.ffn_up_exps.weight.lora_b"][1] == (4, 32, 4), tensors      # [E, F, r]
+    got = llama_logits(base.path, TOKENS, tmp_path, adapters=[(out, 1.0)])
+    r = rel(got, ref)
+    harness.record("llama4 target_parameters convert", r, 1e-3, effect=effect)
+    assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
+    m = tmp_path / "merged.gguf"
+    merge_ok([adapter, "--base", base.path, "-o", m])
+    r = rel(harness.llama_logits_plain_cpu(m, TOKENS, tmp_path / "run"), ref)
+    harness.record("llama4 target_parameters merge F32", r, MERGE_TOL, effect=effect)
+    assert r < MERGE_TOL, f"merged vs numpy rel {r:.3e}"
+
+
+@pytest.mark.parametrize("ty", ["F16", "Q8_0", "Q4_K"])
+def test_llama4_expert_lora_merges_into_quantized_experts(ty, tmp_path):
+    """Experts stored as F16 / Q8_0 / Q4_K keep their type, and hold ggml's own quantization of
+    dequant(base) + the PEFT delta, computed here from PEFT's semantics in the HF layout and moved
+    to llama.cpp's layout by the tiny model's converter (archs/llama4.py); the model then runs."""
+    harness.require_binary()
+    arch = archs.ARCHS["llama4"]
+    cfg = arch.tiny_config(hidden_size=256, intermediate_size=256, intermediate_size_mlp=512, head_dim=64)
+    weights = arch.random_weights(cfg, np.random.default_rng(160))
+    qt = gguf.GGMLQuantizationType[ty]
+
+    def quant(name, arr):
+        if not name.endswith("_exps.weight"):
+            return None
+        raw = np.frombuffer(harness.ggml_quantize_ref(ty, arr), dtype=np.uint8)
+        return raw.reshape(*arr.shape[:-1], -1), qt
+
+    base = tmp_path / "base.gguf"
+    arch.write_gguf(base, cfg, weights, quant=quant)
+    adapter, merged_hf = llama4_adapter(tmp_path / "a", cfg, weights, np.random.default_rng(161))
+    merged = tmp_path / "merged.gguf"
+    merge_ok([adapter, "--base", base, "-o", merged])
+    before, after = arch.gguf_tensors(cfg, weights), arch.gguf_tensors(cfg, merged_hf)
+    b, m = harness.read_gguf_raw(base), harness.read_gguf_raw(merged)
+    same = total = 0
+    for name, t in m.tensors.items():
+        if not name.endswith("_exps.weight"):
+            continue
+        assert t.type == ty, f"{name} became {t.type}"
+        delta = after[name].astype(np.float64) - before[name]
+        assert np.abs(delta).max() > 0, f"{name}: the test adapter does not touch it"
+        target = b.tensors[name].values().astype(np.float64) + delta
+        want = np.frombuffer(harness.ggml_quantize_ref(ty, target.astype(np.float32)), dtype=np.uint8)
+        got = np.frombuffer(t.data, dtype=np.uint8)
+        same += int(np.sum(got == want))
+        total += got.size
+    harness.record_note(f"llama4 experts merged into {ty}", f"{same / total:.4%} of the expert bytes as ggml's")
+    # f32 sums in another order may move a value across a rounding boundary: nearly every byte agrees
+    assert same / total > 0.99, f"only {same / total:.4%} of the {ty} expert bytes match ggml's"
     harness.llama_logits_plain_cpu(merged, TOKENS, tmp_path / "run")  # loads and runs

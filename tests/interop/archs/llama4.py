@@ -28,10 +28,10 @@ ROUTING_MARGIN: list = [None]
 
 LORA_MODULES = {
     **{m: (f"self_attn.{m}",) for m in ("q_proj", "k_proj", "v_proj", "o_proj")},
-    "router": ("feed_forward.router",),
-    **{f"shared_expert.{m}": (f"feed_forward.shared_expert.{m}",) for m in ("gate_proj", "up_proj", "down_proj")},
     # the dense layers' MLP (layers 0 and 2); PEFT wraps only the modules that exist
     **{m: (f"feed_forward.{m}",) for m in ("gate_proj", "up_proj", "down_proj")},
+    "router": ("feed_forward.router",),
+    **{f"shared_expert.{m}": (f"feed_forward.shared_expert.{m}",) for m in ("gate_proj", "up_proj", "down_proj")},
 }
 
 
@@ -106,7 +106,9 @@ def gguf_tensors(cfg: dict, weights: dict) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f32") -> None:
+def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f32", quant=None) -> None:
+    """quant: optional (name, array) -> (raw bytes array, GGMLQuantizationType) or None, to store
+    some tensors in another type."""
     # llama.cpp sizes the dense MLP by feed_forward_length, the experts by expert_feed_forward_length
     wr = C.gguf_writer(path, ARCH, {**cfg, "intermediate_size": cfg["intermediate_size_mlp"]}, dtype,
                        name="tiny-llama4-interop", key_value_length=cfg["head_dim"])
@@ -115,7 +117,16 @@ def write_gguf(path, cfg: dict, weights: dict[str, np.ndarray], dtype: str = "f3
     wr.add_expert_used_count(cfg["num_experts_per_tok"])
     wr.add_expert_feed_forward_length(cfg["intermediate_size"])
     wr.add_interleave_moe_layer_step(cfg["interleave_moe_layer_step"])
-    C.write_tensors_and_close(wr, gguf_tensors(cfg, weights), dtype)
+    for name, arr in gguf_tensors(cfg, weights).items():
+        q = quant(name, arr) if quant else None
+        if q is None:
+            wr.add_tensor(name, C.as_gguf_dtype(arr, dtype))
+        else:
+            wr.add_tensor(name, q[0], raw_dtype=q[1])
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
 
 
 def _rope_pairs(x: np.ndarray, pos: np.ndarray, theta: float) -> np.ndarray:
