@@ -967,7 +967,7 @@ impl BaseModel {
             })
             .or_else(|| tensors.get("token_embd.weight").and_then(|t| t.ne.get(1).copied()));
         let exact_tensors = !tensors.is_empty();
-        if !exact_tensors && gguf && matches!(arch.as_str(), "qwen35" | "qwen35moe" | "gemma4") {
+        if !exact_tensors && gguf && matches!(arch.as_str(), "qwen35" | "qwen35moe" | "gemma4" | "llama4") {
             return Err(bad(format!(
                 "the server lists no tensors, and the layers of `{arch}` models differ from one another"
             ))
