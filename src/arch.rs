@@ -40,14 +40,49 @@ pub struct Arch {
     /// The fused `gate_up_proj` alternates gate and up (gpt-oss: `[..., ::2]` / `[..., 1::2]`),
     /// rather than gate then up.
     pub interleaved_gate_up: bool,
-    /// PEFT's lora_A / lora_B act the other way round on the fused experts: Llama 4's experts
-    /// class stores `[n, in, out]` (used as `x @ W`) without saying so (`is_transposed`), so PEFT
-    /// takes the last dimension for the input. Its lora_A `[r * n, out]` then faces the outputs
-    /// and lora_B `[in, r * n]` the inputs, and the linear delta of expert e is A_e^T B_e^T.
-    pub fused_experts_swapped: bool,
+    /// How the fused expert parameters are stored, which decides how PEFT lays out their LoRA.
+    pub fused_layout: FusedLayout,
     /// HF modules whose weight llama.cpp's converter splits by rows into equal consecutive parts,
     /// one GGUF tensor stem per part: their LoRA becomes one pair per part, sharing lora_A.
     pub row_splits: &'static [(&'static str, &'static [&'static str])],
+}
+
+/// The layout of transformers' fused expert parameters (`gate_up_proj`, `down_proj`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusedLayout {
+    /// `[n, out, in]`, used as `F.linear(x, W[e])` (Qwen3-MoE, Qwen3.5-MoE, Mixtral).
+    OutIn,
+    /// `[n, in, out]`, used as `x @ W[e]`, and the experts class says so with `is_transposed`
+    /// (gpt-oss, in transformers 5).
+    InOutMarked,
+    /// `[n, in, out]` without `is_transposed` (Llama 4).
+    InOut,
+}
+
+impl FusedLayout {
+    /// Whether PEFT `version` (None: before 0.18, which did not record it) gives a fused
+    /// parameter of this layout a lora_A that faces the expert's *outputs* (`[r * n, out]`, with
+    /// lora_B `[in, r * n]`; the linear delta of expert e is then A_e^T B_e^T). PEFT has written
+    /// three layouts (tuners/lora/layer.py, ParamWrapper): before 0.19.0 lora_A takes the middle
+    /// dimension; 0.19.0 takes the last one when the class is marked `is_transposed`; from 0.19.1
+    /// the last one when it is not.
+    pub fn peft_swaps(self, version: Option<&str>) -> bool {
+        let v = version.map(parse_version).unwrap_or_default();
+        match self {
+            FusedLayout::OutIn => v < (0, 19, 1),
+            FusedLayout::InOutMarked => v == (0, 19, 0),
+            FusedLayout::InOut => v >= (0, 19, 1),
+        }
+    }
+}
+
+/// `0.19.1.dev0` -> (0, 19, 1); parts that are not numbers read as 0.
+fn parse_version(v: &str) -> (u32, u32, u32) {
+    let mut n = v.split('.').map(|p| {
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap_or(0)
+    });
+    (n.next().unwrap_or(0), n.next().unwrap_or(0), n.next().unwrap_or(0))
 }
 
 const STANDARD: &[(&str, &str)] = &[
@@ -329,7 +364,7 @@ const fn dense(
         experts: &[],
         fused_experts: &[],
         interleaved_gate_up: false,
-        fused_experts_swapped: false,
+        fused_layout: FusedLayout::OutIn,
     }
 }
 
@@ -398,6 +433,7 @@ pub const ARCHS: &[Arch] = &[
         layer_modules: &[GPT_OSS],
         fused_experts: FUSED_EXPERTS,
         interleaved_gate_up: true,
+        fused_layout: FusedLayout::InOutMarked,
         ..dense("gpt-oss", &["gpt_oss"], "gpt-oss (20B, 120B)", false)
     },
     Arch {
@@ -405,7 +441,7 @@ pub const ARCHS: &[Arch] = &[
         // converter keeps q/k as they are (`undo_permute = False`).
         layer_modules: &[STANDARD, LLAMA4_MOE],
         fused_experts: FUSED_EXPERTS,
-        fused_experts_swapped: true,
+        fused_layout: FusedLayout::InOut,
         ..dense(
             "llama4",
             &["llama4", "llama4_text"],
@@ -810,6 +846,24 @@ pub fn permute_rows(rows: usize, n_head: usize) -> Option<Vec<usize>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn peft_fused_expert_layouts_by_version() {
+        use super::FusedLayout::*;
+        let swaps = |layout: super::FusedLayout| {
+            [
+                None,
+                Some("0.17.1"),
+                Some("0.19.0"),
+                Some("0.19.1.dev0"),
+                Some("0.21.2"),
+            ]
+            .map(|v| layout.peft_swaps(v))
+        };
+        assert_eq!(swaps(OutIn), [true, true, true, false, false]);
+        assert_eq!(swaps(InOutMarked), [false, false, true, false, false]);
+        assert_eq!(swaps(InOut), [false, false, false, true, true]);
+    }
+
     use super::*;
 
     #[test]

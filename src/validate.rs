@@ -73,8 +73,8 @@ pub struct Target {
     /// Step between this tensor's rows in lora_B: 1, or the number of parts for a split whose
     /// parts interleave (gpt-oss's gate/up rows alternate).
     pub b_row_stride: usize,
-    /// lora_A and lora_B change roles (see `Arch::fused_experts_swapped`): `module`'s in and out
-    /// features are already the real ones, and its lora_B's rows face the outputs.
+    /// lora_A and lora_B change roles (see [`arch::FusedLayout::peft_swaps`]): `module`'s in and
+    /// out features are already the real ones, and its lora_A's columns face the outputs.
     pub swapped: bool,
 }
 
@@ -90,6 +90,9 @@ struct Tally {
     towers_left_out: Vec<String>,
     /// Experts adapted (in any layer).
     experts: BTreeSet<u32>,
+    /// Whether PEFT laid this adapter's fused-expert pairs out with lora_A facing the outputs, as
+    /// the first pair whose shapes fit only one way shows (`None`: none does).
+    fused_swapped: Option<bool>,
 }
 
 impl Validation {
@@ -244,7 +247,13 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
     }
 
     // Every LoRA pair against the base's tensors: what llama.cpp's loader checks, and more.
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        fused_swapped: analysis
+            .modules
+            .iter()
+            .find_map(|m| fused_fit(arch, base, m).and_then(|fit| fit.only())),
+        ..Tally::default()
+    };
     for m in &analysis.modules {
         for target in map_module(&mut v, &mut tally, arch, base, adapter, m, &base_id) {
             check_target(&mut v, &mut tally, base, adapter, target, &base_id);
@@ -258,6 +267,7 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         kv_shared,
         towers_left_out,
         experts,
+        ..
     } = tally;
     if !kv_shared.is_empty() {
         v.notices.push(format!(
@@ -409,7 +419,12 @@ fn map_module(
     // gpt-oss's fused gate_up_proj alternates gate and up rows; the others stack them.
     let interleaved =
         arch.interleaved_gate_up && matches!(&m.site, Site::FusedExperts { param, .. } if param == "gate_up_proj");
-    if arch.fused_experts_swapped && matches!(m.site, Site::FusedExperts { .. }) {
+    let swapped = fused_fit(arch, base, m).map(|fit| {
+        fit.only()
+            .or(tally.fused_swapped)
+            .unwrap_or_else(|| arch.fused_layout.peft_swaps(adapter.config.peft_version.as_deref()))
+    });
+    if swapped == Some(true) {
         let real = LoraModule {
             in_features: m.out_features,
             out_features: m.in_features,
@@ -420,6 +435,36 @@ fn map_module(
         return targets;
     }
     split_rows(tally, m, names, key_a, base_id, interleaved)
+}
+
+/// Which ways round a fused-experts pair fits its base tensors: lora_A facing the inputs
+/// (`normal`), or the outputs (`swapped`). PEFT's layout depends on its version and on how the
+/// transformers version at hand marks the experts class, so the shapes decide where they can.
+struct FusedFit {
+    normal: bool,
+    swapped: bool,
+}
+
+impl FusedFit {
+    /// Swapped or not, when exactly one way fits.
+    fn only(&self) -> Option<bool> {
+        (self.normal != self.swapped).then_some(self.swapped)
+    }
+}
+
+/// How fused-experts module `m` fits the stacked base tensors it maps to (ggml `[in, out, n]`,
+/// its rows split among them); `None` for other modules or an unknown base tensor.
+fn fused_fit(arch: &arch::Arch, base: &BaseModel, m: &LoraModule) -> Option<FusedFit> {
+    if !matches!(m.site, Site::FusedExperts { .. }) {
+        return None;
+    }
+    let names = arch.targets(&m.site)?;
+    let ne = &base.tensors.get(&names[0])?.ne;
+    let (input, output) = (ne[0], ne.get(1)? * names.len() as u64);
+    Some(FusedFit {
+        normal: (m.in_features, m.out_features) == (input, output),
+        swapped: (m.in_features, m.out_features) == (output, input),
+    })
 }
 
 /// One target per tensor in `names`, each taking an equal share of lora_B's rows: consecutive, or

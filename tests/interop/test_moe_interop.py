@@ -306,7 +306,7 @@ def llama4_adapter(path, cfg, weights, rng, r=4, alpha=8.0):
             merged[p + module + ".weight"] += s * B @ A
     path.mkdir(parents=True, exist_ok=True)
     (path / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "r": r, "lora_alpha": alpha,
+        "peft_type": "LORA", "r": r, "lora_alpha": alpha, "peft_version": "0.21.2",
         "base_model_name_or_path": "meta-llama/Llama-4-Scout-17B-16E-Instruct",
         "target_modules": ["router", "up_proj"],
         "target_parameters": ["feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj"]}))
@@ -384,3 +384,49 @@ def test_llama4_expert_lora_merges_into_quantized_experts(ty, tmp_path):
     # f32 sums in another order may move a value across a rounding boundary: nearly every byte agrees
     assert same / total > 0.99, f"only {same / total:.4%} of the {ty} expert bytes match ggml's"
     harness.llama_logits_plain_cpu(merged, TOKENS, tmp_path / "run")  # loads and runs
+
+
+@pytest.mark.parametrize("params,seed", [(("gate_up_proj", "down_proj"), 97), (("gate_up_proj",), 101)])
+def test_fused_experts_saved_by_peft_before_0_19(params, seed, moe, tmp_path):
+    """PEFT before 0.19 took a fused parameter's middle dimension for lora_A's input (PEFT 0.18.1,
+    tuners/lora/layer.py ParamWrapper): on Qwen3-MoE's [E, 2F, H] gate_up_proj that is 2F, so
+    lora_A [r*E, 2F] faces the outputs and lora_B [H, r*E] the inputs, the delta is
+    (B_e @ A_e)^T. With gate_up_proj alone its shapes fit both ways (2F = H here): the recorded
+    peft_version decides; with down_proj too, down_proj's shapes do. (Seeds chosen by search for
+    routing gaps above MIN_ROUTING_GAP.)"""
+    harness.require_binary()
+    arch, base, _, _, _ = moe
+    cfg, n, h, f = base.cfg, base.cfg["num_experts"], base.cfg["hidden_size"], base.cfg["moe_intermediate_size"]
+    r, alpha = 4, 8.0
+    rng, merged, tensors = np.random.default_rng(seed), {k: v.astype(np.float64) for k, v in base.weights.items()}, {}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for param in params:
+            key = p + ("mlp.experts.base_layer" if param == "gate_up_proj" and len(params) == 2 else "mlp.experts")
+            d1, d2 = (2 * f, h) if param == "gate_up_proj" else (h, f)     # the parameter's [E, d1, d2]
+            A = (rng.standard_normal((r * n, d1)) / np.sqrt(d1)).astype(np.float32)
+            B = (rng.standard_normal((d2, r * n)) * 0.4 / np.sqrt(r)).astype(np.float32)
+            tensors[f"base_model.model.{key}.lora_A.weight"], tensors[f"base_model.model.{key}.lora_B.weight"] = A, B
+            for e in range(n):
+                delta = (alpha / r * B[:, e::n].astype(np.float64) @ A[e * r:(e + 1) * r]).T   # [d1, d2]
+                if param == "gate_up_proj":
+                    merged[p + f"mlp.experts.{e}.gate_proj.weight"] += delta[:f]
+                    merged[p + f"mlp.experts.{e}.up_proj.weight"] += delta[f:]
+                else:
+                    merged[p + f"mlp.experts.{e}.down_proj.weight"] += delta
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": r, "lora_alpha": alpha, "peft_version": "0.18.1",
+        "target_parameters": [f"mlp.experts.{p}" for p in params]}))
+    peft_lora.write_safetensors(tmp_path / "a" / "adapter_model.safetensors", tensors, "f32")
+    ref = reference(arch, cfg, {k: v.astype(np.float32) for k, v in merged.items()})
+    out = tmp_path / "adapter.gguf"
+    convert_ok([tmp_path / "a", "--base", base.path, "-o", out, "--outtype", "f32"])
+    got = llama_logits(base.path, TOKENS, tmp_path, adapters=[(out, 1.0)])
+    r_, effect = rel(got, ref), rel(ref, base.ref_logits)
+    harness.record(f"qwen3moe PEFT 0.18 layout ({', '.join(params)}) convert", r_, 1e-3, effect=effect)
+    assert effect > MIN_EFFECT and r_ < 1e-3, f"rel {r_:.3e}, effect {effect:.3f}"
+    m = tmp_path / "merged.gguf"
+    merge_ok([tmp_path / "a", "--base", base.path, "-o", m])
+    r_ = rel(harness.llama_logits_plain_cpu(m, TOKENS, tmp_path / "run"), ref)
+    assert r_ < MERGE_TOL, f"merged vs numpy rel {r_:.3e}"
