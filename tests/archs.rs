@@ -929,31 +929,16 @@ fn llama4_fused_experts_take_peft_swapped_in_and_out_features() {
     // parameter's last dimension, so gate_up's pair is [out 192, in 2 * 128] per PEFT.
     let cfg = json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["router", "up_proj"],
         "target_parameters": ["feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj"]});
-    let modules = vec![
-        (
-            "language_model.model.layers.1.feed_forward.experts.base_layer".to_string(),
-            [192, 2 * 128],
-        ),
-        (
-            "language_model.model.layers.1.feed_forward.experts".to_string(),
-            [128, 192],
-        ),
-        (
-            "language_model.model.layers.1.feed_forward.router".to_string(),
-            [16, 192],
-        ),
-        (
-            "language_model.model.layers.1.feed_forward.shared_expert.up_proj".to_string(),
-            [128, 192],
-        ),
-        (
-            "language_model.model.layers.0.feed_forward.up_proj".to_string(),
-            [512, 192],
-        ),
+    let m = |path: &str, shape: [usize; 2]| (format!("language_model.model.layers.{path}"), shape);
+    let fused = [
+        m("1.feed_forward.experts.base_layer", [192, 2 * 128]),
+        m("1.feed_forward.experts", [128, 192]),
     ];
-    let one = |(p, s): &(String, [usize; 2])| -> (String, [usize; 2]) { (p.clone(), *s) };
-    let fused: Vec<_> = modules[..2].iter().map(one).collect();
-    let plain: Vec<_> = modules[2..].iter().map(one).collect();
+    let plain = [
+        m("1.feed_forward.router", [16, 192]),
+        m("1.feed_forward.shared_expert.up_proj", [128, 192]),
+        m("0.feed_forward.up_proj", [512, 192]),
+    ];
     let a = d.path().join("a");
     write_peft(&a, cfg.clone(), 4 * 16, &fused);
     let v = validate(&Adapter::open(&a).unwrap(), &base);
@@ -974,6 +959,17 @@ fn llama4_fused_experts_take_peft_swapped_in_and_out_features() {
         .map(|t| (t.swapped, t.module.in_features, t.module.out_features))
         .collect();
     assert_eq!(dims, [(true, 128, 192), (true, 192, 128), (true, 192, 128)]);
+    // PEFT 0.18 took the middle dimension as the input: the usual orientation for Llama 4.
+    let old = d.path().join("old");
+    write_peft(
+        &old,
+        cfg.clone(),
+        4 * 16,
+        &[m("1.feed_forward.experts.base_layer", [256, 192])],
+    );
+    let v = validate(&Adapter::open(&old).unwrap(), &base);
+    assert!(v.errors.is_empty(), "{:?}", v.errors);
+    assert!(v.modules.iter().all(|t| !t.swapped && t.module.in_features == 192));
     let b = d.path().join("b");
     write_peft(&b, cfg, 4, &plain);
     let v = validate(&Adapter::open(&b).unwrap(), &base);
