@@ -24,6 +24,7 @@ pub mod peft;
 pub mod pipeline;
 pub mod progress;
 pub mod quant;
+pub mod quant_mix;
 pub mod registry;
 pub mod validate;
 
