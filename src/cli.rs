@@ -84,7 +84,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Merge PEFT LoRA adapter(s) into the base model's GGUF, keeping its quantization.
+    /// Merge PEFT LoRA adapter(s) into the base model's GGUF, keeping its quantization (or quantizing it: --quantize).
     Merge {
         /// Adapter folder (or either file of it), optionally with a weight: `./a:0.7`. Several are
         /// merged together. One GGUF LoRA adapter file is merged as llama.cpp applies it.

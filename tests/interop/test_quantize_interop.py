@@ -95,6 +95,8 @@ def test_quantize_matches_llama_quantize(quant_bases, key, scheme):
     for k in ("general.file_type", "general.quantization_version"):
         assert o.kv[k][1] == r.kv[k][1], (k, o.kv[k], r.kv[k])
     mix = sorted({t.type for t in o.tensors.values()})
+    if scheme == "q4_k_m":  # the rules and both fallbacks were reached, not only the default type
+        assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0", "F16"} <= set(mix), mix
     harness.record_note(f"quantize {key} {scheme}", f"{len(o.tensors)} tensors identical in type and bytes; "
                                                      f"types {', '.join(mix)}")
     for p in (ours, mid, ref):
@@ -122,6 +124,38 @@ def test_quantize_vs_f16_merge_then_llama_quantize(quant_bases, key):
                         f"{len(r.tensors)} types equal; {len(untouched)} untouched tensors identical; "
                         f"{len(merged) - len(merged_diff)} of {len(merged)} merged tensors identical "
                         "(the others quantize f16-rounded merged values there)")
+
+
+@pytest.mark.parametrize("scheme", ["q4_k_m", "q6_k", "q4_0"])
+def test_quantized_base_is_requantized_as_llama_quantize_allow_requantize(quant_bases, scheme):
+    """A Q8_0 base: ours dequantizes and re-quantizes every untouched tensor whose type changes, and
+    copies those that keep Q8_0. Reference: the Q8_0 base with the merged tensors replaced by our f32
+    merged values, through llama_model_quantize with allow_requantize (llama-quantize
+    --allow-requantize), which does the same to the untouched ones."""
+    import gguf
+
+    b, ad, d = quant_bases("llama")
+    q8 = d / "base-q8_0.gguf"
+    if not q8.exists():
+        harness.rewrite_gguf(b.path, q8, lambda n, x: x if x.ndim < 2 or x.shape[-1] % 32 else (
+            gguf.quants.quantize(x.astype(np.float32), gguf.GGMLQuantizationType.Q8_0),
+            gguf.GGMLQuantizationType.Q8_0))
+    ours, keep, mid = d / f"rq-ours-{scheme}.gguf", d / "rq-keep.gguf", d / "rq-mid-f32.gguf"
+    hybrid, ref = d / "rq-hybrid.gguf", d / f"rq-ref-{scheme}.gguf"
+    merge_ok([ad.path, "--base", q8, "-o", ours, "--quantize", scheme, "--force"])
+    merge_ok([ad.path, "--base", q8, "-o", keep, "--force"])
+    merge_ok([ad.path, "--base", q8, "-o", mid, "--quantize", "f32", "--force"])
+    base_q8, kept, merged_f32 = read_gguf_raw(q8), read_gguf_raw(keep), read_gguf_raw(mid)
+    merged = {n for n, t in kept.tensors.items() if t.data != base_q8.tensors[n].data}
+    assert merged and any(t.type == "Q8_0" for t in base_q8.tensors.values())
+    harness.rewrite_gguf(q8, hybrid, lambda n, x: merged_f32.tensors[n].values() if n in merged else x)
+    harness.llama_quantize(hybrid, ref, FTYPES[scheme], allow_requantize=True)
+    o, r = read_gguf_raw(ours), read_gguf_raw(ref)
+    assert set(o.tensors) == set(r.tensors)
+    types, data = tensor_diff(o, r, sorted(r.tensors))
+    assert not types and not data, (types, data)
+    harness.record_note(f"quantize llama Q8_0 base -> {scheme}",
+                        f"{len(o.tensors)} tensors identical to llama-quantize --allow-requantize")
 
 
 def test_quantize_refusals(quant_bases):
