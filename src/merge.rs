@@ -7,6 +7,9 @@
 //! the Q/K row order and the embedding layout carry over), quantize back. Every other tensor and every
 //! metadata value is copied as is. Work is split into row blocks of a few megabytes, computed on all
 //! cores and written in order, so memory stays at a few blocks whatever the model's size.
+//!
+//! With `--quantize TYPE` every tensor instead gets the type llama-quantize's mix gives it ([`quant_mix`]):
+//! untouched tensors whose type changes go through the same row blocks (dequantize, quantize), without a delta.
 
 use std::collections::HashMap;
 use std::fs::File;
