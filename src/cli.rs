@@ -16,6 +16,7 @@ use crate::merge::{self, MergedType};
 use crate::modelfile::Parameters;
 use crate::peft::{Adapter, Report};
 use crate::progress::Progress;
+use crate::quant_mix::Scheme;
 use crate::validate::{self, Validation};
 
 #[derive(Parser, Debug)]
@@ -83,7 +84,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Merge PEFT LoRA adapter(s) into the base model's GGUF, keeping its quantization.
+    /// Merge PEFT LoRA adapter(s) into the base model's GGUF, keeping its quantization (or quantizing it: --quantize).
     Merge {
         /// Adapter folder (or either file of it), optionally with a weight: `./a:0.7`. Several are
         /// merged together. One GGUF LoRA adapter file is merged as llama.cpp applies it.
@@ -100,8 +101,10 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
         /// Type of the merged tensors: the base tensor's own (keep), or f16 / q8_0.
-        #[arg(long, value_enum, default_value_t = MergedType::Keep)]
+        #[arg(long, value_enum, default_value_t = MergedType::Keep, conflicts_with = "quantize")]
         merged_type: MergedType,
+        #[command(flatten)]
+        quantize: QuantizeArgs,
         /// Multiply the adapters' effect (0.5 = half strength).
         #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         scale: f64,
@@ -186,6 +189,35 @@ pub enum Command {
     },
 }
 
+/// `--quantize`, on merge and on the commands that merge.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct QuantizeArgs {
+    /// Quantize the whole merged model, in the same pass, choosing each tensor's type as
+    /// llama-quantize does for TYPE: q4_k_m, q4_k_s, q5_k_m, q5_k_s, q6_k, q8_0, q5_0, q5_1, q4_0,
+    /// q4_1, q3_k_m, q3_k_s, q3_k_l, q2_k, mxfp4_moe, f16, bf16, f32. No importance matrix, so no
+    /// IQ types.
+    #[arg(long, value_name = "TYPE", value_parser = Scheme::parse)]
+    quantize: Option<Scheme>,
+    /// Not supported: importance-matrix quantization (here to say so, for llama-quantize users).
+    #[arg(long, value_name = "FILE", hide = true)]
+    imatrix: Option<PathBuf>,
+}
+
+impl QuantizeArgs {
+    /// The scheme, or the refusal of --imatrix.
+    fn scheme(&self) -> anyhow::Result<Option<Scheme>> {
+        if self.imatrix.is_some() {
+            anyhow::bail!(
+                "--imatrix: importance-matrix quantization is not supported: --quantize writes what \
+                 llama-quantize writes without an imatrix, and this tool computes none.\n  hint: for \
+                 imatrix-weighted K-quants or IQ types, merge with --quantize f16 and run llama-quantize \
+                 --imatrix on the result"
+            );
+        }
+        Ok(self.quantize)
+    }
+}
+
 /// The options create-from-base and fetch-adapter share.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CreateArgs {
@@ -193,6 +225,9 @@ pub struct CreateArgs {
     /// 0.34.1); auto: ask the server's version, and merge if an adapter is refused.
     #[arg(long, value_enum, default_value_t = Mode::Auto)]
     mode: Mode,
+    /// With the adapter merged (implies --mode merge), see `merge --quantize`.
+    #[command(flatten)]
+    quantize: QuantizeArgs,
     /// System prompt.
     #[arg(long, conflicts_with = "system_file")]
     system: Option<String>,
@@ -272,6 +307,7 @@ impl CreateArgs {
             base,
             adapter,
             mode: self.mode,
+            quantize: self.quantize.scheme()?,
             system: self.system.clone().or(read(&self.system_file)?),
             template: read(&self.template)?,
             license: read(&self.license)?,
@@ -343,19 +379,21 @@ pub fn run(cli: Cli) -> ExitCode {
             base_gguf,
             output,
             merged_type,
+            quantize,
             scale,
             strict,
             force,
             json,
-        } => {
+        } => quantize.scheme().and_then(|quantize| {
             let opts = merge::Options {
                 merged_type,
+                quantize,
                 scale,
                 force,
                 strict,
             };
             run_merge(&adapters, &base, base_gguf.as_deref(), &output, &opts, json, cli.quiet)
-        }
+        }),
         Command::Inspect { adapter, json } => run_inspect(&adapter, json),
         Command::Cache { action } => run_cache(&action),
         Command::CreateFromBase {
@@ -530,8 +568,16 @@ fn run_merge(
         return Ok(());
     }
     let types: Vec<String> = summary.merged_types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    let converted = match &summary.quantize {
+        Some(q) => format!(
+            ", {} converted to the {} mix",
+            summary.converted,
+            q.to_ascii_uppercase()
+        ),
+        None => String::new(),
+    };
     println!(
-        "wrote {}: {} tensors merged ({}), {} copied unchanged, {} (base {})",
+        "wrote {}: {} tensors merged ({}){converted}, {} copied unchanged, {} (base {})",
         summary.output.display(),
         summary.merged,
         types.join(", "),

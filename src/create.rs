@@ -30,6 +30,7 @@ use crate::modelfile::{Message, Modelfile, Parameters};
 use crate::ollama::{self, ApiError, Client, ModelName};
 use crate::peft::Adapter;
 use crate::progress::Progress;
+use crate::quant_mix::Scheme;
 use crate::{cache, convert, merge, registry};
 
 /// How to get the adapter into Ollama.
@@ -179,6 +180,8 @@ pub struct Options {
     /// A PEFT adapter folder (or either of its files), or a ready GGUF LoRA adapter.
     pub adapter: Option<PathBuf>,
     pub mode: Mode,
+    /// Quantize the merged model with llama-quantize's mix for this scheme (merges the adapter).
+    pub quantize: Option<Scheme>,
     /// Already read from their files.
     pub system: Option<String>,
     pub template: Option<String>,
@@ -367,6 +370,7 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
             "--out-gguf leaves the merged model or the GGUF adapter, and there is no --adapter".into(),
         ));
     }
+    check_quantize(opts)?;
     let base_path = Path::new(&opts.base);
     let base_is_file = base_path.exists();
     // A base given as a file is described from it, once.
@@ -450,7 +454,19 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         (None, _, None) => BaseModel::load(base_path)?,
     };
     let can_merge = base.gguf_path.is_some() || base_name.is_some();
-    let (mut used, mut reason) = choose_mode(opts.mode, opts.adapter.is_some(), server_version.as_deref(), can_merge);
+    // Quantizing happens in the merge, so --quantize asks for one.
+    let requested = if opts.quantize.is_some() {
+        Mode::Merge
+    } else {
+        opts.mode
+    };
+    let (mut used, mut reason) = choose_mode(requested, opts.adapter.is_some(), server_version.as_deref(), can_merge);
+    if let (Some(q), Mode::Auto) = (opts.quantize, opts.mode) {
+        reason = format!(
+            "--quantize {}: the adapter is merged into the base and the result quantized",
+            q.name()
+        );
+    }
     let adapter = opts.adapter.as_deref().map(AdapterInput::open).transpose()?;
 
     let mut report = Report {
@@ -747,7 +763,29 @@ fn build_adapter(adapter: &AdapterInput, base: &BaseModel, opts: &Options, ui: &
     }
 }
 
-/// The base's GGUF with the adapter merged in, at the base's own quantization.
+/// --quantize needs an adapter merged: refused without one, and with --mode adapter.
+fn check_quantize(opts: &Options) -> Result<()> {
+    if opts.quantize.is_none() {
+        return Ok(());
+    }
+    if opts.adapter.is_none() {
+        return Err(Error::Usage(
+            "--quantize quantizes the model the adapter is merged into, and there is no --adapter \
+             (to quantize a model alone, use llama-quantize)"
+                .into(),
+        ));
+    }
+    if opts.mode == Mode::Adapter {
+        return Err(Error::Usage(
+            "--quantize quantizes the merged model, and --mode adapter keeps the base as it is: use \
+             --mode merge, or leave --mode out"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The base's GGUF with the adapter merged in, at the base's own quantization (or --quantize's).
 fn build_merged(
     adapter: &AdapterInput,
     name: Option<&ModelName>,
@@ -779,8 +817,14 @@ fn build_merged(
         Some(hex) if hex.len() == 64 => hex.to_string(),
         _ => sha256_file(&base_file, ui)?,
     };
+    let quantize = opts.quantize.map_or("keep", |q| q.name());
     cached(
-        &["merge", &base_id, &format!("strict={}", opts.strict)],
+        &[
+            "merge",
+            &base_id,
+            &format!("strict={}", opts.strict),
+            &format!("quantize={quantize}"),
+        ],
         adapter,
         ui,
         |out| {
@@ -788,6 +832,7 @@ fn build_merged(
                 force: true,
                 strict: opts.strict,
                 scale: 1.0,
+                quantize: opts.quantize,
                 ..Default::default()
             };
             let summary = match adapter {

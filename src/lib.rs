@@ -5,7 +5,7 @@
 //! ([`ollama`] speaks to Ollama's server and store, [`registry`] downloads a model's GGUF from an Ollama
 //! registry), [`validate`] checks an adapter against a base,
 //! [`convert`] plans and writes GGUF LoRA adapters, [`cache`] keeps what runs built, [`quant`] converts ggml tensor blocks to and from
-//! f32, [`cli`] is the command line on top. The library
+//! f32, [`quant_mix`] gives each tensor the type llama-quantize would, [`cli`] is the command line on top. The library
 //! never prints; it reports through [`progress::Progress`].
 
 pub mod arch;
@@ -24,6 +24,7 @@ pub mod peft;
 pub mod pipeline;
 pub mod progress;
 pub mod quant;
+pub mod quant_mix;
 pub mod registry;
 pub mod validate;
 

@@ -7,6 +7,9 @@
 //! the Q/K row order and the embedding layout carry over), quantize back. Every other tensor and every
 //! metadata value is copied as is. Work is split into row blocks of a few megabytes, computed on all
 //! cores and written in order, so memory stays at a few blocks whatever the model's size.
+//!
+//! With `--quantize TYPE` every tensor instead gets the type llama-quantize's mix gives it ([`quant_mix`]):
+//! untouched tensors whose type changes go through the same row blocks (dequantize, quantize), without a delta.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,6 +23,7 @@ use crate::gguf::{self, GgmlType, TensorSpec, Value};
 use crate::pipeline;
 use crate::progress::Progress;
 use crate::quant;
+use crate::quant_mix::{self, Scheme};
 
 /// The type touched tensors are written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -35,6 +39,9 @@ pub enum MergedType {
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     pub merged_type: MergedType,
+    /// Quantize the whole model with llama-quantize's mix for this scheme (instead of keeping the
+    /// base's types); excludes `merged_type`.
+    pub quantize: Option<Scheme>,
     /// Multiplies the adapters' effect.
     pub scale: f64,
     pub force: bool,
@@ -46,9 +53,13 @@ pub struct Options {
 pub struct Summary {
     pub output: PathBuf,
     pub base: PathBuf,
-    /// Tensors the adapters changed, and tensors copied unchanged.
+    /// Tensors the adapters changed, untouched tensors converted to another type (--quantize), and
+    /// tensors copied unchanged.
     pub merged: usize,
+    pub converted: usize,
     pub copied: usize,
+    /// The --quantize scheme, when one was asked for.
+    pub quantize: Option<String>,
     /// Type name of the merged tensors -> count.
     pub merged_types: std::collections::BTreeMap<String, usize>,
     pub bytes: u64,
@@ -63,10 +74,11 @@ const BLOCK_VALUES: usize = 1 << 22;
 enum Job {
     /// An untouched tensor, copied from the base file.
     Copy { tensor: usize },
-    /// Rows `start..end` of a touched tensor.
+    /// Rows `start..end` of a tensor written in another type: a touched one (with its pair), or an
+    /// untouched one converted for --quantize (without).
     Rows {
         tensor: usize,
-        pair: usize,
+        pair: Option<usize>,
         start: usize,
         end: usize,
     },
@@ -295,6 +307,8 @@ fn merge_with(
     let lora_pairs = source.pairs();
 
     check_base_tensors(&header, &base_path)?;
+    // The type every tensor is written in: the base's, or the --quantize mix's.
+    let out_types = output_types(&header, opts, &base_path)?;
     // Which base tensors the adapters touch, and what type each becomes.
     let by_name: HashMap<&str, usize> = header
         .tensors
@@ -309,44 +323,35 @@ fn merge_with(
         let &i = by_name
             .get(name)
             .ok_or_else(|| Error::invalid(&base_path, format!("tensor `{name}` is missing")))?;
-        let ty = merged_type(&header.tensors[i], opts, &base_path, &mut notices)?;
+        let wanted = match opts.merged_type {
+            _ if opts.quantize.is_some() => out_types[i],
+            MergedType::Keep => header.tensors[i].ty,
+            MergedType::F16 => GgmlType::F16,
+            MergedType::Q8_0 => GgmlType::Q8_0,
+        };
+        let ty = merged_type(&header.tensors[i], wanted, &base_path, &mut notices)?;
         pair_of.insert(i, pairs.len());
         pairs.push(Pair { lora: k, ty });
     }
-
-    // The jobs, in file order: whole tensors to copy, row blocks to merge.
-    let mut jobs = Vec::new();
-    let mut specs = Vec::with_capacity(header.tensors.len());
-    for (i, t) in header.tensors.iter().enumerate() {
-        match pair_of.get(&i) {
-            None => {
-                jobs.push(Job::Copy { tensor: i });
-                specs.push(TensorSpec {
-                    name: t.name.clone(),
-                    ne: t.ne.clone(),
-                    ty: t.ty,
-                });
-            }
-            Some(&pair) => {
-                let (cols, rows) = (t.ne[0] as usize, t.ne[1..].iter().product::<u64>() as usize);
-                // Zero-width tensors never get here (the reader refuses them); max(1) keeps it so.
-                let step = (BLOCK_VALUES / cols.max(1)).max(1);
-                for start in (0..rows).step_by(step) {
-                    jobs.push(Job::Rows {
-                        tensor: i,
-                        pair,
-                        start,
-                        end: (start + step).min(rows),
-                    });
-                }
-                specs.push(TensorSpec {
-                    name: t.name.clone(),
-                    ne: t.ne.clone(),
-                    ty: pairs[pair].ty,
-                });
-            }
-        }
+    // The final type of each tensor, and the jobs that write them, in file order.
+    let targets: Vec<GgmlType> = (0..header.tensors.len())
+        .map(|i| pair_of.get(&i).map_or(out_types[i], |&p| pairs[p].ty))
+        .collect();
+    check_conversions(&header, &targets, &pair_of, &base_path)?;
+    if let Some(n) = requantize_notice(&header, &targets, opts.quantize) {
+        notices.push(n);
     }
+    let jobs = plan_jobs(&header, &targets, &pair_of);
+    let specs: Vec<TensorSpec> = header
+        .tensors
+        .iter()
+        .zip(&targets)
+        .map(|(t, &ty)| TensorSpec {
+            name: t.name.clone(),
+            ne: t.ne.clone(),
+            ty,
+        })
+        .collect();
     let kvs = metadata(&header, &provenance, opts);
 
     let tmp = convert::temp_beside(output)?;
@@ -361,6 +366,7 @@ fn merge_with(
         source,
         lora_pairs: &lora_pairs,
         pairs: &pairs,
+        targets: &targets,
         header: &header,
         base_file: &base_file,
         base_path: &base_path,
@@ -420,6 +426,19 @@ fn merge_with(
     for p in &pairs {
         *merged_types.entry(p.ty.name()).or_insert(0) += 1;
     }
+    let converted = jobs
+        .iter()
+        .filter(|j| {
+            matches!(
+                j,
+                Job::Rows {
+                    pair: None,
+                    start: 0,
+                    ..
+                }
+            )
+        })
+        .count();
     for n in &notices {
         progress.notice(n);
     }
@@ -427,7 +446,9 @@ fn merge_with(
         output: output.to_path_buf(),
         base: base_path.clone(),
         merged: pairs.len(),
-        copied: header.tensors.len() - pairs.len(),
+        converted,
+        copied: header.tensors.len() - pairs.len() - converted,
+        quantize: opts.quantize.map(|q| q.name().to_string()),
         merged_types,
         bytes,
         base_bytes: std::fs::metadata(&base_path).map(|m| m.len()).unwrap_or(0),
@@ -454,16 +475,25 @@ struct Merger<'a> {
     source: &'a Source<'a>,
     lora_pairs: &'a [LoraPair],
     pairs: &'a [Pair],
+    /// The type each tensor is written in.
+    targets: &'a [GgmlType],
     header: &'a gguf::Header,
     base_file: &'a File,
     base_path: &'a Path,
 }
 
 impl Merger<'_> {
-    /// Rows `start..end` of base tensor `tensor`, merged and encoded in the pair's target type.
-    fn rows(&self, s: &mut WorkerState, tensor: usize, pair: usize, start: usize, end: usize) -> Result<Vec<u8>> {
+    /// Rows `start..end` of base tensor `tensor`, merged with `pair` if any, encoded in its target type.
+    fn rows(
+        &self,
+        s: &mut WorkerState,
+        tensor: usize,
+        pair: Option<usize>,
+        start: usize,
+        end: usize,
+    ) -> Result<Vec<u8>> {
         let t = &self.header.tensors[tensor];
-        let p = &self.pairs[pair];
+        let ty = self.targets[tensor];
         let cols = t.ne[0] as usize;
         let n = (end - start) * cols;
         let size_error = |ty: GgmlType| {
@@ -483,14 +513,16 @@ impl Merger<'_> {
         s.rows.resize(n, 0.0);
         quant::dequantize(t.ty, &s.raw, &mut s.rows)
             .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
-        self.add_pair(s, p.lora, start, end, cols)?;
-        check_values(&s.rows, cols, start, p.ty, &t.name, self.base_path)?;
+        if let Some(p) = pair {
+            self.add_pair(s, self.pairs[p].lora, start, end, cols)?;
+        }
+        check_values(&s.rows, cols, start, ty, &t.name, self.base_path)?;
         let mut out = vec![
             0u8;
-            p.ty.byte_size(&[cols as u64, (end - start) as u64])
-                .ok_or_else(|| size_error(p.ty))? as usize
+            ty.byte_size(&[cols as u64, (end - start) as u64])
+                .ok_or_else(|| size_error(ty))? as usize
         ];
-        quant::quantize(p.ty, &s.rows, &mut out)
+        quant::quantize(ty, &s.rows, &mut out)
             .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
         Ok(out)
     }
@@ -526,8 +558,13 @@ impl Merger<'_> {
 }
 
 /// What a touched base tensor becomes: checked (2-d, or a 3-d stack of experts; a type this tool
-/// reads), and the type the options ask for where it can be written, else Q8_0 or F16.
-fn merged_type(t: &gguf::TensorInfo, opts: &Options, base_path: &Path, notices: &mut Vec<String>) -> Result<GgmlType> {
+/// reads), and `wanted` where it can be written, else Q8_0 or F16.
+fn merged_type(
+    t: &gguf::TensorInfo,
+    wanted: GgmlType,
+    base_path: &Path,
+    notices: &mut Vec<String>,
+) -> Result<GgmlType> {
     let name = &t.name;
     if !matches!(t.ne.len(), 2 | 3) {
         return Err(Error::refused(
@@ -547,11 +584,6 @@ fn merged_type(t: &gguf::TensorInfo, opts: &Options, base_path: &Path, notices: 
             "use a build of the base with F16, BF16, Q8_0, Q4_0/Q4_1/Q5_0/Q5_1, K-quant or MXFP4 tensors",
         ));
     }
-    let wanted = match opts.merged_type {
-        MergedType::Keep => t.ty,
-        MergedType::F16 => GgmlType::F16,
-        MergedType::Q8_0 => GgmlType::Q8_0,
-    };
     let fits = |ty: GgmlType| quant::can_quantize(ty) && t.ne[0] as usize % quant::block_len(ty) == 0;
     if fits(wanted) {
         return Ok(wanted);
@@ -565,6 +597,109 @@ fn merged_type(t: &gguf::TensorInfo, opts: &Options, base_path: &Path, notices: 
         "`{name}` written as {fallback}: {wanted} cannot be written for it"
     ));
     Ok(fallback)
+}
+
+/// The type each base tensor is written in when no adapter touches it: its own, or with --quantize
+/// the one llama-quantize's mix gives it.
+fn output_types(header: &gguf::Header, opts: &Options, base_path: &Path) -> Result<Vec<GgmlType>> {
+    let Some(scheme) = opts.quantize else {
+        return Ok(header.tensors.iter().map(|t| t.ty).collect());
+    };
+    if opts.merged_type != MergedType::Keep {
+        return Err(Error::Usage(
+            "--quantize sets the type of every tensor, merged ones too: leave out --merged-type".into(),
+        ));
+    }
+    let tensors: Vec<quant_mix::Tensor> = header
+        .tensors
+        .iter()
+        .map(|t| quant_mix::Tensor {
+            name: &t.name,
+            ne: &t.ne,
+            ty: t.ty,
+        })
+        .collect();
+    quant_mix::plan(scheme, &quant_mix::Model::from_header(header), &tensors).map_err(|msg| {
+        Error::refused(
+            base_path,
+            format!("choosing the {scheme} type of each tensor as llama-quantize does: {msg}"),
+            "use a base whose tensors follow llama.cpp's naming (blk.N.<name>)",
+        )
+    })
+}
+
+/// Untouched tensors that change type must be readable by this tool (and the new type writable).
+fn check_conversions(
+    header: &gguf::Header,
+    targets: &[GgmlType],
+    pair_of: &HashMap<usize, usize>,
+    base_path: &Path,
+) -> Result<()> {
+    let unreadable = header.tensors.iter().enumerate().find(|&(i, t)| {
+        !pair_of.contains_key(&i)
+            && targets[i] != t.ty
+            && !(quant::can_dequantize(t.ty) && quant::can_quantize(targets[i]))
+    });
+    match unreadable {
+        Some((i, t)) => Err(Error::refused(
+            base_path,
+            format!(
+                "`{}` is {}, which this tool cannot read to convert it to {}",
+                t.name, t.ty, targets[i]
+            ),
+            "quantize from a base with F16, BF16, F32, Q8_0 or K-quant tensors (an F16 conversion of the model is best)",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A word when --quantize re-quantizes tensors the base already holds quantized: as llama-quantize
+/// with --allow-requantize, from their dequantized values, which costs more than quantizing once.
+fn requantize_notice(header: &gguf::Header, targets: &[GgmlType], scheme: Option<Scheme>) -> Option<String> {
+    let scheme = scheme?;
+    let mut from: Vec<String> = header
+        .tensors
+        .iter()
+        .zip(targets)
+        .filter(|&(t, &ty)| t.ty != ty && quant::block_len(t.ty) > 1)
+        .map(|(t, _)| t.ty.name())
+        .collect();
+    if from.is_empty() {
+        return None;
+    }
+    let n = from.len();
+    from.sort();
+    from.dedup();
+    Some(format!(
+        "{n} tensors of the base are already quantized ({}) and are re-quantized to {scheme} from their \
+         dequantized values (llama-quantize --allow-requantize does the same): quantizing from an F16 or BF16 \
+         base loses less",
+        from.join(", ")
+    ))
+}
+
+/// The jobs in file order: whole tensors copied as they are, row blocks of the others.
+fn plan_jobs(header: &gguf::Header, targets: &[GgmlType], pair_of: &HashMap<usize, usize>) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for (i, t) in header.tensors.iter().enumerate() {
+        let pair = pair_of.get(&i).copied();
+        if pair.is_none() && targets[i] == t.ty {
+            jobs.push(Job::Copy { tensor: i });
+            continue;
+        }
+        let (cols, rows) = (t.ne[0] as usize, t.ne[1..].iter().product::<u64>() as usize);
+        // Zero-width tensors never get here (the reader refuses them); max(1) keeps it so.
+        let step = (BLOCK_VALUES / cols.max(1)).max(1);
+        for start in (0..rows).step_by(step) {
+            jobs.push(Job::Rows {
+                tensor: i,
+                pair,
+                start,
+                end: (start + step).min(rows),
+            });
+        }
+    }
+    jobs
 }
 
 /// Every base tensor must have a known size, so the copy and the output table are exact (a crafted
@@ -681,5 +816,23 @@ fn metadata(header: &gguf::Header, provenance: &Provenance, opts: &Options) -> V
         Value::Array(gguf::Array::F32(provenance.weights.clone())),
     ));
     kvs.push(("ollama_tools.merged.scale".into(), Value::F32(opts.scale as f32)));
+    if let Some(scheme) = opts.quantize {
+        // What llama-quantize records: the file type (how loaders and Ollama name the quantization)
+        // and the block format version.
+        set_kv(&mut kvs, "general.file_type", Value::U32(scheme.file_type()));
+        set_kv(
+            &mut kvs,
+            "general.quantization_version",
+            Value::U32(quant_mix::QUANTIZATION_VERSION),
+        );
+    }
     kvs
+}
+
+/// Replaces `key`'s value where it is, or appends it.
+fn set_kv(kvs: &mut Vec<(String, Value)>, key: &str, value: Value) {
+    match kvs.iter_mut().find(|(k, _)| k == key) {
+        Some(kv) => kv.1 = value,
+        None => kvs.push((key.into(), value)),
+    }
 }

@@ -129,16 +129,17 @@ def merge_ok(args: list) -> subprocess.CompletedProcess:
     return tool_ok("merge", args)
 
 
-def llama_quantize(src: Path, dst: Path, ftype: int, timeout: float = 300) -> None:
+def llama_quantize(src: Path, dst: Path, ftype: int, timeout: float = 300, allow_requantize: bool = False) -> None:
     """llama.cpp's own quantizer (what llama-quantize runs, no imatrix) on a GGUF, in a child
-    process so a GGML_ASSERT abort cannot take pytest down. ftype: llama_cpp.LLAMA_FTYPE_*."""
+    process so a GGML_ASSERT abort cannot take pytest down. ftype: llama_cpp.LLAMA_FTYPE_*;
+    allow_requantize: llama-quantize's --allow-requantize (quantized input tensors re-quantized)."""
     import sys
     code = ("import sys, llama_cpp as L\n"
             "p = L.llama_model_quantize_default_params()\n"
-            "p.ftype = int(sys.argv[3]); p.nthread = 2\n"
+            "p.ftype = int(sys.argv[3]); p.nthread = 2; p.allow_requantize = sys.argv[4] == '1'\n"
             "sys.exit(L.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))\n")
     env = dict(os.environ, GGML_NO_BACKTRACE="1")
-    r = subprocess.run([sys.executable, "-c", code, str(src), str(dst), str(ftype)],
+    r = subprocess.run([sys.executable, "-c", code, str(src), str(dst), str(ftype), "1" if allow_requantize else "0"],
                        capture_output=True, text=True, timeout=timeout, env=env)
     assert r.returncode == 0 and Path(dst).is_file(), (
         f"llama_model_quantize(ftype={ftype}) failed with {r.returncode}:\n{r.stderr[-3000:]}")
