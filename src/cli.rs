@@ -364,6 +364,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 name,
                 force,
                 strict,
+                ..Default::default()
             };
             run_convert(&adapters, &base, &output, &opts, json, cli.quiet)
         }

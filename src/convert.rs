@@ -58,6 +58,8 @@ pub struct Options {
     pub force: bool,
     /// Treat validation warnings as errors.
     pub strict: bool,
+    /// The plan is for a merge into the base, not a GGUF adapter (what each can apply differs).
+    pub(crate) merging: bool,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             name: None,
             force: false,
             strict: false,
+            merging: false,
         }
     }
 }
@@ -423,6 +426,9 @@ pub(crate) struct Plan {
     /// Pairs whose factor was folded into lora_B.
     folded: usize,
     pub(crate) notices: Vec<String>,
+    /// Per pair (`tensors` two by two): the DoRA magnitude of each of its rows, in the base
+    /// tensor's row order, for a DoRA module (merge only).
+    pub(crate) magnitudes: Vec<Option<OutTensor>>,
 }
 
 /// Pairs every adapter's modules with the base's tensors (refusing what llama.cpp would not load),
@@ -434,7 +440,7 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
     let mut by_target: BTreeMap<(Site, String), Vec<(usize, Target)>> = BTreeMap::new();
     for (i, input) in inputs.iter().enumerate() {
         let v = validate(&input.adapter, base);
-        let mut errors = v.errors;
+        let mut errors: Vec<_> = v.errors_for(opts.merging).cloned().collect();
         if opts.strict {
             errors.extend(v.warnings.iter().cloned());
         }
@@ -462,9 +468,12 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
         }
     }
 
-    let mut tensors = Vec::new();
+    check_alora_stack(inputs)?;
+    let (mut tensors, mut magnitudes) = (Vec::new(), Vec::new());
     for ((site, name), targets) in &by_target {
-        tensors.extend(out_pair(inputs, base, arch, opts, site, name, targets)?);
+        let pair = out_pair(inputs, base, arch, opts, site, name, targets)?;
+        magnitudes.push(magnitude(&pair[1], targets)?);
+        tensors.extend(pair);
     }
 
     // The file alpha: the most common magnitude among tensors whose parts share one factor, so those
@@ -522,7 +531,67 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
         alpha,
         folded,
         notices,
+        magnitudes,
     })
+}
+
+/// The DoRA magnitudes of the rows of `lora_b`'s base tensor, laid out (reordered, split) as
+/// `lora_b`'s rows are; `None` without DoRA. A DoRA module's magnitude holds for its own delta
+/// alone, so it cannot share its tensor with another adapter's module.
+fn magnitude(lora_b: &OutTensor, targets: &[(usize, Target)]) -> Result<Option<OutTensor>> {
+    let Some((input, t)) = targets.iter().find(|(_, t)| t.module.magnitude.is_some()) else {
+        return Ok(None);
+    };
+    if targets.len() > 1 {
+        return Err(Error::Usage(format!(
+            "`{}` gets a DoRA module and another adapter's module: DoRA rescales by the norm of its own merged \
+             weight, so it cannot be stacked; merge the DoRA adapter alone",
+            lora_b.base
+        )));
+    }
+    let part = Part {
+        input: *input,
+        tensor: t.module.magnitude.unwrap_or_default(),
+        rank: 1,
+        factor: 1.0,
+        expert: 0,
+        at: 0,
+        src_first: 0,
+        src_stride: 1,
+        transposed: false,
+    };
+    Ok(Some(OutTensor {
+        spec: TensorSpec {
+            name: format!("{}.dora_magnitude", lora_b.base),
+            ne: vec![1, lora_b.rows as u64],
+            ty: GgmlType::F32,
+        },
+        layout: Layout::ColsB,
+        rows: lora_b.rows,
+        cols: 1,
+        parts: vec![part],
+        row_perm: lora_b.row_perm.clone(),
+        col_perm: None,
+        base: lora_b.base.clone(),
+        experts: 1,
+    }))
+}
+
+/// One GGUF adapter carries one set of invocation tokens, which then gates all of its pairs: an
+/// activated LoRA stacks only with activated LoRAs of the same tokens.
+fn check_alora_stack(inputs: &[Input]) -> Result<()> {
+    let tokens: Vec<&Vec<u32>> = inputs
+        .iter()
+        .map(|i| &i.adapter.config.alora_invocation_tokens)
+        .collect();
+    if tokens.iter().all(|t| *t == tokens[0]) {
+        return Ok(());
+    }
+    Err(Error::Usage(
+        "an activated LoRA (alora_invocation_tokens) can only be stacked with activated LoRAs of the same \
+         invocation tokens: one GGUF adapter gates all its pairs by one token sequence; convert them separately"
+            .into(),
+    ))
 }
 
 /// The key pairs are grouped by: an expert's projection counts as its layer's stacked tensor.
@@ -1039,6 +1108,17 @@ fn metadata(
         ("adapter.type".to_string(), s("lora")),
         ("adapter.lora.alpha".to_string(), Value::F32(alpha)),
     ];
+    // Activated LoRA: llama.cpp reads the invocation tokens as an array of u32 (llama-adapter.cpp).
+    if let Some(tokens) = inputs
+        .iter()
+        .map(|i| &i.adapter.config.alora_invocation_tokens)
+        .find(|t| !t.is_empty())
+    {
+        kvs.push((
+            "adapter.alora.invocation_tokens".to_string(),
+            Value::Array(crate::gguf::Array::U32(tokens.clone())),
+        ));
+    }
     let mut bases: Vec<String> = Vec::new();
     for i in inputs {
         if let Some(id) = i

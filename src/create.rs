@@ -133,6 +133,31 @@ pub fn choose_mode(
     }
 }
 
+/// The mode an adapter needs when it can go only one way and `used` is the other: DoRA merges only,
+/// activated LoRA is an adapter only. `None` when `used` suits it.
+fn only_mode(adapter: &Adapter, used: Used) -> Option<(Used, String)> {
+    let analysis = adapter.analyze();
+    let subjects = |ps: &[crate::peft::Problem]| ps.iter().map(|p| p.subject.clone()).collect::<Vec<_>>().join(", ");
+    match used {
+        Used::Adapter if !analysis.merge_only.is_empty() => Some((
+            Used::Merge,
+            format!(
+                "the adapter can only be merged ({}): llama.cpp cannot apply it as an adapter layer",
+                subjects(&analysis.merge_only)
+            ),
+        )),
+        Used::Merge if !analysis.adapter_only.is_empty() => Some((
+            Used::Adapter,
+            format!(
+                "the adapter cannot be merged ({}): an ADAPTER Modelfile, which only Ollama before 0.34.1 creates \
+                 (current Ollama refuses adapter layers; llama.cpp's llama-server runs the GGUF adapter)",
+                subjects(&analysis.adapter_only)
+            ),
+        )),
+        _ => None,
+    }
+}
+
 /// What to do about an existing model of the target name: go on or stop. `ask` is only called when
 /// the answer matters; it returns `None` when nobody can answer.
 pub fn may_replace(name: &str, exists: bool, force: bool, ask: impl FnOnce() -> Option<bool>) -> Result<()> {
@@ -468,6 +493,11 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         );
     }
     let adapter = opts.adapter.as_deref().map(AdapterInput::open).transpose()?;
+    if let (Some(AdapterInput::Peft(a)), Mode::Auto) = (&adapter, requested) {
+        if let Some((mode, why)) = only_mode(a, used) {
+            (used, reason) = (mode, why);
+        }
+    }
 
     let mut report = Report {
         name: opts.name.clone(),

@@ -110,6 +110,7 @@ pub fn merge(
         scale: opts.scale,
         force: opts.force,
         strict: opts.strict,
+        merging: true,
         ..Default::default()
     };
     let plan = convert::prepare(inputs, base, output, &convert_opts)?;
@@ -243,11 +244,16 @@ impl Source<'_> {
                 let (a, b) = (&plan.tensors[pair.a], &plan.tensors[pair.b]);
                 convert::assemble(inputs, a, &mut s.halves, &mut s.scratch, &mut s.lora_a)?;
                 convert::assemble(inputs, b, &mut s.halves, &mut s.scratch, &mut s.lora_b)?;
+                let magnitude = &plan.magnitudes[pair.a / 2];
+                if let Some(m) = magnitude {
+                    convert::assemble(inputs, m, &mut s.halves, &mut s.scratch, &mut s.magnitude)?;
+                }
                 Ok(Loaded {
                     rank: b.cols,
                     factor: plan.alpha / b.cols as f32,
                     transposed: a.layout == Layout::TransposedA,
                     experts: b.experts,
+                    dora: magnitude.is_some(),
                 })
             }
             Source::Gguf { adapter, file, scale } => {
@@ -270,6 +276,7 @@ impl Source<'_> {
                     factor: adapter.scale(b.ne[0]) * scale,
                     transposed: pair.name == "token_embd.weight",
                     experts: b.ne.get(2).map_or(1, |&n| n as usize),
+                    dora: false,
                 })
             }
         }
@@ -284,6 +291,8 @@ struct Loaded {
     factor: f32,
     transposed: bool,
     experts: usize,
+    /// Rows are then rescaled to their DoRA magnitude (`WorkerState::magnitude`).
+    dora: bool,
 }
 
 /// What the merged file records about where it came from (`ollama_tools.merged.*`).
@@ -465,6 +474,8 @@ struct WorkerState {
     loaded: Loaded,
     lora_a: Vec<f32>,
     lora_b: Vec<f32>,
+    /// DoRA magnitude per row of the loaded pair's tensor.
+    magnitude: Vec<f32>,
     halves: Vec<u16>,
     scratch: Vec<f32>,
     raw: Vec<u8>,
@@ -539,6 +550,7 @@ impl Merger<'_> {
             factor,
             transposed,
             experts,
+            dora,
         } = s.loaded;
         let experts = experts.max(1);
         let (a_len, b_len) = (s.lora_a.len() / experts, s.lora_b.len() / experts);
@@ -553,7 +565,21 @@ impl Merger<'_> {
                 add_delta(rank, factor, transposed, a, b, lo - first, hi - first, cols, dst);
             }
         }
+        if dora {
+            rescale_rows(&mut s.rows, &s.magnitude[start..end], cols);
+        }
         Ok(())
+    }
+}
+
+/// DoRA's merge (PEFT `DoraLinearVariant.merge`): each row of `W + s B A` rescaled to its learned
+/// magnitude, `m / ||W + s B A||` per output row. A zero row gives a non-finite factor, which the
+/// value check then refuses.
+fn rescale_rows(rows: &mut [f32], magnitude: &[f32], cols: usize) {
+    for (row, &m) in rows.chunks_exact_mut(cols).zip(magnitude) {
+        let norm = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+        let f = (f64::from(m) / norm) as f32;
+        row.iter_mut().for_each(|v| *v *= f);
     }
 }
 

@@ -54,6 +54,8 @@ pub struct LoraConfig {
     pub layers_to_transform: Option<Vec<u64>>,
     /// PEFT `target_parameters`: raw parameters wrapped with LoRA (fused MoE experts, routers).
     pub target_parameters: Vec<String>,
+    /// Activated LoRA (PEFT 0.18+): the token ids after which the adapter applies.
+    pub alora_invocation_tokens: Vec<u32>,
     pub bias: String,
     /// Fields set to a value that changes what the adapter computes in a way GGUF cannot carry.
     unsupported: Vec<Problem>,
@@ -189,6 +191,16 @@ impl LoraConfig {
                 Some(v) => return Err(field_err("target_parameters", "a list of parameter names", v)),
             },
             bias: string("bias")?.unwrap_or_else(|| "none".into()),
+            alora_invocation_tokens: match obj.get("alora_invocation_tokens") {
+                None | Some(Json::Null) => vec![],
+                Some(Json::Array(items)) => items
+                    .iter()
+                    .map(|v| {
+                        int_in("alora_invocation_tokens", v, (0, u64::from(u32::MAX)), "a token id").map(|n| n as u32)
+                    })
+                    .collect::<Result<_>>()?,
+                Some(v) => return Err(field_err("alora_invocation_tokens", "a list of token ids", v)),
+            },
             unsupported: vec![],
         };
         // Features that change what the adapter computes. Checked here, reported by analyze().
@@ -201,10 +213,6 @@ impl LoraConfig {
             (
                 "layer_replication",
                 "layer_replication changes the model's layer stack, which llama.cpp cannot reproduce",
-            ),
-            (
-                "alora_invocation_tokens",
-                "activated LoRA applies only after its invocation tokens; llama.cpp applies adapters everywhere",
             ),
             (
                 "trainable_token_indices",
@@ -608,7 +616,10 @@ enum KeyKind {
         adapter_name: Option<String>,
     },
     LoraBias,
-    Dora,
+    /// A DoRA magnitude vector of `module`.
+    Dora {
+        module: String,
+    },
     /// A full tensor (modules_to_save copy, a bias, a classifier head...).
     Full,
 }
@@ -628,7 +639,7 @@ fn parse_key(key: &str) -> KeyKind {
     };
     let module = parts[..i].join(".");
     if parts[i] == "lora_magnitude_vector" {
-        return KeyKind::Dora;
+        return KeyKind::Dora { module };
     }
     let embedding = parts[i].starts_with("lora_embedding");
     let half = if parts[i].ends_with('A') { Half::A } else { Half::B };
@@ -672,6 +683,8 @@ pub struct LoraModule {
     /// in]` holds expert e's rows at `e * rank`, lora_B `[out, rank * experts]` its columns at
     /// `e + k * experts` (PEFT's ParamWrapper). 1 for every other pair.
     pub experts: u64,
+    /// DoRA: the index of its magnitude vector (`[out_features]`) in [`Adapter::tensors`].
+    pub magnitude: Option<usize>,
 }
 
 /// The result of pairing and checking an adapter's tensors.
@@ -680,6 +693,10 @@ pub struct Analysis {
     pub modules: Vec<LoraModule>,
     /// Everything that keeps the adapter from converting.
     pub problems: Vec<Problem>,
+    /// What only a merge into the base can apply (DoRA): refusals in adapter mode.
+    pub merge_only: Vec<Problem>,
+    /// What only a GGUF adapter can carry (activated LoRA): refusals in merge mode.
+    pub adapter_only: Vec<Problem>,
     /// Things done that the user should know about (tensors skipped per PEFT's own rules).
     pub notices: Vec<String>,
     /// Module paths of the LoRA pairs (also in `modules`) on a multimodal model's vision or audio
@@ -734,14 +751,24 @@ fn analyze(adapter: &Adapter) -> Analysis {
         ));
     }
     if cfg.use_dora {
-        out.problems.push(problem(
+        out.merge_only.push(problem(
             "use_dora",
-            "DoRA rescales each weight column by a learned magnitude, which GGUF LoRA adapters cannot express",
-            merge_hint,
+            "DoRA rescales every output row of the merged weight by a learned magnitude over its norm, which \
+             llama.cpp cannot apply at run time",
+            "merge it into the base instead: `ollama-tools merge`, or `create-from-base` (auto mode merges)",
+        ));
+    }
+    if !cfg.alora_invocation_tokens.is_empty() {
+        out.adapter_only.push(problem(
+            "alora_invocation_tokens",
+            "activated LoRA applies only from its invocation tokens on, so it cannot be merged into the weights",
+            "use it as a GGUF adapter (`ollama-tools convert`): llama.cpp's server activates it; Ollama 0.34.1 and \
+             later cannot load adapters",
         ));
     }
 
     let mut pairs: BTreeMap<(String, bool), [Option<usize>; 2]> = BTreeMap::new();
+    let mut magnitudes: BTreeMap<String, usize> = BTreeMap::new();
     let mut adapter_names = std::collections::BTreeSet::new();
     for (i, t) in adapter.tensors.iter().enumerate() {
         match parse_key(&t.key) {
@@ -774,10 +801,13 @@ fn analyze(adapter: &Adapter) -> Analysis {
                 "a LoRA bias (`lora_bias=True`) has no place in a GGUF LoRA adapter",
                 merge_hint,
             )),
-            KeyKind::Dora => out.problems.push(problem(
+            KeyKind::Dora { module } if cfg.use_dora => {
+                magnitudes.insert(module, i);
+            }
+            KeyKind::Dora { .. } => out.problems.push(problem(
                 &t.key,
-                "a DoRA magnitude vector: DoRA rescales weight columns, which GGUF LoRA adapters cannot express",
-                merge_hint,
+                "a DoRA magnitude vector, and adapter_config.json does not say `use_dora: true`",
+                "the config and the weights disagree: save the adapter again with PEFT",
             )),
             KeyKind::Full => {
                 let saved = cfg
@@ -904,7 +934,13 @@ fn analyze(adapter: &Adapter) -> Analysis {
             continue;
         }
         let alpha = cfg.alpha_for(&module).unwrap_or(f64::NAN);
+        let magnitude = magnitudes.remove(&module);
+        if let Some(p) = dora_problem(adapter, &module, magnitude, embedding, out_features) {
+            out.problems.push(p);
+            continue;
+        }
         out.modules.push(LoraModule {
+            magnitude,
             scale: cfg.scale(rank, alpha),
             path: module,
             site,
@@ -917,6 +953,13 @@ fn analyze(adapter: &Adapter) -> Analysis {
             alpha,
             experts,
         });
+    }
+    for (module, i) in magnitudes {
+        out.problems.push(problem(
+            &adapter.tensors[i].key,
+            format!("a DoRA magnitude vector for `{module}`, which has no LoRA pair"),
+            "the file is incomplete: save the adapter again",
+        ));
     }
     if cfg.fan_in_fan_out && !out.modules.is_empty() {
         out.notices.push(
@@ -988,6 +1031,46 @@ impl Fused {
         }
         Ok((r, rows / r))
     }
+}
+
+/// What is wrong with a DoRA module's magnitude vector (`None`: it is absent for a plain LoRA, or
+/// one `[out_features]` vector of a linear module).
+fn dora_problem(
+    adapter: &Adapter,
+    module: &str,
+    magnitude: Option<usize>,
+    embedding: bool,
+    out: u64,
+) -> Option<Problem> {
+    if !adapter.config.use_dora {
+        return None;
+    }
+    let Some(i) = magnitude else {
+        return Some(problem(
+            module,
+            "use_dora is true, and this module has no lora_magnitude_vector",
+            "the file is incomplete: save the adapter again with PEFT",
+        ));
+    };
+    let t = &adapter.tensors[i];
+    if embedding {
+        return Some(problem(
+            &t.key,
+            "DoRA on the token embeddings scales each hidden column by a norm over the whole vocabulary, which \
+             ollama-tools does not merge",
+            "retrain without embed_tokens in target_modules, or merge with PEFT (merge_and_unload)",
+        ));
+    }
+    (t.shape[..] != [out as usize]).then(|| {
+        problem(
+            &t.key,
+            format!(
+                "a DoRA magnitude vector of shape {:?}; `{module}` has {out} output rows",
+                t.shape
+            ),
+            "the file is damaged or was edited: save the adapter again",
+        )
+    })
 }
 
 /// Merges problems with the same reason into one entry naming a few of the tensors, so a GPT-2
@@ -1163,7 +1246,9 @@ mod tests {
         );
         assert_eq!(
             parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector"),
-            KeyKind::Dora
+            KeyKind::Dora {
+                module: "model.layers.0.self_attn.q_proj".into()
+            }
         );
         assert_eq!(
             parse_key("base_model.model.model.layers.0.self_attn.q_proj.lora_B.bias"),

@@ -50,6 +50,10 @@ pub struct Validation {
     /// What was checked and passed, in words.
     pub checks: Vec<String>,
     pub errors: Vec<Finding>,
+    /// What rules out a GGUF adapter (`convert`, `--mode adapter`) but merges (DoRA).
+    pub merge_only: Vec<Finding>,
+    /// What rules out merging but a GGUF adapter carries (activated LoRA).
+    pub adapter_only: Vec<Finding>,
     pub warnings: Vec<Finding>,
     /// Notices from reading the adapter (tensors skipped per PEFT's own rules).
     pub notices: Vec<String>,
@@ -98,6 +102,13 @@ struct Tally {
 impl Validation {
     pub fn ok(&self) -> bool {
         self.errors.is_empty()
+    }
+
+    /// The errors that rule out one way of using the adapter: a GGUF adapter (`merging` false) or
+    /// a merge into the base.
+    pub fn errors_for(&self, merging: bool) -> impl Iterator<Item = &Finding> {
+        let other = if merging { &self.adapter_only } else { &self.merge_only };
+        self.errors.iter().chain(other)
     }
 }
 
@@ -191,6 +202,16 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         checks: vec![],
         errors: analysis
             .problems
+            .iter()
+            .map(|p| finding(&p.subject, &p.why, &p.hint))
+            .collect(),
+        merge_only: analysis
+            .merge_only
+            .iter()
+            .map(|p| finding(&p.subject, &p.why, &p.hint))
+            .collect(),
+        adapter_only: analysis
+            .adapter_only
             .iter()
             .map(|p| finding(&p.subject, &p.why, &p.hint))
             .collect(),

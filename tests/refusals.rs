@@ -69,12 +69,7 @@ fn dora() {
         vec![1.0; 32],
     ));
     adapter(d.path(), cfg(json!({"use_dora": true})), ts);
-    refused(
-        d.path(),
-        "llama",
-        TINY,
-        &["use_dora", "DoRA", "lora_magnitude_vector", "merge_and_unload"],
-    );
+    refused(d.path(), "llama", TINY, &["use_dora", "DoRA", "ollama-tools merge"]);
 }
 
 #[test]

@@ -1,0 +1,147 @@
+"""What real fine-tunes carry beyond LoRA pairs, in the real llama.cpp: DoRA (merged exactly) and
+activated LoRA (a GGUF adapter with its invocation tokens).
+
+DoRA's reference is PEFT's merge written out here from PEFT 0.21.2's source (tuners/lora/
+variants.py DoraLinearVariant.merge_safe, dora.py get_weight_norm): with ΔW = s · B @ A in the
+nn.Linear layout [out, in], W' = m / ||W + ΔW||_row · (W + ΔW), one L2 norm per output row, the
+magnitude vector `lora_magnitude_vector` [out] saved without `.weight`. The base is llama (its
+converter reorders q/k rows, so the magnitudes must follow) and the numpy forward runs on W'.
+"""
+from __future__ import annotations
+
+import json
+
+import gguf
+import numpy as np
+import pytest
+
+import archs
+import harness
+import peft_lora
+from harness import TOKENS, merge_ok, rel
+
+MIN_EFFECT = 0.1
+
+
+def dora_adapter(path, arch, cfg, weights, rng, targets, r=4, alpha=8.0):
+    """A PEFT DoRA adapter on `targets` of every layer; returns (dir, merged HF weights)."""
+    s = alpha / r
+    merged, tensors = dict(weights), {}
+    for name in peft_lora.module_names(arch, cfg, targets):
+        W = weights[name + ".weight"].astype(np.float64)
+        out_f, in_f = W.shape
+        A = (rng.standard_normal((r, in_f)) / np.sqrt(in_f)).astype(np.float32)
+        B = (rng.standard_normal((out_f, r)) * 0.3 * np.std(W) * np.sqrt(in_f / r)).astype(np.float32)
+        V = W + s * B.astype(np.float64) @ A.astype(np.float64)
+        norm = np.linalg.norm(V, axis=1)
+        # trained magnitudes: the initial ||W + sBA|| moved by up to +-40% per row
+        m = (norm * rng.uniform(0.6, 1.4, out_f)).astype(np.float32)
+        tensors[f"base_model.model.{name}.lora_A.weight"] = A
+        tensors[f"base_model.model.{name}.lora_B.weight"] = B
+        tensors[f"base_model.model.{name}.lora_magnitude_vector"] = m
+        merged[name + ".weight"] = ((m.astype(np.float64) / norm)[:, None] * V).astype(np.float32)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": r, "lora_alpha": alpha, "use_dora": True, "peft_version": "0.21.2",
+        "target_modules": targets, "base_model_name_or_path": "meta-llama/Llama-3.2-1B"}))
+    peft_lora.write_safetensors(path / "adapter_model.safetensors", tensors, "f32")
+    return path, merged
+
+
+@pytest.fixture(scope="module")
+def dora(tmp_path_factory):
+    arch = archs.ARCHS["llama"]
+    d = tmp_path_factory.mktemp("dora")
+    base = harness.build_base(arch, d / "base", seed=170, hidden_size=256, intermediate_size=512,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    adapter, merged = dora_adapter(d / "a", arch, base.cfg, base.weights, np.random.default_rng(171),
+                                   ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"])
+    return arch, base, adapter, arch.forward(base.cfg, merged, TOKENS), merged
+
+
+@pytest.mark.parametrize("base_type", ["f32", "f16", "q8_0"])
+def test_dora_merges_exactly(base_type, dora, tmp_path):
+    harness.require_binary()
+    arch, base, adapter, ref, merged = dora
+    path = base.path
+    if base_type != "f32":
+        path = tmp_path / f"base-{base_type}.gguf"
+        if base_type == "f16":
+            arch.write_gguf(path, base.cfg, base.weights, dtype="f16")
+        else:
+            write_q8_0(arch, base, path)
+    out = tmp_path / "merged.gguf"
+    merge_ok([adapter, "--base", path, "-o", out])
+    got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
+    r, effect = rel(got, ref), rel(ref, base.ref_logits)
+    # the merged weights go through the base type once more (f16 / q8_0 rounding of W')
+    tol = {"f32": 1e-3, "f16": 1e-2, "q8_0": 5e-2}[base_type]
+    harness.record(f"llama DoRA merge {base_type}", r, tol, effect=effect)
+    assert effect > MIN_EFFECT and r < tol, f"rel {r:.3e}, effect {effect:.3f}"
+    if base_type == "f32":
+        # weight level: q_proj of layer 1 in llama.cpp's row order, against PEFT's W'
+        got_w = harness.read_gguf_raw(out).tensors["blk.1.attn_q.weight"].values()
+        want = arch.permute_qk(merged["model.layers.1.self_attn.q_proj.weight"], base.cfg["num_attention_heads"])
+        assert np.abs(got_w - want).max() < 1e-5 * np.abs(want).max()
+
+
+def write_q8_0(arch, base, path):
+    """The F32 base with every 2-d weight stored as Q8_0 (gguf-py's quantizer)."""
+    r = gguf.GGUFReader(str(base.path))
+    w = gguf.GGUFWriter(str(path), arch.ARCH)
+    for f in r.fields.values():
+        if f.name.startswith("GGUF.") or f.name == "general.architecture":
+            continue
+        w.add_key_value(f.name, f.contents(), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+    for t in r.tensors:
+        x = np.asarray(t.data, dtype=np.float32).reshape([int(n) for n in reversed(t.shape.tolist())])
+        if x.ndim == 2 and x.shape[-1] % 32 == 0:
+            w.add_tensor(t.name, gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
+                         raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(t.name, x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_dora_is_refused_as_an_adapter_with_the_way_to_merge(dora, tmp_path):
+    harness.require_binary()
+    _, base, adapter, _, _ = dora
+    p = harness.run_convert([adapter, "--base", base.path, "-o", tmp_path / "x.gguf"])
+    assert p.returncode != 0 and "use_dora" in p.stderr and "ollama-tools merge" in p.stderr, p.stderr
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_activated_lora_carries_its_invocation_tokens_to_llama_cpp(tmp_path):
+    """aLoRA: convert writes `adapter.alora.invocation_tokens` (u32), which llama.cpp reads back
+    (llama_adapter_get_alora_invocation_tokens); merge refuses, naming the reason."""
+    harness.require_binary()
+    import llama_cpp
+
+    arch = archs.ARCHS["llama"]
+    base = harness.build_base(arch, tmp_path / "base", seed=172)
+    ad = peft_lora.write_peft_adapter(tmp_path / "a", arch, base.cfg, base.weights, r=4, alpha=8,
+                                      targets=["q_proj", "v_proj"], rng=np.random.default_rng(173))
+    cfg = json.loads((ad.path / "adapter_config.json").read_text())
+    cfg["alora_invocation_tokens"] = [7, 42, 250]
+    (ad.path / "adapter_config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "alora.gguf"
+    harness.convert_ok([ad.path, "--base", base.path, "-o", out])
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(str(base.path).encode(), params)
+    assert model, "the base did not load"
+    try:
+        lora = llama_cpp.llama_adapter_lora_init(model, str(out).encode())
+        assert lora, "llama.cpp refused the adapter"
+        n = llama_cpp.llama_adapter_get_alora_n_invocation_tokens(lora)
+        ptr = llama_cpp.llama_adapter_get_alora_invocation_tokens(lora)
+        got = [ptr[i] for i in range(n)]
+        assert got == [7, 42, 250], got
+        llama_cpp.llama_adapter_lora_free(lora)
+    finally:
+        llama_cpp.llama_model_free(model)
+    p = harness.run_merge([ad.path, "--base", base.path, "-o", tmp_path / "m.gguf"])
+    assert p.returncode != 0 and "alora_invocation_tokens" in p.stderr and "cannot be merged" in p.stderr, p.stderr
