@@ -311,9 +311,10 @@ fn merge_with(
     progress: &dyn Progress,
 ) -> Result<Summary> {
     let base_path = base_path.to_path_buf();
-    let header = gguf::read_header(&base_path).map_err(|e| Error::invalid(&base_path, e.to_string()))?;
+    let mut header = gguf::read_header(&base_path).map_err(|e| Error::invalid(&base_path, e.to_string()))?;
     let mut notices = source.notices();
     let lora_pairs = source.pairs();
+    notices.extend(untie(&mut header, lora_pairs.iter().map(|p| p.name.as_str())));
 
     check_base_tensors(&header, &base_path)?;
     // The type every tensor is written in: the base's, or the --quantize mix's.
@@ -570,6 +571,32 @@ impl Merger<'_> {
         }
         Ok(())
     }
+}
+
+/// Gives a base whose output projection is its token embeddings (no `output.weight`) an output
+/// tensor of its own when the adapters change either: PEFT's model changes only the one it adapts.
+/// The new tensor starts as the embeddings' own bytes (the same data offset), so it is copied or
+/// merged like any other; llama.cpp uses `output.weight` when a file has it.
+fn untie<'a>(header: &mut gguf::Header, touched: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let has = |name: &str| header.tensors.iter().any(|t| t.name == name);
+    if has("output.weight")
+        || !touched
+            .into_iter()
+            .any(|n| n == "token_embd.weight" || n == "output.weight")
+    {
+        return None;
+    }
+    let embd = header.tensors.iter().find(|t| t.name == "token_embd.weight")?.clone();
+    let bytes = embd.ty.byte_size(&embd.ne).unwrap_or(0);
+    header.tensors.push(gguf::TensorInfo {
+        name: "output.weight".into(),
+        ..embd
+    });
+    Some(format!(
+        "the base ties its output projection to the token embeddings, and the adapter changes one of them: the \
+         merged model gets its own output.weight ({:.1} MB more), as PEFT's model computes",
+        bytes as f64 / 1e6
+    ))
 }
 
 /// DoRA's merge (PEFT `DoraLinearVariant.merge`): each row of `W + s B A` rescaled to its learned

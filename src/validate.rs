@@ -536,32 +536,46 @@ fn split_rows(
 fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter: &Adapter, t: Target, base_id: &str) {
     let (m, name) = (&t.module, &t.tensor);
     let key_a = &adapter.tensors[m.a].key;
-    let Some(base_t) = base.tensors.get(name) else {
-        let hint = match m.site {
-            Site::Output => "the base ties its output to the token embeddings, so there is no separate output weight for an lm_head LoRA".to_string(),
-            _ => format!("the adapter was trained for a different model: pass the base it was trained on{}", trained_for(base_id)),
-        };
+    let tied = !base.tensors.contains_key("output.weight");
+    // A tied base has no output weight: an lm_head LoRA then adapts a copy of the embeddings.
+    let shape_of = if tied && m.site == Site::Output {
+        "token_embd.weight"
+    } else {
+        name.as_str()
+    };
+    let Some(base_t) = base.tensors.get(shape_of) else {
         v.errors.push(finding(
             key_a,
             format!(
                 "maps to `{name}`, which the base model {} does not have",
                 base.source.display()
             ),
-            hint,
+            format!(
+                "the adapter was trained for a different model: pass the base it was trained on{}",
+                trained_for(base_id)
+            ),
         ));
         return;
     };
-    if m.embedding && !base.tensors.contains_key("output.weight") {
+    if tied && matches!(m.site, Site::Output | Site::Embedding) {
         // Measured in llama.cpp (tests/interop): with tied embeddings the output projection *is*
-        // token_embd.weight, so the loader applies this LoRA there too, in a layout that aborts
-        // the process (GGML_ASSERT(ggml_can_mul_mat)). PEFT changes only the input embedding.
-        v.errors.push(finding(
+        // token_embd.weight, so the loader applies an embedding LoRA there too, in a layout that
+        // aborts the process (GGML_ASSERT(ggml_can_mul_mat)); an lm_head LoRA has no tensor at all.
+        // PEFT's model changes one of the two uses only: a merge writes them untied.
+        v.merge_only.push(finding(
             key_a,
-            "an embedding LoRA, and the base ties its output projection to the token embeddings",
-            "llama.cpp would apply it to the output projection too and abort; retrain without embed_tokens in \
-             target_modules, or merge the adapter into the base weights with PEFT (merge_and_unload)",
+            format!(
+                "{} LoRA, and the base ties its output projection to the token embeddings: PEFT's model changes \
+                 only the {}, which a GGUF adapter cannot express",
+                if m.embedding { "an embedding" } else { "an lm_head" },
+                if m.embedding {
+                    "input embeddings"
+                } else {
+                    "output projection"
+                }
+            ),
+            "merge it (`ollama-tools merge`, or create-from-base): the merged model gets its own output.weight",
         ));
-        return;
     }
     let want = if m.embedding {
         [m.out_features, m.in_features]

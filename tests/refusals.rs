@@ -160,7 +160,11 @@ fn lm_head_on_a_base_with_tied_embeddings() {
         d.path(),
         "llama",
         Dims { tied: true, ..TINY },
-        &["output.weight", "ties its output to the token embeddings"],
+        &[
+            "an lm_head LoRA",
+            "ties its output projection to the token embeddings",
+            "ollama-tools merge",
+        ],
     );
 }
 

@@ -145,3 +145,34 @@ def test_activated_lora_carries_its_invocation_tokens_to_llama_cpp(tmp_path):
         llama_cpp.llama_model_free(model)
     p = harness.run_merge([ad.path, "--base", base.path, "-o", tmp_path / "m.gguf"])
     assert p.returncode != 0 and "alora_invocation_tokens" in p.stderr and "cannot be merged" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("target", ["embed_tokens", "lm_head"])
+def test_tied_embedding_lora_merges_untied(target, tmp_path):
+    """A LoRA on embed_tokens or lm_head of a base that ties them (Llama 3.2 1B, Gemma, small Qwen):
+    PEFT's model changes only the module it wraps (the other use keeps the shared base weight), so
+    the merge writes its own output.weight, which llama.cpp then uses."""
+    harness.require_binary()
+    arch = archs.ARCHS["llama"]
+    base = harness.build_base(arch, tmp_path / "base", seed=174, tie_word_embeddings=True)
+    assert "lm_head.weight" not in base.weights
+    emb = base.weights["model.embed_tokens.weight"]
+    weights = dict(base.weights, **{"lm_head.weight": emb})     # PEFT's view: two uses of one tensor
+    ad = peft_lora.write_peft_adapter(tmp_path / "a", arch, base.cfg, weights, r=4, alpha=8,
+                                      targets=["q_proj", target], rng=np.random.default_rng(175))
+    ref = arch.forward(base.cfg, peft_lora.merge(weights, [(ad, 1.0)]), TOKENS)
+    p = harness.run_convert([ad.path, "--base", base.path, "-o", tmp_path / "x.gguf"])
+    assert p.returncode != 0 and "ties its output" in p.stderr and "ollama-tools merge" in p.stderr, p.stderr
+    out = tmp_path / "merged.gguf"
+    m = merge_ok([ad.path, "--base", base.path, "-o", out])
+    assert "own output.weight" in m.stderr + m.stdout
+    t = harness.read_gguf_raw(out).tensors
+    assert "output.weight" in t
+    changed = "token_embd.weight" if target == "embed_tokens" else "output.weight"
+    kept = "output.weight" if target == "embed_tokens" else "token_embd.weight"
+    assert np.array_equal(t[kept].values(), emb), f"{kept} should stay the base's embeddings"
+    assert not np.array_equal(t[changed].values(), emb)
+    got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
+    r, effect = rel(got, ref), rel(ref, base.ref_logits)
+    harness.record(f"llama tied, {target} LoRA merged untied", r, 1e-3, effect=effect)
+    assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
