@@ -429,6 +429,8 @@ pub(crate) struct Plan {
     /// Per pair (`tensors` two by two): the DoRA magnitude of each of its rows, in the base
     /// tensor's row order, for a DoRA module (merge only).
     pub(crate) magnitudes: Vec<Option<OutTensor>>,
+    /// Base tensors whose weights, or some of whose rows, an adapter (`usize`: its input) replaces.
+    pub(crate) replacements: Vec<(String, usize, crate::peft::Replacement)>,
 }
 
 /// Pairs every adapter's modules with the base's tensors (refusing what llama.cpp would not load),
@@ -438,6 +440,7 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
     // Keyed by site, then tensor: a row-split module adapts several tensors, and every expert of
     // a layer's projection goes into one stacked pair.
     let mut by_target: BTreeMap<(Site, String), Vec<(usize, Target)>> = BTreeMap::new();
+    let mut replacements = Vec::new();
     for (i, input) in inputs.iter().enumerate() {
         let v = validate(&input.adapter, base);
         let mut errors: Vec<_> = v.errors_for(opts.merging).cloned().collect();
@@ -447,7 +450,7 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
         if !errors.is_empty() {
             return Err(refuse(&input.adapter, base, &errors));
         }
-        if v.modules.is_empty() {
+        if v.modules.is_empty() && v.replacements.is_empty() {
             return Err(Error::refused(
                 &input.adapter.weights_path,
                 "no LoRA weights to convert",
@@ -460,6 +463,7 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
                 .iter()
                 .map(|w| format!("warning: {}: {} ({})", w.subject, w.message, w.hint)),
         );
+        replacements.extend(v.replacements.into_iter().map(|(name, r)| (name, i, r)));
         for t in v.modules {
             by_target
                 .entry((group_site(&t.module.site), t.tensor.clone()))
@@ -532,6 +536,7 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
         folded,
         notices,
         magnitudes,
+        replacements,
     })
 }
 

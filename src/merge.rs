@@ -20,6 +20,7 @@ use crate::base::BaseModel;
 use crate::convert::{self, Input, Layout, Plan};
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgmlType, TensorSpec, Value};
+use crate::peft::Replacement;
 use crate::pipeline;
 use crate::progress::Progress;
 use crate::quant;
@@ -86,8 +87,8 @@ enum Job {
 
 /// A base tensor to merge into.
 struct Pair {
-    /// Its LoRA pair, an index into the source's pairs.
-    lora: usize,
+    /// Its LoRA pair, an index into the source's pairs (none for a tensor only replaced).
+    lora: Option<usize>,
     /// Target type of the merged tensor.
     ty: GgmlType,
 }
@@ -230,6 +231,14 @@ impl Source<'_> {
         }
     }
 
+    /// Embedding / output weights replaced: (base tensor, adapter input, what).
+    fn replacements(&self) -> Vec<(String, usize, Replacement)> {
+        match self {
+            Source::Peft { plan, .. } => plan.replacements.clone(),
+            Source::Gguf { .. } => vec![],
+        }
+    }
+
     fn notices(&self) -> Vec<String> {
         match self {
             Source::Peft { plan, .. } => plan.notices.clone(),
@@ -314,7 +323,22 @@ fn merge_with(
     let mut header = gguf::read_header(&base_path).map_err(|e| Error::invalid(&base_path, e.to_string()))?;
     let mut notices = source.notices();
     let lora_pairs = source.pairs();
-    notices.extend(untie(&mut header, lora_pairs.iter().map(|p| p.name.as_str())));
+    let mut replacements = source.replacements();
+    // Trainable-token rows of the embeddings apply to both uses of a tied model; the rest to one.
+    let whole = replacements
+        .iter()
+        .filter(|r| !(r.0 == "token_embd.weight" && r.2.rows.is_some()))
+        .map(|r| r.0.as_str());
+    if let Some(n) = untie(&mut header, lora_pairs.iter().map(|p| p.name.as_str()).chain(whole)) {
+        notices.push(n);
+        // Trainable tokens of a tied model change both uses of the embeddings (PEFT ties them).
+        let rows: Vec<_> = replacements
+            .iter()
+            .filter(|r| r.0 == "token_embd.weight" && r.2.rows.is_some())
+            .map(|r| ("output.weight".to_string(), r.1, r.2.clone()))
+            .collect();
+        replacements.extend(rows);
+    }
 
     check_base_tensors(&header, &base_path)?;
     // The type every tensor is written in: the base's, or the --quantize mix's.
@@ -328,11 +352,16 @@ fn merge_with(
         .collect();
     let mut pairs: Vec<Pair> = Vec::new();
     let mut pair_of: HashMap<usize, usize> = HashMap::new();
-    for (k, lp) in lora_pairs.iter().enumerate() {
-        let name = lp.name.as_str();
+    let replaced = replacements.iter().map(|r| (r.0.as_str(), None));
+    let touched = lora_pairs.iter().enumerate().map(|(k, lp)| (lp.name.as_str(), Some(k)));
+    for (name, k) in touched.chain(replaced) {
         let &i = by_name
             .get(name)
             .ok_or_else(|| Error::invalid(&base_path, format!("tensor `{name}` is missing")))?;
+        if let Some(&p) = pair_of.get(&i) {
+            pairs[p].lora = pairs[p].lora.or(k);
+            continue;
+        }
         let wanted = match opts.merged_type {
             _ if opts.quantize.is_some() => out_types[i],
             MergedType::Keep => header.tensors[i].ty,
@@ -343,6 +372,13 @@ fn merge_with(
         pair_of.insert(i, pairs.len());
         pairs.push(Pair { lora: k, ty });
     }
+    let replaced_rows: HashMap<usize, Vec<(usize, Replacement)>> =
+        replacements
+            .into_iter()
+            .fold(HashMap::new(), |mut m, (name, input, r)| {
+                m.entry(by_name[name.as_str()]).or_default().push((input, r));
+                m
+            });
     // The final type of each tensor, and the jobs that write them, in file order.
     let targets: Vec<GgmlType> = (0..header.tensors.len())
         .map(|i| pair_of.get(&i).map_or(out_types[i], |&p| pairs[p].ty))
@@ -376,6 +412,7 @@ fn merge_with(
         source,
         lora_pairs: &lora_pairs,
         pairs: &pairs,
+        replaced: &replaced_rows,
         targets: &targets,
         header: &header,
         base_file: &base_file,
@@ -487,6 +524,8 @@ struct Merger<'a> {
     source: &'a Source<'a>,
     lora_pairs: &'a [LoraPair],
     pairs: &'a [Pair],
+    /// Per base tensor index: what replaces (some of) its rows, by adapter input.
+    replaced: &'a HashMap<usize, Vec<(usize, Replacement)>>,
     /// The type each tensor is written in.
     targets: &'a [GgmlType],
     header: &'a gguf::Header,
@@ -525,8 +564,11 @@ impl Merger<'_> {
         s.rows.resize(n, 0.0);
         quant::dequantize(t.ty, &s.raw, &mut s.rows)
             .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
-        if let Some(p) = pair {
-            self.add_pair(s, self.pairs[p].lora, start, end, cols)?;
+        for (input, r) in self.replaced.get(&tensor).into_iter().flatten() {
+            self.replace(s, *input, r, start, end, cols)?;
+        }
+        if let Some(k) = pair.and_then(|p| self.pairs[p].lora) {
+            self.add_pair(s, k, start, end, cols)?;
         }
         check_values(&s.rows, cols, start, ty, &t.name, self.base_path)?;
         let mut out = vec![
@@ -537,6 +579,37 @@ impl Merger<'_> {
         quant::quantize(ty, &s.rows, &mut out)
             .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
         Ok(out)
+    }
+
+    /// Overwrites the rows `start..end` (in `s.rows`) that replacement `r` of adapter `input` holds:
+    /// all of them from a full copy, or its trainable-token rows that fall in the range.
+    fn replace(
+        &self,
+        s: &mut WorkerState,
+        input: usize,
+        r: &Replacement,
+        start: usize,
+        end: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let Source::Peft { inputs, .. } = self.source else {
+            return Ok(());
+        };
+        let adapter = &inputs[input].adapter;
+        let t = &adapter.tensors[r.tensor];
+        let Some(rows) = &r.rows else {
+            adapter.read_rows_f32(t, start..end, &mut s.halves, &mut s.scratch)?;
+            s.rows.copy_from_slice(&s.scratch);
+            return Ok(());
+        };
+        for (k, &row) in rows.iter().enumerate() {
+            let row = row as usize;
+            if (start..end).contains(&row) {
+                adapter.read_rows_f32(t, k..k + 1, &mut s.halves, &mut s.scratch)?;
+                s.rows[(row - start) * cols..][..cols].copy_from_slice(&s.scratch);
+            }
+        }
+        Ok(())
     }
 
     /// Adds LoRA pair `k`'s delta to the rows `start..end`: one matrix product, or for a stacked

@@ -56,6 +56,8 @@ pub struct LoraConfig {
     pub target_parameters: Vec<String>,
     /// Activated LoRA (PEFT 0.18+): the token ids after which the adapter applies.
     pub alora_invocation_tokens: Vec<u32>,
+    /// PEFT's trainable tokens: module name (`embed_tokens` for the list form) -> vocabulary rows.
+    pub trainable_token_indices: Vec<(String, Vec<u32>)>,
     pub bias: String,
     /// Fields set to a value that changes what the adapter computes in a way GGUF cannot carry.
     unsupported: Vec<Problem>,
@@ -201,6 +203,22 @@ impl LoraConfig {
                     .collect::<Result<_>>()?,
                 Some(v) => return Err(field_err("alora_invocation_tokens", "a list of token ids", v)),
             },
+            trainable_token_indices: {
+                let key = "trainable_token_indices";
+                let ids = |v: &Json| -> Result<Vec<u32>> {
+                    let items = v.as_array().ok_or_else(|| field_err(key, "a list of token ids", v))?;
+                    items
+                        .iter()
+                        .map(|v| int_in(key, v, (0, u64::from(u32::MAX)), "a token id").map(|n| n as u32))
+                        .collect()
+                };
+                match obj.get(key) {
+                    None | Some(Json::Null) => vec![],
+                    Some(v @ Json::Array(_)) => vec![("embed_tokens".to_string(), ids(v)?)],
+                    Some(Json::Object(m)) => m.iter().map(|(k, v)| Ok((k.clone(), ids(v)?))).collect::<Result<_>>()?,
+                    Some(v) => return Err(field_err(key, "a list of token ids or an object of them", v)),
+                }
+            },
             unsupported: vec![],
         };
         // Features that change what the adapter computes. Checked here, reported by analyze().
@@ -213,10 +231,6 @@ impl LoraConfig {
             (
                 "layer_replication",
                 "layer_replication changes the model's layer stack, which llama.cpp cannot reproduce",
-            ),
-            (
-                "trainable_token_indices",
-                "trainable tokens replace embedding rows, which a GGUF LoRA cannot carry",
             ),
             (
                 "arrow_config",
@@ -560,7 +574,12 @@ impl Adapter {
 
     fn read_into(&self, t: &RawTensor, buf: &mut [u8]) -> Result<()> {
         debug_assert_eq!(buf.len(), t.byte_len());
-        read_exact_at(&self.file, buf, t.range.0 as u64).map_err(|e| {
+        self.read_at(t, buf, 0)
+    }
+
+    /// Reads `buf.len()` bytes of tensor `t` from byte `at` within it.
+    fn read_at(&self, t: &RawTensor, buf: &mut [u8], at: usize) -> Result<()> {
+        read_exact_at(&self.file, buf, (t.range.0 + at) as u64).map_err(|e| {
             Error::io(
                 &self.weights_path,
                 std::io::Error::new(e.kind(), format!("reading tensor `{}`: {e}", t.key)),
@@ -571,6 +590,18 @@ impl Adapter {
     /// Reads a tensor as f32 into `out`; `halves` is the read buffer for 16-bit types. Reading into
     /// typed buffers keeps them aligned for `half`'s SIMD slice conversions.
     pub fn read_f32(&self, t: &RawTensor, halves: &mut Vec<u16>, out: &mut Vec<f32>) -> Result<()> {
+        self.read_rows_f32(t, 0..t.shape.first().copied().unwrap_or(1), halves, out)
+    }
+
+    /// Reads rows `rows` (of the first dimension) of a tensor as f32 into `out`, so a full embedding
+    /// copy streams in blocks like the base it replaces.
+    pub fn read_rows_f32(
+        &self,
+        t: &RawTensor,
+        rows: std::ops::Range<usize>,
+        halves: &mut Vec<u16>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         use half::slice::HalfFloatSliceExt;
         if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
             let msg = format!(
@@ -579,12 +610,15 @@ impl Adapter {
             );
             return Err(Error::invalid(&self.weights_path, msg));
         }
-        self.sized(t, out, t.len(), 0.0)?;
+        let row_len = t.shape.iter().skip(1).product::<usize>();
+        let (n, first) = (rows.len() * row_len, rows.start * row_len);
+        debug_assert!(rows.end * row_len <= t.len());
+        self.sized(t, out, n, 0.0)?;
         if t.dtype == Dtype::F32 {
-            return self.read_into(t, bytemuck::cast_slice_mut(out));
+            return self.read_at(t, bytemuck::cast_slice_mut(out), first * 4);
         }
-        self.sized(t, halves, t.len(), 0)?;
-        self.read_into(t, bytemuck::cast_slice_mut(halves))?;
+        self.sized(t, halves, n, 0)?;
+        self.read_at(t, bytemuck::cast_slice_mut(halves), first * 2)?;
         if t.dtype == Dtype::F16 {
             bytemuck::cast_slice::<u16, half::f16>(halves).convert_to_f32_slice(out);
         } else {
@@ -687,6 +721,19 @@ pub struct LoraModule {
     pub magnitude: Option<usize>,
 }
 
+/// Weights an adapter replaces instead of adding a low-rank delta: a full copy of the embeddings or
+/// the output projection (`modules_to_save`, or saved because the vocabulary was resized), or some
+/// of their rows (PEFT's trainable tokens, whose `trainable_tokens_delta` holds the new rows).
+#[derive(Clone, Debug)]
+pub struct Replacement {
+    /// [`Site::Embedding`] or [`Site::Output`].
+    pub site: Site,
+    /// Index into [`Adapter::tensors`]: `[vocab, hidden]`, or `[rows.len(), hidden]`.
+    pub tensor: usize,
+    /// The vocabulary rows it replaces, in its own row order; `None`: all of them.
+    pub rows: Option<Vec<u32>>,
+}
+
 /// The result of pairing and checking an adapter's tensors.
 #[derive(Debug, Default)]
 pub struct Analysis {
@@ -697,6 +744,8 @@ pub struct Analysis {
     pub merge_only: Vec<Problem>,
     /// What only a GGUF adapter can carry (activated LoRA): refusals in merge mode.
     pub adapter_only: Vec<Problem>,
+    /// Embedding and output weights the adapter replaces (merge only).
+    pub replacements: Vec<Replacement>,
     /// Things done that the user should know about (tensors skipped per PEFT's own rules).
     pub notices: Vec<String>,
     /// Module paths of the LoRA pairs (also in `modules`) on a multimodal model's vision or audio
@@ -809,6 +858,7 @@ fn analyze(adapter: &Adapter) -> Analysis {
                 "a DoRA magnitude vector, and adapter_config.json does not say `use_dora: true`",
                 "the config and the weights disagree: save the adapter again with PEFT",
             )),
+            KeyKind::Full if replacement(cfg, &t.key, i, &mut out) => {}
             KeyKind::Full => {
                 let saved = cfg
                     .modules_to_save
@@ -1031,6 +1081,67 @@ impl Fused {
         }
         Ok((r, rows / r))
     }
+}
+
+/// Takes tensor `i` as a replacement of the embeddings or the output projection when its key says
+/// so (a full copy, PEFT's auto-saved base copy `.base_layer.weight`, trainable-token rows);
+/// `false` for any other tensor. PEFT's `original_module` copy is the base's own: skipped.
+fn replacement(cfg: &LoraConfig, full_key: &str, i: usize, out: &mut Analysis) -> bool {
+    let key = full_key.strip_prefix("base_model.model.").unwrap_or(full_key);
+    if let Some(module) = key.strip_suffix(".token_adapter.trainable_tokens_delta") {
+        let Some(site @ (Site::Embedding | Site::Output)) = arch::site_of(module) else {
+            return false;
+        };
+        let short = module.rsplit('.').next().unwrap_or(module);
+        let rows = cfg
+            .trainable_token_indices
+            .iter()
+            .find(|(m, _)| m == short || module.ends_with(&format!(".{m}")));
+        match rows {
+            Some((_, rows)) => out.replacements.push(Replacement {
+                site,
+                tensor: i,
+                rows: Some(rows.clone()),
+            }),
+            None => out.problems.push(problem(
+                full_key,
+                format!("trainable-token rows for `{module}`, and trainable_token_indices does not name its tokens"),
+                "the config and the weights disagree: save the adapter again with PEFT",
+            )),
+        }
+        out.merge_only.push(problem(
+            full_key,
+            "trainable tokens replace rows of the embeddings, which a GGUF adapter cannot carry",
+            "merge it (`ollama-tools merge`, or create-from-base)",
+        ));
+        return true;
+    }
+    let Some(module) = key.strip_suffix(".weight") else {
+        return false;
+    };
+    if module.ends_with(".original_module") {
+        return arch::site_of(module.trim_end_matches(".original_module")).is_some();
+    }
+    let module = module
+        .trim_end_matches(".base_layer")
+        .trim_end_matches(".modules_to_save");
+    let Some(site @ (Site::Embedding | Site::Output)) = arch::site_of(module) else {
+        return false;
+    };
+    if out.replacements.iter().any(|r| r.site == site && r.rows.is_none()) {
+        return true; // the plain key and a `.modules_to_save` copy hold the same weights
+    }
+    out.replacements.push(Replacement {
+        site,
+        tensor: i,
+        rows: None,
+    });
+    out.merge_only.push(problem(
+        full_key,
+        format!("a full copy of `{module}` (modules_to_save, or saved with a resized vocabulary) replaces the base's weights, which a GGUF adapter cannot carry"),
+        "merge it (`ollama-tools merge`, or create-from-base)",
+    ));
+    true
 }
 
 /// What is wrong with a DoRA module's magnitude vector (`None`: it is absent for a plain LoRA, or

@@ -62,6 +62,9 @@ pub struct Validation {
     /// Every LoRA pair with the base tensor it adapts (complete only when there are no errors).
     #[serde(skip)]
     pub modules: Vec<Target>,
+    /// Embedding / output weights replaced, with the GGUF tensor each replaces (merge only).
+    #[serde(skip)]
+    pub replacements: Vec<(String, crate::peft::Replacement)>,
 }
 
 /// A LoRA pair and the base tensor it adapts.
@@ -219,6 +222,7 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         notices: analysis.notices.clone(),
         summary: String::new(),
         modules: vec![],
+        replacements: vec![],
     };
     let base_id = adapter.config.base_model_name_or_path.clone().unwrap_or_default();
 
@@ -279,6 +283,9 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         for target in map_module(&mut v, &mut tally, arch, base, adapter, m, &base_id) {
             check_target(&mut v, &mut tally, base, adapter, target, &base_id);
         }
+    }
+    for r in &analysis.replacements {
+        check_replacement(&mut v, base, adapter, r);
     }
     let Tally {
         shape_errors,
@@ -530,6 +537,63 @@ fn split_rows(
             swapped: false,
         })
         .collect()
+}
+
+/// Checks a replacement of the embeddings or the output projection against the base: as wide as
+/// the base's hidden size, the base's whole vocabulary or rows within it, and keeps it.
+fn check_replacement(v: &mut Validation, base: &BaseModel, adapter: &Adapter, r: &crate::peft::Replacement) {
+    let t = &adapter.tensors[r.tensor];
+    let name = if r.site == Site::Output {
+        "output.weight"
+    } else {
+        "token_embd.weight"
+    };
+    // A tied base's output projection is its embeddings.
+    let Some(ne) = base
+        .tensors
+        .get(name)
+        .or_else(|| base.tensors.get("token_embd.weight"))
+        .map(|b| &b.ne)
+    else {
+        return v.errors.push(finding(
+            &t.key,
+            "the base has no token_embd.weight",
+            "pass the base the adapter was trained on",
+        ));
+    };
+    let (hidden, vocab) = (ne[0] as usize, ne.get(1).copied().unwrap_or(0) as usize);
+    let rows = r.rows.as_ref().map_or(vocab, Vec::len);
+    let problem = if !matches!(
+        t.dtype,
+        safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
+    ) {
+        Some(format!("is {:?}, not a float type", t.dtype))
+    } else if t.shape.len() != 2 || t.shape[1] != hidden {
+        Some(format!("has shape {:?}; the base's {name} is {hidden} wide", t.shape))
+    } else if t.shape[0] != rows && r.rows.is_some() {
+        Some(format!(
+            "holds {} rows, and trainable_token_indices names {rows} tokens",
+            t.shape[0]
+        ))
+    } else if t.shape[0] != rows {
+        Some(format!(
+            "holds {} vocabulary rows and the base {vocab}: the vocabulary was resized (tokens added or removed), \
+             and ollama-tools merges only adapters that keep the base's vocabulary",
+            t.shape[0]
+        ))
+    } else {
+        r.rows
+            .iter()
+            .flatten()
+            .find(|&&i| i as usize >= vocab)
+            .map(|i| format!("names token {i}, beyond the base's vocabulary of {vocab}"))
+    };
+    match problem {
+        Some(p) => v
+            .errors
+            .push(finding(&t.key, p, "pass the base the adapter was trained on")),
+        None => v.replacements.push((name.to_string(), r.clone())),
+    }
 }
 
 /// Checks one pair against its base tensor (presence, tied embeddings, shape, type) and keeps it.

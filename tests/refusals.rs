@@ -82,7 +82,11 @@ fn modules_to_save_full_tensors() {
         d.path(),
         "llama",
         TINY,
-        &["base_model.model.lm_head.weight", "modules_to_save"],
+        &[
+            "base_model.model.lm_head.weight",
+            "modules_to_save",
+            "ollama-tools merge",
+        ],
     );
 }
 

@@ -176,3 +176,86 @@ def test_tied_embedding_lora_merges_untied(target, tmp_path):
     r, effect = rel(got, ref), rel(ref, base.ref_logits)
     harness.record(f"llama tied, {target} LoRA merged untied", r, 1e-3, effect=effect)
     assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
+
+
+def with_extra_tensors(ad, tensors: dict, **config):
+    """Adds tensors and config fields to a PEFT adapter folder written by peft_lora."""
+    from safetensors.numpy import load_file
+
+    path = ad.path / "adapter_model.safetensors"
+    all_tensors = {**load_file(str(path)), **tensors}
+    peft_lora.write_safetensors(path, all_tensors, "f32")
+    cfg = json.loads((ad.path / "adapter_config.json").read_text())
+    cfg.update(config)
+    (ad.path / "adapter_config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_modules_to_save_and_trainable_tokens_merge_exactly(tied, tmp_path):
+    """modules_to_save full copies (PEFT saves them under the plain module key) replace the base's
+    embeddings / lm_head; trainable tokens (`token_adapter.trainable_tokens_delta`, the new rows of
+    the tokens trainable_token_indices lists) replace those rows. Untied base: embed_tokens and
+    lm_head copies. Tied base: an embed_tokens copy (lm_head keeps the shared base weight, so the
+    merge unties) plus trainable tokens of lm_head."""
+    harness.require_binary()
+    arch = archs.ARCHS["llama"]
+    base = harness.build_base(arch, tmp_path / "base", seed=176, tie_word_embeddings=tied)
+    rng = np.random.default_rng(177)
+    emb = base.weights["model.embed_tokens.weight"]
+    ad = peft_lora.write_peft_adapter(tmp_path / "a", arch, base.cfg, base.weights, r=4, alpha=8,
+                                      targets=["q_proj", "v_proj"], rng=rng)
+    merged = peft_lora.merge(base.weights, [(ad, 1.0)])
+    new_emb = (emb + rng.standard_normal(emb.shape) * 0.5).astype(np.float32)
+    extra = {"base_model.model.model.embed_tokens.weight": new_emb}
+    config = {"modules_to_save": ["embed_tokens"]}
+    merged["model.embed_tokens.weight"] = new_emb
+    if tied:
+        merged["lm_head.weight"] = emb.copy()            # lm_head keeps the shared base tensor
+        # PEFT refuses trainable tokens and modules_to_save on one layer: the tokens go to lm_head
+        ids = [3, 77, 200]
+        rows = (rng.standard_normal((3, emb.shape[1])) * 2.0).astype(np.float32)
+        extra["base_model.model.lm_head.token_adapter.trainable_tokens_delta"] = rows
+        config["trainable_token_indices"] = {"lm_head": ids}
+        merged["lm_head.weight"][ids] = rows
+    else:
+        new_head = (base.weights["lm_head.weight"] * rng.uniform(0.5, 1.5)).astype(np.float32)
+        extra["base_model.model.lm_head.weight"] = new_head
+        config["modules_to_save"] = ["embed_tokens", "lm_head"]
+        merged["lm_head.weight"] = new_head
+    with_extra_tensors(ad, extra, **config)
+    ref = arch.forward(base.cfg, merged, TOKENS)
+    p = harness.run_convert([ad.path, "--base", base.path, "-o", tmp_path / "x.gguf"])
+    assert p.returncode != 0 and "ollama-tools merge" in p.stderr, p.stderr
+    out = tmp_path / "merged.gguf"
+    merge_ok([ad.path, "--base", base.path, "-o", out])
+    got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
+    r, effect = rel(got, ref), rel(ref, base.ref_logits)
+    harness.record(f"llama {'tied' if tied else 'untied'} modules_to_save + tokens merge", r, 1e-3, effect=effect)
+    assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
+
+
+def test_trainable_tokens_on_a_tied_base_change_both_uses(tmp_path):
+    """Trainable tokens on embed_tokens of a tied model: PEFT's tied wrapper gives lm_head the same
+    rows, which the tied GGUF gets by patching token_embd alone."""
+    harness.require_binary()
+    arch = archs.ARCHS["llama"]
+    base = harness.build_base(arch, tmp_path / "base", seed=178, tie_word_embeddings=True)
+    rng = np.random.default_rng(179)
+    emb = base.weights["model.embed_tokens.weight"]
+    ad = peft_lora.write_peft_adapter(tmp_path / "a", arch, base.cfg, base.weights, r=4, alpha=8,
+                                      targets=["q_proj"], rng=rng)
+    merged = peft_lora.merge(base.weights, [(ad, 1.0)])
+    ids = [5, TOKENS[1], 250]
+    rows = (rng.standard_normal((3, emb.shape[1])) * 2.0).astype(np.float32)
+    with_extra_tensors(ad, {"base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta": rows},
+                       trainable_token_indices=ids)
+    merged["model.embed_tokens.weight"] = emb.copy()
+    merged["model.embed_tokens.weight"][ids] = rows
+    ref = arch.forward(base.cfg, merged, TOKENS)
+    out = tmp_path / "merged.gguf"
+    merge_ok([ad.path, "--base", base.path, "-o", out])
+    assert "output.weight" not in harness.read_gguf_raw(out).tensors, "tokens alone keep the model tied"
+    got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
+    r, effect = rel(got, ref), rel(ref, base.ref_logits)
+    harness.record("llama tied trainable tokens merge", r, 1e-3, effect=effect)
+    assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
