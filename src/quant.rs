@@ -30,6 +30,9 @@
 
 use crate::gguf::GgmlType;
 
+mod simd;
+pub use simd::Simd;
+
 /// Why a conversion could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
@@ -147,8 +150,15 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
 
 /// Encodes `src` (len a multiple of block_len) into `dst` (exactly the bytes `ty` takes), with
 /// ggml's reference quantizers (`quantize_row_*_ref`), so the output equals what llama-quantize
-/// writes without an importance matrix.
+/// writes without an importance matrix. Runs at [`Simd::current`].
 pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    quantize_with(Simd::current(), ty, src, dst)
+}
+
+/// [`quantize`] at a given instruction-set level (the bytes are the same at every level; tests and
+/// benchmarks compare them). Panics if the CPU cannot run `level` ([`Simd::supported`]).
+pub fn quantize_with(level: Simd, ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    assert!(level.supported(), "this CPU cannot run the {} encoders", level.name());
     let (qk, bs) = layout(ty).ok_or(QuantError::Unsupported(ty))?;
     if src.len() % qk != 0 {
         return Err(QuantError::PartialBlock {
@@ -183,17 +193,17 @@ pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantEr
                 b.copy_from_slice(&fp32_to_bf16(*x).to_le_bytes());
             }
         }
-        GgmlType::Q4_0 => encode_q4_0(src, dst),
-        GgmlType::Q4_1 => encode_q4_1(src, dst),
-        GgmlType::Q5_0 => encode_q5_0(src, dst),
-        GgmlType::Q5_1 => encode_q5_1(src, dst),
-        GgmlType::Q8_0 => encode_q8_0(src, dst),
-        GgmlType::Q2_K => encode_q2_k(src, dst),
-        GgmlType::Q3_K => encode_q3_k(src, dst),
-        GgmlType::Q4_K => encode_q4_k(src, dst),
-        GgmlType::Q5_K => encode_q5_k(src, dst),
-        GgmlType::Q6_K => encode_q6_k(src, dst),
-        GgmlType::MXFP4 => encode_mxfp4(src, dst),
+        GgmlType::Q4_0 => encode_q4_0(level, src, dst),
+        GgmlType::Q4_1 => encode_q4_1(level, src, dst),
+        GgmlType::Q5_0 => encode_q5_0(level, src, dst),
+        GgmlType::Q5_1 => encode_q5_1(level, src, dst),
+        GgmlType::Q8_0 => encode_q8_0(level, src, dst),
+        GgmlType::Q2_K => encode_q2_k(level, src, dst),
+        GgmlType::Q3_K => encode_q3_k(level, src, dst),
+        GgmlType::Q4_K => encode_q4_k(level, src, dst),
+        GgmlType::Q5_K => encode_q5_k(level, src, dst),
+        GgmlType::Q6_K => encode_q6_k(level, src, dst),
+        GgmlType::MXFP4 => encode_mxfp4(level, src, dst),
         _ => unreachable!("layout() covers the same types"),
     }
     Ok(())
@@ -208,11 +218,11 @@ fn blocks<const BS: usize, const QK: usize>(src: &[u8], dst: &mut [f32], f: impl
     }
 }
 
-/// Defines `$name(src, dst)`, which runs the per-block encoder `$block` over whole blocks, compiled
-/// for AVX2 when the CPU has it: the K-quant searches are SIMD across lanes, and 8-wide vectors do
-/// them two to three times as fast as the 4-wide baseline. The results are the same either way (the same
-/// IEEE operations; Rust never fuses a multiply and an add). A macro rather than a generic function
-/// so that `$block` is called directly, and so really inlined into the AVX2 copy.
+/// Defines `$name(level, src, dst)`, which runs the per-block encoder `$block` over whole blocks,
+/// compiled once per [`Simd`] level: the K-quant searches are SIMD across lanes, and 8- or 16-wide
+/// vectors do them several times as fast as the 4-wide baseline. The results are the same at every
+/// level (the same IEEE operations; Rust never fuses a multiply and an add). A macro rather than a
+/// generic function so that `$block` is called directly, and so really inlined into each copy.
 macro_rules! encoder {
     ($name:ident, $block:ident, $qk:expr, $bs:expr) => {
         encoder!(@ $name, fn run(src: &[f32], dst: &mut [u8]) {
@@ -240,7 +250,7 @@ macro_rules! encoder {
         });
     };
     (@ $name:ident, $run:item) => {
-        fn $name(src: &[f32], dst: &mut [u8]) {
+        fn $name(level: Simd, src: &[f32], dst: &mut [u8]) {
             #[inline(always)]
             $run
             #[cfg(target_arch = "x86_64")]
@@ -249,12 +259,19 @@ macro_rules! encoder {
                 run(src, dst)
             }
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2, the only requirement of `run_avx2`.
-                unsafe { run_avx2(src, dst) };
-                return;
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+            unsafe fn run_avx512(src: &[f32], dst: &mut [u8]) {
+                run(src, dst)
             }
-            run(src, dst)
+            match level {
+                // SAFETY: `quantize_with` checked that the CPU supports `level`, the only
+                // requirement of these copies.
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx2 => unsafe { run_avx2(src, dst) },
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx512 => unsafe { run_avx512(src, dst) },
+                _ => run(src, dst),
+            }
         }
     };
 }
@@ -1739,14 +1756,66 @@ mod tests {
         });
     }
 
-    /// Throughput per core; run with
+    #[test]
+    fn every_level_writes_the_same_bytes() {
+        // The committed ggml fixtures (tests/quant_reference.rs) check each level on a few blocks;
+        // this checks the levels against each other on many, odd ones included: NaN, infinities,
+        // subnormals, huge values, constant and sparse blocks, and raw random bit patterns.
+        let mut x = normal(256 * 96, 7);
+        let n = x.len();
+        for (b, block) in x.chunks_mut(256).enumerate() {
+            let scale = [1.0, 1e-3, 1e-30, 1e30, 3e38, 1e-42][b % 6];
+            block.iter_mut().for_each(|v| *v *= scale);
+            match b % 8 {
+                1 => block[b % 256] = f32::NAN,
+                2 => block[(7 * b) % 256] = f32::INFINITY,
+                3 => block[..128].fill(0.0),
+                4 => block.fill(block[0]),
+                5 => block.iter_mut().step_by(3).for_each(|v| *v = -v.abs()),
+                _ => {}
+            }
+        }
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        x.extend((0..256 * 8).map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            // NaN payloads are unspecified in Rust (and C): which one an operation on two NaNs
+            // passes on may change with operand order, so raw NaN bit patterns are left out.
+            let v = f32::from_bits(s as u32);
+            if v.is_nan() { f32::NAN } else { v }
+        }));
+        assert!(x.len() > n);
+        for ty in ALL {
+            let mut want = vec![0u8; bytes_for(ty, x.len())];
+            quantize_with(Simd::Scalar, ty, &x, &mut want).unwrap();
+            for level in Simd::available() {
+                let mut got = vec![0u8; want.len()];
+                quantize_with(level, ty, &x, &mut got).unwrap();
+                let bs = block_bytes(ty);
+                let bad = (0..want.len() / bs).find(|&b| got[b * bs..][..bs] != want[b * bs..][..bs]);
+                assert_eq!(bad, None, "{ty} at {}: first differing block", level.name());
+            }
+        }
+    }
+
+    /// Quantizer throughput per core at every instruction-set level this CPU has (and dequantizer
+    /// throughput); run with
     /// `cargo test --release --lib quant::tests::throughput -- --ignored --nocapture`.
+    /// `QUANT_BENCH_TYPES=Q4_K,Q6_K` limits the types.
     #[test]
     #[ignore]
     fn throughput() {
         let n = 256 * 4096; // 1 Mi values, 4 MiB of f32: cache-resident like a merge's row chunk
         let x = normal(n, 5);
+        let only = std::env::var("QUANT_BENCH_TYPES").unwrap_or_default();
+        let levels = Simd::available();
+        let names: Vec<_> = levels.iter().map(|l| format!("{:>8}", l.name())).collect();
+        eprintln!("M values/s per core; quantize at {}, then dequantize", names.join(" "));
         for ty in ALL {
+            if !only.is_empty() && !only.split(',').any(|t| t == ty.name()) {
+                continue;
+            }
             let mut q = vec![0u8; bytes_for(ty, n)];
             let mut y = vec![0f32; n];
             let time = |f: &mut dyn FnMut()| {
@@ -1759,12 +1828,13 @@ mod tests {
                 }
                 n as f64 / best / 1e6
             };
-            let qr = time(&mut || quantize(ty, std::hint::black_box(&x), &mut q).unwrap());
+            let rates: Vec<_> = levels
+                .iter()
+                .map(|&l| time(&mut || quantize_with(l, ty, std::hint::black_box(&x), &mut q).unwrap()))
+                .map(|r| format!("{r:>8.1}"))
+                .collect();
             let dr = time(&mut || dequantize(ty, std::hint::black_box(&q), &mut y).unwrap());
-            eprintln!(
-                "{:<5} quantize {qr:>8.1} M values/s   dequantize {dr:>8.1} M values/s",
-                ty.name()
-            );
+            eprintln!("{:<5} quantize {}   dequantize {dr:>8.1}", ty.name(), rates.join(" "));
         }
     }
 }
