@@ -231,21 +231,21 @@ macro_rules! encoder {
             }
         });
     };
-    // `$pair` encodes two blocks at once; an odd last block goes in padded with zeros.
-    (pairs $name:ident, $pair:ident, $qk:expr, $bs:expr) => {
+    // `$group` encodes `$g` blocks at once; a short last group goes in padded with zero blocks.
+    (groups $name:ident, $group:expr, $qk:expr, $bs:expr, $g:expr) => {
         encoder!(@ $name, fn run(src: &[f32], dst: &mut [u8]) {
-            let mut xs = src.chunks_exact(2 * $qk);
-            let mut ys = dst.chunks_exact_mut(2 * $bs);
+            let mut xs = src.chunks_exact($g * $qk);
+            let mut ys = dst.chunks_exact_mut($g * $bs);
             for (x, b) in (&mut xs).zip(&mut ys) {
-                $pair(x.try_into().unwrap(), b.try_into().unwrap());
+                $group(x, b);
             }
             let (x, b) = (xs.remainder(), ys.into_remainder());
             if !x.is_empty() {
-                let mut x2 = [0.0f32; 2 * $qk];
-                x2[..$qk].copy_from_slice(x);
-                let mut b2 = [0u8; 2 * $bs];
-                $pair(&x2, &mut b2);
-                b.copy_from_slice(&b2[..$bs]);
+                let mut x2 = [0.0f32; $g * $qk];
+                x2[..x.len()].copy_from_slice(x);
+                let mut b2 = [0u8; $g * $bs];
+                $group(&x2, &mut b2);
+                b.copy_from_slice(&b2[..b.len()]);
             }
         });
     };
@@ -281,11 +281,17 @@ encoder!(encode_q4_1, quantize_q4_1, 32, 20);
 encoder!(encode_q5_0, quantize_q5_0, 32, 22);
 encoder!(encode_q5_1, quantize_q5_1, 32, 24);
 encoder!(encode_q8_0, quantize_q8_0, 32, 34);
-encoder!(encode_q2_k, quantize_q2_k, QK_K, 84);
-encoder!(encode_q3_k, quantize_q3_k, QK_K, 110);
-encoder!(pairs encode_q4_k, quantize_q4_k_pair, QK_K, 144);
-encoder!(pairs encode_q5_k, quantize_q5_k_pair, QK_K, 176);
-encoder!(encode_q6_k, quantize_q6_k, QK_K, 210);
+// Super-blocks per group: enough sub-blocks side by side (the lanes) that the searches' dependent
+// addition chains have independent work beside them at every vector width.
+encoder!(groups encode_q2_k, quantize_q2_k::<Q2K_GROUP, { 16 * Q2K_GROUP }>, QK_K, 84, Q2K_GROUP);
+encoder!(groups encode_q3_k, quantize_q3_k::<Q3K_GROUP, { 16 * Q3K_GROUP }>, QK_K, 110, Q3K_GROUP);
+encoder!(groups encode_q4_k, quantize_q4_k::<Q45K_GROUP, { 8 * Q45K_GROUP }>, QK_K, 144, Q45K_GROUP);
+encoder!(groups encode_q5_k, quantize_q5_k::<Q45K_GROUP, { 8 * Q45K_GROUP }>, QK_K, 176, Q45K_GROUP);
+encoder!(groups encode_q6_k, quantize_q6_k::<Q6K_GROUP, { 16 * Q6K_GROUP }>, QK_K, 210, Q6K_GROUP);
+const Q2K_GROUP: usize = 2;
+const Q3K_GROUP: usize = 2;
+const Q45K_GROUP: usize = 4;
+const Q6K_GROUP: usize = 2;
 encoder!(encode_mxfp4, quantize_mxfp4, 32, 17);
 
 // ---------------------------------------------------------------------------------------------
@@ -829,13 +835,17 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
     let mut best_error = [0.0f32; LANES];
     for i in 0..N {
         for k in 0..LANES {
-            let l = nearest_int(iscale[k] * (x[i][k] - min[k])).clamp(0, nmax) as f32;
-            levels[i][k] = l;
+            let l = qkx2_level(iscale[k], x[i][k], min[k], nmax);
             let diff = scale[k] * l + min[k] - x[i][k];
             let diff = if use_mad { diff.abs() } else { diff * diff };
             best_error[k] += w[i][k] * diff;
         }
     }
+    // The best candidate's levels are a function of its inverse scale and of the min they were
+    // taken against: keeping those two and recomputing the levels once at the end gives the same
+    // levels as copying them at every improvement, without the copying.
+    let mut best_iscale = iscale;
+    let mut best_qmin = min;
     let mut aux = [[0.0f32; LANES]; N];
     for is in 0..=nstep {
         for k in 0..LANES {
@@ -846,7 +856,7 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
         let mut sum_xl = [0.0f32; LANES];
         for i in 0..N {
             for k in 0..LANES {
-                let l = nearest_int(iscale[k] * (x[i][k] - min[k])).clamp(0, nmax) as f32;
+                let l = qkx2_level(iscale[k], x[i][k], min[k], nmax);
                 aux[i][k] = l;
                 let wi = w[i][k];
                 sum_l[k] += wi * l;
@@ -877,36 +887,32 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
                 cur_error[k] += w[i][k] * diff;
             }
         }
-        let mut take = [false; LANES];
-        let mut any = false;
         for k in 0..LANES {
-            take[k] = ok[k] && cur_error[k] < best_error[k];
-            any |= take[k];
+            if ok[k] && cur_error[k] < best_error[k] {
+                best_error[k] = cur_error[k];
+                best_iscale[k] = iscale[k];
+                best_qmin[k] = min[k];
+                scale[k] = this_scale[k];
+                min[k] = this_min[k];
+            }
         }
-        if any {
-            for i in 0..N {
-                for k in 0..LANES {
-                    levels[i][k] = if take[k] { aux[i][k] } else { levels[i][k] };
-                }
-            }
-            for k in 0..LANES {
-                if take[k] {
-                    best_error[k] = cur_error[k];
-                    scale[k] = this_scale[k];
-                    min[k] = this_min[k];
-                }
-            }
+    }
+    for i in 0..N {
+        for k in 0..LANES {
+            let l = qkx2_level(best_iscale[k], x[i][k], best_qmin[k], nmax);
+            levels[i][k] = if flat[k] { 0.0 } else { l };
         }
     }
     for k in 0..LANES {
         min_out[k] = -min[k];
         scale_out[k] = if flat[k] { 0.0 } else { scale[k] };
-        if flat[k] {
-            for i in 0..N {
-                levels[i][k] = 0.0;
-            }
-        }
     }
+}
+
+/// How `make_qkx2_quants` picks a level: `clamp(nearest_int(iscale * (x - min)), 0, nmax)`.
+#[inline(always)]
+fn qkx2_level(iscale: f32, x: f32, min: f32, nmax: i32) -> f32 {
+    nearest_int(iscale * (x - min)).clamp(0, nmax) as f32
 }
 
 /// Per lane, the largest magnitude and the value that has it (sign kept, the first on ties): where
@@ -1118,21 +1124,41 @@ fn pack_2bit(l: &[u8; 256], qs: &mut [u8]) {
     }
 }
 
+/// SB Q2_K super-blocks (LANES = 16 * SB sub-blocks of 16) from `x` (256 * SB values) into `y`.
 #[inline(always)]
-fn quantize_q2_k(x: &[f32; 256], y: &mut [u8; 84]) {
-    let xt = transpose::<16, 16>(x);
-    let mut wt = [[0.0f32; 16]; 16];
+fn quantize_q2_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
+    let xt = transpose::<16, LANES>(x);
+    let mut wt = [[0.0f32; LANES]; 16];
     for i in 0..16 {
-        for k in 0..16 {
+        for k in 0..LANES {
             wt[i][k] = xt[i][k].abs();
         }
     }
-    let mut lt = [[0.0f32; 16]; 16];
-    let mut scales = [0.0f32; 16];
-    let mut mins = [0.0f32; 16];
+    let mut lt = [[0.0f32; LANES]; 16];
+    let mut scales = [0.0f32; LANES];
+    let mut mins = [0.0f32; LANES];
     make_qkx2_quants(&xt, &wt, 3, -0.5, 0.1, 15, true, &mut lt, &mut scales, &mut mins);
-    let mut l = untranspose(&lt, 0);
+    for h in 0..SB {
+        let l = untranspose(&lt, 16 * h);
+        let (sc, mn) = (&scales[16 * h..16 * h + 16], &mins[16 * h..16 * h + 16]);
+        finish_q2_k(block_of(x, h), sc, mn, l, block_of_mut(y, h));
+    }
+}
 
+/// Super-block `h` of a group.
+#[inline(always)]
+fn block_of<const N: usize, T>(x: &[T], h: usize) -> &[T; N] {
+    x[N * h..N * h + N].try_into().unwrap()
+}
+
+#[inline(always)]
+fn block_of_mut<const N: usize, T>(x: &mut [T], h: usize) -> &mut [T; N] {
+    (&mut x[N * h..N * h + N]).try_into().unwrap()
+}
+
+/// One Q2_K super-block from its sub-blocks' scales, mins and levels.
+#[inline(always)]
+fn finish_q2_k(x: &[f32; 256], scales: &[f32], mins: &[f32], mut l: [u8; 256], y: &mut [u8; 84]) {
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..16 {
@@ -1179,17 +1205,25 @@ fn quantize_q2_k(x: &[f32; 256], y: &mut [u8; 84]) {
     y[82..84].copy_from_slice(&dmin.to_le_bytes());
 }
 
+/// SB Q3_K super-blocks (LANES = 16 * SB sub-blocks of 16) from `x` (256 * SB values) into `y`.
 #[inline(always)]
-fn quantize_q3_k(x: &[f32; 256], y: &mut [u8; 110]) {
-    let xt = transpose::<16, 16>(x);
-    let mut lt = [[0.0f32; 16]; 16];
-    let mut scales = [0.0f32; 16];
+fn quantize_q3_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
+    let xt = transpose::<16, LANES>(x);
+    let mut lt = [[0.0f32; LANES]; 16];
+    let mut scales = [0.0f32; LANES];
     make_q3_quants(&xt, 4, &mut lt, &mut scales);
-    let mut l = untranspose(&lt, 0);
+    for h in 0..SB {
+        let l = untranspose(&lt, 16 * h);
+        finish_q3_k(block_of(x, h), &scales[16 * h..16 * h + 16], l, block_of_mut(y, h));
+    }
+}
 
+/// One Q3_K super-block from its sub-blocks' scales and levels.
+#[inline(always)]
+fn finish_q3_k(x: &[f32; 256], scales: &[f32], mut l: [u8; 256], y: &mut [u8; 110]) {
     let mut max_scale = 0.0f32;
     let mut amax = 0.0f32;
-    for &s in &scales {
+    for &s in scales {
         if s.abs() > amax {
             amax = s.abs();
             max_scale = s;
@@ -1238,33 +1272,37 @@ fn quantize_q3_k(x: &[f32; 256], y: &mut [u8; 110]) {
 
 /// The part Q4_K and Q5_K share: per 32-value sub-block a (scale, min) pair by `make_qkx2_quants`,
 /// both quantized to 6 bits against the super-block's largest, then every value re-quantized with
-/// the scales as stored. Returns (d, dmin, the 12 scale bytes, the levels) for each of TWO
-/// super-blocks: their 16 sub-blocks make 16 lanes, which the compiler vectorizes much better than
-/// the 8 of one super-block (a loop of 8 is below LLVM's loop-vectorizer threshold).
+/// the scales as stored. Returns (d, dmin, the 12 scale bytes, the levels) for each of SB
+/// super-blocks (256 * SB values in `x`): their LANES = 8 * SB sub-blocks are searched side by side.
 #[allow(clippy::type_complexity)]
 #[inline(always)]
-fn quantize_k_scale_min_pair(x: &[f32; 512], nmax: i32, rmin: f32, nstep: i32) -> [(u16, u16, [u8; 12], [u8; 256]); 2] {
-    let xt = transpose::<32, 16>(x);
-    let mut wt = [[0.0f32; 16]; 32];
-    let mut sum_x2 = [0.0f32; 16];
+fn quantize_k_scale_min<const SB: usize, const LANES: usize>(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+) -> [(u16, u16, [u8; 12], [u8; 256]); SB] {
+    let xt = transpose::<32, LANES>(x);
+    let mut wt = [[0.0f32; LANES]; 32];
+    let mut sum_x2 = [0.0f32; LANES];
     for i in 0..32 {
-        for k in 0..16 {
+        for k in 0..LANES {
             sum_x2[k] += xt[i][k] * xt[i][k];
         }
     }
-    for k in 0..16 {
+    for k in 0..LANES {
         let av_x = (sum_x2[k] / 32.0).sqrt();
         for i in 0..32 {
             wt[i][k] = av_x + xt[i][k].abs();
         }
     }
-    let mut lt = [[0.0f32; 16]; 32];
-    let mut scales = [0.0f32; 16];
-    let mut mins = [0.0f32; 16];
+    let mut lt = [[0.0f32; LANES]; 32];
+    let mut scales = [0.0f32; LANES];
+    let mut mins = [0.0f32; LANES];
     make_qkx2_quants(&xt, &wt, nmax, rmin, 0.1, nstep, false, &mut lt, &mut scales, &mut mins);
-    let mut out = [(0u16, 0u16, [0u8; 12], [0u8; 256]); 2];
+    let mut out = [(0u16, 0u16, [0u8; 12], [0u8; 256]); SB];
     for (h, out) in out.iter_mut().enumerate() {
-        let x: &[f32; 256] = x[256 * h..256 * h + 256].try_into().unwrap();
+        let x: &[f32; 256] = block_of(x, h);
         let scales = &scales[8 * h..8 * h + 8];
         let mins = &mins[8 * h..8 * h + 8];
         let mut l = untranspose(&lt, 8 * h);
@@ -1314,8 +1352,11 @@ fn quantize_k_scale_min_pair(x: &[f32; 512], nmax: i32, rmin: f32, nstep: i32) -
 }
 
 #[inline(always)]
-fn quantize_q4_k_pair(x: &[f32; 512], y: &mut [u8; 288]) {
-    for (h, (d, dmin, sc, l)) in quantize_k_scale_min_pair(x, 15, -1.0, 20).into_iter().enumerate() {
+fn quantize_q4_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
+    for (h, (d, dmin, sc, l)) in quantize_k_scale_min::<SB, LANES>(x, 15, -1.0, 20)
+        .into_iter()
+        .enumerate()
+    {
         let y = &mut y[144 * h..144 * h + 144];
         y[0..2].copy_from_slice(&d.to_le_bytes());
         y[2..4].copy_from_slice(&dmin.to_le_bytes());
@@ -1330,8 +1371,11 @@ fn quantize_q4_k_pair(x: &[f32; 512], y: &mut [u8; 288]) {
 }
 
 #[inline(always)]
-fn quantize_q5_k_pair(x: &[f32; 512], y: &mut [u8; 352]) {
-    for (h, (d, dmin, sc, l)) in quantize_k_scale_min_pair(x, 31, -0.5, 15).into_iter().enumerate() {
+fn quantize_q5_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
+    for (h, (d, dmin, sc, l)) in quantize_k_scale_min::<SB, LANES>(x, 31, -0.5, 15)
+        .into_iter()
+        .enumerate()
+    {
         let y = &mut y[176 * h..176 * h + 176];
         y[0..2].copy_from_slice(&d.to_le_bytes());
         y[2..4].copy_from_slice(&dmin.to_le_bytes());
@@ -1358,17 +1402,25 @@ fn quantize_q5_k_pair(x: &[f32; 512], y: &mut [u8; 352]) {
     }
 }
 
+/// SB Q6_K super-blocks (LANES = 16 * SB sub-blocks of 16) from `x` (256 * SB values) into `y`.
 #[inline(always)]
-fn quantize_q6_k(x: &[f32; 256], y: &mut [u8; 210]) {
-    let xt = transpose::<16, 16>(x);
-    let mut lt = [[0.0f32; 16]; 16];
-    let mut scales = [0.0f32; 16];
+fn quantize_q6_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
+    let xt = transpose::<16, LANES>(x);
+    let mut lt = [[0.0f32; LANES]; 16];
+    let mut scales = [0.0f32; LANES];
     make_qx_quants(&xt, 32, &mut lt, &mut scales);
-    let mut l = untranspose(&lt, 0);
+    for h in 0..SB {
+        let l = untranspose(&lt, 16 * h);
+        finish_q6_k(block_of(x, h), &scales[16 * h..16 * h + 16], l, block_of_mut(y, h));
+    }
+}
 
+/// One Q6_K super-block from its sub-blocks' scales and levels.
+#[inline(always)]
+fn finish_q6_k(x: &[f32; 256], scales: &[f32], mut l: [u8; 256], y: &mut [u8; 210]) {
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
-    for &s in &scales {
+    for &s in scales {
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();
             max_scale = s;
