@@ -784,11 +784,33 @@ fn transpose<const N: usize, const LANES: usize>(x: &[f32]) -> [[f32; LANES]; N]
     t
 }
 
+/// What `make_qkx2_quants` found for each lane: the scale, the min (`-min`, so >= 0), and what its
+/// levels are a function of, so that they are computed only where they are used.
+struct Qkx2<const LANES: usize> {
+    scale: [f32; LANES],
+    min: [f32; LANES],
+    /// The inverse scale and the min the best candidate's levels were taken with.
+    iscale: [f32; LANES],
+    qmin: [f32; LANES],
+    /// All values equal: ggml returns levels 0 (and scale 0).
+    flat: [bool; LANES],
+    nmax: i32,
+}
+
+impl<const LANES: usize> Qkx2<LANES> {
+    /// The levels ggml's `make_qkx2_quants` returns for lane `k`, whose values are `x`.
+    #[inline(always)]
+    fn levels(&self, k: usize, x: &[f32], out: &mut [u8]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            let l = qkx2_level(self.iscale[k], v, self.qmin[k], self.nmax) as u8;
+            *o = if self.flat[k] { 0 } else { l };
+        }
+    }
+}
+
 /// ggml's `make_qkx2_quants` (levels `0..=nmax` with a scale and a min, searched over `nstep + 1`
 /// candidate inverse scales, keeping the one with the lowest weighted error) on LANES groups of N
-/// values at once. Returns the levels (`levels[i][k]`, as floats), the scales and the mins (`-min`,
-/// so >= 0) per lane.
-#[allow(clippy::too_many_arguments)]
+/// values at once (`x[i][k]` is value `i` of lane `k`).
 #[inline(always)]
 fn make_qkx2_quants<const N: usize, const LANES: usize>(
     x: &[[f32; LANES]; N],
@@ -798,10 +820,7 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
     rdelta: f32,
     nstep: i32,
     use_mad: bool,
-    levels: &mut [[f32; LANES]; N],
-    scale_out: &mut [f32; LANES],
-    min_out: &mut [f32; LANES],
-) {
+) -> Qkx2<LANES> {
     let nmaxf = nmax as f32;
     let mut min = x[0];
     let mut max = x[0];
@@ -842,7 +861,7 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
         }
     }
     // The best candidate's levels are a function of its inverse scale and of the min they were
-    // taken against: keeping those two and recomputing the levels once at the end gives the same
+    // taken against: keeping those two and recomputing the levels where needed gives the same
     // levels as copying them at every improvement, without the copying.
     let mut best_iscale = iscale;
     let mut best_qmin = min;
@@ -897,15 +916,17 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
             }
         }
     }
-    for i in 0..N {
-        for k in 0..LANES {
-            let l = qkx2_level(best_iscale[k], x[i][k], best_qmin[k], nmax);
-            levels[i][k] = if flat[k] { 0.0 } else { l };
-        }
-    }
     for k in 0..LANES {
-        min_out[k] = -min[k];
-        scale_out[k] = if flat[k] { 0.0 } else { scale[k] };
+        min[k] = -min[k];
+        scale[k] = if flat[k] { 0.0 } else { scale[k] };
+    }
+    Qkx2 {
+        scale,
+        min,
+        iscale: best_iscale,
+        qmin: best_qmin,
+        flat,
+        nmax,
     }
 }
 
@@ -933,42 +954,68 @@ fn lanes_signed_absmax<const N: usize, const LANES: usize>(x: &[[f32; LANES]; N]
     (amax, max)
 }
 
+/// What `make_qx_quants` found for each lane: the scale, and the inverse scale its levels come from.
+struct Qx<const LANES: usize> {
+    scale: [f32; LANES],
+    iscale: [f32; LANES],
+    /// All values (near) zero: ggml returns at once, with levels 0 (not nmax) and scale 0.
+    zero: [bool; LANES],
+    nmax: i32,
+}
+
+impl<const LANES: usize> Qx<LANES> {
+    /// The levels ggml's `make_qx_quants` returns for lane `k`, whose values are `x`.
+    #[inline(always)]
+    fn levels(&self, k: usize, x: &[f32], out: &mut [u8]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            let l = (qx_level(self.iscale[k], v, self.nmax) + self.nmax) as u8;
+            *o = if self.zero[k] { 0 } else { l };
+        }
+    }
+}
+
+/// How `make_qx_quants` and `make_q3_quants` pick a signed level.
+#[inline(always)]
+fn qx_level(iscale: f32, x: f32, nmax: i32) -> i32 {
+    nearest_int(iscale * x).clamp(-nmax, nmax - 1)
+}
+
+/// The weights `make_qx_quants` and `make_q3_quants` use without importance weights, `w = x * x`,
+/// and `w * x`, which they multiply by the level (`w * x * l` is `(w * x) * l`).
+#[inline(always)]
+fn x2_weights<const N: usize, const LANES: usize>(x: &[[f32; LANES]; N]) -> ([[f32; LANES]; N], [[f32; LANES]; N]) {
+    let mut w = [[0.0f32; LANES]; N];
+    let mut wx = [[0.0f32; LANES]; N];
+    for i in 0..N {
+        for k in 0..LANES {
+            w[i][k] = x[i][k] * x[i][k];
+            wx[i][k] = w[i][k] * x[i][k];
+        }
+    }
+    (w, wx)
+}
+
 /// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights (weights x²): signed levels
 /// `-nmax..nmax` stored as `l + nmax`, the scale refined by least squares over 19 candidate inverse
-/// scales. LANES groups of N values at once; returns levels (as floats) and scales per lane.
+/// scales. LANES groups of N values at once (`x[i][k]` is value `i` of lane `k`).
 #[inline(always)]
-fn make_qx_quants<const N: usize, const LANES: usize>(
-    x: &[[f32; LANES]; N],
-    nmax: i32,
-    levels: &mut [[f32; LANES]; N],
-    scale_out: &mut [f32; LANES],
-) {
+fn make_qx_quants<const N: usize, const LANES: usize>(x: &[[f32; LANES]; N], nmax: i32) -> Qx<LANES> {
     let nmaxf = nmax as f32;
     let (amax, max) = lanes_signed_absmax(x);
+    let (w, wx) = x2_weights(x);
     let mut iscale = [0.0f32; LANES];
     for k in 0..LANES {
         iscale[k] = -nmaxf / max[k];
     }
-    let mut sumlx = [0.0f32; LANES];
-    let mut suml2 = [0.0f32; LANES];
-    for i in 0..N {
-        for k in 0..LANES {
-            let v = x[i][k];
-            let l = nearest_int(iscale[k] * v).clamp(-nmax, nmax - 1);
-            levels[i][k] = (l + nmax) as f32;
-            let l = l as f32;
-            let w = v * v;
-            sumlx[k] += w * v * l;
-            suml2[k] += w * l * l;
-        }
-    }
+    let (sumlx, suml2) = qx_sums(x, &w, &wx, &iscale, nmax);
     let mut scale = [0.0f32; LANES];
     let mut best = [0.0f32; LANES];
     for k in 0..LANES {
         scale[k] = if suml2[k] != 0.0 { sumlx[k] / suml2[k] } else { 0.0 };
         best[k] = scale[k] * sumlx[k];
     }
-    let mut cur = [[0.0f32; LANES]; N];
+    // As in make_qkx2_quants, the levels are recomputed from the best inverse scale where needed.
+    let mut best_iscale = iscale;
     for is in -9..=9 {
         if is == 0 {
             continue;
@@ -976,49 +1023,47 @@ fn make_qx_quants<const N: usize, const LANES: usize>(
         for k in 0..LANES {
             iscale[k] = -(nmaxf + 0.1 * is as f32) / max[k];
         }
-        let mut sumlx = [0.0f32; LANES];
-        let mut suml2 = [0.0f32; LANES];
-        for i in 0..N {
-            for k in 0..LANES {
-                let v = x[i][k];
-                let l = nearest_int(iscale[k] * v).clamp(-nmax, nmax - 1);
-                cur[i][k] = (l + nmax) as f32;
-                let l = l as f32;
-                let w = v * v;
-                sumlx[k] += w * v * l;
-                suml2[k] += w * l * l;
-            }
-        }
-        let mut take = [false; LANES];
-        let mut any = false;
+        let (sumlx, suml2) = qx_sums(x, &w, &wx, &iscale, nmax);
         for k in 0..LANES {
-            take[k] = suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k];
-            any |= take[k];
-        }
-        if any {
-            for i in 0..N {
-                for k in 0..LANES {
-                    levels[i][k] = if take[k] { cur[i][k] } else { levels[i][k] };
-                }
-            }
-            for k in 0..LANES {
-                if take[k] {
-                    scale[k] = sumlx[k] / suml2[k];
-                    best[k] = scale[k] * sumlx[k];
-                }
+            if suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k] {
+                scale[k] = sumlx[k] / suml2[k];
+                best[k] = scale[k] * sumlx[k];
+                best_iscale[k] = iscale[k];
             }
         }
     }
+    let mut zero = [false; LANES];
     for k in 0..LANES {
-        // All (near) zero: ggml returns before any of the above, with levels 0 (not nmax).
-        if amax[k] < GROUP_MAX_EPS {
-            scale[k] = 0.0;
-            for i in 0..N {
-                levels[i][k] = 0.0;
-            }
-        }
-        scale_out[k] = scale[k];
+        zero[k] = amax[k] < GROUP_MAX_EPS;
+        scale[k] = if zero[k] { 0.0 } else { scale[k] };
     }
+    Qx {
+        scale,
+        iscale: best_iscale,
+        zero,
+        nmax,
+    }
+}
+
+/// `make_qx_quants`' sums for one candidate inverse scale: (sum of w x l, sum of w l²).
+#[inline(always)]
+fn qx_sums<const N: usize, const LANES: usize>(
+    x: &[[f32; LANES]; N],
+    w: &[[f32; LANES]; N],
+    wx: &[[f32; LANES]; N],
+    iscale: &[f32; LANES],
+    nmax: i32,
+) -> ([f32; LANES], [f32; LANES]) {
+    let mut sumlx = [0.0f32; LANES];
+    let mut suml2 = [0.0f32; LANES];
+    for i in 0..N {
+        for k in 0..LANES {
+            let l = qx_level(iscale[k], x[i][k], nmax) as f32;
+            sumlx[k] += wx[i][k] * l;
+            suml2[k] += w[i][k] * l * l;
+        }
+    }
+    (sumlx, suml2)
 }
 
 /// ggml's `make_q3_quants` with `do_rmse = true`: signed levels `-nmax..nmax`, then up to five
@@ -1033,6 +1078,7 @@ fn make_q3_quants<const N: usize, const LANES: usize>(
 ) {
     let nmaxf = nmax as f32;
     let (amax, max) = lanes_signed_absmax(x);
+    let (w, wx) = x2_weights(x);
     let mut iscale = [0.0f32; LANES];
     for k in 0..LANES {
         iscale[k] = -nmaxf / max[k];
@@ -1042,12 +1088,10 @@ fn make_q3_quants<const N: usize, const LANES: usize>(
     let mut suml2 = [0.0f32; LANES];
     for i in 0..N {
         for k in 0..LANES {
-            let v = x[i][k];
-            let l = nearest_int(iscale[k] * v).clamp(-nmax, nmax - 1) as f32;
+            let l = qx_level(iscale[k], x[i][k], nmax) as f32;
             levels[i][k] = l;
-            let w = v * v;
-            sumlx[k] += w * v * l;
-            suml2[k] += w * l * l;
+            sumlx[k] += wx[i][k] * l;
+            suml2[k] += w[i][k] * l * l;
         }
     }
     let mut active = [true; LANES];
@@ -1055,13 +1099,12 @@ fn make_q3_quants<const N: usize, const LANES: usize>(
         let mut changed = [false; LANES];
         for i in 0..N {
             for k in 0..LANES {
-                let v = x[i][k];
-                let w = v * v;
+                let (v, w, wx) = (x[i][k], w[i][k], wx[i][k]);
                 let old = levels[i][k];
-                let slx = sumlx[k] - w * v * old;
+                let slx = sumlx[k] - wx * old;
                 let sl2 = suml2[k] - w * old * old;
                 let new_l = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1) as f32;
-                let slx2 = slx + w * v * new_l;
+                let slx2 = slx + wx * new_l;
                 let sl22 = sl2 + w * new_l * new_l;
                 let accept = active[k]
                     && slx > 0.0
@@ -1100,16 +1143,12 @@ fn make_q3_quants<const N: usize, const LANES: usize>(
     }
 }
 
-/// Levels back in element order: `l[N * k + i] = t[i][k]`, for lanes `first..first + 256 / N`.
+/// Lane `k`'s levels from `t[i][k]` (floats holding small non-negative integers).
 #[inline(always)]
-fn untranspose<const N: usize, const LANES: usize>(t: &[[f32; LANES]; N], first: usize) -> [u8; 256] {
-    let mut l = [0u8; 256];
-    for k in 0..256 / N {
-        for i in 0..N {
-            l[N * k + i] = t[i][first + k] as i32 as u8;
-        }
+fn lane_levels<const N: usize, const LANES: usize>(t: &[[f32; LANES]; N], k: usize, out: &mut [u8]) {
+    for i in 0..N {
+        out[i] = t[i][k] as i32 as u8;
     }
-    l
 }
 
 /// Packs 2-bit levels as Q2_K and Q3_K store them: byte `32 * n + l` of `qs` holds elements
@@ -1134,14 +1173,12 @@ fn quantize_q2_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
             wt[i][k] = xt[i][k].abs();
         }
     }
-    let mut lt = [[0.0f32; LANES]; 16];
-    let mut scales = [0.0f32; LANES];
-    let mut mins = [0.0f32; LANES];
-    make_qkx2_quants(&xt, &wt, 3, -0.5, 0.1, 15, true, &mut lt, &mut scales, &mut mins);
+    let q = make_qkx2_quants(&xt, &wt, 3, -0.5, 0.1, 15, true);
     for h in 0..SB {
-        let l = untranspose(&lt, 16 * h);
-        let (sc, mn) = (&scales[16 * h..16 * h + 16], &mins[16 * h..16 * h + 16]);
-        finish_q2_k(block_of(x, h), sc, mn, l, block_of_mut(y, h));
+        let x = block_of(x, h);
+        let levels = |j: usize, out: &mut [u8]| q.levels(16 * h + j, &x[16 * j..16 * j + 16], out);
+        let (sc, mn) = (&q.scale[16 * h..16 * h + 16], &q.min[16 * h..16 * h + 16]);
+        finish_q2_k(x, sc, mn, levels, block_of_mut(y, h));
     }
 }
 
@@ -1156,9 +1193,10 @@ fn block_of_mut<const N: usize, T>(x: &mut [T], h: usize) -> &mut [T; N] {
     (&mut x[N * h..N * h + N]).try_into().unwrap()
 }
 
-/// One Q2_K super-block from its sub-blocks' scales, mins and levels.
+/// One Q2_K super-block from its sub-blocks' scales and mins; `levels(j, out)` gives the search's
+/// levels of sub-block `j`, which ggml keeps where the stored scale is zero.
 #[inline(always)]
-fn finish_q2_k(x: &[f32; 256], scales: &[f32], mins: &[f32], mut l: [u8; 256], y: &mut [u8; 84]) {
+fn finish_q2_k(x: &[f32; 256], scales: &[f32], mins: &[f32], levels: impl Fn(usize, &mut [u8]), y: &mut [u8; 84]) {
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..16 {
@@ -1189,9 +1227,11 @@ fn finish_q2_k(x: &[f32; 256], scales: &[f32], mins: &[f32], mut l: [u8; 256], y
         fp32_to_fp16(0.0)
     };
     let (df, dminf) = (fp16_to_fp32(d), fp16_to_fp32(dmin));
+    let mut l = [0u8; 256];
     for j in 0..16 {
         let dd = df * (sc[j] & 0xf) as f32;
         if dd == 0.0 {
+            levels(j, &mut l[16 * j..16 * j + 16]);
             continue;
         }
         let dm = dminf * (sc[j] >> 4) as f32;
@@ -1213,14 +1253,15 @@ fn quantize_q3_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
     let mut scales = [0.0f32; LANES];
     make_q3_quants(&xt, 4, &mut lt, &mut scales);
     for h in 0..SB {
-        let l = untranspose(&lt, 16 * h);
-        finish_q3_k(block_of(x, h), &scales[16 * h..16 * h + 16], l, block_of_mut(y, h));
+        let levels = |j: usize, out: &mut [u8]| lane_levels(&lt, 16 * h + j, out);
+        finish_q3_k(block_of(x, h), &scales[16 * h..16 * h + 16], levels, block_of_mut(y, h));
     }
 }
 
-/// One Q3_K super-block from its sub-blocks' scales and levels.
+/// One Q3_K super-block from its sub-blocks' scales; `levels(j, out)` gives the search's levels of
+/// sub-block `j`, which ggml keeps where the stored scale is zero.
 #[inline(always)]
-fn finish_q3_k(x: &[f32; 256], scales: &[f32], mut l: [u8; 256], y: &mut [u8; 110]) {
+fn finish_q3_k(x: &[f32; 256], scales: &[f32], levels: impl Fn(usize, &mut [u8]), y: &mut [u8; 110]) {
     let mut max_scale = 0.0f32;
     let mut amax = 0.0f32;
     for &s in scales {
@@ -1247,9 +1288,11 @@ fn finish_q3_k(x: &[f32; 256], scales: &[f32], mut l: [u8; 256], y: &mut [u8; 11
         fp32_to_fp16(0.0)
     };
     let df = fp16_to_fp32(d);
+    let mut l = [0u8; 256];
     for j in 0..16 {
         let dd = df * (q3k_scale(&sc, j) as i32 - 32) as f32;
         if dd == 0.0 {
+            levels(j, &mut l[16 * j..16 * j + 16]);
             continue;
         }
         for ii in 0..16 {
@@ -1296,16 +1339,13 @@ fn quantize_k_scale_min<const SB: usize, const LANES: usize>(
             wt[i][k] = av_x + xt[i][k].abs();
         }
     }
-    let mut lt = [[0.0f32; LANES]; 32];
-    let mut scales = [0.0f32; LANES];
-    let mut mins = [0.0f32; LANES];
-    make_qkx2_quants(&xt, &wt, nmax, rmin, 0.1, nstep, false, &mut lt, &mut scales, &mut mins);
+    let q = make_qkx2_quants(&xt, &wt, nmax, rmin, 0.1, nstep, false);
     let mut out = [(0u16, 0u16, [0u8; 12], [0u8; 256]); SB];
     for (h, out) in out.iter_mut().enumerate() {
         let x: &[f32; 256] = block_of(x, h);
-        let scales = &scales[8 * h..8 * h + 8];
-        let mins = &mins[8 * h..8 * h + 8];
-        let mut l = untranspose(&lt, 8 * h);
+        let scales = &q.scale[8 * h..8 * h + 8];
+        let mins = &q.min[8 * h..8 * h + 8];
+        let mut l = [0u8; 256];
 
         let mut max_scale = 0.0f32;
         let mut max_min = 0.0f32;
@@ -1339,6 +1379,8 @@ fn quantize_k_scale_min<const SB: usize, const LANES: usize>(
             let (s, m) = scale_min_k4(j, &sc);
             let dd = df * s as f32;
             if dd == 0.0 {
+                // ggml keeps the search's levels where the stored scale is zero.
+                q.levels(8 * h + j, &x[32 * j..32 * j + 32], &mut l[32 * j..32 * j + 32]);
                 continue;
             }
             let dm = dminf * m as f32;
@@ -1406,18 +1448,18 @@ fn quantize_q5_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
 #[inline(always)]
 fn quantize_q6_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
     let xt = transpose::<16, LANES>(x);
-    let mut lt = [[0.0f32; LANES]; 16];
-    let mut scales = [0.0f32; LANES];
-    make_qx_quants(&xt, 32, &mut lt, &mut scales);
+    let q = make_qx_quants(&xt, 32);
     for h in 0..SB {
-        let l = untranspose(&lt, 16 * h);
-        finish_q6_k(block_of(x, h), &scales[16 * h..16 * h + 16], l, block_of_mut(y, h));
+        let x = block_of(x, h);
+        let levels = |j: usize, out: &mut [u8]| q.levels(16 * h + j, &x[16 * j..16 * j + 16], out);
+        finish_q6_k(x, &q.scale[16 * h..16 * h + 16], levels, block_of_mut(y, h));
     }
 }
 
-/// One Q6_K super-block from its sub-blocks' scales and levels.
+/// One Q6_K super-block from its sub-blocks' scales; `levels(j, out)` gives the search's levels of
+/// sub-block `j`, which ggml keeps where the stored scale is zero.
 #[inline(always)]
-fn finish_q6_k(x: &[f32; 256], scales: &[f32], mut l: [u8; 256], y: &mut [u8; 210]) {
+fn finish_q6_k(x: &[f32; 256], scales: &[f32], levels: impl Fn(usize, &mut [u8]), y: &mut [u8; 210]) {
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
     for &s in scales {
@@ -1437,9 +1479,11 @@ fn finish_q6_k(x: &[f32; 256], scales: &[f32], mut l: [u8; 256], y: &mut [u8; 21
         sc[j] = nearest_int(iscale * scales[j]).min(127) as i8;
     }
     let df = fp16_to_fp32(d);
+    let mut l = [0u8; 256];
     for j in 0..16 {
         let dd = df * sc[j] as f32;
         if dd == 0.0 {
+            levels(j, &mut l[16 * j..16 * j + 16]);
             continue;
         }
         for ii in 0..16 {
