@@ -224,44 +224,50 @@ fn blocks<const BS: usize, const QK: usize>(src: &[u8], dst: &mut [f32], f: impl
 /// level (the same IEEE operations; Rust never fuses a multiply and an add). A macro rather than a
 /// generic function so that `$block` is called directly, and so really inlined into each copy.
 macro_rules! encoder {
-    ($name:ident, $block:ident, $qk:expr, $bs:expr) => {
+    // One block at a time. `avx512 = run_avx2` runs the AVX2 copy at the AVX-512 level too: for these
+    // 32-value blocks, 512-bit vectors measured slower.
+    ($name:ident, $block:ident, $qk:expr, $bs:expr, avx512 = $five:ident) => {
         encoder!(@ $name, fn run(src: &[f32], dst: &mut [u8]) {
             for (x, b) in src.chunks_exact($qk).zip(dst.chunks_exact_mut($bs)) {
                 $block(x.try_into().unwrap(), b.try_into().unwrap());
             }
-        });
+        }, run, run, run, $five);
     };
-    // `$group` encodes `$g` blocks at once; a short last group goes in padded with zero blocks.
-    (groups $name:ident, $group:expr, $qk:expr, $bs:expr, $g:expr) => {
-        encoder!(@ $name, fn run(src: &[f32], dst: &mut [u8]) {
-            let mut xs = src.chunks_exact($g * $qk);
-            let mut ys = dst.chunks_exact_mut($g * $bs);
+    // `$group::<G, LANES>` encodes G blocks at once, searching their `LANES = G * $lanes` sub-blocks
+    // side by side; a short last group goes in padded with zero blocks. G per level (scalar, AVX2,
+    // AVX-512): enough lanes that the searches' dependent addition chains have independent work
+    // beside them, but no more than the vector registers hold without spilling.
+    (groups $name:ident, $group:ident, $qk:expr, $bs:expr, $lanes:literal, [$g0:literal, $g2:literal, $g5:literal]) => {
+        encoder!(@ $name, fn run<const G: usize, const LANES: usize>(src: &[f32], dst: &mut [u8]) {
+            let mut xs = src.chunks_exact(G * $qk);
+            let mut ys = dst.chunks_exact_mut(G * $bs);
             for (x, b) in (&mut xs).zip(&mut ys) {
-                $group(x, b);
+                $group::<G, LANES>(x, b);
             }
             let (x, b) = (xs.remainder(), ys.into_remainder());
             if !x.is_empty() {
-                let mut x2 = [0.0f32; $g * $qk];
-                x2[..x.len()].copy_from_slice(x);
-                let mut b2 = [0u8; $g * $bs];
-                $group(&x2, &mut b2);
-                b.copy_from_slice(&b2[..b.len()]);
+                let mut x2 = [[0.0f32; $qk]; G];
+                x2.as_flattened_mut()[..x.len()].copy_from_slice(x);
+                let mut b2 = [[0u8; $bs]; G];
+                $group::<G, LANES>(x2.as_flattened(), b2.as_flattened_mut());
+                b.copy_from_slice(&b2.as_flattened()[..b.len()]);
             }
-        });
+        }, run::<$g0, { $g0 * $lanes }>, run::<$g2, { $g2 * $lanes }>, run::<$g5, { $g5 * $lanes }>, run_avx512);
     };
-    (@ $name:ident, $run:item) => {
+    (@ $name:ident, $run:item, $r0:expr, $r2:expr, $r5:expr, $five:ident) => {
         fn $name(level: Simd, src: &[f32], dst: &mut [u8]) {
             #[inline(always)]
             $run
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2")]
             unsafe fn run_avx2(src: &[f32], dst: &mut [u8]) {
-                run(src, dst)
+                $r2(src, dst)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+            #[allow(dead_code)]
             unsafe fn run_avx512(src: &[f32], dst: &mut [u8]) {
-                run(src, dst)
+                $r5(src, dst)
             }
             match level {
                 // SAFETY: `quantize_with` checked that the CPU supports `level`, the only
@@ -269,30 +275,24 @@ macro_rules! encoder {
                 #[cfg(target_arch = "x86_64")]
                 Simd::Avx2 => unsafe { run_avx2(src, dst) },
                 #[cfg(target_arch = "x86_64")]
-                Simd::Avx512 => unsafe { run_avx512(src, dst) },
-                _ => run(src, dst),
+                Simd::Avx512 => unsafe { $five(src, dst) },
+                _ => $r0(src, dst),
             }
         }
     };
 }
 
-encoder!(encode_q4_0, quantize_q4_0, 32, 18);
-encoder!(encode_q4_1, quantize_q4_1, 32, 20);
-encoder!(encode_q5_0, quantize_q5_0, 32, 22);
-encoder!(encode_q5_1, quantize_q5_1, 32, 24);
-encoder!(encode_q8_0, quantize_q8_0, 32, 34);
-// Super-blocks per group: enough sub-blocks side by side (the lanes) that the searches' dependent
-// addition chains have independent work beside them at every vector width.
-encoder!(groups encode_q2_k, quantize_q2_k::<Q2K_GROUP, { 16 * Q2K_GROUP }>, QK_K, 84, Q2K_GROUP);
-encoder!(groups encode_q3_k, quantize_q3_k::<Q3K_GROUP, { 16 * Q3K_GROUP }>, QK_K, 110, Q3K_GROUP);
-encoder!(groups encode_q4_k, quantize_q4_k::<Q45K_GROUP, { 8 * Q45K_GROUP }>, QK_K, 144, Q45K_GROUP);
-encoder!(groups encode_q5_k, quantize_q5_k::<Q45K_GROUP, { 8 * Q45K_GROUP }>, QK_K, 176, Q45K_GROUP);
-encoder!(groups encode_q6_k, quantize_q6_k::<Q6K_GROUP, { 16 * Q6K_GROUP }>, QK_K, 210, Q6K_GROUP);
-const Q2K_GROUP: usize = 2;
-const Q3K_GROUP: usize = 2;
-const Q45K_GROUP: usize = 4;
-const Q6K_GROUP: usize = 2;
-encoder!(encode_mxfp4, quantize_mxfp4, 32, 17);
+encoder!(encode_q4_0, quantize_q4_0, 32, 18, avx512 = run_avx2);
+encoder!(encode_q4_1, quantize_q4_1, 32, 20, avx512 = run_avx2);
+encoder!(encode_q5_0, quantize_q5_0, 32, 22, avx512 = run_avx2);
+encoder!(encode_q5_1, quantize_q5_1, 32, 24, avx512 = run_avx2);
+encoder!(encode_q8_0, quantize_q8_0, 32, 34, avx512 = run_avx2);
+encoder!(encode_mxfp4, quantize_mxfp4, 32, 17, avx512 = run_avx512);
+encoder!(groups encode_q2_k, quantize_q2_k, QK_K, 84, 16, [1, 2, 2]);
+encoder!(groups encode_q3_k, quantize_q3_k, QK_K, 110, 16, [1, 2, 2]);
+encoder!(groups encode_q4_k, quantize_q4_k, QK_K, 144, 8, [2, 2, 4]);
+encoder!(groups encode_q5_k, quantize_q5_k, QK_K, 176, 8, [2, 2, 4]);
+encoder!(groups encode_q6_k, quantize_q6_k, QK_K, 210, 16, [1, 2, 2]);
 
 // ---------------------------------------------------------------------------------------------
 // Scalars
@@ -1424,20 +1424,13 @@ fn quantize_q5_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
         y[4..16].copy_from_slice(&sc);
         let mut qh = [0u8; 32];
         let qs = &mut y[48..176];
+        // Levels are 0..=31: bit 4 goes to qh, the low four bits to qs (ggml's `if l > 15`, without
+        // the branches, so that the loop is SIMD).
         for n in 0..4 {
-            let (m1, m2) = (1u8 << (2 * n), 2u8 << (2 * n));
             for i in 0..32 {
-                let mut l1 = l[64 * n + i];
-                if l1 > 15 {
-                    l1 -= 16;
-                    qh[i] |= m1;
-                }
-                let mut l2 = l[64 * n + i + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    qh[i] |= m2;
-                }
-                qs[32 * n + i] = l1 | (l2 << 4);
+                let (l1, l2) = (l[64 * n + i], l[64 * n + i + 32]);
+                qh[i] |= ((l1 >> 4) << (2 * n)) | ((l2 >> 4) << (2 * n + 1));
+                qs[32 * n + i] = (l1 & 0xf) | ((l2 & 0xf) << 4);
             }
         }
         y[16..48].copy_from_slice(&qh);
