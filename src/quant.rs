@@ -826,18 +826,23 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
     let mut max = x[0];
     let mut sum_w = w[0];
     let mut sum_x = [0.0f32; LANES];
+    let mut no_nan = [true; LANES];
     for k in 0..LANES {
         sum_x[k] = sum_w[k] * x[0][k];
     }
-    for i in 1..N {
+    for i in 0..N {
         for k in 0..LANES {
             let v = x[i][k];
             min[k] = if v < min[k] { v } else { min[k] };
             max[k] = if v > max[k] { v } else { max[k] };
-            sum_w[k] += w[i][k];
-            sum_x[k] += w[i][k] * v;
+            if i > 0 {
+                sum_w[k] += w[i][k];
+                sum_x[k] += w[i][k] * v;
+            }
+            no_nan[k] &= !v.is_nan();
         }
     }
+    let lowest = min;
     // A lane whose values are all equal (after pulling min up to 0) returns at once in ggml; here it
     // runs along with its updates masked off, and gets ggml's answer at the end.
     let mut flat = [false; LANES];
@@ -870,19 +875,17 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
         for k in 0..LANES {
             iscale[k] = (rmin + rdelta * is as f32 + nmaxf) / (max[k] - min[k]);
         }
-        let mut sum_l = [0.0f32; LANES];
-        let mut sum_l2 = [0.0f32; LANES];
-        let mut sum_xl = [0.0f32; LANES];
-        for i in 0..N {
-            for k in 0..LANES {
-                let l = qkx2_level(iscale[k], x[i][k], min[k], nmax);
-                aux[i][k] = l;
-                let wi = w[i][k];
-                sum_l[k] += wi * l;
-                sum_l2[k] += wi * l * l;
-                sum_xl[k] += wi * l * x[i][k];
-            }
+        // Flat lanes' levels are never used, so they need not be exact.
+        let mut small = true;
+        for k in 0..LANES {
+            let ends = [lowest[k], max[k]].map(|v| iscale[k] * (v - min[k]));
+            small &= flat[k] || (no_nan[k] && ends.iter().all(|e| e.abs() < ROUND_SMALL_LIMIT));
         }
+        let (sum_l, sum_l2, sum_xl) = if small {
+            qkx2_sums::<true, N, LANES>(x, w, &iscale, &min, nmax, &mut aux)
+        } else {
+            qkx2_sums::<false, N, LANES>(x, w, &iscale, &min, nmax, &mut aux)
+        };
         let mut ok = [false; LANES];
         let mut this_scale = [0.0f32; LANES];
         let mut this_min = [0.0f32; LANES];
@@ -934,6 +937,59 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
 #[inline(always)]
 fn qkx2_level(iscale: f32, x: f32, min: f32, nmax: i32) -> f32 {
     nearest_int(iscale * (x - min)).clamp(0, nmax) as f32
+}
+
+/// One candidate's levels (into `aux`) and sums (of w l, w l², w l x) in `make_qkx2_quants`. SMALL:
+/// every `iscale * (x - min)` is known to be under [`ROUND_SMALL_LIMIT`] in magnitude (and not NaN),
+/// so the levels can be rounded with [`round_small`].
+#[inline(always)]
+fn qkx2_sums<const SMALL: bool, const N: usize, const LANES: usize>(
+    x: &[[f32; LANES]; N],
+    w: &[[f32; LANES]; N],
+    iscale: &[f32; LANES],
+    min: &[f32; LANES],
+    nmax: i32,
+    aux: &mut [[f32; LANES]; N],
+) -> ([f32; LANES], [f32; LANES], [f32; LANES]) {
+    let mut sum_l = [0.0f32; LANES];
+    let mut sum_l2 = [0.0f32; LANES];
+    let mut sum_xl = [0.0f32; LANES];
+    for i in 0..N {
+        for k in 0..LANES {
+            let l = if SMALL {
+                clamp_integral(round_small(iscale[k] * (x[i][k] - min[k])), 0.0, nmax as f32)
+            } else {
+                qkx2_level(iscale[k], x[i][k], min[k], nmax)
+            };
+            aux[i][k] = l;
+            let wi = w[i][k];
+            sum_l[k] += wi * l;
+            sum_l2[k] += wi * l * l;
+            sum_xl[k] += wi * l * x[i][k];
+        }
+    }
+    (sum_l, sum_l2, sum_xl)
+}
+
+/// Magnitude under which [`round_small`] equals `nearest_int` (2^21; it holds up to 2^22 - 1).
+const ROUND_SMALL_LIMIT: f32 = 2_097_152.0;
+
+/// `nearest_int(t) as f32` for |t| < [`ROUND_SMALL_LIMIT`]: t + 1.5 * 2^23 lies in [2^23, 2^24), where
+/// floats are the integers, so the addition rounds t to the nearest integer (ties to even, as 1.5 *
+/// 2^23 is even) and the subtraction is exact: the value whose bits `nearest_int` reads. Two float
+/// operations instead of four integer ones and a conversion. Callers bound t by the monotony of
+/// rounding: if x lies in [a, b], `fl(s * fl(x - m))` lies between its values at a and b.
+#[inline(always)]
+fn round_small(t: f32) -> f32 {
+    (t + 12_582_912.0) - 12_582_912.0
+}
+
+/// `clamp` of an integer-valued float, as two selects (min / max instructions); the same value as
+/// clamping the integer and converting it.
+#[inline(always)]
+fn clamp_integral(v: f32, lo: f32, hi: f32) -> f32 {
+    let v = if v < lo { lo } else { v };
+    if v > hi { hi } else { v }
 }
 
 /// Per lane, the largest magnitude and the value that has it (sign kept, the first on ties): where
@@ -1003,11 +1059,32 @@ fn make_qx_quants<const N: usize, const LANES: usize>(x: &[[f32; LANES]; N], nma
     let nmaxf = nmax as f32;
     let (amax, max) = lanes_signed_absmax(x);
     let (w, wx) = x2_weights(x);
+    let mut zero = [false; LANES];
+    let mut no_nan = [true; LANES];
+    for k in 0..LANES {
+        zero[k] = amax[k] < GROUP_MAX_EPS;
+        for i in 0..N {
+            no_nan[k] &= !x[i][k].is_nan();
+        }
+    }
+    // |fl(iscale * x)| <= fl(|iscale| * amax) by the monotony of rounding; all-zero lanes' levels
+    // are never used, so they need not be exact.
+    let sums = |iscale: &[f32; LANES]| {
+        let mut small = true;
+        for k in 0..LANES {
+            small &= zero[k] || (no_nan[k] && (iscale[k] * amax[k]).abs() < ROUND_SMALL_LIMIT);
+        }
+        if small {
+            qx_sums::<true, N, LANES>(x, &w, &wx, iscale, nmax)
+        } else {
+            qx_sums::<false, N, LANES>(x, &w, &wx, iscale, nmax)
+        }
+    };
     let mut iscale = [0.0f32; LANES];
     for k in 0..LANES {
         iscale[k] = -nmaxf / max[k];
     }
-    let (sumlx, suml2) = qx_sums(x, &w, &wx, &iscale, nmax);
+    let (sumlx, suml2) = sums(&iscale);
     let mut scale = [0.0f32; LANES];
     let mut best = [0.0f32; LANES];
     for k in 0..LANES {
@@ -1023,7 +1100,7 @@ fn make_qx_quants<const N: usize, const LANES: usize>(x: &[[f32; LANES]; N], nma
         for k in 0..LANES {
             iscale[k] = -(nmaxf + 0.1 * is as f32) / max[k];
         }
-        let (sumlx, suml2) = qx_sums(x, &w, &wx, &iscale, nmax);
+        let (sumlx, suml2) = sums(&iscale);
         for k in 0..LANES {
             if suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k] {
                 scale[k] = sumlx[k] / suml2[k];
@@ -1032,9 +1109,7 @@ fn make_qx_quants<const N: usize, const LANES: usize>(x: &[[f32; LANES]; N], nma
             }
         }
     }
-    let mut zero = [false; LANES];
     for k in 0..LANES {
-        zero[k] = amax[k] < GROUP_MAX_EPS;
         scale[k] = if zero[k] { 0.0 } else { scale[k] };
     }
     Qx {
@@ -1045,9 +1120,10 @@ fn make_qx_quants<const N: usize, const LANES: usize>(x: &[[f32; LANES]; N], nma
     }
 }
 
-/// `make_qx_quants`' sums for one candidate inverse scale: (sum of w x l, sum of w l²).
+/// `make_qx_quants`' sums for one candidate inverse scale: (sum of w x l, sum of w l²). SMALL: every
+/// `iscale * x` is known to be under [`ROUND_SMALL_LIMIT`] in magnitude (and not NaN).
 #[inline(always)]
-fn qx_sums<const N: usize, const LANES: usize>(
+fn qx_sums<const SMALL: bool, const N: usize, const LANES: usize>(
     x: &[[f32; LANES]; N],
     w: &[[f32; LANES]; N],
     wx: &[[f32; LANES]; N],
@@ -1058,7 +1134,11 @@ fn qx_sums<const N: usize, const LANES: usize>(
     let mut suml2 = [0.0f32; LANES];
     for i in 0..N {
         for k in 0..LANES {
-            let l = qx_level(iscale[k], x[i][k], nmax) as f32;
+            let l = if SMALL {
+                clamp_integral(round_small(iscale[k] * x[i][k]), -nmax as f32, (nmax - 1) as f32)
+            } else {
+                qx_level(iscale[k], x[i][k], nmax) as f32
+            };
             sumlx[k] += wx[i][k] * l;
             suml2[k] += w[i][k] * l * l;
         }
