@@ -78,23 +78,12 @@ impl Simd {
     }
 }
 
-/// The best level, capped by the value of `OLLAMA_TOOLS_SIMD` (unset or empty: no cap; a name this
-/// build does not know: no cap, with a warning, since the variable is only a diagnostic aid).
+/// The best level, capped by the value of `OLLAMA_TOOLS_SIMD` (unset, empty or not a level's name:
+/// no cap; the variable is a diagnostic aid, every level writes the same bytes, and the library
+/// does not print).
 fn capped(var: Option<&str>) -> Simd {
     let best = Simd::best();
-    match var.filter(|v| !v.trim().is_empty()) {
-        None => best,
-        Some(v) => match Simd::from_name(v) {
-            Some(cap) => cap.min(best),
-            None => {
-                eprintln!(
-                    "warning: {ENV}={v:?} is not one of scalar, avx2, avx512; using {}",
-                    best.name()
-                );
-                best
-            }
-        },
-    }
+    var.and_then(Simd::from_name).map_or(best, |cap| cap.min(best))
 }
 
 #[cfg(test)]
