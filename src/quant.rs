@@ -453,17 +453,34 @@ fn dequantize_q8_0(b: &[u8; 34], y: &mut [f32; 32]) {
 /// The value with the largest magnitude, sign kept (the first one on ties), as the Q4_0 / Q5_0
 /// reference picks it: its level is the extreme -8 (-16), which gives the block one level more on
 /// the other side.
+///
+/// ggml's loop skips NaN and keeps the first of equal magnitudes; so does this, in two passes that
+/// need no sequential chain: the largest magnitude, then the first value that has it.
 #[inline(always)]
 fn signed_absmax(x: &[f32; 32]) -> f32 {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
+    let amax = absmax_skipping_nan(x);
+    if amax == 0.0 {
+        return 0.0; // ggml's `max` keeps its initial +0.0 (a -0.0 in x never replaces it)
+    }
+    let mut first = 0u32;
+    for j in 0..32 {
+        first |= ((x[j].abs() == amax) as u32) << j;
+    }
+    x[first.trailing_zeros() as usize]
+}
+
+/// The largest magnitude in `x`, NaN skipped, 0 at least: `max` is exact, so any grouping of the
+/// comparisons gives the same value; 8 running maxima make the loop SIMD instead of one chain.
+#[inline(always)]
+fn absmax_skipping_nan(x: &[f32; 32]) -> f32 {
+    let mut m = [0.0f32; 8];
+    for c in x.chunks_exact(8) {
+        for k in 0..8 {
+            let a = c[k].abs();
+            m[k] = if a > m[k] { a } else { m[k] };
         }
     }
-    max
+    m.into_iter().fold(0.0f32, |acc, a| if a > acc { a } else { acc })
 }
 
 #[inline(always)]
@@ -550,11 +567,13 @@ fn quantize_q5_1(x: &[f32; 32], y: &mut [u8; 24]) {
 
 #[inline(always)]
 fn quantize_q8_0(x: &[f32; 32], y: &mut [u8; 34]) {
-    let mut amax = 0.0f32;
-    for &v in x {
-        // ggml's MAX(amax, fabsf(v)), spelled the same way (a NaN propagates as it does there).
-        amax = if amax > v.abs() { amax } else { v.abs() };
-    }
+    let amax = if x.iter().any(|v| v.is_nan()) {
+        // ggml's MAX(amax, fabsf(v)), in its order: a NaN survives only when no larger value follows.
+        x.iter()
+            .fold(0.0f32, |amax, v| if amax > v.abs() { amax } else { v.abs() })
+    } else {
+        absmax_skipping_nan(x)
+    };
     let d = amax / 127.0;
     let id = inverse_or_zero(d);
     y[0..2].copy_from_slice(&fp32_to_fp16(d).to_le_bytes());
