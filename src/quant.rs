@@ -877,59 +877,36 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
         iscale[k] = nmaxf / (max[k] - min[k]);
         scale[k] = 1.0 / iscale[k];
     }
-    let mut best_error = [0.0f32; LANES];
+    let mut aux = [[0.0f32; LANES]; N];
     for i in 0..N {
         for k in 0..LANES {
-            let l = qkx2_level(iscale[k], x[i][k], min[k], nmax);
-            let diff = scale[k] * l + min[k] - x[i][k];
-            let diff = if use_mad { diff.abs() } else { diff * diff };
-            best_error[k] += w[i][k] * diff;
+            aux[i][k] = qkx2_level(iscale[k], x[i][k], min[k], nmax);
         }
     }
+    let mut best_error = qkx2_error(x, w, &aux, &scale, &min, use_mad);
     // The best candidate's levels are a function of its inverse scale and of the min they were
     // taken against: keeping those two and recomputing the levels where needed gives the same
     // levels as copying them at every improvement, without the copying.
     let mut best_iscale = iscale;
     let mut best_qmin = min;
-    let mut aux = [[0.0f32; LANES]; N];
     for is in 0..=nstep {
         for k in 0..LANES {
             iscale[k] = (rmin + rdelta * is as f32 + nmaxf) / (max[k] - min[k]);
         }
-        // Flat lanes' levels are never used, so they need not be exact.
+        // |fl(iscale * fl(x - min))| is at most its value at the lane's lowest or highest x, by the
+        // monotony of rounding. Flat lanes' levels are never used, so they need not be exact.
         let mut small = true;
         for k in 0..LANES {
             let ends = [lowest[k], max[k]].map(|v| iscale[k] * (v - min[k]));
             small &= flat[k] || (no_nan[k] && ends.iter().all(|e| e.abs() < ROUND_SMALL_LIMIT));
         }
-        let (sum_l, sum_l2, sum_xl) = if small {
+        let sums = if small {
             qkx2_sums::<true, N, LANES>(x, w, &iscale, &min, nmax, &mut aux)
         } else {
             qkx2_sums::<false, N, LANES>(x, w, &iscale, &min, nmax, &mut aux)
         };
-        let mut ok = [false; LANES];
-        let mut this_scale = [0.0f32; LANES];
-        let mut this_min = [0.0f32; LANES];
-        for k in 0..LANES {
-            let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
-            ok[k] = d > 0.0 && !flat[k];
-            let mut s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
-            let mut m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
-            if m > 0.0 {
-                m = 0.0;
-                s = sum_xl[k] / sum_l2[k];
-            }
-            this_scale[k] = s;
-            this_min[k] = m;
-        }
-        let mut cur_error = [0.0f32; LANES];
-        for i in 0..N {
-            for k in 0..LANES {
-                let diff = this_scale[k] * aux[i][k] + this_min[k] - x[i][k];
-                let diff = if use_mad { diff.abs() } else { diff * diff };
-                cur_error[k] += w[i][k] * diff;
-            }
-        }
+        let (ok, this_scale, this_min) = qkx2_fit(&sum_w, &sum_x, sums, &flat);
+        let cur_error = qkx2_error(x, w, &aux, &this_scale, &this_min, use_mad);
         for k in 0..LANES {
             if ok[k] && cur_error[k] < best_error[k] {
                 best_error[k] = cur_error[k];
@@ -958,6 +935,55 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
 #[inline(always)]
 fn qkx2_level(iscale: f32, x: f32, min: f32, nmax: i32) -> f32 {
     nearest_int(iscale * (x - min)).clamp(0, nmax) as f32
+}
+
+/// `make_qkx2_quants`' least-squares scale and min for one candidate's sums (of w l, w l², w l x):
+/// (whether the fit is usable, scale, min).
+#[inline(always)]
+fn qkx2_fit<const LANES: usize>(
+    sum_w: &[f32; LANES],
+    sum_x: &[f32; LANES],
+    (sum_l, sum_l2, sum_xl): ([f32; LANES], [f32; LANES], [f32; LANES]),
+    flat: &[bool; LANES],
+) -> ([bool; LANES], [f32; LANES], [f32; LANES]) {
+    let mut ok = [false; LANES];
+    let mut this_scale = [0.0f32; LANES];
+    let mut this_min = [0.0f32; LANES];
+    for k in 0..LANES {
+        let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+        ok[k] = d > 0.0 && !flat[k];
+        let mut s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
+        let mut m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
+        if m > 0.0 {
+            m = 0.0;
+            s = sum_xl[k] / sum_l2[k];
+        }
+        this_scale[k] = s;
+        this_min[k] = m;
+    }
+    (ok, this_scale, this_min)
+}
+
+/// `make_qkx2_quants`' weighted error of the levels `l` with a scale and min: the sum, in element
+/// order, of `w * diff²` (`w * |diff|` with `use_mad`), `diff = scale * l + min - x`.
+#[inline(always)]
+fn qkx2_error<const N: usize, const LANES: usize>(
+    x: &[[f32; LANES]; N],
+    w: &[[f32; LANES]; N],
+    l: &[[f32; LANES]; N],
+    scale: &[f32; LANES],
+    min: &[f32; LANES],
+    use_mad: bool,
+) -> [f32; LANES] {
+    let mut error = [0.0f32; LANES];
+    for i in 0..N {
+        for k in 0..LANES {
+            let diff = scale[k] * l[i][k] + min[k] - x[i][k];
+            let diff = if use_mad { diff.abs() } else { diff * diff };
+            error[k] += w[i][k] * diff;
+        }
+    }
+    error
 }
 
 /// One candidate's levels (into `aux`) and sums (of w l, w l², w l x) in `make_qkx2_quants`. SMALL:
