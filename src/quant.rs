@@ -20,6 +20,10 @@
 //! add latency, so the searches here run all sub-blocks of a super-block side by side: lane `k` of
 //! each `[f32; LANES]` is sub-block `k`, every lane does exactly ggml's sequence of operations, and
 //! the compiler turns the lane loops into SIMD. Decisions ggml takes with `if` become per-lane masks.
+//! Several super-blocks go side by side (more lanes), each encoder is compiled for the baseline, AVX2
+//! and AVX-512 and picked at run time ([`Simd`]), and work that cannot change a byte is skipped (levels
+//! no one reads, `nearest_int`'s integer round trip where the value is provably small). Every level
+//! writes the same bytes; the tests compare them with ggml's and with each other.
 //!
 //! Everything is a pure function of its arguments: no allocation, no global state, safe to call from
 //! any number of threads.
