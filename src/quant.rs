@@ -228,14 +228,13 @@ fn blocks<const BS: usize, const QK: usize>(src: &[u8], dst: &mut [f32], f: impl
 /// level (the same IEEE operations; Rust never fuses a multiply and an add). A macro rather than a
 /// generic function so that `$block` is called directly, and so really inlined into each copy.
 macro_rules! encoder {
-    // One block at a time. `avx512 = run_avx2` runs the AVX2 copy at the AVX-512 level too: for these
-    // 32-value blocks, 512-bit vectors measured slower.
-    ($name:ident, $block:ident, $qk:expr, $bs:expr, avx512 = $five:ident) => {
+    // One block at a time.
+    ($name:ident, $block:ident, $qk:expr, $bs:expr) => {
         encoder!(@ $name, fn run(src: &[f32], dst: &mut [u8]) {
             for (x, b) in src.chunks_exact($qk).zip(dst.chunks_exact_mut($bs)) {
                 $block(x.try_into().unwrap(), b.try_into().unwrap());
             }
-        }, run, run, run, $five);
+        }, run, run, run);
     };
     // `$group::<G, LANES>` encodes G blocks at once, searching their `LANES = G * $lanes` sub-blocks
     // side by side; a short last group goes in padded with zero blocks. G per level (scalar, AVX2,
@@ -256,9 +255,9 @@ macro_rules! encoder {
                 $group::<G, LANES>(x2.as_flattened(), b2.as_flattened_mut());
                 b.copy_from_slice(&b2.as_flattened()[..b.len()]);
             }
-        }, run::<$g0, { $g0 * $lanes }>, run::<$g2, { $g2 * $lanes }>, run::<$g5, { $g5 * $lanes }>, run_avx512);
+        }, run::<$g0, { $g0 * $lanes }>, run::<$g2, { $g2 * $lanes }>, run::<$g5, { $g5 * $lanes }>);
     };
-    (@ $name:ident, $run:item, $r0:expr, $r2:expr, $r5:expr, $five:ident) => {
+    (@ $name:ident, $run:item, $r0:expr, $r2:expr, $r5:expr) => {
         fn $name(level: Simd, src: &[f32], dst: &mut [u8]) {
             #[inline(always)]
             $run
@@ -269,7 +268,6 @@ macro_rules! encoder {
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
-            #[allow(dead_code)]
             unsafe fn run_avx512(src: &[f32], dst: &mut [u8]) {
                 $r5(src, dst)
             }
@@ -279,19 +277,19 @@ macro_rules! encoder {
                 #[cfg(target_arch = "x86_64")]
                 Simd::Avx2 => unsafe { run_avx2(src, dst) },
                 #[cfg(target_arch = "x86_64")]
-                Simd::Avx512 => unsafe { $five(src, dst) },
+                Simd::Avx512 => unsafe { run_avx512(src, dst) },
                 _ => $r0(src, dst),
             }
         }
     };
 }
 
-encoder!(encode_q4_0, quantize_q4_0, 32, 18, avx512 = run_avx2);
-encoder!(encode_q4_1, quantize_q4_1, 32, 20, avx512 = run_avx2);
-encoder!(encode_q5_0, quantize_q5_0, 32, 22, avx512 = run_avx2);
-encoder!(encode_q5_1, quantize_q5_1, 32, 24, avx512 = run_avx2);
-encoder!(encode_q8_0, quantize_q8_0, 32, 34, avx512 = run_avx2);
-encoder!(encode_mxfp4, quantize_mxfp4, 32, 17, avx512 = run_avx512);
+encoder!(encode_q4_0, quantize_q4_0, 32, 18);
+encoder!(encode_q4_1, quantize_q4_1, 32, 20);
+encoder!(encode_q5_0, quantize_q5_0, 32, 22);
+encoder!(encode_q5_1, quantize_q5_1, 32, 24);
+encoder!(encode_q8_0, quantize_q8_0, 32, 34);
+encoder!(encode_mxfp4, quantize_mxfp4, 32, 17);
 // Group sizes measured on a Xeon with AVX-512: more lanes than this spill at AVX2 (16 vector
 // registers); at AVX-512 (32 registers) 64 lanes of 16 values beat 32, and 128 gain nothing.
 encoder!(groups encode_q2_k, quantize_q2_k, QK_K, 84, 16, [1, 2, 4]);
@@ -371,19 +369,41 @@ fn nearest_int(f: f32) -> i32 {
     ((f + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
-/// C's `roundf` (halves away from zero) for the |x| <= 127.x values Q8_0 rounds; `f32::round`
+/// C's `roundf` (halves away from zero) for the |x| <= 127.x values Q8_0 rounds, then the cast to
+/// an integer ([`c_f32_to_i32`]; a float of 2^31 or more is already an integer); `f32::round`
 /// would be a libm call on baseline x86-64.
 #[inline(always)]
 fn round_away(x: f32) -> i32 {
-    let t = x as i32;
+    let t = c_f32_to_i32(x);
     let frac = x - t as f32;
-    t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
+    // t = i32::MIN only for NaN, infinities and |x| >= 2^31, where C's cast of roundf(x) gives it too.
+    if t == i32::MIN {
+        t
+    } else {
+        t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
+    }
 }
 
 /// C's `(int8_t)f` for a float in (roughly) [0, 32]: truncation toward zero.
 #[inline(always)]
 fn trunc_i8(f: f32) -> i8 {
-    f as i32 as i8
+    c_f32_to_i32(f) as i8
+}
+
+/// C's float -> integer cast as ggml's x86-64 build runs it (`cvttss2si`, of which the narrower casts
+/// keep the low bits): truncation toward zero, and i32::MIN for NaN or a value outside the i32 range,
+/// where Rust's `as` saturates. Such values come from blocks whose largest magnitude is so small that
+/// the inverse scale overflows to infinity (all below about 2^-126): ggml then writes code 0 where a
+/// saturating cast would give the top code.
+#[inline(always)]
+fn c_f32_to_i32(f: f32) -> i32 {
+    if f.abs() < 2_147_483_648.0 {
+        // SAFETY: f is not NaN and truncates to a value in i32's range. (Unchecked so that no
+        // saturation is computed only to be thrown away: this is `cvttss2si` itself.)
+        unsafe { f.to_int_unchecked() }
+    } else {
+        i32::MIN
+    }
 }
 
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` from the 12 packed bytes.
@@ -560,8 +580,8 @@ fn quantize_q5_1(x: &[f32; 32], y: &mut [u8; 24]) {
     let mut qh = 0u32;
     for j in 0..16 {
         // No clamp here in ggml (`(uint8_t)(x0 + 0.5f)`): the top value lands on 31 anyway.
-        let x0 = ((x[j] - min) * id + 0.5) as i32 as u8;
-        let x1 = ((x[j + 16] - min) * id + 0.5) as i32 as u8;
+        let x0 = c_f32_to_i32((x[j] - min) * id + 0.5) as u8;
+        let x1 = c_f32_to_i32((x[j + 16] - min) * id + 0.5) as u8;
         y[8 + j] = (x0 & 0xf) | ((x1 & 0xf) << 4);
         qh |= (((x0 & 0x10) >> 4) as u32) << j;
         qh |= (((x1 & 0x10) >> 4) as u32) << (j + 16);
@@ -1846,6 +1866,24 @@ mod tests {
         quantize(GgmlType::Q8_0, &x, &mut q).unwrap();
         assert_eq!(u16::from_le_bytes([q[0], q[1]]), 0x3c00); // d = 1.0
         assert_eq!((q[2] as i8, q[3] as i8, q[4] as i8), (127, -64, 1));
+        // Values so small (subnormal) that the inverse scale overflows: ggml's x86-64 float -> int
+        // cast of the infinities gives code 0 and the f16 scale is 0, so every byte is 0 but the
+        // f16 min of Q4_1 / Q5_1 (-0.0). These are ggml's bytes, through llama-cpp-python.
+        let tiny: Vec<f32> = (0..32).map(|j| (j as f32 - 15.5) * 1e-43).collect();
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+        ] {
+            let (q, _) = roundtrip(ty, &tiny);
+            let min_high = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1).then_some(3);
+            let want: Vec<u8> = (0..q.len())
+                .map(|i| if Some(i) == min_high { 0x80 } else { 0 })
+                .collect();
+            assert_eq!(q, want, "{ty}");
+        }
         // Constant blocks stay (nearly) constant in the min-based formats.
         for ty in [
             GgmlType::Q4_1,
