@@ -20,6 +20,10 @@
 //! add latency, so the searches here run all sub-blocks of a super-block side by side: lane `k` of
 //! each `[f32; LANES]` is sub-block `k`, every lane does exactly ggml's sequence of operations, and
 //! the compiler turns the lane loops into SIMD. Decisions ggml takes with `if` become per-lane masks.
+//! Several super-blocks go side by side (more lanes), each encoder is compiled for the baseline, AVX2
+//! and AVX-512 and picked at run time ([`Simd`]), and work that cannot change a byte is skipped (levels
+//! no one reads, `nearest_int`'s integer round trip where the value is provably small). Every level
+//! writes the same bytes; the tests compare them with ggml's and with each other.
 //!
 //! Everything is a pure function of its arguments: no allocation, no global state, safe to call from
 //! any number of threads.
@@ -29,6 +33,9 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::gguf::GgmlType;
+
+mod simd;
+pub use simd::Simd;
 
 /// Why a conversion could not run.
 #[derive(Debug, thiserror::Error)]
@@ -147,8 +154,15 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
 
 /// Encodes `src` (len a multiple of block_len) into `dst` (exactly the bytes `ty` takes), with
 /// ggml's reference quantizers (`quantize_row_*_ref`), so the output equals what llama-quantize
-/// writes without an importance matrix.
+/// writes without an importance matrix. Runs at [`Simd::current`].
 pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    quantize_with(Simd::current(), ty, src, dst)
+}
+
+/// [`quantize`] at a given instruction-set level (the bytes are the same at every level; tests and
+/// benchmarks compare them). Panics if the CPU cannot run `level` ([`Simd::supported`]).
+pub fn quantize_with(level: Simd, ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    assert!(level.supported(), "this CPU cannot run the {} encoders", level.name());
     let (qk, bs) = layout(ty).ok_or(QuantError::Unsupported(ty))?;
     if src.len() % qk != 0 {
         return Err(QuantError::PartialBlock {
@@ -183,17 +197,17 @@ pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantEr
                 b.copy_from_slice(&fp32_to_bf16(*x).to_le_bytes());
             }
         }
-        GgmlType::Q4_0 => encode_q4_0(src, dst),
-        GgmlType::Q4_1 => encode_q4_1(src, dst),
-        GgmlType::Q5_0 => encode_q5_0(src, dst),
-        GgmlType::Q5_1 => encode_q5_1(src, dst),
-        GgmlType::Q8_0 => encode_q8_0(src, dst),
-        GgmlType::Q2_K => encode_q2_k(src, dst),
-        GgmlType::Q3_K => encode_q3_k(src, dst),
-        GgmlType::Q4_K => encode_q4_k(src, dst),
-        GgmlType::Q5_K => encode_q5_k(src, dst),
-        GgmlType::Q6_K => encode_q6_k(src, dst),
-        GgmlType::MXFP4 => encode_mxfp4(src, dst),
+        GgmlType::Q4_0 => encode_q4_0(level, src, dst),
+        GgmlType::Q4_1 => encode_q4_1(level, src, dst),
+        GgmlType::Q5_0 => encode_q5_0(level, src, dst),
+        GgmlType::Q5_1 => encode_q5_1(level, src, dst),
+        GgmlType::Q8_0 => encode_q8_0(level, src, dst),
+        GgmlType::Q2_K => encode_q2_k(level, src, dst),
+        GgmlType::Q3_K => encode_q3_k(level, src, dst),
+        GgmlType::Q4_K => encode_q4_k(level, src, dst),
+        GgmlType::Q5_K => encode_q5_k(level, src, dst),
+        GgmlType::Q6_K => encode_q6_k(level, src, dst),
+        GgmlType::MXFP4 => encode_mxfp4(level, src, dst),
         _ => unreachable!("layout() covers the same types"),
     }
     Ok(())
@@ -208,53 +222,64 @@ fn blocks<const BS: usize, const QK: usize>(src: &[u8], dst: &mut [f32], f: impl
     }
 }
 
-/// Defines `$name(src, dst)`, which runs the per-block encoder `$block` over whole blocks, compiled
-/// for AVX2 when the CPU has it: the K-quant searches are SIMD across lanes, and 8-wide vectors do
-/// them two to three times as fast as the 4-wide baseline. The results are the same either way (the same
-/// IEEE operations; Rust never fuses a multiply and an add). A macro rather than a generic function
-/// so that `$block` is called directly, and so really inlined into the AVX2 copy.
+/// Defines `$name(level, src, dst)`, which runs the per-block encoder `$block` over whole blocks,
+/// compiled once per [`Simd`] level: the K-quant searches are SIMD across lanes, and 8- or 16-wide
+/// vectors do them several times as fast as the 4-wide baseline. The results are the same at every
+/// level (the same IEEE operations; Rust never fuses a multiply and an add). A macro rather than a
+/// generic function so that `$block` is called directly, and so really inlined into each copy.
 macro_rules! encoder {
+    // One block at a time.
     ($name:ident, $block:ident, $qk:expr, $bs:expr) => {
         encoder!(@ $name, fn run(src: &[f32], dst: &mut [u8]) {
             for (x, b) in src.chunks_exact($qk).zip(dst.chunks_exact_mut($bs)) {
                 $block(x.try_into().unwrap(), b.try_into().unwrap());
             }
-        });
+        }, run, run, run);
     };
-    // `$pair` encodes two blocks at once; an odd last block goes in padded with zeros.
-    (pairs $name:ident, $pair:ident, $qk:expr, $bs:expr) => {
-        encoder!(@ $name, fn run(src: &[f32], dst: &mut [u8]) {
-            let mut xs = src.chunks_exact(2 * $qk);
-            let mut ys = dst.chunks_exact_mut(2 * $bs);
+    // `$group::<G, LANES>` encodes G blocks at once, searching their `LANES = G * $lanes` sub-blocks
+    // side by side; a short last group goes in padded with zero blocks. G per level (scalar, AVX2,
+    // AVX-512): enough lanes that the searches' dependent addition chains have independent work
+    // beside them, but no more than the vector registers hold without spilling.
+    (groups $name:ident, $group:ident, $qk:expr, $bs:expr, $lanes:literal, [$g0:literal, $g2:literal, $g5:literal]) => {
+        encoder!(@ $name, fn run<const G: usize, const LANES: usize>(src: &[f32], dst: &mut [u8]) {
+            let mut xs = src.chunks_exact(G * $qk);
+            let mut ys = dst.chunks_exact_mut(G * $bs);
             for (x, b) in (&mut xs).zip(&mut ys) {
-                $pair(x.try_into().unwrap(), b.try_into().unwrap());
+                $group::<G, LANES>(x, b);
             }
             let (x, b) = (xs.remainder(), ys.into_remainder());
             if !x.is_empty() {
-                let mut x2 = [0.0f32; 2 * $qk];
-                x2[..$qk].copy_from_slice(x);
-                let mut b2 = [0u8; 2 * $bs];
-                $pair(&x2, &mut b2);
-                b.copy_from_slice(&b2[..$bs]);
+                let mut x2 = [[0.0f32; $qk]; G];
+                x2.as_flattened_mut()[..x.len()].copy_from_slice(x);
+                let mut b2 = [[0u8; $bs]; G];
+                $group::<G, LANES>(x2.as_flattened(), b2.as_flattened_mut());
+                b.copy_from_slice(&b2.as_flattened()[..b.len()]);
             }
-        });
+        }, run::<$g0, { $g0 * $lanes }>, run::<$g2, { $g2 * $lanes }>, run::<$g5, { $g5 * $lanes }>);
     };
-    (@ $name:ident, $run:item) => {
-        fn $name(src: &[f32], dst: &mut [u8]) {
+    (@ $name:ident, $run:item, $r0:expr, $r2:expr, $r5:expr) => {
+        fn $name(level: Simd, src: &[f32], dst: &mut [u8]) {
             #[inline(always)]
             $run
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2")]
             unsafe fn run_avx2(src: &[f32], dst: &mut [u8]) {
-                run(src, dst)
+                $r2(src, dst)
             }
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2, the only requirement of `run_avx2`.
-                unsafe { run_avx2(src, dst) };
-                return;
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+            unsafe fn run_avx512(src: &[f32], dst: &mut [u8]) {
+                $r5(src, dst)
             }
-            run(src, dst)
+            match level {
+                // SAFETY: `quantize_with` checked that the CPU supports `level`, the only
+                // requirement of these copies.
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx2 => unsafe { run_avx2(src, dst) },
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx512 => unsafe { run_avx512(src, dst) },
+                _ => $r0(src, dst),
+            }
         }
     };
 }
@@ -264,12 +289,14 @@ encoder!(encode_q4_1, quantize_q4_1, 32, 20);
 encoder!(encode_q5_0, quantize_q5_0, 32, 22);
 encoder!(encode_q5_1, quantize_q5_1, 32, 24);
 encoder!(encode_q8_0, quantize_q8_0, 32, 34);
-encoder!(encode_q2_k, quantize_q2_k, QK_K, 84);
-encoder!(encode_q3_k, quantize_q3_k, QK_K, 110);
-encoder!(pairs encode_q4_k, quantize_q4_k_pair, QK_K, 144);
-encoder!(pairs encode_q5_k, quantize_q5_k_pair, QK_K, 176);
-encoder!(encode_q6_k, quantize_q6_k, QK_K, 210);
 encoder!(encode_mxfp4, quantize_mxfp4, 32, 17);
+// Group sizes measured on a Xeon with AVX-512: more lanes than this spill at AVX2 (16 vector
+// registers); at AVX-512 (32 registers) 64 lanes of 16 values beat 32, and 128 gain nothing.
+encoder!(groups encode_q2_k, quantize_q2_k, QK_K, 84, 16, [1, 2, 4]);
+encoder!(groups encode_q3_k, quantize_q3_k, QK_K, 110, 16, [1, 2, 4]);
+encoder!(groups encode_q4_k, quantize_q4_k, QK_K, 144, 8, [2, 2, 4]);
+encoder!(groups encode_q5_k, quantize_q5_k, QK_K, 176, 8, [2, 2, 4]);
+encoder!(groups encode_q6_k, quantize_q6_k, QK_K, 210, 16, [1, 2, 4]);
 
 // ---------------------------------------------------------------------------------------------
 // Scalars
@@ -342,19 +369,41 @@ fn nearest_int(f: f32) -> i32 {
     ((f + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
-/// C's `roundf` (halves away from zero) for the |x| <= 127.x values Q8_0 rounds; `f32::round`
+/// C's `roundf` (halves away from zero) for the |x| <= 127.x values Q8_0 rounds, then the cast to
+/// an integer ([`c_f32_to_i32`]; a float of 2^31 or more is already an integer); `f32::round`
 /// would be a libm call on baseline x86-64.
 #[inline(always)]
 fn round_away(x: f32) -> i32 {
-    let t = x as i32;
+    let t = c_f32_to_i32(x);
     let frac = x - t as f32;
-    t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
+    // t = i32::MIN only for NaN, infinities and |x| >= 2^31, where C's cast of roundf(x) gives it too.
+    if t == i32::MIN {
+        t
+    } else {
+        t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
+    }
 }
 
 /// C's `(int8_t)f` for a float in (roughly) [0, 32]: truncation toward zero.
 #[inline(always)]
 fn trunc_i8(f: f32) -> i8 {
-    f as i32 as i8
+    c_f32_to_i32(f) as i8
+}
+
+/// C's float -> integer cast as ggml's x86-64 build runs it (`cvttss2si`, of which the narrower casts
+/// keep the low bits): truncation toward zero, and i32::MIN for NaN or a value outside the i32 range,
+/// where Rust's `as` saturates. Such values come from blocks whose largest magnitude is so small that
+/// the inverse scale overflows to infinity (all below about 2^-126): ggml then writes code 0 where a
+/// saturating cast would give the top code.
+#[inline(always)]
+fn c_f32_to_i32(f: f32) -> i32 {
+    if f.abs() < 2_147_483_648.0 {
+        // SAFETY: f is not NaN and truncates to a value in i32's range. (Unchecked so that no
+        // saturation is computed only to be thrown away: this is `cvttss2si` itself.)
+        unsafe { f.to_int_unchecked() }
+    } else {
+        i32::MIN
+    }
 }
 
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` from the 12 packed bytes.
@@ -428,17 +477,34 @@ fn dequantize_q8_0(b: &[u8; 34], y: &mut [f32; 32]) {
 /// The value with the largest magnitude, sign kept (the first one on ties), as the Q4_0 / Q5_0
 /// reference picks it: its level is the extreme -8 (-16), which gives the block one level more on
 /// the other side.
+///
+/// ggml's loop skips NaN and keeps the first of equal magnitudes; so does this, in two passes that
+/// need no sequential chain: the largest magnitude, then the first value that has it.
 #[inline(always)]
 fn signed_absmax(x: &[f32; 32]) -> f32 {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
+    let amax = absmax_skipping_nan(x);
+    if amax == 0.0 {
+        return 0.0; // ggml's `max` keeps its initial +0.0 (a -0.0 in x never replaces it)
+    }
+    let mut first = 0u32;
+    for j in 0..32 {
+        first |= ((x[j].abs() == amax) as u32) << j;
+    }
+    x[first.trailing_zeros() as usize]
+}
+
+/// The largest magnitude in `x`, NaN skipped, 0 at least: `max` is exact, so any grouping of the
+/// comparisons gives the same value; 8 running maxima make the loop SIMD instead of one chain.
+#[inline(always)]
+fn absmax_skipping_nan(x: &[f32; 32]) -> f32 {
+    let mut m = [0.0f32; 8];
+    for c in x.chunks_exact(8) {
+        for k in 0..8 {
+            let a = c[k].abs();
+            m[k] = if a > m[k] { a } else { m[k] };
         }
     }
-    max
+    m.into_iter().fold(0.0f32, |acc, a| if a > acc { a } else { acc })
 }
 
 #[inline(always)]
@@ -514,8 +580,8 @@ fn quantize_q5_1(x: &[f32; 32], y: &mut [u8; 24]) {
     let mut qh = 0u32;
     for j in 0..16 {
         // No clamp here in ggml (`(uint8_t)(x0 + 0.5f)`): the top value lands on 31 anyway.
-        let x0 = ((x[j] - min) * id + 0.5) as i32 as u8;
-        let x1 = ((x[j + 16] - min) * id + 0.5) as i32 as u8;
+        let x0 = c_f32_to_i32((x[j] - min) * id + 0.5) as u8;
+        let x1 = c_f32_to_i32((x[j + 16] - min) * id + 0.5) as u8;
         y[8 + j] = (x0 & 0xf) | ((x1 & 0xf) << 4);
         qh |= (((x0 & 0x10) >> 4) as u32) << j;
         qh |= (((x1 & 0x10) >> 4) as u32) << (j + 16);
@@ -525,11 +591,13 @@ fn quantize_q5_1(x: &[f32; 32], y: &mut [u8; 24]) {
 
 #[inline(always)]
 fn quantize_q8_0(x: &[f32; 32], y: &mut [u8; 34]) {
-    let mut amax = 0.0f32;
-    for &v in x {
-        // ggml's MAX(amax, fabsf(v)), spelled the same way (a NaN propagates as it does there).
-        amax = if amax > v.abs() { amax } else { v.abs() };
-    }
+    let amax = if x.iter().any(|v| v.is_nan()) {
+        // ggml's MAX(amax, fabsf(v)), in its order: a NaN survives only when no larger value follows.
+        x.iter()
+            .fold(0.0f32, |amax, v| if amax > v.abs() { amax } else { v.abs() })
+    } else {
+        absmax_skipping_nan(x)
+    };
     let d = amax / 127.0;
     let id = inverse_or_zero(d);
     y[0..2].copy_from_slice(&fp32_to_fp16(d).to_le_bytes());
@@ -761,11 +829,33 @@ fn transpose<const N: usize, const LANES: usize>(x: &[f32]) -> [[f32; LANES]; N]
     t
 }
 
+/// What `make_qkx2_quants` found for each lane: the scale, the min (`-min`, so >= 0), and what its
+/// levels are a function of, so that they are computed only where they are used.
+struct Qkx2<const LANES: usize> {
+    scale: [f32; LANES],
+    min: [f32; LANES],
+    /// The inverse scale and the min the best candidate's levels were taken with.
+    iscale: [f32; LANES],
+    qmin: [f32; LANES],
+    /// All values equal: ggml returns levels 0 (and scale 0).
+    flat: [bool; LANES],
+    nmax: i32,
+}
+
+impl<const LANES: usize> Qkx2<LANES> {
+    /// The levels ggml's `make_qkx2_quants` returns for lane `k`, whose values are `x`.
+    #[inline(always)]
+    fn levels(&self, k: usize, x: &[f32], out: &mut [u8]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            let l = qkx2_level(self.iscale[k], v, self.qmin[k], self.nmax) as u8;
+            *o = if self.flat[k] { 0 } else { l };
+        }
+    }
+}
+
 /// ggml's `make_qkx2_quants` (levels `0..=nmax` with a scale and a min, searched over `nstep + 1`
 /// candidate inverse scales, keeping the one with the lowest weighted error) on LANES groups of N
-/// values at once. Returns the levels (`levels[i][k]`, as floats), the scales and the mins (`-min`,
-/// so >= 0) per lane.
-#[allow(clippy::too_many_arguments)]
+/// values at once (`x[i][k]` is value `i` of lane `k`).
 #[inline(always)]
 fn make_qkx2_quants<const N: usize, const LANES: usize>(
     x: &[[f32; LANES]; N],
@@ -775,27 +865,29 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
     rdelta: f32,
     nstep: i32,
     use_mad: bool,
-    levels: &mut [[f32; LANES]; N],
-    scale_out: &mut [f32; LANES],
-    min_out: &mut [f32; LANES],
-) {
+) -> Qkx2<LANES> {
     let nmaxf = nmax as f32;
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = w[0];
     let mut sum_x = [0.0f32; LANES];
+    let mut no_nan = [true; LANES];
     for k in 0..LANES {
         sum_x[k] = sum_w[k] * x[0][k];
     }
-    for i in 1..N {
+    for i in 0..N {
         for k in 0..LANES {
             let v = x[i][k];
             min[k] = if v < min[k] { v } else { min[k] };
             max[k] = if v > max[k] { v } else { max[k] };
-            sum_w[k] += w[i][k];
-            sum_x[k] += w[i][k] * v;
+            if i > 0 {
+                sum_w[k] += w[i][k];
+                sum_x[k] += w[i][k] * v;
+            }
+            no_nan[k] &= !v.is_nan();
         }
     }
+    let lowest = min;
     // A lane whose values are all equal (after pulling min up to 0) returns at once in ggml; here it
     // runs along with its updates masked off, and gets ggml's answer at the end.
     let mut flat = [false; LANES];
@@ -809,87 +901,166 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
         iscale[k] = nmaxf / (max[k] - min[k]);
         scale[k] = 1.0 / iscale[k];
     }
-    let mut best_error = [0.0f32; LANES];
+    let mut aux = [[0.0f32; LANES]; N];
     for i in 0..N {
         for k in 0..LANES {
-            let l = nearest_int(iscale[k] * (x[i][k] - min[k])).clamp(0, nmax) as f32;
-            levels[i][k] = l;
-            let diff = scale[k] * l + min[k] - x[i][k];
-            let diff = if use_mad { diff.abs() } else { diff * diff };
-            best_error[k] += w[i][k] * diff;
+            aux[i][k] = qkx2_level(iscale[k], x[i][k], min[k], nmax);
         }
     }
-    let mut aux = [[0.0f32; LANES]; N];
+    let mut best_error = qkx2_error(x, w, &aux, &scale, &min, use_mad);
+    // The best candidate's levels are a function of its inverse scale and of the min they were
+    // taken against: keeping those two and recomputing the levels where needed gives the same
+    // levels as copying them at every improvement, without the copying.
+    let mut best_iscale = iscale;
+    let mut best_qmin = min;
     for is in 0..=nstep {
         for k in 0..LANES {
             iscale[k] = (rmin + rdelta * is as f32 + nmaxf) / (max[k] - min[k]);
         }
-        let mut sum_l = [0.0f32; LANES];
-        let mut sum_l2 = [0.0f32; LANES];
-        let mut sum_xl = [0.0f32; LANES];
-        for i in 0..N {
-            for k in 0..LANES {
-                let l = nearest_int(iscale[k] * (x[i][k] - min[k])).clamp(0, nmax) as f32;
-                aux[i][k] = l;
-                let wi = w[i][k];
-                sum_l[k] += wi * l;
-                sum_l2[k] += wi * l * l;
-                sum_xl[k] += wi * l * x[i][k];
-            }
-        }
-        let mut ok = [false; LANES];
-        let mut this_scale = [0.0f32; LANES];
-        let mut this_min = [0.0f32; LANES];
+        // |fl(iscale * fl(x - min))| is at most its value at the lane's lowest or highest x, by the
+        // monotony of rounding. Flat lanes' levels are never used, so they need not be exact.
+        let mut small = true;
         for k in 0..LANES {
-            let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
-            ok[k] = d > 0.0 && !flat[k];
-            let mut s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
-            let mut m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
-            if m > 0.0 {
-                m = 0.0;
-                s = sum_xl[k] / sum_l2[k];
-            }
-            this_scale[k] = s;
-            this_min[k] = m;
+            let ends = [lowest[k], max[k]].map(|v| iscale[k] * (v - min[k]));
+            small &= flat[k] || (no_nan[k] && ends.iter().all(|e| e.abs() < ROUND_SMALL_LIMIT));
         }
-        let mut cur_error = [0.0f32; LANES];
-        for i in 0..N {
-            for k in 0..LANES {
-                let diff = this_scale[k] * aux[i][k] + this_min[k] - x[i][k];
-                let diff = if use_mad { diff.abs() } else { diff * diff };
-                cur_error[k] += w[i][k] * diff;
-            }
-        }
-        let mut take = [false; LANES];
-        let mut any = false;
+        let sums = if small {
+            qkx2_sums::<true, N, LANES>(x, w, &iscale, &min, nmax, &mut aux)
+        } else {
+            qkx2_sums::<false, N, LANES>(x, w, &iscale, &min, nmax, &mut aux)
+        };
+        let (ok, this_scale, this_min) = qkx2_fit(&sum_w, &sum_x, sums, &flat);
+        let cur_error = qkx2_error(x, w, &aux, &this_scale, &this_min, use_mad);
         for k in 0..LANES {
-            take[k] = ok[k] && cur_error[k] < best_error[k];
-            any |= take[k];
-        }
-        if any {
-            for i in 0..N {
-                for k in 0..LANES {
-                    levels[i][k] = if take[k] { aux[i][k] } else { levels[i][k] };
-                }
-            }
-            for k in 0..LANES {
-                if take[k] {
-                    best_error[k] = cur_error[k];
-                    scale[k] = this_scale[k];
-                    min[k] = this_min[k];
-                }
+            if ok[k] && cur_error[k] < best_error[k] {
+                best_error[k] = cur_error[k];
+                best_iscale[k] = iscale[k];
+                best_qmin[k] = min[k];
+                scale[k] = this_scale[k];
+                min[k] = this_min[k];
             }
         }
     }
     for k in 0..LANES {
-        min_out[k] = -min[k];
-        scale_out[k] = if flat[k] { 0.0 } else { scale[k] };
-        if flat[k] {
-            for i in 0..N {
-                levels[i][k] = 0.0;
-            }
+        min[k] = -min[k];
+        scale[k] = if flat[k] { 0.0 } else { scale[k] };
+    }
+    Qkx2 {
+        scale,
+        min,
+        iscale: best_iscale,
+        qmin: best_qmin,
+        flat,
+        nmax,
+    }
+}
+
+/// How `make_qkx2_quants` picks a level: `clamp(nearest_int(iscale * (x - min)), 0, nmax)`.
+#[inline(always)]
+fn qkx2_level(iscale: f32, x: f32, min: f32, nmax: i32) -> f32 {
+    nearest_int(iscale * (x - min)).clamp(0, nmax) as f32
+}
+
+/// `make_qkx2_quants`' least-squares scale and min for one candidate's sums (of w l, w l², w l x):
+/// (whether the fit is usable, scale, min).
+#[inline(always)]
+fn qkx2_fit<const LANES: usize>(
+    sum_w: &[f32; LANES],
+    sum_x: &[f32; LANES],
+    (sum_l, sum_l2, sum_xl): ([f32; LANES], [f32; LANES], [f32; LANES]),
+    flat: &[bool; LANES],
+) -> ([bool; LANES], [f32; LANES], [f32; LANES]) {
+    let mut ok = [false; LANES];
+    let mut this_scale = [0.0f32; LANES];
+    let mut this_min = [0.0f32; LANES];
+    for k in 0..LANES {
+        let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+        ok[k] = d > 0.0 && !flat[k];
+        let mut s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
+        let mut m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
+        if m > 0.0 {
+            m = 0.0;
+            s = sum_xl[k] / sum_l2[k];
+        }
+        this_scale[k] = s;
+        this_min[k] = m;
+    }
+    (ok, this_scale, this_min)
+}
+
+/// `make_qkx2_quants`' weighted error of the levels `l` with a scale and min: the sum, in element
+/// order, of `w * diff²` (`w * |diff|` with `use_mad`), `diff = scale * l + min - x`.
+#[inline(always)]
+fn qkx2_error<const N: usize, const LANES: usize>(
+    x: &[[f32; LANES]; N],
+    w: &[[f32; LANES]; N],
+    l: &[[f32; LANES]; N],
+    scale: &[f32; LANES],
+    min: &[f32; LANES],
+    use_mad: bool,
+) -> [f32; LANES] {
+    let mut error = [0.0f32; LANES];
+    for i in 0..N {
+        for k in 0..LANES {
+            let diff = scale[k] * l[i][k] + min[k] - x[i][k];
+            let diff = if use_mad { diff.abs() } else { diff * diff };
+            error[k] += w[i][k] * diff;
         }
     }
+    error
+}
+
+/// One candidate's levels (into `aux`) and sums (of w l, w l², w l x) in `make_qkx2_quants`. SMALL:
+/// every `iscale * (x - min)` is known to be under [`ROUND_SMALL_LIMIT`] in magnitude (and not NaN),
+/// so the levels can be rounded with [`round_small`].
+#[inline(always)]
+fn qkx2_sums<const SMALL: bool, const N: usize, const LANES: usize>(
+    x: &[[f32; LANES]; N],
+    w: &[[f32; LANES]; N],
+    iscale: &[f32; LANES],
+    min: &[f32; LANES],
+    nmax: i32,
+    aux: &mut [[f32; LANES]; N],
+) -> ([f32; LANES], [f32; LANES], [f32; LANES]) {
+    let mut sum_l = [0.0f32; LANES];
+    let mut sum_l2 = [0.0f32; LANES];
+    let mut sum_xl = [0.0f32; LANES];
+    for i in 0..N {
+        for k in 0..LANES {
+            let l = if SMALL {
+                clamp_integral(round_small(iscale[k] * (x[i][k] - min[k])), 0.0, nmax as f32)
+            } else {
+                qkx2_level(iscale[k], x[i][k], min[k], nmax)
+            };
+            aux[i][k] = l;
+            let wi = w[i][k];
+            sum_l[k] += wi * l;
+            sum_l2[k] += wi * l * l;
+            sum_xl[k] += wi * l * x[i][k];
+        }
+    }
+    (sum_l, sum_l2, sum_xl)
+}
+
+/// Magnitude under which [`round_small`] equals `nearest_int` (2^21; it holds up to 2^22 - 1).
+const ROUND_SMALL_LIMIT: f32 = 2_097_152.0;
+
+/// `nearest_int(t) as f32` for |t| < [`ROUND_SMALL_LIMIT`]: t + 1.5 * 2^23 lies in [2^23, 2^24), where
+/// floats are the integers, so the addition rounds t to the nearest integer (ties to even, as 1.5 *
+/// 2^23 is even) and the subtraction is exact: the value whose bits `nearest_int` reads. Two float
+/// operations instead of four integer ones and a conversion. Callers bound t by the monotony of
+/// rounding: if x lies in [a, b], `fl(s * fl(x - m))` lies between its values at a and b.
+#[inline(always)]
+fn round_small(t: f32) -> f32 {
+    (t + 12_582_912.0) - 12_582_912.0
+}
+
+/// `clamp` of an integer-valued float, as two selects (min / max instructions); the same value as
+/// clamping the integer and converting it.
+#[inline(always)]
+fn clamp_integral(v: f32, lo: f32, hi: f32) -> f32 {
+    let v = if v < lo { lo } else { v };
+    if v > hi { hi } else { v }
 }
 
 /// Per lane, the largest magnitude and the value that has it (sign kept, the first on ties): where
@@ -910,42 +1081,98 @@ fn lanes_signed_absmax<const N: usize, const LANES: usize>(x: &[[f32; LANES]; N]
     (amax, max)
 }
 
+/// What `make_qx_quants` found for each lane: the scale, and the inverse scale its levels come from.
+struct Qx<const LANES: usize> {
+    scale: [f32; LANES],
+    iscale: [f32; LANES],
+    /// All values (near) zero: ggml returns at once, with levels 0 (not nmax) and scale 0.
+    zero: [bool; LANES],
+    nmax: i32,
+}
+
+impl<const LANES: usize> Qx<LANES> {
+    /// The levels ggml's `make_qx_quants` returns for lane `k`, whose values are `x`.
+    #[inline(always)]
+    fn levels(&self, k: usize, x: &[f32], out: &mut [u8]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            let l = (qx_level(self.iscale[k], v, self.nmax) + self.nmax) as u8;
+            *o = if self.zero[k] { 0 } else { l };
+        }
+    }
+}
+
+/// How `make_qx_quants` and `make_q3_quants` pick a signed level.
+#[inline(always)]
+fn qx_level(iscale: f32, x: f32, nmax: i32) -> i32 {
+    nearest_int(iscale * x).clamp(-nmax, nmax - 1)
+}
+
+/// The weights `make_qx_quants` and `make_q3_quants` use without importance weights, `w = x * x`,
+/// and `w * x`, which they multiply by the level (`w * x * l` is `(w * x) * l`).
+#[inline(always)]
+fn x2_weights<const N: usize, const LANES: usize>(x: &[[f32; LANES]; N]) -> ([[f32; LANES]; N], [[f32; LANES]; N]) {
+    let mut w = [[0.0f32; LANES]; N];
+    let mut wx = [[0.0f32; LANES]; N];
+    for i in 0..N {
+        for k in 0..LANES {
+            w[i][k] = x[i][k] * x[i][k];
+            wx[i][k] = w[i][k] * x[i][k];
+        }
+    }
+    (w, wx)
+}
+
 /// ggml's `make_qx_quants` with `rmse_type = 1` and no importance weights (weights x²): signed levels
 /// `-nmax..nmax` stored as `l + nmax`, the scale refined by least squares over 19 candidate inverse
-/// scales. LANES groups of N values at once; returns levels (as floats) and scales per lane.
+/// scales. LANES groups of N values at once (`x[i][k]` is value `i` of lane `k`).
 #[inline(always)]
-fn make_qx_quants<const N: usize, const LANES: usize>(
-    x: &[[f32; LANES]; N],
-    nmax: i32,
-    levels: &mut [[f32; LANES]; N],
-    scale_out: &mut [f32; LANES],
-) {
+fn make_qx_quants<const N: usize, const LANES: usize>(x: &[[f32; LANES]; N], nmax: i32) -> Qx<LANES> {
     let nmaxf = nmax as f32;
     let (amax, max) = lanes_signed_absmax(x);
+    let (w, wx) = x2_weights(x);
+    let mut zero = [false; LANES];
+    let mut no_nan = [true; LANES];
+    for k in 0..LANES {
+        zero[k] = amax[k] < GROUP_MAX_EPS;
+        for i in 0..N {
+            no_nan[k] &= !x[i][k].is_nan();
+        }
+    }
+    // |fl(iscale * x)| <= fl(|iscale| * amax) by the monotony of rounding; all-zero lanes' levels
+    // are never used, so they need not be exact. (A function, not a closure: a closure that is not
+    // inlined would lose the encoder's target features.)
+    #[inline(always)]
+    fn sums<const N: usize, const LANES: usize>(
+        x: &[[f32; LANES]; N],
+        (w, wx): (&[[f32; LANES]; N], &[[f32; LANES]; N]),
+        (amax, zero, no_nan): (&[f32; LANES], &[bool; LANES], &[bool; LANES]),
+        iscale: &[f32; LANES],
+        nmax: i32,
+    ) -> ([f32; LANES], [f32; LANES]) {
+        let mut small = true;
+        for k in 0..LANES {
+            small &= zero[k] || (no_nan[k] && (iscale[k] * amax[k]).abs() < ROUND_SMALL_LIMIT);
+        }
+        if small {
+            qx_sums::<true, N, LANES>(x, w, wx, iscale, nmax)
+        } else {
+            qx_sums::<false, N, LANES>(x, w, wx, iscale, nmax)
+        }
+    }
+    let (weights, lanes) = ((&w, &wx), (&amax, &zero, &no_nan));
     let mut iscale = [0.0f32; LANES];
     for k in 0..LANES {
         iscale[k] = -nmaxf / max[k];
     }
-    let mut sumlx = [0.0f32; LANES];
-    let mut suml2 = [0.0f32; LANES];
-    for i in 0..N {
-        for k in 0..LANES {
-            let v = x[i][k];
-            let l = nearest_int(iscale[k] * v).clamp(-nmax, nmax - 1);
-            levels[i][k] = (l + nmax) as f32;
-            let l = l as f32;
-            let w = v * v;
-            sumlx[k] += w * v * l;
-            suml2[k] += w * l * l;
-        }
-    }
+    let (sumlx, suml2) = sums(x, weights, lanes, &iscale, nmax);
     let mut scale = [0.0f32; LANES];
     let mut best = [0.0f32; LANES];
     for k in 0..LANES {
         scale[k] = if suml2[k] != 0.0 { sumlx[k] / suml2[k] } else { 0.0 };
         best[k] = scale[k] * sumlx[k];
     }
-    let mut cur = [[0.0f32; LANES]; N];
+    // As in make_qkx2_quants, the levels are recomputed from the best inverse scale where needed.
+    let mut best_iscale = iscale;
     for is in -9..=9 {
         if is == 0 {
             continue;
@@ -953,49 +1180,50 @@ fn make_qx_quants<const N: usize, const LANES: usize>(
         for k in 0..LANES {
             iscale[k] = -(nmaxf + 0.1 * is as f32) / max[k];
         }
-        let mut sumlx = [0.0f32; LANES];
-        let mut suml2 = [0.0f32; LANES];
-        for i in 0..N {
-            for k in 0..LANES {
-                let v = x[i][k];
-                let l = nearest_int(iscale[k] * v).clamp(-nmax, nmax - 1);
-                cur[i][k] = (l + nmax) as f32;
-                let l = l as f32;
-                let w = v * v;
-                sumlx[k] += w * v * l;
-                suml2[k] += w * l * l;
-            }
-        }
-        let mut take = [false; LANES];
-        let mut any = false;
+        let (sumlx, suml2) = sums(x, weights, lanes, &iscale, nmax);
         for k in 0..LANES {
-            take[k] = suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k];
-            any |= take[k];
-        }
-        if any {
-            for i in 0..N {
-                for k in 0..LANES {
-                    levels[i][k] = if take[k] { cur[i][k] } else { levels[i][k] };
-                }
-            }
-            for k in 0..LANES {
-                if take[k] {
-                    scale[k] = sumlx[k] / suml2[k];
-                    best[k] = scale[k] * sumlx[k];
-                }
+            if suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k] {
+                scale[k] = sumlx[k] / suml2[k];
+                best[k] = scale[k] * sumlx[k];
+                best_iscale[k] = iscale[k];
             }
         }
     }
     for k in 0..LANES {
-        // All (near) zero: ggml returns before any of the above, with levels 0 (not nmax).
-        if amax[k] < GROUP_MAX_EPS {
-            scale[k] = 0.0;
-            for i in 0..N {
-                levels[i][k] = 0.0;
-            }
-        }
-        scale_out[k] = scale[k];
+        scale[k] = if zero[k] { 0.0 } else { scale[k] };
     }
+    Qx {
+        scale,
+        iscale: best_iscale,
+        zero,
+        nmax,
+    }
+}
+
+/// `make_qx_quants`' sums for one candidate inverse scale: (sum of w x l, sum of w l²). SMALL: every
+/// `iscale * x` is known to be under [`ROUND_SMALL_LIMIT`] in magnitude (and not NaN).
+#[inline(always)]
+fn qx_sums<const SMALL: bool, const N: usize, const LANES: usize>(
+    x: &[[f32; LANES]; N],
+    w: &[[f32; LANES]; N],
+    wx: &[[f32; LANES]; N],
+    iscale: &[f32; LANES],
+    nmax: i32,
+) -> ([f32; LANES], [f32; LANES]) {
+    let mut sumlx = [0.0f32; LANES];
+    let mut suml2 = [0.0f32; LANES];
+    for i in 0..N {
+        for k in 0..LANES {
+            let l = if SMALL {
+                clamp_integral(round_small(iscale[k] * x[i][k]), -nmax as f32, (nmax - 1) as f32)
+            } else {
+                qx_level(iscale[k], x[i][k], nmax) as f32
+            };
+            sumlx[k] += wx[i][k] * l;
+            suml2[k] += w[i][k] * l * l;
+        }
+    }
+    (sumlx, suml2)
 }
 
 /// ggml's `make_q3_quants` with `do_rmse = true`: signed levels `-nmax..nmax`, then up to five
@@ -1010,6 +1238,7 @@ fn make_q3_quants<const N: usize, const LANES: usize>(
 ) {
     let nmaxf = nmax as f32;
     let (amax, max) = lanes_signed_absmax(x);
+    let (w, wx) = x2_weights(x);
     let mut iscale = [0.0f32; LANES];
     for k in 0..LANES {
         iscale[k] = -nmaxf / max[k];
@@ -1019,12 +1248,10 @@ fn make_q3_quants<const N: usize, const LANES: usize>(
     let mut suml2 = [0.0f32; LANES];
     for i in 0..N {
         for k in 0..LANES {
-            let v = x[i][k];
-            let l = nearest_int(iscale[k] * v).clamp(-nmax, nmax - 1) as f32;
+            let l = qx_level(iscale[k], x[i][k], nmax) as f32;
             levels[i][k] = l;
-            let w = v * v;
-            sumlx[k] += w * v * l;
-            suml2[k] += w * l * l;
+            sumlx[k] += wx[i][k] * l;
+            suml2[k] += w[i][k] * l * l;
         }
     }
     let mut active = [true; LANES];
@@ -1032,13 +1259,12 @@ fn make_q3_quants<const N: usize, const LANES: usize>(
         let mut changed = [false; LANES];
         for i in 0..N {
             for k in 0..LANES {
-                let v = x[i][k];
-                let w = v * v;
+                let (v, w, wx) = (x[i][k], w[i][k], wx[i][k]);
                 let old = levels[i][k];
-                let slx = sumlx[k] - w * v * old;
+                let slx = sumlx[k] - wx * old;
                 let sl2 = suml2[k] - w * old * old;
                 let new_l = nearest_int(v * sl2 / slx).clamp(-nmax, nmax - 1) as f32;
-                let slx2 = slx + w * v * new_l;
+                let slx2 = slx + wx * new_l;
                 let sl22 = sl2 + w * new_l * new_l;
                 let accept = active[k]
                     && slx > 0.0
@@ -1077,16 +1303,12 @@ fn make_q3_quants<const N: usize, const LANES: usize>(
     }
 }
 
-/// Levels back in element order: `l[N * k + i] = t[i][k]`, for lanes `first..first + 256 / N`.
+/// Lane `k`'s levels from `t[i][k]` (floats holding small non-negative integers).
 #[inline(always)]
-fn untranspose<const N: usize, const LANES: usize>(t: &[[f32; LANES]; N], first: usize) -> [u8; 256] {
-    let mut l = [0u8; 256];
-    for k in 0..256 / N {
-        for i in 0..N {
-            l[N * k + i] = t[i][first + k] as i32 as u8;
-        }
+fn lane_levels<const N: usize, const LANES: usize>(t: &[[f32; LANES]; N], k: usize, out: &mut [u8]) {
+    for i in 0..N {
+        out[i] = t[i][k] as i32 as u8;
     }
-    l
 }
 
 /// Packs 2-bit levels as Q2_K and Q3_K store them: byte `32 * n + l` of `qs` holds elements
@@ -1101,21 +1323,40 @@ fn pack_2bit(l: &[u8; 256], qs: &mut [u8]) {
     }
 }
 
+/// SB Q2_K super-blocks (LANES = 16 * SB sub-blocks of 16) from `x` (256 * SB values) into `y`.
 #[inline(always)]
-fn quantize_q2_k(x: &[f32; 256], y: &mut [u8; 84]) {
-    let xt = transpose::<16, 16>(x);
-    let mut wt = [[0.0f32; 16]; 16];
+fn quantize_q2_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
+    let xt = transpose::<16, LANES>(x);
+    let mut wt = [[0.0f32; LANES]; 16];
     for i in 0..16 {
-        for k in 0..16 {
+        for k in 0..LANES {
             wt[i][k] = xt[i][k].abs();
         }
     }
-    let mut lt = [[0.0f32; 16]; 16];
-    let mut scales = [0.0f32; 16];
-    let mut mins = [0.0f32; 16];
-    make_qkx2_quants(&xt, &wt, 3, -0.5, 0.1, 15, true, &mut lt, &mut scales, &mut mins);
-    let mut l = untranspose(&lt, 0);
+    let q = make_qkx2_quants(&xt, &wt, 3, -0.5, 0.1, 15, true);
+    for h in 0..SB {
+        let x = block_of(x, h);
+        let levels = |j: usize, out: &mut [u8]| q.levels(16 * h + j, &x[16 * j..16 * j + 16], out);
+        let (sc, mn) = (&q.scale[16 * h..16 * h + 16], &q.min[16 * h..16 * h + 16]);
+        finish_q2_k(x, sc, mn, levels, block_of_mut(y, h));
+    }
+}
 
+/// Super-block `h` of a group.
+#[inline(always)]
+fn block_of<const N: usize, T>(x: &[T], h: usize) -> &[T; N] {
+    x[N * h..N * h + N].try_into().unwrap()
+}
+
+#[inline(always)]
+fn block_of_mut<const N: usize, T>(x: &mut [T], h: usize) -> &mut [T; N] {
+    (&mut x[N * h..N * h + N]).try_into().unwrap()
+}
+
+/// One Q2_K super-block from its sub-blocks' scales and mins; `levels(j, out)` gives the search's
+/// levels of sub-block `j`, which ggml keeps where the stored scale is zero.
+#[inline(always)]
+fn finish_q2_k(x: &[f32; 256], scales: &[f32], mins: &[f32], levels: impl Fn(usize, &mut [u8]), y: &mut [u8; 84]) {
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..16 {
@@ -1146,9 +1387,11 @@ fn quantize_q2_k(x: &[f32; 256], y: &mut [u8; 84]) {
         fp32_to_fp16(0.0)
     };
     let (df, dminf) = (fp16_to_fp32(d), fp16_to_fp32(dmin));
+    let mut l = [0u8; 256];
     for j in 0..16 {
         let dd = df * (sc[j] & 0xf) as f32;
         if dd == 0.0 {
+            levels(j, &mut l[16 * j..16 * j + 16]);
             continue;
         }
         let dm = dminf * (sc[j] >> 4) as f32;
@@ -1162,17 +1405,26 @@ fn quantize_q2_k(x: &[f32; 256], y: &mut [u8; 84]) {
     y[82..84].copy_from_slice(&dmin.to_le_bytes());
 }
 
+/// SB Q3_K super-blocks (LANES = 16 * SB sub-blocks of 16) from `x` (256 * SB values) into `y`.
 #[inline(always)]
-fn quantize_q3_k(x: &[f32; 256], y: &mut [u8; 110]) {
-    let xt = transpose::<16, 16>(x);
-    let mut lt = [[0.0f32; 16]; 16];
-    let mut scales = [0.0f32; 16];
+fn quantize_q3_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
+    let xt = transpose::<16, LANES>(x);
+    let mut lt = [[0.0f32; LANES]; 16];
+    let mut scales = [0.0f32; LANES];
     make_q3_quants(&xt, 4, &mut lt, &mut scales);
-    let mut l = untranspose(&lt, 0);
+    for h in 0..SB {
+        let levels = |j: usize, out: &mut [u8]| lane_levels(&lt, 16 * h + j, out);
+        finish_q3_k(block_of(x, h), &scales[16 * h..16 * h + 16], levels, block_of_mut(y, h));
+    }
+}
 
+/// One Q3_K super-block from its sub-blocks' scales; `levels(j, out)` gives the search's levels of
+/// sub-block `j`, which ggml keeps where the stored scale is zero.
+#[inline(always)]
+fn finish_q3_k(x: &[f32; 256], scales: &[f32], levels: impl Fn(usize, &mut [u8]), y: &mut [u8; 110]) {
     let mut max_scale = 0.0f32;
     let mut amax = 0.0f32;
-    for &s in &scales {
+    for &s in scales {
         if s.abs() > amax {
             amax = s.abs();
             max_scale = s;
@@ -1196,9 +1448,11 @@ fn quantize_q3_k(x: &[f32; 256], y: &mut [u8; 110]) {
         fp32_to_fp16(0.0)
     };
     let df = fp16_to_fp32(d);
+    let mut l = [0u8; 256];
     for j in 0..16 {
         let dd = df * (q3k_scale(&sc, j) as i32 - 32) as f32;
         if dd == 0.0 {
+            levels(j, &mut l[16 * j..16 * j + 16]);
             continue;
         }
         for ii in 0..16 {
@@ -1221,36 +1475,37 @@ fn quantize_q3_k(x: &[f32; 256], y: &mut [u8; 110]) {
 
 /// The part Q4_K and Q5_K share: per 32-value sub-block a (scale, min) pair by `make_qkx2_quants`,
 /// both quantized to 6 bits against the super-block's largest, then every value re-quantized with
-/// the scales as stored. Returns (d, dmin, the 12 scale bytes, the levels) for each of TWO
-/// super-blocks: their 16 sub-blocks make 16 lanes, which the compiler vectorizes much better than
-/// the 8 of one super-block (a loop of 8 is below LLVM's loop-vectorizer threshold).
+/// the scales as stored. Returns (d, dmin, the 12 scale bytes, the levels) for each of SB
+/// super-blocks (256 * SB values in `x`): their LANES = 8 * SB sub-blocks are searched side by side.
 #[allow(clippy::type_complexity)]
 #[inline(always)]
-fn quantize_k_scale_min_pair(x: &[f32; 512], nmax: i32, rmin: f32, nstep: i32) -> [(u16, u16, [u8; 12], [u8; 256]); 2] {
-    let xt = transpose::<32, 16>(x);
-    let mut wt = [[0.0f32; 16]; 32];
-    let mut sum_x2 = [0.0f32; 16];
+fn quantize_k_scale_min<const SB: usize, const LANES: usize>(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+) -> [(u16, u16, [u8; 12], [u8; 256]); SB] {
+    let xt = transpose::<32, LANES>(x);
+    let mut wt = [[0.0f32; LANES]; 32];
+    let mut sum_x2 = [0.0f32; LANES];
     for i in 0..32 {
-        for k in 0..16 {
+        for k in 0..LANES {
             sum_x2[k] += xt[i][k] * xt[i][k];
         }
     }
-    for k in 0..16 {
+    for k in 0..LANES {
         let av_x = (sum_x2[k] / 32.0).sqrt();
         for i in 0..32 {
             wt[i][k] = av_x + xt[i][k].abs();
         }
     }
-    let mut lt = [[0.0f32; 16]; 32];
-    let mut scales = [0.0f32; 16];
-    let mut mins = [0.0f32; 16];
-    make_qkx2_quants(&xt, &wt, nmax, rmin, 0.1, nstep, false, &mut lt, &mut scales, &mut mins);
-    let mut out = [(0u16, 0u16, [0u8; 12], [0u8; 256]); 2];
+    let q = make_qkx2_quants(&xt, &wt, nmax, rmin, 0.1, nstep, false);
+    let mut out = [(0u16, 0u16, [0u8; 12], [0u8; 256]); SB];
     for (h, out) in out.iter_mut().enumerate() {
-        let x: &[f32; 256] = x[256 * h..256 * h + 256].try_into().unwrap();
-        let scales = &scales[8 * h..8 * h + 8];
-        let mins = &mins[8 * h..8 * h + 8];
-        let mut l = untranspose(&lt, 8 * h);
+        let x: &[f32; 256] = block_of(x, h);
+        let scales = &q.scale[8 * h..8 * h + 8];
+        let mins = &q.min[8 * h..8 * h + 8];
+        let mut l = [0u8; 256];
 
         let mut max_scale = 0.0f32;
         let mut max_min = 0.0f32;
@@ -1284,6 +1539,8 @@ fn quantize_k_scale_min_pair(x: &[f32; 512], nmax: i32, rmin: f32, nstep: i32) -
             let (s, m) = scale_min_k4(j, &sc);
             let dd = df * s as f32;
             if dd == 0.0 {
+                // ggml keeps the search's levels where the stored scale is zero.
+                q.levels(8 * h + j, &x[32 * j..32 * j + 32], &mut l[32 * j..32 * j + 32]);
                 continue;
             }
             let dm = dminf * m as f32;
@@ -1297,8 +1554,11 @@ fn quantize_k_scale_min_pair(x: &[f32; 512], nmax: i32, rmin: f32, nstep: i32) -
 }
 
 #[inline(always)]
-fn quantize_q4_k_pair(x: &[f32; 512], y: &mut [u8; 288]) {
-    for (h, (d, dmin, sc, l)) in quantize_k_scale_min_pair(x, 15, -1.0, 20).into_iter().enumerate() {
+fn quantize_q4_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
+    for (h, (d, dmin, sc, l)) in quantize_k_scale_min::<SB, LANES>(x, 15, -1.0, 20)
+        .into_iter()
+        .enumerate()
+    {
         let y = &mut y[144 * h..144 * h + 144];
         y[0..2].copy_from_slice(&d.to_le_bytes());
         y[2..4].copy_from_slice(&dmin.to_le_bytes());
@@ -1313,45 +1573,49 @@ fn quantize_q4_k_pair(x: &[f32; 512], y: &mut [u8; 288]) {
 }
 
 #[inline(always)]
-fn quantize_q5_k_pair(x: &[f32; 512], y: &mut [u8; 352]) {
-    for (h, (d, dmin, sc, l)) in quantize_k_scale_min_pair(x, 31, -0.5, 15).into_iter().enumerate() {
+fn quantize_q5_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
+    for (h, (d, dmin, sc, l)) in quantize_k_scale_min::<SB, LANES>(x, 31, -0.5, 15)
+        .into_iter()
+        .enumerate()
+    {
         let y = &mut y[176 * h..176 * h + 176];
         y[0..2].copy_from_slice(&d.to_le_bytes());
         y[2..4].copy_from_slice(&dmin.to_le_bytes());
         y[4..16].copy_from_slice(&sc);
         let mut qh = [0u8; 32];
         let qs = &mut y[48..176];
+        // Levels are 0..=31: bit 4 goes to qh, the low four bits to qs (ggml's `if l > 15`, without
+        // the branches, so that the loop is SIMD).
         for n in 0..4 {
-            let (m1, m2) = (1u8 << (2 * n), 2u8 << (2 * n));
             for i in 0..32 {
-                let mut l1 = l[64 * n + i];
-                if l1 > 15 {
-                    l1 -= 16;
-                    qh[i] |= m1;
-                }
-                let mut l2 = l[64 * n + i + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    qh[i] |= m2;
-                }
-                qs[32 * n + i] = l1 | (l2 << 4);
+                let (l1, l2) = (l[64 * n + i], l[64 * n + i + 32]);
+                qh[i] |= ((l1 >> 4) << (2 * n)) | ((l2 >> 4) << (2 * n + 1));
+                qs[32 * n + i] = (l1 & 0xf) | ((l2 & 0xf) << 4);
             }
         }
         y[16..48].copy_from_slice(&qh);
     }
 }
 
+/// SB Q6_K super-blocks (LANES = 16 * SB sub-blocks of 16) from `x` (256 * SB values) into `y`.
 #[inline(always)]
-fn quantize_q6_k(x: &[f32; 256], y: &mut [u8; 210]) {
-    let xt = transpose::<16, 16>(x);
-    let mut lt = [[0.0f32; 16]; 16];
-    let mut scales = [0.0f32; 16];
-    make_qx_quants(&xt, 32, &mut lt, &mut scales);
-    let mut l = untranspose(&lt, 0);
+fn quantize_q6_k<const SB: usize, const LANES: usize>(x: &[f32], y: &mut [u8]) {
+    let xt = transpose::<16, LANES>(x);
+    let q = make_qx_quants(&xt, 32);
+    for h in 0..SB {
+        let x = block_of(x, h);
+        let levels = |j: usize, out: &mut [u8]| q.levels(16 * h + j, &x[16 * j..16 * j + 16], out);
+        finish_q6_k(x, &q.scale[16 * h..16 * h + 16], levels, block_of_mut(y, h));
+    }
+}
 
+/// One Q6_K super-block from its sub-blocks' scales; `levels(j, out)` gives the search's levels of
+/// sub-block `j`, which ggml keeps where the stored scale is zero.
+#[inline(always)]
+fn finish_q6_k(x: &[f32; 256], scales: &[f32], levels: impl Fn(usize, &mut [u8]), y: &mut [u8; 210]) {
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
-    for &s in &scales {
+    for &s in scales {
         if s.abs() > max_abs_scale {
             max_abs_scale = s.abs();
             max_scale = s;
@@ -1368,9 +1632,11 @@ fn quantize_q6_k(x: &[f32; 256], y: &mut [u8; 210]) {
         sc[j] = nearest_int(iscale * scales[j]).min(127) as i8;
     }
     let df = fp16_to_fp32(d);
+    let mut l = [0u8; 256];
     for j in 0..16 {
         let dd = df * sc[j] as f32;
         if dd == 0.0 {
+            levels(j, &mut l[16 * j..16 * j + 16]);
             continue;
         }
         for ii in 0..16 {
@@ -1600,6 +1866,24 @@ mod tests {
         quantize(GgmlType::Q8_0, &x, &mut q).unwrap();
         assert_eq!(u16::from_le_bytes([q[0], q[1]]), 0x3c00); // d = 1.0
         assert_eq!((q[2] as i8, q[3] as i8, q[4] as i8), (127, -64, 1));
+        // Values so small (subnormal) that the inverse scale overflows: ggml's x86-64 float -> int
+        // cast of the infinities gives code 0 and the f16 scale is 0, so every byte is 0 but the
+        // f16 min of Q4_1 / Q5_1 (-0.0). These are ggml's bytes, through llama-cpp-python.
+        let tiny: Vec<f32> = (0..32).map(|j| (j as f32 - 15.5) * 1e-43).collect();
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+        ] {
+            let (q, _) = roundtrip(ty, &tiny);
+            let min_high = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1).then_some(3);
+            let want: Vec<u8> = (0..q.len())
+                .map(|i| if Some(i) == min_high { 0x80 } else { 0 })
+                .collect();
+            assert_eq!(q, want, "{ty}");
+        }
         // Constant blocks stay (nearly) constant in the min-based formats.
         for ty in [
             GgmlType::Q4_1,
@@ -1739,14 +2023,67 @@ mod tests {
         });
     }
 
-    /// Throughput per core; run with
+    #[test]
+    fn every_level_writes_the_same_bytes() {
+        // The committed ggml fixtures (tests/quant_reference.rs) check each level on a few blocks;
+        // this checks the levels against each other on many, odd ones included: NaN, infinities,
+        // subnormals, huge values, constant and sparse blocks, and raw random bit patterns.
+        let mut x = normal(256 * 96, 7);
+        let n = x.len();
+        for (b, block) in x.chunks_mut(256).enumerate() {
+            let scale = [1.0, 1e-3, 1e-30, 1e30, 3e38, 1e-42][b % 6];
+            block.iter_mut().for_each(|v| *v *= scale);
+            match b % 8 {
+                1 => block[b % 256] = f32::NAN,
+                2 => block[(7 * b) % 256] = f32::INFINITY,
+                3 => block[..128].fill(0.0),
+                4 => block.fill(block[0]),
+                5 => block.iter_mut().step_by(3).for_each(|v| *v = -v.abs()),
+                _ => {}
+            }
+        }
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        // 7 blocks: an odd total, so that the last group of every K-quant is a short one.
+        x.extend((0..256 * 7).map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            // NaN payloads are unspecified in Rust (and C): which one an operation on two NaNs
+            // passes on may change with operand order, so raw NaN bit patterns are left out.
+            let v = f32::from_bits(s as u32);
+            if v.is_nan() { f32::NAN } else { v }
+        }));
+        assert!(x.len() > n);
+        for ty in ALL {
+            let mut want = vec![0u8; bytes_for(ty, x.len())];
+            quantize_with(Simd::Scalar, ty, &x, &mut want).unwrap();
+            for level in Simd::available() {
+                let mut got = vec![0u8; want.len()];
+                quantize_with(level, ty, &x, &mut got).unwrap();
+                let bs = block_bytes(ty);
+                let bad = (0..want.len() / bs).find(|&b| got[b * bs..][..bs] != want[b * bs..][..bs]);
+                assert_eq!(bad, None, "{ty} at {}: first differing block", level.name());
+            }
+        }
+    }
+
+    /// Quantizer throughput per core at every instruction-set level this CPU has (and dequantizer
+    /// throughput); run with
     /// `cargo test --release --lib quant::tests::throughput -- --ignored --nocapture`.
+    /// `QUANT_BENCH_TYPES=Q4_K,Q6_K` limits the types.
     #[test]
     #[ignore]
     fn throughput() {
         let n = 256 * 4096; // 1 Mi values, 4 MiB of f32: cache-resident like a merge's row chunk
         let x = normal(n, 5);
+        let only = std::env::var("QUANT_BENCH_TYPES").unwrap_or_default();
+        let levels = Simd::available();
+        let names: Vec<_> = levels.iter().map(|l| format!("{:>8}", l.name())).collect();
+        eprintln!("M values/s per core; quantize at {}, then dequantize", names.join(" "));
         for ty in ALL {
+            if !only.is_empty() && !only.split(',').any(|t| t == ty.name()) {
+                continue;
+            }
             let mut q = vec![0u8; bytes_for(ty, n)];
             let mut y = vec![0f32; n];
             let time = |f: &mut dyn FnMut()| {
@@ -1759,12 +2096,13 @@ mod tests {
                 }
                 n as f64 / best / 1e6
             };
-            let qr = time(&mut || quantize(ty, std::hint::black_box(&x), &mut q).unwrap());
+            let rates: Vec<_> = levels
+                .iter()
+                .map(|&l| time(&mut || quantize_with(l, ty, std::hint::black_box(&x), &mut q).unwrap()))
+                .map(|r| format!("{r:>8.1}"))
+                .collect();
             let dr = time(&mut || dequantize(ty, std::hint::black_box(&q), &mut y).unwrap());
-            eprintln!(
-                "{:<5} quantize {qr:>8.1} M values/s   dequantize {dr:>8.1} M values/s",
-                ty.name()
-            );
+            eprintln!("{:<5} quantize {}   dequantize {dr:>8.1}", ty.name(), rates.join(" "));
         }
     }
 }

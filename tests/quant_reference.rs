@@ -7,7 +7,9 @@
 //! A case is a directory holding any of:
 //! - `input.f32`: little-endian f32 values;
 //! - `TYPE.bin` (`Q4_K.bin`, `BF16.bin`, ...): what the reference made of `input.f32`, so our
-//!   `quantize` must write the same bytes (when there is no `input.f32`, the bytes are only decoded);
+//!   `quantize` must write the same bytes, at every instruction-set level this CPU can run
+//!   (`quant::Simd::available()`, the scalar baseline included; when there is no `input.f32`, the
+//!   bytes are only decoded);
 //! - `TYPE.deq*.f32` (`Q4_K.deq.f32`, `Q4_K.deq-ggml.f32`): what a reference decoded `TYPE.bin` to, so
 //!   our `dequantize` must give the same values, bit for bit.
 
@@ -51,6 +53,8 @@ struct Tally {
     /// Type names checked each way.
     quantized: BTreeSet<String>,
     dequantized: BTreeSet<String>,
+    /// Instruction-set levels the quantize checks ran at.
+    levels: BTreeSet<quant::Simd>,
 }
 
 fn check_case(dir: &Path, root: &Path, tally: &mut Tally) {
@@ -78,23 +82,28 @@ fn check_case(dir: &Path, root: &Path, tally: &mut Tally) {
                 nblocks * qk,
                 "{name}: input.f32 and {type_name}.bin disagree on length"
             );
-            let mut ours = vec![0u8; expected.len()];
-            quant::quantize(ty, x, &mut ours).unwrap();
-            let bad: Vec<usize> = (0..nblocks)
-                .filter(|&b| ours[b * bs..][..bs] != expected[b * bs..][..bs])
-                .collect();
-            tally.checks += 1;
-            tally.values += x.len();
-            tally.quantized.insert(type_name.to_string());
-            let _ = write!(line, " quantize {}/{} blocks equal", nblocks - bad.len(), nblocks);
-            if let Some(&b) = bad.first() {
-                tally.failures.push(format!(
-                    "{name}: quantize {type_name}: {} of {nblocks} blocks differ; first is block {b}\n  input    {:?}\n  expected {:02x?}\n  ours     {:02x?}",
-                    bad.len(),
-                    &x[b * qk..][..qk.min(16)],
-                    &expected[b * bs..][..bs],
-                    &ours[b * bs..][..bs],
-                ));
+            for level in quant::Simd::available() {
+                let mut ours = vec![0u8; expected.len()];
+                quant::quantize_with(level, ty, x, &mut ours).unwrap();
+                let bad: Vec<usize> = (0..nblocks)
+                    .filter(|&b| ours[b * bs..][..bs] != expected[b * bs..][..bs])
+                    .collect();
+                tally.checks += 1;
+                tally.values += x.len();
+                tally.quantized.insert(type_name.to_string());
+                tally.levels.insert(level);
+                let equal = nblocks - bad.len();
+                let _ = write!(line, " quantize@{} {equal}/{nblocks} blocks equal", level.name());
+                if let Some(&b) = bad.first() {
+                    tally.failures.push(format!(
+                        "{name}: quantize {type_name} at {}: {} of {nblocks} blocks differ; first is block {b}\n  input    {:?}\n  expected {:02x?}\n  ours     {:02x?}",
+                        level.name(),
+                        bad.len(),
+                        &x[b * qk..][..qk.min(16)],
+                        &expected[b * bs..][..bs],
+                        &ours[b * bs..][..bs],
+                    ));
+                }
             }
         }
 
@@ -161,10 +170,12 @@ fn quant_reference() {
     for line in &tally.lines {
         eprintln!("  {line}");
     }
+    let levels: Vec<_> = tally.levels.iter().map(|l| l.name()).collect();
     eprintln!(
-        "{} checks over {} values, {} failures",
+        "{} checks over {} values (quantize at {}), {} failures",
         tally.checks,
         tally.values,
+        levels.join(", "),
         tally.failures.len()
     );
     assert!(
@@ -173,7 +184,12 @@ fn quant_reference() {
         tally.failures.join("\n")
     );
     if !from_env {
-        // The committed set covers every type both ways; a lost file should not pass silently.
+        // The committed set covers every type both ways, at every level; a lost file should not
+        // pass silently.
+        assert_eq!(
+            tally.levels.iter().copied().collect::<Vec<_>>(),
+            quant::Simd::available()
+        );
         assert!(
             tally.checks >= 30,
             "only {} checks ran: fixtures incomplete?",
