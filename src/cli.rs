@@ -737,7 +737,12 @@ fn format_validation(v: &Validation) -> String {
     for n in &v.notices {
         let _ = writeln!(s, "  note     {n}");
     }
-    for (label, list) in [("warning", &v.warnings), ("error", &v.errors)] {
+    for (label, list) in [
+        ("warning", &v.warnings),
+        ("error", &v.errors),
+        ("merge only", &v.merge_only),
+        ("no merge", &v.adapter_only),
+    ] {
         for f in list {
             let _ = writeln!(
                 s,
@@ -888,15 +893,29 @@ fn format_report(r: &Report) -> String {
     for n in &r.notices {
         let _ = writeln!(s, "note          {n}");
     }
-    if r.convertible {
-        let _ = writeln!(s, "converts      yes");
-    } else if r.problems.is_empty() {
-        let _ = writeln!(s, "converts      no: it holds no LoRA weights");
-    } else {
-        let _ = writeln!(s, "converts      no, {} problem(s):", r.problems.len());
-        for p in &r.problems {
+    for c in &r.carries {
+        let _ = writeln!(s, "carries       {c}");
+    }
+    let problems = |s: &mut String, ps: &[crate::peft::Problem]| {
+        for p in ps {
             let _ = writeln!(s, "  - {}: {}\n    what to do: {}", p.subject, p.why, p.hint);
         }
+    };
+    if r.convertible {
+        let _ = writeln!(s, "converts      yes (a GGUF adapter)");
+    } else if r.problems.is_empty() && r.merge_only.is_empty() {
+        let _ = writeln!(s, "converts      no: it holds no LoRA weights");
+    } else {
+        let n = r.problems.len() + r.merge_only.len();
+        let _ = writeln!(s, "converts      no, {n} problem(s):");
+        problems(&mut s, &r.problems);
+        problems(&mut s, &r.merge_only);
+    }
+    if r.mergeable {
+        let _ = writeln!(s, "merges        yes (merge, create-from-base)");
+    } else if !r.adapter_only.is_empty() {
+        let _ = writeln!(s, "merges        no:");
+        problems(&mut s, &r.adapter_only);
     }
     s
 }

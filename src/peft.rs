@@ -1237,8 +1237,16 @@ pub struct Report {
     pub parameter_count: u64,
     /// dtype name -> tensor count.
     pub dtypes: BTreeMap<String, usize>,
+    /// Usable as a GGUF adapter (`convert`).
     pub convertible: bool,
+    /// Usable merged into the base (`merge`, create-from-base).
+    pub mergeable: bool,
     pub problems: Vec<Problem>,
+    pub merge_only: Vec<Problem>,
+    pub adapter_only: Vec<Problem>,
+    /// What the adapter carries besides LoRA pairs, in words (DoRA, full copies, trainable tokens,
+    /// activated LoRA).
+    pub carries: Vec<String>,
     pub notices: Vec<String>,
     /// LoRA pairs on vision/audio towers (module paths), which the language model's GGUF lacks.
     pub towers: Vec<String>,
@@ -1311,12 +1319,46 @@ impl Report {
             tensor_count: adapter.tensors.len(),
             parameter_count: adapter.tensors.iter().map(|t| t.len() as u64).sum(),
             dtypes,
-            convertible: analysis.problems.is_empty() && !analysis.modules.is_empty(),
+            convertible: analysis.problems.is_empty() && analysis.merge_only.is_empty() && !analysis.modules.is_empty(),
+            mergeable: analysis.problems.is_empty()
+                && analysis.adapter_only.is_empty()
+                && !(analysis.modules.is_empty() && analysis.replacements.is_empty()),
             problems: analysis.problems.clone(),
+            merge_only: analysis.merge_only.clone(),
+            adapter_only: analysis.adapter_only.clone(),
+            carries: carries(adapter, analysis),
             notices: analysis.notices.clone(),
             towers: analysis.towers.clone(),
         }
     }
+}
+
+/// What an adapter carries besides LoRA pairs, one line each.
+fn carries(adapter: &Adapter, analysis: &Analysis) -> Vec<String> {
+    let mut out = Vec::new();
+    let dora = analysis.modules.iter().filter(|m| m.magnitude.is_some()).count();
+    if dora > 0 {
+        out.push(format!("DoRA magnitudes on {dora} modules"));
+    }
+    for r in &analysis.replacements {
+        let t = &adapter.tensors[r.tensor];
+        let module = if r.site == Site::Output {
+            "lm_head"
+        } else {
+            "embed_tokens"
+        };
+        out.push(match &r.rows {
+            None => format!("a full copy of {module} {:?} (`{}`)", t.shape, t.key),
+            Some(rows) => format!("trainable tokens: {} rows of {module} (ids {rows:?})", rows.len()),
+        });
+    }
+    let tokens = &adapter.config.alora_invocation_tokens;
+    if !tokens.is_empty() {
+        out.push(format!(
+            "activated LoRA: applies from the invocation tokens {tokens:?} on"
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

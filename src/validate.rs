@@ -882,8 +882,13 @@ fn check_vocab(v: &mut Validation, adapter: &Adapter, modules: &[LoraModule], ba
 
 fn finish(mut v: Validation, base: &BaseModel, layers: usize) -> Validation {
     v.summary = if v.errors.is_empty() {
+        let only = match (v.merge_only.is_empty(), v.adapter_only.is_empty()) {
+            (false, _) => "; it can only be merged (merge, create-from-base), not used as a GGUF adapter",
+            (_, false) => "; it can only be used as a GGUF adapter (convert), not merged",
+            _ => "",
+        };
         format!(
-            "{layers} layers, {} tensors, all shapes match {}",
+            "{layers} layers, {} tensors, all shapes match {}{only}",
             v.modules.len() * 2,
             base.source.display()
         )
