@@ -145,6 +145,29 @@ impl Candidate {
     }
 }
 
+/// The tokenizer files transformers saves, that `listing` holds in folder `dir`.
+pub const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "added_tokens.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
+
+fn tokenizer_files(dir: &str, listing: &[String]) -> Vec<String> {
+    TOKENIZER_FILES
+        .iter()
+        .map(|f| {
+            if dir.is_empty() {
+                f.to_string()
+            } else {
+                format!("{dir}/{f}")
+            }
+        })
+        .filter(|f| listing.contains(f))
+        .collect()
+}
+
 /// The adapters among a repo's files, within `subfolder` (a folder, or a `.gguf` file) when given.
 /// A repo with none gets an error that says what it holds instead and what to do.
 pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Result<Vec<Candidate>> {
@@ -1367,6 +1390,13 @@ pub fn fetch_adapter(
     let mut files = Vec::new();
     for f in candidate.files() {
         files.push(hub.fetch(repo, revision, commit.as_deref(), &f, ui)?);
+    }
+    // The tokenizer the adapter was trained with, where the repo has it beside the adapter: new
+    // tokens and a chat template of its own come from there.
+    if let (Candidate::Peft(dir), Some(listing)) = (&candidate, &listing) {
+        for f in tokenizer_files(dir, listing) {
+            files.push(hub.fetch(repo, revision, commit.as_deref(), &f, ui)?);
+        }
     }
     let path = match &candidate {
         Candidate::Gguf(_) => files[0].clone(),

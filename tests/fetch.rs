@@ -1026,3 +1026,30 @@ fn nulls_in_the_listing_read_as_absent_and_a_busy_hub_is_asked_again() {
     );
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[test]
+fn the_tokenizer_beside_the_adapter_is_downloaded_with_it() {
+    let env = setup();
+    let mut files = adapter_files(&env, "");
+    for name in ["tokenizer_config.json", "tokenizer.json"] {
+        files.push(File {
+            path: name.into(),
+            bytes: br#"{"chat_template": "{{ messages }}"}"#.to_vec(),
+            lfs: false,
+        });
+    }
+    let hub = hub_server::start(vec![repo("me/lora", files, Access::Public)]);
+    let fake = ollama();
+    fetch(&env, &hub, &fake, &["me/lora", "--download-only"])
+        .assert()
+        .success();
+    let snapshots = env.hf_home.join("hub/models--me--lora/snapshots");
+    let snapshot = std::fs::read_dir(&snapshots).unwrap().next().unwrap().unwrap().path();
+    for name in ["adapter_config.json", "tokenizer_config.json", "tokenizer.json"] {
+        assert!(
+            snapshot.join(name).is_file(),
+            "{name} was not downloaded into {}",
+            snapshot.display()
+        );
+    }
+}
