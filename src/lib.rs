@@ -5,7 +5,8 @@
 //! ([`ollama`] speaks to Ollama's server and store, [`registry`] downloads a model's GGUF from an Ollama
 //! registry), [`validate`] checks an adapter against a base,
 //! [`convert`] plans and writes GGUF LoRA adapters, [`cache`] keeps what runs built, [`quant`] converts ggml tensor blocks to and from
-//! f32, [`quant_mix`] gives each tensor the type llama-quantize would, [`cli`] is the command line on top. The library
+//! f32, [`quant_mix`] gives each tensor the type llama-quantize would, [`vocab`] resizes a merged model's
+//! tokenizer to a fine-tune's added tokens, [`cli`] is the command line on top. The library
 //! never prints; it reports through [`progress::Progress`].
 
 pub mod arch;
@@ -27,5 +28,6 @@ pub mod quant;
 pub mod quant_mix;
 pub mod registry;
 pub mod validate;
+pub mod vocab;
 
 pub use error::{Error, Result};

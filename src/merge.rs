@@ -339,6 +339,7 @@ fn merge_with(
             .collect();
         replacements.extend(rows);
     }
+    let vocab = resize_vocab(&mut header, &replacements, source, &base_path)?;
 
     check_base_tensors(&header, &base_path)?;
     // The type every tensor is written in: the base's, or the --quantize mix's.
@@ -398,7 +399,14 @@ fn merge_with(
             ty,
         })
         .collect();
-    let kvs = metadata(&header, &provenance, opts);
+    let mut kvs = metadata(&header, &provenance, opts);
+    if let Some((new, added, dir)) = &vocab {
+        let arch = header.get_str("general.architecture").unwrap_or_default().to_string();
+        crate::vocab::resize(&mut kvs, &arch, *new, added, dir)?;
+        notices.push(format!(
+            "the vocabulary is resized to {new} tokens as the adapter's embeddings are; its tokenizer names the new ones"
+        ));
+    }
 
     let tmp = convert::temp_beside(output)?;
     let io_err = |e| Error::io(output, e);
@@ -553,18 +561,15 @@ impl Merger<'_> {
                 format!("`{}`: type {ty} cannot hold rows of {cols}", t.name),
             )
         };
-        let row_bytes = t.ty.byte_size(&[t.ne[0]]).ok_or_else(|| size_error(t.ty))? as usize;
-        s.raw.resize((end - start) * row_bytes, 0);
-        crate::peft::read_exact_at(
-            self.base_file,
-            &mut s.raw,
-            self.header.data_offset + t.offset + (start * row_bytes) as u64,
-        )
-        .map_err(|e| Error::io(self.base_path, e))?;
-        s.rows.resize(n, 0.0);
-        quant::dequantize(t.ty, &s.raw, &mut s.rows)
-            .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
-        for (input, r) in self.replaced.get(&tensor).into_iter().flatten() {
+        let replaced = self.replaced.get(&tensor).map_or(&[][..], Vec::as_slice);
+        if replaced.iter().any(|(_, r)| r.rows.is_none()) {
+            // Every row comes from the adapter's copy (which may have more rows than the base).
+            s.rows.clear();
+            s.rows.resize(n, 0.0);
+        } else {
+            self.base_rows(s, t, start, end)?;
+        }
+        for (input, r) in replaced {
             self.replace(s, *input, r, start, end, cols)?;
         }
         if let Some(k) = pair.and_then(|p| self.pairs[p].lora) {
@@ -579,6 +584,27 @@ impl Merger<'_> {
         quant::quantize(ty, &s.rows, &mut out)
             .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
         Ok(out)
+    }
+
+    /// Rows `start..end` of base tensor `t`, dequantized into `s.rows`.
+    fn base_rows(&self, s: &mut WorkerState, t: &gguf::TensorInfo, start: usize, end: usize) -> Result<()> {
+        let cols = t.ne[0] as usize;
+        let row_bytes = t.ty.byte_size(&[t.ne[0]]).ok_or_else(|| {
+            Error::invalid(
+                self.base_path,
+                format!("`{}`: type {} cannot hold rows of {cols}", t.name, t.ty),
+            )
+        })? as usize;
+        s.raw.resize((end - start) * row_bytes, 0);
+        crate::peft::read_exact_at(
+            self.base_file,
+            &mut s.raw,
+            self.header.data_offset + t.offset + (start * row_bytes) as u64,
+        )
+        .map_err(|e| Error::io(self.base_path, e))?;
+        s.rows.resize((end - start) * cols, 0.0);
+        quant::dequantize(t.ty, &s.raw, &mut s.rows)
+            .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))
     }
 
     /// Overwrites the rows `start..end` (in `s.rows`) that replacement `r` of adapter `input` holds:
@@ -644,6 +670,61 @@ impl Merger<'_> {
         }
         Ok(())
     }
+}
+
+/// The vocabulary size of a resized vocabulary, from the adapter's full copies of the embeddings /
+/// output projection, with the tokens it adds; the base's embedding and output tensors take the
+/// new row count (every row then comes from the copies). `None` when the vocabulary keeps its size.
+fn resize_vocab(
+    header: &mut gguf::Header,
+    replacements: &[(String, usize, Replacement)],
+    source: &Source,
+    base_path: &Path,
+) -> Result<Option<(usize, crate::vocab::Added, PathBuf)>> {
+    let Source::Peft { inputs, .. } = source else {
+        return Ok(None);
+    };
+    let Some(old) = header
+        .tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .map(|t| t.ne[1] as usize)
+    else {
+        return Ok(None);
+    };
+    let full: Vec<(&str, usize, usize)> = replacements
+        .iter()
+        .filter(|r| r.2.rows.is_none())
+        .map(|(name, input, r)| (name.as_str(), *input, inputs[*input].adapter.tensors[r.tensor].shape[0]))
+        .collect();
+    let Some(&(_, input, new)) = full.iter().find(|f| f.2 != old) else {
+        return Ok(None);
+    };
+    for t in header
+        .tensors
+        .iter_mut()
+        .filter(|t| t.name == "token_embd.weight" || t.name == "output.weight")
+    {
+        if !full.iter().any(|f| f.0 == t.name && f.2 == new) {
+            return Err(Error::refused(
+                base_path,
+                format!(
+                    "the adapter resizes the vocabulary to {new} tokens, and has no full copy of `{}` of that size to fill it",
+                    t.name
+                ),
+                "save the adapter with both embed_tokens and lm_head (PEFT: save_embedding_layers=True)",
+            ));
+        }
+        t.ne[1] = new as u64;
+    }
+    let dir = inputs[input]
+        .adapter
+        .config_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let added = crate::vocab::added_tokens(&dir, old, new)?;
+    Ok(Some((new, added, dir)))
 }
 
 /// Gives a base whose output projection is its token embeddings (no `output.weight`) an output

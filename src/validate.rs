@@ -575,10 +575,11 @@ fn check_replacement(v: &mut Validation, base: &BaseModel, adapter: &Adapter, r:
             "holds {} rows, and trainable_token_indices names {rows} tokens",
             t.shape[0]
         ))
-    } else if t.shape[0] != rows {
+    } else if t.shape[0] != rows && !has_tokenizer(adapter) {
         Some(format!(
             "holds {} vocabulary rows and the base {vocab}: the vocabulary was resized (tokens added or removed), \
-             and ollama-tools merges only adapters that keep the base's vocabulary",
+             and the adapter's folder has no tokenizer files (tokenizer.json, tokenizer_config.json, \
+             added_tokens.json) that say what the new tokens are",
             t.shape[0]
         ))
     } else {
@@ -594,6 +595,14 @@ fn check_replacement(v: &mut Validation, base: &BaseModel, adapter: &Adapter, r:
             .push(finding(&t.key, p, "pass the base the adapter was trained on")),
         None => v.replacements.push((name.to_string(), r.clone())),
     }
+}
+
+/// Whether the adapter's folder holds tokenizer files (the text of tokens a fine-tune added).
+fn has_tokenizer(adapter: &Adapter) -> bool {
+    let dir = adapter.config_path.parent().unwrap_or(Path::new("."));
+    ["tokenizer.json", "tokenizer_config.json", "added_tokens.json"]
+        .iter()
+        .any(|f| dir.join(f).is_file())
 }
 
 /// Checks one pair against its base tensor (presence, tied embeddings, shape, type) and keeps it.
@@ -870,6 +879,10 @@ fn check_vocab(v: &mut Validation, adapter: &Adapter, modules: &[LoraModule], ba
     });
     let adapter_vocab = from_lora.or(from_full);
     match (adapter_vocab, base.vocab_size) {
+        (Some(a), Some(b)) if a != b && from_lora.is_none() && has_tokenizer(adapter) => v.notices.push(format!(
+            "the adapter resizes the vocabulary from {b} to {a} tokens: a merge takes the new tokens from the \
+             tokenizer files beside it"
+        )),
         (Some(a), Some(b)) if a != b => v.warnings.push(finding(
             "vocabulary",
             format!("the adapter's embedding / lm_head tensors cover {a} tokens, the base has {b}: tokens were added or removed in training"),

@@ -259,3 +259,77 @@ def test_trainable_tokens_on_a_tied_base_change_both_uses(tmp_path):
     r, effect = rel(got, ref), rel(ref, base.ref_logits)
     harness.record("llama tied trainable tokens merge", r, 1e-3, effect=effect)
     assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
+
+
+def with_vocab(src, dst, n):
+    """A copy of GGUF `src` with a real (tiny, byte-free) BPE vocabulary of n tokens instead of
+    no_vocab: unique one-character tokens, one merge, bos 0 and eos 1."""
+    r = gguf.GGUFReader(str(src))
+    arch_name = r.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(str(dst), arch_name)
+    for f in r.fields.values():
+        if f.name.startswith(("GGUF.", "tokenizer.")) or f.name == "general.architecture":
+            continue
+        sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(f.name, f.contents(), f.types[0], sub)
+    tokens = [chr(0x100 + i) for i in range(n)]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * n)
+    w.add_token_merges([f"{tokens[2]} {tokens[3]}"])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.asarray(t.data).reshape([int(d) for d in reversed(t.shape.tolist())]),
+                     raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_a_resized_vocabulary_merges_with_the_new_tokens(tmp_path):
+    """A fine-tune that added tokens (resize_token_embeddings + PEFT's saved embed_tokens / lm_head
+    copies, tokenizer files beside the adapter): the merged GGUF has the new rows and the new
+    tokens, typed as llama.cpp's converter types them (special: CONTROL, else USER_DEFINED, unnamed
+    padding rows: [PAD{id}] UNUSED), eos / pad pointing at the tokenizer's, and llama.cpp runs a
+    sequence with the new token ids as the numpy reference does."""
+    harness.require_binary()
+    arch = archs.ARCHS["llama"]
+    b = harness.build_base(arch, tmp_path / "b0", seed=180)
+    n = b.cfg["vocab_size"]
+    base = tmp_path / "base.gguf"
+    with_vocab(b.path, base, n)
+    rng = np.random.default_rng(181)
+    ad = peft_lora.write_peft_adapter(tmp_path / "a", arch, b.cfg, b.weights, r=4, alpha=8,
+                                      targets=["q_proj", "v_proj"], rng=rng)
+    merged = peft_lora.merge(b.weights, [(ad, 1.0)])
+    hidden = b.cfg["hidden_size"]
+    emb = np.concatenate([b.weights["model.embed_tokens.weight"], rng.standard_normal((4, hidden))]).astype(np.float32)
+    head = np.concatenate([b.weights["lm_head.weight"], rng.standard_normal((4, hidden)) * 0.3]).astype(np.float32)
+    with_extra_tensors(ad, {"base_model.model.model.embed_tokens.weight": emb, "base_model.model.lm_head.weight": head},
+                       modules_to_save=["embed_tokens", "lm_head"])
+    (ad.path / "tokenizer.json").write_text(json.dumps({"added_tokens": [
+        {"id": n, "content": "<|im_start|>", "special": True},
+        {"id": n + 1, "content": "<|im_end|>", "special": True},
+        {"id": n + 2, "content": "<think>", "special": False}]}))
+    (ad.path / "tokenizer_config.json").write_text(json.dumps({
+        "eos_token": "<|im_end|>", "pad_token": {"content": "<|im_start|>"}}))
+    merged["model.embed_tokens.weight"], merged["lm_head.weight"] = emb, head
+    cfg = dict(b.cfg, vocab_size=n + 4)
+    tokens = TOKENS + [n, n + 2, n + 1]
+    ref = arch.forward(cfg, merged, tokens)
+    out = tmp_path / "merged.gguf"
+    m = merge_ok([ad.path, "--base", base, "-o", out])
+    assert "resized to" in m.stderr + m.stdout
+    g = harness.read_gguf(out)
+    toks = g.kv["tokenizer.ggml.tokens"]
+    assert len(toks) == n + 4 and toks[n:] == ["<|im_start|>", "<|im_end|>", "<think>", f"[PAD{n + 3}]"], toks[n:]
+    assert list(g.kv["tokenizer.ggml.token_type"][n:]) == [3, 3, 4, 5]
+    assert g.kv["tokenizer.ggml.eos_token_id"] == n + 1 and g.kv["tokenizer.ggml.padding_token_id"] == n
+    assert g.tensors["token_embd.weight"][1] == (n + 4, hidden)
+    got = harness.llama_logits_plain_cpu(out, tokens, tmp_path / "run")
+    r = rel(got, ref)
+    harness.record("llama resized vocabulary merge", r, 1e-3, effect=rel(ref[:len(TOKENS), :n], b.ref_logits))
+    assert r < 1e-3, f"rel {r:.3e}"
