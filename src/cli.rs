@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::base;
+use crate::chat_template::Choice as ChatChoice;
 use crate::convert::{self, Input, OutType};
 use crate::create::{self, Mode};
 use crate::merge::{self, MergedType};
@@ -108,6 +109,10 @@ pub enum Command {
         /// Multiply the adapters' effect (0.5 = half strength).
         #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
         scale: f64,
+        /// The chat template the merged GGUF carries (`tokenizer.chat_template`): the base's, or
+        /// the first adapter tokenizer's own.
+        #[arg(long, value_enum, default_value_t = ChatChoice::Base)]
+        chat_template: ChatChoice,
         /// Treat validation warnings as errors.
         #[arg(long)]
         strict: bool,
@@ -245,8 +250,12 @@ pub struct CreateArgs {
     #[arg(long = "parameter", value_name = "KEY=VALUE")]
     parameters: Vec<String>,
     /// Prompt template (Ollama's Go template syntax) read from a file; default: the base's.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "chat_template")]
     template: Option<PathBuf>,
+    /// Which chat template the model gets when the adapter's tokenizer carries its own: the base's
+    /// (with a notice), or the adapter's (in its Ollama form, and in the merged GGUF).
+    #[arg(long, value_enum, default_value_t = ChatChoice::Base)]
+    chat_template: ChatChoice,
     /// License text read from a file; default: the base's.
     #[arg(long, value_name = "FILE")]
     license: Option<PathBuf>,
@@ -310,6 +319,8 @@ impl CreateArgs {
             quantize: self.quantize.scheme()?,
             system: self.system.clone().or(read(&self.system_file)?),
             template: read(&self.template)?,
+            chat_template: self.chat_template,
+            gguf_chat_template: None,
             license: read(&self.license)?,
             parameters: params,
             out_modelfile: self.out_modelfile.clone(),
@@ -382,6 +393,7 @@ pub fn run(cli: Cli) -> ExitCode {
             merged_type,
             quantize,
             scale,
+            chat_template,
             strict,
             force,
             json,
@@ -392,6 +404,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 scale,
                 force,
                 strict,
+                chat_template: merge_chat_template(chat_template, &adapters)?,
             };
             run_merge(&adapters, &base, base_gguf.as_deref(), &output, &opts, json, cli.quiet)
         }),
@@ -703,6 +716,26 @@ fn run_create_with(opts: &create::Options, json: bool, bar: Bar) -> anyhow::Resu
         _ => {}
     }
     Ok(())
+}
+
+/// The Jinja template `merge --chat-template adapter` writes: the first adapter's own.
+fn merge_chat_template(choice: ChatChoice, adapters: &[String]) -> anyhow::Result<Option<String>> {
+    if choice == ChatChoice::Base {
+        return Ok(None);
+    }
+    let first = match adapters.first() {
+        Some(arg) => Some(Adapter::open(&parse_adapter_arg(arg)?.0)?),
+        None => None,
+    };
+    let dir = first
+        .as_ref()
+        .and_then(|a| a.config_path.parent().map(Path::to_path_buf));
+    match dir.map(|d| crate::chat_template::read(&d)).transpose()?.flatten() {
+        Some(t) => Ok(Some(t)),
+        None => anyhow::bail!(
+            "--chat-template adapter: the adapter has no chat template (tokenizer_config.json `chat_template` or chat_template.jinja beside it)"
+        ),
+    }
 }
 
 fn run_validate(path: &Path, base: &str, strict: bool, json: bool) -> anyhow::Result<()> {

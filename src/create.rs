@@ -133,6 +133,57 @@ pub fn choose_mode(
     }
 }
 
+/// `opts` with the adapter's own chat template, when asked for (`--chat-template adapter`): its
+/// Ollama form as the template, its stop sequences unless the user gave some, and the Jinja for a
+/// merged GGUF. `None` keeps `opts`; with the base's template kept, a notice says the adapter has
+/// its own.
+fn adapter_chat(adapter: Option<&AdapterInput>, opts: &Options, ui: &dyn Progress) -> Result<Option<Options>> {
+    use crate::chat_template::{self, Choice};
+    let jinja = match adapter {
+        Some(AdapterInput::Peft(a)) => chat_template::read(a.config_path.parent().unwrap_or(Path::new(".")))?,
+        _ => None,
+    };
+    let jinja = match (opts.chat_template, jinja) {
+        (Choice::Base, Some(j)) if opts.template.is_none() => {
+            let format = chat_template::to_ollama(&j).map_or("a format ollama-tools does not know", |m| m.format);
+            ui.notice(&format!(
+                "the adapter's tokenizer has its own chat template ({format}); the model gets the base's template: \
+                 pass --chat-template adapter to use the adapter's, or --template FILE"
+            ));
+            return Ok(None);
+        }
+        (Choice::Base, _) => return Ok(None),
+        (Choice::Adapter, None) => {
+            return Err(Error::Usage(
+                "--chat-template adapter: the adapter has no chat template (tokenizer_config.json `chat_template` or \
+                 chat_template.jinja beside it)"
+                    .into(),
+            ));
+        }
+        (Choice::Adapter, Some(j)) => j,
+    };
+    let Some(mapped) = chat_template::to_ollama(&jinja) else {
+        return Err(Error::Usage(format!(
+            "the adapter's chat template is in a format ollama-tools cannot write as an Ollama template (it knows {}): \
+             write its Go template form and pass --template FILE",
+            chat_template::known_formats()
+        )));
+    };
+    let mut o = opts.clone();
+    o.template = Some(mapped.go.to_string());
+    if o.parameters.get("stop").is_none() {
+        for s in mapped.stop {
+            o.parameters.push("stop", s).map_err(|e| Error::Usage(e.to_string()))?;
+        }
+    }
+    o.gguf_chat_template = Some(jinja);
+    ui.notice(&format!(
+        "the model uses the adapter's chat template ({})",
+        mapped.format
+    ));
+    Ok(Some(o))
+}
+
 /// The mode an adapter needs when it can go only one way and `used` is the other: DoRA merges only,
 /// activated LoRA is an adapter only. `None` when `used` suits it.
 fn only_mode(adapter: &Adapter, used: Used) -> Option<(Used, String)> {
@@ -210,6 +261,11 @@ pub struct Options {
     /// Already read from their files.
     pub system: Option<String>,
     pub template: Option<String>,
+    /// The adapter's own chat template instead of the base's.
+    pub chat_template: crate::chat_template::Choice,
+    /// A Jinja chat template a merged GGUF gets as `tokenizer.chat_template` (set from the
+    /// adapter's with `chat_template: Adapter`).
+    pub gguf_chat_template: Option<String>,
     pub license: Option<String>,
     /// Checked against Ollama's parameter table.
     pub parameters: Parameters,
@@ -498,6 +554,14 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
             (used, reason) = (mode, why);
         }
     }
+    let with_chat;
+    let opts = match adapter_chat(adapter.as_ref(), opts, ui)? {
+        Some(o) => {
+            with_chat = o;
+            &with_chat
+        }
+        None => opts,
+    };
 
     let mut report = Report {
         name: opts.name.clone(),
@@ -741,7 +805,18 @@ impl AdapterInput {
     /// The files whose content decides what is built from this adapter.
     fn files(&self) -> Vec<PathBuf> {
         match self {
-            AdapterInput::Peft(a) => vec![a.config_path.clone(), a.weights_path.clone()],
+            AdapterInput::Peft(a) => {
+                // The tokenizer beside it decides a resized vocabulary's tokens and the chat template.
+                let dir = a.config_path.parent().unwrap_or(Path::new("."));
+                let tokenizer = crate::hub::TOKENIZER_FILES
+                    .iter()
+                    .map(|f| dir.join(f))
+                    .filter(|p| p.is_file());
+                [a.config_path.clone(), a.weights_path.clone()]
+                    .into_iter()
+                    .chain(tokenizer)
+                    .collect()
+            }
             AdapterInput::Gguf(p) => vec![p.clone()],
         }
     }
@@ -848,12 +923,14 @@ fn build_merged(
         _ => sha256_file(&base_file, ui)?,
     };
     let quantize = opts.quantize.map_or("keep", |q| q.name());
+    let chat = opts.gguf_chat_template.as_deref().unwrap_or_default();
     cached(
         &[
             "merge",
             &base_id,
             &format!("strict={}", opts.strict),
             &format!("quantize={quantize}"),
+            &format!("chat_template={chat}"),
         ],
         adapter,
         ui,
@@ -863,6 +940,7 @@ fn build_merged(
                 strict: opts.strict,
                 scale: 1.0,
                 quantize: opts.quantize,
+                chat_template: opts.gguf_chat_template.clone(),
                 ..Default::default()
             };
             let summary = match adapter {

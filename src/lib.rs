@@ -3,7 +3,8 @@
 //! One module per concept: [`peft`] reads adapters, [`arch`] holds the per-architecture tables,
 //! [`gguf`] reads and writes the container, [`base`] describes the base model whatever its source
 //! ([`ollama`] speaks to Ollama's server and store, [`registry`] downloads a model's GGUF from an Ollama
-//! registry), [`validate`] checks an adapter against a base,
+//! registry), [`validate`] checks an adapter against a base, [`chat_template`] reads and maps a fine-tune's
+//! own chat template,
 //! [`convert`] plans and writes GGUF LoRA adapters, [`cache`] keeps what runs built, [`quant`] converts ggml tensor blocks to and from
 //! f32, [`quant_mix`] gives each tensor the type llama-quantize would, [`vocab`] resizes a merged model's
 //! tokenizer to a fine-tune's added tokens, [`cli`] is the command line on top. The library
@@ -12,6 +13,7 @@
 pub mod arch;
 pub mod base;
 pub mod cache;
+pub mod chat_template;
 pub mod cli;
 pub mod convert;
 pub mod create;

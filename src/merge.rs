@@ -47,6 +47,8 @@ pub struct Options {
     pub scale: f64,
     pub force: bool,
     pub strict: bool,
+    /// A Jinja chat template written as `tokenizer.chat_template` (a fine-tune's own).
+    pub chat_template: Option<String>,
 }
 
 /// What was written.
@@ -1023,6 +1025,9 @@ fn metadata(header: &gguf::Header, provenance: &Provenance, opts: &Options) -> V
         Value::Array(gguf::Array::F32(provenance.weights.clone())),
     ));
     kvs.push(("ollama_tools.merged.scale".into(), Value::F32(opts.scale as f32)));
+    if let Some(t) = &opts.chat_template {
+        set_kv(&mut kvs, "tokenizer.chat_template", Value::String(t.clone()));
+    }
     if let Some(scheme) = opts.quantize {
         // What llama-quantize records: the file type (how loaders and Ollama name the quantization)
         // and the block format version.

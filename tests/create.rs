@@ -775,3 +775,62 @@ fn a_servers_error_text_reaches_the_terminal_without_its_escapes() {
     );
     assert!(text.len() < 2000, "shortened: {} bytes", text.len());
 }
+
+#[test]
+fn an_adapters_own_chat_template_is_announced_or_used_in_its_ollama_form() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    let jinja = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}";
+    std::fs::write(
+        env.adapter.join("tokenizer_config.json"),
+        json!({ "chat_template": jinja }).to_string(),
+    )
+    .unwrap();
+    let (modelfile, gguf) = (env.d.path().join("Modelfile"), env.d.path().join("merged.gguf"));
+    // Default: the base's template, and a word that the adapter has its own.
+    run(&env, &fake, &["--name", "m", "--force", "--out-modelfile"])
+        .arg(&modelfile)
+        .assert()
+        .success()
+        .stderr(contains("has its own chat template (ChatML)"))
+        .stderr(contains("--chat-template adapter"));
+    assert!(!std::fs::read_to_string(&modelfile).unwrap().contains("<|im_start|>"));
+    // The adapter's: its Ollama form with its stop, and the Jinja in the merged GGUF.
+    run(
+        &env,
+        &fake,
+        &[
+            "--name",
+            "m",
+            "--force",
+            "--chat-template",
+            "adapter",
+            "--out-modelfile",
+        ],
+    )
+    .arg(&modelfile)
+    .arg("--out-gguf")
+    .arg(&gguf)
+    .assert()
+    .success();
+    let text = std::fs::read_to_string(&modelfile).unwrap();
+    assert!(
+        text.contains("<|im_start|>assistant") && text.contains("PARAMETER stop <|im_end|>"),
+        "{text}"
+    );
+    let header = ollama_tools::gguf::read_header(&gguf).unwrap();
+    assert_eq!(
+        header.get("tokenizer.chat_template"),
+        Some(&ollama_tools::gguf::Value::String(jinja.into()))
+    );
+    // A format without a known Ollama form: refused, saying what to do.
+    std::fs::write(
+        env.adapter.join("tokenizer_config.json"),
+        json!({ "chat_template": "[INST] {{ m }} [/INST]" }).to_string(),
+    )
+    .unwrap();
+    run(&env, &fake, &["--name", "m", "--force", "--chat-template", "adapter"])
+        .assert()
+        .failure()
+        .stderr(contains("--template FILE"));
+}
