@@ -418,16 +418,19 @@ fn merge_with(
     let total: u64 = specs.iter().filter_map(|s| s.byte_size().ok()).sum();
     progress.stage("merging", total);
 
-    let merger = Merger {
+    let mut merger = Merger {
         source,
         lora_pairs: &lora_pairs,
         pairs: &pairs,
         replaced: &replaced_rows,
+        column_scales: HashMap::new(),
         targets: &targets,
         header: &header,
         base_file: &base_file,
         base_path: &base_path,
     };
+    merger.column_scales = merger.column_scales()?;
+    let merger = merger;
     let mut copy_buf = vec![0u8; 8 << 20];
     pipeline::ordered(
         &jobs,
@@ -536,6 +539,8 @@ struct Merger<'a> {
     pairs: &'a [Pair],
     /// Per base tensor index: what replaces (some of) its rows, by adapter input.
     replaced: &'a HashMap<usize, Vec<(usize, Replacement)>>,
+    /// Per LoRA pair with DoRA on the embeddings: its column factors (see `column_scales`).
+    column_scales: HashMap<usize, Vec<f32>>,
     /// The type each tensor is written in.
     targets: &'a [GgmlType],
     header: &'a gguf::Header,
@@ -563,20 +568,17 @@ impl Merger<'_> {
                 format!("`{}`: type {ty} cannot hold rows of {cols}", t.name),
             )
         };
-        let replaced = self.replaced.get(&tensor).map_or(&[][..], Vec::as_slice);
-        if replaced.iter().any(|(_, r)| r.rows.is_none()) {
-            // Every row comes from the adapter's copy (which may have more rows than the base).
-            s.rows.clear();
-            s.rows.resize(n, 0.0);
-        } else {
-            self.base_rows(s, t, start, end)?;
+        let lora = pair.and_then(|p| self.pairs[p].lora);
+        self.merged_rows(s, tensor, lora, start, end)?;
+        if let Some(k) = lora.filter(|_| s.loaded.dora) {
+            match self.column_scales.get(&k) {
+                Some(scales) => s.rows.chunks_exact_mut(cols).for_each(|row| {
+                    row.iter_mut().zip(scales).for_each(|(v, f)| *v *= f);
+                }),
+                None => rescale_rows(&mut s.rows, &s.magnitude[start..end], cols),
+            }
         }
-        for (input, r) in replaced {
-            self.replace(s, *input, r, start, end, cols)?;
-        }
-        if let Some(k) = pair.and_then(|p| self.pairs[p].lora) {
-            self.add_pair(s, k, start, end, cols)?;
-        }
+        debug_assert_eq!(s.rows.len(), n);
         check_values(&s.rows, cols, start, ty, &t.name, self.base_path)?;
         let mut out = vec![
             0u8;
@@ -585,6 +587,78 @@ impl Merger<'_> {
         ];
         quant::quantize(ty, &s.rows, &mut out)
             .map_err(|e| Error::invalid(self.base_path, format!("`{}`: {e}", t.name)))?;
+        Ok(out)
+    }
+
+    /// Rows `start..end` of tensor `tensor` with the adapters' changes but DoRA's rescaling: the
+    /// base's rows (or a full copy's), replaced rows, LoRA pair `lora`'s delta.
+    fn merged_rows(
+        &self,
+        s: &mut WorkerState,
+        tensor: usize,
+        lora: Option<usize>,
+        start: usize,
+        end: usize,
+    ) -> Result<()> {
+        let t = &self.header.tensors[tensor];
+        let cols = t.ne[0] as usize;
+        let replaced = self.replaced.get(&tensor).map_or(&[][..], Vec::as_slice);
+        if replaced.iter().any(|(_, r)| r.rows.is_none()) {
+            // Every row comes from the adapter's copy (which may have more rows than the base).
+            s.rows.clear();
+            s.rows.resize((end - start) * cols, 0.0);
+        } else {
+            self.base_rows(s, t, start, end)?;
+        }
+        for (input, r) in replaced {
+            self.replace(s, *input, r, start, end, cols)?;
+        }
+        match lora {
+            Some(k) => self.add_pair(s, k, start, end, cols),
+            None => Ok(()),
+        }
+    }
+
+    /// DoRA on the token embeddings scales columns: `m_j / ||W[:, j] + ΔW[:, j]||`, a norm over the
+    /// whole vocabulary (PEFT's DoraEmbeddingLayer), so it takes a pass over the merged embeddings
+    /// before any row is written. Per LoRA pair of such a module: its column factors.
+    fn column_scales(&self) -> Result<HashMap<usize, Vec<f32>>> {
+        let mut out = HashMap::new();
+        let mut s = WorkerState::default();
+        for pair in self.pairs {
+            let Some(k) = pair.lora else { continue };
+            let tensor = self
+                .header
+                .tensors
+                .iter()
+                .position(|t| t.name == self.lora_pairs[k].name);
+            let Some(tensor) = tensor.filter(|_| self.lora_pairs[k].name == "token_embd.weight") else {
+                continue;
+            };
+            s.loaded = self.source.load(&self.lora_pairs[k], &mut s)?;
+            s.pair = Some(k);
+            if !s.loaded.dora {
+                continue;
+            }
+            let t = &self.header.tensors[tensor];
+            let (cols, rows) = (t.ne[0] as usize, t.ne[1] as usize);
+            let mut sums = vec![0f64; cols];
+            let step = (BLOCK_VALUES / cols.max(1)).max(1);
+            for start in (0..rows).step_by(step) {
+                self.merged_rows(&mut s, tensor, Some(k), start, (start + step).min(rows))?;
+                for row in s.rows.chunks_exact(cols) {
+                    sums.iter_mut()
+                        .zip(row)
+                        .for_each(|(a, &v)| *a += f64::from(v) * f64::from(v));
+                }
+            }
+            let scales = sums
+                .iter()
+                .zip(&s.magnitude)
+                .map(|(sum, &m)| (f64::from(m) / sum.sqrt()) as f32)
+                .collect();
+            out.insert(k, scales);
+        }
         Ok(out)
     }
 
@@ -652,7 +726,7 @@ impl Merger<'_> {
             factor,
             transposed,
             experts,
-            dora,
+            ..
         } = s.loaded;
         let experts = experts.max(1);
         let (a_len, b_len) = (s.lora_a.len() / experts, s.lora_b.len() / experts);
@@ -666,9 +740,6 @@ impl Merger<'_> {
                 let dst = &mut s.rows[(lo - start) * cols..(hi - start) * cols];
                 add_delta(rank, factor, transposed, a, b, lo - first, hi - first, cols, dst);
             }
-        }
-        if dora {
-            rescale_rows(&mut s.rows, &s.magnitude[start..end], cols);
         }
         Ok(())
     }

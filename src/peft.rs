@@ -985,7 +985,7 @@ fn analyze(adapter: &Adapter) -> Analysis {
         }
         let alpha = cfg.alpha_for(&module).unwrap_or(f64::NAN);
         let magnitude = magnitudes.remove(&module);
-        if let Some(p) = dora_problem(adapter, &module, magnitude, embedding, out_features) {
+        if let Some(p) = dora_problem(adapter, &module, magnitude, out_features) {
             out.problems.push(p);
             continue;
         }
@@ -1145,14 +1145,9 @@ fn replacement(cfg: &LoraConfig, full_key: &str, i: usize, out: &mut Analysis) -
 }
 
 /// What is wrong with a DoRA module's magnitude vector (`None`: it is absent for a plain LoRA, or
-/// one `[out_features]` vector of a linear module).
-fn dora_problem(
-    adapter: &Adapter,
-    module: &str,
-    magnitude: Option<usize>,
-    embedding: bool,
-    out: u64,
-) -> Option<Problem> {
+/// one `[out_features]` vector: per output row of a linear module, per hidden column of the
+/// embeddings).
+fn dora_problem(adapter: &Adapter, module: &str, magnitude: Option<usize>, out: u64) -> Option<Problem> {
     if !adapter.config.use_dora {
         return None;
     }
@@ -1164,14 +1159,6 @@ fn dora_problem(
         ));
     };
     let t = &adapter.tensors[i];
-    if embedding {
-        return Some(problem(
-            &t.key,
-            "DoRA on the token embeddings scales each hidden column by a norm over the whole vocabulary, which \
-             ollama-tools does not merge",
-            "retrain without embed_tokens in target_modules, or merge with PEFT (merge_and_unload)",
-        ));
-    }
     (t.shape[..] != [out as usize]).then(|| {
         problem(
             &t.key,

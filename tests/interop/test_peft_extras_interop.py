@@ -178,16 +178,15 @@ def test_tied_embedding_lora_merges_untied(target, tmp_path):
     assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
 
 
-def with_extra_tensors(ad, tensors: dict, **config):
-    """Adds tensors and config fields to a PEFT adapter folder written by peft_lora."""
+def with_extra_tensors(path, tensors: dict, **config):
+    """Adds tensors and config fields to the PEFT adapter folder at `path`."""
     from safetensors.numpy import load_file
 
-    path = ad.path / "adapter_model.safetensors"
-    all_tensors = {**load_file(str(path)), **tensors}
-    peft_lora.write_safetensors(path, all_tensors, "f32")
-    cfg = json.loads((ad.path / "adapter_config.json").read_text())
+    f = path / "adapter_model.safetensors"
+    peft_lora.write_safetensors(f, {**load_file(str(f)), **tensors}, "f32")
+    cfg = json.loads((path / "adapter_config.json").read_text())
     cfg.update(config)
-    (ad.path / "adapter_config.json").write_text(json.dumps(cfg))
+    (path / "adapter_config.json").write_text(json.dumps(cfg))
 
 
 @pytest.mark.parametrize("tied", [False, True])
@@ -222,7 +221,7 @@ def test_modules_to_save_and_trainable_tokens_merge_exactly(tied, tmp_path):
         extra["base_model.model.lm_head.weight"] = new_head
         config["modules_to_save"] = ["embed_tokens", "lm_head"]
         merged["lm_head.weight"] = new_head
-    with_extra_tensors(ad, extra, **config)
+    with_extra_tensors(ad.path, extra, **config)
     ref = arch.forward(base.cfg, merged, TOKENS)
     p = harness.run_convert([ad.path, "--base", base.path, "-o", tmp_path / "x.gguf"])
     assert p.returncode != 0 and "ollama-tools merge" in p.stderr, p.stderr
@@ -247,7 +246,7 @@ def test_trainable_tokens_on_a_tied_base_change_both_uses(tmp_path):
     merged = peft_lora.merge(base.weights, [(ad, 1.0)])
     ids = [5, TOKENS[1], 250]
     rows = (rng.standard_normal((3, emb.shape[1])) * 2.0).astype(np.float32)
-    with_extra_tensors(ad, {"base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta": rows},
+    with_extra_tensors(ad.path, {"base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta": rows},
                        trainable_token_indices=ids)
     merged["model.embed_tokens.weight"] = emb.copy()
     merged["model.embed_tokens.weight"][ids] = rows
@@ -308,7 +307,7 @@ def test_a_resized_vocabulary_merges_with_the_new_tokens(tmp_path):
     hidden = b.cfg["hidden_size"]
     emb = np.concatenate([b.weights["model.embed_tokens.weight"], rng.standard_normal((4, hidden))]).astype(np.float32)
     head = np.concatenate([b.weights["lm_head.weight"], rng.standard_normal((4, hidden)) * 0.3]).astype(np.float32)
-    with_extra_tensors(ad, {"base_model.model.model.embed_tokens.weight": emb, "base_model.model.lm_head.weight": head},
+    with_extra_tensors(ad.path, {"base_model.model.model.embed_tokens.weight": emb, "base_model.model.lm_head.weight": head},
                        modules_to_save=["embed_tokens", "lm_head"])
     (ad.path / "tokenizer.json").write_text(json.dumps({"added_tokens": [
         {"id": n, "content": "<|im_start|>", "special": True},
@@ -333,3 +332,35 @@ def test_a_resized_vocabulary_merges_with_the_new_tokens(tmp_path):
     r = rel(got, ref)
     harness.record("llama resized vocabulary merge", r, 1e-3, effect=rel(ref[:len(TOKENS), :n], b.ref_logits))
     assert r < 1e-3, f"rel {r:.3e}"
+
+
+def test_dora_on_the_embeddings_scales_columns(tmp_path):
+    """DoRA on embed_tokens (PEFT's DoraEmbeddingLayer): ΔW = s · (B @ A)^T [vocab, hidden], one
+    L2 norm per hidden column over the whole vocabulary, W' = (W + ΔW) · diag(m / n), the magnitude
+    `[hidden]`; with q_proj DoRA beside it (rows)."""
+    harness.require_binary()
+    arch = archs.ARCHS["llama"]
+    base = harness.build_base(arch, tmp_path / "base", seed=182)
+    rng = np.random.default_rng(183)
+    adapter, merged = dora_adapter(tmp_path / "a", arch, base.cfg, base.weights, rng, ["q_proj"])
+    W = base.weights["model.embed_tokens.weight"].astype(np.float64)
+    vocab, hidden = W.shape
+    r, s = 4, 2.0
+    A = (rng.standard_normal((r, vocab))).astype(np.float32)
+    B = (rng.standard_normal((hidden, r)) * 0.3).astype(np.float32)
+    V = W + s * (B.astype(np.float64) @ A.astype(np.float64)).T
+    norm = np.linalg.norm(V, axis=0)
+    m = (norm * rng.uniform(0.6, 1.4, hidden)).astype(np.float32)
+    merged["model.embed_tokens.weight"] = (V * (m.astype(np.float64) / norm)[None, :]).astype(np.float32)
+    with_extra_tensors(adapter, {
+        "base_model.model.model.embed_tokens.lora_embedding_A": A,
+        "base_model.model.model.embed_tokens.lora_embedding_B": B,
+        "base_model.model.model.embed_tokens.lora_magnitude_vector": m})
+    ref = arch.forward(base.cfg, merged, TOKENS)
+    out = tmp_path / "merged.gguf"
+    merge_ok([adapter, "--base", base.path, "-o", out])
+    got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
+    r_, effect = rel(got, ref), rel(ref, base.ref_logits)
+    harness.record("llama DoRA on embeddings merge", r_, 1e-3, effect=effect)
+    assert effect > MIN_EFFECT and r_ < 1e-3, f"rel {r_:.3e}, effect {effect:.3f}"
+
