@@ -48,12 +48,14 @@ def dora_adapter(path, arch, cfg, weights, rng, targets, r=4, alpha=8.0):
     return path, merged
 
 
-@pytest.fixture(scope="module")
-def dora(tmp_path_factory):
-    arch = archs.ARCHS["llama"]
+ARCHS = ["llama", "qwen2", "gemma3"]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def dora(request, tmp_path_factory):
+    arch = archs.ARCHS[request.param]
     d = tmp_path_factory.mktemp("dora")
-    base = harness.build_base(arch, d / "base", seed=170, hidden_size=256, intermediate_size=512,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    base = harness.build_base(arch, d / "base", seed=170)
     adapter, merged = dora_adapter(d / "a", arch, base.cfg, base.weights, np.random.default_rng(171),
                                    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"])
     return arch, base, adapter, arch.forward(base.cfg, merged, TOKENS), merged
@@ -76,9 +78,9 @@ def test_dora_merges_exactly(base_type, dora, tmp_path):
     r, effect = rel(got, ref), rel(ref, base.ref_logits)
     # the merged weights go through the base type once more (f16 / q8_0 rounding of W')
     tol = {"f32": 1e-3, "f16": 1e-2, "q8_0": 5e-2}[base_type]
-    harness.record(f"llama DoRA merge {base_type}", r, tol, effect=effect)
+    harness.record(f"{arch.ID} DoRA merge {base_type}", r, tol, effect=effect)
     assert effect > MIN_EFFECT and r < tol, f"rel {r:.3e}, effect {effect:.3f}"
-    if base_type == "f32":
+    if base_type == "f32" and arch.ARCH == "llama":
         # weight level: q_proj of layer 1 in llama.cpp's row order, against PEFT's W'
         got_w = harness.read_gguf_raw(out).tensors["blk.1.attn_q.weight"].values()
         want = arch.permute_qk(merged["model.layers.1.self_attn.q_proj.weight"], base.cfg["num_attention_heads"])
@@ -147,13 +149,14 @@ def test_activated_lora_carries_its_invocation_tokens_to_llama_cpp(tmp_path):
     assert p.returncode != 0 and "alora_invocation_tokens" in p.stderr and "cannot be merged" in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("arch_name", ARCHS)
 @pytest.mark.parametrize("target", ["embed_tokens", "lm_head"])
-def test_tied_embedding_lora_merges_untied(target, tmp_path):
+def test_tied_embedding_lora_merges_untied(target, arch_name, tmp_path):
     """A LoRA on embed_tokens or lm_head of a base that ties them (Llama 3.2 1B, Gemma, small Qwen):
     PEFT's model changes only the module it wraps (the other use keeps the shared base weight), so
     the merge writes its own output.weight, which llama.cpp then uses."""
     harness.require_binary()
-    arch = archs.ARCHS["llama"]
+    arch = archs.ARCHS[arch_name]
     base = harness.build_base(arch, tmp_path / "base", seed=174, tie_word_embeddings=True)
     assert "lm_head.weight" not in base.weights
     emb = base.weights["model.embed_tokens.weight"]
@@ -174,7 +177,7 @@ def test_tied_embedding_lora_merges_untied(target, tmp_path):
     assert not np.array_equal(t[changed].values(), emb)
     got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
     r, effect = rel(got, ref), rel(ref, base.ref_logits)
-    harness.record(f"llama tied, {target} LoRA merged untied", r, 1e-3, effect=effect)
+    harness.record(f"{arch_name} tied, {target} LoRA merged untied", r, 1e-3, effect=effect)
     assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
 
 
@@ -189,15 +192,15 @@ def with_extra_tensors(path, tensors: dict, **config):
     (path / "adapter_config.json").write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_modules_to_save_and_trainable_tokens_merge_exactly(tied, tmp_path):
+@pytest.mark.parametrize("arch_name,tied", [("llama", False), ("llama", True), ("qwen2", False), ("gemma3", True)])
+def test_modules_to_save_and_trainable_tokens_merge_exactly(arch_name, tied, tmp_path):
     """modules_to_save full copies (PEFT saves them under the plain module key) replace the base's
     embeddings / lm_head; trainable tokens (`token_adapter.trainable_tokens_delta`, the new rows of
     the tokens trainable_token_indices lists) replace those rows. Untied base: embed_tokens and
     lm_head copies. Tied base: an embed_tokens copy (lm_head keeps the shared base weight, so the
     merge unties) plus trainable tokens of lm_head."""
     harness.require_binary()
-    arch = archs.ARCHS["llama"]
+    arch = archs.ARCHS[arch_name]
     base = harness.build_base(arch, tmp_path / "base", seed=176, tie_word_embeddings=tied)
     rng = np.random.default_rng(177)
     emb = base.weights["model.embed_tokens.weight"]
@@ -229,15 +232,16 @@ def test_modules_to_save_and_trainable_tokens_merge_exactly(tied, tmp_path):
     merge_ok([ad.path, "--base", base.path, "-o", out])
     got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
     r, effect = rel(got, ref), rel(ref, base.ref_logits)
-    harness.record(f"llama {'tied' if tied else 'untied'} modules_to_save + tokens merge", r, 1e-3, effect=effect)
+    harness.record(f"{arch_name} {'tied' if tied else 'untied'} modules_to_save + tokens merge", r, 1e-3, effect=effect)
     assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
 
 
-def test_trainable_tokens_on_a_tied_base_change_both_uses(tmp_path):
+@pytest.mark.parametrize("arch_name", ["llama", "gemma3"])
+def test_trainable_tokens_on_a_tied_base_change_both_uses(arch_name, tmp_path):
     """Trainable tokens on embed_tokens of a tied model: PEFT's tied wrapper gives lm_head the same
     rows, which the tied GGUF gets by patching token_embd alone."""
     harness.require_binary()
-    arch = archs.ARCHS["llama"]
+    arch = archs.ARCHS[arch_name]
     base = harness.build_base(arch, tmp_path / "base", seed=178, tie_word_embeddings=True)
     rng = np.random.default_rng(179)
     emb = base.weights["model.embed_tokens.weight"]
@@ -256,7 +260,7 @@ def test_trainable_tokens_on_a_tied_base_change_both_uses(tmp_path):
     assert "output.weight" not in harness.read_gguf_raw(out).tensors, "tokens alone keep the model tied"
     got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
     r, effect = rel(got, ref), rel(ref, base.ref_logits)
-    harness.record("llama tied trainable tokens merge", r, 1e-3, effect=effect)
+    harness.record(f"{arch_name} tied trainable tokens merge", r, 1e-3, effect=effect)
     assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
 
 
@@ -288,14 +292,15 @@ def with_vocab(src, dst, n):
     w.close()
 
 
-def test_a_resized_vocabulary_merges_with_the_new_tokens(tmp_path):
+@pytest.mark.parametrize("arch_name", ARCHS)
+def test_a_resized_vocabulary_merges_with_the_new_tokens(arch_name, tmp_path):
     """A fine-tune that added tokens (resize_token_embeddings + PEFT's saved embed_tokens / lm_head
     copies, tokenizer files beside the adapter): the merged GGUF has the new rows and the new
     tokens, typed as llama.cpp's converter types them (special: CONTROL, else USER_DEFINED, unnamed
     padding rows: [PAD{id}] UNUSED), eos / pad pointing at the tokenizer's, and llama.cpp runs a
     sequence with the new token ids as the numpy reference does."""
     harness.require_binary()
-    arch = archs.ARCHS["llama"]
+    arch = archs.ARCHS[arch_name]
     b = harness.build_base(arch, tmp_path / "b0", seed=180)
     n = b.cfg["vocab_size"]
     base = tmp_path / "base.gguf"
@@ -306,7 +311,9 @@ def test_a_resized_vocabulary_merges_with_the_new_tokens(tmp_path):
     merged = peft_lora.merge(b.weights, [(ad, 1.0)])
     hidden = b.cfg["hidden_size"]
     emb = np.concatenate([b.weights["model.embed_tokens.weight"], rng.standard_normal((4, hidden))]).astype(np.float32)
-    head = np.concatenate([b.weights["lm_head.weight"], rng.standard_normal((4, hidden)) * 0.3]).astype(np.float32)
+    # a tied base (gemma3): PEFT saves both copies when the vocabulary was resized
+    head0 = b.weights.get("lm_head.weight", b.weights["model.embed_tokens.weight"])
+    head = np.concatenate([head0, rng.standard_normal((4, hidden)) * 0.3]).astype(np.float32)
     with_extra_tensors(ad.path, {"base_model.model.model.embed_tokens.weight": emb, "base_model.model.lm_head.weight": head},
                        modules_to_save=["embed_tokens", "lm_head"])
     (ad.path / "tokenizer.json").write_text(json.dumps({"added_tokens": [
@@ -330,7 +337,7 @@ def test_a_resized_vocabulary_merges_with_the_new_tokens(tmp_path):
     assert g.tensors["token_embd.weight"][1] == (n + 4, hidden)
     got = harness.llama_logits_plain_cpu(out, tokens, tmp_path / "run")
     r = rel(got, ref)
-    harness.record("llama resized vocabulary merge", r, 1e-3, effect=rel(ref[:len(TOKENS), :n], b.ref_logits))
+    harness.record(f"{arch_name} resized vocabulary merge", r, 1e-3, effect=rel(ref[:len(TOKENS), :n], b.ref_logits))
     assert r < 1e-3, f"rel {r:.3e}"
 
 
