@@ -33,13 +33,13 @@ class LlamaResult:
 
 
 def run_llama(model: Path, tokens: list[int], workdir: Path,
-              adapters: list[tuple[Path, float]] = (), timeout: float = 120) -> LlamaResult:
+              adapters: list[tuple[Path, float]] = (), timeout: float = 120, alora: bool = False) -> LlamaResult:
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "llama_logits.npy"
     if out.exists():
         out.unlink()
     req = {"model": str(model), "adapters": [[str(p), float(s)] for p, s in adapters],
-           "tokens": [int(t) for t in tokens], "out": str(out), "n_threads": 2}
+           "tokens": [int(t) for t in tokens], "out": str(out), "n_threads": 2, "alora": alora}
     req_path = workdir / "llama_request.json"
     req_path.write_text(json.dumps(req))
     # GGML_NO_BACKTRACE: on GGML_ASSERT, skip ggml's gdb backtrace (slow, noisy)
@@ -62,9 +62,10 @@ def run_llama(model: Path, tokens: list[int], workdir: Path,
 
 
 def llama_logits(model: Path, tokens: list[int], workdir: Path,
-                 adapters: list[tuple[Path, float]] = ()) -> np.ndarray:
-    """Logits [n_tokens, n_vocab] or an AssertionError carrying llama.cpp's own messages."""
-    r = run_llama(model, tokens, workdir, adapters)
+                 adapters: list[tuple[Path, float]] = (), alora: bool = False) -> np.ndarray:
+    """Logits [n_tokens, n_vocab] or an AssertionError carrying llama.cpp's own messages (alora:
+    the adapter switched on as llama-server switches an activated LoRA on, see llama_worker.py)."""
+    r = run_llama(model, tokens, workdir, adapters, alora=alora)
     if r.returncode != 0 or r.logits is None:
         raise AssertionError(r.describe())
     return r.logits

@@ -4,7 +4,10 @@ Run as a child process (see llama_runner.py) so that a GGML_ASSERT abort inside 
 only this process, not pytest. Usage:
     python llama_worker.py REQUEST.json
 REQUEST: {"model": path, "adapters": [[path, scale], ...], "tokens": [ids], "out": path.npy,
-          "n_threads": 2}
+          "n_threads": 2, "alora": false}
+With "alora" the (single) adapter is an activated LoRA handled as llama-server handles one
+(tools/server/server-context.cpp): on from the start of the last occurrence of its invocation tokens
+(read from the adapter), the tokens before it decoded without the adapter; off without them.
 Writes logits [n_tokens, n_vocab] float32 to "out". Exit status 0 on success, 3 on a load/decode
 error (message on stdout as JSON {"error": ..., "log": [...]}).
 """
@@ -71,40 +74,69 @@ def main() -> None:
         if not a:
             fail(f"llama_adapter_lora_init failed for {path}")
         adapters.append(a)
-    if adapters:
+    tokens = req["tokens"]
+    start = alora_start(adapters[0], tokens) if req.get("alora") else 0
+
+    def set_adapters():
         arr = (L.llama_adapter_lora_p_ctypes * len(adapters))(*adapters)
         scales = (ctypes.c_float * len(adapters))(*[float(s) for _, s in req["adapters"]])
         if L.llama_set_adapters_lora(ctx, arr, len(adapters), scales) != 0:
             fail("llama_set_adapters_lora failed")
         stage("adapters_set")
 
-    batch = L.llama_batch_init(n_tok, 0, 1)
-    batch.n_tokens = n_tok
-    for i, t in enumerate(req["tokens"]):
-        batch.token[i] = int(t)
-        batch.pos[i] = i
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = 0
-        batch.logits[i] = 1  # logits for every position
-    stage("decoding")
-    rc = L.llama_decode(ctx, batch)
-    if rc != 0:
-        fail(f"llama_decode returned {rc}")
-
     n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
     out = np.empty((n_tok, n_vocab), dtype=np.float32)
-    for i in range(n_tok):
-        ptr = L.llama_get_logits_ith(ctx, i)
-        out[i] = np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+    if adapters and start == 0:
+        set_adapters()
+    stage("decoding")
+    # An activated LoRA's prefix without the adapter, then the rest with it (all of it without one).
+    if start > 0:
+        decode(ctx, tokens, 0, start, out, n_vocab)
+    if start < n_tok:
+        if adapters and start > 0:
+            set_adapters()
+        decode(ctx, tokens, start, n_tok, out, n_vocab)
     np.save(req["out"], out)
 
-    L.llama_batch_free(batch)
     for a in adapters:
         L.llama_adapter_lora_free(a)
     L.llama_free(ctx)
     L.llama_model_free(model)
     print(json.dumps({"ok": True, "n_vocab": n_vocab,
                       "log": [s.rstrip("\n") for s in LOG if "lora" in s.lower() or "adapter" in s.lower()]}))
+
+
+def alora_start(adapter, tokens) -> int:
+    """llama-server's rule: the start of the last occurrence of the invocation tokens, else the end
+    (the adapter stays off)."""
+    n = L.llama_adapter_get_alora_n_invocation_tokens(adapter)
+    ptr = L.llama_adapter_get_alora_invocation_tokens(adapter)
+    inv = [ptr[i] for i in range(n)]
+    if not inv:
+        fail("the adapter has no aLoRA invocation tokens")
+    for i in range(len(tokens) - len(inv), -1, -1):
+        if list(tokens[i:i + len(inv)]) == inv:
+            return i
+    return len(tokens)
+
+
+def decode(ctx, tokens, lo, hi, out, n_vocab) -> None:
+    """Decodes tokens[lo:hi] at positions lo.. (after what the context holds) into out[lo:hi]."""
+    batch = L.llama_batch_init(hi - lo, 0, 1)
+    batch.n_tokens = hi - lo
+    for j, i in enumerate(range(lo, hi)):
+        batch.token[j] = int(tokens[i])
+        batch.pos[j] = i
+        batch.n_seq_id[j] = 1
+        batch.seq_id[j][0] = 0
+        batch.logits[j] = 1  # logits for every position
+    rc = L.llama_decode(ctx, batch)
+    if rc != 0:
+        fail(f"llama_decode returned {rc}")
+    for j in range(hi - lo):
+        ptr = L.llama_get_logits_ith(ctx, j)
+        out[lo + j] = np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+    L.llama_batch_free(batch)
 
 
 if __name__ == "__main__":

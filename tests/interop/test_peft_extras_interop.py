@@ -19,6 +19,7 @@ import archs
 import harness
 import peft_lora
 from harness import TOKENS, merge_ok, rel
+from llama_runner import llama_logits
 
 MIN_EFFECT = 0.1
 
@@ -371,3 +372,61 @@ def test_dora_on_the_embeddings_scales_columns(tmp_path):
     harness.record("llama DoRA on embeddings merge", r_, 1e-3, effect=effect)
     assert effect > MIN_EFFECT and r_ < 1e-3, f"rel {r_:.3e}, effect {effect:.3f}"
 
+
+
+class Mixed:
+    """A weight that is `merged` for token positions from `start` on and `base` before: what an
+    activated LoRA computes (PEFT's ALoraLinearVariant masks the adapter before its start)."""
+
+    def __init__(self, base, merged, start):
+        self.base, self.merged, self.start = base, merged, start
+
+
+def alora_reference(arch, cfg, weights, merged, tokens, start, monkeypatch):
+    from archs import _common as C
+
+    plain = C.linear
+
+    def linear(x, w, b=None):
+        if not isinstance(w, Mixed):
+            return plain(x, w, b)
+        y = plain(x, w.base, b)
+        y[w.start:] = plain(x, w.merged, b)[w.start:]
+        return y
+
+    monkeypatch.setattr(C, "linear", linear)
+    mixed = {k: Mixed(v, merged[k], start) if not np.array_equal(v, merged[k]) else v for k, v in weights.items()}
+    out = arch.forward(cfg, mixed, tokens)
+    monkeypatch.setattr(C, "linear", plain)
+    return out
+
+
+@pytest.mark.parametrize("arch_name", ARCHS)
+def test_activated_lora_runs_from_its_invocation_tokens(arch_name, tmp_path, monkeypatch):
+    """An activated LoRA in llama.cpp, switched on as llama-server does from the invocation tokens our
+    GGUF adapter carries: with them in the prompt, positions before their start are the base's and the
+    rest the adapter's (whose keys and values see the base's prefix), as PEFT computes; without them,
+    the base's logits throughout."""
+    harness.require_binary()
+    arch = archs.ARCHS[arch_name]
+    base = harness.build_base(arch, tmp_path / "base", seed=184)
+    targets = archs.attention_modules(arch) + archs.mlp_modules(arch)[:1]
+    ad = peft_lora.write_peft_adapter(tmp_path / "a", arch, base.cfg, base.weights, r=4, alpha=8,
+                                      targets=targets, rng=np.random.default_rng(185))
+    with_extra_tensors(ad.path, {}, alora_invocation_tokens=[99, 3])
+    out = tmp_path / "alora.gguf"
+    harness.convert_ok([ad.path, "--base", base.path, "-o", out, "--outtype", "f32"])
+    merged = peft_lora.merge(base.weights, [(ad, 1.0)])
+    start = TOKENS.index(99)
+    ref = alora_reference(arch, base.cfg, base.weights, merged, TOKENS, start, monkeypatch)
+    got = llama_logits(base.path, TOKENS, tmp_path / "with", adapters=[(out, 1.0)], alora=True)
+    r, effect = rel(got, ref), rel(ref, base.ref_logits)
+    harness.record(f"{arch_name} aLoRA from its invocation tokens", r, 1e-3, effect=effect)
+    assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
+    plain = llama_logits(base.path, TOKENS, tmp_path / "plain")
+    assert rel(got[:start], plain[:start]) < 1e-6, "the adapter acted before its invocation"
+    without = [5 if t == 3 else t for t in TOKENS]
+    got = llama_logits(base.path, without, tmp_path / "without", adapters=[(out, 1.0)], alora=True)
+    r = rel(got, arch.forward(base.cfg, base.weights, without))
+    harness.record(f"{arch_name} aLoRA without its invocation tokens", r, 1e-3)
+    assert r < 1e-3, f"rel {r:.3e}"
