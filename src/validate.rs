@@ -124,7 +124,7 @@ fn below_q4(t: GgmlType) -> bool {
 }
 
 /// The llama.cpp architecture a Hugging Face model id most likely has, from its name.
-fn family_of(id: &str) -> Option<&'static str> {
+pub fn family_of(id: &str) -> Option<&'static str> {
     let id = id.to_ascii_lowercase();
     let name = id.rsplit('/').next().unwrap_or(&id);
     // First match wins: newer names before the older ones they contain.

@@ -125,3 +125,90 @@ fn every_real_adapter_converts_or_is_refused_with_a_reason() {
         }
     }
 }
+
+/// How one config would fare with its weights: which of the two ways it can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fate {
+    Both,
+    MergeOnly,
+    AdapterOnly,
+    /// Its base is a local path or an unfamiliar name: it depends on the base the user passes.
+    BaseUnknown,
+    Refused,
+}
+
+/// The fate a config's own fields give it (its weights aside): PEFT type, the family of its base
+/// (from `base_model_name_or_path`, as validate guesses it), and what it carries. `old_rules`: as
+/// before DoRA, full embedding copies, trainable tokens and activated LoRA were supported (refused).
+fn fate(c: &LoraConfig, old_rules: bool) -> (Fate, String) {
+    use ollama_tools::arch;
+    if c.peft_type.as_deref() != Some("LORA") {
+        return (Fate::Refused, format!("peft_type {:?}", c.peft_type));
+    }
+    let family = c
+        .base_model_name_or_path
+        .as_deref()
+        .and_then(ollama_tools::validate::family_of);
+    match family {
+        None => return (Fate::BaseUnknown, format!("base {:?}", c.base_model_name_or_path)),
+        Some(f) if arch::by_name(f).is_none() => return (Fate::Refused, format!("{f} models are not supported")),
+        Some(_) => {}
+    }
+    let full = ["embed_tokens", "lm_head"];
+    let others: Vec<&String> = c
+        .modules_to_save
+        .iter()
+        .filter(|m| !full.contains(&m.as_str()))
+        .collect();
+    if !others.is_empty() {
+        return (
+            Fate::Refused,
+            format!("modules_to_save {others:?} (not a decoder weight)"),
+        );
+    }
+    let merge_only = c.use_dora || !c.modules_to_save.is_empty() || !c.trainable_token_indices.is_empty();
+    let adapter_only = !c.alora_invocation_tokens.is_empty();
+    match (merge_only, adapter_only) {
+        (true, true) => (Fate::Refused, "merge-only and adapter-only at once".into()),
+        _ if old_rules && (merge_only || adapter_only) => (Fate::Refused, "refused before".into()),
+        (true, false) => (Fate::MergeOnly, String::new()),
+        (false, true) => (Fate::AdapterOnly, String::new()),
+        (false, false) => (Fate::Both, String::new()),
+    }
+}
+
+/// The corpus walk: every config's fate now and under the rules before, printed and pinned, so a
+/// change in what works shows up here.
+#[test]
+fn corpus_walk_counts_what_works_now_and_before() {
+    let Some(dir) = corpus() else { return };
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("configs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let (mut now, mut before) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
+    for f in &files {
+        let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+        let (fate_now, fate_before, why) = match LoraConfig::parse(f, &text) {
+            Ok(c) => {
+                let (n, why) = fate(&c, false);
+                (n, fate(&c, true).0, why)
+            }
+            Err(_) => (Fate::Refused, Fate::Refused, "not a PEFT LoRA config".into()),
+        };
+        eprintln!("{fate_now:?}\t{}\t{why}", f.file_name().unwrap().to_string_lossy());
+        *now.entry(fate_now).or_insert(0) += 1;
+        *before.entry(fate_before).or_insert(0) += 1;
+    }
+    eprintln!("corpus walk, {} configs: now {now:?}; before {before:?}", files.len());
+    let count = |m: &std::collections::BTreeMap<Fate, usize>, f| m.get(&f).copied().unwrap_or(0);
+    // docs/CORPUS.md records these numbers.
+    assert_eq!(count(&now, Fate::Both), count(&before, Fate::Both));
+    assert_eq!(
+        count(&now, Fate::MergeOnly),
+        1,
+        "TinyLlama with embed_tokens + lm_head copies"
+    );
+    assert_eq!(count(&before, Fate::Refused), count(&now, Fate::Refused) + 1);
+}
