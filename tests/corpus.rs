@@ -22,14 +22,20 @@ fn corpus() -> Option<PathBuf> {
     None
 }
 
-#[test]
-fn every_config_parses_or_is_refused_with_a_reason() {
-    let Some(dir) = corpus() else { return };
+/// The corpus' adapter_config.json files, in name order.
+fn config_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("configs"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     files.sort();
+    files
+}
+
+#[test]
+fn every_config_parses_or_is_refused_with_a_reason() {
+    let Some(dir) = corpus() else { return };
+    let files = config_files(&dir);
     assert!(
         files.len() >= 50,
         "expected the corpus' 57 configs, found {}",
@@ -182,11 +188,7 @@ fn fate(c: &LoraConfig, old_rules: bool) -> (Fate, String) {
 #[test]
 fn corpus_walk_counts_what_works_now_and_before() {
     let Some(dir) = corpus() else { return };
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("configs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = config_files(&dir);
     let (mut now, mut before) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
     for f in &files {
         let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();

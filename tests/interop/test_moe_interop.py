@@ -226,17 +226,24 @@ def test_gptoss_interleaved_experts_convert_and_merge_exactly(tmp_path):
     gap = arch.ROUTING_MARGIN[0][0]
     assert gap > 0.05, f"a top-k choice sits near a tie (router logit gap {gap:.2e})"
     effect = rel(ref, base.ref_logits)
+    convert_and_merge_exactly("gpt-oss target_parameters", adapter, base, ref, effect, tmp_path)
+
+
+def convert_and_merge_exactly(label, adapter, base, ref, effect, tmp_path):
+    """The adapter converted to F32 and applied by llama.cpp, and merged into the F32 base, both
+    matching the numpy reference. Returns the converted adapter's path."""
     out = tmp_path / "adapter.gguf"
     convert_ok([adapter, "--base", base.path, "-o", out, "--outtype", "f32"])
     got = llama_logits(base.path, TOKENS, tmp_path, adapters=[(out, 1.0)])
     r = rel(got, ref)
-    harness.record("gpt-oss target_parameters convert", r, 1e-3, effect=effect)
+    harness.record(f"{label} convert", r, 1e-3, effect=effect)
     assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
     m = tmp_path / "merged.gguf"
     merge_ok([adapter, "--base", base.path, "-o", m])
     r = rel(harness.llama_logits_plain_cpu(m, TOKENS, tmp_path / "run"), ref)
-    harness.record("gpt-oss target_parameters merge F32", r, MERGE_TOL, effect=effect)
+    harness.record(f"{label} merge F32", r, MERGE_TOL, effect=effect)
     assert r < MERGE_TOL, f"merged vs numpy rel {r:.3e}"
+    return out
 
 
 def test_gptoss_mxfp4_experts_merge_keeps_mxfp4_bit_for_bit(tmp_path):
@@ -328,20 +335,10 @@ def test_llama4_swapped_expert_factors_convert_and_merge_exactly(tmp_path):
     arch.forward(base.cfg, base.weights, TOKENS)
     assert arch.ROUTING_MARGIN[0][0] > 0.05, "the base's routing sits near a tie"
     effect = rel(ref, base.ref_logits)
-    out = tmp_path / "adapter.gguf"
-    convert_ok([adapter, "--base", base.path, "-o", out, "--outtype", "f32"])
+    out = convert_and_merge_exactly("llama4 target_parameters", adapter, base, ref, effect, tmp_path)
     tensors = harness.read_gguf(out).tensors
     assert tensors["blk.1.ffn_gate_exps.weight.lora_a"][1] == (4, 4, 64), tensors    # [E, r, H]
     assert tensors["blk.1.ffn_up_exps.weight.lora_b"][1] == (4, 32, 4), tensors      # [E, F, r]
-    got = llama_logits(base.path, TOKENS, tmp_path, adapters=[(out, 1.0)])
-    r = rel(got, ref)
-    harness.record("llama4 target_parameters convert", r, 1e-3, effect=effect)
-    assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
-    m = tmp_path / "merged.gguf"
-    merge_ok([adapter, "--base", base.path, "-o", m])
-    r = rel(harness.llama_logits_plain_cpu(m, TOKENS, tmp_path / "run"), ref)
-    harness.record("llama4 target_parameters merge F32", r, MERGE_TOL, effect=effect)
-    assert r < MERGE_TOL, f"merged vs numpy rel {r:.3e}"
 
 
 @pytest.mark.parametrize("ty", ["F16", "Q8_0", "Q4_K"])
