@@ -325,22 +325,7 @@ fn merge_with(
     let mut header = gguf::read_header(&base_path).map_err(|e| Error::invalid(&base_path, e.to_string()))?;
     let mut notices = source.notices();
     let lora_pairs = source.pairs();
-    let mut replacements = source.replacements();
-    // Trainable-token rows of the embeddings apply to both uses of a tied model; the rest to one.
-    let whole = replacements
-        .iter()
-        .filter(|r| !(r.0 == "token_embd.weight" && r.2.rows.is_some()))
-        .map(|r| r.0.as_str());
-    if let Some(n) = untie(&mut header, lora_pairs.iter().map(|p| p.name.as_str()).chain(whole)) {
-        notices.push(n);
-        // Trainable tokens of a tied model change both uses of the embeddings (PEFT ties them).
-        let rows: Vec<_> = replacements
-            .iter()
-            .filter(|r| r.0 == "token_embd.weight" && r.2.rows.is_some())
-            .map(|r| ("output.weight".to_string(), r.1, r.2.clone()))
-            .collect();
-        replacements.extend(rows);
-    }
+    let replacements = replacements(source, &lora_pairs, &mut header, &mut notices);
     let vocab = resize_vocab(&mut header, &replacements, source, &base_path)?;
 
     check_base_tensors(&header, &base_path)?;
@@ -353,28 +338,17 @@ fn merge_with(
         .enumerate()
         .map(|(i, t)| (t.name.as_str(), i))
         .collect();
-    let mut pairs: Vec<Pair> = Vec::new();
-    let mut pair_of: HashMap<usize, usize> = HashMap::new();
-    let replaced = replacements.iter().map(|r| (r.0.as_str(), None));
     let touched = lora_pairs.iter().enumerate().map(|(k, lp)| (lp.name.as_str(), Some(k)));
-    for (name, k) in touched.chain(replaced) {
-        let &i = by_name
-            .get(name)
-            .ok_or_else(|| Error::invalid(&base_path, format!("tensor `{name}` is missing")))?;
-        if let Some(&p) = pair_of.get(&i) {
-            pairs[p].lora = pairs[p].lora.or(k);
-            continue;
-        }
-        let wanted = match opts.merged_type {
-            _ if opts.quantize.is_some() => out_types[i],
-            MergedType::Keep => header.tensors[i].ty,
-            MergedType::F16 => GgmlType::F16,
-            MergedType::Q8_0 => GgmlType::Q8_0,
-        };
-        let ty = merged_type(&header.tensors[i], wanted, &base_path, &mut notices)?;
-        pair_of.insert(i, pairs.len());
-        pairs.push(Pair { lora: k, ty });
-    }
+    let replaced = replacements.iter().map(|r| (r.0.as_str(), None));
+    let (pairs, pair_of) = touched_tensors(
+        touched.chain(replaced),
+        &by_name,
+        &header,
+        &out_types,
+        opts,
+        &base_path,
+        &mut notices,
+    )?;
     let replaced_rows: HashMap<usize, Vec<(usize, Replacement)>> =
         replacements
             .into_iter()
@@ -743,6 +717,64 @@ impl Merger<'_> {
         }
         Ok(())
     }
+}
+
+/// The base tensors the adapters change (by LoRA pair `Some(k)`, or by a replacement only), each
+/// with its type; and the index of each tensor's entry.
+fn touched_tensors<'a>(
+    touched: impl Iterator<Item = (&'a str, Option<usize>)>,
+    by_name: &HashMap<&str, usize>,
+    header: &gguf::Header,
+    out_types: &[GgmlType],
+    opts: &Options,
+    base_path: &Path,
+    notices: &mut Vec<String>,
+) -> Result<(Vec<Pair>, HashMap<usize, usize>)> {
+    let mut pairs: Vec<Pair> = Vec::new();
+    let mut pair_of: HashMap<usize, usize> = HashMap::new();
+    for (name, k) in touched {
+        let &i = by_name
+            .get(name)
+            .ok_or_else(|| Error::invalid(base_path, format!("tensor `{name}` is missing")))?;
+        if let Some(&p) = pair_of.get(&i) {
+            pairs[p].lora = pairs[p].lora.or(k);
+            continue;
+        }
+        let wanted = match opts.merged_type {
+            _ if opts.quantize.is_some() => out_types[i],
+            MergedType::Keep => header.tensors[i].ty,
+            MergedType::F16 => GgmlType::F16,
+            MergedType::Q8_0 => GgmlType::Q8_0,
+        };
+        let ty = merged_type(&header.tensors[i], wanted, base_path, notices)?;
+        pair_of.insert(i, pairs.len());
+        pairs.push(Pair { lora: k, ty });
+    }
+    Ok((pairs, pair_of))
+}
+
+/// The source's replacements of embedding / output weights, with the base untied (see `untie`)
+/// where the adapters change one of a tied model's two uses; trainable-token rows of the
+/// embeddings then go to both (PEFT ties them).
+fn replacements(
+    source: &Source,
+    lora_pairs: &[LoraPair],
+    header: &mut gguf::Header,
+    notices: &mut Vec<String>,
+) -> Vec<(String, usize, Replacement)> {
+    let mut replacements = source.replacements();
+    let token_rows = |r: &&(String, usize, Replacement)| r.0 == "token_embd.weight" && r.2.rows.is_some();
+    let whole = replacements.iter().filter(|r| !token_rows(r)).map(|r| r.0.as_str());
+    if let Some(n) = untie(header, lora_pairs.iter().map(|p| p.name.as_str()).chain(whole)) {
+        notices.push(n);
+        let rows: Vec<_> = replacements
+            .iter()
+            .filter(token_rows)
+            .map(|r| ("output.weight".to_string(), r.1, r.2.clone()))
+            .collect();
+        replacements.extend(rows);
+    }
+    replacements
 }
 
 /// The vocabulary size of a resized vocabulary, from the adapter's full copies of the embeddings /
