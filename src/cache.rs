@@ -1,6 +1,8 @@
 //! This tool's own cache (see [`crate::registry::cache_dir`]): `builds/` holds converted adapters and
 //! merged models keyed by what went into them (each with a `.sha256` sidecar), `blobs/` the base
-//! models pulled from a registry. The Hugging Face cache is the Hub's and is left alone.
+//! models pulled from a registry, `digests/` the sha256 of base files given as paths, keyed by what
+//! build tools key a file on (path, size, modification time, inode), so an unchanged base is not
+//! hashed again. The Hugging Face cache is the Hub's and is left alone.
 //!
 //! Policy: a build is kept so that a re-run costs nothing, and marked used (its sidecar's
 //! modification time) whenever a run takes it. After every create, builds and blobs unused for
@@ -21,7 +23,7 @@ pub const MAX_AGE_DAYS: u64 = 30;
 #[derive(Debug, Serialize)]
 pub struct Entry {
     pub path: PathBuf,
-    /// `build` or `blob`.
+    /// `build`, `blob` or `digest`.
     pub kind: &'static str,
     pub bytes: u64,
     /// When a run last made or took it.
@@ -43,7 +45,7 @@ pub struct Removed {
 /// Every entry under `dir` (the cache root), oldest use first.
 pub fn list(dir: &Path) -> Result<Vec<Entry>> {
     let mut entries = Vec::new();
-    for (sub, kind) in [("builds", "build"), ("blobs", "blob")] {
+    for (sub, kind) in [("builds", "build"), ("blobs", "blob"), ("digests", "digest")] {
         let folder = dir.join(sub);
         let Ok(read) = std::fs::read_dir(&folder) else { continue };
         for item in read {
@@ -130,6 +132,56 @@ pub fn sidecar(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The sha256 (hex) of the file at `path`: remembered under `dir/digests` by the file's identity
+/// (canonical path, size, modification time in nanoseconds, inode), as cargo and make decide
+/// whether a file changed, and computed by `hash` only when that identity is new. A file rewritten
+/// in place within the same nanosecond and size would be missed, as it would by those tools.
+pub fn file_digest(dir: &Path, path: &Path, hash: impl FnOnce() -> Result<String>) -> Result<String> {
+    let Some(key) = identity(path) else {
+        return hash();
+    };
+    use sha2::Digest;
+    let name: String = sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let memo = dir.join("digests").join(name);
+    if let Ok(d) = std::fs::read_to_string(&memo) {
+        if d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // Used now, so pruning keeps it.
+            if let Ok(f) = std::fs::File::options().append(true).open(&memo) {
+                let _ = f.set_modified(SystemTime::now());
+            }
+            return Ok(d);
+        }
+    }
+    let digest = hash()?;
+    // A lost memo only costs the next run a hash: written best-effort, atomically.
+    let _ = std::fs::create_dir_all(memo.parent().unwrap_or(dir)).and_then(|()| {
+        let tmp = tempfile::NamedTempFile::new_in(memo.parent().unwrap_or(dir))?;
+        std::fs::write(tmp.path(), &digest)?;
+        tmp.persist(&memo).map(|_| ()).map_err(|e| e.error)
+    });
+    Ok(digest)
+}
+
+/// "path\nsize\nmtime_ns\ninode" of a file, `None` when it cannot be read.
+fn identity(path: &Path) -> Option<String> {
+    let canonical = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&canonical).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0u64;
+    Some(format!("{}\n{}\n{mtime}\n{inode}", canonical.display(), meta.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +223,29 @@ mod tests {
             builds.join(".merge-c.gguf.1234.tmp").exists(),
             "another run's temporary file is not ours to remove"
         );
+    }
+
+    #[test]
+    fn a_files_digest_is_hashed_once_until_the_file_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("base.gguf");
+        std::fs::write(&file, b"one").unwrap();
+        let cache = d.path().join("cache");
+        let hashes = std::cell::Cell::new(0);
+        let digest = |text: &str| {
+            let text = text.to_string();
+            file_digest(&cache, &file, || {
+                hashes.set(hashes.get() + 1);
+                Ok(format!("{:064x}", text.len()))
+            })
+            .unwrap()
+        };
+        let first = digest("one");
+        assert_eq!(digest("ignored"), first, "an unchanged file is not hashed again");
+        assert_eq!(hashes.get(), 1);
+        std::fs::write(&file, b"changed").unwrap();
+        assert_ne!(digest("changed"), first, "a new size (and time) is a new identity");
+        assert_eq!(hashes.get(), 2);
+        assert_eq!(list(&cache).unwrap().iter().filter(|e| e.kind == "digest").count(), 2);
     }
 }

@@ -920,7 +920,9 @@ fn build_merged(
         .and_then(|n| n.strip_prefix("sha256-"))
     {
         Some(hex) if hex.len() == 64 => hex.to_string(),
-        _ => sha256_file(&base_file, ui)?,
+        _ => crate::cache::file_digest(&crate::registry::cache_dir(), &base_file, || {
+            sha256_file(&base_file, ui)
+        })?,
     };
     let quantize = opts.quantize.map_or("keep", |q| q.name());
     let chat = opts.gguf_chat_template.as_deref().unwrap_or_default();
