@@ -805,6 +805,18 @@ fn resize_vocab(
     let Some(&(_, input, new)) = full.iter().find(|f| f.2 != old) else {
         return Ok(None);
     };
+    // Gemma 4's per-layer token embeddings are indexed by token too, and PEFT's copies never hold them.
+    if let Some(t) = header.tensors.iter().find(|t| t.name.ends_with("_token_embd.weight")) {
+        return Err(Error::refused(
+            base_path,
+            format!(
+                "the adapter resizes the vocabulary to {new} tokens, and the base's `{}` (looked up by token as well) \
+                 would keep {old} rows",
+                t.name
+            ),
+            "a fine-tune that adds tokens to this model cannot be merged by ollama-tools; retrain without new tokens",
+        ));
+    }
     for t in header
         .tensors
         .iter_mut()

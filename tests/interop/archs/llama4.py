@@ -187,4 +187,5 @@ def forward(cfg: dict, weights: dict[str, np.ndarray], tokens: list[int]) -> np.
         h = C.rms_norm(x, g("post_attention_layernorm.weight"), eps)
         x = x + (_moe(cfg, g, h, margin) if is_sparse(cfg, il) else _dense(g, h, "feed_forward."))
     ROUTING_MARGIN[0] = (margin[0], None, None)
-    return C.linear(C.rms_norm(x, weights["model.norm.weight"], eps), weights["lm_head.weight"])
+    head = weights.get("lm_head.weight", weights["model.embed_tokens.weight"])  # tied: the embeddings
+    return C.linear(C.rms_norm(x, weights["model.norm.weight"], eps), head)
