@@ -1055,9 +1055,14 @@ fn check_values(rows: &[f32], cols: usize, start: usize, ty: GgmlType, name: &st
     } else {
         F16_MAX
     };
-    let Some(i) = rows.iter().position(|v| v.is_nan() || v.abs() > limit) else {
+    // No short-circuit and no early exit within a chunk, so the scan vectorises; the position is
+    // looked for only when a chunk has a bad value.
+    let bad = |v: &f32| v.is_nan() | (v.abs() > limit);
+    let mut chunks = rows.chunks(4096).enumerate();
+    let Some((k, chunk)) = chunks.find(|(_, c)| c.iter().fold(false, |any, v| any | bad(v))) else {
         return Ok(());
     };
+    let i = k * 4096 + chunk.iter().position(bad).unwrap_or(0);
     let what = if rows[i].is_finite() {
         format!("{:e}, beyond what {ty} can hold", rows[i])
     } else {
