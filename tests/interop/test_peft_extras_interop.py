@@ -24,6 +24,15 @@ from llama_runner import llama_logits
 MIN_EFFECT = 0.1
 
 
+def assert_runs_as(label, model, ref, base, tmp_path, tol=1e-3):
+    """llama.cpp's logits of `model` on TOKENS within `tol` of the reference, which differs from the
+    base's by more than MIN_EFFECT (a merge that lost the change would pass otherwise)."""
+    got = harness.llama_logits_plain_cpu(model, TOKENS, tmp_path / "run")
+    r, effect = rel(got, ref), rel(ref, base.ref_logits)
+    harness.record(label, r, tol, effect=effect)
+    assert effect > MIN_EFFECT and r < tol, f"rel {r:.3e}, effect {effect:.3f}"
+
+
 def dora_adapter(path, arch, cfg, weights, rng, targets, r=4, alpha=8.0):
     """A PEFT DoRA adapter on `targets` of every layer; returns (dir, merged HF weights)."""
     s = alpha / r
@@ -77,12 +86,9 @@ def test_dora_merges_exactly(base_type, dora, tmp_path):
             write_q8_0(arch, base, path)
     out = tmp_path / "merged.gguf"
     merge_ok([adapter, "--base", path, "-o", out])
-    got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
-    r, effect = rel(got, ref), rel(ref, base.ref_logits)
     # the merged weights go through the base type once more (f16 / q8_0 rounding of W')
     tol = {"f32": 1e-3, "f16": 1e-2, "q8_0": 5e-2}[base_type]
-    harness.record(f"{arch.ID} DoRA merge {base_type}", r, tol, effect=effect)
-    assert effect > MIN_EFFECT and r < tol, f"rel {r:.3e}, effect {effect:.3f}"
+    assert_runs_as(f"{arch.ID} DoRA merge {base_type}", out, ref, base, tmp_path, tol)
     if base_type == "f32" and arch.ARCH == "llama":
         # weight level: q_proj of layer 1 in llama.cpp's row order, against PEFT's W'
         got_w = harness.read_gguf_raw(out).tensors["blk.1.attn_q.weight"].values()
@@ -178,10 +184,7 @@ def test_tied_embedding_lora_merges_untied(target, arch_name, tmp_path):
     kept = "output.weight" if target == "embed_tokens" else "token_embd.weight"
     assert np.array_equal(t[kept].values(), emb), f"{kept} should stay the base's embeddings"
     assert not np.array_equal(t[changed].values(), emb)
-    got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
-    r, effect = rel(got, ref), rel(ref, base.ref_logits)
-    harness.record(f"{arch_name} tied, {target} LoRA merged untied", r, 1e-3, effect=effect)
-    assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
+    assert_runs_as(f"{arch_name} tied, {target} LoRA merged untied", out, ref, base, tmp_path)
 
 
 def with_extra_tensors(path, tensors: dict, **config):
@@ -233,10 +236,7 @@ def test_modules_to_save_and_trainable_tokens_merge_exactly(arch_name, tied, tmp
     assert p.returncode != 0 and "ollama-tools merge" in p.stderr, p.stderr
     out = tmp_path / "merged.gguf"
     merge_ok([ad.path, "--base", base.path, "-o", out])
-    got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
-    r, effect = rel(got, ref), rel(ref, base.ref_logits)
-    harness.record(f"{arch_name} {'tied' if tied else 'untied'} modules_to_save + tokens merge", r, 1e-3, effect=effect)
-    assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
+    assert_runs_as(f"{arch_name} {'tied' if tied else 'untied'} modules_to_save + tokens merge", out, ref, base, tmp_path)
 
 
 @pytest.mark.parametrize("arch_name", ["llama", "gemma3"])
@@ -261,10 +261,7 @@ def test_trainable_tokens_on_a_tied_base_change_both_uses(arch_name, tmp_path):
     out = tmp_path / "merged.gguf"
     merge_ok([ad.path, "--base", base.path, "-o", out])
     assert "output.weight" not in harness.read_gguf_raw(out).tensors, "tokens alone keep the model tied"
-    got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
-    r, effect = rel(got, ref), rel(ref, base.ref_logits)
-    harness.record(f"{arch_name} tied trainable tokens merge", r, 1e-3, effect=effect)
-    assert effect > MIN_EFFECT and r < 1e-3, f"rel {r:.3e}, effect {effect:.3f}"
+    assert_runs_as(f"{arch_name} tied trainable tokens merge", out, ref, base, tmp_path)
 
 
 def with_vocab(src, dst, n):
@@ -374,10 +371,7 @@ def test_dora_on_the_embeddings_scales_columns(tmp_path):
     ref = arch.forward(base.cfg, merged, TOKENS)
     out = tmp_path / "merged.gguf"
     merge_ok([adapter, "--base", base.path, "-o", out])
-    got = harness.llama_logits_plain_cpu(out, TOKENS, tmp_path / "run")
-    r_, effect = rel(got, ref), rel(ref, base.ref_logits)
-    harness.record("llama DoRA on embeddings merge", r_, 1e-3, effect=effect)
-    assert effect > MIN_EFFECT and r_ < 1e-3, f"rel {r_:.3e}, effect {effect:.3f}"
+    assert_runs_as("llama DoRA on embeddings merge", out, ref, base, tmp_path)
 
 
 
