@@ -98,6 +98,15 @@ pub fn read(dir: &Path) -> Result<Option<String>> {
     })
 }
 
+/// The refusal of `--chat-template adapter` for an adapter whose tokenizer has no chat template.
+pub fn missing() -> Error {
+    Error::Usage(
+        "--chat-template adapter: the adapter has no chat template (tokenizer_config.json `chat_template` or \
+         chat_template.jinja beside it)"
+            .into(),
+    )
+}
+
 /// The Go form of `jinja` when it writes its turns in a known format; `None` otherwise.
 pub fn to_ollama(jinja: &str) -> Option<Mapped> {
     FORMATS

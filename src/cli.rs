@@ -730,12 +730,8 @@ fn merge_chat_template(choice: ChatChoice, adapters: &[String]) -> anyhow::Resul
     let dir = first
         .as_ref()
         .and_then(|a| a.config_path.parent().map(Path::to_path_buf));
-    match dir.map(|d| crate::chat_template::read(&d)).transpose()?.flatten() {
-        Some(t) => Ok(Some(t)),
-        None => anyhow::bail!(
-            "--chat-template adapter: the adapter has no chat template (tokenizer_config.json `chat_template` or chat_template.jinja beside it)"
-        ),
-    }
+    let template = dir.map(|d| crate::chat_template::read(&d)).transpose()?.flatten();
+    Ok(Some(template.ok_or_else(crate::chat_template::missing)?))
 }
 
 fn run_validate(path: &Path, base: &str, strict: bool, json: bool) -> anyhow::Result<()> {

@@ -153,13 +153,7 @@ fn adapter_chat(adapter: Option<&AdapterInput>, opts: &Options, ui: &dyn Progres
             return Ok(None);
         }
         (Choice::Base, _) => return Ok(None),
-        (Choice::Adapter, None) => {
-            return Err(Error::Usage(
-                "--chat-template adapter: the adapter has no chat template (tokenizer_config.json `chat_template` or \
-                 chat_template.jinja beside it)"
-                    .into(),
-            ));
-        }
+        (Choice::Adapter, None) => return Err(chat_template::missing()),
         (Choice::Adapter, Some(j)) => j,
     };
     let Some(mapped) = chat_template::to_ollama(&jinja) else {

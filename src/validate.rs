@@ -600,9 +600,7 @@ fn check_replacement(v: &mut Validation, base: &BaseModel, adapter: &Adapter, r:
 /// Whether the adapter's folder holds tokenizer files (the text of tokens a fine-tune added).
 fn has_tokenizer(adapter: &Adapter) -> bool {
     let dir = adapter.config_path.parent().unwrap_or(Path::new("."));
-    ["tokenizer.json", "tokenizer_config.json", "added_tokens.json"]
-        .iter()
-        .any(|f| dir.join(f).is_file())
+    crate::vocab::TOKEN_FILES.iter().any(|f| dir.join(f).is_file())
 }
 
 /// Checks one pair against its base tensor (presence, tied embeddings, shape, type) and keeps it.

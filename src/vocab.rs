@@ -19,6 +19,8 @@ const USER_DEFINED: i32 = 4;
 const UNUSED: i32 = 5;
 /// The score llama.cpp's converter gives added tokens in vocabularies that have scores.
 const ADDED_SCORE: f32 = -1000.0;
+/// The tokenizer files that name added tokens, read in this order of precedence.
+pub const TOKEN_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "added_tokens.json"];
 /// Tokenizer files are JSON of a few megabytes; anything far larger is not one.
 const MAX_FILE: u64 = 256 << 20;
 
