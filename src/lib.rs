@@ -23,6 +23,7 @@ pub mod hub;
 pub mod merge;
 pub mod modelfile;
 pub mod ollama;
+pub mod output;
 pub mod peft;
 pub mod pipeline;
 pub mod progress;

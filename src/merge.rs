@@ -13,13 +13,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use crate::base::BaseModel;
 use crate::convert::{self, Input, Layout, Plan};
 use crate::error::{Error, Result};
 use crate::gguf::{self, GgmlType, TensorSpec, Value};
+use crate::output::DirectWriter;
 use crate::peft::Replacement;
 use crate::pipeline;
 use crate::progress::Progress;
@@ -386,8 +386,8 @@ fn merge_with(
 
     let tmp = convert::temp_beside(output)?;
     let io_err = |e| Error::io(output, e);
-    let mut writer =
-        gguf::Writer::new(BufWriter::with_capacity(1 << 20, tmp.as_file()), &kvs, &specs).map_err(io_err)?;
+    let direct = DirectWriter::new(tmp.path(), tmp.as_file().try_clone().map_err(io_err)?);
+    let mut writer = gguf::Writer::new(direct, &kvs, &specs).map_err(io_err)?;
     let base_file = File::open(&base_path).map_err(|e| Error::io(&base_path, e))?;
     let total: u64 = specs.iter().filter_map(|s| s.byte_size().ok()).sum();
     progress.stage("merging", total);
@@ -451,9 +451,8 @@ fn merge_with(
             Ok(())
         },
     )?;
-    writer.finish().map_err(io_err)?;
+    let bytes = writer.finish().and_then(DirectWriter::finish).map_err(io_err)?;
     progress.finish();
-    let bytes = tmp.as_file().metadata().map_err(io_err)?.len();
     convert::persist(tmp, output, opts.force)?;
 
     let mut merged_types = std::collections::BTreeMap::new();
