@@ -917,17 +917,24 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
         for k in 0..LANES {
             iscale[k] = (rmin + rdelta * is as f32 + nmaxf) / (max[k] - min[k]);
         }
-        // |fl(iscale * fl(x - min))| is at most its value at the lane's lowest or highest x, by the
-        // monotony of rounding. Flat lanes' levels are never used, so they need not be exact.
-        let mut small = true;
+        // fl(iscale * fl(x - min)) lies between its values at the lane's lowest and highest x, by the
+        // monotony of rounding: where those round into 0..=nmax (in every lane) no level needs
+        // clamping on that side, and each clamp skipped is one vector operation of about 18 per
+        // value. Flat lanes' levels are never used, so they need not be exact.
+        let (mut small, mut clamp_lo, mut clamp_hi) = (true, false, false);
         for k in 0..LANES {
-            let ends = [lowest[k], max[k]].map(|v| iscale[k] * (v - min[k]));
-            small &= flat[k] || (no_nan[k] && ends.iter().all(|e| e.abs() < ROUND_SMALL_LIMIT));
+            let [a, b] = [lowest[k], max[k]].map(|v| iscale[k] * (v - min[k]));
+            let (lo, hi) = (a.min(b), a.max(b));
+            small &= flat[k] || (no_nan[k] && lo.abs() < ROUND_SMALL_LIMIT && hi.abs() < ROUND_SMALL_LIMIT);
+            clamp_lo |= !flat[k] && lo <= -0.5;
+            clamp_hi |= !flat[k] && hi >= nmaxf + 0.5;
         }
-        let sums = if small {
-            qkx2_sums::<true, N, LANES>(x, w, &iscale, &min, nmax, &mut aux)
-        } else {
-            qkx2_sums::<false, N, LANES>(x, w, &iscale, &min, nmax, &mut aux)
+        let sums = match (small, clamp_lo, clamp_hi) {
+            (false, _, _) => qkx2_sums::<false, true, true, N, LANES>(x, w, &iscale, &min, nmax, &mut aux),
+            (true, false, false) => qkx2_sums::<true, false, false, N, LANES>(x, w, &iscale, &min, nmax, &mut aux),
+            (true, false, true) => qkx2_sums::<true, false, true, N, LANES>(x, w, &iscale, &min, nmax, &mut aux),
+            (true, true, false) => qkx2_sums::<true, true, false, N, LANES>(x, w, &iscale, &min, nmax, &mut aux),
+            (true, true, true) => qkx2_sums::<true, true, true, N, LANES>(x, w, &iscale, &min, nmax, &mut aux),
         };
         let (ok, this_scale, this_min) = qkx2_fit(&sum_w, &sum_x, sums, &flat);
         let cur_error = qkx2_error(x, w, &aux, &this_scale, &this_min, use_mad);
@@ -1012,9 +1019,10 @@ fn qkx2_error<const N: usize, const LANES: usize>(
 
 /// One candidate's levels (into `aux`) and sums (of w l, w l², w l x) in `make_qkx2_quants`. SMALL:
 /// every `iscale * (x - min)` is known to be under [`ROUND_SMALL_LIMIT`] in magnitude (and not NaN),
-/// so the levels can be rounded with [`round_small`].
+/// so the levels can be rounded with [`round_small`]; then LO / HI: whether some level may round
+/// below 0 / above nmax, so needs clamping (the general path always clamps).
 #[inline(always)]
-fn qkx2_sums<const SMALL: bool, const N: usize, const LANES: usize>(
+fn qkx2_sums<const SMALL: bool, const LO: bool, const HI: bool, const N: usize, const LANES: usize>(
     x: &[[f32; LANES]; N],
     w: &[[f32; LANES]; N],
     iscale: &[f32; LANES],
@@ -1028,7 +1036,9 @@ fn qkx2_sums<const SMALL: bool, const N: usize, const LANES: usize>(
     for i in 0..N {
         for k in 0..LANES {
             let l = if SMALL {
-                clamp_integral(round_small(iscale[k] * (x[i][k] - min[k])), 0.0, nmax as f32)
+                let l = round_small(iscale[k] * (x[i][k] - min[k]));
+                let l = if LO && l < 0.0 { 0.0 } else { l };
+                if HI && l > nmax as f32 { nmax as f32 } else { l }
             } else {
                 qkx2_level(iscale[k], x[i][k], min[k], nmax)
             };
@@ -2070,14 +2080,18 @@ mod tests {
     /// Quantizer throughput per core at every instruction-set level this CPU has (and dequantizer
     /// throughput); run with
     /// `cargo test --release --lib quant::tests::throughput -- --ignored --nocapture`.
-    /// `QUANT_BENCH_TYPES=Q4_K,Q6_K` limits the types.
+    /// `QUANT_BENCH_TYPES=Q4_K,Q6_K` limits the types, `QUANT_BENCH_LEVELS=avx512` the levels.
     #[test]
     #[ignore]
     fn throughput() {
         let n = 256 * 4096; // 1 Mi values, 4 MiB of f32: cache-resident like a merge's row chunk
         let x = normal(n, 5);
         let only = std::env::var("QUANT_BENCH_TYPES").unwrap_or_default();
-        let levels = Simd::available();
+        let only_levels = std::env::var("QUANT_BENCH_LEVELS").unwrap_or_default();
+        let levels: Vec<_> = Simd::available()
+            .into_iter()
+            .filter(|l| only_levels.is_empty() || only_levels.split(',').any(|n| n == l.name()))
+            .collect();
         let names: Vec<_> = levels.iter().map(|l| format!("{:>8}", l.name())).collect();
         eprintln!("M values/s per core; quantize at {}, then dequantize", names.join(" "));
         for ty in ALL {
