@@ -323,16 +323,59 @@ fn merge_with(
     opts: &Options,
     progress: &dyn Progress,
 ) -> Result<Summary> {
-    let base_path = base_path.to_path_buf();
-    let mut header = gguf::read_header(&base_path).map_err(|e| Error::invalid(&base_path, e.to_string()))?;
+    let plan = plan_merge(source, base_path, &provenance, opts)?;
+    let tmp = convert::temp_beside(output)?;
+    let base_file = File::open(base_path).map_err(|e| Error::io(base_path, e))?;
+    let mut merger = Merger {
+        source,
+        lora_pairs: &plan.lora_pairs,
+        pairs: &plan.pairs,
+        replaced: &plan.replaced_rows,
+        column_scales: HashMap::new(),
+        targets: &plan.targets,
+        header: &plan.header,
+        base_file: &base_file,
+        base_path,
+    };
+    merger.column_scales = merger.column_scales()?;
+    let bytes = write_merged(&plan, &merger, &tmp, output, progress)?;
+    convert::persist(tmp, output, opts.force)?;
+    for n in &plan.notices {
+        progress.notice(n);
+    }
+    Ok(plan.summary(output, base_path, bytes, opts))
+}
+
+/// Everything a merge writes, decided from the headers before any tensor is read.
+struct MergePlan {
+    /// The base's header, with the vocabulary and tied embeddings as the merged file has them.
+    header: gguf::Header,
+    lora_pairs: Vec<LoraPair>,
+    /// The base tensors the adapters touch, with their merged types.
+    pairs: Vec<Pair>,
+    pair_of: HashMap<usize, usize>,
+    /// Per base tensor: the replacements (copies, trainable tokens) of its rows, with their adapter.
+    replaced_rows: HashMap<usize, Vec<(usize, Replacement)>>,
+    /// Every tensor's type in the merged file.
+    targets: Vec<GgmlType>,
+    jobs: Vec<Job>,
+    specs: Vec<TensorSpec>,
+    kvs: Vec<(String, Value)>,
+    notices: Vec<String>,
+}
+
+/// Reads the base's header and decides every tensor's type and job and the merged file's metadata;
+/// refuses a base or a type change this tool cannot write.
+fn plan_merge(source: &Source, base_path: &Path, provenance: &Provenance, opts: &Options) -> Result<MergePlan> {
+    let mut header = gguf::read_header(base_path).map_err(|e| Error::invalid(base_path, e.to_string()))?;
     let mut notices = source.notices();
     let lora_pairs = source.pairs();
     let replacements = replacements(source, &lora_pairs, &mut header, &mut notices);
-    let vocab = resize_vocab(&mut header, &replacements, source, &base_path)?;
+    let vocab = resize_vocab(&mut header, &replacements, source, base_path)?;
 
-    check_base_tensors(&header, &base_path)?;
+    check_base_tensors(&header, base_path)?;
     // The type every tensor is written in: the base's, or the --quantize mix's.
-    let out_types = output_types(&header, opts, &base_path)?;
+    let out_types = output_types(&header, opts, base_path)?;
     // Which base tensors the adapters touch, and what type each becomes.
     let by_name: HashMap<&str, usize> = header
         .tensors
@@ -348,26 +391,23 @@ fn merge_with(
         &header,
         &out_types,
         opts,
-        &base_path,
+        base_path,
         &mut notices,
     )?;
-    let replaced_rows: HashMap<usize, Vec<(usize, Replacement)>> =
-        replacements
-            .into_iter()
-            .fold(HashMap::new(), |mut m, (name, input, r)| {
-                m.entry(by_name[name.as_str()]).or_default().push((input, r));
-                m
-            });
+    let replaced_rows = replacements
+        .into_iter()
+        .fold(HashMap::<_, Vec<_>>::new(), |mut m, (name, input, r)| {
+            m.entry(by_name[name.as_str()]).or_default().push((input, r));
+            m
+        });
     // The final type of each tensor, and the jobs that write them, in file order.
     let targets: Vec<GgmlType> = (0..header.tensors.len())
         .map(|i| pair_of.get(&i).map_or(out_types[i], |&p| pairs[p].ty))
         .collect();
-    check_conversions(&header, &targets, &pair_of, &base_path)?;
-    if let Some(n) = requantize_notice(&header, &targets, opts.quantize) {
-        notices.push(n);
-    }
+    check_conversions(&header, &targets, &pair_of, base_path)?;
+    notices.extend(requantize_notice(&header, &targets, opts.quantize));
     let jobs = plan_jobs(&header, &targets, &pair_of);
-    let specs: Vec<TensorSpec> = header
+    let specs = header
         .tensors
         .iter()
         .zip(&targets)
@@ -377,7 +417,7 @@ fn merge_with(
             ty,
         })
         .collect();
-    let mut kvs = metadata(&header, &provenance, opts);
+    let mut kvs = metadata(&header, provenance, opts);
     if let Some((new, added, dir)) = &vocab {
         let arch = header.get_str("general.architecture").unwrap_or_default().to_string();
         crate::vocab::resize(&mut kvs, &arch, *new, added, dir)?;
@@ -385,31 +425,63 @@ fn merge_with(
             "the vocabulary is resized to {new} tokens as the adapter's embeddings are; its tokenizer names the new ones"
         ));
     }
+    Ok(MergePlan {
+        header,
+        lora_pairs,
+        pairs,
+        pair_of,
+        replaced_rows,
+        targets,
+        jobs,
+        specs,
+        kvs,
+        notices,
+    })
+}
 
-    let tmp = convert::temp_beside(output)?;
+impl MergePlan {
+    /// What was written, for the report.
+    fn summary(self, output: &Path, base_path: &Path, bytes: u64, opts: &Options) -> Summary {
+        let mut merged_types = std::collections::BTreeMap::new();
+        for p in &self.pairs {
+            *merged_types.entry(p.ty.name()).or_insert(0) += 1;
+        }
+        // Tensors converted to another type without an adapter touching them (--quantize).
+        let converted = (0..self.header.tensors.len())
+            .filter(|i| !self.pair_of.contains_key(i) && self.targets[*i] != self.header.tensors[*i].ty)
+            .count();
+        Summary {
+            output: output.to_path_buf(),
+            base: base_path.to_path_buf(),
+            merged: self.pairs.len(),
+            converted,
+            copied: self.header.tensors.len() - self.pairs.len() - converted,
+            quantize: opts.quantize.map(|q| q.name().to_string()),
+            merged_types,
+            bytes,
+            base_bytes: std::fs::metadata(base_path).map(|m| m.len()).unwrap_or(0),
+            notices: self.notices,
+        }
+    }
+}
+
+/// Writes the merged GGUF into `tmp` in one streaming pass (workers merge row blocks, this thread
+/// writes them in file order); returns its size.
+fn write_merged(
+    plan: &MergePlan,
+    merger: &Merger,
+    tmp: &tempfile::NamedTempFile,
+    output: &Path,
+    progress: &dyn Progress,
+) -> Result<u64> {
     let io_err = |e| Error::io(output, e);
     let direct = DirectWriter::new(tmp.path(), tmp.as_file().try_clone().map_err(io_err)?);
-    let mut writer = gguf::Writer::new(direct, &kvs, &specs).map_err(io_err)?;
-    let base_file = File::open(&base_path).map_err(|e| Error::io(&base_path, e))?;
-    let total: u64 = specs.iter().filter_map(|s| s.byte_size().ok()).sum();
+    let mut writer = gguf::Writer::new(direct, &plan.kvs, &plan.specs).map_err(io_err)?;
+    let total: u64 = plan.specs.iter().filter_map(|s| s.byte_size().ok()).sum();
     progress.stage("merging", total);
-
-    let mut merger = Merger {
-        source,
-        lora_pairs: &lora_pairs,
-        pairs: &pairs,
-        replaced: &replaced_rows,
-        column_scales: HashMap::new(),
-        targets: &targets,
-        header: &header,
-        base_file: &base_file,
-        base_path: &base_path,
-    };
-    merger.column_scales = merger.column_scales()?;
-    let merger = merger;
     let mut copy_buf = vec![0u8; 8 << 20];
     pipeline::ordered(
-        &jobs,
+        &plan.jobs,
         WorkerState::default,
         |state, job| match job {
             Job::Copy { .. } => Ok(Piece::Copy),
@@ -425,70 +497,23 @@ fn merge_with(
                 return Err(Error::Cancelled);
             }
             match (job, piece?) {
-                (Job::Copy { tensor }, _) => {
-                    let t = &header.tensors[*tensor];
-                    let size = t.ty.byte_size(&t.ne).unwrap_or(0);
-                    // Positioned reads, as the workers use on the same handle: no shared cursor.
-                    let mut offset = header.data_offset + t.offset;
-                    for chunk_start in (0..size).step_by(copy_buf.len()) {
-                        let n = (size - chunk_start).min(copy_buf.len() as u64) as usize;
-                        crate::peft::read_exact_at(&base_file, &mut copy_buf[..n], offset)
-                            .map_err(|e| Error::io(&base_path, e))?;
-                        writer.write_part(&copy_buf[..n]).map_err(io_err)?;
-                        progress.advance(n as u64);
-                        offset += n as u64;
-                    }
-                    writer.end_tensor().map_err(io_err)?;
-                }
+                (Job::Copy { tensor }, _) => merger.copy_tensor(*tensor, &mut copy_buf, &mut writer, output, progress),
                 (Job::Rows { tensor, end, .. }, Piece::Bytes(bytes)) => {
                     writer.write_part(&bytes).map_err(io_err)?;
                     progress.advance(bytes.len() as u64);
-                    let t = &header.tensors[*tensor];
+                    let t = &plan.header.tensors[*tensor];
                     if *end == t.ne[1..].iter().product::<u64>() as usize {
                         writer.end_tensor().map_err(io_err)?;
                     }
+                    Ok(())
                 }
                 (Job::Rows { .. }, Piece::Copy) => unreachable!("row jobs give bytes"),
             }
-            Ok(())
         },
     )?;
     let bytes = writer.finish().and_then(DirectWriter::finish).map_err(io_err)?;
     progress.finish();
-    convert::persist(tmp, output, opts.force)?;
-
-    let mut merged_types = std::collections::BTreeMap::new();
-    for p in &pairs {
-        *merged_types.entry(p.ty.name()).or_insert(0) += 1;
-    }
-    let converted = jobs
-        .iter()
-        .filter(|j| {
-            matches!(
-                j,
-                Job::Rows {
-                    pair: None,
-                    start: 0,
-                    ..
-                }
-            )
-        })
-        .count();
-    for n in &notices {
-        progress.notice(n);
-    }
-    Ok(Summary {
-        output: output.to_path_buf(),
-        base: base_path.clone(),
-        merged: pairs.len(),
-        converted,
-        copied: header.tensors.len() - pairs.len() - converted,
-        quantize: opts.quantize.map(|q| q.name().to_string()),
-        merged_types,
-        bytes,
-        base_bytes: std::fs::metadata(&base_path).map(|m| m.len()).unwrap_or(0),
-        notices,
-    })
+    Ok(bytes)
 }
 
 /// Per-worker scratch: the LoRA of the tensor it last worked on (blocks of one tensor come in a
@@ -525,6 +550,31 @@ struct Merger<'a> {
 
 impl Merger<'_> {
     /// Rows `start..end` of base tensor `tensor`, merged with `pair` if any, encoded in its target type.
+    /// Copies base tensor `tensor` unchanged into `writer`, through `buf`.
+    fn copy_tensor(
+        &self,
+        tensor: usize,
+        buf: &mut [u8],
+        writer: &mut gguf::Writer<DirectWriter>,
+        output: &Path,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let io_err = |e| Error::io(output, e);
+        let t = &self.header.tensors[tensor];
+        let size = t.ty.byte_size(&t.ne).unwrap_or(0);
+        // Positioned reads, as the workers use on the same handle: no shared cursor.
+        let mut offset = self.header.data_offset + t.offset;
+        for chunk_start in (0..size).step_by(buf.len()) {
+            let n = (size - chunk_start).min(buf.len() as u64) as usize;
+            crate::peft::read_exact_at(self.base_file, &mut buf[..n], offset)
+                .map_err(|e| Error::io(self.base_path, e))?;
+            writer.write_part(&buf[..n]).map_err(io_err)?;
+            progress.advance(n as u64);
+            offset += n as u64;
+        }
+        writer.end_tensor().map_err(io_err)
+    }
+
     fn rows(
         &self,
         s: &mut WorkerState,
