@@ -1,10 +1,14 @@
 //! An ordered parallel map: worker threads compute results for a list of jobs, and one consumer (the
 //! calling thread, which writes the output file) receives them in job order. Each worker has at most
-//! one finished result waiting, so memory stays at a few results however long the list.
+//! [`QUEUE`] finished results waiting, so memory stays at a few results however long the list.
 
 use std::sync::mpsc::sync_channel;
 
 use crate::error::Result;
+
+/// Finished results a worker may hold before it waits for the consumer: enough that a consumer
+/// busy for a moment (a large direct write, a copied tensor) does not stop the workers.
+const QUEUE: usize = 4;
 
 /// How many threads to work with: the machine's cores, but no more than there are jobs.
 pub fn worker_count(jobs: usize) -> usize {
@@ -29,7 +33,7 @@ where
     std::thread::scope(|scope| {
         let mut queues = Vec::with_capacity(workers);
         for w in 0..workers {
-            let (tx, rx) = sync_channel::<R>(1);
+            let (tx, rx) = sync_channel::<R>(QUEUE);
             queues.push(rx);
             let (init, work) = (&init, &work);
             scope.spawn(move || {
