@@ -287,6 +287,13 @@ pub struct CreateArgs {
     /// by default it is kept, so a re-run costs nothing (see `ollama-tools cache`).
     #[arg(long)]
     no_keep_build: bool,
+    /// Once created, push the model to its registry (ollama.com for `USER/model`): the name must be
+    /// under your ollama.com user, and the Ollama server's public key added to your account.
+    #[arg(long)]
+    push: bool,
+    /// With --push: let Ollama reach the registry over plain http (your own registry, for development).
+    #[arg(long, requires = "push")]
+    insecure: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -338,6 +345,8 @@ impl CreateArgs {
                 .map_or_else(crate::ollama::host, |h| crate::ollama::host_from(h)),
             strict: self.strict,
             keep_build: !self.no_keep_build,
+            push: self.push,
+            insecure: self.insecure,
         })
     }
 }
@@ -613,8 +622,11 @@ fn run_fetch(
     args: &CreateArgs,
     quiet: bool,
 ) -> anyhow::Result<()> {
-    // Files and parameters are checked before a possibly long download.
+    // Files, parameters and the name to push are checked before a possibly long download.
     args.options(String::new(), None, None)?;
+    let name = name.or_else(|| (!args.no_create).then(|| crate::hub::slug(repo)));
+    // --download-only ignores the create options, --push among them.
+    create::check_push(name.as_deref(), args.push && !download_only, args.no_create)?;
     let bar = Bar::new(quiet);
     let hub = crate::hub::Hub::new(crate::hub::Settings::from_env());
     let fetched = crate::hub::fetch_adapter(&hub, repo, revision, subfolder, &bar)?;
@@ -632,7 +644,6 @@ fn run_fetch(
         Adapter::open(&fetched.path)?.config.base_model_name_or_path.clone()
     };
     let base = crate::hub::choose_base(base.as_deref(), adapter_base.as_deref(), args.yes, &bar)?;
-    let name = name.or_else(|| (!args.no_create).then(|| crate::hub::slug(repo)));
     let opts = args.options(base, name, Some(fetched.path.clone()))?;
     if !args.json && !quiet {
         eprintln!(
@@ -705,6 +716,9 @@ fn run_create_with(opts: &create::Options, json: bool, bar: Bar) -> anyhow::Resu
     }
     if let Some(m) = &r.modelfile {
         println!("  modelfile   {}", m.display());
+    }
+    if let Some(at) = &r.pushed {
+        println!("  pushed      {at}");
     }
     match (&r.name, r.created, &r.modelfile) {
         (Some(name), true, _) => println!("run it: ollama run {name}"),
