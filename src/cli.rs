@@ -20,6 +20,8 @@ use crate::progress::Progress;
 use crate::quant_mix::Scheme;
 use crate::validate::{self, Validation};
 
+pub mod shell;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ollama-tools",
@@ -191,6 +193,23 @@ pub enum Command {
         /// Print a stable JSON document instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the shell completion script for SHELL to stdout (install.sh installs bash, zsh and fish's).
+    #[command(after_help = "Load it now, e.g.: source <(ollama-tools completions bash)\n\
+        PowerShell: ollama-tools completions powershell | Out-String | Invoke-Expression (in $PROFILE to keep it)")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (ollama-tools.1, ollama-tools-COMMAND.1) into DIR, as install.sh does.
+    // Not hidden: clap_complete would still complete it, and packagers want it too.
+    Man {
+        /// The folder to write them to (created if missing), e.g. $PREFIX/share/man/man1.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Replace pages that exist (otherwise refused, before any is written).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -418,6 +437,8 @@ pub fn run(cli: Cli) -> ExitCode {
             run_merge(&adapters, &base, base_gguf.as_deref(), &output, &opts, json, cli.quiet)
         }),
         Command::Inspect { adapter, json } => run_inspect(&adapter, json),
+        Command::Completions { shell } => run_completions(shell),
+        Command::Man { dir, force } => run_man(&dir, force),
         Command::Cache { action } => run_cache(&action),
         Command::CreateFromBase {
             base,
@@ -460,6 +481,21 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write;
+    // A closed pipe (`| head`) is an error message, not a panic.
+    std::io::stdout()
+        .write_all(&shell::completions(shell))
+        .context("writing the completion script to stdout")
+}
+
+fn run_man(dir: &Path, force: bool) -> anyhow::Result<()> {
+    for page in shell::write_man_pages(dir, force)? {
+        println!("wrote {}", page.display());
+    }
+    Ok(())
 }
 
 fn run_cache(action: &CacheAction) -> anyhow::Result<()> {
