@@ -20,6 +20,8 @@ use crate::progress::Progress;
 use crate::quant_mix::Scheme;
 use crate::validate::{self, Validation};
 
+pub mod shell;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ollama-tools",
@@ -192,6 +194,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the shell completion script for SHELL to stdout (install.sh installs bash, zsh and fish's).
+    #[command(after_help = "Load it now, e.g.: source <(ollama-tools completions bash)\n\
+        PowerShell: ollama-tools completions powershell | Out-String | Invoke-Expression (in $PROFILE to keep it)")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (ollama-tools.1, ollama-tools-COMMAND.1) into DIR, as install.sh does.
+    // Not hidden: clap_complete would still complete it, and packagers want it too.
+    Man {
+        /// The folder to write them to (created if missing), e.g. $PREFIX/share/man/man1.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Replace pages that exist (otherwise refused, before any is written).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// `--quantize`, on merge and on the commands that merge.
@@ -287,6 +306,13 @@ pub struct CreateArgs {
     /// by default it is kept, so a re-run costs nothing (see `ollama-tools cache`).
     #[arg(long)]
     no_keep_build: bool,
+    /// Once created, push the model to its registry (ollama.com for `USER/model`): the name must be
+    /// under your ollama.com user, and the Ollama server's public key added to your account.
+    #[arg(long)]
+    push: bool,
+    /// With --push: let Ollama reach the registry over plain http (your own registry, for development).
+    #[arg(long, requires = "push")]
+    insecure: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -338,6 +364,8 @@ impl CreateArgs {
                 .map_or_else(crate::ollama::host, |h| crate::ollama::host_from(h)),
             strict: self.strict,
             keep_build: !self.no_keep_build,
+            push: self.push,
+            insecure: self.insecure,
         })
     }
 }
@@ -409,6 +437,8 @@ pub fn run(cli: Cli) -> ExitCode {
             run_merge(&adapters, &base, base_gguf.as_deref(), &output, &opts, json, cli.quiet)
         }),
         Command::Inspect { adapter, json } => run_inspect(&adapter, json),
+        Command::Completions { shell } => run_completions(shell),
+        Command::Man { dir, force } => run_man(&dir, force),
         Command::Cache { action } => run_cache(&action),
         Command::CreateFromBase {
             base,
@@ -451,6 +481,21 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write;
+    // A closed pipe (`| head`) is an error message, not a panic.
+    std::io::stdout()
+        .write_all(&shell::completions(shell))
+        .context("writing the completion script to stdout")
+}
+
+fn run_man(dir: &Path, force: bool) -> anyhow::Result<()> {
+    for page in shell::write_man_pages(dir, force)? {
+        println!("wrote {}", page.display());
+    }
+    Ok(())
 }
 
 fn run_cache(action: &CacheAction) -> anyhow::Result<()> {
@@ -613,8 +658,11 @@ fn run_fetch(
     args: &CreateArgs,
     quiet: bool,
 ) -> anyhow::Result<()> {
-    // Files and parameters are checked before a possibly long download.
+    // Files, parameters and the name to push are checked before a possibly long download.
     args.options(String::new(), None, None)?;
+    let name = name.or_else(|| (!args.no_create).then(|| crate::hub::slug(repo)));
+    // --download-only ignores the create options, --push among them.
+    create::check_push(name.as_deref(), args.push && !download_only, args.no_create)?;
     let bar = Bar::new(quiet);
     let hub = crate::hub::Hub::new(crate::hub::Settings::from_env());
     let fetched = crate::hub::fetch_adapter(&hub, repo, revision, subfolder, &bar)?;
@@ -632,7 +680,6 @@ fn run_fetch(
         Adapter::open(&fetched.path)?.config.base_model_name_or_path.clone()
     };
     let base = crate::hub::choose_base(base.as_deref(), adapter_base.as_deref(), args.yes, &bar)?;
-    let name = name.or_else(|| (!args.no_create).then(|| crate::hub::slug(repo)));
     let opts = args.options(base, name, Some(fetched.path.clone()))?;
     if !args.json && !quiet {
         eprintln!(
@@ -705,6 +752,9 @@ fn run_create_with(opts: &create::Options, json: bool, bar: Bar) -> anyhow::Resu
     }
     if let Some(m) = &r.modelfile {
         println!("  modelfile   {}", m.display());
+    }
+    if let Some(at) = &r.pushed {
+        println!("  pushed      {at}");
     }
     match (&r.name, r.created, &r.modelfile) {
         (Some(name), true, _) => println!("run it: ollama run {name}"),

@@ -276,6 +276,9 @@ pub struct Options {
     pub strict: bool,
     /// Keep the build (merged model or converted adapter) in the cache once Ollama holds it.
     pub keep_build: bool,
+    /// Push the created model to its registry (`POST /api/push`); `insecure`: over plain http.
+    pub push: bool,
+    pub insecure: bool,
 }
 
 /// What was done.
@@ -301,6 +304,8 @@ pub struct Report {
     pub size: Option<u64>,
     /// The created model's parameters as `/api/show` reports them.
     pub parameters: Option<String>,
+    /// Where the pushed model can be found (`https://ollama.com/me/model`); `None` without `--push`.
+    pub pushed: Option<String>,
     pub notices: Vec<String>,
 }
 
@@ -429,6 +434,7 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         })?),
         None => None,
     };
+    check_push(opts.name.as_deref(), opts.push, opts.no_create)?;
     // The same rules as convert's and merge's -o: not an input, not a special file, not replaced
     // without --force.
     let inputs: Vec<&Path> = [Some(Path::new(&opts.base)), opts.adapter.as_deref()]
@@ -572,6 +578,7 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         created: false,
         size: None,
         parameters: None,
+        pushed: None,
         notices: vec![],
     };
 
@@ -715,8 +722,106 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         copy_out(file, out, opts.force, ui)?;
     }
     tidy_cache(&report, opts, ui);
+    // Last: a refused push leaves everything else done, and the error says how to push again.
+    if let (Some(client), Some(name), true) = (&client, &opts.name, opts.push && report.created) {
+        report.pushed = Some(push(client, name, opts.insecure, ui)?);
+    }
     report.notices = recorder.notices.into_inner().unwrap_or_default();
     Ok(report)
+}
+
+/// What a push to ollama.com needs besides the name: Ollama's server signs the push with its own
+/// key, so the key to add is the server's, not this machine's user's.
+const PUSH_KEY: &str = "the Ollama server's public key must be added to your ollama.com account at \
+     https://ollama.com/settings/keys: ~/.ollama/id_ed25519.pub of the user the server runs as, on the machine it runs on \
+     (a Linux service install: /usr/share/ollama/.ollama/id_ed25519.pub)";
+
+/// What Ollama's push answers when the registry refuses the name or the key (lower case; matched as
+/// substrings of its error text): `unauthorized: access denied` (its errUnauthorized, after a second
+/// 401), `unauthorized: unknown ollama key "ssh-ed25519 ..."`, the registry's own `403: {"errors":
+/// [{"code":"ACCESS DENIED", ...}]}`, an OCI registry's `unauthorized: authentication required` and
+/// `denied: requested access to the resource is denied`. The ollama CLI itself matches "access
+/// denied" and "unauthorized".
+pub const PUSH_REFUSALS: &[&str] = &[
+    "unauthorized",
+    "access denied",
+    "unknown ollama key",
+    "authentication required",
+    "denied",
+];
+
+/// Whether Ollama's error text for a push is the registry refusing the name or the key.
+pub fn is_push_refusal(message: &str) -> bool {
+    let m = message.to_lowercase();
+    PUSH_REFUSALS.iter().any(|r| m.contains(r))
+}
+
+/// `--push` needs a model to push, named under a user's namespace: checked before anything is
+/// built, since ollama.com refuses every push to its `library` namespace (a name without one).
+pub fn check_push(name: Option<&str>, push: bool, no_create: bool) -> Result<()> {
+    if !push {
+        return Ok(());
+    }
+    if no_create {
+        return Err(Error::Usage(
+            "--push publishes the model this run creates on the Ollama server, and --no-create creates none: leave out \
+             one of them (a model created later is pushed with `ollama push NAME`)"
+                .into(),
+        ));
+    }
+    let Some(parsed) = name.and_then(ModelName::parse) else {
+        return Ok(());
+    };
+    if parsed.registry == ollama::DEFAULT_REGISTRY && parsed.namespace == ollama::DEFAULT_NAMESPACE {
+        return Err(Error::Refused {
+            path: PathBuf::from(name.unwrap_or_default()),
+            msg: "--push: this name has no namespace, so it would go to ollama.com's `library` namespace, which \
+                  only Ollama's own models are pushed to; nothing was built or sent"
+                .into(),
+            hint: Some(format!(
+                "name it under your ollama.com user, e.g. --name USER/{}; and {PUSH_KEY}",
+                parsed.model
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// `POST /api/push` of the created model, a bar per layer; returns where the model can now be found.
+pub fn push(client: &Client, name: &str, insecure: bool, ui: &dyn Progress) -> Result<String> {
+    let mut layers = Layers::new(ui, "pushing");
+    ui.stage(&format!("pushing {name}"), 0);
+    let result = client.push(name, insecure, ui, &mut |s| layers.on(s));
+    ui.finish();
+    result.map_err(|e| push_error(e, client.base(), name))?;
+    Ok(match ModelName::parse(name) {
+        // As the ollama CLI prints it.
+        Some(n) if n.registry == ollama::DEFAULT_REGISTRY => {
+            format!("https://ollama.com/{}", n.to_string().trim_end_matches(":latest"))
+        }
+        _ => name.to_string(),
+    })
+}
+
+/// A failed push as the user should read it: Ollama's own words, that the model exists on the
+/// server, and, for a refusal by the registry, what to set up.
+fn push_error(e: ApiError, server: &str, name: &str) -> Error {
+    let refused = matches!(e, ApiError::Status { status: 401 | 403, .. }) || e.message().is_some_and(is_push_refusal);
+    let hint = match refused {
+        true => format!(
+            "the registry refused the name or the key: the name's namespace must be your ollama.com user name \
+             (`USER/model`; `ollama cp` renames a model), and {PUSH_KEY}. `{name}` was created on {server}: once \
+             that is set up, push it with `ollama push {name}`"
+        ),
+        false => format!(
+            "`{name}` was created on {server}: push it again with `ollama push {name}` (what the registry already \
+             has is not sent again)"
+        ),
+    };
+    match e {
+        ApiError::Cancelled => Error::Cancelled,
+        e => api_error(e, server, &format!("pushing `{name}`")).with_hint(hint),
+    }
 }
 
 /// The cache policy after a create (see [`cache`]): the run's build dropped on request once Ollama
@@ -1176,24 +1281,44 @@ fn upload(client: &Client, digest: &str, path: &Path, ui: &dyn Progress) -> Resu
 
 /// `POST /api/pull` with a progress bar per layer.
 fn pull(client: &Client, model: &str, ui: &dyn Progress) -> Result<()> {
-    let mut current = String::new();
-    let mut shown = 0;
-    let result = client.pull(model, ui, &mut |s| {
-        if s.digest.is_empty() {
-            ui.status(&s.status);
-            return;
-        }
-        if s.digest != current {
-            current = s.digest.clone();
-            shown = 0;
-            let short: String = s.digest.trim_start_matches("sha256:").chars().take(12).collect();
-            ui.stage(&format!("pulling {short}"), s.total);
-        }
-        ui.advance(s.completed.saturating_sub(shown));
-        shown = shown.max(s.completed);
-    });
+    let mut layers = Layers::new(ui, "pulling");
+    let result = client.pull(model, ui, &mut |s| layers.on(s));
     ui.finish();
     result.map_err(|e| api_error(e, client.base(), &format!("pulling `{model}`")))
+}
+
+/// The statuses of a pull or push shown as Ollama's CLI shows them: a bar per layer digest (its
+/// `total`, advanced to its `completed`), any other status as passing text.
+struct Layers<'a> {
+    ui: &'a dyn Progress,
+    verb: &'static str,
+    current: String,
+    shown: u64,
+}
+
+impl<'a> Layers<'a> {
+    fn new(ui: &'a dyn Progress, verb: &'static str) -> Self {
+        Layers {
+            ui,
+            verb,
+            current: String::new(),
+            shown: 0,
+        }
+    }
+
+    fn on(&mut self, s: &ollama::StreamStatus) {
+        if s.digest.is_empty() {
+            self.ui.status(&s.status);
+            return;
+        }
+        if s.digest != self.current {
+            (self.current, self.shown) = (s.digest.clone(), 0);
+            let short: String = s.digest.trim_start_matches("sha256:").chars().take(12).collect();
+            self.ui.stage(&format!("{} {short}", self.verb), s.total);
+        }
+        self.ui.advance(s.completed.saturating_sub(self.shown));
+        self.shown = self.shown.max(s.completed);
+    }
 }
 
 /// The sha256 of a file, in hex, read in large blocks (reported as a "hashing" stage).
@@ -1336,6 +1461,30 @@ mod tests {
         );
         let tty = may_replace("m", true, false, || None).unwrap_err().to_string();
         assert!(tty.contains("--force") && tty.contains("no terminal"), "{tty}");
+    }
+
+    #[test]
+    fn push_refusals_and_names() {
+        for refused in [
+            "unauthorized: access denied",
+            "unauthorized: unknown ollama key \"ssh-ed25519 AAAA\"",
+            "403: {\"errors\":[{\"code\":\"ACCESS DENIED\", \"message\":\"access denied\"}]}",
+            "denied: requested access to the resource is denied",
+        ] {
+            assert!(is_push_refusal(refused), "{refused}");
+        }
+        assert!(!is_push_refusal(
+            "open /root/.ollama/models/manifests/x: no such file or directory"
+        ));
+        assert!(check_push(Some("me/model:v1"), true, false).is_ok());
+        assert!(check_push(Some("localhost:5000/team/model"), true, false).is_ok());
+        assert!(check_push(Some("model"), false, false).is_ok(), "no --push, no check");
+        for bare in ["model", "library/model:v1"] {
+            let e = check_push(Some(bare), true, false).unwrap_err().to_string();
+            assert!(e.contains("no namespace") && e.contains("--name USER/model"), "{e}");
+        }
+        let e = check_push(Some("me/model"), true, true).unwrap_err().to_string();
+        assert!(e.contains("--no-create"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Talking to Ollama: where its server is (`OLLAMA_HOST`, parsed as the ollama CLI does), what a
 //! model name means (`llama3.2`, `user/model:tag`, `host/ns/model:tag`), its HTTP API (show, version,
-//! blobs, create, pull, tags), and its local model store (`OLLAMA_MODELS`: manifests pointing at
+//! blobs, create, pull, push, tags), and its local model store (`OLLAMA_MODELS`: manifests pointing at
 //! content-addressed blobs).
 
 use std::io::{BufRead, BufReader, Read};
@@ -219,6 +219,10 @@ pub enum ApiError {
     /// A streamed call ended with an `{"error": ...}` line; `message` is Ollama's own text.
     #[error("Ollama at {url}: {message}")]
     Failed { url: String, message: String },
+    /// The connection broke while the server was streaming its answer (a create, pull or push
+    /// cut half-way): unlike [`ApiError::Unreachable`], the server was there.
+    #[error("the connection to Ollama at {url} broke off while it was streaming its answer to {path} ({err})")]
+    BrokeOff { url: String, path: String, err: String },
     /// The connection broke while a request body was being sent (an upload cut half-way).
     #[error("the connection to Ollama at {url} broke during the upload ({err})")]
     Cut { url: String, err: String },
@@ -243,7 +247,7 @@ impl ApiError {
     }
 }
 
-/// One line of a streamed answer (`/api/create`, `/api/pull`).
+/// One line of a streamed answer (`/api/create`, `/api/pull`, `/api/push`).
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct StreamStatus {
     #[serde(default, deserialize_with = "null_as_default")]
@@ -269,7 +273,7 @@ pub struct Tag {
 }
 
 /// A blocking client for Ollama's API. Short calls time out after a minute; uploads and streamed
-/// calls (create, pull) run as long as the server keeps sending, and fail with
+/// calls (create, pull, push) run as long as the server keeps sending, and fail with
 /// [`ApiError::Stalled`] after [`Patience::idle`] without a byte.
 #[derive(Clone)]
 pub struct Client {
@@ -538,6 +542,24 @@ impl Client {
         )
     }
 
+    /// `POST /api/push` for `model`: Ollama uploads it to the registry its name points at (ollama.com
+    /// for `user/model`), streaming `{status, digest, total, completed}` per layer to `on_status`.
+    /// The registry's refusals (`unauthorized: access denied`, an unknown key) arrive as an
+    /// `{"error": ...}` line, [`ApiError::Failed`]. `insecure` lets Ollama use plain http for the registry.
+    pub fn push(
+        &self,
+        model: &str,
+        insecure: bool,
+        progress: &dyn Progress,
+        on_status: &mut dyn FnMut(&StreamStatus),
+    ) -> Result<(), ApiError> {
+        let mut request = serde_json::json!({ "model": model, "stream": true });
+        if insecure {
+            request["insecure"] = true.into();
+        }
+        self.stream("/api/push", &request, progress, on_status)
+    }
+
     fn stream(
         &self,
         path: &'static str,
@@ -576,9 +598,10 @@ impl Client {
                     return Err(self.stalled(&format!("reading the answer to {path} (last status: {last:?})")));
                 }
                 Err(BodyError::Read(e)) => {
-                    return Err(ApiError::Unreachable {
+                    return Err(ApiError::BrokeOff {
                         url: self.base.clone(),
-                        err: format!("the answer to {path} broke off: {}", root_cause(&e)),
+                        path: path.to_string(),
+                        err: root_cause(&e),
                     });
                 }
                 Err(too_long) => {

@@ -834,3 +834,187 @@ fn an_adapters_own_chat_template_is_announced_or_used_in_its_ollama_form() {
         .failure()
         .stderr(contains("--template FILE"));
 }
+
+// --push: after the create, `POST /api/push` to the registry the name points at.
+
+/// What the library reported through the progress trait, one line per call.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<String>>);
+
+impl ollama_tools::progress::Progress for Recorded {
+    fn stage(&self, name: &str, total: u64) {
+        self.0.lock().unwrap().push(format!("stage {name} {total}"));
+    }
+    fn advance(&self, n: u64) {
+        self.0.lock().unwrap().push(format!("advance {n}"));
+    }
+    fn status(&self, msg: &str) {
+        self.0.lock().unwrap().push(format!("status {msg}"));
+    }
+}
+
+/// The push's stages of known length (a layer each), with the bytes advanced while each was current.
+fn layer_bars(events: &[String]) -> Vec<(String, u64, u64)> {
+    let mut bars: Vec<(String, u64, u64)> = Vec::new();
+    for e in events {
+        if let Some(stage) = e.strip_prefix("stage ") {
+            let (name, total) = stage.rsplit_once(' ').unwrap();
+            bars.push((name.to_string(), total.parse().unwrap(), 0));
+        } else if let (Some(n), Some(bar)) = (e.strip_prefix("advance "), bars.last_mut()) {
+            bar.2 += n.parse::<u64>().unwrap();
+        }
+    }
+    bars.retain(|b| b.1 > 0);
+    bars
+}
+
+#[test]
+fn a_push_reports_each_layer_through_the_progress_trait_and_says_where_the_model_is() {
+    let fake = ollama_server::start(Config {
+        models: vec![("me/tuned".into(), show_json(TINY, "F32", true))],
+        ..Config::default()
+    });
+    let client = ollama_tools::ollama::Client::new(&fake.url);
+    let recorded = Recorded::default();
+    let at = ollama_tools::create::push(&client, "me/tuned", false, &recorded).unwrap();
+    assert_eq!(at, "https://ollama.com/me/tuned");
+    let events = recorded.0.lock().unwrap().clone();
+    for status in ["retrieving manifest", "pushing manifest", "success"] {
+        assert!(events.contains(&format!("status {status}")), "{events:?}");
+    }
+    // A bar per layer (weights, config), each advanced to its total, as Ollama's statuses say.
+    let bars = layer_bars(&events);
+    assert_eq!(bars.len(), 2, "{events:?}");
+    for (name, total, advanced) in &bars {
+        assert!(
+            name.starts_with("pushing ") && name.len() == "pushing ".len() + 12,
+            "{name}"
+        );
+        assert_eq!(advanced, total, "{name}: {events:?}");
+    }
+    let s = fake.lock();
+    assert_eq!(s.push_requests, vec![json!({"model": "me/tuned", "stream": true})]);
+    assert_eq!(s.pushed, vec!["me/tuned:latest".to_string()]);
+}
+
+#[test]
+fn push_publishes_the_created_model_and_reports_where() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    run(&env, &fake, &["--name", "me/tuned", "--push"])
+        .assert()
+        .success()
+        .stdout(contains("created me/tuned"))
+        .stdout(contains("pushed      https://ollama.com/me/tuned"));
+    let log = fake.log();
+    let at = |call: &str| {
+        log.iter()
+            .position(|l| l == call)
+            .unwrap_or_else(|| panic!("{call}: {log:?}"))
+    };
+    assert!(at("POST /api/create") < at("POST /api/push"), "{log:?}");
+    let s = fake.lock();
+    assert_eq!(s.push_requests, vec![json!({"model": "me/tuned", "stream": true})]);
+    assert_eq!(s.pushed, vec!["me/tuned:latest".to_string()]);
+    drop(s);
+
+    // --insecure is passed on; the JSON report says where the model went.
+    let out = run(
+        &env,
+        &fake,
+        &["--name", "me/tuned:v2", "--push", "--insecure", "--json"],
+    )
+    .assert()
+    .success()
+    .get_output()
+    .stdout
+    .clone();
+    let report: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(report["pushed"], "https://ollama.com/me/tuned:v2");
+    assert_eq!(
+        fake.lock().push_requests[1],
+        json!({"model": "me/tuned:v2", "stream": true, "insecure": true})
+    );
+}
+
+#[test]
+fn a_push_the_registry_refuses_gives_the_servers_words_and_what_to_set_up() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    fake.lock().faults.push_refusal = Some("unauthorized: access denied".into());
+    run(&env, &fake, &["--name", "me/tuned", "--push"])
+        .assert()
+        .code(1)
+        .stderr(contains("pushing `me/tuned`: Ollama says: unauthorized: access denied"))
+        .stderr(contains("https://ollama.com/settings/keys"))
+        .stderr(contains("~/.ollama/id_ed25519.pub"))
+        .stderr(contains("`USER/model`"))
+        .stderr(contains("`me/tuned` was created on"))
+        .stderr(contains("push it with `ollama push me/tuned`"));
+    assert!(
+        fake.model("me/tuned").is_some(),
+        "the model was created before the push"
+    );
+    assert!(fake.lock().pushed.is_empty());
+
+    // A 401 before the stream (a proxy, or a server checking the key first): the same.
+    let key = "unauthorized: unknown ollama key \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake\"";
+    fake.lock().faults.push_error = Some((401, key.into()));
+    run(&env, &fake, &["--name", "me/tuned", "--push", "--force"])
+        .assert()
+        .code(1)
+        .stderr(contains(format!("Ollama answered 401: {key}")))
+        .stderr(contains("https://ollama.com/settings/keys"));
+    assert!(fake.lock().pushed.is_empty());
+}
+
+#[test]
+fn a_push_cut_half_way_says_so_and_how_to_push_again() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    fake.lock().faults.cut_push = true;
+    let out = run(&env, &fake, &["--name", "me/tuned", "--push"])
+        .assert()
+        .code(1)
+        .stderr(contains("pushing `me/tuned`"))
+        .stderr(contains("broke off while it was streaming its answer to /api/push"))
+        .stderr(contains("push it again with `ollama push me/tuned`"))
+        .get_output()
+        .stderr
+        .clone();
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.contains("settings/keys"), "not a refusal: {text}");
+    assert!(fake.model("me/tuned").is_some());
+    assert!(fake.lock().pushed.is_empty());
+}
+
+#[test]
+fn push_refuses_a_name_without_namespace_and_with_no_create_before_anything_is_done() {
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    run(&env, &fake, &["--name", "tuned", "--push"])
+        .assert()
+        .code(1)
+        .stderr(contains("tuned: --push: this name has no namespace"))
+        .stderr(contains("`library` namespace"))
+        .stderr(contains("--name USER/tuned"))
+        .stderr(contains("https://ollama.com/settings/keys"));
+    assert!(fake.log().is_empty(), "nothing asked of the server: {:?}", fake.log());
+    assert!(!env.cache.join("builds").exists(), "nothing built");
+
+    let modelfile = env.d.path().join("Modelfile");
+    tool(&env, NO_SERVER)
+        .args(["create-from-base", "--no-create", "--push", "--base"])
+        .arg(&env.base_gguf)
+        .arg("--out-modelfile")
+        .arg(&modelfile)
+        .assert()
+        .code(1)
+        .stderr(contains("--push publishes the model this run creates"))
+        .stderr(contains("--no-create creates none"));
+    assert!(!modelfile.exists());
+    run(&env, &fake, &["--name", "me/tuned", "--insecure"])
+        .assert()
+        .code(2)
+        .stderr(contains("--push"));
+}

@@ -1053,3 +1053,30 @@ fn the_tokenizer_beside_the_adapter_is_downloaded_with_it() {
         );
     }
 }
+
+#[test]
+fn push_publishes_the_fetched_model_and_a_default_name_without_namespace_is_refused_before_any_download() {
+    let env = setup();
+    let hub = hub_server::start(vec![repo("me/Tiny-LoRA", adapter_files(&env, ""), Access::Public)]);
+    let fake = ollama();
+    // The default name (`tiny-lora`) has no namespace: refused before the Hub is asked.
+    fetch(&env, &hub, &fake, &["me/Tiny-LoRA", "--base", "tiny", "--push"])
+        .assert()
+        .code(1)
+        .stderr(contains("no namespace"))
+        .stderr(contains("--name USER/tiny-lora"));
+    assert!(hub.log().is_empty(), "{:?}", hub.log());
+    assert!(fake.log().is_empty(), "{:?}", fake.log());
+
+    fetch(
+        &env,
+        &hub,
+        &fake,
+        &["me/Tiny-LoRA", "--base", "tiny", "--name", "me/tiny-lora", "--push"],
+    )
+    .assert()
+    .success()
+    .stdout(contains("created me/tiny-lora"))
+    .stdout(contains("pushed      https://ollama.com/me/tiny-lora"));
+    assert_eq!(fake.lock().pushed, vec!["me/tiny-lora:latest".to_string()]);
+}

@@ -2,15 +2,16 @@
 //!
 //! It answers the endpoints `ollama-tools` uses with Ollama's shapes (REFERENCE.md sections 3 and 6):
 //! content-addressed blob uploads, `/api/create` with its streamed statuses, `/api/show`, `/api/tags`,
-//! `/api/pull`, `/api/delete` and `/api/version`. Error bodies are always `{"error": "..."}`.
+//! `/api/pull`, `/api/push`, `/api/delete` and `/api/version`. Error bodies are always `{"error": "..."}`.
 //! Everything it is sent is recorded in [`State`], so a test can assert on what the binary did, and
 //! [`Faults`] injects the failures a real server or network produces (a dropped upload, a corrupted
-//! upload, a failing create).
+//! upload, a failing create, a registry refusing a push, a push cut off).
 //!
 //! Deliberate simplifications, each documented where it happens: create's request validation answers
 //! 400 before any streaming (Ollama streams some of these errors), only GGUF files are accepted (no
 //! server-side safetensors conversion), and layers made from strings (template, system, ...) are kept
-//! in [`State::layers`], apart from uploaded [`State::blobs`].
+//! in [`State::layers`], apart from uploaded [`State::blobs`]. A push sends only a model's uploaded
+//! blobs (or, for a configured model, a stand-in weights layer) and its config, not its base's layers.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
@@ -84,6 +85,10 @@ pub struct State {
     /// Digests of the layers create made from strings (template, system, params, license, messages).
     /// Ollama stores them as blobs too; they are kept apart so `blobs` holds only what was uploaded.
     pub layers: HashSet<String>,
+    /// Every `/api/push` body received, in order.
+    pub push_requests: Vec<Value>,
+    /// Models the "registry" accepted from `/api/push`, by full name (`me/model:latest`).
+    pub pushed: Vec<String>,
 }
 
 /// A local model.
@@ -114,6 +119,15 @@ pub struct Faults {
     /// The next `/api/create` streams `{"status":"parsing GGUF"}` and then nothing, ever; the model
     /// is not stored (Ollama writes the manifest last, after statuses the client is no longer reading).
     pub stall_create: bool,
+    /// The next `/api/push` answers this status with `{"error": msg}` before anything else (a 401
+    /// where a proxy or a newer server checks the sign-in first).
+    pub push_error: Option<(u16, String)>,
+    /// The next `/api/push` streams its layers and `pushing manifest`, then `{"error": msg}`: how
+    /// Ollama passes on the registry refusing the name or the key (`unauthorized: access denied`).
+    pub push_refusal: Option<String>,
+    /// The next `/api/push` streams `retrieving manifest` and half of the first layer, then the
+    /// connection breaks (the response ends without its last chunk).
+    pub cut_push: bool,
 }
 
 /// A running fake server. Dropping it stops the server.
@@ -189,6 +203,7 @@ pub fn start(config: Config) -> Fake {
         .route("/api/show", post(show))
         .route("/api/tags", get(tags))
         .route("/api/pull", post(pull))
+        .route("/api/push", post(push))
         .route("/api/delete", axum::routing::delete(delete))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
         .layer(middleware::from_fn_with_state(app.clone(), log_request))
@@ -551,6 +566,115 @@ async fn pull(AxState(app): AxState<App>, body: String) -> Response {
     pull_into(&mut s, &app.config, &name, &mut lines);
     drop(s);
     respond(lines, stream)
+}
+
+/// `POST /api/push`, as Ollama's PushHandler: 400 for a request without a model; otherwise a 200
+/// stream (`retrieving manifest`, `pushing <digest>` lines with total and completed per layer,
+/// `pushing manifest`, `success`) in which every failure, the registry's refusals included, is an
+/// `{"error": ...}` line. ollama.com refuses pushes to the `library` namespace (a name without one).
+async fn push(AxState(app): AxState<App>, body: String) -> Response {
+    let req = match parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => return error(400, e),
+    };
+    let mut s = app.lock();
+    s.push_requests.push(Value::Object(req.clone()));
+    let raw = req
+        .get("model")
+        .or(req.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if raw.is_empty() {
+        return error(400, "model is required");
+    }
+    if let Some((status, msg)) = s.faults.push_error.take() {
+        return error(status, msg);
+    }
+    let stream = req.get("stream").and_then(Value::as_bool) != Some(false);
+    let (lines, accepted) = push_lines(&mut s, raw);
+    if std::mem::take(&mut s.faults.cut_push) {
+        // `retrieving manifest` and the first layer's first two lines, then the connection breaks.
+        return respond_cut(lines.into_iter().take(3).collect());
+    }
+    s.pushed.extend(accepted);
+    drop(s);
+    respond(lines, stream)
+}
+
+/// The statuses of a push of `raw`, ending with `success` or an error line, and the model the
+/// registry accepts (with `success`).
+fn push_lines(s: &mut State, raw: &str) -> (Vec<Value>, Option<String>) {
+    let mut lines = vec![json!({"status": "retrieving manifest"})];
+    let Some(key) = normalize(raw).and_then(|n| find(&s.models, &n)) else {
+        lines.push(json!({"status": "couldn't retrieve manifest"}));
+        lines.push(json!({"error": format!("open /root/.ollama/models/manifests/registry.ollama.ai/library/{raw}/latest: no such file or directory")}));
+        return (lines, None);
+    };
+    for (digest, total) in push_layers(s, &key) {
+        let short = &digest["sha256:".len()..][..12];
+        for completed in [0, total / 2, total] {
+            lines.push(
+                json!({"status": format!("pushing {short}"), "digest": digest, "total": total, "completed": completed}),
+            );
+        }
+    }
+    lines.push(json!({"status": "pushing manifest"}));
+    let refusal = s.faults.push_refusal.take().or_else(|| {
+        // A name without a namespace is in `library` (what `normalize` drops), where only Ollama pushes.
+        (!key.contains('/')).then(|| "unauthorized: access denied".to_string())
+    });
+    match refusal {
+        Some(msg) => {
+            lines.push(json!({"error": msg}));
+            (lines, None)
+        }
+        None => {
+            lines.push(json!({"status": "success"}));
+            (lines, Some(key))
+        }
+    }
+}
+
+/// The layers a push of the local model `key` sends: its uploaded blobs (a configured or pulled
+/// model: a stand-in weights layer), then its config.
+fn push_layers(s: &State, key: &str) -> Vec<(String, u64)> {
+    let model = &s.models[key];
+    let uploaded: Vec<String> = model
+        .request
+        .iter()
+        .flat_map(|r| ["files", "adapters"].map(|k| r.get(k).cloned()))
+        .flatten()
+        .filter_map(|v| v.as_object().cloned())
+        .flat_map(|o| o.into_iter().filter_map(|(_, d)| d.as_str().map(str::to_string)))
+        .collect();
+    let mut layers: Vec<(String, u64)> = uploaded
+        .into_iter()
+        .map(|d| {
+            let size = s.blobs.get(&d).map_or(0, |b| b.len() as u64);
+            (d, size)
+        })
+        .collect();
+    if layers.is_empty() {
+        layers.push((synthetic_digest(key, &model.show), model.size));
+    }
+    let config = model.show.to_string();
+    layers.push((format!("sha256:{}", sha256_hex(config.as_bytes())), config.len() as u64));
+    layers
+}
+
+/// A 200 NDJSON answer of `lines` whose connection then breaks: the body stream fails, so the
+/// server closes the connection without the chunked body's last chunk.
+fn respond_cut(lines: Vec<Value>) -> Response {
+    let lines = futures_util::stream::iter(lines.into_iter().map(|l| Ok::<_, std::io::Error>(format!("{l}\n"))));
+    let broken = futures_util::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Err(std::io::Error::other("fake: the push is cut"))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(lines.chain(broken)))
+        .unwrap()
 }
 
 /// Pulls `name` from the configured registry into the local models, pushing Ollama's statuses to
