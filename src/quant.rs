@@ -867,14 +867,27 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
     use_mad: bool,
 ) -> Qkx2<LANES> {
     let nmaxf = nmax as f32;
-    let Qkx2Stats {
-        lowest,
-        max,
-        sum_w,
-        sum_x,
-        no_nan,
-    } = qkx2_stats(x, w);
-    let mut min = lowest;
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = w[0];
+    let mut sum_x = [0.0f32; LANES];
+    let mut no_nan = [true; LANES];
+    for k in 0..LANES {
+        sum_x[k] = sum_w[k] * x[0][k];
+    }
+    for i in 0..N {
+        for k in 0..LANES {
+            let v = x[i][k];
+            min[k] = if v < min[k] { v } else { min[k] };
+            max[k] = if v > max[k] { v } else { max[k] };
+            if i > 0 {
+                sum_w[k] += w[i][k];
+                sum_x[k] += w[i][k] * v;
+            }
+            no_nan[k] &= !v.is_nan();
+        }
+    }
+    let lowest = min;
     // A lane whose values are all equal (after pulling min up to 0) returns at once in ggml; here it
     // runs along with its updates masked off, and gets ggml's answer at the end.
     let mut flat = [false; LANES];
@@ -904,8 +917,25 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
         for k in 0..LANES {
             iscale[k] = (rmin + rdelta * is as f32 + nmaxf) / (max[k] - min[k]);
         }
-        let ends = (&lowest, &max, &no_nan, &flat);
-        let sums = qkx2_candidate(x, w, ends, &iscale, &min, nmax, &mut aux);
+        // fl(iscale * fl(x - min)) lies between its values at the lane's lowest and highest x, by the
+        // monotony of rounding: where those round into 0..=nmax (in every lane) no level needs
+        // clamping on that side, and each clamp skipped is one vector operation of about 18 per
+        // value. Flat lanes' levels are never used, so they need not be exact.
+        let (mut small, mut clamp_lo, mut clamp_hi) = (true, false, false);
+        for k in 0..LANES {
+            let [a, b] = [lowest[k], max[k]].map(|v| iscale[k] * (v - min[k]));
+            let (lo, hi) = (a.min(b), a.max(b));
+            small &= flat[k] || (no_nan[k] && lo.abs() < ROUND_SMALL_LIMIT && hi.abs() < ROUND_SMALL_LIMIT);
+            clamp_lo |= !flat[k] && lo <= -0.5;
+            clamp_hi |= !flat[k] && hi >= nmaxf + 0.5;
+        }
+        let sums = match (small, clamp_lo, clamp_hi) {
+            (false, _, _) => qkx2_sums::<false, true, true, N, LANES>(x, w, &iscale, &min, nmax, &mut aux),
+            (true, false, false) => qkx2_sums::<true, false, false, N, LANES>(x, w, &iscale, &min, nmax, &mut aux),
+            (true, false, true) => qkx2_sums::<true, false, true, N, LANES>(x, w, &iscale, &min, nmax, &mut aux),
+            (true, true, false) => qkx2_sums::<true, true, false, N, LANES>(x, w, &iscale, &min, nmax, &mut aux),
+            (true, true, true) => qkx2_sums::<true, true, true, N, LANES>(x, w, &iscale, &min, nmax, &mut aux),
+        };
         let (ok, this_scale, this_min) = qkx2_fit(&sum_w, &sum_x, sums, &flat);
         let cur_error = qkx2_error(x, w, &aux, &this_scale, &this_min, use_mad);
         for k in 0..LANES {
@@ -929,80 +959,6 @@ fn make_qkx2_quants<const N: usize, const LANES: usize>(
         qmin: best_qmin,
         flat,
         nmax,
-    }
-}
-
-/// Per lane: the lowest and highest value, the sums of w and of w x in element order (as ggml
-/// takes them: from the first value on), and whether no value is NaN.
-struct Qkx2Stats<const LANES: usize> {
-    lowest: [f32; LANES],
-    max: [f32; LANES],
-    sum_w: [f32; LANES],
-    sum_x: [f32; LANES],
-    no_nan: [bool; LANES],
-}
-
-#[inline(always)]
-fn qkx2_stats<const N: usize, const LANES: usize>(x: &[[f32; LANES]; N], w: &[[f32; LANES]; N]) -> Qkx2Stats<LANES> {
-    let mut min = x[0];
-    let mut max = x[0];
-    let mut sum_w = w[0];
-    let mut sum_x = [0.0f32; LANES];
-    let mut no_nan = [true; LANES];
-    for k in 0..LANES {
-        sum_x[k] = sum_w[k] * x[0][k];
-    }
-    for i in 0..N {
-        for k in 0..LANES {
-            let v = x[i][k];
-            min[k] = if v < min[k] { v } else { min[k] };
-            max[k] = if v > max[k] { v } else { max[k] };
-            if i > 0 {
-                sum_w[k] += w[i][k];
-                sum_x[k] += w[i][k] * v;
-            }
-            no_nan[k] &= !v.is_nan();
-        }
-    }
-    Qkx2Stats {
-        lowest: min,
-        max,
-        sum_w,
-        sum_x,
-        no_nan,
-    }
-}
-
-/// One candidate's levels (into `aux`) and sums, through the cheapest exact variant of
-/// [`qkx2_sums`]. `fl(iscale * fl(x - min))` lies between its values at the lane's lowest and
-/// highest x, by the monotony of rounding: where those round into 0..=nmax (in every lane) no level
-/// needs clamping on that side, and each clamp skipped is one vector operation of about 18 per value.
-/// Flat lanes' levels are never used, so they need not be exact.
-#[allow(clippy::type_complexity)]
-#[inline(always)]
-fn qkx2_candidate<const N: usize, const LANES: usize>(
-    x: &[[f32; LANES]; N],
-    w: &[[f32; LANES]; N],
-    (lowest, max, no_nan, flat): (&[f32; LANES], &[f32; LANES], &[bool; LANES], &[bool; LANES]),
-    iscale: &[f32; LANES],
-    min: &[f32; LANES],
-    nmax: i32,
-    aux: &mut [[f32; LANES]; N],
-) -> ([f32; LANES], [f32; LANES], [f32; LANES]) {
-    let (mut small, mut clamp_lo, mut clamp_hi) = (true, false, false);
-    for k in 0..LANES {
-        let [a, b] = [lowest[k], max[k]].map(|v| iscale[k] * (v - min[k]));
-        let (lo, hi) = (a.min(b), a.max(b));
-        small &= flat[k] || (no_nan[k] && lo.abs() < ROUND_SMALL_LIMIT && hi.abs() < ROUND_SMALL_LIMIT);
-        clamp_lo |= !flat[k] && lo <= -0.5;
-        clamp_hi |= !flat[k] && hi >= nmax as f32 + 0.5;
-    }
-    match (small, clamp_lo, clamp_hi) {
-        (false, _, _) => qkx2_sums::<false, true, true, N, LANES>(x, w, iscale, min, nmax, aux),
-        (true, false, false) => qkx2_sums::<true, false, false, N, LANES>(x, w, iscale, min, nmax, aux),
-        (true, false, true) => qkx2_sums::<true, false, true, N, LANES>(x, w, iscale, min, nmax, aux),
-        (true, true, false) => qkx2_sums::<true, true, false, N, LANES>(x, w, iscale, min, nmax, aux),
-        (true, true, true) => qkx2_sums::<true, true, true, N, LANES>(x, w, iscale, min, nmax, aux),
     }
 }
 
