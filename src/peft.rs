@@ -84,181 +84,36 @@ impl LoraConfig {
     /// Parses `adapter_config.json` text. Only malformed JSON or wrongly typed fields are errors here;
     /// features we cannot convert are collected for [`Adapter::analyze`] so `inspect` can show them all.
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
-        let root: Json = serde_json::from_str(text).map_err(|e| {
-            let mut err = Error::invalid(path, format!("not valid JSON: {e}"));
-            if text.starts_with("version https://git-lfs") {
-                err = Error::invalid(path, "this is a Git LFS pointer, not the file itself")
-                    .with_hint("run `git lfs pull` in the repository, or download the file from the Hub");
-            }
-            err
-        })?;
+        let root = parse_json(path, text)?;
         let obj = root
             .as_object()
             .ok_or_else(|| Error::invalid(path, "expected a JSON object"))?;
-        let field_err = |key: &str, want: &str, got: &Json| {
-            Error::invalid(path, format!("field `{key}` must be {want}, found {got}"))
-        };
-        let string = |key: &str| -> Result<Option<String>> {
-            match obj.get(key) {
-                None | Some(Json::Null) => Ok(None),
-                Some(Json::String(s)) => Ok(Some(s.clone())),
-                Some(v) => Err(field_err(key, "a string", v)),
-            }
-        };
-        let flag = |key: &str| -> Result<bool> {
-            match obj.get(key) {
-                None | Some(Json::Null) => Ok(false),
-                Some(Json::Bool(b)) => Ok(*b),
-                Some(v) => Err(field_err(key, "true or false", v)),
-            }
-        };
-        // A whole number within `min..=max`. PEFT writes ints, but hand-written configs carry `16.0`:
-        // whole floats are accepted, and only within range, so `1e300` is not read as u64::MAX.
-        let int_in = |key: &str, v: &Json, (min, max): (u64, u64), what: &str| -> Result<u64> {
-            let n = v.as_u64().or_else(|| {
-                v.as_f64()
-                    .filter(|f| f.fract() == 0.0 && (0.0..=max as f64).contains(f))
-                    .map(|f| f as u64)
-            });
-            n.filter(|n| (min..=max).contains(n))
-                .ok_or_else(|| field_err(key, &format!("{what} from {min} to {max}"), v))
-        };
-        let rank = |key: &str, v: &Json| int_in(key, v, (1, MAX_RANK), "a positive rank, a whole number");
-        let layer = |v: &Json| int_in("layers_to_transform", v, (0, MAX_LAYER), "a layer number");
-        let number = |key: &str, v: &Json| v.as_f64().ok_or_else(|| field_err(key, "a number", v));
-        let map = |key: &str| -> Result<Vec<(String, Json)>> {
-            match obj.get(key) {
-                None | Some(Json::Null) => Ok(vec![]),
-                Some(Json::Object(m)) => Ok(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-                Some(v) => Err(field_err(key, "an object", v)),
-            }
-        };
-
-        if obj.get("peft_type").is_none() {
-            let why = if obj.contains_key("lora_parameters") || obj.contains_key("fine_tune_type") {
-                "this is an MLX-LM adapter config, not a PEFT one"
-            } else if obj.contains_key("model_type") || obj.contains_key("architectures") {
-                "this is a transformers model config.json, not a PEFT adapter config"
-            } else {
-                "no `peft_type`: not a PEFT adapter config"
-            };
-            return Err(Error::invalid(path, why).with_hint(
-                "point ollama-tools at the folder PEFT's save_pretrained() wrote (adapter_config.json + adapter_model.safetensors)",
-            ));
-        }
-
-        let mut cfg = LoraConfig {
-            peft_type: string("peft_type")?,
-            task_type: string("task_type")?,
-            base_model_name_or_path: string("base_model_name_or_path")?,
-            revision: string("revision")?,
-            peft_version: string("peft_version")?,
-            r: obj
-                .get("r")
-                .filter(|v| !v.is_null())
-                .map(|v| rank("r", v))
-                .transpose()?,
-            lora_alpha: obj
-                .get("lora_alpha")
-                .filter(|v| !v.is_null())
-                .map(|v| number("lora_alpha", v))
-                .transpose()?,
-            use_rslora: flag("use_rslora")?,
-            use_dora: flag("use_dora")?,
-            fan_in_fan_out: flag("fan_in_fan_out")?,
-            rank_pattern: Patterns::parse(path, "rank_pattern", map("rank_pattern")?, rank)?,
-            alpha_pattern: Patterns::parse(path, "alpha_pattern", map("alpha_pattern")?, |key, v| {
-                number(key, v).and_then(|a| {
-                    if a > 0.0 && a.is_finite() {
-                        Ok(a)
-                    } else {
-                        Err(field_err(key, "a positive number", v))
-                    }
-                })
-            })?,
-            target_modules: obj.get("target_modules").filter(|v| !v.is_null()).cloned(),
-            modules_to_save: match obj.get("modules_to_save") {
-                None | Some(Json::Null) => vec![],
-                Some(Json::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-                Some(v) => return Err(field_err("modules_to_save", "a list of module names", v)),
-            },
-            layers_to_transform: match obj.get("layers_to_transform") {
-                None | Some(Json::Null) => None,
-                Some(Json::Array(items)) => Some(items.iter().map(layer).collect::<Result<_>>()?),
-                Some(v) => Some(vec![layer(v)?]),
-            },
-            target_parameters: match obj.get("target_parameters") {
-                None | Some(Json::Null) => vec![],
-                Some(Json::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-                Some(v) => return Err(field_err("target_parameters", "a list of parameter names", v)),
-            },
-            bias: string("bias")?.unwrap_or_else(|| "none".into()),
-            alora_invocation_tokens: match obj.get("alora_invocation_tokens") {
-                None | Some(Json::Null) => vec![],
-                Some(Json::Array(items)) => items
-                    .iter()
-                    .map(|v| {
-                        int_in("alora_invocation_tokens", v, (0, u64::from(u32::MAX)), "a token id").map(|n| n as u32)
-                    })
-                    .collect::<Result<_>>()?,
-                Some(v) => return Err(field_err("alora_invocation_tokens", "a list of token ids", v)),
-            },
-            trainable_token_indices: {
-                let key = "trainable_token_indices";
-                let ids = |v: &Json| -> Result<Vec<u32>> {
-                    let items = v.as_array().ok_or_else(|| field_err(key, "a list of token ids", v))?;
-                    items
-                        .iter()
-                        .map(|v| int_in(key, v, (0, u64::from(u32::MAX)), "a token id").map(|n| n as u32))
-                        .collect()
-                };
-                match obj.get(key) {
-                    None | Some(Json::Null) => vec![],
-                    Some(v @ Json::Array(_)) => vec![("embed_tokens".to_string(), ids(v)?)],
-                    Some(Json::Object(m)) => m.iter().map(|(k, v)| Ok((k.clone(), ids(v)?))).collect::<Result<_>>()?,
-                    Some(v) => return Err(field_err(key, "a list of token ids or an object of them", v)),
-                }
-            },
-            unsupported: vec![],
-        };
-        // Features that change what the adapter computes. Checked here, reported by analyze().
-        let set = |key: &str| {
-            obj.get(key).is_some_and(|v| {
-                !v.is_null() && v != &Json::Bool(false) && v != &serde_json::json!([]) && v != &serde_json::json!({})
-            })
-        };
-        for (key, why) in [
-            (
-                "layer_replication",
-                "layer_replication changes the model's layer stack, which llama.cpp cannot reproduce",
-            ),
-            (
-                "arrow_config",
-                "Arrow routing mixes several LoRAs per token; GGUF LoRA is one static adapter",
-            ),
-        ] {
-            if set(key) {
-                cfg.unsupported.push(problem(
-                    key,
-                    why,
-                    "merge it with PEFT (merge_and_unload) and convert the merged model instead",
-                ));
-            }
-        }
-        if let Some(Json::String(init)) = obj.get("init_lora_weights") {
-            let lower = init.to_ascii_lowercase();
-            if ["pissa", "olora", "corda", "loftq"]
-                .iter()
-                .any(|m| lower.starts_with(m))
-            {
-                cfg.unsupported.push(problem(
-                    "init_lora_weights",
-                    format!("`{init}` initialisation changes the base weights, so this adapter only fits that modified base"),
-                    "re-save with PEFT's save_pretrained(..., path_initial_model_for_weight_conversion=...) to get a plain LoRA",
-                ));
-            }
-        }
-        Ok(cfg)
+        refuse_non_peft(path, obj)?;
+        let f = Fields { path, obj };
+        // Read in this order: the first wrongly typed field is the one reported.
+        Ok(LoraConfig {
+            peft_type: f.string("peft_type")?,
+            task_type: f.string("task_type")?,
+            base_model_name_or_path: f.string("base_model_name_or_path")?,
+            revision: f.string("revision")?,
+            peft_version: f.string("peft_version")?,
+            r: f.present("r").map(|v| f.rank("r", v)).transpose()?,
+            lora_alpha: f.present("lora_alpha").map(|v| f.number("lora_alpha", v)).transpose()?,
+            use_rslora: f.flag("use_rslora")?,
+            use_dora: f.flag("use_dora")?,
+            fan_in_fan_out: f.flag("fan_in_fan_out")?,
+            rank_pattern: Patterns::parse(path, "rank_pattern", f.map("rank_pattern")?, |k, v| f.rank(k, v))?,
+            alpha_pattern: Patterns::parse(path, "alpha_pattern", f.map("alpha_pattern")?, |k, v| f.positive(k, v))?,
+            target_modules: f.present("target_modules").cloned(),
+            modules_to_save: f.names("modules_to_save", "a list of module names")?,
+            layers_to_transform: f.layers()?,
+            target_parameters: f.names("target_parameters", "a list of parameter names")?,
+            bias: f.string("bias")?.unwrap_or_else(|| "none".into()),
+            alora_invocation_tokens: f.invocation_tokens()?,
+            trainable_token_indices: f.trainable_tokens()?,
+            // Features that change what the adapter computes. Checked here, reported by analyze().
+            unsupported: unsupported_features(obj),
+        })
     }
 
     /// The configured rank of a module: its `rank_pattern` entry, else `r`.
@@ -277,6 +132,213 @@ impl LoraConfig {
             alpha / (rank as f64).sqrt()
         } else {
             alpha / rank as f64
+        }
+    }
+}
+
+/// `text` as JSON, or the error saying why not (naming a Git LFS pointer as such).
+fn parse_json(path: &Path, text: &str) -> Result<Json> {
+    serde_json::from_str(text).map_err(|e| {
+        let mut err = Error::invalid(path, format!("not valid JSON: {e}"));
+        if text.starts_with("version https://git-lfs") {
+            err = Error::invalid(path, "this is a Git LFS pointer, not the file itself")
+                .with_hint("run `git lfs pull` in the repository, or download the file from the Hub");
+        }
+        err
+    })
+}
+
+/// Refuses a config without `peft_type`, saying what it is instead where that shows (MLX-LM,
+/// transformers).
+fn refuse_non_peft(path: &Path, obj: &serde_json::Map<String, Json>) -> Result<()> {
+    if obj.get("peft_type").is_some() {
+        return Ok(());
+    }
+    let why = if obj.contains_key("lora_parameters") || obj.contains_key("fine_tune_type") {
+        "this is an MLX-LM adapter config, not a PEFT one"
+    } else if obj.contains_key("model_type") || obj.contains_key("architectures") {
+        "this is a transformers model config.json, not a PEFT adapter config"
+    } else {
+        "no `peft_type`: not a PEFT adapter config"
+    };
+    Err(Error::invalid(path, why).with_hint(
+        "point ollama-tools at the folder PEFT's save_pretrained() wrote (adapter_config.json + adapter_model.safetensors)",
+    ))
+}
+
+/// The problems of config fields set to a value GGUF cannot carry (layer replication, Arrow
+/// routing, initialisations that change the base); empty when there are none.
+fn unsupported_features(obj: &serde_json::Map<String, Json>) -> Vec<Problem> {
+    let mut unsupported = Vec::new();
+    let set = |key: &str| {
+        obj.get(key).is_some_and(|v| {
+            !v.is_null() && v != &Json::Bool(false) && v != &serde_json::json!([]) && v != &serde_json::json!({})
+        })
+    };
+    for (key, why) in [
+        (
+            "layer_replication",
+            "layer_replication changes the model's layer stack, which llama.cpp cannot reproduce",
+        ),
+        (
+            "arrow_config",
+            "Arrow routing mixes several LoRAs per token; GGUF LoRA is one static adapter",
+        ),
+    ] {
+        if set(key) {
+            unsupported.push(problem(
+                key,
+                why,
+                "merge it with PEFT (merge_and_unload) and convert the merged model instead",
+            ));
+        }
+    }
+    if let Some(Json::String(init)) = obj.get("init_lora_weights") {
+        let lower = init.to_ascii_lowercase();
+        if ["pissa", "olora", "corda", "loftq"]
+            .iter()
+            .any(|m| lower.starts_with(m))
+        {
+            unsupported.push(problem(
+                "init_lora_weights",
+                format!("`{init}` initialisation changes the base weights, so this adapter only fits that modified base"),
+                "re-save with PEFT's save_pretrained(..., path_initial_model_for_weight_conversion=...) to get a plain LoRA",
+            ));
+        }
+    }
+    unsupported
+}
+
+/// The fields of an `adapter_config.json` object, read strictly: each reader refuses a wrong type
+/// or an out-of-range number, naming the field. Absent and `null` fields read as their default.
+struct Fields<'a> {
+    path: &'a Path,
+    obj: &'a serde_json::Map<String, Json>,
+}
+
+impl<'a> Fields<'a> {
+    /// The error for field `key` holding `got` where `want` belongs.
+    fn wrong(&self, key: &str, want: &str, got: &Json) -> Error {
+        Error::invalid(self.path, format!("field `{key}` must be {want}, found {got}"))
+    }
+
+    /// Field `key`, `None` when absent or null.
+    fn present(&self, key: &str) -> Option<&'a Json> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    /// A string field; `None` when absent.
+    fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.present(key) {
+            None => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(self.wrong(key, "a string", v)),
+        }
+    }
+
+    /// A true/false field; false when absent.
+    fn flag(&self, key: &str) -> Result<bool> {
+        match self.present(key) {
+            None => Ok(false),
+            Some(Json::Bool(b)) => Ok(*b),
+            Some(v) => Err(self.wrong(key, "true or false", v)),
+        }
+    }
+
+    /// `v` as a whole number within `min..=max`, or the error naming `key` and `what` it must be.
+    fn int_in(&self, key: &str, v: &Json, (min, max): (u64, u64), what: &str) -> Result<u64> {
+        // PEFT writes ints, but hand-written configs carry `16.0`: whole floats are accepted, and only
+        // within range, so `1e300` is not read as u64::MAX.
+        let n = v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=max as f64).contains(f))
+                .map(|f| f as u64)
+        });
+        n.filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| self.wrong(key, &format!("{what} from {min} to {max}"), v))
+    }
+
+    /// `v` as a rank: a whole number from 1 to [`MAX_RANK`].
+    fn rank(&self, key: &str, v: &Json) -> Result<u64> {
+        self.int_in(key, v, (1, MAX_RANK), "a positive rank, a whole number")
+    }
+
+    /// `v` as a number.
+    fn number(&self, key: &str, v: &Json) -> Result<f64> {
+        v.as_f64().ok_or_else(|| self.wrong(key, "a number", v))
+    }
+
+    /// `v` as a positive, finite number (an alpha).
+    fn positive(&self, key: &str, v: &Json) -> Result<f64> {
+        self.number(key, v).and_then(|a| {
+            if a > 0.0 && a.is_finite() {
+                Ok(a)
+            } else {
+                Err(self.wrong(key, "a positive number", v))
+            }
+        })
+    }
+
+    /// An object field's entries in file order; empty when absent.
+    fn map(&self, key: &str) -> Result<Vec<(String, Json)>> {
+        match self.present(key) {
+            None => Ok(vec![]),
+            Some(Json::Object(m)) => Ok(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            Some(v) => Err(self.wrong(key, "an object", v)),
+        }
+    }
+
+    /// A list of names (entries that are not strings are skipped); empty when absent, refused as
+    /// not `want` when not a list.
+    fn names(&self, key: &str, want: &str) -> Result<Vec<String>> {
+        match self.present(key) {
+            None => Ok(vec![]),
+            Some(Json::Array(items)) => Ok(items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()),
+            Some(v) => Err(self.wrong(key, want, v)),
+        }
+    }
+
+    /// `layers_to_transform`: a list of layer numbers or a single one; `None` when absent.
+    fn layers(&self) -> Result<Option<Vec<u64>>> {
+        let key = "layers_to_transform";
+        let layer = |v: &Json| self.int_in(key, v, (0, MAX_LAYER), "a layer number");
+        Ok(match self.present(key) {
+            None => None,
+            Some(Json::Array(items)) => Some(items.iter().map(layer).collect::<Result<_>>()?),
+            Some(v) => Some(vec![layer(v)?]),
+        })
+    }
+
+    /// `v` as a list of token ids (each within u32), for field `key`.
+    fn token_list(&self, key: &str, v: &Json) -> Result<Vec<u32>> {
+        let items = v.as_array().ok_or_else(|| self.wrong(key, "a list of token ids", v))?;
+        items
+            .iter()
+            .map(|v| {
+                self.int_in(key, v, (0, u64::from(u32::MAX)), "a token id")
+                    .map(|n| n as u32)
+            })
+            .collect()
+    }
+
+    /// `alora_invocation_tokens`; empty when absent.
+    fn invocation_tokens(&self) -> Result<Vec<u32>> {
+        let key = "alora_invocation_tokens";
+        self.present(key).map_or(Ok(vec![]), |v| self.token_list(key, v))
+    }
+
+    /// `trainable_token_indices`: a list of ids (for `embed_tokens`) or an object of module name ->
+    /// ids; empty when absent.
+    fn trainable_tokens(&self) -> Result<Vec<(String, Vec<u32>)>> {
+        let key = "trainable_token_indices";
+        match self.present(key) {
+            None => Ok(vec![]),
+            Some(v @ Json::Array(_)) => Ok(vec![("embed_tokens".to_string(), self.token_list(key, v)?)]),
+            Some(Json::Object(m)) => m
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), self.token_list(key, v)?)))
+                .collect(),
+            Some(v) => Err(self.wrong(key, "a list of token ids or an object of them", v)),
         }
     }
 }
