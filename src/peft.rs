@@ -816,34 +816,84 @@ pub struct Analysis {
     pub towers: Vec<String>,
 }
 
+/// LoRA pairs by module path and whether they are embedding LoRA: the indices of lora_A and lora_B
+/// in [`Adapter::tensors`], as found.
+type Pairs = BTreeMap<(String, bool), [Option<usize>; 2]>;
+
+/// A step of the analysis: its result, or the problem that keeps the tensor or pair from converting.
+type Checked<T> = std::result::Result<T, Problem>;
+
+/// [`Adapter::analyze`]: the config's own problems, then every tensor sorted and every pair checked,
+/// problems grouped by reason (a non-LoRA adapter stops at its `peft_type`).
 fn analyze(adapter: &Adapter) -> Analysis {
     let cfg = &adapter.config;
     let mut out = Analysis {
         problems: cfg.unsupported.clone(),
         ..Default::default()
     };
-    let merge_hint = "merge it with PEFT (merge_and_unload) and convert the merged model, or retrain without it";
-    match cfg.peft_type.as_deref() {
-        Some("LORA") => {}
-        other => {
-            out.problems.push(problem(
-            "peft_type",
-            format!(
-                "peft_type is {}, and only LORA adapters have a GGUF form",
-                other.map_or_else(|| "missing".to_string(), |t| format!("`{t}`"))
-            ),
-            match other {
-                Some("PROMPT_TUNING" | "PREFIX_TUNING" | "P_TUNING" | "MULTITASK_PROMPT_TUNING" | "CPT") => {
-                    "soft prompts are extra inputs, not weight changes: llama.cpp and Ollama cannot apply them; retrain as LoRA"
-                }
-                None => "this config does not say what kind of adapter it is; PEFT LoRA configs have \"peft_type\": \"LORA\"",
-                _ => "llama.cpp and Ollama apply LoRA adapters only; merge this adapter into the base with PEFT (merge_and_unload) and convert the merged model",
-            },
-            ));
-            // Nothing else about a non-LoRA adapter matters to a LoRA conversion.
-            return out;
+    if let Some(p) = not_lora(cfg) {
+        out.problems.push(p);
+        // Nothing else about a non-LoRA adapter matters to a LoRA conversion.
+        return out;
+    }
+    check_lora_fields(cfg, &mut out);
+    let (pairs, mut magnitudes) = sort_tensors(adapter, &mut out);
+    for ((module, embedding), halves) in pairs {
+        match lora_module(adapter, module, embedding, halves, &mut magnitudes, &mut out) {
+            Ok(Some(m)) => out.modules.push(m),
+            Ok(None) => {}
+            Err(p) => out.problems.push(p),
         }
     }
+    for (module, i) in magnitudes {
+        out.problems.push(problem(
+            &adapter.tensors[i].key,
+            format!("a DoRA magnitude vector for `{module}`, which has no LoRA pair"),
+            "the file is incomplete: save the adapter again",
+        ));
+    }
+    if cfg.fan_in_fan_out && !out.modules.is_empty() {
+        out.notices.push(
+            "fan_in_fan_out is true, but it only concerns GPT-2 style Conv1D layers: PEFT ignores it on the Linear \
+             layers of these models, and so does the conversion (lora_A/lora_B are stored [r, in] / [out, r] either way)"
+                .into(),
+        );
+    }
+    out.modules.sort_by(|a, b| a.site.cmp(&b.site));
+    out.problems = group_problems(std::mem::take(&mut out.problems));
+    out
+}
+
+/// The problem with an adapter whose `peft_type` is not `LORA` (only LoRA has a GGUF form); `None`
+/// for a LoRA adapter.
+fn not_lora(cfg: &LoraConfig) -> Option<Problem> {
+    let other = match cfg.peft_type.as_deref() {
+        Some("LORA") => return None,
+        other => other,
+    };
+    Some(problem(
+        "peft_type",
+        format!(
+            "peft_type is {}, and only LORA adapters have a GGUF form",
+            other.map_or_else(|| "missing".to_string(), |t| format!("`{t}`"))
+        ),
+        match other {
+            Some("PROMPT_TUNING" | "PREFIX_TUNING" | "P_TUNING" | "MULTITASK_PROMPT_TUNING" | "CPT") => {
+                "soft prompts are extra inputs, not weight changes: llama.cpp and Ollama cannot apply them; retrain as LoRA"
+            }
+            None => {
+                "this config does not say what kind of adapter it is; PEFT LoRA configs have \"peft_type\": \"LORA\""
+            }
+            _ => {
+                "llama.cpp and Ollama apply LoRA adapters only; merge this adapter into the base with PEFT (merge_and_unload) and convert the merged model"
+            }
+        },
+    ))
+}
+
+/// Records what a LoRA config's own fields rule out: a missing rank or alpha (problems), DoRA
+/// (merge only), activated LoRA (adapter only).
+fn check_lora_fields(cfg: &LoraConfig, out: &mut Analysis) {
     if cfg.r.is_none_or(|r| r == 0) {
         out.problems.push(problem(
             "r",
@@ -877,9 +927,16 @@ fn analyze(adapter: &Adapter) -> Analysis {
              later cannot load adapters",
         ));
     }
+}
 
-    let mut pairs: BTreeMap<(String, bool), [Option<usize>; 2]> = BTreeMap::new();
-    let mut magnitudes: BTreeMap<String, usize> = BTreeMap::new();
+/// Sorts the tensors into LoRA pairs and DoRA magnitudes (module path -> index), hands replacements
+/// to [`replacement`], and records a problem for every other tensor, for a file with several named
+/// adapters, and for one with no tensors.
+fn sort_tensors(adapter: &Adapter, out: &mut Analysis) -> (Pairs, BTreeMap<String, usize>) {
+    let cfg = &adapter.config;
+    let merge_hint = "merge it with PEFT (merge_and_unload) and convert the merged model, or retrain without it";
+    let mut pairs = Pairs::new();
+    let mut magnitudes = BTreeMap::new();
     let mut adapter_names = std::collections::BTreeSet::new();
     for (i, t) in adapter.tensors.iter().enumerate() {
         match parse_key(&t.key) {
@@ -890,22 +947,9 @@ fn analyze(adapter: &Adapter) -> Analysis {
                 adapter_name,
             } => {
                 adapter_names.insert(adapter_name);
-                if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-                    out.problems.push(problem(
-                        &t.key,
-                        format!("dtype {:?} is not a float type LoRA weights are stored in", t.dtype),
-                        "re-save the adapter in float32, float16 or bfloat16",
-                    ));
+                if usable_lora_tensor(t, out) {
+                    pairs.entry((module, embedding)).or_default()[half as usize] = Some(i);
                 }
-                if t.shape.len() != 2 {
-                    out.problems.push(problem(
-                        &t.key,
-                        format!("expected a 2-D tensor, found shape {:?}", t.shape),
-                        "this is not a LoRA weight PEFT writes for linear or embedding layers",
-                    ));
-                    continue;
-                }
-                pairs.entry((module, embedding)).or_default()[half as usize] = Some(i);
             }
             KeyKind::LoraBias => out.problems.push(problem(
                 &t.key,
@@ -920,21 +964,10 @@ fn analyze(adapter: &Adapter) -> Analysis {
                 "a DoRA magnitude vector, and adapter_config.json does not say `use_dora: true`",
                 "the config and the weights disagree: save the adapter again with PEFT",
             )),
-            KeyKind::Full if replacement(cfg, &t.key, i, &mut out) => {}
-            KeyKind::Full => {
-                let saved = cfg
-                    .modules_to_save
-                    .iter()
-                    .any(|m| t.key.contains(&format!(".{m}.")) || t.key.contains("modules_to_save"));
-                let why = if saved {
-                    "a full copy of a module (`modules_to_save`): a GGUF LoRA adapter can only add low-rank deltas, not replace weights"
-                } else if t.key.ends_with("bias") {
-                    "a bias tensor (bias training): a GGUF LoRA adapter cannot carry biases"
-                } else {
-                    "not a LoRA weight: a GGUF LoRA adapter can only carry lora_A/lora_B pairs"
-                };
-                out.problems.push(problem(&t.key, why, merge_hint));
-            }
+            KeyKind::Full if replacement(cfg, &t.key, i, out) => {}
+            KeyKind::Full => out
+                .problems
+                .push(problem(&t.key, full_tensor_why(cfg, &t.key), merge_hint)),
         }
     }
     if adapter_names.len() > 1 {
@@ -954,135 +987,203 @@ fn analyze(adapter: &Adapter) -> Analysis {
             "the adapter was saved before training or saving failed: save it again with save_pretrained()",
         ));
     }
+    (pairs, magnitudes)
+}
 
-    for ((module, embedding), [a, b]) in pairs {
-        let (a, b) = match (a, b) {
-            (Some(a), Some(b)) => (a, b),
-            (Some(i), None) | (None, Some(i)) => {
-                let (has, lacks) = if a.is_some() {
-                    ("lora_A", "lora_B")
-                } else {
-                    ("lora_B", "lora_A")
-                };
-                out.problems.push(problem(
-                    &adapter.tensors[i].key,
-                    format!("{has} of `{module}` has no {lacks}"),
-                    "the file is incomplete: save the adapter again",
-                ));
-                continue;
-            }
-            (None, None) => unreachable!(),
-        };
-        let (ta, tb) = (&adapter.tensors[a], &adapter.tensors[b]);
-        let (rank, in_features, out_features) = (ta.shape[0] as u64, ta.shape[1] as u64, tb.shape[0] as u64);
-        if rank == 0 || in_features == 0 || out_features == 0 {
-            out.problems.push(problem(
-                &ta.key,
-                format!("empty LoRA pair: lora_A {:?}, lora_B {:?}", ta.shape, tb.shape),
-                "the file is damaged or was edited: save the adapter again",
-            ));
-            continue;
-        }
-        if tb.shape[1] as u64 != rank {
-            out.problems.push(problem(
-                &tb.key,
-                format!(
-                    "rank mismatch: lora_A {:?} has rank {rank}, lora_B {:?} has rank {}",
-                    ta.shape, tb.shape, tb.shape[1]
-                ),
-                "the file is damaged or was edited: save the adapter again",
-            ));
-            continue;
-        }
-        let fused = fused_experts(&module, &cfg.target_parameters);
-        let site = match &fused {
-            Some(f) => Some(f.site.clone()),
-            None => arch::site_of(&module),
-        };
-        let Some(site) = site else {
-            out.problems.push(problem(
-                &ta.key,
-                "LoRA on a module that is not part of a supported decoder (layers.N.self_attn.*, layers.N.mlp.*, layers.N.linear_attn.*, embed_tokens, lm_head) nor a multimodal tower",
-                format!("ollama-tools converts adapters for: {}", arch::supported_list()),
-            ));
-            continue;
-        };
-        if matches!(site, Site::Tower { .. }) {
-            out.towers.push(module.clone());
-        }
-        if let (Some(layers), Site::Layer { layer, .. }) = (&cfg.layers_to_transform, &site) {
-            if !layers.contains(&u64::from(*layer)) {
-                out.notices.push(format!(
-                    "skipped `{module}`: layer {layer} is not in layers_to_transform {layers:?}, so PEFT does not apply it either"
-                ));
-                continue;
-            }
-        }
-        // A fused parameter's pair stacks every expert's rank: patterns name the parameter.
-        let (module, rank, experts) = match fused {
-            Some(f) => match f.split(cfg, rank) {
-                Ok((r, n)) => (f.param_path, r, n),
-                Err(why) => {
-                    out.problems.push(problem(
-                        &ta.key,
-                        why,
-                        "check r / rank_pattern in adapter_config.json: PEFT gives lora_A r rows per expert",
-                    ));
-                    continue;
-                }
-            },
-            None => (module, rank, 1),
-        };
-        let configured = cfg.rank_for(&module);
-        if configured.is_some_and(|r| r != rank) {
-            out.problems.push(problem(
-                &ta.key,
-                format!(
-                    "tensor rank {rank} differs from the configured rank {} (r / rank_pattern), so the scale alpha/r would be wrong",
-                    configured.unwrap_or(0)
-                ),
-                "fix `r` or `rank_pattern` in adapter_config.json to the rank the adapter was trained with",
-            ));
-            continue;
-        }
-        let alpha = cfg.alpha_for(&module).unwrap_or(f64::NAN);
-        let magnitude = magnitudes.remove(&module);
-        if let Some(p) = dora_problem(adapter, &module, magnitude, out_features) {
-            out.problems.push(p);
-            continue;
-        }
-        out.modules.push(LoraModule {
-            magnitude,
-            scale: cfg.scale(rank, alpha),
-            path: module,
-            site,
-            embedding,
-            a,
-            b,
-            rank,
-            in_features,
-            out_features,
-            alpha,
-            experts,
-        });
-    }
-    for (module, i) in magnitudes {
+/// Whether a lora_A/lora_B tensor is 2-D, so it can be paired; records the problem when it is not,
+/// and when its dtype is not a float type.
+fn usable_lora_tensor(t: &RawTensor, out: &mut Analysis) -> bool {
+    if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
         out.problems.push(problem(
-            &adapter.tensors[i].key,
-            format!("a DoRA magnitude vector for `{module}`, which has no LoRA pair"),
-            "the file is incomplete: save the adapter again",
+            &t.key,
+            format!("dtype {:?} is not a float type LoRA weights are stored in", t.dtype),
+            "re-save the adapter in float32, float16 or bfloat16",
         ));
     }
-    if cfg.fan_in_fan_out && !out.modules.is_empty() {
-        out.notices.push(
-            "fan_in_fan_out is true, but it only concerns GPT-2 style Conv1D layers: PEFT ignores it on the Linear \
-             layers of these models, and so does the conversion (lora_A/lora_B are stored [r, in] / [out, r] either way)"
-                .into(),
-        );
+    if t.shape.len() != 2 {
+        out.problems.push(problem(
+            &t.key,
+            format!("expected a 2-D tensor, found shape {:?}", t.shape),
+            "this is not a LoRA weight PEFT writes for linear or embedding layers",
+        ));
+        return false;
     }
-    out.modules.sort_by(|a, b| a.site.cmp(&b.site));
-    out.problems = group_problems(std::mem::take(&mut out.problems));
-    out
+    true
+}
+
+/// Why a full tensor (not a LoRA weight, nor a replacement) cannot go into a GGUF LoRA adapter.
+fn full_tensor_why(cfg: &LoraConfig, key: &str) -> &'static str {
+    let saved = cfg
+        .modules_to_save
+        .iter()
+        .any(|m| key.contains(&format!(".{m}.")) || key.contains("modules_to_save"));
+    if saved {
+        "a full copy of a module (`modules_to_save`): a GGUF LoRA adapter can only add low-rank deltas, not replace weights"
+    } else if key.ends_with("bias") {
+        "a bias tensor (bias training): a GGUF LoRA adapter cannot carry biases"
+    } else {
+        "not a LoRA weight: a GGUF LoRA adapter can only carry lora_A/lora_B pairs"
+    }
+}
+
+/// The module a lora_A/lora_B pair adapts, with PEFT's scale; `Ok(None)` for a pair PEFT itself
+/// does not apply (outside layers_to_transform: the notice is recorded), the problem for a pair
+/// that cannot convert. Takes the module's DoRA magnitude out of `magnitudes`.
+fn lora_module(
+    adapter: &Adapter,
+    module: String,
+    embedding: bool,
+    halves: [Option<usize>; 2],
+    magnitudes: &mut BTreeMap<String, usize>,
+    out: &mut Analysis,
+) -> Checked<Option<LoraModule>> {
+    let cfg = &adapter.config;
+    let (a, b) = complete_pair(adapter, &module, halves)?;
+    let (ta, tb) = (&adapter.tensors[a], &adapter.tensors[b]);
+    let (rank, in_features, out_features) = pair_dims(ta, tb)?;
+    let fused = fused_experts(&module, &cfg.target_parameters);
+    let site = pair_site(&module, fused.as_ref(), &ta.key)?;
+    if matches!(site, Site::Tower { .. }) {
+        out.towers.push(module.clone());
+    }
+    if let Some(notice) = outside_layers(cfg, &module, &site) {
+        out.notices.push(notice);
+        return Ok(None);
+    }
+    let (module, rank, experts) = per_expert(cfg, fused, module, rank, &ta.key)?;
+    check_configured_rank(cfg, &module, rank, &ta.key)?;
+    let alpha = cfg.alpha_for(&module).unwrap_or(f64::NAN);
+    let magnitude = magnitudes.remove(&module);
+    if let Some(p) = dora_problem(adapter, &module, magnitude, out_features) {
+        return Err(p);
+    }
+    Ok(Some(LoraModule {
+        magnitude,
+        scale: cfg.scale(rank, alpha),
+        path: module,
+        site,
+        embedding,
+        a,
+        b,
+        rank,
+        in_features,
+        out_features,
+        alpha,
+        experts,
+    }))
+}
+
+/// The indices of lora_A and lora_B, or the problem naming the half that is missing.
+fn complete_pair(adapter: &Adapter, module: &str, [a, b]: [Option<usize>; 2]) -> Checked<(usize, usize)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        (Some(i), None) | (None, Some(i)) => {
+            let (has, lacks) = if a.is_some() {
+                ("lora_A", "lora_B")
+            } else {
+                ("lora_B", "lora_A")
+            };
+            Err(problem(
+                &adapter.tensors[i].key,
+                format!("{has} of `{module}` has no {lacks}"),
+                "the file is incomplete: save the adapter again",
+            ))
+        }
+        (None, None) => unreachable!(),
+    }
+}
+
+/// (rank, in_features, out_features) of a pair of 2-D tensors; the problem when a dimension is 0
+/// or lora_B's rank is not lora_A's.
+fn pair_dims(ta: &RawTensor, tb: &RawTensor) -> Checked<(u64, u64, u64)> {
+    let (rank, in_features, out_features) = (ta.shape[0] as u64, ta.shape[1] as u64, tb.shape[0] as u64);
+    if rank == 0 || in_features == 0 || out_features == 0 {
+        return Err(problem(
+            &ta.key,
+            format!("empty LoRA pair: lora_A {:?}, lora_B {:?}", ta.shape, tb.shape),
+            "the file is damaged or was edited: save the adapter again",
+        ));
+    }
+    if tb.shape[1] as u64 != rank {
+        return Err(problem(
+            &tb.key,
+            format!(
+                "rank mismatch: lora_A {:?} has rank {rank}, lora_B {:?} has rank {}",
+                ta.shape, tb.shape, tb.shape[1]
+            ),
+            "the file is damaged or was edited: save the adapter again",
+        ));
+    }
+    Ok((rank, in_features, out_features))
+}
+
+/// Where a pair's module sits (a fused-experts parameter's site, else the module's); the problem
+/// for a module no supported architecture has.
+fn pair_site(module: &str, fused: Option<&Fused>, key_a: &str) -> Checked<Site> {
+    let site = match fused {
+        Some(f) => Some(f.site.clone()),
+        None => arch::site_of(module),
+    };
+    site.ok_or_else(|| {
+        problem(
+            key_a,
+            "LoRA on a module that is not part of a supported decoder (layers.N.self_attn.*, layers.N.mlp.*, layers.N.linear_attn.*, embed_tokens, lm_head) nor a multimodal tower",
+            format!("ollama-tools converts adapters for: {}", arch::supported_list()),
+        )
+    })
+}
+
+/// The notice for a module on a layer that `layers_to_transform` leaves out, which PEFT does not
+/// apply either; `None` for a module to keep.
+fn outside_layers(cfg: &LoraConfig, module: &str, site: &Site) -> Option<String> {
+    let (Some(layers), Site::Layer { layer, .. }) = (&cfg.layers_to_transform, site) else {
+        return None;
+    };
+    (!layers.contains(&u64::from(*layer))).then(|| {
+        format!(
+            "skipped `{module}`: layer {layer} is not in layers_to_transform {layers:?}, so PEFT does not apply it either"
+        )
+    })
+}
+
+/// (module path, rank per expert, experts) of a pair: a fused parameter's pair stacks every
+/// expert's rank, and patterns name the parameter; any other pair is one expert at its own path and
+/// rank. The problem when the configured rank does not divide a fused pair's rows.
+fn per_expert(
+    cfg: &LoraConfig,
+    fused: Option<Fused>,
+    module: String,
+    rank: u64,
+    key_a: &str,
+) -> Checked<(String, u64, u64)> {
+    let Some(f) = fused else {
+        return Ok((module, rank, 1));
+    };
+    match f.split(cfg, rank) {
+        Ok((r, n)) => Ok((f.param_path, r, n)),
+        Err(why) => Err(problem(
+            key_a,
+            why,
+            "check r / rank_pattern in adapter_config.json: PEFT gives lora_A r rows per expert",
+        )),
+    }
+}
+
+/// The problem when a pair's rank is not the configured one (r / rank_pattern), which would make
+/// the scale alpha/r wrong.
+fn check_configured_rank(cfg: &LoraConfig, module: &str, rank: u64, key_a: &str) -> Checked<()> {
+    let configured = cfg.rank_for(module);
+    if configured.is_some_and(|r| r != rank) {
+        return Err(problem(
+            key_a,
+            format!(
+                "tensor rank {rank} differs from the configured rank {} (r / rank_pattern), so the scale alpha/r would be wrong",
+                configured.unwrap_or(0)
+            ),
+            "fix `r` or `rank_pattern` in adapter_config.json to the rank the adapter was trained with",
+        ));
+    }
+    Ok(())
 }
 
 /// A PEFT `target_parameters` wrapper on a fused-experts module, resolved to its parameter.
