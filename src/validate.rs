@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::arch::{self, Site};
 use crate::base::BaseModel;
 use crate::gguf::GgmlType;
-use crate::peft::{Adapter, LoraModule};
+use crate::peft::{Adapter, Analysis, LoraModule};
 
 /// One error or warning: what it is about, what is wrong, what to do.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -197,27 +197,14 @@ fn size_of(s: &str) -> Option<f64> {
 /// Checks `adapter` against `base`.
 pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
     let analysis = adapter.analyze();
-    let base_name = base.source.display().to_string();
     let mut v = Validation {
         adapter: adapter.path.clone(),
-        base: base_name.clone(),
+        base: base.source.display().to_string(),
         arch: base.arch.clone(),
         checks: vec![],
-        errors: analysis
-            .problems
-            .iter()
-            .map(|p| finding(&p.subject, &p.why, &p.hint))
-            .collect(),
-        merge_only: analysis
-            .merge_only
-            .iter()
-            .map(|p| finding(&p.subject, &p.why, &p.hint))
-            .collect(),
-        adapter_only: analysis
-            .adapter_only
-            .iter()
-            .map(|p| finding(&p.subject, &p.why, &p.hint))
-            .collect(),
+        errors: findings(&analysis.problems),
+        merge_only: findings(&analysis.merge_only),
+        adapter_only: findings(&analysis.adapter_only),
         warnings: vec![],
         notices: analysis.notices.clone(),
         summary: String::new(),
@@ -225,8 +212,32 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         replacements: vec![],
     };
     let base_id = adapter.config.base_model_name_or_path.clone().unwrap_or_default();
+    let Some(arch) = check_base(&mut v, base) else {
+        return finish(v, base, 0);
+    };
+    let tally = check_pairs(&mut v, arch, base, adapter, &analysis, &base_id);
+    note_pairs(&mut v, arch, &tally.kv_shared);
+    report_shape_errors(&mut v, &tally.shape_errors);
+    if v.errors.is_empty() {
+        record_fit(&mut v, arch, base, &analysis.modules, &tally);
+    }
+    // Warnings: it fits, but probably is not what the user wants.
+    warn_low_bit(&mut v, &tally.low_bit);
+    check_towers(&mut v, &tally.towers_left_out, base);
+    check_identity(&mut v, base, &base_id);
+    check_vocab(&mut v, adapter, &analysis.modules, base);
+    finish(v, base, tally.layers.len())
+}
 
-    // The base itself.
+/// The analysis' problems as findings.
+fn findings(problems: &[crate::peft::Problem]) -> Vec<Finding> {
+    problems.iter().map(|p| finding(&p.subject, &p.why, &p.hint)).collect()
+}
+
+/// Checks the base itself (GGUF, tensor types this tool knows) and records what it is; its
+/// architecture, or `None` (the error recorded) when ollama-tools does not support it.
+fn check_base(v: &mut Validation, base: &BaseModel) -> Option<&'static arch::Arch> {
+    let base_name = base.source.display();
     match base.format.as_deref() {
         Some(f) if f != "gguf" => v.errors.push(finding(
             "base",
@@ -251,7 +262,7 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             format!("base architecture `{}` is not supported", base.arch),
             format!("supported: {}", arch::supported_list()),
         ));
-        return finish(v, base, 0);
+        return None;
     };
     v.checks.push(format!(
         "base {base_name} ({}): architecture `{}`, {} layers{}{}",
@@ -270,8 +281,19 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         v.checks
             .push("tensor shapes derived from the base's hyper-parameters (the source lists no tensors)".into());
     }
+    Some(arch)
+}
 
-    // Every LoRA pair against the base's tensors: what llama.cpp's loader checks, and more.
+/// Every LoRA pair against the base's tensors (what llama.cpp's loader checks, and more), and every
+/// replacement: what fits is kept in `v`, what does not recorded; the tally of both.
+fn check_pairs(
+    v: &mut Validation,
+    arch: &arch::Arch,
+    base: &BaseModel,
+    adapter: &Adapter,
+    analysis: &Analysis,
+    base_id: &str,
+) -> Tally {
     let mut tally = Tally {
         fused_swapped: analysis
             .modules
@@ -280,28 +302,24 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         ..Tally::default()
     };
     for m in &analysis.modules {
-        for target in map_module(&mut v, &mut tally, arch, base, adapter, m, &base_id) {
-            check_target(&mut v, &mut tally, base, adapter, target, &base_id);
+        for target in map_module(v, &mut tally, arch, base, adapter, m, base_id) {
+            check_target(v, &mut tally, base, adapter, target, base_id);
         }
     }
     for r in &analysis.replacements {
-        check_replacement(&mut v, base, adapter, r);
+        check_replacement(v, base, adapter, r);
     }
-    let Tally {
-        shape_errors,
-        layers,
-        low_bit,
-        types,
-        kv_shared,
-        towers_left_out,
-        experts,
-        ..
-    } = tally;
+    tally
+}
+
+/// Notices about the pairs: skipped on KV-shared layers, kept only for a merge (no run-time LoRA
+/// in llama.cpp), on the multimodal towers (which `convert` leaves out).
+fn note_pairs(v: &mut Validation, arch: &arch::Arch, kv_shared: &BTreeSet<u32>) {
     if !kv_shared.is_empty() {
         v.notices.push(format!(
             "skipped the k_proj/v_proj LoRA of layers {}: these layers reuse an earlier layer's keys and values \
              (KV sharing), so neither transformers nor llama.cpp uses their own k/v projections",
-            layer_list(&kv_shared)
+            layer_list(kv_shared)
         ));
     }
     for t in &v.modules {
@@ -327,7 +345,11 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             first_and_more(&tower_targets),
         ));
     }
-    // The first offending tensor in full, and how many more: one wrong base makes them all wrong.
+}
+
+/// Records the first shape error in full, with how many more there are: one wrong base makes them
+/// all wrong.
+fn report_shape_errors(v: &mut Validation, shape_errors: &[Finding]) {
     if let Some(first) = shape_errors.first() {
         let mut f = first.clone();
         if shape_errors.len() > 1 {
@@ -336,46 +358,46 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         }
         v.errors.push(f);
     }
-    if v.errors.is_empty() {
-        v.checks.push(format!(
-            "{} LoRA pairs map to tensors of the `{}` architecture, in layers {} (the base has {})",
-            v.modules.len(),
-            arch.name,
-            layer_list(&layers),
-            base.block_count
-        ));
-        v.checks
-            .push("every lora_A input width and lora_B output height matches its base tensor".into());
-        if !experts.is_empty() {
-            v.checks.push(expert_check(&experts, &v.modules, base));
-        }
-        let ranks: BTreeSet<u64> = analysis.modules.iter().map(|m| m.rank).collect();
-        v.checks
-            .push(format!("ranks {ranks:?} match r / rank_pattern; alpha positive"));
-        if !types.is_empty() {
-            v.checks.push(format!(
-                "base tensor types {} take an adapter and can be re-quantized",
-                types.into_iter().collect::<Vec<_>>().join(", ")
-            ));
-        }
-    }
+}
 
-    // Warnings: it fits, but probably is not what the user wants.
+/// Records, for an adapter without errors, what was checked and passed: the pairs' layers, shapes,
+/// experts, ranks and base types.
+fn record_fit(v: &mut Validation, arch: &arch::Arch, base: &BaseModel, modules: &[LoraModule], tally: &Tally) {
+    v.checks.push(format!(
+        "{} LoRA pairs map to tensors of the `{}` architecture, in layers {} (the base has {})",
+        v.modules.len(),
+        arch.name,
+        layer_list(&tally.layers),
+        base.block_count
+    ));
+    v.checks
+        .push("every lora_A input width and lora_B output height matches its base tensor".into());
+    if !tally.experts.is_empty() {
+        v.checks.push(expert_check(&tally.experts, &v.modules, base));
+    }
+    let ranks: BTreeSet<u64> = modules.iter().map(|m| m.rank).collect();
+    v.checks
+        .push(format!("ranks {ranks:?} match r / rank_pattern; alpha positive"));
+    if !tally.types.is_empty() {
+        v.checks.push(format!(
+            "base tensor types {} take an adapter and can be re-quantized",
+            tally.types.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+}
+
+/// Warns when the adapted base tensors are quantized below 4 bits (`low_bit`: their type names).
+fn warn_low_bit(v: &mut Validation, low_bit: &BTreeSet<String>) {
     if !low_bit.is_empty() {
         v.warnings.push(finding(
             "base",
             format!(
                 "the adapted base tensors are quantized below 4 bits ({}): the adapter's effect degrades",
-                low_bit.into_iter().collect::<Vec<_>>().join(", ")
+                low_bit.iter().cloned().collect::<Vec<_>>().join(", ")
             ),
             "use a Q4_K_M or better build of the base",
         ));
     }
-    check_towers(&mut v, &towers_left_out, base);
-    check_identity(&mut v, base, &base_id);
-    check_vocab(&mut v, adapter, &analysis.modules, base);
-    let layers_n = layers.len();
-    finish(v, base, layers_n)
 }
 
 /// The base tensors module `m` adapts, each with its share of lora_B's rows; none (with the
