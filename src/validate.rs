@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::arch::{self, Site};
 use crate::base::BaseModel;
+use crate::error::Error;
 use crate::gguf::GgmlType;
 use crate::peft::{Adapter, Analysis, LoraModule};
 
@@ -957,13 +958,35 @@ impl GgufAdapter {
     }
 }
 
+/// What to pass instead of a file that is not a usable GGUF LoRA adapter.
+const GGUF_ADAPTER_HINT: &str = "pass a GGUF LoRA adapter (from `ollama-tools convert` or llama.cpp's convert_lora_to_gguf.py), or the PEFT adapter folder";
+
 /// Reads the GGUF LoRA adapter at `path` and checks it fits `base`: `general.type` is `adapter`, the
 /// architecture is the base's, every lora_a has its lora_b, and each pair's shapes match the base
 /// tensor as llama.cpp requires (for the token embedding, lora_a is stored transposed).
 pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAdapter> {
-    use crate::error::Error;
     let header = crate::gguf::read_header(path).map_err(|e| Error::invalid(path, e.to_string()))?;
-    let hint = "pass a GGUF LoRA adapter (from `ollama-tools convert` or llama.cpp's convert_lora_to_gguf.py), or the PEFT adapter folder";
+    check_adapter_kind(path, &header, base)?;
+    let alpha = adapter_alpha(path, &header)?;
+    let pairs = adapter_pairs(path, &header, base)?;
+    if pairs.is_empty() {
+        return Err(Error::refused(
+            path,
+            "the adapter holds no LoRA tensor pairs",
+            GGUF_ADAPTER_HINT,
+        ));
+    }
+    Ok(GgufAdapter {
+        path: path.to_path_buf(),
+        header,
+        alpha,
+        pairs,
+    })
+}
+
+/// Refuses a GGUF that is not a LoRA adapter (`general.type`, `adapter.type`), or one for another
+/// architecture than `base`'s.
+fn check_adapter_kind(path: &Path, header: &crate::gguf::Header, base: &BaseModel) -> crate::Result<()> {
     match header.get_str("general.type") {
         Some("adapter") => {}
         other => {
@@ -973,7 +996,7 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
                     "not a GGUF LoRA adapter: general.type is {}",
                     other.map_or("not set".into(), |t| format!("`{t}`"))
                 ),
-                hint,
+                GGUF_ADAPTER_HINT,
             ));
         }
     }
@@ -981,7 +1004,7 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
         return Err(Error::refused(
             path,
             format!("adapter.type is `{t}`; only LoRA adapters are applied by llama.cpp and Ollama"),
-            hint,
+            GGUF_ADAPTER_HINT,
         ));
     }
     let arch = header.get_str("general.architecture").unwrap_or_default();
@@ -996,14 +1019,29 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
             "use the base model the adapter was made for",
         ));
     }
+    Ok(())
+}
+
+/// `adapter.lora.alpha` (0 when absent); refused unless finite and not negative.
+fn adapter_alpha(path: &Path, header: &crate::gguf::Header) -> crate::Result<f32> {
     let alpha = header.get("adapter.lora.alpha").and_then(|v| v.as_f64()).unwrap_or(0.0) as f32;
     if !(alpha.is_finite() && alpha >= 0.0) {
         return Err(Error::invalid(
             path,
             format!("adapter.lora.alpha is {alpha}; it must be a finite number >= 0"),
         )
-        .with_hint(hint));
+        .with_hint(GGUF_ADAPTER_HINT));
     }
+    Ok(alpha)
+}
+
+/// Per adapted base tensor: its name and the indexes of its lora_a and lora_b in the header, in
+/// file order; refused at the first tensor that is not half of a pair fitting its base tensor.
+fn adapter_pairs(
+    path: &Path,
+    header: &crate::gguf::Header,
+    base: &BaseModel,
+) -> crate::Result<Vec<(String, usize, usize)>> {
     let index: std::collections::HashMap<&str, usize> = header
         .tensors
         .iter()
@@ -1017,17 +1055,19 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
                 return Err(Error::refused(
                     path,
                     format!("tensor `{}` is neither a lora_a nor a lora_b", t.name),
-                    hint,
+                    GGUF_ADAPTER_HINT,
                 ));
             }
             if !index.contains_key(format!("{}.lora_a", t.name.trim_end_matches(".lora_b")).as_str()) {
-                return Err(Error::invalid(path, format!("`{}` has no matching lora_a", t.name)).with_hint(hint));
+                return Err(
+                    Error::invalid(path, format!("`{}` has no matching lora_a", t.name)).with_hint(GGUF_ADAPTER_HINT)
+                );
             }
             continue;
         };
-        let &b = index
-            .get(format!("{name}.lora_b").as_str())
-            .ok_or_else(|| Error::invalid(path, format!("`{}` has no matching lora_b", t.name)).with_hint(hint))?;
+        let &b = index.get(format!("{name}.lora_b").as_str()).ok_or_else(|| {
+            Error::invalid(path, format!("`{}` has no matching lora_b", t.name)).with_hint(GGUF_ADAPTER_HINT)
+        })?;
         let bt = &header.tensors[b];
         let base_t = base.tensors.get(name).ok_or_else(|| {
             Error::refused(
@@ -1040,56 +1080,60 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
                 "use the base model the adapter was made for",
             )
         })?;
-        for x in [t, bt] {
-            if !matches!(x.ne.len(), 2 | 3) || !crate::quant::can_dequantize(x.ty) {
-                return Err(Error::refused(
-                    path,
-                    format!(
-                        "`{}` is a {}-d {} tensor; a LoRA pair is two 2-d matrices (3-d for experts) of a readable type",
-                        x.name,
-                        x.ne.len(),
-                        x.ty
-                    ),
-                    hint,
-                ));
-            }
-        }
-        let (bn, an, bbn) = (&base_t.ne, &t.ne, &bt.ne);
-        // llama.cpp's own checks (llama-adapter.cpp): a = [in, r], b = [r, out]; the token embedding
-        // keeps lora_a transposed, a = [r, vocab], b = [r, hidden].
-        // Every dimension non-zero: a rank or width of 0 would make the merge divide by zero.
-        let nonzero = [bn, an, bbn].iter().all(|ne| ne.iter().all(|&d| d > 0));
-        // A stacked expert tensor (ggml [in, out, n]) takes a = [in, r, n], b = [r, out, n].
-        let same_stack =
-            bn.len() == an.len() && bn.len() == bbn.len() && bn.get(2) == an.get(2) && bn.get(2) == bbn.get(2);
-        let fits = nonzero
-            && matches!(bn.len(), 2 | 3)
-            && same_stack
-            && if name == "token_embd.weight" {
-                bn[0] == bbn[1] && bn[1] == an[1] && an[0] == bbn[0]
-            } else {
-                bn[0] == an[0] && bn[1] == bbn[1] && an[1] == bbn[0]
-            };
-        if !fits {
+        check_pair_fits(path, name, t, bt, &base_t.ne)?;
+        pairs.push((name.to_string(), i, b));
+    }
+    Ok(pairs)
+}
+
+/// Refuses a lora_a `a` / lora_b `b` pair for base tensor `name` (ggml shape `bn`) unless both are
+/// readable 2-d (3-d for experts) matrices whose shapes fit it as llama.cpp requires.
+fn check_pair_fits(
+    path: &Path,
+    name: &str,
+    a: &crate::gguf::TensorInfo,
+    b: &crate::gguf::TensorInfo,
+    bn: &[u64],
+) -> crate::Result<()> {
+    for x in [a, b] {
+        if !matches!(x.ne.len(), 2 | 3) || !crate::quant::can_dequantize(x.ty) {
             return Err(Error::refused(
                 path,
                 format!(
-                    "`{name}` is {bn:?} in the base, and its lora_a {an:?} / lora_b {bbn:?} do not fit it (ggml order)"
+                    "`{}` is a {}-d {} tensor; a LoRA pair is two 2-d matrices (3-d for experts) of a readable type",
+                    x.name,
+                    x.ne.len(),
+                    x.ty
                 ),
-                "the adapter was made for a different model; use its own base",
+                GGUF_ADAPTER_HINT,
             ));
         }
-        pairs.push((name.to_string(), i, b));
     }
-    if pairs.is_empty() {
-        return Err(Error::refused(path, "the adapter holds no LoRA tensor pairs", hint));
+    let (an, bbn): (&[u64], &[u64]) = (&a.ne, &b.ne);
+    // llama.cpp's own checks (llama-adapter.cpp): a = [in, r], b = [r, out]; the token embedding
+    // keeps lora_a transposed, a = [r, vocab], b = [r, hidden].
+    // Every dimension non-zero: a rank or width of 0 would make the merge divide by zero.
+    let nonzero = [bn, an, bbn].iter().all(|ne| ne.iter().all(|&d| d > 0));
+    // A stacked expert tensor (ggml [in, out, n]) takes a = [in, r, n], b = [r, out, n].
+    let same_stack = bn.len() == an.len() && bn.len() == bbn.len() && bn.get(2) == an.get(2) && bn.get(2) == bbn.get(2);
+    let fits = nonzero
+        && matches!(bn.len(), 2 | 3)
+        && same_stack
+        && if name == "token_embd.weight" {
+            bn[0] == bbn[1] && bn[1] == an[1] && an[0] == bbn[0]
+        } else {
+            bn[0] == an[0] && bn[1] == bbn[1] && an[1] == bbn[0]
+        };
+    if !fits {
+        return Err(Error::refused(
+            path,
+            format!(
+                "`{name}` is {bn:?} in the base, and its lora_a {an:?} / lora_b {bbn:?} do not fit it (ggml order)"
+            ),
+            "the adapter was made for a different model; use its own base",
+        ));
     }
-    Ok(GgufAdapter {
-        path: path.to_path_buf(),
-        header,
-        alpha,
-        pairs,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
