@@ -448,21 +448,8 @@ fn map_module(
         return vec![];
     }
     if let Site::Layer { layer, .. } | Site::Expert { layer, .. } | Site::FusedExperts { layer, .. } = m.site {
-        if u64::from(layer) >= base.block_count {
-            v.errors.push(finding(
-                key_a,
-                format!(
-                    "maps to `{}`, but the base has {} layers (0-{})",
-                    names[0],
-                    base.block_count,
-                    base.block_count.saturating_sub(1)
-                ),
-                format!(
-                    "the base has {} layers; this adapter was trained on a deeper model{}",
-                    base.block_count,
-                    trained_for(base_id)
-                ),
-            ));
+        if let Some(f) = beyond_layers(base, layer, &names[0], key_a, base_id) {
+            v.errors.push(f);
             return vec![];
         }
         tally.layers.insert(layer);
@@ -486,6 +473,27 @@ fn map_module(
         return targets;
     }
     split_rows(tally, m, names, key_a, base_id, interleaved)
+}
+
+/// The error for a module on layer `layer`, mapping to `tensor`, when the base has fewer layers;
+/// `None` when the base has it.
+fn beyond_layers(base: &BaseModel, layer: u32, tensor: &str, key_a: &str, base_id: &str) -> Option<Finding> {
+    (u64::from(layer) >= base.block_count).then(|| {
+        finding(
+            key_a,
+            format!(
+                "maps to `{}`, but the base has {} layers (0-{})",
+                tensor,
+                base.block_count,
+                base.block_count.saturating_sub(1)
+            ),
+            format!(
+                "the base has {} layers; this adapter was trained on a deeper model{}",
+                base.block_count,
+                trained_for(base_id)
+            ),
+        )
+    })
 }
 
 /// Which ways round a fused-experts pair fits its base tensors: lora_A facing the inputs
@@ -652,24 +660,7 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
         return;
     };
     if tied && matches!(m.site, Site::Output | Site::Embedding) {
-        // Measured in llama.cpp (tests/interop): with tied embeddings the output projection *is*
-        // token_embd.weight, so the loader applies an embedding LoRA there too, in a layout that
-        // aborts the process (GGML_ASSERT(ggml_can_mul_mat)); an lm_head LoRA has no tensor at all.
-        // PEFT's model changes one of the two uses only: a merge writes them untied.
-        v.merge_only.push(finding(
-            key_a,
-            format!(
-                "{} LoRA, and the base ties its output projection to the token embeddings: PEFT's model changes \
-                 only the {}, which a GGUF adapter cannot express",
-                if m.embedding { "an embedding" } else { "an lm_head" },
-                if m.embedding {
-                    "input embeddings"
-                } else {
-                    "output projection"
-                }
-            ),
-            "merge it (`ollama-tools merge`, or create-from-base): the merged model gets its own output.weight",
-        ));
+        v.merge_only.push(tied_embedding(m.embedding, key_a));
     }
     let want = if m.embedding {
         [m.out_features, m.in_features]
@@ -712,6 +703,29 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
         return;
     }
     keep(v, tally, base_t, t);
+}
+
+/// Why an embedding (`embedding`) or lm_head LoRA on a base with tied embeddings can only be
+/// merged.
+fn tied_embedding(embedding: bool, key_a: &str) -> Finding {
+    // Measured in llama.cpp (tests/interop): with tied embeddings the output projection *is*
+    // token_embd.weight, so the loader applies an embedding LoRA there too, in a layout that
+    // aborts the process (GGML_ASSERT(ggml_can_mul_mat)); an lm_head LoRA has no tensor at all.
+    // PEFT's model changes one of the two uses only: a merge writes them untied.
+    finding(
+        key_a,
+        format!(
+            "{} LoRA, and the base ties its output projection to the token embeddings: PEFT's model changes \
+             only the {}, which a GGUF adapter cannot express",
+            if embedding { "an embedding" } else { "an lm_head" },
+            if embedding {
+                "input embeddings"
+            } else {
+                "output projection"
+            }
+        ),
+        "merge it (`ollama-tools merge`, or create-from-base): the merged model gets its own output.weight",
+    )
 }
 
 /// "experts: 8 of the base's 128 adapted (0-7), ranks [16]".
