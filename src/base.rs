@@ -969,9 +969,8 @@ fn hf_arch<'a>(path: &Path, root: &'a Json, cfg: &'a Json) -> Result<(&'static A
     Ok((arch, model_type))
 }
 
-/// The hyper-parameters of a `config.json` (`cfg`: its decoder part, `root`: the whole), per layer
-/// where the architecture's layers differ; refused when a field is missing, out of bounds or
-/// inconsistent.
+/// The hyper-parameters of a `config.json` (`cfg`: its decoder part), per layer where layers differ;
+/// refused when a field is missing, out of bounds or inconsistent.
 fn hf_dims(path: &Path, arch: &Arch, model_type: &str, root: &Json, cfg: &Json) -> Result<Dims> {
     // A field the config leaves out takes its transformers config-class default where that
     // default is a number (Gemma 3's text_config omits several); bounds keep a damaged config
@@ -1124,9 +1123,8 @@ impl ModelInfo<'_> {
         Ok((tensors, unknown_types))
     }
 
-    /// The tensors of a GGUF model whose server lists none, derived from `model_info` where it
-    /// gives enough (else none); refused for architectures whose layers differ, and for sizes out of
-    /// bounds.
+    /// The tensors of a GGUF model the server lists none of, derived from `model_info` (none where it
+    /// says too little); refused for architectures whose layers differ, and for sizes out of bounds.
     fn derived_tensors(
         &self,
         block_count: u64,

@@ -512,9 +512,8 @@ fn gather_targets(inputs: &[Input], base: &BaseModel, opts: &Options) -> Result<
     Ok(out)
 }
 
-/// The file alpha: the most common magnitude among lora_b tensors whose parts share one factor, so
-/// those need no folding (for a plain adapter this is exactly lora_alpha); refused when f32 cannot
-/// carry it reliably.
+/// The file alpha: the most common factor magnitude of lora_b tensors whose parts share one, so those
+/// need no folding (for a plain adapter, exactly lora_alpha); refused when f32 cannot carry it.
 fn file_alpha(tensors: &[OutTensor]) -> Result<f32> {
     let mut votes: Vec<(f64, usize)> = Vec::new();
     for t in tensors.iter().filter(|t| t.layout == Layout::ColsB) {
@@ -545,9 +544,8 @@ fn file_alpha(tensors: &[OutTensor]) -> Result<f32> {
     Ok(alpha_f64 as f32)
 }
 
-/// Divides every lora_b part's factor by the file alpha, leaving 1 where llama.cpp's alpha / r
-/// already gives the scale; the number of pairs whose lora_b still gets a factor folded in.
-/// Refused when a factor is too far from the alpha to fold.
+/// Divides every lora_b part's factor by the file alpha; the number of pairs still folding a factor
+/// into lora_b, refused when one is too far from the alpha to fold.
 fn fold_factors(tensors: &mut [OutTensor], alpha: f32) -> Result<usize> {
     let mut folded = 0;
     for t in tensors.iter_mut().filter(|t| t.layout == Layout::ColsB) {

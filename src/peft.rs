@@ -929,9 +929,8 @@ fn check_lora_fields(cfg: &LoraConfig, out: &mut Analysis) {
     }
 }
 
-/// Sorts the tensors into LoRA pairs and DoRA magnitudes (module path -> index), hands replacements
-/// to [`replacement`], and records a problem for every other tensor, for a file with several named
-/// adapters, and for one with no tensors.
+/// The tensors sorted into LoRA pairs and DoRA magnitudes (module path -> index), replacements taken
+/// by [`replacement`]; a problem recorded for any other tensor, several named adapters, or none.
 fn sort_tensors(adapter: &Adapter, out: &mut Analysis) -> (Pairs, BTreeMap<String, usize>) {
     let cfg = &adapter.config;
     let merge_hint = "merge it with PEFT (merge_and_unload) and convert the merged model, or retrain without it";
@@ -1026,9 +1025,8 @@ fn full_tensor_why(cfg: &LoraConfig, key: &str) -> &'static str {
     }
 }
 
-/// The module a lora_A/lora_B pair adapts, with PEFT's scale; `Ok(None)` for a pair PEFT itself
-/// does not apply (outside layers_to_transform: the notice is recorded), the problem for a pair
-/// that cannot convert. Takes the module's DoRA magnitude out of `magnitudes`.
+/// The module a pair adapts, with PEFT's scale and its DoRA magnitude (taken out of `magnitudes`);
+/// `Ok(None)` outside layers_to_transform (noticed), the problem for a pair that cannot convert.
 fn lora_module(
     adapter: &Adapter,
     module: String,
@@ -1146,9 +1144,8 @@ fn outside_layers(cfg: &LoraConfig, module: &str, site: &Site) -> Option<String>
     })
 }
 
-/// (module path, rank per expert, experts) of a pair: a fused parameter's pair stacks every
-/// expert's rank, and patterns name the parameter; any other pair is one expert at its own path and
-/// rank. The problem when the configured rank does not divide a fused pair's rows.
+/// (module path, rank per expert, experts): a fused parameter's pair stacks every expert's rank under
+/// the parameter's path, or is refused when the configured rank does not divide it; others are one.
 fn per_expert(
     cfg: &LoraConfig,
     fused: Option<Fused>,
