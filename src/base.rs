@@ -680,6 +680,7 @@ impl BaseModel {
         }
     }
 
+    /// From a GGUF file's header (the weights are not read); refuses a GGUF that is a LoRA adapter.
     pub fn from_gguf(path: &Path) -> Result<Self> {
         let header = gguf::read_header(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof => Error::invalid(path, e.to_string())
@@ -695,21 +696,6 @@ impl BaseModel {
                 .with_hint("pass the model the adapter was trained for as --base"));
         }
         let get_u64 = |key: &str| header.get(&format!("{arch}.{key}")).and_then(gguf::Value::as_u64);
-        // Head counts may be per-layer arrays (llama.cpp reads either).
-        let heads = |key: &str| -> Result<Option<Heads>> {
-            let full = format!("{arch}.{key}");
-            let Some(v) = header.get(&full) else { return Ok(None) };
-            let values = match v {
-                gguf::Value::Array(items) => items.as_u64s(),
-                single => single.as_u64().map(|n| vec![n]),
-            };
-            Heads::of(values).map(Some).ok_or_else(|| {
-                Error::invalid(
-                    path,
-                    format!("GGUF metadata `{full}` is not a head count from 1 to {MAX_HEADS} or a list of them"),
-                )
-            })
-        };
         let block_count = get_u64("block_count").ok_or_else(|| {
             Error::invalid(
                 path,
@@ -718,28 +704,16 @@ impl BaseModel {
         })?;
         bounded(&format!("{arch}.block_count"), block_count, MAX_LAYERS)
             .map_err(|msg| Error::invalid(path, format!("GGUF metadata {msg}")))?;
-        let q_heads = heads("attention.head_count")?
+        let q_heads = gguf_heads(path, &header, &arch, "attention.head_count")?
             .ok_or_else(|| Error::invalid(path, format!("GGUF metadata `{arch}.attention.head_count` is missing")))?;
-        let kv_heads = heads("attention.head_count_kv")?.unwrap_or(q_heads);
+        let kv_heads = gguf_heads(path, &header, &arch, "attention.head_count_kv")?.unwrap_or(q_heads);
         let shared_kv_layers = get_u64("attention.shared_kv_layers").unwrap_or(0);
         let linear_attn = linear_attn(
             get_u64("ssm.group_count"),
             get_u64("ssm.time_step_rank"),
             get_u64("ssm.inner_size"),
         );
-        let tensors: BTreeMap<_, _> = header
-            .tensors
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    BaseTensor {
-                        ne: t.ne.clone(),
-                        ty: Some(t.ty),
-                    },
-                )
-            })
-            .collect();
+        let tensors = gguf_tensors(&header);
         let vocab_size = get_u64("vocab_size")
             .or_else(|| {
                 header
@@ -778,97 +752,25 @@ impl BaseModel {
         })
     }
 
+    /// From a Hugging Face `config.json`: tensor shapes derived from the hyper-parameters the way
+    /// llama.cpp's converter lays them out.
     pub fn from_hf_config(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let root: Json =
             serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not valid JSON: {e}")))?;
         // Multimodal wrappers (Gemma 3) keep the decoder's hyper-parameters in `text_config`.
         let cfg = root.get("text_config").filter(|v| v.is_object()).unwrap_or(&root);
-        // The wrapper's own type first: llama.cpp's converter picks the architecture by the wrapper
-        // class (Mistral 3's text_config says `mistral`, yet the GGUF is `mistral3`).
-        let wrapper = root
-            .get("model_type")
-            .and_then(Json::as_str)
-            .filter(|t| arch::by_hf_model_type(t).is_some());
-        let model_type = wrapper
-            .or_else(|| cfg.get("model_type").and_then(Json::as_str))
-            .or_else(|| root.get("model_type").and_then(Json::as_str))
-            .ok_or_else(|| Error::invalid(path, "config.json has no `model_type`"))?;
-        let arch = arch::by_hf_model_type(model_type).ok_or_else(|| {
-            Error::refused(
-                path,
-                format!("model_type `{model_type}` is not an architecture ollama-tools supports"),
-                format!("supported: {}", arch::supported_list()),
-            )
-        })?;
-        // A field the config leaves out takes its transformers config-class default where that
-        // default is a number (Gemma 3's text_config omits several); bounds keep a damaged config
-        // from asking for absurd tables.
-        let get = |key: &str, max: u64| -> Result<Option<u64>> {
-            let value = cfg_u64(cfg, key, max).map_err(|msg| Error::invalid(path, msg))?;
-            Ok(value.or_else(|| hf_default(arch.name, key)))
-        };
-        let need = |key: &str, max: u64| {
-            get(key, max)?.ok_or_else(|| Error::invalid(path, format!("config.json field `{key}` is missing")))
-        };
-        const DIM: u64 = MAX_DIM;
-        let hidden = need("hidden_size", DIM)?;
-        let n_layer = need("num_hidden_layers", MAX_LAYERS)?;
-        let n_head = need("num_attention_heads", MAX_HEADS)?;
-        let n_kv = get("num_key_value_heads", MAX_HEADS)?.unwrap_or(n_head);
-        let head_dim = get("head_dim", DIM)?.unwrap_or(hidden / n_head);
-        if head_dim == 0 {
-            return Err(Error::invalid(
-                path,
-                format!("config.json: hidden_size {hidden} gives {n_head} attention heads no width"),
-            )
-            .with_hint("the config needs `head_dim`, or a hidden_size that is a multiple of num_attention_heads"));
-        }
-        // MoE configs may give only the experts' width (Qwen3.5-MoE): every layer is sparse then.
-        let ffn = match get("intermediate_size", DIM)? {
-            Some(f) => f,
-            None => need("moe_intermediate_size", DIM)?,
-        };
-        let vocab = need("vocab_size", 1 << 24)?;
-        let tied_default = arch.name.starts_with("gemma");
-        let tied = cfg
-            .get("tie_word_embeddings")
-            .or_else(|| root.get("tie_word_embeddings"))
-            .and_then(Json::as_bool)
-            .unwrap_or(tied_default);
-
-        let mut dims = Dims {
-            layers: n_layer,
-            hidden,
-            heads: n_head,
-            kv_heads: n_kv,
-            head_dim,
-            ffn,
-            vocab,
-            tied,
-            ..Dims::default()
-        };
-        let per_layer = match (arch.name, model_type) {
-            ("qwen35", _) => qwen35_dims(&mut dims, cfg),
-            ("qwen35moe", _) => qwen35_dims(&mut dims, cfg).and_then(|()| moe_dims(&mut dims, cfg, "qwen3_5_moe")),
-            ("gemma4", _) => gemma4_dims(&mut dims, cfg),
-            ("llama4", _) => llama4_dims(&mut dims, cfg),
-            (_, "qwen3_moe" | "mixtral" | "gpt_oss") => moe_dims(&mut dims, cfg, model_type),
-            (_, "granitemoehybrid") => granite4_dense(cfg, &dims),
-            _ => Ok(()),
-        };
-        per_layer.map_err(|msg| Error::invalid(path, msg))?;
-        dims.check()
-            .map_err(|msg| Error::invalid(path, format!("config.json: {msg}")))?;
+        let (arch, model_type) = hf_arch(path, &root, cfg)?;
+        let dims = hf_dims(path, arch, model_type, &root, cfg)?;
         Ok(BaseModel {
             source: path.to_path_buf(),
             arch: arch.name.to_string(),
             name: root.get("_name_or_path").and_then(Json::as_str).map(str::to_string),
-            block_count: n_layer,
-            head_count: n_head,
-            head_count_kv: n_kv,
+            block_count: dims.layers,
+            head_count: dims.heads,
+            head_count_kv: dims.kv_heads,
             uniform_heads: dims.kinds.iter().all(|k| match k {
-                LayerKind::Attention { kv_heads, .. } => *kv_heads == n_kv,
+                LayerKind::Attention { kv_heads, .. } => *kv_heads == dims.kv_heads,
                 LayerKind::Linear => true,
             }),
             shared_kv_layers: dims.shared_kv_layers,
@@ -877,7 +779,7 @@ impl BaseModel {
                 v_heads: l.v_heads as usize,
                 v_head_dim: l.v_head_dim as usize,
             }),
-            vocab_size: Some(vocab),
+            vocab_size: Some(dims.vocab),
             tensors: derive_tensors(arch, &dims),
             exact_tensors: false,
             gguf_path: None,
@@ -896,118 +798,57 @@ impl BaseModel {
     /// (derived from the hyper-parameters when the server lists none).
     pub fn from_show(name: &ModelName, show: &ollama::Show, server: &str) -> Result<Self> {
         let source = PathBuf::from(name.to_string());
-        let info = &show.model_info;
-        let bad = |msg: String| Error::invalid(&source, format!("{msg} (from the Ollama server at {server})"));
-        let arch = info
+        let arch = show
+            .model_info
             .get("general.architecture")
             .and_then(Json::as_str)
             .unwrap_or(&show.details.family)
             .to_string();
-        let int = |key: &str| info.get(&format!("{arch}.{key}")).and_then(Json::as_u64);
-        // Head counts may be per-layer arrays.
-        let heads = |key: &str| -> Result<Option<Heads>> {
-            let values: Option<Vec<u64>> = match info.get(&format!("{arch}.{key}")) {
-                None | Some(Json::Null) => return Ok(None),
-                Some(Json::Array(items)) => items.iter().map(Json::as_u64).collect(),
-                Some(v) => v.as_u64().map(|n| vec![n]),
-            };
-            Heads::of(values).map(Some).ok_or_else(|| {
-                bad(format!(
-                    "`{arch}.{key}` is not a head count from 1 to {MAX_HEADS} or a list of them"
-                ))
-            })
+        let info = ModelInfo {
+            info: &show.model_info,
+            arch: &arch,
+            source: &source,
+            server,
         };
         let gguf = show.details.format.is_empty() || show.details.format == "gguf";
-        let block_count = int("block_count").unwrap_or(0);
-        let q_heads = heads("attention.head_count")?.unwrap_or(Heads { max: 0, uniform: true });
+        let block_count = info.int("block_count").unwrap_or(0);
+        let q_heads = info
+            .heads("attention.head_count")?
+            .unwrap_or(Heads { max: 0, uniform: true });
         if gguf {
             // Up front, so that validate does not pass a base that convert then refuses.
-            bounded(&format!("{arch}.block_count"), block_count, MAX_LAYERS)
-                .map_err(|msg| bad(format!("{msg} (missing or not an integer reads as 0)")))?;
-            if q_heads.max == 0 {
-                return Err(bad(format!(
-                    "`{arch}.attention.head_count` is missing: the base's attention layout is unknown"
-                ))
-                .with_hint("pass the model's GGUF file as --base"));
-            }
+            info.check_layout(block_count, q_heads)?;
         }
-        let kv_heads = heads("attention.head_count_kv")?.unwrap_or(q_heads);
+        let kv_heads = info.heads("attention.head_count_kv")?.unwrap_or(q_heads);
         let (head_count, head_count_kv) = (q_heads.max, kv_heads.max);
-        let shared_kv_layers = int("attention.shared_kv_layers").unwrap_or(0);
-        let linear_attn = linear_attn(int("ssm.group_count"), int("ssm.time_step_rank"), int("ssm.inner_size"));
-        if let Some(t) = show.tensors.iter().find(|t| !plausible_shape(&t.shape)) {
-            return Err(bad(format!(
-                "tensor `{}` has shape {:?}; expected 1 to 4 non-zero dimensions",
-                t.name, t.shape
-            )));
-        }
-        let mut unknown_types = Vec::new();
-        let mut tensors: BTreeMap<String, BaseTensor> = show
-            .tensors
-            .iter()
-            .map(|t| {
-                let ty = GgmlType::from_name(&t.ty);
-                if ty.is_none() {
-                    unknown_types.push(format!("{}: {}", t.name, t.ty));
-                }
-                (
-                    t.name.clone(),
-                    BaseTensor {
-                        ne: t.shape.clone(),
-                        ty,
-                    },
-                )
-            })
-            .collect();
-        let vocab_size = int("vocab_size")
+        let shared_kv_layers = info.int("attention.shared_kv_layers").unwrap_or(0);
+        let linear_attn = linear_attn(
+            info.int("ssm.group_count"),
+            info.int("ssm.time_step_rank"),
+            info.int("ssm.inner_size"),
+        );
+        let (mut tensors, unknown_types) = info.listed_tensors(&show.tensors)?;
+        let vocab_size = info
+            .int("vocab_size")
             .or_else(|| {
-                info.get("tokenizer.ggml.tokens")
+                show.model_info
+                    .get("tokenizer.ggml.tokens")
                     .and_then(Json::as_array)
                     .map(|a| a.len() as u64)
             })
             .or_else(|| tensors.get("token_embd.weight").and_then(|t| t.ne.get(1).copied()));
         let exact_tensors = !tensors.is_empty();
-        if !exact_tensors && gguf && matches!(arch.as_str(), "qwen35" | "qwen35moe" | "gemma4" | "llama4") {
-            return Err(bad(format!(
-                "the server lists no tensors, and the layers of `{arch}` models differ from one another"
-            ))
-            .with_hint(
-                "use an Ollama that answers /api/show with verbose tensors, or pass the model's GGUF file as --base",
-            ));
-        }
         if !exact_tensors && gguf {
-            if let (Some(arch_spec), Some(hidden), Some(vocab)) =
-                (arch::by_name(&arch), int("embedding_length"), vocab_size)
-            {
-                let dims = Dims {
-                    layers: block_count,
-                    hidden,
-                    heads: head_count,
-                    kv_heads: head_count_kv,
-                    head_dim: int("attention.key_length").unwrap_or(hidden / head_count),
-                    ffn: int("feed_forward_length").unwrap_or(0),
-                    vocab,
-                    // Unknown without a tensor list: assume tied, so an embedding or lm_head LoRA is
-                    // refused rather than handed to llama.cpp on a guess.
-                    tied: true,
-                    experts: int("expert_count").unwrap_or(0),
-                    expert_ffn: int("expert_feed_forward_length")
-                        .or(int("feed_forward_length"))
-                        .unwrap_or(0),
-                    ..Dims::default()
-                };
-                dims.check().map_err(|msg| {
-                    bad(format!(
-                        "the server lists no tensors, and their shapes cannot be derived from model_info: {msg}"
-                    ))
-                })?;
-                tensors = derive_tensors(arch_spec, &dims);
-            }
+            tensors = info.derived_tensors(block_count, (head_count, head_count_kv), vocab_size)?;
         }
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
         Ok(BaseModel {
             source,
-            name: info.get("general.name").and_then(Json::as_str).map(str::to_string),
+            name: show
+                .model_info
+                .get("general.name")
+                .and_then(Json::as_str)
+                .map(str::to_string),
             arch,
             block_count,
             head_count,
@@ -1068,6 +909,267 @@ impl BaseModel {
         let mut base = Self::from_gguf(&blob)?;
         base.source = PathBuf::from(name.to_string());
         Ok(base)
+    }
+}
+
+/// Head count `{arch}.{key}` of a GGUF header, given once or per layer (llama.cpp reads either);
+/// `None` when absent, refused when not counts from 1 to [`MAX_HEADS`].
+fn gguf_heads(path: &Path, header: &gguf::Header, arch: &str, key: &str) -> Result<Option<Heads>> {
+    let full = format!("{arch}.{key}");
+    let Some(v) = header.get(&full) else { return Ok(None) };
+    let values = match v {
+        gguf::Value::Array(items) => items.as_u64s(),
+        single => single.as_u64().map(|n| vec![n]),
+    };
+    Heads::of(values).map(Some).ok_or_else(|| {
+        Error::invalid(
+            path,
+            format!("GGUF metadata `{full}` is not a head count from 1 to {MAX_HEADS} or a list of them"),
+        )
+    })
+}
+
+/// The tensors a GGUF header lists, with their shapes and types.
+fn gguf_tensors(header: &gguf::Header) -> BTreeMap<String, BaseTensor> {
+    header
+        .tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                BaseTensor {
+                    ne: t.ne.clone(),
+                    ty: Some(t.ty),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The architecture of a `config.json` (`cfg`: its decoder part, `root`: the whole) and the
+/// `model_type` that names it; refused when it names none or one ollama-tools does not support.
+fn hf_arch<'a>(path: &Path, root: &'a Json, cfg: &'a Json) -> Result<(&'static Arch, &'a str)> {
+    // The wrapper's own type first: llama.cpp's converter picks the architecture by the wrapper
+    // class (Mistral 3's text_config says `mistral`, yet the GGUF is `mistral3`).
+    let wrapper = root
+        .get("model_type")
+        .and_then(Json::as_str)
+        .filter(|t| arch::by_hf_model_type(t).is_some());
+    let model_type = wrapper
+        .or_else(|| cfg.get("model_type").and_then(Json::as_str))
+        .or_else(|| root.get("model_type").and_then(Json::as_str))
+        .ok_or_else(|| Error::invalid(path, "config.json has no `model_type`"))?;
+    let arch = arch::by_hf_model_type(model_type).ok_or_else(|| {
+        Error::refused(
+            path,
+            format!("model_type `{model_type}` is not an architecture ollama-tools supports"),
+            format!("supported: {}", arch::supported_list()),
+        )
+    })?;
+    Ok((arch, model_type))
+}
+
+/// The hyper-parameters of a `config.json` (`cfg`: its decoder part), per layer where layers differ;
+/// refused when a field is missing, out of bounds or inconsistent.
+fn hf_dims(path: &Path, arch: &Arch, model_type: &str, root: &Json, cfg: &Json) -> Result<Dims> {
+    // A field the config leaves out takes its transformers config-class default where that
+    // default is a number (Gemma 3's text_config omits several); bounds keep a damaged config
+    // from asking for absurd tables.
+    let get = |key: &str, max: u64| -> Result<Option<u64>> {
+        let value = cfg_u64(cfg, key, max).map_err(|msg| Error::invalid(path, msg))?;
+        Ok(value.or_else(|| hf_default(arch.name, key)))
+    };
+    let need = |key: &str, max: u64| {
+        get(key, max)?.ok_or_else(|| Error::invalid(path, format!("config.json field `{key}` is missing")))
+    };
+    const DIM: u64 = MAX_DIM;
+    let hidden = need("hidden_size", DIM)?;
+    let n_layer = need("num_hidden_layers", MAX_LAYERS)?;
+    let n_head = need("num_attention_heads", MAX_HEADS)?;
+    let n_kv = get("num_key_value_heads", MAX_HEADS)?.unwrap_or(n_head);
+    let head_dim = get("head_dim", DIM)?.unwrap_or(hidden / n_head);
+    if head_dim == 0 {
+        return Err(Error::invalid(
+            path,
+            format!("config.json: hidden_size {hidden} gives {n_head} attention heads no width"),
+        )
+        .with_hint("the config needs `head_dim`, or a hidden_size that is a multiple of num_attention_heads"));
+    }
+    // MoE configs may give only the experts' width (Qwen3.5-MoE): every layer is sparse then.
+    let ffn = match get("intermediate_size", DIM)? {
+        Some(f) => f,
+        None => need("moe_intermediate_size", DIM)?,
+    };
+    let vocab = need("vocab_size", 1 << 24)?;
+    let tied_default = arch.name.starts_with("gemma");
+    let tied = cfg
+        .get("tie_word_embeddings")
+        .or_else(|| root.get("tie_word_embeddings"))
+        .and_then(Json::as_bool)
+        .unwrap_or(tied_default);
+
+    let mut dims = Dims {
+        layers: n_layer,
+        hidden,
+        heads: n_head,
+        kv_heads: n_kv,
+        head_dim,
+        ffn,
+        vocab,
+        tied,
+        ..Dims::default()
+    };
+    per_layer_dims(&mut dims, arch, model_type, cfg).map_err(|msg| Error::invalid(path, msg))?;
+    dims.check()
+        .map_err(|msg| Error::invalid(path, format!("config.json: {msg}")))?;
+    Ok(dims)
+}
+
+/// Fills in what differs between layers (attention kinds, experts) for the architectures whose
+/// layers differ; the message when the config does not describe a model ollama-tools handles.
+fn per_layer_dims(d: &mut Dims, arch: &Arch, model_type: &str, cfg: &Json) -> std::result::Result<(), String> {
+    match (arch.name, model_type) {
+        ("qwen35", _) => qwen35_dims(d, cfg),
+        ("qwen35moe", _) => qwen35_dims(d, cfg).and_then(|()| moe_dims(d, cfg, "qwen3_5_moe")),
+        ("gemma4", _) => gemma4_dims(d, cfg),
+        ("llama4", _) => llama4_dims(d, cfg),
+        (_, "qwen3_moe" | "mixtral" | "gpt_oss") => moe_dims(d, cfg, model_type),
+        (_, "granitemoehybrid") => granite4_dense(cfg, d),
+        _ => Ok(()),
+    }
+}
+
+/// A server's `model_info` for architecture `arch`, as [`BaseModel::from_show`] reads it: errors
+/// name the model (`source`) and the server.
+struct ModelInfo<'a> {
+    info: &'a serde_json::Map<String, Json>,
+    arch: &'a str,
+    source: &'a Path,
+    server: &'a str,
+}
+
+impl ModelInfo<'_> {
+    /// The error for an answer that does not describe a usable base.
+    fn bad(&self, msg: String) -> Error {
+        Error::invalid(
+            self.source,
+            format!("{msg} (from the Ollama server at {})", self.server),
+        )
+    }
+
+    /// Integer field `{arch}.{key}`; `None` when absent or not an integer.
+    fn int(&self, key: &str) -> Option<u64> {
+        self.info.get(&format!("{}.{key}", self.arch)).and_then(Json::as_u64)
+    }
+
+    /// Head count `{arch}.{key}`, given once or per layer; `None` when absent, refused when not
+    /// counts from 1 to [`MAX_HEADS`].
+    fn heads(&self, key: &str) -> Result<Option<Heads>> {
+        let arch = self.arch;
+        let values: Option<Vec<u64>> = match self.info.get(&format!("{arch}.{key}")) {
+            None | Some(Json::Null) => return Ok(None),
+            Some(Json::Array(items)) => items.iter().map(Json::as_u64).collect(),
+            Some(v) => v.as_u64().map(|n| vec![n]),
+        };
+        Heads::of(values).map(Some).ok_or_else(|| {
+            self.bad(format!(
+                "`{arch}.{key}` is not a head count from 1 to {MAX_HEADS} or a list of them"
+            ))
+        })
+    }
+
+    /// Refuses a GGUF model whose block count is out of bounds or whose attention head count is
+    /// unknown (`q_heads.max` 0).
+    fn check_layout(&self, block_count: u64, q_heads: Heads) -> Result<()> {
+        let arch = self.arch;
+        bounded(&format!("{arch}.block_count"), block_count, MAX_LAYERS)
+            .map_err(|msg| self.bad(format!("{msg} (missing or not an integer reads as 0)")))?;
+        if q_heads.max == 0 {
+            return Err(self
+                .bad(format!(
+                    "`{arch}.attention.head_count` is missing: the base's attention layout is unknown"
+                ))
+                .with_hint("pass the model's GGUF file as --base"));
+        }
+        Ok(())
+    }
+
+    /// The tensors the server lists, and those of a type this tool does not know (`tensor: type`);
+    /// refused when a shape is not 1 to 4 non-zero dimensions.
+    fn listed_tensors(&self, listed: &[ollama::ShowTensor]) -> Result<(BTreeMap<String, BaseTensor>, Vec<String>)> {
+        if let Some(t) = listed.iter().find(|t| !plausible_shape(&t.shape)) {
+            return Err(self.bad(format!(
+                "tensor `{}` has shape {:?}; expected 1 to 4 non-zero dimensions",
+                t.name, t.shape
+            )));
+        }
+        let mut unknown_types = Vec::new();
+        let tensors = listed
+            .iter()
+            .map(|t| {
+                let ty = GgmlType::from_name(&t.ty);
+                if ty.is_none() {
+                    unknown_types.push(format!("{}: {}", t.name, t.ty));
+                }
+                (
+                    t.name.clone(),
+                    BaseTensor {
+                        ne: t.shape.clone(),
+                        ty,
+                    },
+                )
+            })
+            .collect();
+        Ok((tensors, unknown_types))
+    }
+
+    /// The tensors of a GGUF model the server lists none of, derived from `model_info` (none where it
+    /// says too little); refused for architectures whose layers differ, and for sizes out of bounds.
+    fn derived_tensors(
+        &self,
+        block_count: u64,
+        (head_count, head_count_kv): (u64, u64),
+        vocab_size: Option<u64>,
+    ) -> Result<BTreeMap<String, BaseTensor>> {
+        let arch = self.arch;
+        if matches!(arch, "qwen35" | "qwen35moe" | "gemma4" | "llama4") {
+            return Err(self
+                .bad(format!(
+                    "the server lists no tensors, and the layers of `{arch}` models differ from one another"
+                ))
+                .with_hint(
+                    "use an Ollama that answers /api/show with verbose tensors, or pass the model's GGUF file as --base",
+                ));
+        }
+        let (Some(arch_spec), Some(hidden), Some(vocab)) =
+            (arch::by_name(arch), self.int("embedding_length"), vocab_size)
+        else {
+            return Ok(BTreeMap::new());
+        };
+        let dims = Dims {
+            layers: block_count,
+            hidden,
+            heads: head_count,
+            kv_heads: head_count_kv,
+            head_dim: self.int("attention.key_length").unwrap_or(hidden / head_count),
+            ffn: self.int("feed_forward_length").unwrap_or(0),
+            vocab,
+            // Unknown without a tensor list: assume tied, so an embedding or lm_head LoRA is
+            // refused rather than handed to llama.cpp on a guess.
+            tied: true,
+            experts: self.int("expert_count").unwrap_or(0),
+            expert_ffn: self
+                .int("expert_feed_forward_length")
+                .or(self.int("feed_forward_length"))
+                .unwrap_or(0),
+            ..Dims::default()
+        };
+        dims.check().map_err(|msg| {
+            self.bad(format!(
+                "the server lists no tensors, and their shapes cannot be derived from model_info: {msg}"
+            ))
+        })?;
+        Ok(derive_tensors(arch_spec, &dims))
     }
 }
 

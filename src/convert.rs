@@ -436,11 +436,48 @@ pub(crate) struct Plan {
 /// Pairs every adapter's modules with the base's tensors (refusing what llama.cpp would not load),
 /// stacks modules that adapt the same tensor, and folds each part's scale against one file alpha.
 pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Options) -> Result<Plan> {
-    let mut notices = Vec::new();
-    // Keyed by site, then tensor: a row-split module adapts several tensors, and every expert of
-    // a layer's projection goes into one stacked pair.
-    let mut by_target: BTreeMap<(Site, String), Vec<(usize, Target)>> = BTreeMap::new();
-    let mut replacements = Vec::new();
+    let Targets {
+        by_tensor,
+        replacements,
+        notices,
+    } = gather_targets(inputs, base, opts)?;
+    check_alora_stack(inputs)?;
+    let (mut tensors, mut magnitudes) = (Vec::new(), Vec::new());
+    for ((site, name), targets) in &by_tensor {
+        let pair = out_pair(inputs, base, arch, opts, site, name, targets)?;
+        magnitudes.push(magnitude(&pair[1], targets)?);
+        tensors.extend(pair);
+    }
+    let alpha = file_alpha(&tensors)?;
+    let folded = fold_factors(&mut tensors, alpha)?;
+    Ok(Plan {
+        tensors,
+        alpha,
+        folded,
+        notices,
+        magnitudes,
+        replacements,
+    })
+}
+
+/// What the inputs' validations give a plan: their pairs by base tensor, their replacements, and
+/// what the user should be told.
+struct Targets {
+    /// Keyed by site, then tensor: a row-split module adapts several tensors, and every expert of
+    /// a layer's projection goes into one stacked pair. `usize`: the input.
+    by_tensor: BTreeMap<(Site, String), Vec<(usize, Target)>>,
+    replacements: Vec<(String, usize, crate::peft::Replacement)>,
+    notices: Vec<String>,
+}
+
+/// Validates every input against the base and gathers what fits; refuses the first input with
+/// errors (with `strict`, warnings too) or with nothing to convert.
+fn gather_targets(inputs: &[Input], base: &BaseModel, opts: &Options) -> Result<Targets> {
+    let mut out = Targets {
+        by_tensor: BTreeMap::new(),
+        replacements: Vec::new(),
+        notices: Vec::new(),
+    };
     for (i, input) in inputs.iter().enumerate() {
         let v = validate(&input.adapter, base);
         let mut errors: Vec<_> = v.errors_for(opts.merging).cloned().collect();
@@ -457,31 +494,27 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
                 "check that this is the adapter you trained",
             ));
         }
-        notices.extend(v.notices);
-        notices.extend(
+        out.notices.extend(v.notices);
+        out.notices.extend(
             v.warnings
                 .iter()
                 .map(|w| format!("warning: {}: {} ({})", w.subject, w.message, w.hint)),
         );
-        replacements.extend(v.replacements.into_iter().map(|(name, r)| (name, i, r)));
+        out.replacements
+            .extend(v.replacements.into_iter().map(|(name, r)| (name, i, r)));
         for t in v.modules {
-            by_target
+            out.by_tensor
                 .entry((group_site(&t.module.site), t.tensor.clone()))
                 .or_default()
                 .push((i, t));
         }
     }
+    Ok(out)
+}
 
-    check_alora_stack(inputs)?;
-    let (mut tensors, mut magnitudes) = (Vec::new(), Vec::new());
-    for ((site, name), targets) in &by_target {
-        let pair = out_pair(inputs, base, arch, opts, site, name, targets)?;
-        magnitudes.push(magnitude(&pair[1], targets)?);
-        tensors.extend(pair);
-    }
-
-    // The file alpha: the most common magnitude among tensors whose parts share one factor, so those
-    // need no folding (for a plain adapter this is exactly lora_alpha).
+/// The file alpha: the most common factor magnitude of lora_b tensors whose parts share one, so those
+/// need no folding (for a plain adapter, exactly lora_alpha); refused when f32 cannot carry it.
+fn file_alpha(tensors: &[OutTensor]) -> Result<f32> {
     let mut votes: Vec<(f64, usize)> = Vec::new();
     for t in tensors.iter().filter(|t| t.layout == Layout::ColsB) {
         let f = t.parts[0].factor.abs();
@@ -508,7 +541,12 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
              check lora_alpha / alpha_pattern in adapter_config.json and --scale / the adapter weights"
         )));
     }
-    let alpha = alpha_f64 as f32;
+    Ok(alpha_f64 as f32)
+}
+
+/// Divides every lora_b part's factor by the file alpha; the number of pairs still folding a factor
+/// into lora_b, refused when one is too far from the alpha to fold.
+fn fold_factors(tensors: &mut [OutTensor], alpha: f32) -> Result<usize> {
     let mut folded = 0;
     for t in tensors.iter_mut().filter(|t| t.layout == Layout::ColsB) {
         let mut any = false;
@@ -530,14 +568,7 @@ pub(crate) fn plan(inputs: &[Input], base: &BaseModel, arch: &Arch, opts: &Optio
         }
         folded += usize::from(any);
     }
-    Ok(Plan {
-        tensors,
-        alpha,
-        folded,
-        notices,
-        magnitudes,
-        replacements,
-    })
+    Ok(folded)
 }
 
 /// The DoRA magnitudes of the rows of `lora_b`'s base tensor, laid out (reordered, split) as

@@ -84,181 +84,36 @@ impl LoraConfig {
     /// Parses `adapter_config.json` text. Only malformed JSON or wrongly typed fields are errors here;
     /// features we cannot convert are collected for [`Adapter::analyze`] so `inspect` can show them all.
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
-        let root: Json = serde_json::from_str(text).map_err(|e| {
-            let mut err = Error::invalid(path, format!("not valid JSON: {e}"));
-            if text.starts_with("version https://git-lfs") {
-                err = Error::invalid(path, "this is a Git LFS pointer, not the file itself")
-                    .with_hint("run `git lfs pull` in the repository, or download the file from the Hub");
-            }
-            err
-        })?;
+        let root = parse_json(path, text)?;
         let obj = root
             .as_object()
             .ok_or_else(|| Error::invalid(path, "expected a JSON object"))?;
-        let field_err = |key: &str, want: &str, got: &Json| {
-            Error::invalid(path, format!("field `{key}` must be {want}, found {got}"))
-        };
-        let string = |key: &str| -> Result<Option<String>> {
-            match obj.get(key) {
-                None | Some(Json::Null) => Ok(None),
-                Some(Json::String(s)) => Ok(Some(s.clone())),
-                Some(v) => Err(field_err(key, "a string", v)),
-            }
-        };
-        let flag = |key: &str| -> Result<bool> {
-            match obj.get(key) {
-                None | Some(Json::Null) => Ok(false),
-                Some(Json::Bool(b)) => Ok(*b),
-                Some(v) => Err(field_err(key, "true or false", v)),
-            }
-        };
-        // A whole number within `min..=max`. PEFT writes ints, but hand-written configs carry `16.0`:
-        // whole floats are accepted, and only within range, so `1e300` is not read as u64::MAX.
-        let int_in = |key: &str, v: &Json, (min, max): (u64, u64), what: &str| -> Result<u64> {
-            let n = v.as_u64().or_else(|| {
-                v.as_f64()
-                    .filter(|f| f.fract() == 0.0 && (0.0..=max as f64).contains(f))
-                    .map(|f| f as u64)
-            });
-            n.filter(|n| (min..=max).contains(n))
-                .ok_or_else(|| field_err(key, &format!("{what} from {min} to {max}"), v))
-        };
-        let rank = |key: &str, v: &Json| int_in(key, v, (1, MAX_RANK), "a positive rank, a whole number");
-        let layer = |v: &Json| int_in("layers_to_transform", v, (0, MAX_LAYER), "a layer number");
-        let number = |key: &str, v: &Json| v.as_f64().ok_or_else(|| field_err(key, "a number", v));
-        let map = |key: &str| -> Result<Vec<(String, Json)>> {
-            match obj.get(key) {
-                None | Some(Json::Null) => Ok(vec![]),
-                Some(Json::Object(m)) => Ok(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-                Some(v) => Err(field_err(key, "an object", v)),
-            }
-        };
-
-        if obj.get("peft_type").is_none() {
-            let why = if obj.contains_key("lora_parameters") || obj.contains_key("fine_tune_type") {
-                "this is an MLX-LM adapter config, not a PEFT one"
-            } else if obj.contains_key("model_type") || obj.contains_key("architectures") {
-                "this is a transformers model config.json, not a PEFT adapter config"
-            } else {
-                "no `peft_type`: not a PEFT adapter config"
-            };
-            return Err(Error::invalid(path, why).with_hint(
-                "point ollama-tools at the folder PEFT's save_pretrained() wrote (adapter_config.json + adapter_model.safetensors)",
-            ));
-        }
-
-        let mut cfg = LoraConfig {
-            peft_type: string("peft_type")?,
-            task_type: string("task_type")?,
-            base_model_name_or_path: string("base_model_name_or_path")?,
-            revision: string("revision")?,
-            peft_version: string("peft_version")?,
-            r: obj
-                .get("r")
-                .filter(|v| !v.is_null())
-                .map(|v| rank("r", v))
-                .transpose()?,
-            lora_alpha: obj
-                .get("lora_alpha")
-                .filter(|v| !v.is_null())
-                .map(|v| number("lora_alpha", v))
-                .transpose()?,
-            use_rslora: flag("use_rslora")?,
-            use_dora: flag("use_dora")?,
-            fan_in_fan_out: flag("fan_in_fan_out")?,
-            rank_pattern: Patterns::parse(path, "rank_pattern", map("rank_pattern")?, rank)?,
-            alpha_pattern: Patterns::parse(path, "alpha_pattern", map("alpha_pattern")?, |key, v| {
-                number(key, v).and_then(|a| {
-                    if a > 0.0 && a.is_finite() {
-                        Ok(a)
-                    } else {
-                        Err(field_err(key, "a positive number", v))
-                    }
-                })
-            })?,
-            target_modules: obj.get("target_modules").filter(|v| !v.is_null()).cloned(),
-            modules_to_save: match obj.get("modules_to_save") {
-                None | Some(Json::Null) => vec![],
-                Some(Json::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-                Some(v) => return Err(field_err("modules_to_save", "a list of module names", v)),
-            },
-            layers_to_transform: match obj.get("layers_to_transform") {
-                None | Some(Json::Null) => None,
-                Some(Json::Array(items)) => Some(items.iter().map(layer).collect::<Result<_>>()?),
-                Some(v) => Some(vec![layer(v)?]),
-            },
-            target_parameters: match obj.get("target_parameters") {
-                None | Some(Json::Null) => vec![],
-                Some(Json::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-                Some(v) => return Err(field_err("target_parameters", "a list of parameter names", v)),
-            },
-            bias: string("bias")?.unwrap_or_else(|| "none".into()),
-            alora_invocation_tokens: match obj.get("alora_invocation_tokens") {
-                None | Some(Json::Null) => vec![],
-                Some(Json::Array(items)) => items
-                    .iter()
-                    .map(|v| {
-                        int_in("alora_invocation_tokens", v, (0, u64::from(u32::MAX)), "a token id").map(|n| n as u32)
-                    })
-                    .collect::<Result<_>>()?,
-                Some(v) => return Err(field_err("alora_invocation_tokens", "a list of token ids", v)),
-            },
-            trainable_token_indices: {
-                let key = "trainable_token_indices";
-                let ids = |v: &Json| -> Result<Vec<u32>> {
-                    let items = v.as_array().ok_or_else(|| field_err(key, "a list of token ids", v))?;
-                    items
-                        .iter()
-                        .map(|v| int_in(key, v, (0, u64::from(u32::MAX)), "a token id").map(|n| n as u32))
-                        .collect()
-                };
-                match obj.get(key) {
-                    None | Some(Json::Null) => vec![],
-                    Some(v @ Json::Array(_)) => vec![("embed_tokens".to_string(), ids(v)?)],
-                    Some(Json::Object(m)) => m.iter().map(|(k, v)| Ok((k.clone(), ids(v)?))).collect::<Result<_>>()?,
-                    Some(v) => return Err(field_err(key, "a list of token ids or an object of them", v)),
-                }
-            },
-            unsupported: vec![],
-        };
-        // Features that change what the adapter computes. Checked here, reported by analyze().
-        let set = |key: &str| {
-            obj.get(key).is_some_and(|v| {
-                !v.is_null() && v != &Json::Bool(false) && v != &serde_json::json!([]) && v != &serde_json::json!({})
-            })
-        };
-        for (key, why) in [
-            (
-                "layer_replication",
-                "layer_replication changes the model's layer stack, which llama.cpp cannot reproduce",
-            ),
-            (
-                "arrow_config",
-                "Arrow routing mixes several LoRAs per token; GGUF LoRA is one static adapter",
-            ),
-        ] {
-            if set(key) {
-                cfg.unsupported.push(problem(
-                    key,
-                    why,
-                    "merge it with PEFT (merge_and_unload) and convert the merged model instead",
-                ));
-            }
-        }
-        if let Some(Json::String(init)) = obj.get("init_lora_weights") {
-            let lower = init.to_ascii_lowercase();
-            if ["pissa", "olora", "corda", "loftq"]
-                .iter()
-                .any(|m| lower.starts_with(m))
-            {
-                cfg.unsupported.push(problem(
-                    "init_lora_weights",
-                    format!("`{init}` initialisation changes the base weights, so this adapter only fits that modified base"),
-                    "re-save with PEFT's save_pretrained(..., path_initial_model_for_weight_conversion=...) to get a plain LoRA",
-                ));
-            }
-        }
-        Ok(cfg)
+        refuse_non_peft(path, obj)?;
+        let f = Fields { path, obj };
+        // Read in this order: the first wrongly typed field is the one reported.
+        Ok(LoraConfig {
+            peft_type: f.string("peft_type")?,
+            task_type: f.string("task_type")?,
+            base_model_name_or_path: f.string("base_model_name_or_path")?,
+            revision: f.string("revision")?,
+            peft_version: f.string("peft_version")?,
+            r: f.present("r").map(|v| f.rank("r", v)).transpose()?,
+            lora_alpha: f.present("lora_alpha").map(|v| f.number("lora_alpha", v)).transpose()?,
+            use_rslora: f.flag("use_rslora")?,
+            use_dora: f.flag("use_dora")?,
+            fan_in_fan_out: f.flag("fan_in_fan_out")?,
+            rank_pattern: Patterns::parse(path, "rank_pattern", f.map("rank_pattern")?, |k, v| f.rank(k, v))?,
+            alpha_pattern: Patterns::parse(path, "alpha_pattern", f.map("alpha_pattern")?, |k, v| f.positive(k, v))?,
+            target_modules: f.present("target_modules").cloned(),
+            modules_to_save: f.names("modules_to_save", "a list of module names")?,
+            layers_to_transform: f.layers()?,
+            target_parameters: f.names("target_parameters", "a list of parameter names")?,
+            bias: f.string("bias")?.unwrap_or_else(|| "none".into()),
+            alora_invocation_tokens: f.invocation_tokens()?,
+            trainable_token_indices: f.trainable_tokens()?,
+            // Features that change what the adapter computes. Checked here, reported by analyze().
+            unsupported: unsupported_features(obj),
+        })
     }
 
     /// The configured rank of a module: its `rank_pattern` entry, else `r`.
@@ -277,6 +132,213 @@ impl LoraConfig {
             alpha / (rank as f64).sqrt()
         } else {
             alpha / rank as f64
+        }
+    }
+}
+
+/// `text` as JSON, or the error saying why not (naming a Git LFS pointer as such).
+fn parse_json(path: &Path, text: &str) -> Result<Json> {
+    serde_json::from_str(text).map_err(|e| {
+        let mut err = Error::invalid(path, format!("not valid JSON: {e}"));
+        if text.starts_with("version https://git-lfs") {
+            err = Error::invalid(path, "this is a Git LFS pointer, not the file itself")
+                .with_hint("run `git lfs pull` in the repository, or download the file from the Hub");
+        }
+        err
+    })
+}
+
+/// Refuses a config without `peft_type`, saying what it is instead where that shows (MLX-LM,
+/// transformers).
+fn refuse_non_peft(path: &Path, obj: &serde_json::Map<String, Json>) -> Result<()> {
+    if obj.get("peft_type").is_some() {
+        return Ok(());
+    }
+    let why = if obj.contains_key("lora_parameters") || obj.contains_key("fine_tune_type") {
+        "this is an MLX-LM adapter config, not a PEFT one"
+    } else if obj.contains_key("model_type") || obj.contains_key("architectures") {
+        "this is a transformers model config.json, not a PEFT adapter config"
+    } else {
+        "no `peft_type`: not a PEFT adapter config"
+    };
+    Err(Error::invalid(path, why).with_hint(
+        "point ollama-tools at the folder PEFT's save_pretrained() wrote (adapter_config.json + adapter_model.safetensors)",
+    ))
+}
+
+/// The problems of config fields set to a value GGUF cannot carry (layer replication, Arrow
+/// routing, initialisations that change the base); empty when there are none.
+fn unsupported_features(obj: &serde_json::Map<String, Json>) -> Vec<Problem> {
+    let mut unsupported = Vec::new();
+    let set = |key: &str| {
+        obj.get(key).is_some_and(|v| {
+            !v.is_null() && v != &Json::Bool(false) && v != &serde_json::json!([]) && v != &serde_json::json!({})
+        })
+    };
+    for (key, why) in [
+        (
+            "layer_replication",
+            "layer_replication changes the model's layer stack, which llama.cpp cannot reproduce",
+        ),
+        (
+            "arrow_config",
+            "Arrow routing mixes several LoRAs per token; GGUF LoRA is one static adapter",
+        ),
+    ] {
+        if set(key) {
+            unsupported.push(problem(
+                key,
+                why,
+                "merge it with PEFT (merge_and_unload) and convert the merged model instead",
+            ));
+        }
+    }
+    if let Some(Json::String(init)) = obj.get("init_lora_weights") {
+        let lower = init.to_ascii_lowercase();
+        if ["pissa", "olora", "corda", "loftq"]
+            .iter()
+            .any(|m| lower.starts_with(m))
+        {
+            unsupported.push(problem(
+                "init_lora_weights",
+                format!("`{init}` initialisation changes the base weights, so this adapter only fits that modified base"),
+                "re-save with PEFT's save_pretrained(..., path_initial_model_for_weight_conversion=...) to get a plain LoRA",
+            ));
+        }
+    }
+    unsupported
+}
+
+/// The fields of an `adapter_config.json` object, read strictly: each reader refuses a wrong type
+/// or an out-of-range number, naming the field. Absent and `null` fields read as their default.
+struct Fields<'a> {
+    path: &'a Path,
+    obj: &'a serde_json::Map<String, Json>,
+}
+
+impl<'a> Fields<'a> {
+    /// The error for field `key` holding `got` where `want` belongs.
+    fn wrong(&self, key: &str, want: &str, got: &Json) -> Error {
+        Error::invalid(self.path, format!("field `{key}` must be {want}, found {got}"))
+    }
+
+    /// Field `key`, `None` when absent or null.
+    fn present(&self, key: &str) -> Option<&'a Json> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    /// A string field; `None` when absent.
+    fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.present(key) {
+            None => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s.clone())),
+            Some(v) => Err(self.wrong(key, "a string", v)),
+        }
+    }
+
+    /// A true/false field; false when absent.
+    fn flag(&self, key: &str) -> Result<bool> {
+        match self.present(key) {
+            None => Ok(false),
+            Some(Json::Bool(b)) => Ok(*b),
+            Some(v) => Err(self.wrong(key, "true or false", v)),
+        }
+    }
+
+    /// `v` as a whole number within `min..=max`, or the error naming `key` and `what` it must be.
+    fn int_in(&self, key: &str, v: &Json, (min, max): (u64, u64), what: &str) -> Result<u64> {
+        // PEFT writes ints, but hand-written configs carry `16.0`: whole floats are accepted, and only
+        // within range, so `1e300` is not read as u64::MAX.
+        let n = v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=max as f64).contains(f))
+                .map(|f| f as u64)
+        });
+        n.filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| self.wrong(key, &format!("{what} from {min} to {max}"), v))
+    }
+
+    /// `v` as a rank: a whole number from 1 to [`MAX_RANK`].
+    fn rank(&self, key: &str, v: &Json) -> Result<u64> {
+        self.int_in(key, v, (1, MAX_RANK), "a positive rank, a whole number")
+    }
+
+    /// `v` as a number.
+    fn number(&self, key: &str, v: &Json) -> Result<f64> {
+        v.as_f64().ok_or_else(|| self.wrong(key, "a number", v))
+    }
+
+    /// `v` as a positive, finite number (an alpha).
+    fn positive(&self, key: &str, v: &Json) -> Result<f64> {
+        self.number(key, v).and_then(|a| {
+            if a > 0.0 && a.is_finite() {
+                Ok(a)
+            } else {
+                Err(self.wrong(key, "a positive number", v))
+            }
+        })
+    }
+
+    /// An object field's entries in file order; empty when absent.
+    fn map(&self, key: &str) -> Result<Vec<(String, Json)>> {
+        match self.present(key) {
+            None => Ok(vec![]),
+            Some(Json::Object(m)) => Ok(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            Some(v) => Err(self.wrong(key, "an object", v)),
+        }
+    }
+
+    /// A list of names (entries that are not strings are skipped); empty when absent, refused as
+    /// not `want` when not a list.
+    fn names(&self, key: &str, want: &str) -> Result<Vec<String>> {
+        match self.present(key) {
+            None => Ok(vec![]),
+            Some(Json::Array(items)) => Ok(items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()),
+            Some(v) => Err(self.wrong(key, want, v)),
+        }
+    }
+
+    /// `layers_to_transform`: a list of layer numbers or a single one; `None` when absent.
+    fn layers(&self) -> Result<Option<Vec<u64>>> {
+        let key = "layers_to_transform";
+        let layer = |v: &Json| self.int_in(key, v, (0, MAX_LAYER), "a layer number");
+        Ok(match self.present(key) {
+            None => None,
+            Some(Json::Array(items)) => Some(items.iter().map(layer).collect::<Result<_>>()?),
+            Some(v) => Some(vec![layer(v)?]),
+        })
+    }
+
+    /// `v` as a list of token ids (each within u32), for field `key`.
+    fn token_list(&self, key: &str, v: &Json) -> Result<Vec<u32>> {
+        let items = v.as_array().ok_or_else(|| self.wrong(key, "a list of token ids", v))?;
+        items
+            .iter()
+            .map(|v| {
+                self.int_in(key, v, (0, u64::from(u32::MAX)), "a token id")
+                    .map(|n| n as u32)
+            })
+            .collect()
+    }
+
+    /// `alora_invocation_tokens`; empty when absent.
+    fn invocation_tokens(&self) -> Result<Vec<u32>> {
+        let key = "alora_invocation_tokens";
+        self.present(key).map_or(Ok(vec![]), |v| self.token_list(key, v))
+    }
+
+    /// `trainable_token_indices`: a list of ids (for `embed_tokens`) or an object of module name ->
+    /// ids; empty when absent.
+    fn trainable_tokens(&self) -> Result<Vec<(String, Vec<u32>)>> {
+        let key = "trainable_token_indices";
+        match self.present(key) {
+            None => Ok(vec![]),
+            Some(v @ Json::Array(_)) => Ok(vec![("embed_tokens".to_string(), self.token_list(key, v)?)]),
+            Some(Json::Object(m)) => m
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), self.token_list(key, v)?)))
+                .collect(),
+            Some(v) => Err(self.wrong(key, "a list of token ids or an object of them", v)),
         }
     }
 }
@@ -754,34 +816,84 @@ pub struct Analysis {
     pub towers: Vec<String>,
 }
 
+/// LoRA pairs by module path and whether they are embedding LoRA: the indices of lora_A and lora_B
+/// in [`Adapter::tensors`], as found.
+type Pairs = BTreeMap<(String, bool), [Option<usize>; 2]>;
+
+/// A step of the analysis: its result, or the problem that keeps the tensor or pair from converting.
+type Checked<T> = std::result::Result<T, Problem>;
+
+/// [`Adapter::analyze`]: the config's own problems, then every tensor sorted and every pair checked,
+/// problems grouped by reason (a non-LoRA adapter stops at its `peft_type`).
 fn analyze(adapter: &Adapter) -> Analysis {
     let cfg = &adapter.config;
     let mut out = Analysis {
         problems: cfg.unsupported.clone(),
         ..Default::default()
     };
-    let merge_hint = "merge it with PEFT (merge_and_unload) and convert the merged model, or retrain without it";
-    match cfg.peft_type.as_deref() {
-        Some("LORA") => {}
-        other => {
-            out.problems.push(problem(
-            "peft_type",
-            format!(
-                "peft_type is {}, and only LORA adapters have a GGUF form",
-                other.map_or_else(|| "missing".to_string(), |t| format!("`{t}`"))
-            ),
-            match other {
-                Some("PROMPT_TUNING" | "PREFIX_TUNING" | "P_TUNING" | "MULTITASK_PROMPT_TUNING" | "CPT") => {
-                    "soft prompts are extra inputs, not weight changes: llama.cpp and Ollama cannot apply them; retrain as LoRA"
-                }
-                None => "this config does not say what kind of adapter it is; PEFT LoRA configs have \"peft_type\": \"LORA\"",
-                _ => "llama.cpp and Ollama apply LoRA adapters only; merge this adapter into the base with PEFT (merge_and_unload) and convert the merged model",
-            },
-            ));
-            // Nothing else about a non-LoRA adapter matters to a LoRA conversion.
-            return out;
+    if let Some(p) = not_lora(cfg) {
+        out.problems.push(p);
+        // Nothing else about a non-LoRA adapter matters to a LoRA conversion.
+        return out;
+    }
+    check_lora_fields(cfg, &mut out);
+    let (pairs, mut magnitudes) = sort_tensors(adapter, &mut out);
+    for ((module, embedding), halves) in pairs {
+        match lora_module(adapter, module, embedding, halves, &mut magnitudes, &mut out) {
+            Ok(Some(m)) => out.modules.push(m),
+            Ok(None) => {}
+            Err(p) => out.problems.push(p),
         }
     }
+    for (module, i) in magnitudes {
+        out.problems.push(problem(
+            &adapter.tensors[i].key,
+            format!("a DoRA magnitude vector for `{module}`, which has no LoRA pair"),
+            "the file is incomplete: save the adapter again",
+        ));
+    }
+    if cfg.fan_in_fan_out && !out.modules.is_empty() {
+        out.notices.push(
+            "fan_in_fan_out is true, but it only concerns GPT-2 style Conv1D layers: PEFT ignores it on the Linear \
+             layers of these models, and so does the conversion (lora_A/lora_B are stored [r, in] / [out, r] either way)"
+                .into(),
+        );
+    }
+    out.modules.sort_by(|a, b| a.site.cmp(&b.site));
+    out.problems = group_problems(std::mem::take(&mut out.problems));
+    out
+}
+
+/// The problem with an adapter whose `peft_type` is not `LORA` (only LoRA has a GGUF form); `None`
+/// for a LoRA adapter.
+fn not_lora(cfg: &LoraConfig) -> Option<Problem> {
+    let other = match cfg.peft_type.as_deref() {
+        Some("LORA") => return None,
+        other => other,
+    };
+    Some(problem(
+        "peft_type",
+        format!(
+            "peft_type is {}, and only LORA adapters have a GGUF form",
+            other.map_or_else(|| "missing".to_string(), |t| format!("`{t}`"))
+        ),
+        match other {
+            Some("PROMPT_TUNING" | "PREFIX_TUNING" | "P_TUNING" | "MULTITASK_PROMPT_TUNING" | "CPT") => {
+                "soft prompts are extra inputs, not weight changes: llama.cpp and Ollama cannot apply them; retrain as LoRA"
+            }
+            None => {
+                "this config does not say what kind of adapter it is; PEFT LoRA configs have \"peft_type\": \"LORA\""
+            }
+            _ => {
+                "llama.cpp and Ollama apply LoRA adapters only; merge this adapter into the base with PEFT (merge_and_unload) and convert the merged model"
+            }
+        },
+    ))
+}
+
+/// Records what a LoRA config's own fields rule out: a missing rank or alpha (problems), DoRA
+/// (merge only), activated LoRA (adapter only).
+fn check_lora_fields(cfg: &LoraConfig, out: &mut Analysis) {
     if cfg.r.is_none_or(|r| r == 0) {
         out.problems.push(problem(
             "r",
@@ -815,9 +927,15 @@ fn analyze(adapter: &Adapter) -> Analysis {
              later cannot load adapters",
         ));
     }
+}
 
-    let mut pairs: BTreeMap<(String, bool), [Option<usize>; 2]> = BTreeMap::new();
-    let mut magnitudes: BTreeMap<String, usize> = BTreeMap::new();
+/// The tensors sorted into LoRA pairs and DoRA magnitudes (module path -> index), replacements taken
+/// by [`replacement`]; a problem recorded for any other tensor, several named adapters, or none.
+fn sort_tensors(adapter: &Adapter, out: &mut Analysis) -> (Pairs, BTreeMap<String, usize>) {
+    let cfg = &adapter.config;
+    let merge_hint = "merge it with PEFT (merge_and_unload) and convert the merged model, or retrain without it";
+    let mut pairs = Pairs::new();
+    let mut magnitudes = BTreeMap::new();
     let mut adapter_names = std::collections::BTreeSet::new();
     for (i, t) in adapter.tensors.iter().enumerate() {
         match parse_key(&t.key) {
@@ -828,22 +946,9 @@ fn analyze(adapter: &Adapter) -> Analysis {
                 adapter_name,
             } => {
                 adapter_names.insert(adapter_name);
-                if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-                    out.problems.push(problem(
-                        &t.key,
-                        format!("dtype {:?} is not a float type LoRA weights are stored in", t.dtype),
-                        "re-save the adapter in float32, float16 or bfloat16",
-                    ));
+                if usable_lora_tensor(t, out) {
+                    pairs.entry((module, embedding)).or_default()[half as usize] = Some(i);
                 }
-                if t.shape.len() != 2 {
-                    out.problems.push(problem(
-                        &t.key,
-                        format!("expected a 2-D tensor, found shape {:?}", t.shape),
-                        "this is not a LoRA weight PEFT writes for linear or embedding layers",
-                    ));
-                    continue;
-                }
-                pairs.entry((module, embedding)).or_default()[half as usize] = Some(i);
             }
             KeyKind::LoraBias => out.problems.push(problem(
                 &t.key,
@@ -858,21 +963,10 @@ fn analyze(adapter: &Adapter) -> Analysis {
                 "a DoRA magnitude vector, and adapter_config.json does not say `use_dora: true`",
                 "the config and the weights disagree: save the adapter again with PEFT",
             )),
-            KeyKind::Full if replacement(cfg, &t.key, i, &mut out) => {}
-            KeyKind::Full => {
-                let saved = cfg
-                    .modules_to_save
-                    .iter()
-                    .any(|m| t.key.contains(&format!(".{m}.")) || t.key.contains("modules_to_save"));
-                let why = if saved {
-                    "a full copy of a module (`modules_to_save`): a GGUF LoRA adapter can only add low-rank deltas, not replace weights"
-                } else if t.key.ends_with("bias") {
-                    "a bias tensor (bias training): a GGUF LoRA adapter cannot carry biases"
-                } else {
-                    "not a LoRA weight: a GGUF LoRA adapter can only carry lora_A/lora_B pairs"
-                };
-                out.problems.push(problem(&t.key, why, merge_hint));
-            }
+            KeyKind::Full if replacement(cfg, &t.key, i, out) => {}
+            KeyKind::Full => out
+                .problems
+                .push(problem(&t.key, full_tensor_why(cfg, &t.key), merge_hint)),
         }
     }
     if adapter_names.len() > 1 {
@@ -892,135 +986,201 @@ fn analyze(adapter: &Adapter) -> Analysis {
             "the adapter was saved before training or saving failed: save it again with save_pretrained()",
         ));
     }
+    (pairs, magnitudes)
+}
 
-    for ((module, embedding), [a, b]) in pairs {
-        let (a, b) = match (a, b) {
-            (Some(a), Some(b)) => (a, b),
-            (Some(i), None) | (None, Some(i)) => {
-                let (has, lacks) = if a.is_some() {
-                    ("lora_A", "lora_B")
-                } else {
-                    ("lora_B", "lora_A")
-                };
-                out.problems.push(problem(
-                    &adapter.tensors[i].key,
-                    format!("{has} of `{module}` has no {lacks}"),
-                    "the file is incomplete: save the adapter again",
-                ));
-                continue;
-            }
-            (None, None) => unreachable!(),
-        };
-        let (ta, tb) = (&adapter.tensors[a], &adapter.tensors[b]);
-        let (rank, in_features, out_features) = (ta.shape[0] as u64, ta.shape[1] as u64, tb.shape[0] as u64);
-        if rank == 0 || in_features == 0 || out_features == 0 {
-            out.problems.push(problem(
-                &ta.key,
-                format!("empty LoRA pair: lora_A {:?}, lora_B {:?}", ta.shape, tb.shape),
-                "the file is damaged or was edited: save the adapter again",
-            ));
-            continue;
-        }
-        if tb.shape[1] as u64 != rank {
-            out.problems.push(problem(
-                &tb.key,
-                format!(
-                    "rank mismatch: lora_A {:?} has rank {rank}, lora_B {:?} has rank {}",
-                    ta.shape, tb.shape, tb.shape[1]
-                ),
-                "the file is damaged or was edited: save the adapter again",
-            ));
-            continue;
-        }
-        let fused = fused_experts(&module, &cfg.target_parameters);
-        let site = match &fused {
-            Some(f) => Some(f.site.clone()),
-            None => arch::site_of(&module),
-        };
-        let Some(site) = site else {
-            out.problems.push(problem(
-                &ta.key,
-                "LoRA on a module that is not part of a supported decoder (layers.N.self_attn.*, layers.N.mlp.*, layers.N.linear_attn.*, embed_tokens, lm_head) nor a multimodal tower",
-                format!("ollama-tools converts adapters for: {}", arch::supported_list()),
-            ));
-            continue;
-        };
-        if matches!(site, Site::Tower { .. }) {
-            out.towers.push(module.clone());
-        }
-        if let (Some(layers), Site::Layer { layer, .. }) = (&cfg.layers_to_transform, &site) {
-            if !layers.contains(&u64::from(*layer)) {
-                out.notices.push(format!(
-                    "skipped `{module}`: layer {layer} is not in layers_to_transform {layers:?}, so PEFT does not apply it either"
-                ));
-                continue;
-            }
-        }
-        // A fused parameter's pair stacks every expert's rank: patterns name the parameter.
-        let (module, rank, experts) = match fused {
-            Some(f) => match f.split(cfg, rank) {
-                Ok((r, n)) => (f.param_path, r, n),
-                Err(why) => {
-                    out.problems.push(problem(
-                        &ta.key,
-                        why,
-                        "check r / rank_pattern in adapter_config.json: PEFT gives lora_A r rows per expert",
-                    ));
-                    continue;
-                }
-            },
-            None => (module, rank, 1),
-        };
-        let configured = cfg.rank_for(&module);
-        if configured.is_some_and(|r| r != rank) {
-            out.problems.push(problem(
-                &ta.key,
-                format!(
-                    "tensor rank {rank} differs from the configured rank {} (r / rank_pattern), so the scale alpha/r would be wrong",
-                    configured.unwrap_or(0)
-                ),
-                "fix `r` or `rank_pattern` in adapter_config.json to the rank the adapter was trained with",
-            ));
-            continue;
-        }
-        let alpha = cfg.alpha_for(&module).unwrap_or(f64::NAN);
-        let magnitude = magnitudes.remove(&module);
-        if let Some(p) = dora_problem(adapter, &module, magnitude, out_features) {
-            out.problems.push(p);
-            continue;
-        }
-        out.modules.push(LoraModule {
-            magnitude,
-            scale: cfg.scale(rank, alpha),
-            path: module,
-            site,
-            embedding,
-            a,
-            b,
-            rank,
-            in_features,
-            out_features,
-            alpha,
-            experts,
-        });
-    }
-    for (module, i) in magnitudes {
+/// Whether a lora_A/lora_B tensor is 2-D, so it can be paired; records the problem when it is not,
+/// and when its dtype is not a float type.
+fn usable_lora_tensor(t: &RawTensor, out: &mut Analysis) -> bool {
+    if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
         out.problems.push(problem(
-            &adapter.tensors[i].key,
-            format!("a DoRA magnitude vector for `{module}`, which has no LoRA pair"),
-            "the file is incomplete: save the adapter again",
+            &t.key,
+            format!("dtype {:?} is not a float type LoRA weights are stored in", t.dtype),
+            "re-save the adapter in float32, float16 or bfloat16",
         ));
     }
-    if cfg.fan_in_fan_out && !out.modules.is_empty() {
-        out.notices.push(
-            "fan_in_fan_out is true, but it only concerns GPT-2 style Conv1D layers: PEFT ignores it on the Linear \
-             layers of these models, and so does the conversion (lora_A/lora_B are stored [r, in] / [out, r] either way)"
-                .into(),
-        );
+    if t.shape.len() != 2 {
+        out.problems.push(problem(
+            &t.key,
+            format!("expected a 2-D tensor, found shape {:?}", t.shape),
+            "this is not a LoRA weight PEFT writes for linear or embedding layers",
+        ));
+        return false;
     }
-    out.modules.sort_by(|a, b| a.site.cmp(&b.site));
-    out.problems = group_problems(std::mem::take(&mut out.problems));
-    out
+    true
+}
+
+/// Why a full tensor (not a LoRA weight, nor a replacement) cannot go into a GGUF LoRA adapter.
+fn full_tensor_why(cfg: &LoraConfig, key: &str) -> &'static str {
+    let saved = cfg
+        .modules_to_save
+        .iter()
+        .any(|m| key.contains(&format!(".{m}.")) || key.contains("modules_to_save"));
+    if saved {
+        "a full copy of a module (`modules_to_save`): a GGUF LoRA adapter can only add low-rank deltas, not replace weights"
+    } else if key.ends_with("bias") {
+        "a bias tensor (bias training): a GGUF LoRA adapter cannot carry biases"
+    } else {
+        "not a LoRA weight: a GGUF LoRA adapter can only carry lora_A/lora_B pairs"
+    }
+}
+
+/// The module a pair adapts, with PEFT's scale and its DoRA magnitude (taken out of `magnitudes`);
+/// `Ok(None)` outside layers_to_transform (noticed), the problem for a pair that cannot convert.
+fn lora_module(
+    adapter: &Adapter,
+    module: String,
+    embedding: bool,
+    halves: [Option<usize>; 2],
+    magnitudes: &mut BTreeMap<String, usize>,
+    out: &mut Analysis,
+) -> Checked<Option<LoraModule>> {
+    let cfg = &adapter.config;
+    let (a, b) = complete_pair(adapter, &module, halves)?;
+    let (ta, tb) = (&adapter.tensors[a], &adapter.tensors[b]);
+    let (rank, in_features, out_features) = pair_dims(ta, tb)?;
+    let fused = fused_experts(&module, &cfg.target_parameters);
+    let site = pair_site(&module, fused.as_ref(), &ta.key)?;
+    if matches!(site, Site::Tower { .. }) {
+        out.towers.push(module.clone());
+    }
+    if let Some(notice) = outside_layers(cfg, &module, &site) {
+        out.notices.push(notice);
+        return Ok(None);
+    }
+    let (module, rank, experts) = per_expert(cfg, fused, module, rank, &ta.key)?;
+    check_configured_rank(cfg, &module, rank, &ta.key)?;
+    let alpha = cfg.alpha_for(&module).unwrap_or(f64::NAN);
+    let magnitude = magnitudes.remove(&module);
+    if let Some(p) = dora_problem(adapter, &module, magnitude, out_features) {
+        return Err(p);
+    }
+    Ok(Some(LoraModule {
+        magnitude,
+        scale: cfg.scale(rank, alpha),
+        path: module,
+        site,
+        embedding,
+        a,
+        b,
+        rank,
+        in_features,
+        out_features,
+        alpha,
+        experts,
+    }))
+}
+
+/// The indices of lora_A and lora_B, or the problem naming the half that is missing.
+fn complete_pair(adapter: &Adapter, module: &str, [a, b]: [Option<usize>; 2]) -> Checked<(usize, usize)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        (Some(i), None) | (None, Some(i)) => {
+            let (has, lacks) = if a.is_some() {
+                ("lora_A", "lora_B")
+            } else {
+                ("lora_B", "lora_A")
+            };
+            Err(problem(
+                &adapter.tensors[i].key,
+                format!("{has} of `{module}` has no {lacks}"),
+                "the file is incomplete: save the adapter again",
+            ))
+        }
+        (None, None) => unreachable!(),
+    }
+}
+
+/// (rank, in_features, out_features) of a pair of 2-D tensors; the problem when a dimension is 0
+/// or lora_B's rank is not lora_A's.
+fn pair_dims(ta: &RawTensor, tb: &RawTensor) -> Checked<(u64, u64, u64)> {
+    let (rank, in_features, out_features) = (ta.shape[0] as u64, ta.shape[1] as u64, tb.shape[0] as u64);
+    if rank == 0 || in_features == 0 || out_features == 0 {
+        return Err(problem(
+            &ta.key,
+            format!("empty LoRA pair: lora_A {:?}, lora_B {:?}", ta.shape, tb.shape),
+            "the file is damaged or was edited: save the adapter again",
+        ));
+    }
+    if tb.shape[1] as u64 != rank {
+        return Err(problem(
+            &tb.key,
+            format!(
+                "rank mismatch: lora_A {:?} has rank {rank}, lora_B {:?} has rank {}",
+                ta.shape, tb.shape, tb.shape[1]
+            ),
+            "the file is damaged or was edited: save the adapter again",
+        ));
+    }
+    Ok((rank, in_features, out_features))
+}
+
+/// Where a pair's module sits (a fused-experts parameter's site, else the module's); the problem
+/// for a module no supported architecture has.
+fn pair_site(module: &str, fused: Option<&Fused>, key_a: &str) -> Checked<Site> {
+    let site = match fused {
+        Some(f) => Some(f.site.clone()),
+        None => arch::site_of(module),
+    };
+    site.ok_or_else(|| {
+        problem(
+            key_a,
+            "LoRA on a module that is not part of a supported decoder (layers.N.self_attn.*, layers.N.mlp.*, layers.N.linear_attn.*, embed_tokens, lm_head) nor a multimodal tower",
+            format!("ollama-tools converts adapters for: {}", arch::supported_list()),
+        )
+    })
+}
+
+/// The notice for a module on a layer that `layers_to_transform` leaves out, which PEFT does not
+/// apply either; `None` for a module to keep.
+fn outside_layers(cfg: &LoraConfig, module: &str, site: &Site) -> Option<String> {
+    let (Some(layers), Site::Layer { layer, .. }) = (&cfg.layers_to_transform, site) else {
+        return None;
+    };
+    (!layers.contains(&u64::from(*layer))).then(|| {
+        format!(
+            "skipped `{module}`: layer {layer} is not in layers_to_transform {layers:?}, so PEFT does not apply it either"
+        )
+    })
+}
+
+/// (module path, rank per expert, experts): a fused parameter's pair stacks every expert's rank under
+/// the parameter's path, or is refused when the configured rank does not divide it; others are one.
+fn per_expert(
+    cfg: &LoraConfig,
+    fused: Option<Fused>,
+    module: String,
+    rank: u64,
+    key_a: &str,
+) -> Checked<(String, u64, u64)> {
+    let Some(f) = fused else {
+        return Ok((module, rank, 1));
+    };
+    match f.split(cfg, rank) {
+        Ok((r, n)) => Ok((f.param_path, r, n)),
+        Err(why) => Err(problem(
+            key_a,
+            why,
+            "check r / rank_pattern in adapter_config.json: PEFT gives lora_A r rows per expert",
+        )),
+    }
+}
+
+/// The problem when a pair's rank is not the configured one (r / rank_pattern), which would make
+/// the scale alpha/r wrong.
+fn check_configured_rank(cfg: &LoraConfig, module: &str, rank: u64, key_a: &str) -> Checked<()> {
+    let configured = cfg.rank_for(module);
+    if configured.is_some_and(|r| r != rank) {
+        return Err(problem(
+            key_a,
+            format!(
+                "tensor rank {rank} differs from the configured rank {} (r / rank_pattern), so the scale alpha/r would be wrong",
+                configured.unwrap_or(0)
+            ),
+            "fix `r` or `rank_pattern` in adapter_config.json to the rank the adapter was trained with",
+        ));
+    }
+    Ok(())
 }
 
 /// A PEFT `target_parameters` wrapper on a fused-experts module, resolved to its parameter.

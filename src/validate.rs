@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use crate::arch::{self, Site};
 use crate::base::BaseModel;
+use crate::error::Error;
 use crate::gguf::GgmlType;
-use crate::peft::{Adapter, LoraModule};
+use crate::peft::{Adapter, Analysis, LoraModule};
 
 /// One error or warning: what it is about, what is wrong, what to do.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -197,27 +198,14 @@ fn size_of(s: &str) -> Option<f64> {
 /// Checks `adapter` against `base`.
 pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
     let analysis = adapter.analyze();
-    let base_name = base.source.display().to_string();
     let mut v = Validation {
         adapter: adapter.path.clone(),
-        base: base_name.clone(),
+        base: base.source.display().to_string(),
         arch: base.arch.clone(),
         checks: vec![],
-        errors: analysis
-            .problems
-            .iter()
-            .map(|p| finding(&p.subject, &p.why, &p.hint))
-            .collect(),
-        merge_only: analysis
-            .merge_only
-            .iter()
-            .map(|p| finding(&p.subject, &p.why, &p.hint))
-            .collect(),
-        adapter_only: analysis
-            .adapter_only
-            .iter()
-            .map(|p| finding(&p.subject, &p.why, &p.hint))
-            .collect(),
+        errors: findings(&analysis.problems),
+        merge_only: findings(&analysis.merge_only),
+        adapter_only: findings(&analysis.adapter_only),
         warnings: vec![],
         notices: analysis.notices.clone(),
         summary: String::new(),
@@ -225,8 +213,32 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         replacements: vec![],
     };
     let base_id = adapter.config.base_model_name_or_path.clone().unwrap_or_default();
+    let Some(arch) = check_base(&mut v, base) else {
+        return finish(v, base, 0);
+    };
+    let tally = check_pairs(&mut v, arch, base, adapter, &analysis, &base_id);
+    note_pairs(&mut v, arch, &tally.kv_shared);
+    report_shape_errors(&mut v, &tally.shape_errors);
+    if v.errors.is_empty() {
+        record_fit(&mut v, arch, base, &analysis.modules, &tally);
+    }
+    // Warnings: it fits, but probably is not what the user wants.
+    warn_low_bit(&mut v, &tally.low_bit);
+    check_towers(&mut v, &tally.towers_left_out, base);
+    check_identity(&mut v, base, &base_id);
+    check_vocab(&mut v, adapter, &analysis.modules, base);
+    finish(v, base, tally.layers.len())
+}
 
-    // The base itself.
+/// The analysis' problems as findings.
+fn findings(problems: &[crate::peft::Problem]) -> Vec<Finding> {
+    problems.iter().map(|p| finding(&p.subject, &p.why, &p.hint)).collect()
+}
+
+/// Checks the base itself (GGUF, tensor types this tool knows) and records what it is; its
+/// architecture, or `None` (the error recorded) when ollama-tools does not support it.
+fn check_base(v: &mut Validation, base: &BaseModel) -> Option<&'static arch::Arch> {
+    let base_name = base.source.display();
     match base.format.as_deref() {
         Some(f) if f != "gguf" => v.errors.push(finding(
             "base",
@@ -251,7 +263,7 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             format!("base architecture `{}` is not supported", base.arch),
             format!("supported: {}", arch::supported_list()),
         ));
-        return finish(v, base, 0);
+        return None;
     };
     v.checks.push(format!(
         "base {base_name} ({}): architecture `{}`, {} layers{}{}",
@@ -270,8 +282,19 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         v.checks
             .push("tensor shapes derived from the base's hyper-parameters (the source lists no tensors)".into());
     }
+    Some(arch)
+}
 
-    // Every LoRA pair against the base's tensors: what llama.cpp's loader checks, and more.
+/// Every LoRA pair against the base's tensors (what llama.cpp's loader checks, and more), and every
+/// replacement: what fits is kept in `v`, what does not recorded; the tally of both.
+fn check_pairs(
+    v: &mut Validation,
+    arch: &arch::Arch,
+    base: &BaseModel,
+    adapter: &Adapter,
+    analysis: &Analysis,
+    base_id: &str,
+) -> Tally {
     let mut tally = Tally {
         fused_swapped: analysis
             .modules
@@ -280,28 +303,24 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         ..Tally::default()
     };
     for m in &analysis.modules {
-        for target in map_module(&mut v, &mut tally, arch, base, adapter, m, &base_id) {
-            check_target(&mut v, &mut tally, base, adapter, target, &base_id);
+        for target in map_module(v, &mut tally, arch, base, adapter, m, base_id) {
+            check_target(v, &mut tally, base, adapter, target, base_id);
         }
     }
     for r in &analysis.replacements {
-        check_replacement(&mut v, base, adapter, r);
+        check_replacement(v, base, adapter, r);
     }
-    let Tally {
-        shape_errors,
-        layers,
-        low_bit,
-        types,
-        kv_shared,
-        towers_left_out,
-        experts,
-        ..
-    } = tally;
+    tally
+}
+
+/// Notices about the pairs: skipped on KV-shared layers, kept only for a merge (no run-time LoRA
+/// in llama.cpp), on the multimodal towers (which `convert` leaves out).
+fn note_pairs(v: &mut Validation, arch: &arch::Arch, kv_shared: &BTreeSet<u32>) {
     if !kv_shared.is_empty() {
         v.notices.push(format!(
             "skipped the k_proj/v_proj LoRA of layers {}: these layers reuse an earlier layer's keys and values \
              (KV sharing), so neither transformers nor llama.cpp uses their own k/v projections",
-            layer_list(&kv_shared)
+            layer_list(kv_shared)
         ));
     }
     for t in &v.modules {
@@ -327,7 +346,11 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
             first_and_more(&tower_targets),
         ));
     }
-    // The first offending tensor in full, and how many more: one wrong base makes them all wrong.
+}
+
+/// Records the first shape error in full, with how many more there are: one wrong base makes them
+/// all wrong.
+fn report_shape_errors(v: &mut Validation, shape_errors: &[Finding]) {
     if let Some(first) = shape_errors.first() {
         let mut f = first.clone();
         if shape_errors.len() > 1 {
@@ -336,46 +359,46 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
         }
         v.errors.push(f);
     }
-    if v.errors.is_empty() {
-        v.checks.push(format!(
-            "{} LoRA pairs map to tensors of the `{}` architecture, in layers {} (the base has {})",
-            v.modules.len(),
-            arch.name,
-            layer_list(&layers),
-            base.block_count
-        ));
-        v.checks
-            .push("every lora_A input width and lora_B output height matches its base tensor".into());
-        if !experts.is_empty() {
-            v.checks.push(expert_check(&experts, &v.modules, base));
-        }
-        let ranks: BTreeSet<u64> = analysis.modules.iter().map(|m| m.rank).collect();
-        v.checks
-            .push(format!("ranks {ranks:?} match r / rank_pattern; alpha positive"));
-        if !types.is_empty() {
-            v.checks.push(format!(
-                "base tensor types {} take an adapter and can be re-quantized",
-                types.into_iter().collect::<Vec<_>>().join(", ")
-            ));
-        }
-    }
+}
 
-    // Warnings: it fits, but probably is not what the user wants.
+/// Records, for an adapter without errors, what was checked and passed: the pairs' layers, shapes,
+/// experts, ranks and base types.
+fn record_fit(v: &mut Validation, arch: &arch::Arch, base: &BaseModel, modules: &[LoraModule], tally: &Tally) {
+    v.checks.push(format!(
+        "{} LoRA pairs map to tensors of the `{}` architecture, in layers {} (the base has {})",
+        v.modules.len(),
+        arch.name,
+        layer_list(&tally.layers),
+        base.block_count
+    ));
+    v.checks
+        .push("every lora_A input width and lora_B output height matches its base tensor".into());
+    if !tally.experts.is_empty() {
+        v.checks.push(expert_check(&tally.experts, &v.modules, base));
+    }
+    let ranks: BTreeSet<u64> = modules.iter().map(|m| m.rank).collect();
+    v.checks
+        .push(format!("ranks {ranks:?} match r / rank_pattern; alpha positive"));
+    if !tally.types.is_empty() {
+        v.checks.push(format!(
+            "base tensor types {} take an adapter and can be re-quantized",
+            tally.types.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+}
+
+/// Warns when the adapted base tensors are quantized below 4 bits (`low_bit`: their type names).
+fn warn_low_bit(v: &mut Validation, low_bit: &BTreeSet<String>) {
     if !low_bit.is_empty() {
         v.warnings.push(finding(
             "base",
             format!(
                 "the adapted base tensors are quantized below 4 bits ({}): the adapter's effect degrades",
-                low_bit.into_iter().collect::<Vec<_>>().join(", ")
+                low_bit.iter().cloned().collect::<Vec<_>>().join(", ")
             ),
             "use a Q4_K_M or better build of the base",
         ));
     }
-    check_towers(&mut v, &towers_left_out, base);
-    check_identity(&mut v, base, &base_id);
-    check_vocab(&mut v, adapter, &analysis.modules, base);
-    let layers_n = layers.len();
-    finish(v, base, layers_n)
 }
 
 /// The base tensors module `m` adapts, each with its share of lora_B's rows; none (with the
@@ -425,21 +448,8 @@ fn map_module(
         return vec![];
     }
     if let Site::Layer { layer, .. } | Site::Expert { layer, .. } | Site::FusedExperts { layer, .. } = m.site {
-        if u64::from(layer) >= base.block_count {
-            v.errors.push(finding(
-                key_a,
-                format!(
-                    "maps to `{}`, but the base has {} layers (0-{})",
-                    names[0],
-                    base.block_count,
-                    base.block_count.saturating_sub(1)
-                ),
-                format!(
-                    "the base has {} layers; this adapter was trained on a deeper model{}",
-                    base.block_count,
-                    trained_for(base_id)
-                ),
-            ));
+        if let Some(f) = beyond_layers(base, layer, &names[0], key_a, base_id) {
+            v.errors.push(f);
             return vec![];
         }
         tally.layers.insert(layer);
@@ -463,6 +473,27 @@ fn map_module(
         return targets;
     }
     split_rows(tally, m, names, key_a, base_id, interleaved)
+}
+
+/// The error for a module on layer `layer`, mapping to `tensor`, when the base has fewer layers;
+/// `None` when the base has it.
+fn beyond_layers(base: &BaseModel, layer: u32, tensor: &str, key_a: &str, base_id: &str) -> Option<Finding> {
+    (u64::from(layer) >= base.block_count).then(|| {
+        finding(
+            key_a,
+            format!(
+                "maps to `{}`, but the base has {} layers (0-{})",
+                tensor,
+                base.block_count,
+                base.block_count.saturating_sub(1)
+            ),
+            format!(
+                "the base has {} layers; this adapter was trained on a deeper model{}",
+                base.block_count,
+                trained_for(base_id)
+            ),
+        )
+    })
 }
 
 /// Which ways round a fused-experts pair fits its base tensors: lora_A facing the inputs
@@ -629,24 +660,7 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
         return;
     };
     if tied && matches!(m.site, Site::Output | Site::Embedding) {
-        // Measured in llama.cpp (tests/interop): with tied embeddings the output projection *is*
-        // token_embd.weight, so the loader applies an embedding LoRA there too, in a layout that
-        // aborts the process (GGML_ASSERT(ggml_can_mul_mat)); an lm_head LoRA has no tensor at all.
-        // PEFT's model changes one of the two uses only: a merge writes them untied.
-        v.merge_only.push(finding(
-            key_a,
-            format!(
-                "{} LoRA, and the base ties its output projection to the token embeddings: PEFT's model changes \
-                 only the {}, which a GGUF adapter cannot express",
-                if m.embedding { "an embedding" } else { "an lm_head" },
-                if m.embedding {
-                    "input embeddings"
-                } else {
-                    "output projection"
-                }
-            ),
-            "merge it (`ollama-tools merge`, or create-from-base): the merged model gets its own output.weight",
-        ));
+        v.merge_only.push(tied_embedding(m.embedding, key_a));
     }
     let want = if m.embedding {
         [m.out_features, m.in_features]
@@ -689,6 +703,29 @@ fn check_target(v: &mut Validation, tally: &mut Tally, base: &BaseModel, adapter
         return;
     }
     keep(v, tally, base_t, t);
+}
+
+/// Why an embedding (`embedding`) or lm_head LoRA on a base with tied embeddings can only be
+/// merged.
+fn tied_embedding(embedding: bool, key_a: &str) -> Finding {
+    // Measured in llama.cpp (tests/interop): with tied embeddings the output projection *is*
+    // token_embd.weight, so the loader applies an embedding LoRA there too, in a layout that
+    // aborts the process (GGML_ASSERT(ggml_can_mul_mat)); an lm_head LoRA has no tensor at all.
+    // PEFT's model changes one of the two uses only: a merge writes them untied.
+    finding(
+        key_a,
+        format!(
+            "{} LoRA, and the base ties its output projection to the token embeddings: PEFT's model changes \
+             only the {}, which a GGUF adapter cannot express",
+            if embedding { "an embedding" } else { "an lm_head" },
+            if embedding {
+                "input embeddings"
+            } else {
+                "output projection"
+            }
+        ),
+        "merge it (`ollama-tools merge`, or create-from-base): the merged model gets its own output.weight",
+    )
 }
 
 /// "experts: 8 of the base's 128 adapted (0-7), ranks [16]".
@@ -935,13 +972,35 @@ impl GgufAdapter {
     }
 }
 
+/// What to pass instead of a file that is not a usable GGUF LoRA adapter.
+const GGUF_ADAPTER_HINT: &str = "pass a GGUF LoRA adapter (from `ollama-tools convert` or llama.cpp's convert_lora_to_gguf.py), or the PEFT adapter folder";
+
 /// Reads the GGUF LoRA adapter at `path` and checks it fits `base`: `general.type` is `adapter`, the
 /// architecture is the base's, every lora_a has its lora_b, and each pair's shapes match the base
 /// tensor as llama.cpp requires (for the token embedding, lora_a is stored transposed).
 pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAdapter> {
-    use crate::error::Error;
     let header = crate::gguf::read_header(path).map_err(|e| Error::invalid(path, e.to_string()))?;
-    let hint = "pass a GGUF LoRA adapter (from `ollama-tools convert` or llama.cpp's convert_lora_to_gguf.py), or the PEFT adapter folder";
+    check_adapter_kind(path, &header, base)?;
+    let alpha = adapter_alpha(path, &header)?;
+    let pairs = adapter_pairs(path, &header, base)?;
+    if pairs.is_empty() {
+        return Err(Error::refused(
+            path,
+            "the adapter holds no LoRA tensor pairs",
+            GGUF_ADAPTER_HINT,
+        ));
+    }
+    Ok(GgufAdapter {
+        path: path.to_path_buf(),
+        header,
+        alpha,
+        pairs,
+    })
+}
+
+/// Refuses a GGUF that is not a LoRA adapter (`general.type`, `adapter.type`), or one for another
+/// architecture than `base`'s.
+fn check_adapter_kind(path: &Path, header: &crate::gguf::Header, base: &BaseModel) -> crate::Result<()> {
     match header.get_str("general.type") {
         Some("adapter") => {}
         other => {
@@ -951,7 +1010,7 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
                     "not a GGUF LoRA adapter: general.type is {}",
                     other.map_or("not set".into(), |t| format!("`{t}`"))
                 ),
-                hint,
+                GGUF_ADAPTER_HINT,
             ));
         }
     }
@@ -959,7 +1018,7 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
         return Err(Error::refused(
             path,
             format!("adapter.type is `{t}`; only LoRA adapters are applied by llama.cpp and Ollama"),
-            hint,
+            GGUF_ADAPTER_HINT,
         ));
     }
     let arch = header.get_str("general.architecture").unwrap_or_default();
@@ -974,14 +1033,29 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
             "use the base model the adapter was made for",
         ));
     }
+    Ok(())
+}
+
+/// `adapter.lora.alpha` (0 when absent); refused unless finite and not negative.
+fn adapter_alpha(path: &Path, header: &crate::gguf::Header) -> crate::Result<f32> {
     let alpha = header.get("adapter.lora.alpha").and_then(|v| v.as_f64()).unwrap_or(0.0) as f32;
     if !(alpha.is_finite() && alpha >= 0.0) {
         return Err(Error::invalid(
             path,
             format!("adapter.lora.alpha is {alpha}; it must be a finite number >= 0"),
         )
-        .with_hint(hint));
+        .with_hint(GGUF_ADAPTER_HINT));
     }
+    Ok(alpha)
+}
+
+/// Per adapted base tensor: its name and the indexes of its lora_a and lora_b in the header, in
+/// file order; refused at the first tensor that is not half of a pair fitting its base tensor.
+fn adapter_pairs(
+    path: &Path,
+    header: &crate::gguf::Header,
+    base: &BaseModel,
+) -> crate::Result<Vec<(String, usize, usize)>> {
     let index: std::collections::HashMap<&str, usize> = header
         .tensors
         .iter()
@@ -995,17 +1069,19 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
                 return Err(Error::refused(
                     path,
                     format!("tensor `{}` is neither a lora_a nor a lora_b", t.name),
-                    hint,
+                    GGUF_ADAPTER_HINT,
                 ));
             }
             if !index.contains_key(format!("{}.lora_a", t.name.trim_end_matches(".lora_b")).as_str()) {
-                return Err(Error::invalid(path, format!("`{}` has no matching lora_a", t.name)).with_hint(hint));
+                return Err(
+                    Error::invalid(path, format!("`{}` has no matching lora_a", t.name)).with_hint(GGUF_ADAPTER_HINT)
+                );
             }
             continue;
         };
-        let &b = index
-            .get(format!("{name}.lora_b").as_str())
-            .ok_or_else(|| Error::invalid(path, format!("`{}` has no matching lora_b", t.name)).with_hint(hint))?;
+        let &b = index.get(format!("{name}.lora_b").as_str()).ok_or_else(|| {
+            Error::invalid(path, format!("`{}` has no matching lora_b", t.name)).with_hint(GGUF_ADAPTER_HINT)
+        })?;
         let bt = &header.tensors[b];
         let base_t = base.tensors.get(name).ok_or_else(|| {
             Error::refused(
@@ -1018,56 +1094,60 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
                 "use the base model the adapter was made for",
             )
         })?;
-        for x in [t, bt] {
-            if !matches!(x.ne.len(), 2 | 3) || !crate::quant::can_dequantize(x.ty) {
-                return Err(Error::refused(
-                    path,
-                    format!(
-                        "`{}` is a {}-d {} tensor; a LoRA pair is two 2-d matrices (3-d for experts) of a readable type",
-                        x.name,
-                        x.ne.len(),
-                        x.ty
-                    ),
-                    hint,
-                ));
-            }
-        }
-        let (bn, an, bbn) = (&base_t.ne, &t.ne, &bt.ne);
-        // llama.cpp's own checks (llama-adapter.cpp): a = [in, r], b = [r, out]; the token embedding
-        // keeps lora_a transposed, a = [r, vocab], b = [r, hidden].
-        // Every dimension non-zero: a rank or width of 0 would make the merge divide by zero.
-        let nonzero = [bn, an, bbn].iter().all(|ne| ne.iter().all(|&d| d > 0));
-        // A stacked expert tensor (ggml [in, out, n]) takes a = [in, r, n], b = [r, out, n].
-        let same_stack =
-            bn.len() == an.len() && bn.len() == bbn.len() && bn.get(2) == an.get(2) && bn.get(2) == bbn.get(2);
-        let fits = nonzero
-            && matches!(bn.len(), 2 | 3)
-            && same_stack
-            && if name == "token_embd.weight" {
-                bn[0] == bbn[1] && bn[1] == an[1] && an[0] == bbn[0]
-            } else {
-                bn[0] == an[0] && bn[1] == bbn[1] && an[1] == bbn[0]
-            };
-        if !fits {
+        check_pair_fits(path, name, t, bt, &base_t.ne)?;
+        pairs.push((name.to_string(), i, b));
+    }
+    Ok(pairs)
+}
+
+/// Refuses a lora_a `a` / lora_b `b` pair for base tensor `name` (ggml shape `bn`) unless both are
+/// readable 2-d (3-d for experts) matrices whose shapes fit it as llama.cpp requires.
+fn check_pair_fits(
+    path: &Path,
+    name: &str,
+    a: &crate::gguf::TensorInfo,
+    b: &crate::gguf::TensorInfo,
+    bn: &[u64],
+) -> crate::Result<()> {
+    for x in [a, b] {
+        if !matches!(x.ne.len(), 2 | 3) || !crate::quant::can_dequantize(x.ty) {
             return Err(Error::refused(
                 path,
                 format!(
-                    "`{name}` is {bn:?} in the base, and its lora_a {an:?} / lora_b {bbn:?} do not fit it (ggml order)"
+                    "`{}` is a {}-d {} tensor; a LoRA pair is two 2-d matrices (3-d for experts) of a readable type",
+                    x.name,
+                    x.ne.len(),
+                    x.ty
                 ),
-                "the adapter was made for a different model; use its own base",
+                GGUF_ADAPTER_HINT,
             ));
         }
-        pairs.push((name.to_string(), i, b));
     }
-    if pairs.is_empty() {
-        return Err(Error::refused(path, "the adapter holds no LoRA tensor pairs", hint));
+    let (an, bbn): (&[u64], &[u64]) = (&a.ne, &b.ne);
+    // llama.cpp's own checks (llama-adapter.cpp): a = [in, r], b = [r, out]; the token embedding
+    // keeps lora_a transposed, a = [r, vocab], b = [r, hidden].
+    // Every dimension non-zero: a rank or width of 0 would make the merge divide by zero.
+    let nonzero = [bn, an, bbn].iter().all(|ne| ne.iter().all(|&d| d > 0));
+    // A stacked expert tensor (ggml [in, out, n]) takes a = [in, r, n], b = [r, out, n].
+    let same_stack = bn.len() == an.len() && bn.len() == bbn.len() && bn.get(2) == an.get(2) && bn.get(2) == bbn.get(2);
+    let fits = nonzero
+        && matches!(bn.len(), 2 | 3)
+        && same_stack
+        && if name == "token_embd.weight" {
+            bn[0] == bbn[1] && bn[1] == an[1] && an[0] == bbn[0]
+        } else {
+            bn[0] == an[0] && bn[1] == bbn[1] && an[1] == bbn[0]
+        };
+    if !fits {
+        return Err(Error::refused(
+            path,
+            format!(
+                "`{name}` is {bn:?} in the base, and its lora_a {an:?} / lora_b {bbn:?} do not fit it (ggml order)"
+            ),
+            "the adapter was made for a different model; use its own base",
+        ));
     }
-    Ok(GgufAdapter {
-        path: path.to_path_buf(),
-        header,
-        alpha,
-        pairs,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
