@@ -9,16 +9,16 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::base;
-use crate::chat_template::Choice as ChatChoice;
-use crate::convert::{self, Input, OutType};
-use crate::create::{self, Mode};
-use crate::merge::{self, MergedType};
-use crate::modelfile::Parameters;
-use crate::peft::{Adapter, Report};
+use crate::commands::create::{self, Mode};
+use crate::engine::base;
+use crate::engine::convert::{self, Input, OutType};
+use crate::engine::merge::{self, MergedType};
+use crate::engine::quant_mix::Scheme;
+use crate::engine::validate::{self, Validation};
+use crate::formats::chat_template::Choice as ChatChoice;
+use crate::formats::modelfile::Parameters;
+use crate::formats::peft::{Adapter, Report};
 use crate::progress::Progress;
-use crate::quant_mix::Scheme;
-use crate::validate::{self, Validation};
 
 pub mod shell;
 
@@ -46,7 +46,7 @@ pub enum CacheAction {
     },
     /// Remove what no run has used for DAYS days (after every create: 30).
     Prune {
-        #[arg(long, value_name = "DAYS", default_value_t = crate::cache::MAX_AGE_DAYS)]
+        #[arg(long, value_name = "DAYS", default_value_t = crate::engine::cache::MAX_AGE_DAYS)]
         older_than: u64,
     },
     /// Remove everything cached (the Hugging Face cache is not touched).
@@ -361,7 +361,7 @@ impl CreateArgs {
             host: self
                 .host
                 .as_ref()
-                .map_or_else(crate::ollama::host, |h| crate::ollama::host_from(h)),
+                .map_or_else(crate::remote::ollama::host, |h| crate::remote::ollama::host_from(h)),
             strict: self.strict,
             keep_build: !self.no_keep_build,
             push: self.push,
@@ -380,7 +380,7 @@ pub fn run(cli: Cli) -> ExitCode {
     // and clean up; a second ends the process at once, after deleting temporary outputs.
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            crate::convert::remove_temporaries();
+            crate::engine::convert::remove_temporaries();
             std::process::exit(130);
         }
     });
@@ -499,10 +499,10 @@ fn run_man(dir: &Path, force: bool) -> anyhow::Result<()> {
 }
 
 fn run_cache(action: &CacheAction) -> anyhow::Result<()> {
-    let dir = crate::registry::cache_dir();
+    let dir = crate::remote::registry::cache_dir();
     let removed = match action {
         CacheAction::List { json } => {
-            let entries = crate::cache::list(&dir)?;
+            let entries = crate::engine::cache::list(&dir)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
                 return Ok(());
@@ -523,9 +523,9 @@ fn run_cache(action: &CacheAction) -> anyhow::Result<()> {
             return Ok(());
         }
         CacheAction::Prune { older_than } => {
-            crate::cache::prune(&dir, std::time::Duration::from_secs(older_than.saturating_mul(86400)))?
+            crate::engine::cache::prune(&dir, std::time::Duration::from_secs(older_than.saturating_mul(86400)))?
         }
-        CacheAction::Clear => crate::cache::clear(&dir)?,
+        CacheAction::Clear => crate::engine::cache::clear(&dir)?,
     };
     println!("removed {} entries, {}", removed.files, human_bytes(removed.bytes));
     Ok(())
@@ -604,7 +604,7 @@ fn run_merge(
 ) -> anyhow::Result<()> {
     // One ready GGUF LoRA adapter is merged as llama.cpp would apply it.
     let gguf_adapter = match args {
-        [one] if Path::new(one).is_file() && crate::gguf::is_gguf(Path::new(one)) => Some(Path::new(one)),
+        [one] if Path::new(one).is_file() && crate::formats::gguf::is_gguf(Path::new(one)) => Some(Path::new(one)),
         _ => None,
     };
     let inputs = if gguf_adapter.is_some() {
@@ -660,12 +660,12 @@ fn run_fetch(
 ) -> anyhow::Result<()> {
     // Files, parameters and the name to push are checked before a possibly long download.
     args.options(String::new(), None, None)?;
-    let name = name.or_else(|| (!args.no_create).then(|| crate::hub::slug(repo)));
+    let name = name.or_else(|| (!args.no_create).then(|| crate::remote::hub::slug(repo)));
     // --download-only ignores the create options, --push among them.
     create::check_push(name.as_deref(), args.push && !download_only, args.no_create)?;
     let bar = Bar::new(quiet);
-    let hub = crate::hub::Hub::new(crate::hub::Settings::from_env());
-    let fetched = crate::hub::fetch_adapter(&hub, repo, revision, subfolder, &bar)?;
+    let hub = crate::remote::hub::Hub::new(crate::remote::hub::Settings::from_env());
+    let fetched = crate::remote::hub::fetch_adapter(&hub, repo, revision, subfolder, &bar)?;
     if download_only {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&fetched)?);
@@ -679,7 +679,7 @@ fn run_fetch(
     } else {
         Adapter::open(&fetched.path)?.config.base_model_name_or_path.clone()
     };
-    let base = crate::hub::choose_base(base.as_deref(), adapter_base.as_deref(), args.yes, &bar)?;
+    let base = crate::remote::hub::choose_base(base.as_deref(), adapter_base.as_deref(), args.yes, &bar)?;
     let opts = args.options(base, name, Some(fetched.path.clone()))?;
     if !args.json && !quiet {
         eprintln!(
@@ -780,8 +780,11 @@ fn merge_chat_template(choice: ChatChoice, adapters: &[String]) -> anyhow::Resul
     let dir = first
         .as_ref()
         .and_then(|a| a.config_path.parent().map(Path::to_path_buf));
-    let template = dir.map(|d| crate::chat_template::read(&d)).transpose()?.flatten();
-    Ok(Some(template.ok_or_else(crate::chat_template::missing)?))
+    let template = dir
+        .map(|d| crate::formats::chat_template::read(&d))
+        .transpose()?
+        .flatten();
+    Ok(Some(template.ok_or_else(crate::formats::chat_template::missing)?))
 }
 
 fn run_validate(path: &Path, base: &str, strict: bool, json: bool) -> anyhow::Result<()> {
@@ -975,7 +978,7 @@ fn format_report(r: &Report) -> String {
     for c in &r.carries {
         let _ = writeln!(s, "carries       {c}");
     }
-    let problems = |s: &mut String, ps: &[crate::peft::Problem]| {
+    let problems = |s: &mut String, ps: &[crate::formats::peft::Problem]| {
         for p in ps {
             let _ = writeln!(s, "  - {}: {}\n    what to do: {}", p.subject, p.why, p.hint);
         }

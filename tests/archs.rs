@@ -11,10 +11,10 @@ use common::*;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use ollama_tools::base::BaseModel;
-use ollama_tools::gguf::{self, GgmlType, TensorSpec, Value};
-use ollama_tools::peft::Adapter;
-use ollama_tools::validate::validate;
+use ollama_tools::engine::base::BaseModel;
+use ollama_tools::engine::validate::validate;
+use ollama_tools::formats::gguf::{self, GgmlType, TensorSpec, Value};
+use ollama_tools::formats::peft::Adapter;
 use predicates::prelude::PredicateBooleanExt;
 use safetensors::Dtype;
 use serde_json::json;

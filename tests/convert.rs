@@ -426,12 +426,12 @@ fn output_types_auto_f16_bf16_f32() {
     // auto -> f16, and every bf16 value in f16's range is exact in f16 (more mantissa bits).
     let t = run("auto", "auto.gguf");
     let lb = &t["blk.0.attn_v.weight.lora_b"];
-    assert_eq!(lb.ty, ollama_tools::gguf::GgmlType::F16);
+    assert_eq!(lb.ty, ollama_tools::formats::gguf::GgmlType::F16);
     let bf: Vec<f32> = b.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect();
     assert_eq!(lb.values, bf);
     assert_eq!(
         run("bf16", "bf16.gguf")["blk.0.attn_v.weight.lora_b"].ty,
-        ollama_tools::gguf::GgmlType::BF16
+        ollama_tools::formats::gguf::GgmlType::BF16
     );
     assert_eq!(run("f32", "f32.gguf")["blk.0.attn_v.weight.lora_b"].values, bf);
 }
@@ -455,8 +455,14 @@ fn values_beyond_f16_go_to_f32_in_auto_and_are_refused_in_f16() {
     .success()
     .stderr(predicates::str::contains("written as f32"));
     let (_, t) = read_gguf(&out);
-    assert_eq!(t["blk.0.attn_v.weight.lora_b"].ty, ollama_tools::gguf::GgmlType::F32);
-    assert_eq!(t["blk.0.attn_v.weight.lora_a"].ty, ollama_tools::gguf::GgmlType::F16);
+    assert_eq!(
+        t["blk.0.attn_v.weight.lora_b"].ty,
+        ollama_tools::formats::gguf::GgmlType::F32
+    );
+    assert_eq!(
+        t["blk.0.attn_v.weight.lora_a"].ty,
+        ollama_tools::formats::gguf::GgmlType::F16
+    );
     let out = dir.path().join("f16.gguf");
     convert(&[
         dir.path().join("a").to_str().unwrap(),

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ollama_tools::peft::{Adapter, LoraConfig, Report};
+use ollama_tools::formats::peft::{Adapter, LoraConfig, Report};
 
 fn corpus() -> Option<PathBuf> {
     let dir = std::env::var_os("OLLAMA_TOOLS_CORPUS")
@@ -147,14 +147,14 @@ enum Fate {
 /// (from `base_model_name_or_path`, as validate guesses it), and what it carries. `old_rules`: as
 /// before DoRA, full embedding copies, trainable tokens and activated LoRA were supported (refused).
 fn fate(c: &LoraConfig, old_rules: bool) -> (Fate, String) {
-    use ollama_tools::arch;
+    use ollama_tools::engine::arch;
     if c.peft_type.as_deref() != Some("LORA") {
         return (Fate::Refused, format!("peft_type {:?}", c.peft_type));
     }
     let family = c
         .base_model_name_or_path
         .as_deref()
-        .and_then(ollama_tools::validate::family_of);
+        .and_then(ollama_tools::engine::validate::family_of);
     match family {
         None => return (Fate::BaseUnknown, format!("base {:?}", c.base_model_name_or_path)),
         Some(f) if arch::by_name(f).is_none() => return (Fate::Refused, format!("{f} models are not supported")),

@@ -818,10 +818,10 @@ fn an_adapters_own_chat_template_is_announced_or_used_in_its_ollama_form() {
         text.contains("<|im_start|>assistant") && text.contains("PARAMETER stop <|im_end|>"),
         "{text}"
     );
-    let header = ollama_tools::gguf::read_header(&gguf).unwrap();
+    let header = ollama_tools::formats::gguf::read_header(&gguf).unwrap();
     assert_eq!(
         header.get("tokenizer.chat_template"),
-        Some(&ollama_tools::gguf::Value::String(jinja.into()))
+        Some(&ollama_tools::formats::gguf::Value::String(jinja.into()))
     );
     // A format without a known Ollama form: refused, saying what to do.
     std::fs::write(
@@ -874,9 +874,9 @@ fn a_push_reports_each_layer_through_the_progress_trait_and_says_where_the_model
         models: vec![("me/tuned".into(), show_json(TINY, "F32", true))],
         ..Config::default()
     });
-    let client = ollama_tools::ollama::Client::new(&fake.url);
+    let client = ollama_tools::remote::ollama::Client::new(&fake.url);
     let recorded = Recorded::default();
-    let at = ollama_tools::create::push(&client, "me/tuned", false, &recorded).unwrap();
+    let at = ollama_tools::commands::create::push(&client, "me/tuned", false, &recorded).unwrap();
     assert_eq!(at, "https://ollama.com/me/tuned");
     let events = recorded.0.lock().unwrap().clone();
     for status in ["retrieving manifest", "pushing manifest", "success"] {

@@ -7,7 +7,7 @@
 mod common;
 use common::modelfile_parser;
 use common::*;
-use ollama_tools::gguf::{self, GgmlType};
+use ollama_tools::formats::gguf::{self, GgmlType};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Output;

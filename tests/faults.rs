@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ollama_tools::gguf::{self, GgmlType, TensorSpec, Value};
+use ollama_tools::formats::gguf::{self, GgmlType, TensorSpec, Value};
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 use serde_json::json;

@@ -590,7 +590,7 @@ fn a_gguf_adapter_in_the_repo_is_fetched_and_used_as_is() {
 
 #[test]
 fn a_full_model_gguf_beside_the_adapter_is_told_apart_by_its_header_and_left_out() {
-    use ollama_tools::gguf::{GgmlType, TensorSpec, Value, Writer};
+    use ollama_tools::formats::gguf::{GgmlType, TensorSpec, Value, Writer};
     let env = setup();
     // A "full model": general.type = model, and a tensor of 1 MiB that must not be downloaded.
     let model = env.d.path().join("model.gguf");
@@ -852,12 +852,12 @@ mod rogue {
 
 use axum::response::IntoResponse;
 use ollama_tools::error::Patience;
-use ollama_tools::hub::{Settings, fetch_adapter};
 use ollama_tools::progress::Silent;
+use ollama_tools::remote::hub::{Settings, fetch_adapter};
 use rogue::Reply;
 
 /// A library Hub client for `url` with a cache in `cache`, quick timeouts and retries.
-fn client(url: &str, cache: &Path) -> ollama_tools::hub::Hub {
+fn client(url: &str, cache: &Path) -> ollama_tools::remote::hub::Hub {
     let settings = Settings {
         endpoint: url.into(),
         token: None,
@@ -869,7 +869,7 @@ fn client(url: &str, cache: &Path) -> ollama_tools::hub::Hub {
         retries: 2,
         max_wait: std::time::Duration::from_millis(1500),
     };
-    let mut hub = ollama_tools::hub::Hub::with_patience(settings, patience);
+    let mut hub = ollama_tools::remote::hub::Hub::with_patience(settings, patience);
     hub.probe_time = std::time::Duration::from_secs(1);
     hub
 }

@@ -14,9 +14,11 @@ use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use ollama_tools::gguf::{self, GgmlType};
-use ollama_tools::modelfile::{self, Message, Modelfile, Parameters};
-use ollama_tools::{base, hub, ollama, peft, quant};
+use ollama_tools::engine::{base, quant};
+use ollama_tools::formats::gguf::{self, GgmlType};
+use ollama_tools::formats::modelfile::{self, Message, Modelfile, Parameters};
+use ollama_tools::formats::peft;
+use ollama_tools::remote::{hub, ollama};
 
 // ---------------------------------------------------------------------------------------------
 // Allocation accounting: per thread (the test harness runs targets in parallel), live and peak bytes.

@@ -45,7 +45,7 @@ fn merged_minus_base_is_the_peft_delta_and_the_rest_is_copied() {
 
     let (bh, bt) = read_gguf(&base);
     let (mh, mt) = read_gguf(&out);
-    let adapter = ollama_tools::peft::Adapter::open(&a).unwrap();
+    let adapter = ollama_tools::formats::peft::Adapter::open(&a).unwrap();
     let values = |key: &str| {
         let t = adapter.tensors.iter().find(|t| t.key == key).unwrap();
         let (mut halves, mut v) = (Vec::new(), Vec::new());

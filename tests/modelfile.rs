@@ -4,7 +4,7 @@
 mod common;
 
 use common::modelfile_parser::{create_request, parse};
-use ollama_tools::modelfile::{
+use ollama_tools::formats::modelfile::{
     Message, Modelfile, ParamError, ParamKind, Parameters, QuoteError, RenderError, param_kind, quote,
 };
 use serde_json::{Value, json};

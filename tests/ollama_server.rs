@@ -5,7 +5,7 @@ mod common;
 
 use common::ollama_server::{self as fake, Config, Faults, RefuseAdapters};
 use common::{TINY, show_json};
-use ollama_tools::gguf::{self, GgmlType, TensorSpec, Value as G};
+use ollama_tools::formats::gguf::{self, GgmlType, TensorSpec, Value as G};
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -581,7 +581,7 @@ fn go_formatting_of_parameter_values() {
     assert_eq!(go_value(&json!("a\"b\\c\nd\u{1}")), r#""a\"b\\c\nd\x01""#);
 }
 
-// The client (`ollama_tools::ollama::Client`) against servers that misbehave in ways the fake does
+// The client (`ollama_tools::remote::ollama::Client`) against servers that misbehave in ways the fake does
 // not: huge or hostile answers, silence, loops, nulls. Each is a small axum app on 127.0.0.1:0.
 
 mod hostile {
@@ -694,12 +694,14 @@ fn quick() -> ollama_tools::error::Patience {
     }
 }
 
-fn api(server: &hostile::Server, prefix: &str) -> ollama_tools::ollama::Client {
-    ollama_tools::ollama::Client::with_patience(&format!("{}/{prefix}", server.url), quick())
+fn api(server: &hostile::Server, prefix: &str) -> ollama_tools::remote::ollama::Client {
+    ollama_tools::remote::ollama::Client::with_patience(&format!("{}/{prefix}", server.url), quick())
 }
 
 /// Statuses a create passes on.
-fn create_statuses(client: &ollama_tools::ollama::Client) -> (Result<(), ollama_tools::ollama::ApiError>, Vec<String>) {
+fn create_statuses(
+    client: &ollama_tools::remote::ollama::Client,
+) -> (Result<(), ollama_tools::remote::ollama::ApiError>, Vec<String>) {
     let mut seen = Vec::new();
     let r = client.create(&json!({"model": "m"}), &ollama_tools::progress::Silent, &mut |s| {
         seen.push(s.status.clone())
@@ -756,7 +758,10 @@ fn a_silent_server_is_given_up_on_after_the_idle_timeout() {
     let started = std::time::Instant::now();
     let (r, seen) = create_statuses(&api(&server, "stall"));
     let err = r.unwrap_err();
-    assert!(matches!(err, ollama_tools::ollama::ApiError::Stalled { .. }), "{err}");
+    assert!(
+        matches!(err, ollama_tools::remote::ollama::ApiError::Stalled { .. }),
+        "{err}"
+    );
     let text = err.to_string();
     assert!(
         text.contains("sent nothing for 1 s") && text.contains("parsing GGUF") && text.contains("OLLAMA_TOOLS_TIMEOUT"),
@@ -772,7 +777,10 @@ fn a_silent_server_is_given_up_on_after_the_idle_timeout() {
     let err = api(&server, "stall")
         .push_blob(&digest(&[7u8; 1]), file, 3 << 20, &ollama_tools::progress::Silent)
         .unwrap_err();
-    assert!(matches!(err, ollama_tools::ollama::ApiError::Stalled { .. }), "{err}");
+    assert!(
+        matches!(err, ollama_tools::remote::ollama::ApiError::Stalled { .. }),
+        "{err}"
+    );
     assert!(
         err.to_string()
             .contains(&format!("{} of {} bytes taken", 3 << 20, 3 << 20)),

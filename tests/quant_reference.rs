@@ -1,4 +1,4 @@
-//! Checks `ollama_tools::quant` against bytes and values written by independent implementations:
+//! Checks `ollama_tools::engine::quant` against bytes and values written by independent implementations:
 //! ggml itself (its `quantize_row_*_ref` / `dequantize_row_*`, and `llama_model_quantize`, through
 //! llama-cpp-python) and the `gguf` Python package's numpy quantizers and dequantizers.
 //!
@@ -17,8 +17,8 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use ollama_tools::gguf::GgmlType;
-use ollama_tools::quant;
+use ollama_tools::engine::quant;
+use ollama_tools::formats::gguf::GgmlType;
 
 fn read_f32(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use ollama_tools::gguf::{self, GgmlType, Value};
+use ollama_tools::formats::gguf::{self, GgmlType, Value};
 use predicates::str::contains;
 use std::path::Path;
 

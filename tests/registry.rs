@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ollama_tools::Error;
 use ollama_tools::error::Patience;
-use ollama_tools::ollama::ModelName;
 use ollama_tools::progress::{Progress, Silent};
-use ollama_tools::registry::{pull_model_blob, pull_model_blob_with};
+use ollama_tools::remote::ollama::ModelName;
+use ollama_tools::remote::registry::{pull_model_blob, pull_model_blob_with};
 use sha2::{Digest, Sha256};
 
 mod common;

@@ -243,10 +243,10 @@ fn unknown_ggml_type_in_a_gguf_base() {
     let d = tempfile::tempdir().unwrap();
     let a = tiny_adapter(&d.path().join("a"), json!({}), vec![]);
     // A base GGUF whose norm tensor has a type id this tool does not know.
-    use ollama_tools::gguf::{GgmlType, TensorSpec, Value, Writer};
+    use ollama_tools::formats::gguf::{GgmlType, TensorSpec, Value, Writer};
     let gguf = d.path().join("odd.gguf");
     write_base_gguf(&gguf, "llama", TINY);
-    let h = ollama_tools::gguf::read_header(&gguf).unwrap();
+    let h = ollama_tools::formats::gguf::read_header(&gguf).unwrap();
     let mut specs: Vec<TensorSpec> = h
         .tensors
         .iter()

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 
-use crate::convert;
+use crate::engine::convert;
 use crate::error::{Error, Result};
 
 /// The completion script for `shell`. Made in memory: clap_complete panics on a failed write, and

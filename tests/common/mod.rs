@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use ollama_tools::gguf::{self, GgmlType, TensorSpec, Value};
+use ollama_tools::formats::gguf::{self, GgmlType, TensorSpec, Value};
 use safetensors::{Dtype, tensor::TensorView};
 
 /// A small deterministic generator, so fixtures need no extra crate.

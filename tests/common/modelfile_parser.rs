@@ -1,6 +1,6 @@
 //! An independent reader of Ollama Modelfiles (tests only): a port of the state machine in Ollama's
 //! `parser/parser.go` and of what `ollama create` builds from it (`Modelfile.CreateRequest`). It shares
-//! no code with `ollama_tools::modelfile`, so a quoting bug there cannot hide behind the same bug here.
+//! no code with `ollama_tools::formats::modelfile`, so a quoting bug there cannot hide behind the same bug here.
 #![allow(dead_code)]
 
 use std::sync::LazyLock;

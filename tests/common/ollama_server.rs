@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use futures_util::StreamExt;
-use ollama_tools::gguf;
+use ollama_tools::formats::gguf;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -1042,7 +1042,7 @@ fn kv_json(v: &gguf::Value) -> Option<Value> {
 
 /// Ollama's names for `general.file_type` (llama.cpp's `llama_ftype` names).
 fn file_type_name(t: u64) -> &'static str {
-    ollama_tools::base::file_type_name(t).unwrap_or("unknown")
+    ollama_tools::engine::base::file_type_name(t).unwrap_or("unknown")
 }
 
 /// Ollama's `format.HumanNumber`: 1.2B, 25M, 13.8K.

@@ -1,4 +1,4 @@
-"""Cross-check of src/quant.rs (ggml block formats) against independent references.
+"""Cross-check of src/engine/quant.rs (ggml block formats) against independent references.
 
 References:
 - ggml itself, as llama-cpp-python ships it: `quantize_row_*_ref` / `dequantize_row_*` called

@@ -496,7 +496,7 @@ pub struct Modelfile {
 }
 
 /// The built-in template; a user template gets the same context and filters.
-pub const BUILTIN_TEMPLATE: &str = include_str!("../templates/Modelfile");
+pub const BUILTIN_TEMPLATE: &str = include_str!("../../templates/Modelfile");
 
 /// Why a Modelfile could not be rendered.
 #[derive(Debug, thiserror::Error)]

@@ -32,7 +32,7 @@
 // lane-parallel searches), which iterator chains would obscure.
 #![allow(clippy::needless_range_loop)]
 
-use crate::gguf::GgmlType;
+use crate::formats::gguf::GgmlType;
 
 mod simd;
 pub use simd::Simd;

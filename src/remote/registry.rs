@@ -19,8 +19,10 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Patience, printable, retry_after};
-use crate::ollama::{MESSAGE_CHARS, MODEL_LAYER, Manifest, ModelName, blob_path, error_body, read_capped, root_cause};
 use crate::progress::Progress;
+use crate::remote::ollama::{
+    MESSAGE_CHARS, MODEL_LAYER, Manifest, ModelName, blob_path, error_body, read_capped, root_cause,
+};
 use crate::{Error, Result};
 
 /// What registries answer a manifest request with, as Ollama's registry does.
@@ -115,7 +117,7 @@ pub fn pull_model_blob_with(
 }
 
 /// GET the manifest and pick its GGUF model layer.
-fn fetch_model_layer(http: &Client, name: &ModelName, base: &str, url: &str) -> Result<crate::ollama::Layer> {
+fn fetch_model_layer(http: &Client, name: &ModelName, base: &str, url: &str) -> Result<crate::remote::ollama::Layer> {
     let path = Path::new(url);
     let resp = http.get(url).header(ACCEPT, MANIFEST_V2).send().map_err(|e| {
         Error::invalid(
@@ -480,7 +482,7 @@ impl<'a> Download<'a> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if crate::ollama::is_timeout(&e) => {
+                Err(e) if crate::remote::ollama::is_timeout(&e) => {
                     return Ok(Attempt::Cut(
                         "nothing arrived for the timeout, OLLAMA_TOOLS_TIMEOUT".into(),
                     ));

@@ -35,25 +35,25 @@ const FORMATS: &[Format] = &[
     Format {
         name: "Llama 3",
         markers: &["<|start_header_id|>", "<|eot_id|>"],
-        go: include_str!("../templates/chat/llama3.gotmpl"),
+        go: include_str!("../../templates/chat/llama3.gotmpl"),
         stop: &["<|eot_id|>"],
     },
     Format {
         name: "ChatML",
         markers: &["<|im_start|>", "<|im_end|>"],
-        go: include_str!("../templates/chat/chatml.gotmpl"),
+        go: include_str!("../../templates/chat/chatml.gotmpl"),
         stop: &["<|im_end|>"],
     },
     Format {
         name: "Gemma",
         markers: &["<start_of_turn>", "<end_of_turn>"],
-        go: include_str!("../templates/chat/gemma.gotmpl"),
+        go: include_str!("../../templates/chat/gemma.gotmpl"),
         stop: &["<end_of_turn>"],
     },
     Format {
         name: "Phi-3",
         markers: &["<|user|>", "<|assistant|>", "<|end|>"],
-        go: include_str!("../templates/chat/phi3.gotmpl"),
+        go: include_str!("../../templates/chat/phi3.gotmpl"),
         stop: &["<|end|>"],
     },
 ];

@@ -15,16 +15,16 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::base::BaseModel;
-use crate::convert::{self, Input, Layout, Plan};
+use crate::engine::base::BaseModel;
+use crate::engine::convert::{self, Input, Layout, Plan};
+use crate::engine::output::DirectWriter;
+use crate::engine::pipeline;
+use crate::engine::quant;
+use crate::engine::quant_mix::{self, Scheme};
 use crate::error::{Error, Result};
-use crate::gguf::{self, GgmlType, TensorSpec, Value};
-use crate::output::DirectWriter;
-use crate::peft::Replacement;
-use crate::pipeline;
+use crate::formats::gguf::{self, GgmlType, TensorSpec, Value};
+use crate::formats::peft::Replacement;
 use crate::progress::Progress;
-use crate::quant;
-use crate::quant_mix::{self, Scheme};
 
 /// The type touched tensors are written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -124,7 +124,7 @@ pub fn merge(
             .iter()
             .map(|i| {
                 let cfg = i.adapter.config_path.to_string_lossy().into_owned();
-                crate::peft::hub_cache_repo(&cfg).unwrap_or_else(|| convert::adapter_label(&i.adapter))
+                crate::formats::peft::hub_cache_repo(&cfg).unwrap_or_else(|| convert::adapter_label(&i.adapter))
             })
             .collect(),
         revisions: inputs
@@ -154,7 +154,7 @@ pub fn merge_gguf_adapter(
     let base_path = base_gguf(base)?;
     convert::check_output(output, "-o", opts.force, &[adapter, base_path.as_path()])?;
     convert::check_scale(opts.scale)?;
-    let checked = crate::validate::check_gguf_adapter(adapter, base)?;
+    let checked = crate::engine::validate::check_gguf_adapter(adapter, base)?;
     let file = File::open(adapter).map_err(|e| Error::io(adapter, e))?;
     let label = adapter
         .file_name()
@@ -196,7 +196,7 @@ enum Source<'a> {
         plan: Plan,
     },
     Gguf {
-        adapter: crate::validate::GgufAdapter,
+        adapter: crate::engine::validate::GgufAdapter,
         file: File,
         scale: f32,
     },
@@ -277,7 +277,7 @@ impl Source<'_> {
                         Error::invalid(&adapter.path, format!("`{}`: type {} has no known size", t.name, t.ty))
                     })? as usize;
                     s.raw.resize(size, 0);
-                    crate::peft::read_exact_at(file, &mut s.raw, h.data_offset + t.offset)
+                    crate::formats::peft::read_exact_at(file, &mut s.raw, h.data_offset + t.offset)
                         .map_err(|e| Error::io(&adapter.path, e))?;
                     out.resize(t.ne.iter().product::<u64>() as usize, 0.0);
                     quant::dequantize(t.ty, &s.raw, out)
@@ -420,7 +420,7 @@ fn plan_merge(source: &Source, base_path: &Path, provenance: &Provenance, opts: 
     let mut kvs = metadata(&header, provenance, opts);
     if let Some((new, added, dir)) = &vocab {
         let arch = header.get_str("general.architecture").unwrap_or_default().to_string();
-        crate::vocab::resize(&mut kvs, &arch, *new, added, dir)?;
+        crate::formats::vocab::resize(&mut kvs, &arch, *new, added, dir)?;
         notices.push(format!(
             "the vocabulary is resized to {new} tokens as the adapter's embeddings are; its tokenizer names the new ones"
         ));
@@ -566,7 +566,7 @@ impl Merger<'_> {
         let mut offset = self.header.data_offset + t.offset;
         for chunk_start in (0..size).step_by(buf.len()) {
             let n = (size - chunk_start).min(buf.len() as u64) as usize;
-            crate::peft::read_exact_at(self.base_file, &mut buf[..n], offset)
+            crate::formats::peft::read_exact_at(self.base_file, &mut buf[..n], offset)
                 .map_err(|e| Error::io(self.base_path, e))?;
             writer.write_part(&buf[..n]).map_err(io_err)?;
             progress.advance(n as u64);
@@ -697,7 +697,7 @@ impl Merger<'_> {
             )
         })? as usize;
         s.raw.resize((end - start) * row_bytes, 0);
-        crate::peft::read_exact_at(
+        crate::formats::peft::read_exact_at(
             self.base_file,
             &mut s.raw,
             self.header.data_offset + t.offset + (start * row_bytes) as u64,
@@ -836,7 +836,7 @@ fn resize_vocab(
     replacements: &[(String, usize, Replacement)],
     source: &Source,
     base_path: &Path,
-) -> Result<Option<(usize, crate::vocab::Added, PathBuf)>> {
+) -> Result<Option<(usize, crate::formats::vocab::Added, PathBuf)>> {
     let Source::Peft { inputs, .. } = source else {
         return Ok(None);
     };
@@ -891,7 +891,7 @@ fn resize_vocab(
         .parent()
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let added = crate::vocab::added_tokens(&dir, old, new)?;
+    let added = crate::formats::vocab::added_tokens(&dir, old, new)?;
     Ok(Some((new, added, dir)))
 }
 

@@ -13,7 +13,7 @@
 //! Only what the supported schemes reach is carried over; the IQ schemes and the ones that need an
 //! importance matrix are refused when the scheme is parsed.
 
-use crate::gguf::{GgmlType, Header};
+use crate::formats::gguf::{GgmlType, Header};
 
 /// A `llama-quantize` file type this tool writes (spelt as llama.cpp's `LLAMA_FTYPE_MOSTLY_*`, so
 /// the rules below read like its source).
@@ -405,7 +405,7 @@ impl<'a> State<'a> {
             return Ok(t.ty);
         }
         let default = scheme.default_type();
-        if crate::quant::block_len(default) == 1 {
+        if crate::engine::quant::block_len(default) == 1 {
             return Ok(default);
         }
         let chosen = self.mix_type(scheme, default, t)?;
@@ -499,7 +499,7 @@ impl<'a> State<'a> {
 /// The output matrix (and a tied token embedding): Q6_K unless the scheme is Q8_0, Q8_0 where rows
 /// do not divide into the scheme's blocks (or for Falcon).
 fn output_type(scheme: Scheme, default: GgmlType, arch: &str, ne0: u64) -> GgmlType {
-    let block = crate::quant::block_len(default) as u64;
+    let block = crate::engine::quant::block_len(default) as u64;
     if scheme == Scheme::MXFP4_MOE || arch == "falcon" || ne0 % block != 0 {
         GgmlType::Q8_0
     } else if default != GgmlType::Q8_0 {
@@ -553,7 +553,7 @@ fn attn_output_type(scheme: Scheme, default: GgmlType, falcon: bool, n_expert: i
 /// `tensor_type_fallback`: a type whose blocks the rows divide into (K types fall back to a 32-value
 /// type of about as many bits), F16 where not even 32 divides them.
 fn fallback(ne0: u64, ty: GgmlType) -> GgmlType {
-    let fits = |t: GgmlType| ne0 % crate::quant::block_len(t) as u64 == 0;
+    let fits = |t: GgmlType| ne0 % crate::engine::quant::block_len(t) as u64 == 0;
     if fits(ty) {
         return ty;
     }

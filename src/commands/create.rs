@@ -24,14 +24,15 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::base::{self, BaseModel};
+use crate::engine::base::{self, BaseModel};
+use crate::engine::quant_mix::Scheme;
+use crate::engine::{cache, convert, merge};
 use crate::error::{Error, Result};
-use crate::modelfile::{Message, Modelfile, Parameters};
-use crate::ollama::{self, ApiError, Client, ModelName};
-use crate::peft::Adapter;
+use crate::formats::modelfile::{Message, Modelfile, Parameters};
+use crate::formats::peft::Adapter;
 use crate::progress::Progress;
-use crate::quant_mix::Scheme;
-use crate::{cache, convert, merge, registry};
+use crate::remote::ollama::{self, ApiError, Client, ModelName};
+use crate::remote::registry;
 
 /// How to get the adapter into Ollama.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
@@ -138,7 +139,7 @@ pub fn choose_mode(
 /// merged GGUF. `None` keeps `opts`; with the base's template kept, a notice says the adapter has
 /// its own.
 fn adapter_chat(adapter: Option<&AdapterInput>, opts: &Options, ui: &dyn Progress) -> Result<Option<Options>> {
-    use crate::chat_template::{self, Choice};
+    use crate::formats::chat_template::{self, Choice};
     let jinja = match adapter {
         Some(AdapterInput::Peft(a)) => chat_template::read(a.config_path.parent().unwrap_or(Path::new(".")))?,
         _ => None,
@@ -182,7 +183,8 @@ fn adapter_chat(adapter: Option<&AdapterInput>, opts: &Options, ui: &dyn Progres
 /// activated LoRA is an adapter only. `None` when `used` suits it.
 fn only_mode(adapter: &Adapter, used: Used) -> Option<(Used, String)> {
     let analysis = adapter.analyze();
-    let subjects = |ps: &[crate::peft::Problem]| ps.iter().map(|p| p.subject.clone()).collect::<Vec<_>>().join(", ");
+    let subjects =
+        |ps: &[crate::formats::peft::Problem]| ps.iter().map(|p| p.subject.clone()).collect::<Vec<_>>().join(", ");
     match used {
         Used::Adapter if !analysis.merge_only.is_empty() => Some((
             Used::Merge,
@@ -256,7 +258,7 @@ pub struct Options {
     pub system: Option<String>,
     pub template: Option<String>,
     /// The adapter's own chat template instead of the base's.
-    pub chat_template: crate::chat_template::Choice,
+    pub chat_template: crate::formats::chat_template::Choice,
     /// A Jinja chat template a merged GGUF gets as `tokenizer.chat_template` (set from the
     /// adapter's with `chat_template: Adapter`).
     pub gguf_chat_template: Option<String>,
@@ -895,7 +897,7 @@ enum AdapterInput {
 
 impl AdapterInput {
     fn open(path: &Path) -> Result<Self> {
-        if path.is_file() && crate::gguf::is_gguf(path) {
+        if path.is_file() && crate::formats::gguf::is_gguf(path) {
             return Ok(AdapterInput::Gguf(absolute(path)?));
         }
         Ok(AdapterInput::Peft(Box::new(Adapter::open(path)?)))
@@ -907,7 +909,7 @@ impl AdapterInput {
             AdapterInput::Peft(a) => {
                 // The tokenizer beside it decides a resized vocabulary's tokens and the chat template.
                 let dir = a.config_path.parent().unwrap_or(Path::new("."));
-                let tokenizer = crate::hub::TOKENIZER_FILES
+                let tokenizer = crate::remote::hub::TOKENIZER_FILES
                     .iter()
                     .map(|f| dir.join(f))
                     .filter(|p| p.is_file());
@@ -926,7 +928,7 @@ impl AdapterInput {
 fn build_adapter(adapter: &AdapterInput, base: &BaseModel, opts: &Options, ui: &dyn Progress) -> Result<Built> {
     match adapter {
         AdapterInput::Gguf(path) => {
-            crate::validate::check_gguf_adapter(path, base)?;
+            crate::engine::validate::check_gguf_adapter(path, base)?;
             let digest = format!("sha256:{}", sha256_file(path, ui)?);
             let bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
             Ok(Built {
@@ -1019,7 +1021,7 @@ fn build_merged(
         .and_then(|n| n.strip_prefix("sha256-"))
     {
         Some(hex) if hex.len() == 64 => hex.to_string(),
-        _ => crate::cache::file_digest(&crate::registry::cache_dir(), &base_file, || {
+        _ => crate::engine::cache::file_digest(&crate::remote::registry::cache_dir(), &base_file, || {
             sha256_file(&base_file, ui)
         })?,
     };

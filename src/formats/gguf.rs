@@ -727,7 +727,7 @@ pub fn read_tensor_data(file: &File, header: &Header, t: &TensorInfo, buf: &mut 
         )
     })?;
     buf.resize(len, 0);
-    crate::peft::read_exact_at(file, buf, start).map_err(|e| {
+    crate::formats::peft::read_exact_at(file, buf, start).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("reading tensor `{}` ({size} bytes at byte {start}): {e}", t.name),

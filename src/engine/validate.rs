@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::arch::{self, Site};
-use crate::base::BaseModel;
+use crate::engine::arch::{self, Site};
+use crate::engine::base::BaseModel;
 use crate::error::Error;
-use crate::gguf::GgmlType;
-use crate::peft::{Adapter, Analysis, LoraModule};
+use crate::formats::gguf::GgmlType;
+use crate::formats::peft::{Adapter, Analysis, LoraModule};
 
 /// One error or warning: what it is about, what is wrong, what to do.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -65,7 +65,7 @@ pub struct Validation {
     pub modules: Vec<Target>,
     /// Embedding / output weights replaced, with the GGUF tensor each replaces (merge only).
     #[serde(skip)]
-    pub replacements: Vec<(String, crate::peft::Replacement)>,
+    pub replacements: Vec<(String, crate::formats::peft::Replacement)>,
 }
 
 /// A LoRA pair and the base tensor it adapts.
@@ -231,7 +231,7 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
 }
 
 /// The analysis' problems as findings.
-fn findings(problems: &[crate::peft::Problem]) -> Vec<Finding> {
+fn findings(problems: &[crate::formats::peft::Problem]) -> Vec<Finding> {
     problems.iter().map(|p| finding(&p.subject, &p.why, &p.hint)).collect()
 }
 
@@ -572,7 +572,7 @@ fn split_rows(
 
 /// Checks a replacement of the embeddings or the output projection against the base: as wide as
 /// the base's hidden size, the base's whole vocabulary or rows within it, and keeps it.
-fn check_replacement(v: &mut Validation, base: &BaseModel, adapter: &Adapter, r: &crate::peft::Replacement) {
+fn check_replacement(v: &mut Validation, base: &BaseModel, adapter: &Adapter, r: &crate::formats::peft::Replacement) {
     let t = &adapter.tensors[r.tensor];
     let name = if r.site == Site::Output {
         "output.weight"
@@ -631,7 +631,7 @@ fn check_replacement(v: &mut Validation, base: &BaseModel, adapter: &Adapter, r:
 /// Whether the adapter's folder holds tokenizer files (the text of tokens a fine-tune added).
 fn has_tokenizer(adapter: &Adapter) -> bool {
     let dir = adapter.config_path.parent().unwrap_or(Path::new("."));
-    crate::vocab::TOKEN_FILES.iter().any(|f| dir.join(f).is_file())
+    crate::formats::vocab::TOKEN_FILES.iter().any(|f| dir.join(f).is_file())
 }
 
 /// Checks one pair against its base tensor (presence, tied embeddings, shape, type) and keeps it.
@@ -749,7 +749,7 @@ fn expert_check(experts: &BTreeSet<u32>, modules: &[Target], base: &BaseModel) -
 }
 
 /// Records a pair that fits its base tensor.
-fn keep(v: &mut Validation, tally: &mut Tally, base_t: &crate::base::BaseTensor, t: Target) {
+fn keep(v: &mut Validation, tally: &mut Tally, base_t: &crate::engine::base::BaseTensor, t: Target) {
     if let Some(ty) = base_t.ty {
         tally.types.insert(ty.name());
         if below_q4(ty) {
@@ -763,7 +763,7 @@ fn keep(v: &mut Validation, tally: &mut Tally, base_t: &crate::base::BaseTensor,
 /// `[in, out, n_expert]`); the error is recorded when it does not.
 fn expert_fits(
     v: &mut Validation,
-    base_t: &crate::base::BaseTensor,
+    base_t: &crate::engine::base::BaseTensor,
     expert: u32,
     want: [u64; 2],
     key_a: &str,
@@ -954,7 +954,7 @@ fn finish(mut v: Validation, base: &BaseModel, layers: usize) -> Validation {
 /// A ready GGUF LoRA adapter, checked against a base the way llama.cpp checks it when loading.
 pub struct GgufAdapter {
     pub path: PathBuf,
-    pub header: crate::gguf::Header,
+    pub header: crate::formats::gguf::Header,
     /// `adapter.lora.alpha`; 0 means llama.cpp applies each pair with scale 1.
     pub alpha: f32,
     /// Per adapted base tensor: its name and the indexes of its lora_a and lora_b in `header.tensors`.
@@ -979,7 +979,7 @@ const GGUF_ADAPTER_HINT: &str = "pass a GGUF LoRA adapter (from `ollama-tools co
 /// architecture is the base's, every lora_a has its lora_b, and each pair's shapes match the base
 /// tensor as llama.cpp requires (for the token embedding, lora_a is stored transposed).
 pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAdapter> {
-    let header = crate::gguf::read_header(path).map_err(|e| Error::invalid(path, e.to_string()))?;
+    let header = crate::formats::gguf::read_header(path).map_err(|e| Error::invalid(path, e.to_string()))?;
     check_adapter_kind(path, &header, base)?;
     let alpha = adapter_alpha(path, &header)?;
     let pairs = adapter_pairs(path, &header, base)?;
@@ -1000,7 +1000,7 @@ pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAd
 
 /// Refuses a GGUF that is not a LoRA adapter (`general.type`, `adapter.type`), or one for another
 /// architecture than `base`'s.
-fn check_adapter_kind(path: &Path, header: &crate::gguf::Header, base: &BaseModel) -> crate::Result<()> {
+fn check_adapter_kind(path: &Path, header: &crate::formats::gguf::Header, base: &BaseModel) -> crate::Result<()> {
     match header.get_str("general.type") {
         Some("adapter") => {}
         other => {
@@ -1037,7 +1037,7 @@ fn check_adapter_kind(path: &Path, header: &crate::gguf::Header, base: &BaseMode
 }
 
 /// `adapter.lora.alpha` (0 when absent); refused unless finite and not negative.
-fn adapter_alpha(path: &Path, header: &crate::gguf::Header) -> crate::Result<f32> {
+fn adapter_alpha(path: &Path, header: &crate::formats::gguf::Header) -> crate::Result<f32> {
     let alpha = header.get("adapter.lora.alpha").and_then(|v| v.as_f64()).unwrap_or(0.0) as f32;
     if !(alpha.is_finite() && alpha >= 0.0) {
         return Err(Error::invalid(
@@ -1053,7 +1053,7 @@ fn adapter_alpha(path: &Path, header: &crate::gguf::Header) -> crate::Result<f32
 /// file order; refused at the first tensor that is not half of a pair fitting its base tensor.
 fn adapter_pairs(
     path: &Path,
-    header: &crate::gguf::Header,
+    header: &crate::formats::gguf::Header,
     base: &BaseModel,
 ) -> crate::Result<Vec<(String, usize, usize)>> {
     let index: std::collections::HashMap<&str, usize> = header
@@ -1105,12 +1105,12 @@ fn adapter_pairs(
 fn check_pair_fits(
     path: &Path,
     name: &str,
-    a: &crate::gguf::TensorInfo,
-    b: &crate::gguf::TensorInfo,
+    a: &crate::formats::gguf::TensorInfo,
+    b: &crate::formats::gguf::TensorInfo,
     bn: &[u64],
 ) -> crate::Result<()> {
     for x in [a, b] {
-        if !matches!(x.ne.len(), 2 | 3) || !crate::quant::can_dequantize(x.ty) {
+        if !matches!(x.ne.len(), 2 | 3) || !crate::engine::quant::can_dequantize(x.ty) {
             return Err(Error::refused(
                 path,
                 format!(

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
-use crate::arch::{self, Arch};
+use crate::engine::arch::{self, Arch};
 use crate::error::{Error, Result};
-use crate::gguf::{self, GgmlType};
-use crate::ollama::{self, ModelName};
+use crate::formats::gguf::{self, GgmlType};
+use crate::remote::ollama::{self, ModelName};
 
 /// A tensor of the base model as llama.cpp names and shapes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -643,7 +643,7 @@ pub fn local_or_pulled(name: &ModelName, progress: &dyn crate::progress::Progres
     if let Ok(local) = BaseModel::from_store(name, &ollama::store_dir()) {
         return Ok(local);
     }
-    let blob = crate::registry::pull_model_blob(name, &crate::registry::cache_dir(), progress)?;
+    let blob = crate::remote::registry::pull_model_blob(name, &crate::remote::registry::cache_dir(), progress)?;
     let mut pulled = BaseModel::from_gguf(&blob)?;
     pulled.source = PathBuf::from(name.to_string());
     Ok(pulled)
@@ -1241,7 +1241,7 @@ mod tests {
 
     #[test]
     fn per_layer_head_counts_in_gguf() {
-        use crate::gguf::{Array, TensorSpec, Value, Writer};
+        use crate::formats::gguf::{Array, TensorSpec, Value, Writer};
         let write = |kv: Value| {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("b.gguf");

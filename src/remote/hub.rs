@@ -24,10 +24,10 @@ use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, ETAG, LOCATION, RANGE, RETRY_AFTER};
 
-use crate::create::sha256_file;
+use crate::commands::create::sha256_file;
 use crate::error::{Error, Patience, Result, json_problem, printable, retry_after};
-use crate::ollama::{BodyError, MESSAGE_CHARS, error_body, read_capped};
 use crate::progress::Progress;
+use crate::remote::ollama::{BodyError, MESSAGE_CHARS, error_body, read_capped};
 
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
@@ -423,7 +423,7 @@ impl Hub {
                 format!("check the network, or set OLLAMA_TOOLS_TIMEOUT (seconds) to wait longer; {mirror}"),
             ),
             NetError::Http(e) => (
-                format!("cannot reach the Hub ({})", crate::ollama::root_cause(e)),
+                format!("cannot reach the Hub ({})", crate::remote::ollama::root_cause(e)),
                 "check the network (and HF_ENDPOINT if you use a mirror); with HF_HUB_OFFLINE=1 files already in the Hugging Face cache are used without asking".into(),
             ),
         };
@@ -466,7 +466,7 @@ impl Hub {
         #[derive(serde::Deserialize)]
         struct Info {
             sha: String,
-            #[serde(default, deserialize_with = "crate::ollama::null_as_default")]
+            #[serde(default, deserialize_with = "crate::remote::ollama::null_as_default")]
             siblings: Vec<Sibling>,
         }
         #[derive(serde::Deserialize)]
@@ -475,7 +475,7 @@ impl Hub {
         }
         let announced = resp.content_length();
         let body = read_capped(resp, announced, LISTING_CAP).map_err(|e| match e {
-            BodyError::Read(e) => self.unreachable(&url, &NetError::Broken(crate::ollama::root_cause(&e))),
+            BodyError::Read(e) => self.unreachable(&url, &NetError::Broken(crate::remote::ollama::root_cause(&e))),
             too_large => Error::invalid(Path::new(&url), format!("the Hub's repo listing: {too_large}")),
         })?;
         let info: Info = serde_json::from_slice(&body).map_err(|e| {
@@ -515,7 +515,7 @@ impl Hub {
         let retry = header(RETRY_AFTER.as_str());
         let mut message = printable(&header("x-error-message").unwrap_or_default(), MESSAGE_CHARS);
         if message.is_empty() {
-            message = crate::ollama::error_text(&error_body(resp));
+            message = crate::remote::ollama::error_text(&error_body(resp));
         }
         let page = format!("{}/{repo}", self.settings.endpoint);
         let login = "set HF_TOKEN to a token with read access (or run `huggingface-cli login`)";
@@ -803,8 +803,8 @@ impl Hub {
         }
         let mut prefix = Vec::new();
         resp.take(1 << 18).read_to_end(&mut prefix).ok()?;
-        match crate::gguf::kv_in_prefix(&prefix, meta.size?, "general.type")? {
-            crate::gguf::Value::String(t) => Some(t),
+        match crate::formats::gguf::kv_in_prefix(&prefix, meta.size?, "general.type")? {
+            crate::formats::gguf::Value::String(t) => Some(t),
             _ => None,
         }
     }
@@ -914,7 +914,7 @@ impl Hub {
         let from = if meta.size.is_some_and(|s| have > s) { 0 } else { have };
         let mut resp = match self.send(reqwest::Method::GET, url, (from > 0).then_some(from), false, None, ui) {
             Ok(resp) => resp,
-            Err(NetError::Http(e)) => return Err(Transfer::Cut(crate::ollama::root_cause(&e))),
+            Err(NetError::Http(e)) => return Err(Transfer::Cut(crate::remote::ollama::root_cause(&e))),
             Err(e) => return Err(Transfer::Failed(self.unreachable(url, &e))),
         };
         let status = resp.status();
@@ -998,12 +998,12 @@ fn copy_body(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if crate::ollama::is_timeout(&e) => {
+            Err(e) if crate::remote::ollama::is_timeout(&e) => {
                 return Err(Transfer::Cut(
                     "nothing arrived for the timeout (OLLAMA_TOOLS_TIMEOUT)".into(),
                 ));
             }
-            Err(e) => return Err(Transfer::Cut(crate::ollama::root_cause(&e))),
+            Err(e) => return Err(Transfer::Cut(crate::remote::ollama::root_cause(&e))),
         };
         if let Some(l) = limit.filter(|l| len + n as u64 > *l) {
             // What is past the announced size is not written: the disk is not filled.
@@ -1178,7 +1178,7 @@ fn content_id(path: &Path, etag: &str, ui: &dyn Progress) -> Result<Option<Strin
         return Ok(None);
     }
     let len = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    crate::create::hash_file::<sha1::Sha1>(path, format!("blob {len}\0").as_bytes(), ui).map(Some)
+    crate::commands::create::hash_file::<sha1::Sha1>(path, format!("blob {len}\0").as_bytes(), ui).map(Some)
 }
 
 fn is_commit(s: &str) -> bool {

@@ -161,7 +161,7 @@ pub struct Show {
     #[serde(default, deserialize_with = "null_as_default")]
     pub parameters: String,
     #[serde(default, deserialize_with = "null_as_default")]
-    pub messages: Vec<crate::modelfile::Message>,
+    pub messages: Vec<crate::formats::modelfile::Message>,
     /// Built-in prompt renderer and output parser (current Ollama's alternative to a template).
     #[serde(default, deserialize_with = "null_as_default")]
     pub renderer: String,

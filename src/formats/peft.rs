@@ -14,7 +14,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use crate::arch::{self, Site};
+use crate::engine::arch::{self, Site};
 use crate::error::{Error, Result};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";

@@ -18,14 +18,14 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use safetensors::Dtype;
 
-use crate::arch::{self, Arch, Site};
-use crate::base::BaseModel;
+use crate::engine::arch::{self, Arch, Site};
+use crate::engine::base::BaseModel;
+use crate::engine::pipeline;
+use crate::engine::validate::{Finding, Target, first_and_more, plural, validate};
 use crate::error::{Error, Result};
-use crate::gguf::{self, GgmlType, TensorSpec, Value};
-use crate::peft::{self, Adapter, RawTensor};
-use crate::pipeline;
+use crate::formats::gguf::{self, GgmlType, TensorSpec, Value};
+use crate::formats::peft::{self, Adapter, RawTensor};
 use crate::progress::Progress;
-use crate::validate::{Finding, Target, first_and_more, plural, validate};
 
 #[cfg(target_endian = "big")]
 compile_error!("GGUF and safetensors are little-endian; this code writes memory as is");
@@ -430,7 +430,7 @@ pub(crate) struct Plan {
     /// tensor's row order, for a DoRA module (merge only).
     pub(crate) magnitudes: Vec<Option<OutTensor>>,
     /// Base tensors whose weights, or some of whose rows, an adapter (`usize`: its input) replaces.
-    pub(crate) replacements: Vec<(String, usize, crate::peft::Replacement)>,
+    pub(crate) replacements: Vec<(String, usize, crate::formats::peft::Replacement)>,
 }
 
 /// Pairs every adapter's modules with the base's tensors (refusing what llama.cpp would not load),
@@ -466,7 +466,7 @@ struct Targets {
     /// Keyed by site, then tensor: a row-split module adapts several tensors, and every expert of
     /// a layer's projection goes into one stacked pair. `usize`: the input.
     by_tensor: BTreeMap<(Site, String), Vec<(usize, Target)>>,
-    replacements: Vec<(String, usize, crate::peft::Replacement)>,
+    replacements: Vec<(String, usize, crate::formats::peft::Replacement)>,
     notices: Vec<String>,
 }
 
@@ -1152,7 +1152,7 @@ fn metadata(
     {
         kvs.push((
             "adapter.alora.invocation_tokens".to_string(),
-            Value::Array(crate::gguf::Array::U32(tokens.clone())),
+            Value::Array(crate::formats::gguf::Array::U32(tokens.clone())),
         ));
     }
     let mut bases: Vec<String> = Vec::new();

@@ -11,7 +11,7 @@ use std::path::Path;
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
-use crate::gguf::{Array, Value};
+use crate::formats::gguf::{Array, Value};
 
 /// llama.cpp's token types (`llama_token_type`).
 const CONTROL: i32 = 3;

@@ -1,4 +1,4 @@
-//! This tool's own cache (see [`crate::registry::cache_dir`]): `builds/` holds converted adapters and
+//! This tool's own cache (see [`crate::remote::registry::cache_dir`]): `builds/` holds converted adapters and
 //! merged models keyed by what went into them (each with a `.sha256` sidecar), `blobs/` the base
 //! models pulled from a registry, `digests/` the sha256 of base files given as paths, keyed by what
 //! build tools key a file on (path, size, modification time, inode), so an unchanged base is not

@@ -1,0 +1,3 @@
+//! The workflows that chain formats, servers and the engine: create-from-base and fetch-adapter.
+
+pub mod create;

@@ -1,0 +1,13 @@
+//! The domain: from an adapter and a base model to tensors, streamed tensor by tensor so that memory
+//! stays flat as models grow.
+
+pub mod arch;
+pub mod base;
+pub mod cache;
+pub mod convert;
+pub mod merge;
+pub mod output;
+pub mod pipeline;
+pub mod quant;
+pub mod quant_mix;
+pub mod validate;
