@@ -380,7 +380,7 @@ pub fn run(cli: Cli) -> ExitCode {
     // and clean up; a second ends the process at once, after deleting temporary outputs.
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            crate::engine::convert::remove_temporaries();
+            crate::engine::output::remove_temporaries();
             std::process::exit(130);
         }
     });
@@ -615,7 +615,7 @@ fn run_merge(
     let bar = Bar::new(quiet);
     let base = match base_gguf {
         Some(file) => base::BaseModel::from_gguf(file)?,
-        None => base::resolve_gguf(base, &bar)?,
+        None => crate::remote::registry::resolve_gguf(base, &bar)?,
     };
     let summary = match gguf_adapter {
         Some(adapter) => merge::merge_gguf_adapter(adapter, &base, output, opts, &bar),

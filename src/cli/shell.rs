@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 
-use crate::engine::convert;
+use crate::engine::{convert, output};
 use crate::error::{Error, Result};
 
 /// The completion script for `shell`. Made in memory: clap_complete panics on a failed write, and
@@ -61,9 +61,9 @@ pub fn write_man_pages(dir: &Path, force: bool) -> Result<Vec<PathBuf>> {
         convert::check_output(path, "--dir", force, &[])?;
     }
     for ((_, text), path) in pages.iter().zip(&paths) {
-        let tmp = convert::temp_beside(path)?;
+        let tmp = output::temp_beside(path)?;
         (&mut tmp.as_file()).write_all(text).map_err(|e| Error::io(path, e))?;
-        convert::persist(tmp, path, force)?;
+        output::persist(tmp, path, force)?;
     }
     Ok(paths)
 }

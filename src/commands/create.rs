@@ -16,7 +16,7 @@
 //! existing model is only replaced with `--force` or the user's yes.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -24,9 +24,10 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::engine::base::{self, BaseModel};
+use crate::engine::base::BaseModel;
+use crate::engine::cache::{self, sha256_file};
 use crate::engine::quant_mix::Scheme;
-use crate::engine::{cache, convert, merge};
+use crate::engine::{convert, merge, output};
 use crate::error::{Error, Result};
 use crate::formats::modelfile::{Message, Modelfile, Parameters};
 use crate::formats::peft::Adapter;
@@ -1001,7 +1002,7 @@ fn build_merged(
 ) -> Result<Built> {
     let gguf_base = match (&base.gguf_path, name) {
         (Some(_), _) => base.clone(),
-        (None, Some(n)) => base::local_or_pulled(n, ui)?,
+        (None, Some(n)) => registry::local_or_pulled(n, ui)?,
         (None, None) => {
             return Err(Error::refused(
                 &base.source,
@@ -1083,7 +1084,7 @@ fn cached(
         key.update(sha256_file(&f, ui)?.as_bytes());
         key.update(b"\n");
     }
-    let key = hex(&key.finalize());
+    let key = cache::hex(&key.finalize());
     // Absolute: the Modelfile names these files, and Ollama reads relative paths from its own folder.
     let dir = absolute(&registry::cache_dir().join("builds"))?;
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -1107,9 +1108,9 @@ fn cached(
     }
     let digest = sha256_file(&path, ui)?;
     let bytes = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
-    let tmp = convert::temp_beside(&sidecar)?;
+    let tmp = output::temp_beside(&sidecar)?;
     std::fs::write(tmp.path(), format!("{digest} {bytes}\n")).map_err(|e| Error::io(&sidecar, e))?;
-    convert::persist(tmp, &sidecar, true)?;
+    output::persist(tmp, &sidecar, true)?;
     Ok(Built {
         path,
         digest: format!("sha256:{digest}"),
@@ -1120,12 +1121,12 @@ fn cached(
 
 /// Copies `file` to `out` through a temporary file beside it.
 fn copy_out(file: &Path, out: &Path, force: bool, ui: &dyn Progress) -> Result<()> {
-    let tmp = convert::temp_beside(out)?;
+    let tmp = output::temp_beside(out)?;
     let mut src = File::open(file).map_err(|e| Error::io(file, e))?;
     ui.stage("copying", std::fs::metadata(file).map(|m| m.len()).unwrap_or(0));
     std::io::copy(&mut src, &mut tmp.as_file()).map_err(|e| Error::io(out, e))?;
     ui.finish();
-    convert::persist(tmp, out, force)
+    output::persist(tmp, out, force)
 }
 
 /// The Modelfile that says what the create request says.
@@ -1175,11 +1176,11 @@ fn render_modelfile(m: &Modelfile, out: &Path, opts: &Options) -> Result<String>
 }
 
 fn write_modelfile(text: &str, out: &Path, opts: &Options) -> Result<()> {
-    let tmp = convert::temp_beside(out)?;
+    let tmp = output::temp_beside(out)?;
     (&mut tmp.as_file())
         .write_all(text.as_bytes())
         .map_err(|e| Error::io(out, e))?;
-    convert::persist(tmp, out, opts.force)
+    output::persist(tmp, out, opts.force)
 }
 
 /// The `/api/create` body for `m`, as `ollama create -f` would send it: the FROM file and the
@@ -1321,44 +1322,6 @@ impl<'a> Layers<'a> {
         self.ui.advance(s.completed.saturating_sub(self.shown));
         self.shown = self.shown.max(s.completed);
     }
-}
-
-/// The sha256 of a file, in hex, read in large blocks (reported as a "hashing" stage).
-pub fn sha256_file(path: &Path, ui: &dyn Progress) -> Result<String> {
-    hash_file::<Sha256>(path, b"", ui)
-}
-
-/// The hex digest of `prefix` followed by the file's bytes, read in large blocks (a large file is
-/// reported as a "hashing" stage, and Ctrl-C stops it).
-pub(crate) fn hash_file<D: Digest>(path: &Path, prefix: &[u8], ui: &dyn Progress) -> Result<String> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let big = len > 64 << 20;
-    if big {
-        ui.stage("hashing", len);
-    }
-    let mut hasher = D::new();
-    hasher.update(prefix);
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        if big {
-            ui.advance(n as u64);
-            check_cancel(ui)?;
-        }
-    }
-    if big {
-        ui.finish();
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether a Hugging Face folder holds weights Ollama could import.

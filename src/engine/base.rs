@@ -623,32 +623,6 @@ fn hf_default(arch: &str, key: &str) -> Option<u64> {
     }
 }
 
-/// Like [`resolve`], but the base comes with its GGUF file (a merge reads its tensors): a GGUF path
-/// as given; for an Ollama model name, the blob in the local store, else the model's GGUF layer
-/// downloaded from its registry (as `ollama pull` does) into this tool's cache.
-pub fn resolve_gguf(spec: &str, progress: &dyn crate::progress::Progress) -> Result<BaseModel> {
-    let base = resolve(spec)?;
-    if base.gguf_path.is_some() || Path::new(spec).exists() {
-        return Ok(base);
-    }
-    let Some(name) = ModelName::parse(spec) else {
-        return Ok(base);
-    };
-    local_or_pulled(&name, progress)
-}
-
-/// A named model with its GGUF file: the blob in the local store, else the model's GGUF layer
-/// downloaded from its registry (as `ollama pull` does) into this tool's cache.
-pub fn local_or_pulled(name: &ModelName, progress: &dyn crate::progress::Progress) -> Result<BaseModel> {
-    if let Ok(local) = BaseModel::from_store(name, &ollama::store_dir()) {
-        return Ok(local);
-    }
-    let blob = crate::remote::registry::pull_model_blob(name, &crate::remote::registry::cache_dir(), progress)?;
-    let mut pulled = BaseModel::from_gguf(&blob)?;
-    pulled.source = PathBuf::from(name.to_string());
-    Ok(pulled)
-}
-
 impl BaseModel {
     /// Reads a base from a GGUF file or from a directory (or file) holding a Hugging Face `config.json`.
     pub fn load(path: &Path) -> Result<Self> {

@@ -9,12 +9,16 @@
 //! [`MAX_AGE_DAYS`] days are removed; `create-from-base --no-keep-build` drops the run's own build
 //! once Ollama holds it; `ollama-tools cache` lists, prunes and clears.
 
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::progress::Progress;
+use sha2::{Digest, Sha256};
 
 /// Entries unused this long are pruned after each create.
 pub const MAX_AGE_DAYS: u64 = 30;
@@ -180,6 +184,46 @@ fn identity(path: &Path) -> Option<String> {
     #[cfg(not(unix))]
     let inode = 0u64;
     Some(format!("{}\n{}\n{mtime}\n{inode}", canonical.display(), meta.len()))
+}
+
+/// The sha256 of a file, in hex, read in large blocks (reported as a "hashing" stage).
+pub fn sha256_file(path: &Path, ui: &dyn Progress) -> Result<String> {
+    hash_file::<Sha256>(path, b"", ui)
+}
+
+/// The hex digest of `prefix` followed by the file's bytes, read in large blocks (a large file is
+/// reported as a "hashing" stage, and Ctrl-C stops it).
+pub fn hash_file<D: Digest>(path: &Path, prefix: &[u8], ui: &dyn Progress) -> Result<String> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let big = len > 64 << 20;
+    if big {
+        ui.stage("hashing", len);
+    }
+    let mut hasher = D::new();
+    hasher.update(prefix);
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if big {
+            ui.advance(n as u64);
+            if ui.cancelled() {
+                return Err(Error::Cancelled);
+            }
+        }
+    }
+    if big {
+        ui.finish();
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

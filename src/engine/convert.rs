@@ -20,6 +20,7 @@ use safetensors::Dtype;
 
 use crate::engine::arch::{self, Arch, Site};
 use crate::engine::base::BaseModel;
+use crate::engine::output::{persist, temp_beside};
 use crate::engine::pipeline;
 use crate::engine::validate::{Finding, Target, first_and_more, plural, validate};
 use crate::error::{Error, Result};
@@ -364,58 +365,6 @@ pub(crate) fn check_output(output: &Path, flag: &str, force: bool, inputs: &[&Pa
         );
     }
     Ok(())
-}
-
-/// A temporary file beside `output` (same filesystem, so the final rename is atomic), readable by
-/// others as a normal file would be (tempfile creates 0600; llama.cpp or Ollama may run as another user).
-pub(crate) fn temp_beside(output: &Path) -> Result<tempfile::NamedTempFile> {
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let prefix = format!(".{}.", output.file_name().map_or("out".into(), |n| n.to_string_lossy()));
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".tmp");
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
-    temporaries().push(tmp.path().to_path_buf());
-    Ok(tmp)
-}
-
-/// Temporary outputs this process has made and not yet renamed into place. Dropping a
-/// `NamedTempFile` deletes it, but a process ended by a second signal does not unwind: the CLI's
-/// handler calls [`remove_temporaries`] first.
-fn temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
-    static TEMPORARIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-    TEMPORARIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Deletes every temporary output still on disk, for a process about to exit without unwinding.
-pub fn remove_temporaries() {
-    for path in temporaries().drain(..) {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
-/// Renames the finished temporary file into place; without `force` an existing file is kept.
-pub(crate) fn persist(tmp: tempfile::NamedTempFile, output: &Path, force: bool) -> Result<()> {
-    let tmp_path = tmp.path().to_path_buf();
-    let done = if force {
-        tmp.persist(output)
-    } else {
-        tmp.persist_noclobber(output)
-    };
-    temporaries().retain(|p| *p != tmp_path);
-    done.map(|_| ()).map_err(|e| match e.error.kind() {
-        // Checked before the work started, so another process made it meanwhile.
-        std::io::ErrorKind::AlreadyExists => Error::Refused {
-            path: output.to_path_buf(),
-            msg: "appeared while this run was writing it; the new result was discarded".into(),
-            hint: Some("pass --force to replace it, or choose another -o".into()),
-        },
-        _ => Error::io(output, e.error),
-    })
 }
 
 /// The output tensors, the file alpha, and what the user should be told, from the headers alone.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::engine::base::BaseModel;
 use crate::engine::convert::{self, Input, Layout, Plan};
-use crate::engine::output::DirectWriter;
+use crate::engine::output::{self, DirectWriter};
 use crate::engine::pipeline;
 use crate::engine::quant;
 use crate::engine::quant_mix::{self, Scheme};
@@ -324,7 +324,7 @@ fn merge_with(
     progress: &dyn Progress,
 ) -> Result<Summary> {
     let plan = plan_merge(source, base_path, &provenance, opts)?;
-    let tmp = convert::temp_beside(output)?;
+    let tmp = output::temp_beside(output)?;
     let base_file = File::open(base_path).map_err(|e| Error::io(base_path, e))?;
     let mut merger = Merger {
         source,
@@ -339,7 +339,7 @@ fn merge_with(
     };
     merger.column_scales = merger.column_scales()?;
     let bytes = write_merged(&plan, &merger, &tmp, output, progress)?;
-    convert::persist(tmp, output, opts.force)?;
+    output::persist(tmp, output, opts.force)?;
     for n in &plan.notices {
         progress.notice(n);
     }

@@ -1,4 +1,5 @@
-//! Writing large outputs without the page cache.
+//! Writing outputs: never half-written (a temporary file beside the target, renamed into place), and
+//! large ones without the page cache.
 //!
 //! A merged model is several gigabytes written once and read back at most once (by `ollama create`).
 //! Through the page cache, every byte is copied into a freshly allocated cache page: on a 2-core VM
@@ -11,7 +12,9 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
 
 /// Alignment of direct I/O's offsets, lengths and memory: a multiple of every logical block size in
 /// use (512 or 4096 bytes).
@@ -131,6 +134,58 @@ impl DirectFlag for std::fs::OpenOptions {
     fn custom_flags_direct(&mut self) -> &mut Self {
         self
     }
+}
+
+/// A temporary file beside `output` (same filesystem, so the final rename is atomic), readable by
+/// others as a normal file would be (tempfile creates 0600; llama.cpp or Ollama may run as another user).
+pub fn temp_beside(output: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = format!(".{}.", output.file_name().map_or("out".into(), |n| n.to_string_lossy()));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let tmp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
+    temporaries().push(tmp.path().to_path_buf());
+    Ok(tmp)
+}
+
+/// Temporary outputs this process has made and not yet renamed into place. Dropping a
+/// `NamedTempFile` deletes it, but a process ended by a second signal does not unwind: the CLI's
+/// handler calls [`remove_temporaries`] first.
+fn temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    static TEMPORARIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    TEMPORARIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Deletes every temporary output still on disk, for a process about to exit without unwinding.
+pub fn remove_temporaries() {
+    for path in temporaries().drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Renames the finished temporary file into place; without `force` an existing file is kept.
+pub fn persist(tmp: tempfile::NamedTempFile, output: &Path, force: bool) -> Result<()> {
+    let tmp_path = tmp.path().to_path_buf();
+    let done = if force {
+        tmp.persist(output)
+    } else {
+        tmp.persist_noclobber(output)
+    };
+    temporaries().retain(|p| *p != tmp_path);
+    done.map(|_| ()).map_err(|e| match e.error.kind() {
+        // Checked before the work started, so another process made it meanwhile.
+        std::io::ErrorKind::AlreadyExists => Error::Refused {
+            path: output.to_path_buf(),
+            msg: "appeared while this run was writing it; the new result was discarded".into(),
+            hint: Some("pass --force to replace it, or choose another -o".into()),
+        },
+        _ => Error::io(output, e.error),
+    })
 }
 
 #[cfg(test)]

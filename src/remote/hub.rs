@@ -24,7 +24,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, ETAG, LOCATION, RANGE, RETRY_AFTER};
 
-use crate::commands::create::sha256_file;
+use crate::engine::cache::sha256_file;
 use crate::error::{Error, Patience, Result, json_problem, printable, retry_after};
 use crate::progress::Progress;
 use crate::remote::ollama::{BodyError, MESSAGE_CHARS, error_body, read_capped};
@@ -1178,7 +1178,7 @@ fn content_id(path: &Path, etag: &str, ui: &dyn Progress) -> Result<Option<Strin
         return Ok(None);
     }
     let len = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    crate::commands::create::hash_file::<sha1::Sha1>(path, format!("blob {len}\0").as_bytes(), ui).map(Some)
+    crate::engine::cache::hash_file::<sha1::Sha1>(path, format!("blob {len}\0").as_bytes(), ui).map(Some)
 }
 
 fn is_commit(s: &str) -> bool {

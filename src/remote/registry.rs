@@ -18,6 +18,7 @@ use reqwest::header::{ACCEPT, CONTENT_RANGE, RANGE, RETRY_AFTER};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
+use crate::engine::base::{self, BaseModel};
 use crate::error::{Patience, printable, retry_after};
 use crate::progress::Progress;
 use crate::remote::ollama::{
@@ -549,6 +550,32 @@ fn range_start(resp: &Response) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// Like [`base::resolve`], but the base comes with its GGUF file (a merge reads its tensors): a GGUF path
+/// as given; for an Ollama model name, the blob in the local store, else the model's GGUF layer
+/// downloaded from its registry (as `ollama pull` does) into this tool's cache.
+pub fn resolve_gguf(spec: &str, progress: &dyn Progress) -> Result<BaseModel> {
+    let base = base::resolve(spec)?;
+    if base.gguf_path.is_some() || Path::new(spec).exists() {
+        return Ok(base);
+    }
+    let Some(name) = ModelName::parse(spec) else {
+        return Ok(base);
+    };
+    local_or_pulled(&name, progress)
+}
+
+/// A named model with its GGUF file: the blob in the local store, else the model's GGUF layer
+/// downloaded from its registry (as `ollama pull` does) into this tool's cache.
+pub fn local_or_pulled(name: &ModelName, progress: &dyn Progress) -> Result<BaseModel> {
+    if let Ok(local) = BaseModel::from_store(name, &crate::remote::ollama::store_dir()) {
+        return Ok(local);
+    }
+    let blob = pull_model_blob(name, &cache_dir(), progress)?;
+    let mut pulled = BaseModel::from_gguf(&blob)?;
+    pulled.source = PathBuf::from(name.to_string());
+    Ok(pulled)
 }
 
 #[cfg(test)]
