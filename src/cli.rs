@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::commands::create::{self, Mode};
+use crate::commands::fetch;
 use crate::engine::base;
 use crate::engine::convert::{self, Input, OutType};
 use crate::engine::merge::{self, MergedType};
@@ -658,14 +659,20 @@ fn run_fetch(
     args: &CreateArgs,
     quiet: bool,
 ) -> anyhow::Result<()> {
-    // Files, parameters and the name to push are checked before a possibly long download.
-    args.options(String::new(), None, None)?;
-    let name = name.or_else(|| (!args.no_create).then(|| crate::remote::hub::slug(repo)));
-    // --download-only ignores the create options, --push among them.
-    create::check_push(name.as_deref(), args.push && !download_only, args.no_create)?;
+    let req = fetch::Request {
+        repo,
+        revision,
+        subfolder,
+        base,
+        name,
+        yes: args.yes,
+        download_only,
+    };
+    // Files and parameters are checked before a possibly long download.
+    let opts = args.options(String::new(), req.model_name(args.no_create), None)?;
     let bar = Bar::new(quiet);
     let hub = crate::remote::hub::Hub::new(crate::remote::hub::Settings::from_env());
-    let fetched = crate::remote::hub::fetch_adapter(&hub, repo, revision, subfolder, &bar)?;
+    let fetched = fetch::download(&hub, &req, &opts, &bar)?;
     if download_only {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&fetched)?);
@@ -674,13 +681,6 @@ fn run_fetch(
         }
         return Ok(());
     }
-    let adapter_base = if fetched.gguf {
-        None
-    } else {
-        Adapter::open(&fetched.path)?.config.base_model_name_or_path.clone()
-    };
-    let base = crate::remote::hub::choose_base(base.as_deref(), adapter_base.as_deref(), args.yes, &bar)?;
-    let opts = args.options(base, name, Some(fetched.path.clone()))?;
     if !args.json && !quiet {
         eprintln!(
             "adapter: {} ({repo} at {})",
@@ -688,15 +688,18 @@ fn run_fetch(
             &fetched.commit.get(..12).unwrap_or(&fetched.commit)
         );
     }
-    run_create_with(&opts, args.json, bar)
+    let report = fetch::create(&req, &fetched, opts, &bar)?;
+    present_create(&report, args.json)
 }
 
 fn run_create(opts: &create::Options, json: bool, quiet: bool) -> anyhow::Result<()> {
-    run_create_with(opts, json, Bar::new(quiet))
+    let bar = Bar::new(quiet);
+    let report = create::create(opts, &bar)?;
+    present_create(&report, json)
 }
 
-fn run_create_with(opts: &create::Options, json: bool, bar: Bar) -> anyhow::Result<()> {
-    let r = create::create(opts, &bar)?;
+/// Prints what create-from-base (or fetch-adapter) did.
+fn present_create(r: &create::Report, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

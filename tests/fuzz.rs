@@ -14,6 +14,7 @@ use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+use ollama_tools::commands::fetch;
 use ollama_tools::engine::{base, quant};
 use ollama_tools::formats::gguf::{self, GgmlType};
 use ollama_tools::formats::modelfile::{self, Message, Modelfile, Parameters};
@@ -322,7 +323,7 @@ fn adapter_config(bytes: &[u8]) {
     }
     if let Some(base) = &cfg.base_model_name_or_path {
         let _ = peft::hub_repo_id(base);
-        let _ = hub::suggest_base(base);
+        let _ = fetch::suggest_base(base);
     }
 }
 
@@ -477,8 +478,8 @@ fn hub_json(bytes: &[u8]) {
     }
     for s in strings.iter().take(16) {
         let _ = (
-            hub::slug(s),
-            hub::suggest_base(s),
+            fetch::slug(s),
+            fetch::suggest_base(s),
             peft::hub_repo_id(s),
             peft::hub_cache_repo(s),
         );
