@@ -538,10 +538,10 @@ fn parse_adapter_arg(arg: &str) -> anyhow::Result<(PathBuf, f64)> {
     if Path::new(arg).exists() {
         return Ok((arg.into(), 1.0));
     }
-    if let Some((path, w)) = arg.rsplit_once(':') {
-        if let Ok(weight) = w.parse::<f64>() {
-            return Ok((path.into(), weight));
-        }
+    if let Some((path, w)) = arg.rsplit_once(':')
+        && let Ok(weight) = w.parse::<f64>()
+    {
+        return Ok((path.into(), weight));
     }
     Ok((arg.into(), 1.0))
 }

@@ -84,11 +84,11 @@ fn modelfile_request(path: &Path) -> Value {
     let cmds = modelfile_parser::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let mut req = modelfile_parser::create_request(&cmds).unwrap();
     let obj = req.as_object_mut().unwrap();
-    if let Some(from) = obj.get("from").and_then(Value::as_str).map(str::to_string) {
-        if Path::new(&from).is_absolute() {
-            obj.remove("from");
-            obj.insert("files".into(), json!({"model.gguf": sha256(Path::new(&from))}));
-        }
+    if let Some(from) = obj.get("from").and_then(Value::as_str).map(str::to_string)
+        && Path::new(&from).is_absolute()
+    {
+        obj.remove("from");
+        obj.insert("files".into(), json!({"model.gguf": sha256(Path::new(&from))}));
     }
     if let Some(adapters) = obj.remove("adapters") {
         let list: Vec<Value> = match adapters {

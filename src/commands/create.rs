@@ -360,13 +360,11 @@ impl Inherited {
             .config
             .as_ref()
             .and_then(|c| ollama::blob_path(store, &c.digest))
-        {
-            if let Ok(serde_json::Value::Object(config)) =
+            && let Ok(serde_json::Value::Object(config)) =
                 std::fs::read_to_string(&blob).map(|t| serde_json::from_str(&t).unwrap_or_default())
-            {
-                let field = |k: &str| config.get(k).and_then(serde_json::Value::as_str).and_then(non_empty);
-                (out.renderer, out.parser) = (field("renderer"), field("parser"));
-            }
+        {
+            let field = |k: &str| config.get(k).and_then(serde_json::Value::as_str).and_then(non_empty);
+            (out.renderer, out.parser) = (field("renderer"), field("parser"));
         }
         for layer in &manifest.layers {
             let Some(blob) = ollama::blob_path(store, &layer.digest) else {
@@ -552,10 +550,10 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         );
     }
     let adapter = opts.adapter.as_deref().map(AdapterInput::open).transpose()?;
-    if let (Some(AdapterInput::Peft(a)), Mode::Auto) = (&adapter, requested) {
-        if let Some((mode, why)) = only_mode(a, used) {
-            (used, reason) = (mode, why);
-        }
+    if let (Some(AdapterInput::Peft(a)), Mode::Auto) = (&adapter, requested)
+        && let Some((mode, why)) = only_mode(a, used)
+    {
+        (used, reason) = (mode, why);
     }
     let with_chat;
     let opts = match adapter_chat(adapter.as_ref(), opts, ui)? {
@@ -1090,18 +1088,18 @@ fn cached(
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let path = dir.join(format!("{}-{}.gguf", parts[0], &key[..32]));
     let sidecar = cache::sidecar(&path);
-    if let (Ok(text), Ok(meta)) = (std::fs::read_to_string(&sidecar), std::fs::metadata(&path)) {
-        if let Some((digest, bytes)) = text.trim().split_once(' ') {
-            if bytes.parse::<u64>().ok() == Some(meta.len()) && digest.len() == 64 {
-                cache::touch(&path);
-                return Ok(Built {
-                    path,
-                    digest: format!("sha256:{digest}"),
-                    bytes: meta.len(),
-                    reused: true,
-                });
-            }
-        }
+    if let (Ok(text), Ok(meta)) = (std::fs::read_to_string(&sidecar), std::fs::metadata(&path))
+        && let Some((digest, bytes)) = text.trim().split_once(' ')
+        && bytes.parse::<u64>().ok() == Some(meta.len())
+        && digest.len() == 64
+    {
+        cache::touch(&path);
+        return Ok(Built {
+            path,
+            digest: format!("sha256:{digest}"),
+            bytes: meta.len(),
+            reused: true,
+        });
     }
     for n in build(&path)? {
         ui.notice(&n);

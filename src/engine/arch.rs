@@ -809,7 +809,7 @@ pub struct Reorder {
 /// head (`[k][v_per_k][d]`), llama.cpp tiles them (`[v_per_k][k][d]`); output feature
 /// `(j * k_heads + g) * head_dim + d` takes source `(g * v_per_k + j) * head_dim + d`.
 pub fn v_head_order(len: usize, k_heads: usize, v_heads: usize, head_dim: usize) -> Option<Vec<usize>> {
-    if k_heads == 0 || v_heads % k_heads != 0 || len != v_heads * head_dim {
+    if k_heads == 0 || !v_heads.is_multiple_of(k_heads) || len != v_heads * head_dim {
         return None;
     }
     let per_k = v_heads / k_heads;
@@ -827,7 +827,7 @@ pub fn v_head_order(len: usize, k_heads: usize, v_heads: usize, head_dim: usize)
 /// turning Hugging Face's rotate-half order into interleaved pairs. Returns `None` when the row count
 /// does not split into `n_head` heads of even size.
 pub fn permute_rows(rows: usize, n_head: usize) -> Option<Vec<usize>> {
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 {
+    if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
         return None;
     }
     let head_dim = rows / n_head;

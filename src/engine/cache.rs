@@ -150,14 +150,15 @@ pub fn file_digest(dir: &Path, path: &Path, hash: impl FnOnce() -> Result<String
         .map(|b| format!("{b:02x}"))
         .collect();
     let memo = dir.join("digests").join(name);
-    if let Ok(d) = std::fs::read_to_string(&memo) {
-        if d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()) {
-            // Used now, so pruning keeps it.
-            if let Ok(f) = std::fs::File::options().append(true).open(&memo) {
-                let _ = f.set_modified(SystemTime::now());
-            }
-            return Ok(d);
+    if let Ok(d) = std::fs::read_to_string(&memo)
+        && d.len() == 64
+        && d.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        // Used now, so pruning keeps it.
+        if let Ok(f) = std::fs::File::options().append(true).open(&memo) {
+            let _ = f.set_modified(SystemTime::now());
         }
+        return Ok(d);
     }
     let digest = hash()?;
     // A lost memo only costs the next run a hash: written best-effort, atomically.

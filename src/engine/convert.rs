@@ -1112,10 +1112,9 @@ fn metadata(
             .base_model_name_or_path
             .as_deref()
             .and_then(peft::hub_repo_id)
+            && !bases.contains(&id)
         {
-            if !bases.contains(&id) {
-                bases.push(id);
-            }
+            bases.push(id);
         }
     }
     if !bases.is_empty() {
@@ -1131,13 +1130,13 @@ fn metadata(
         }
     }
     // The adapter's own repository, when it sits in a Hugging Face cache snapshot.
-    if let [only] = inputs {
-        if let Some(id) = only.adapter.config_path.to_str().and_then(peft::hub_cache_repo) {
-            kvs.push((
-                "general.source.repo_url".to_string(),
-                s(&format!("https://huggingface.co/{id}")),
-            ));
-        }
+    if let [only] = inputs
+        && let Some(id) = only.adapter.config_path.to_str().and_then(peft::hub_cache_repo)
+    {
+        kvs.push((
+            "general.source.repo_url".to_string(),
+            s(&format!("https://huggingface.co/{id}")),
+        ));
     }
     kvs
 }

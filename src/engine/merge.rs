@@ -959,7 +959,7 @@ fn merged_type(
             "use a build of the base with F16, BF16, Q8_0, Q4_0/Q4_1/Q5_0/Q5_1, K-quant or MXFP4 tensors",
         ));
     }
-    let fits = |ty: GgmlType| quant::can_quantize(ty) && t.ne[0] as usize % quant::block_len(ty) == 0;
+    let fits = |ty: GgmlType| quant::can_quantize(ty) && (t.ne[0] as usize).is_multiple_of(quant::block_len(ty));
     if fits(wanted) {
         return Ok(wanted);
     }

@@ -103,7 +103,7 @@ pub fn block_bytes(ty: GgmlType) -> usize {
 /// (len = blocks * block_len), giving exactly the values ggml's `dequantize_row_*` gives.
 pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), QuantError> {
     let (qk, bs) = layout(ty).ok_or(QuantError::Unsupported(ty))?;
-    if src.len() % bs != 0 {
+    if !src.len().is_multiple_of(bs) {
         return Err(QuantError::PartialBlock {
             ty,
             len: src.len(),
@@ -164,7 +164,7 @@ pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantEr
 pub fn quantize_with(level: Simd, ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     assert!(level.supported(), "this CPU cannot run the {} encoders", level.name());
     let (qk, bs) = layout(ty).ok_or(QuantError::Unsupported(ty))?;
-    if src.len() % qk != 0 {
+    if !src.len().is_multiple_of(qk) {
         return Err(QuantError::PartialBlock {
             ty,
             len: src.len(),

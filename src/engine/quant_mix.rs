@@ -500,7 +500,7 @@ impl<'a> State<'a> {
 /// do not divide into the scheme's blocks (or for Falcon).
 fn output_type(scheme: Scheme, default: GgmlType, arch: &str, ne0: u64) -> GgmlType {
     let block = crate::engine::quant::block_len(default) as u64;
-    if scheme == Scheme::MXFP4_MOE || arch == "falcon" || ne0 % block != 0 {
+    if scheme == Scheme::MXFP4_MOE || arch == "falcon" || !ne0.is_multiple_of(block) {
         GgmlType::Q8_0
     } else if default != GgmlType::Q8_0 {
         GgmlType::Q6_K
@@ -553,7 +553,7 @@ fn attn_output_type(scheme: Scheme, default: GgmlType, falcon: bool, n_expert: i
 /// `tensor_type_fallback`: a type whose blocks the rows divide into (K types fall back to a 32-value
 /// type of about as many bits), F16 where not even 32 divides them.
 fn fallback(ne0: u64, ty: GgmlType) -> GgmlType {
-    let fits = |t: GgmlType| ne0 % crate::engine::quant::block_len(t) as u64 == 0;
+    let fits = |t: GgmlType| ne0.is_multiple_of(crate::engine::quant::block_len(t) as u64);
     if fits(ty) {
         return ty;
     }

@@ -186,10 +186,10 @@ fn size_of(s: &str) -> Option<f64> {
             Some('m') => (&t[..t.len() - 1], 1e-3),
             _ => continue,
         };
-        if let Ok(v) = num.parse::<f64>() {
-            if v > 0.0 {
-                found = Some(v * mult);
-            }
+        if let Ok(v) = num.parse::<f64>()
+            && v > 0.0
+        {
+            found = Some(v * mult);
         }
     }
     found
@@ -537,7 +537,7 @@ fn split_rows(
     interleaved: bool,
 ) -> Vec<Target> {
     let parts = names.len() as u64;
-    if m.out_features % parts != 0 {
+    if !m.out_features.is_multiple_of(parts) {
         tally.shape_errors.push(finding(
             key_a,
             format!(

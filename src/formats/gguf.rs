@@ -112,7 +112,7 @@ impl GgmlType {
     fn size(self, ne: &[u64]) -> Result<u64, SizeError> {
         let (_, block, bytes) = self.traits().ok_or(SizeError::Unknown)?;
         let row = *ne.first().unwrap_or(&1);
-        if row % block != 0 {
+        if !row.is_multiple_of(block) {
             return Err(SizeError::PartialBlock);
         }
         let rows = ne
@@ -684,7 +684,7 @@ fn check_tensor(t: &TensorInfo, alignment: u64, data_offset: u64, file_len: u64)
     if elements.is_none() {
         return Err(invalid(size_message(&t.name, t.ty, &t.ne, SizeError::Overflow)));
     }
-    if t.offset % alignment != 0 {
+    if !t.offset.is_multiple_of(alignment) {
         return Err(invalid(format!(
             "tensor `{}` offset {} is not aligned to {alignment}",
             t.name, t.offset

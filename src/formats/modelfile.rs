@@ -741,14 +741,14 @@ enum ReadBack {
 fn read_back(candidate: &str) -> ReadBack {
     let end = candidate.len();
     for (i, r) in candidate.char_indices().chain(std::iter::once((end, '\n'))) {
-        if r == '\n' || r == '\r' {
-            if let Some(v) = unquote(candidate[..i].trim()) {
-                return if i == end {
-                    ReadBack::Value(v.to_string())
-                } else {
-                    ReadBack::EndsEarly { at: i }
-                };
-            }
+        if (r == '\n' || r == '\r')
+            && let Some(v) = unquote(candidate[..i].trim())
+        {
+            return if i == end {
+                ReadBack::Value(v.to_string())
+            } else {
+                ReadBack::EndsEarly { at: i }
+            };
         }
     }
     ReadBack::Unterminated

@@ -1233,7 +1233,7 @@ impl Fused {
     /// divides them.
     fn split(&self, cfg: &LoraConfig, rows: u64) -> std::result::Result<(u64, u64), String> {
         let r = cfg.rank_for(&self.param_path).unwrap_or(0);
-        if r == 0 || rows % r != 0 {
+        if r == 0 || !rows.is_multiple_of(r) {
             return Err(format!(
                 "lora_A of `{}` has {rows} rows, not a whole number of experts of the configured rank {r}",
                 self.param_path

@@ -418,10 +418,10 @@ fn model_info(app: &App, headers: &HeaderMap, rest: &str, query: &str) -> Respon
         Ok(r) => r,
         Err(e) => return e,
     };
-    if let Some(rev) = &rev {
-        if !known_rev(&repo, rev) {
-            return revision_not_found(rev);
-        }
+    if let Some(rev) = &rev
+        && !known_rev(&repo, rev)
+    {
+        return revision_not_found(rev);
     }
     let blobs = query.split('&').any(|kv| kv == "blobs=true" || kv == "blobs=1");
     let siblings: Vec<Value> = repo
@@ -667,12 +667,13 @@ pub fn pct_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 3 <= b.len()
+            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
