@@ -419,6 +419,69 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         notices: Mutex::new(Vec::new()),
     };
     let ui: &dyn Progress = &recorder;
+    let name = check_request(opts)?;
+    let base_path = Path::new(&opts.base);
+    let base_is_file = base_path.exists();
+    // A base given as a file is described from it, once.
+    let file_base = base_is_file.then(|| BaseModel::load(base_path)).transpose()?;
+    let client = (!opts.no_create).then(|| Client::new(&opts.host));
+    let server = match (&client, &name) {
+        (Some(client), Some(name)) => consult_server(client, name, file_base.as_ref(), opts, ui)?,
+        _ => Server::default(),
+    };
+    check_cancel(ui)?;
+
+    let base_name = (!base_is_file).then(|| ModelName::parse(&opts.base)).flatten();
+    let base = describe_base(file_base, server.base_show.as_ref(), base_name.as_ref(), opts)?;
+    let adapter = opts.adapter.as_deref().map(AdapterInput::open).transpose()?;
+    let (mut used, mut reason) = choose_used(opts, adapter.as_ref(), server.version.as_deref(), &base, &base_name);
+    let with_chat;
+    let opts = match adapter_chat(adapter.as_ref(), opts, ui)? {
+        Some(o) => {
+            with_chat = o;
+            &with_chat
+        }
+        None => opts,
+    };
+    let job = Job {
+        opts,
+        base_path,
+        base_is_file,
+        base: &base,
+        base_name: base_name.as_ref(),
+        base_show: server.base_show.as_ref(),
+        adapter: adapter.as_ref(),
+    };
+    let mut report = Report::new(opts, used, client.as_ref(), server.version.clone());
+    let mut replacing = server.replacing;
+    loop {
+        check_cancel(ui)?;
+        match job.attempt(used, &reason, client.as_ref(), &mut replacing, &mut report, ui)? {
+            Attempt::Done => break,
+            Attempt::MergeInstead(msg) => {
+                ui.notice(&format!(
+                    "Ollama refused the adapter layer (\"{msg}\"): merging it into the base instead"
+                ));
+                used = Used::Merge;
+                reason =
+                    format!("Ollama refused an adapter layer (\"{msg}\"), so the adapter was merged into the base");
+            }
+        }
+    }
+    if let (Some(out), Some(file)) = (&opts.out_gguf, &report.file) {
+        copy_out(file, out, opts.force, ui)?;
+    }
+    tidy_cache(&report, opts, ui);
+    // Last: a refused push leaves everything else done, and the error says how to push again.
+    if let (Some(client), Some(name), true) = (&client, &opts.name, opts.push && report.created) {
+        report.pushed = Some(push(client, name, opts.insecure, ui)?);
+    }
+    report.notices = recorder.notices.into_inner().unwrap_or_default();
+    Ok(report)
+}
+
+/// Checks the options that need no file and no server; returns the model name, parsed.
+fn check_request(opts: &Options) -> Result<Option<ModelName>> {
     if opts.name.is_none() && !opts.no_create {
         return Err(Error::Usage(
             "--name is required to create a model (or pass --no-create with --out-modelfile)".into(),
@@ -453,77 +516,94 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         ));
     }
     check_quantize(opts)?;
-    let base_path = Path::new(&opts.base);
-    let base_is_file = base_path.exists();
-    // A base given as a file is described from it, once.
-    let file_base = base_is_file.then(|| BaseModel::load(base_path)).transpose()?;
+    Ok(name)
+}
 
-    // The server: its version, and whether the name and the base exist there.
-    let client = (!opts.no_create).then(|| Client::new(&opts.host));
-    let mut base_show = None;
-    let mut server_version = None;
-    // Whether the user agreed to replace an existing model of the name.
-    let mut replacing = false;
-    if let Some(client) = &client {
-        let version = client
-            .version()
-            .map_err(|e| api_error(e, client.base(), "asking its version"))?;
-        server_version = Some(version);
-        let name = name.as_ref().expect("checked above");
-        let existing = client
-            .find(&name.to_string())
-            .map_err(|e| api_error(e, client.base(), "looking for the model"))?;
-        may_replace(&name.to_string(), existing.is_some(), opts.force, || {
-            let what = existing.as_ref().map_or(String::new(), describe_show);
-            ui.confirm(
-                &format!(
-                    "`{name}` exists on {} ({what}). Replace it with the new model?",
-                    client.base()
-                ),
-                false,
-            )
-        })?;
-        replacing = existing.is_some();
-        if let Some(b) = &file_base {
-            if b.gguf_path.is_none() {
-                return Err(Error::refused(
-                    base_path,
-                    "a Hugging Face config.json describes the base but is not a model Ollama can create from",
-                    "pass the base's Ollama model name (or its GGUF file); or use --no-create --out-modelfile",
-                ));
-            }
-        } else {
-            base_show = Some(
-                match client
-                    .find(&opts.base)
-                    .map_err(|e| api_error(e, client.base(), "looking for the base"))?
-                {
-                    Some(show) => show,
-                    None => {
-                        may_pull(&opts.base, client.base(), opts.yes, || {
-                            ui.confirm(
-                                &format!(
-                                    "The base `{}` is not on the Ollama server at {}. Pull it now?",
-                                    opts.base,
-                                    client.base()
-                                ),
-                                true,
-                            )
-                        })?;
-                        pull(client, &opts.base, ui)?;
-                        client
-                            .show(&opts.base)
-                            .map_err(|e| api_error(e, client.base(), "reading the pulled base"))?
-                    }
-                },
-            );
+/// What the server said before anything is built: its version, the base's `/api/show` (when the
+/// base is a model name), and whether the user agreed to replace an existing model of the name.
+#[derive(Default)]
+struct Server {
+    version: Option<String>,
+    base_show: Option<ollama::Show>,
+    replacing: bool,
+}
+
+/// Asks the server its version, whether `name` exists (and may be replaced) and whether the base
+/// exists (pulling it after asking); refuses a config.json base, which the server cannot create from.
+fn consult_server(
+    client: &Client,
+    name: &ModelName,
+    file_base: Option<&BaseModel>,
+    opts: &Options,
+    ui: &dyn Progress,
+) -> Result<Server> {
+    let version = client
+        .version()
+        .map_err(|e| api_error(e, client.base(), "asking its version"))?;
+    let existing = client
+        .find(&name.to_string())
+        .map_err(|e| api_error(e, client.base(), "looking for the model"))?;
+    may_replace(&name.to_string(), existing.is_some(), opts.force, || {
+        let what = existing.as_ref().map_or(String::new(), describe_show);
+        ui.confirm(
+            &format!(
+                "`{name}` exists on {} ({what}). Replace it with the new model?",
+                client.base()
+            ),
+            false,
+        )
+    })?;
+    let base_show = match file_base {
+        Some(b) if b.gguf_path.is_none() => {
+            return Err(Error::refused(
+                Path::new(&opts.base),
+                "a Hugging Face config.json describes the base but is not a model Ollama can create from",
+                "pass the base's Ollama model name (or its GGUF file); or use --no-create --out-modelfile",
+            ));
         }
-    }
-    check_cancel(ui)?;
+        Some(_) => None,
+        None => Some(base_on_server(client, opts, ui)?),
+    };
+    Ok(Server {
+        version: Some(version),
+        base_show,
+        replacing: existing.is_some(),
+    })
+}
 
-    // The base described, and the mode.
-    let base_name = (!base_is_file).then(|| ModelName::parse(&opts.base)).flatten();
-    let base = match (file_base, &base_show, &base_name) {
+/// The base's `/api/show`, pulled first (after asking, or with `--yes`) when the server lacks it.
+fn base_on_server(client: &Client, opts: &Options, ui: &dyn Progress) -> Result<ollama::Show> {
+    if let Some(show) = client
+        .find(&opts.base)
+        .map_err(|e| api_error(e, client.base(), "looking for the base"))?
+    {
+        return Ok(show);
+    }
+    may_pull(&opts.base, client.base(), opts.yes, || {
+        ui.confirm(
+            &format!(
+                "The base `{}` is not on the Ollama server at {}. Pull it now?",
+                opts.base,
+                client.base()
+            ),
+            true,
+        )
+    })?;
+    pull(client, &opts.base, ui)?;
+    client
+        .show(&opts.base)
+        .map_err(|e| api_error(e, client.base(), "reading the pulled base"))
+}
+
+/// The base described: from its file, the server's `/api/show`, or (with `--no-create`) the local
+/// model store.
+fn describe_base(
+    file_base: Option<BaseModel>,
+    base_show: Option<&ollama::Show>,
+    base_name: Option<&ModelName>,
+    opts: &Options,
+) -> Result<BaseModel> {
+    Ok(match (file_base, base_show, base_name) {
         (Some(b), _, _) => b,
         (None, Some(show), Some(n)) => BaseModel::from_show(n, show, &opts.host)?,
         // --no-create asks no server: a named base comes from the local store.
@@ -533,8 +613,19 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
             ))
         })?,
         // Neither a file nor a name Ollama accepts: the load says what is wrong.
-        (None, _, None) => BaseModel::load(base_path)?,
-    };
+        (None, _, None) => BaseModel::load(Path::new(&opts.base))?,
+    })
+}
+
+/// How the adapter gets in, and why: `--mode`, `--quantize` (which merges), the server's version,
+/// whether the base can be merged into, and what only one mode can carry.
+fn choose_used(
+    opts: &Options,
+    adapter: Option<&AdapterInput>,
+    server_version: Option<&str>,
+    base: &BaseModel,
+    base_name: &Option<ModelName>,
+) -> (Used, String) {
     let can_merge = base.gguf_path.is_some() || base_name.is_some();
     // Quantizing happens in the merge, so --quantize asks for one.
     let requested = if opts.quantize.is_some() {
@@ -542,128 +633,143 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
     } else {
         opts.mode
     };
-    let (mut used, mut reason) = choose_mode(requested, opts.adapter.is_some(), server_version.as_deref(), can_merge);
+    let (mut used, mut reason) = choose_mode(requested, adapter.is_some(), server_version, can_merge);
     if let (Some(q), Mode::Auto) = (opts.quantize, opts.mode) {
         reason = format!(
             "--quantize {}: the adapter is merged into the base and the result quantized",
             q.name()
         );
     }
-    let adapter = opts.adapter.as_deref().map(AdapterInput::open).transpose()?;
-    if let (Some(AdapterInput::Peft(a)), Mode::Auto) = (&adapter, requested)
+    if let (Some(AdapterInput::Peft(a)), Mode::Auto) = (adapter, requested)
         && let Some((mode, why)) = only_mode(a, used)
     {
         (used, reason) = (mode, why);
     }
-    let with_chat;
-    let opts = match adapter_chat(adapter.as_ref(), opts, ui)? {
-        Some(o) => {
-            with_chat = o;
-            &with_chat
+    (used, reason)
+}
+
+/// Everything an attempt at building and creating the model reads.
+struct Job<'a> {
+    opts: &'a Options,
+    base_path: &'a Path,
+    base_is_file: bool,
+    base: &'a BaseModel,
+    base_name: Option<&'a ModelName>,
+    base_show: Option<&'a ollama::Show>,
+    adapter: Option<&'a AdapterInput>,
+}
+
+/// How an attempt ended: done (created, or written with `--no-create`), or the server refused the
+/// adapter layer in auto mode and the adapter is to be merged instead.
+enum Attempt {
+    Done,
+    MergeInstead(String),
+}
+
+impl Report {
+    /// The report before anything is built.
+    fn new(opts: &Options, used: Used, client: Option<&Client>, server_version: Option<String>) -> Self {
+        Report {
+            name: opts.name.clone(),
+            mode: used,
+            reason: String::new(),
+            server: client.map(|c| c.base().to_string()),
+            server_version,
+            file: None,
+            digest: None,
+            file_bytes: None,
+            reused_build: false,
+            uploaded: 0,
+            modelfile: None,
+            created: false,
+            size: None,
+            parameters: None,
+            pushed: None,
+            notices: vec![],
         }
-        None => opts,
-    };
+    }
+}
 
-    let mut report = Report {
-        name: opts.name.clone(),
-        mode: used,
-        reason: String::new(),
-        server: client.as_ref().map(|c| c.base().to_string()),
-        server_version: server_version.clone(),
-        file: None,
-        digest: None,
-        file_bytes: None,
-        reused_build: false,
-        uploaded: 0,
-        modelfile: None,
-        created: false,
-        size: None,
-        parameters: None,
-        pushed: None,
-        notices: vec![],
-    };
-
-    loop {
-        check_cancel(ui)?;
-        let built = match (&adapter, used) {
-            (Some(a), Used::Adapter) => Some(build_adapter(a, &base, opts, ui)?),
-            (Some(a), Used::Merge) => Some(build_merged(a, base_name.as_ref(), &base, opts, ui)?),
+impl Job<'_> {
+    /// Builds what mode `used` needs, renders the Modelfile, and creates the model (or, without a
+    /// server, writes the Modelfile).
+    fn attempt(
+        &self,
+        used: Used,
+        reason: &str,
+        client: Option<&Client>,
+        replacing: &mut bool,
+        report: &mut Report,
+        ui: &dyn Progress,
+    ) -> Result<Attempt> {
+        let opts = self.opts;
+        let built = match (self.adapter, used) {
+            (Some(a), Used::Adapter) => Some(build_adapter(a, self.base, opts, ui)?),
+            (Some(a), Used::Merge) => Some(build_merged(a, self.base_name, self.base, opts, ui)?),
             _ => None,
         };
-        let inherited = match used {
-            Used::Merge => match (&base_show, &base_name) {
-                (Some(show), _) => Inherited::from_show(show, &opts.base)?,
-                // Without a server the base was read from the store, so its manifest is there.
-                (None, Some(n)) => Inherited::from_store(n, &ollama::store_dir())?,
-                (None, None) => Inherited::default(),
-            },
-            _ => Inherited::default(),
-        };
-        let from = if base_is_file {
-            absolute(base_path)?.display().to_string()
-        } else {
-            opts.base.clone()
-        };
-        if used != Used::Merge && opts.template.is_some() && base_show.as_ref().is_some_and(|s| !s.renderer.is_empty())
-        {
-            ui.notice("the base formats prompts with a built-in renderer, which a model created from it keeps: --template may not take effect (--mode merge replaces the renderer)");
-        }
-        let modelfile = modelfile_for(used, &from, built.as_ref(), &inherited, opts)?;
+        let modelfile = self.modelfile(used, built.as_ref(), ui)?;
         // Rendered now, so a value the Modelfile grammar cannot carry stops us before the server is
         // touched; written once the mode is final (a refused adapter layer changes it).
         let rendered = match &opts.out_modelfile {
             Some(out) => Some((out, render_modelfile(&modelfile, out, opts)?)),
             None => None,
         };
-        if used != Used::Merge && base_is_file && base.gguf_path.is_none() && !has_weights(base_path) {
+        if used != Used::Merge && self.base_is_file && self.base.gguf_path.is_none() && !has_weights(self.base_path) {
             ui.notice(&format!(
                 "FROM {} names a folder without weights: Ollama can only create from it if it holds the model's safetensors files; else use the base's Ollama name",
-                base_path.display()
+                self.base_path.display()
             ));
         }
         report.mode = used;
-        report.reason = reason.clone();
+        report.reason = reason.to_string();
         if let Some(b) = &built {
             report.file = Some(b.path.clone());
             report.digest = Some(b.digest.clone());
             report.file_bytes = Some(b.bytes);
             report.reused_build = b.reused;
         }
-        let Some(client) = &client else {
+        let Some(client) = client else {
             if let Some((out, text)) = rendered {
                 write_modelfile(&text, out, opts)?;
                 report.modelfile = Some(out.clone());
             }
-            break;
+            return Ok(Attempt::Done);
         };
         // As typed, the way `ollama create NAME` sends it.
-        let name = opts.name.clone().expect("checked above");
-
-        // Upload what the server does not have, then create.
-        let mut files = serde_json::Map::new();
-        let mut adapters = serde_json::Map::new();
-        if base_is_file && used != Used::Merge {
-            let digest = format!("sha256:{}", sha256_file(base_path, ui)?);
-            report.uploaded += upload(client, &digest, base_path, ui)?;
-            files.insert("model.gguf".into(), digest.into());
-        }
-        if let Some(b) = &built {
-            report.uploaded += upload(client, &b.digest, &b.path, ui)?;
-            let (slot, key) = if used == Used::Merge {
-                (&mut files, "model.gguf")
-            } else {
-                (&mut adapters, "adapter.gguf")
-            };
-            slot.insert(key.into(), b.digest.clone().into());
-        }
-        let request = create_request(&name, &modelfile, files, adapters, used == Used::Merge || base_is_file);
+        let name = opts.name.clone().expect("checked by check_request");
+        let request = self.upload(client, used, built.as_ref(), &name, &modelfile, report, ui)?;
         check_cancel(ui)?;
+        if let Some(msg) = self.create_on(client, &name, &request, used, replacing, ui)? {
+            return Ok(Attempt::MergeInstead(msg));
+        }
+        report.created = true;
+        if let Some((out, text)) = rendered {
+            write_modelfile(&text, out, opts)?;
+            report.modelfile = Some(out.clone());
+        }
+        created_details(client, &name, report)?;
+        Ok(Attempt::Done)
+    }
+
+    /// Sends the create request (after asking again if a model of the name appeared meanwhile);
+    /// `Some(message)` when the server refused an adapter layer in auto mode, so merging is next.
+    fn create_on(
+        &self,
+        client: &Client,
+        name: &str,
+        request: &serde_json::Value,
+        used: Used,
+        replacing: &mut bool,
+        ui: &dyn Progress,
+    ) -> Result<Option<String>> {
+        let opts = self.opts;
         // A model of this name made meanwhile (the build can take minutes) is not replaced unasked either.
-        if !opts.force && !replacing {
+        if !opts.force && !*replacing {
             let now = client
-                .find(&name)
+                .find(name)
                 .map_err(|e| api_error(e, client.base(), "looking for the model"))?;
-            may_replace(&name, now.is_some(), false, || {
+            may_replace(name, now.is_some(), false, || {
                 ui.confirm(
                     &format!(
                         "`{name}` was created on {} meanwhile. Replace it with the new model?",
@@ -672,24 +778,17 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
                     false,
                 )
             })?;
-            replacing = now.is_some();
+            *replacing = now.is_some();
         }
         ui.stage(&format!("creating {name}"), 0);
-        let result = client.create(&request, ui, &mut |s| ui.status(&s.status));
+        let result = client.create(request, ui, &mut |s| ui.status(&s.status));
         ui.finish();
         match result {
             Ok(()) => {}
             Err(e)
                 if used == Used::Adapter && opts.mode == Mode::Auto && e.message().is_some_and(is_adapter_refusal) =>
             {
-                let msg = e.message().unwrap_or_default().to_string();
-                ui.notice(&format!(
-                    "Ollama refused the adapter layer (\"{msg}\"): merging it into the base instead"
-                ));
-                used = Used::Merge;
-                reason =
-                    format!("Ollama refused an adapter layer (\"{msg}\"), so the adapter was merged into the base");
-                continue;
+                return Ok(Some(e.message().unwrap_or_default().to_string()));
             }
             Err(e) => {
                 let hint = (used == Used::Adapter && e.message().is_some_and(is_adapter_refusal))
@@ -701,34 +800,86 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
                 });
             }
         }
-        report.created = true;
-        if let Some((out, text)) = rendered {
-            write_modelfile(&text, out, opts)?;
-            report.modelfile = Some(out.clone());
+        Ok(None)
+    }
+
+    /// The Modelfile for mode `used`: FROM the base (or the merged file), the adapter layer, and what
+    /// a merged model inherits from its base.
+    fn modelfile(&self, used: Used, built: Option<&Built>, ui: &dyn Progress) -> Result<Modelfile> {
+        let opts = self.opts;
+        let inherited = match used {
+            Used::Merge => match (self.base_show, self.base_name) {
+                (Some(show), _) => Inherited::from_show(show, &opts.base)?,
+                // Without a server the base was read from the store, so its manifest is there.
+                (None, Some(n)) => Inherited::from_store(n, &ollama::store_dir())?,
+                (None, None) => Inherited::default(),
+            },
+            _ => Inherited::default(),
+        };
+        let from = if self.base_is_file {
+            absolute(self.base_path)?.display().to_string()
+        } else {
+            opts.base.clone()
+        };
+        if used != Used::Merge && opts.template.is_some() && self.base_show.is_some_and(|s| !s.renderer.is_empty()) {
+            ui.notice("the base formats prompts with a built-in renderer, which a model created from it keeps: --template may not take effect (--mode merge replaces the renderer)");
         }
-        let show = client
-            .show(&name)
-            .map_err(|e| api_error(e, client.base(), "reading the new model"))?;
-        report.parameters = non_empty(&show.parameters);
-        let full = ModelName::parse(&name).map(|n| n.to_string());
-        // /api/tags names models in full (`name:tag`).
-        report.size = client.tags().ok().and_then(|tags| {
-            tags.into_iter()
-                .find(|t| Some(&t.name) == full.as_ref())
-                .map(|t| t.size)
-        });
-        break;
+        modelfile_for(used, &from, built, &inherited, opts)
     }
-    if let (Some(out), Some(file)) = (&opts.out_gguf, &report.file) {
-        copy_out(file, out, opts.force, ui)?;
+
+    /// Uploads what the server does not have (the base file for an adapter layer, the built file)
+    /// and returns the create request.
+    #[allow(clippy::too_many_arguments)]
+    fn upload(
+        &self,
+        client: &Client,
+        used: Used,
+        built: Option<&Built>,
+        name: &str,
+        modelfile: &Modelfile,
+        report: &mut Report,
+        ui: &dyn Progress,
+    ) -> Result<serde_json::Value> {
+        let mut files = serde_json::Map::new();
+        let mut adapters = serde_json::Map::new();
+        if self.base_is_file && used != Used::Merge {
+            let digest = format!("sha256:{}", sha256_file(self.base_path, ui)?);
+            report.uploaded += upload(client, &digest, self.base_path, ui)?;
+            files.insert("model.gguf".into(), digest.into());
+        }
+        if let Some(b) = built {
+            report.uploaded += upload(client, &b.digest, &b.path, ui)?;
+            let (slot, key) = if used == Used::Merge {
+                (&mut files, "model.gguf")
+            } else {
+                (&mut adapters, "adapter.gguf")
+            };
+            slot.insert(key.into(), b.digest.clone().into());
+        }
+        Ok(create_request(
+            name,
+            modelfile,
+            files,
+            adapters,
+            used == Used::Merge || self.base_is_file,
+        ))
     }
-    tidy_cache(&report, opts, ui);
-    // Last: a refused push leaves everything else done, and the error says how to push again.
-    if let (Some(client), Some(name), true) = (&client, &opts.name, opts.push && report.created) {
-        report.pushed = Some(push(client, name, opts.insecure, ui)?);
-    }
-    report.notices = recorder.notices.into_inner().unwrap_or_default();
-    Ok(report)
+}
+
+/// The new model's parameters and size, as the server reports them.
+fn created_details(client: &Client, name: &str, report: &mut Report) -> Result<()> {
+    let show = client
+        .show(name)
+        .map_err(|e| api_error(e, client.base(), "reading the new model"))?;
+    report.parameters = non_empty(&show.parameters);
+    let full = ModelName::parse(name).map(|n| n.to_string());
+    // /api/tags names models in full (`name:tag`).
+    report.size = client.tags().ok().and_then(|tags| {
+        tags.into_iter()
+            .find(|t| Some(&t.name) == full.as_ref())
+            .map(|t| t.size)
+    });
+    Ok(())
 }
 
 /// What a push to ollama.com needs besides the name: Ollama's server signs the push with its own
