@@ -386,7 +386,26 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     });
     ignore_file_size_signal();
-    let result = match cli.command {
+    let result = dispatch(cli.command, cli.quiet);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.chain()
+                .any(|c| matches!(c.downcast_ref(), Some(crate::Error::Cancelled))) =>
+        {
+            eprintln!("interrupted; nothing half-written was left behind (a download in progress resumes next time)");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command.
+fn dispatch(command: Command, quiet: bool) -> anyhow::Result<()> {
+    match command {
         Command::Convert {
             adapters,
             base,
@@ -406,7 +425,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 strict,
                 ..Default::default()
             };
-            run_convert(&adapters, &base, &output, &opts, json, cli.quiet)
+            run_convert(&adapters, &base, &output, &opts, json, quiet)
         }
         Command::Validate {
             adapter,
@@ -435,7 +454,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 strict,
                 chat_template: merge_chat_template(chat_template, &adapters)?,
             };
-            run_merge(&adapters, &base, base_gguf.as_deref(), &output, &opts, json, cli.quiet)
+            run_merge(&adapters, &base, base_gguf.as_deref(), &output, &opts, json, quiet)
         }),
         Command::Inspect { adapter, json } => run_inspect(&adapter, json),
         Command::Completions { shell } => run_completions(shell),
@@ -448,7 +467,7 @@ pub fn run(cli: Cli) -> ExitCode {
             create,
         } => create
             .options(base, name, adapter)
-            .and_then(|opts| run_create(&opts, create.json, cli.quiet)),
+            .and_then(|opts| run_create(&opts, create.json, quiet)),
         Command::FetchAdapter {
             repo,
             base,
@@ -465,22 +484,8 @@ pub fn run(cli: Cli) -> ExitCode {
             subfolder.as_deref(),
             download_only,
             &create,
-            cli.quiet,
+            quiet,
         ),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e)
-            if e.chain()
-                .any(|c| matches!(c.downcast_ref(), Some(crate::Error::Cancelled))) =>
-        {
-            eprintln!("interrupted; nothing half-written was left behind (a download in progress resumes next time)");
-            ExitCode::from(130)
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
     }
 }
 
@@ -881,8 +886,16 @@ fn human_bytes(n: u64) -> String {
 }
 
 fn format_report(r: &Report) -> String {
-    use std::fmt::Write;
     let mut s = String::new();
+    report_config(&mut s, r);
+    report_tensors(&mut s, r);
+    report_verdict(&mut s, r);
+    s
+}
+
+/// inspect's lines about the adapter's configuration: PEFT type, base, rank, alpha, targets.
+fn report_config(s: &mut String, r: &Report) {
+    use std::fmt::Write;
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not set)".into());
     let _ = writeln!(s, "adapter       {}", r.adapter.display());
     let _ = writeln!(
@@ -937,6 +950,11 @@ fn format_report(r: &Report) -> String {
         None => "(not set)".into(),
     };
     let _ = writeln!(s, "targets       {targets}");
+}
+
+/// inspect's lines about what the adapter holds: modules, layers, tensors.
+fn report_tensors(s: &mut String, r: &Report) {
+    use std::fmt::Write;
     if !r.modules.is_empty() {
         let _ = writeln!(
             s,
@@ -975,6 +993,11 @@ fn format_report(r: &Report) -> String {
         r.parameter_count,
         human_bytes(r.file_size)
     );
+}
+
+/// inspect's notices, and whether the adapter converts and merges (with each problem).
+fn report_verdict(s: &mut String, r: &Report) {
+    use std::fmt::Write;
     for n in &r.notices {
         let _ = writeln!(s, "note          {n}");
     }
@@ -993,16 +1016,15 @@ fn format_report(r: &Report) -> String {
     } else {
         let n = r.problems.len() + r.merge_only.len();
         let _ = writeln!(s, "converts      no, {n} problem(s):");
-        problems(&mut s, &r.problems);
-        problems(&mut s, &r.merge_only);
+        problems(s, &r.problems);
+        problems(s, &r.merge_only);
     }
     if r.mergeable {
         let _ = writeln!(s, "merges        yes (merge, create-from-base)");
     } else if !r.adapter_only.is_empty() {
         let _ = writeln!(s, "merges        no:");
-        problems(&mut s, &r.adapter_only);
+        problems(s, &r.adapter_only);
     }
-    s
 }
 
 /// indicatif progress on stderr; hidden when stderr is not a terminal or with --quiet.
