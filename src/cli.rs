@@ -23,6 +23,10 @@ use crate::progress::Progress;
 
 pub mod shell;
 
+/// The command line. Its types are documented by their clap attributes and doc comments, which are
+/// the `--help` text, man pages and completions: field docs added for rustdoc alone would change what
+/// users read, hence `allow(missing_docs)` on them.
+#[allow(missing_docs)]
 #[derive(Parser, Debug)]
 #[command(
     name = "ollama-tools",
@@ -37,6 +41,8 @@ pub struct Cli {
     pub quiet: bool,
 }
 
+/// What `cache` does.
+#[allow(missing_docs)]
 #[derive(Subcommand, Debug)]
 pub enum CacheAction {
     /// Every cached file with its size and when a run last used it, oldest first.
@@ -54,6 +60,8 @@ pub enum CacheAction {
     Clear,
 }
 
+/// The subcommands.
+#[allow(missing_docs)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Convert PEFT LoRA adapter(s) into one GGUF LoRA adapter for llama.cpp / Ollama.

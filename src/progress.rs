@@ -1,6 +1,8 @@
 //! How the library reports progress and asks questions without printing: the CLI implements
 //! [`Progress`] with indicatif and dialoguer; tests and library users pass [`Silent`].
 
+/// Where the library's progress, notices and questions go. Every method has a default that does
+/// nothing (or answers "nobody can answer"), so an implementation overrides what it shows.
 pub trait Progress: Sync {
     /// A new stage that will process `total` units (bytes, for conversions).
     fn stage(&self, _name: &str, _total: u64) {}

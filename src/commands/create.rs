@@ -78,7 +78,9 @@ pub fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Used {
+    /// The converted adapter attached as an adapter layer (Ollama before 0.34.1).
     Adapter,
+    /// The adapter merged into the base's GGUF.
     Merge,
     /// No adapter: a model from the base with the given options.
     Base,
@@ -249,59 +251,77 @@ pub fn may_pull(base: &str, server: &str, yes: bool, ask: impl FnOnce() -> Optio
 pub struct Options {
     /// The model to create; required unless `no_create`.
     pub name: Option<String>,
+    /// The base: an Ollama model name, a GGUF file, or (with `no_create`) a Hugging Face folder.
     pub base: String,
     /// A PEFT adapter folder (or either of its files), or a ready GGUF LoRA adapter.
     pub adapter: Option<PathBuf>,
+    /// How the adapter gets in (auto: by the server's version).
     pub mode: Mode,
     /// Quantize the merged model with llama-quantize's mix for this scheme (merges the adapter).
     pub quantize: Option<Scheme>,
-    /// Already read from their files.
+    /// The system prompt (already read from its file).
     pub system: Option<String>,
+    /// The Go prompt template (already read from its file); `None`: the base's.
     pub template: Option<String>,
     /// The adapter's own chat template instead of the base's.
     pub chat_template: crate::formats::chat_template::Choice,
     /// A Jinja chat template a merged GGUF gets as `tokenizer.chat_template` (set from the
     /// adapter's with `chat_template: Adapter`).
     pub gguf_chat_template: Option<String>,
+    /// The license text (already read from its file); `None`: the base's.
     pub license: Option<String>,
     /// Checked against Ollama's parameter table.
     pub parameters: Parameters,
+    /// Where to write the Modelfile that makes the same model.
     pub out_modelfile: Option<PathBuf>,
     /// Where to leave a copy of the GGUF that goes to Ollama (merged model or adapter).
     pub out_gguf: Option<PathBuf>,
     /// A user's Modelfile template: (its path, for messages; its text).
     pub modelfile_template: Option<(PathBuf, String)>,
+    /// Build and write `out_modelfile` only; no server is asked.
     pub no_create: bool,
+    /// Replace an existing model and existing output files without asking.
     pub force: bool,
+    /// Pull a missing base without asking.
     pub yes: bool,
     /// The server's base URL.
     pub host: String,
+    /// Refuse on validation warnings too.
     pub strict: bool,
     /// Keep the build (merged model or converted adapter) in the cache once Ollama holds it.
     pub keep_build: bool,
     /// Push the created model to its registry (`POST /api/push`); `insecure`: over plain http.
     pub push: bool,
+    /// Push over plain http (a private registry).
     pub insecure: bool,
 }
 
 /// What was done.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The model created (or that would be, with `no_create`).
     pub name: Option<String>,
+    /// How the adapter got in.
     pub mode: Used,
     /// Why this mode, in words.
     pub reason: String,
+    /// The server's base URL; `None` with `no_create`.
     pub server: Option<String>,
+    /// The version the server reported.
     pub server_version: Option<String>,
     /// The GGUF uploaded (or that the Modelfile points at): the adapter, or the merged model.
     pub file: Option<PathBuf>,
+    /// Its `sha256:` digest, the blob name Ollama knows it by.
     pub digest: Option<String>,
+    /// Its size in bytes.
     pub file_bytes: Option<u64>,
     /// The file came from the cache of an earlier run.
     pub reused_build: bool,
     /// Blobs sent to the server (0 when it already had them).
     pub uploaded: usize,
+    /// Where the Modelfile was written.
     pub modelfile: Option<PathBuf>,
+    /// Whether the server created the model.
     pub created: bool,
     /// The created model's size as `/api/tags` reports it.
     pub size: Option<u64>,
@@ -309,6 +329,7 @@ pub struct Report {
     pub parameters: Option<String>,
     /// Where the pushed model can be found (`https://ollama.com/me/model`); `None` without `--push`.
     pub pushed: Option<String>,
+    /// Everything the run noted on the way (also reported through `Progress::notice`).
     pub notices: Vec<String>,
 }
 

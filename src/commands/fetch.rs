@@ -14,6 +14,7 @@ use crate::remote::hub::{self, Fetched, Hub};
 pub struct Request<'a> {
     /// `ORG/NAME` on the Hub.
     pub repo: &'a str,
+    /// Branch, tag or commit.
     pub revision: &'a str,
     /// Which adapter, when the repo holds several (a folder, `.` for the root, or a `.gguf` file).
     pub subfolder: Option<&'a str>,
@@ -21,7 +22,9 @@ pub struct Request<'a> {
     pub base: Option<String>,
     /// The model to create; `None`: the repo's name, lower-cased ([`slug`]).
     pub name: Option<String>,
+    /// Take the suggested base without asking.
     pub yes: bool,
+    /// Only download; create nothing.
     pub download_only: bool,
 }
 
