@@ -324,6 +324,14 @@ fn parse_body(body: &str) -> Result<Map<String, Value>, String> {
     }
 }
 
+/// The model a request names: `model`, or the older `name` Ollama still accepts; "" when neither.
+fn model_field(req: &Map<String, Value>) -> &str {
+    req.get("model")
+        .or(req.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -480,11 +488,7 @@ async fn show(AxState(app): AxState<App>, body: String) -> Response {
         Ok(r) => r,
         Err(e) => return error(400, e),
     };
-    let raw = req
-        .get("model")
-        .or(req.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let raw = model_field(&req);
     if raw.is_empty() {
         return error(400, "model is required");
     }
@@ -532,11 +536,7 @@ async fn delete(AxState(app): AxState<App>, body: String) -> Response {
         Ok(r) => r,
         Err(e) => return error(400, e),
     };
-    let raw = req
-        .get("model")
-        .or(req.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let raw = model_field(&req);
     let mut s = app.lock();
     match normalize(raw).and_then(|n| find(&s.models, &n)) {
         Some(key) => {
@@ -552,11 +552,7 @@ async fn pull(AxState(app): AxState<App>, body: String) -> Response {
         Ok(r) => r,
         Err(e) => return error(400, e),
     };
-    let raw = req
-        .get("model")
-        .or(req.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let raw = model_field(&req);
     let stream = req.get("stream").and_then(Value::as_bool) != Some(false);
     let Some(name) = normalize(raw) else {
         return error(400, "invalid model name");
@@ -579,11 +575,7 @@ async fn push(AxState(app): AxState<App>, body: String) -> Response {
     };
     let mut s = app.lock();
     s.push_requests.push(Value::Object(req.clone()));
-    let raw = req
-        .get("model")
-        .or(req.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let raw = model_field(&req);
     if raw.is_empty() {
         return error(400, "model is required");
     }
@@ -757,11 +749,7 @@ async fn create(AxState(app): AxState<App>, body: String) -> Response {
     if let Some((status, msg)) = s.faults.create_error.take() {
         return error(status, msg);
     }
-    let raw = req
-        .get("model")
-        .or(req.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let raw = model_field(&req);
     let Some(name) = normalize(raw) else {
         return error(400, "invalid model name");
     };
