@@ -697,9 +697,7 @@ fn a_busy_registry_is_asked_again_after_its_retry_after() {
         ..Default::default()
     });
     let cache = tempfile::tempdir().unwrap();
-    let started = std::time::Instant::now();
     let text = err_text(&pull_model_blob_with(&server.name(), cache.path(), &Silent, patience(3)).unwrap_err());
-    assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
         text.contains("429") && text.contains("TOOMANYREQUESTS: slow down"),
         "{text}"
