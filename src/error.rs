@@ -1,28 +1,82 @@
 //! The library's error type. Every variant names the file it is about; refusals and bad input carry
-//! a hint saying what the user can do, because "invalid adapter" alone helps nobody. Also here:
+//! a hint saying what the user can do, because "invalid adapter" alone helps nobody, and a kind
+//! ([`ErrorKind`]) a caller can match on, because the message is for people. Also here:
 //! what every talk with a server shares ([`printable`] for server text, [`Patience`] for timeouts
 //! and retries).
 
 use std::path::{Path, PathBuf};
 
+/// What went wrong, for a caller that reacts differently to each: retry later, ask for a token,
+/// pick another base, report a bug. The message says the same to a person; this says it to code.
+/// New kinds may be added, so a `match` needs a `_` arm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// What was named does not exist: a file, a Hub repo, revision or file, an Ollama model or tag.
+    NotFound,
+    /// Access was refused: a gated or private repo, a missing or bad token or key, a push the
+    /// registry refused.
+    Unauthorized,
+    /// The server asks to come back later (429, or `Retry-After` longer than we wait), after the
+    /// retries [`Patience`] allows.
+    RateLimited,
+    /// The adapter does not fit the base: shapes, layers, ranks, vocabulary, architecture, or (with
+    /// `--strict`) any warning, such as another model family.
+    Mismatch,
+    /// Well-formed, but asks for something this tool or the target does not handle (another PEFT
+    /// type, DoRA as a GGUF adapter, an unsupported architecture, a pickled adapter).
+    Unsupported,
+    /// The input is malformed: bad JSON, truncated safetensors, inconsistent shapes inside a file.
+    Invalid,
+    /// Options that do not fit together, or a question only the user can answer and nobody was
+    /// there to ask (pass `--force`, `--yes`, `--subfolder`).
+    Usage,
+    /// The user interrupted (Ctrl-C); nothing half-written was left behind.
+    Interrupted,
+    /// A local file could not be read or written.
+    Io,
+    /// A server failed, broke off, sent something unusable, or could not be reached.
+    Server,
+}
+
+/// The library's error: every variant names what it is about (a file, URL, repo or model) and
+/// says, in its `Display`, what went wrong and what to do; [`Error::kind`] is for matching.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file could not be read or written.
     #[error("{}: {err}", path.display())]
-    Io { path: PathBuf, err: std::io::Error },
-    /// The input is malformed (bad JSON, truncated safetensors, inconsistent shapes).
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The input is malformed (bad JSON, truncated safetensors, inconsistent shapes), or a server's
+    /// answer is.
     #[error("{}: {msg}{}", path.display(), fmt_hint(hint))]
     Invalid {
+        /// The file, URL, repo or model the error is about.
         path: PathBuf,
+        /// What is wrong.
         msg: String,
+        /// What the user can do.
         hint: Option<String>,
+        /// What a caller can match on; [`ErrorKind::Invalid`] unless the site knows better.
+        kind: ErrorKind,
     },
-    /// The input is well-formed but asks for something a GGUF LoRA adapter cannot express.
+    /// The input is well-formed but cannot be used as asked (a feature a GGUF LoRA adapter cannot
+    /// express, an adapter that does not fit the base, a server's refusal).
     #[error("{}: {msg}{}", path.display(), fmt_hint(hint))]
     Refused {
+        /// The file, URL, repo or model the error is about.
         path: PathBuf,
+        /// What is wrong.
         msg: String,
+        /// What the user can do.
         hint: Option<String>,
+        /// What a caller can match on; [`ErrorKind::Unsupported`] unless the site knows better.
+        kind: ErrorKind,
     },
     /// Options that do not fit together.
     #[error("{0}")]
@@ -36,43 +90,68 @@ fn fmt_hint(hint: &Option<String>) -> String {
     hint.as_ref().map_or_else(String::new, |h| format!("\n  hint: {h}"))
 }
 
+/// The library's `Result`, with [`Error`] by default.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A file that could not be read or written.
     pub fn io(path: &Path, err: std::io::Error) -> Self {
         Error::Io {
             path: path.to_path_buf(),
             err,
         }
     }
+
+    /// Malformed input at `path`, without a hint ([`Error::with_hint`] adds one); kind
+    /// [`ErrorKind::Invalid`] ([`Error::with_kind`] changes it).
     pub fn invalid(path: &Path, msg: impl Into<String>) -> Self {
         Error::Invalid {
             path: path.to_path_buf(),
             msg: msg.into(),
             hint: None,
+            kind: ErrorKind::Invalid,
         }
     }
+
+    /// A refusal about `path`, with what to do; kind [`ErrorKind::Unsupported`]
+    /// ([`Error::with_kind`] changes it).
     pub fn refused(path: &Path, msg: impl Into<String>, hint: impl Into<String>) -> Self {
         Error::Refused {
             path: path.to_path_buf(),
             msg: msg.into(),
             hint: Some(hint.into()),
+            kind: ErrorKind::Unsupported,
         }
     }
-    /// Adds or replaces the hint of an `Invalid` or `Refused` error.
-    pub fn with_hint(self, h: impl Into<String>) -> Self {
+
+    /// Adds or replaces the hint of an `Invalid` or `Refused` error; other variants are returned
+    /// as they are.
+    pub fn with_hint(mut self, h: impl Into<String>) -> Self {
+        if let Error::Invalid { hint, .. } | Error::Refused { hint, .. } = &mut self {
+            *hint = Some(h.into());
+        }
+        self
+    }
+
+    /// Sets the kind of an `Invalid` or `Refused` error; the other variants' kinds follow from
+    /// the variant, and they are returned as they are. The message does not change.
+    pub fn with_kind(mut self, k: ErrorKind) -> Self {
+        if let Error::Invalid { kind, .. } | Error::Refused { kind, .. } = &mut self {
+            *kind = k;
+        }
+        self
+    }
+
+    /// What went wrong, for matching: the kind an `Invalid` or `Refused` error was given;
+    /// [`ErrorKind::NotFound`] or [`ErrorKind::Io`] for `Io` (by the I/O error's own kind);
+    /// [`ErrorKind::Usage`] and [`ErrorKind::Interrupted`] for `Usage` and `Cancelled`.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Invalid { path, msg, .. } => Error::Invalid {
-                path,
-                msg,
-                hint: Some(h.into()),
-            },
-            Error::Refused { path, msg, .. } => Error::Refused {
-                path,
-                msg,
-                hint: Some(h.into()),
-            },
-            other => other,
+            Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            Error::Io { .. } => ErrorKind::Io,
+            Error::Invalid { kind, .. } | Error::Refused { kind, .. } => *kind,
+            Error::Usage(_) => ErrorKind::Usage,
+            Error::Cancelled => ErrorKind::Interrupted,
         }
     }
 }
@@ -251,6 +330,43 @@ fn http_date(s: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn kinds_follow_the_variant_or_what_the_site_set_and_never_change_the_message() {
+        let p = Path::new("x");
+        assert_eq!(Error::invalid(p, "m").kind(), ErrorKind::Invalid);
+        assert_eq!(Error::refused(p, "m", "h").kind(), ErrorKind::Unsupported);
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(Error::io(p, missing).kind(), ErrorKind::NotFound);
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(Error::io(p, denied).kind(), ErrorKind::Io);
+        assert_eq!(Error::Usage("u".into()).kind(), ErrorKind::Usage);
+        assert_eq!(Error::Cancelled.kind(), ErrorKind::Interrupted);
+
+        let plain = Error::refused(p, "m", "h").to_string();
+        let limited = Error::refused(p, "m", "h").with_kind(ErrorKind::RateLimited);
+        assert_eq!(limited.to_string(), plain);
+        // A hint added later keeps the kind, and a kind set later keeps the hint.
+        let e = limited.with_hint("h2");
+        assert_eq!(
+            (e.kind(), e.to_string()),
+            (ErrorKind::RateLimited, "x: m\n  hint: h2".to_string())
+        );
+        let e = Error::invalid(p, "m").with_hint("h").with_kind(ErrorKind::NotFound);
+        assert_eq!(
+            (e.kind(), e.to_string()),
+            (ErrorKind::NotFound, "x: m\n  hint: h".to_string())
+        );
+        // Variants whose kind is their own are left as they are.
+        assert_eq!(
+            Error::Cancelled.with_kind(ErrorKind::Server).kind(),
+            ErrorKind::Interrupted
+        );
+        assert_eq!(
+            serde_json::to_string(&ErrorKind::RateLimited).unwrap(),
+            "\"rate_limited\""
+        );
+    }
 
     #[test]
     fn printable_defuses_terminal_escapes_and_truncates() {

@@ -15,4 +15,4 @@ pub mod formats;
 pub mod progress;
 pub mod remote;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

@@ -221,6 +221,7 @@ pub fn may_replace(name: &str, exists: bool, force: bool, ask: impl FnOnce() -> 
             path: PathBuf::from(name),
             msg: "a model of this name exists, and there is no terminal to ask whether to replace it; nothing was changed".into(),
             hint: Some("pass --force to replace it, or choose another --name".into()),
+            kind: crate::ErrorKind::Usage,
         }),
     }
 }
@@ -242,6 +243,7 @@ pub fn may_pull(base: &str, server: &str, yes: bool, ask: impl FnOnce() -> Optio
                 "the Ollama server at {server} does not have this model, and there is no terminal to ask whether to pull it"
             ),
             hint: Some(hint),
+            kind: crate::ErrorKind::Usage,
         }),
     }
 }
@@ -955,6 +957,7 @@ pub fn check_push(name: Option<&str>, push: bool, no_create: bool) -> Result<()>
                 "name it under your ollama.com user, e.g. --name USER/{}; and {PUSH_KEY}",
                 parsed.model
             )),
+            kind: crate::ErrorKind::Usage,
         });
     }
     Ok(())
@@ -993,6 +996,9 @@ fn push_error(e: ApiError, server: &str, name: &str) -> Error {
     };
     match e {
         ApiError::Cancelled => Error::Cancelled,
+        e if refused => api_error(e, server, &format!("pushing `{name}`"))
+            .with_hint(hint)
+            .with_kind(crate::ErrorKind::Unauthorized),
         e => api_error(e, server, &format!("pushing `{name}`")).with_hint(hint),
     }
 }
@@ -1428,6 +1434,7 @@ fn upload(client: &Client, digest: &str, path: &Path, ui: &dyn Progress) -> Resu
                         path: path.to_path_buf(),
                         msg: format!("the upload of {digest} to {url} broke off {} times ({err})", attempt + 1),
                         hint: Some("check the server's free disk space and its log, then run again (what was built is cached)".into()),
+                        kind: crate::ErrorKind::Server,
                     });
                     }
                 }
@@ -1444,6 +1451,7 @@ fn upload(client: &Client, digest: &str, path: &Path, ui: &dyn Progress) -> Resu
                         "the file changed while it was sent, or something between here and the server altered it; run again, and if it repeats remove {} (a cached build) first",
                         path.display()
                     )),
+                    kind: crate::ErrorKind::Server,
                 });
             }
             Err(e) => return Err(api_error(e, client.base(), &format!("uploading {digest}"))),
@@ -1534,16 +1542,18 @@ fn describe_show(s: &ollama::Show) -> String {
 /// An API failure as the user should read it: which server, what we were doing, Ollama's own words.
 fn api_error(e: ApiError, server: &str, doing: &str) -> Error {
     let path = PathBuf::from(server);
+    let kind = e.kind();
     match e {
         ApiError::Cancelled => Error::Cancelled,
         ApiError::Unreachable { url, err } => Error::Refused {
             path,
             msg: format!("no Ollama server answers at {url} ({err}) while {doing}"),
             hint: Some("start it with `ollama serve`, or point OLLAMA_HOST (or --host) at it; --no-create --out-modelfile works without a server".into()),
+            kind,
         },
-        ApiError::Status { status, message, .. } => Error::Refused { path, msg: format!("{doing}: Ollama answered {status}: {message}"), hint: None },
-        ApiError::Failed { message, .. } => Error::Refused { path, msg: format!("{doing}: Ollama says: {message}"), hint: None },
-        other => Error::Refused { path, msg: format!("{doing}: {other}"), hint: None },
+        ApiError::Status { status, message, .. } => Error::Refused { path, msg: format!("{doing}: Ollama answered {status}: {message}"), hint: None, kind },
+        ApiError::Failed { message, .. } => Error::Refused { path, msg: format!("{doing}: Ollama says: {message}"), hint: None, kind },
+        other => Error::Refused { path, msg: format!("{doing}: {other}"), hint: None, kind },
     }
 }
 

@@ -567,9 +567,11 @@ pub fn resolve(spec: &str) -> Result<BaseModel> {
     let name = match ModelName::parse(spec) {
         Some(name) if !looks_like_path => name,
         _ => {
-            return Err(Error::invalid(path, "no such file or folder").with_hint(
-                "--base takes a GGUF file, a Hugging Face model folder with config.json, or an Ollama model name",
-            ));
+            return Err(Error::invalid(path, "no such file or folder")
+                .with_hint(
+                    "--base takes a GGUF file, a Hugging Face model folder with config.json, or an Ollama model name",
+                )
+                .with_kind(crate::ErrorKind::NotFound));
         }
     };
     let client = ollama::Client::new(&ollama::host());
@@ -586,6 +588,7 @@ pub fn resolve(spec: &str) -> Result<BaseModel> {
                          or pass the model's GGUF file"
                             .into(),
                     ),
+                    kind: crate::ErrorKind::Server,
                 },
                 other => other,
             })
@@ -600,11 +603,13 @@ pub fn resolve(spec: &str) -> Result<BaseModel> {
             hint: Some(format!(
                 "pull it first (`ollama pull {spec}`), or check the name with `ollama list`"
             )),
+            kind: crate::ErrorKind::NotFound,
         }),
         Err(e) => Err(Error::Refused {
             path: PathBuf::from(spec),
             msg: e.to_string(),
             hint: None,
+            kind: e.kind(),
         }),
     }
 }
@@ -854,7 +859,8 @@ impl BaseModel {
                 return Err(Error::invalid(
                     &manifest_path,
                     format!("the model store {} has no `{name}`", store.display()),
-                ));
+                )
+                .with_kind(crate::ErrorKind::NotFound));
             }
             Err(e) => return Err(Error::io(&manifest_path, e)),
         };
@@ -878,7 +884,8 @@ impl BaseModel {
                 &blob,
                 format!("the store's manifest for `{name}` names this blob, which is missing"),
             )
-            .with_hint(format!("pull the model again: `ollama pull {name}`")));
+            .with_hint(format!("pull the model again: `ollama pull {name}`"))
+            .with_kind(crate::ErrorKind::NotFound));
         }
         let mut base = Self::from_gguf(&blob)?;
         base.source = PathBuf::from(name.to_string());

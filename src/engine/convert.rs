@@ -166,6 +166,7 @@ pub(crate) fn refuse(adapter: &Adapter, base: &BaseModel, findings: &[Finding]) 
         path: adapter.path.clone(),
         msg,
         hint: None,
+        kind: crate::ErrorKind::Mismatch,
     }
 }
 
@@ -251,6 +252,7 @@ fn refuse_merge_only(arch: &Arch, plan: &Plan, inputs: &[Input]) -> Result<()> {
             arch.name
         ),
         hint: Some("merge it into the base instead: `ollama-tools merge`, or create-from-base (which merges on Ollama 0.34.1+)".into()),
+        kind: crate::ErrorKind::Unsupported,
     })
 }
 
@@ -337,6 +339,7 @@ pub(crate) fn check_output(output: &Path, flag: &str, force: bool, inputs: &[&Pa
             path: output.to_path_buf(),
             msg: msg.into(),
             hint: Some(hint.into()),
+            kind: crate::ErrorKind::Usage,
         })
     };
     let Ok(meta) = std::fs::symlink_metadata(output) else {
@@ -767,6 +770,7 @@ fn choose_type(
             path: output.to_path_buf(),
             msg: format!("`{}` would hold values beyond f32 range after scaling", t.spec.name),
             hint: Some("use a smaller --scale or adapter weight".into()),
+            kind: crate::ErrorKind::Usage,
         });
     }
     Ok(match outtype {
@@ -780,6 +784,7 @@ fn choose_type(
                     t.spec.name
                 ),
                 hint: Some("use --outtype auto (f32 where needed) or --outtype f32".into()),
+                kind: crate::ErrorKind::Usage,
             });
         }
         OutType::F16 => GgmlType::F16,

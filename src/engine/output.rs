@@ -183,6 +183,7 @@ pub fn persist(tmp: tempfile::NamedTempFile, output: &Path, force: bool) -> Resu
             path: output.to_path_buf(),
             msg: "appeared while this run was writing it; the new result was discarded".into(),
             hint: Some("pass --force to replace it, or choose another -o".into()),
+            kind: crate::ErrorKind::Usage,
         },
         _ => Error::io(output, e.error),
     })

@@ -467,9 +467,11 @@ impl std::fmt::Debug for Adapter {
 /// Finds `adapter_config.json` and `adapter_model.safetensors` from a folder or either file.
 fn locate(path: &Path) -> Result<(PathBuf, PathBuf)> {
     let not_found = |p: &Path, what: &str| {
-        Error::invalid(p, format!("{what} not found")).with_hint(
-            "pass the adapter folder PEFT's save_pretrained() wrote, holding adapter_config.json and adapter_model.safetensors",
-        )
+        Error::invalid(p, format!("{what} not found"))
+            .with_hint(
+                "pass the adapter folder PEFT's save_pretrained() wrote, holding adapter_config.json and adapter_model.safetensors",
+            )
+            .with_kind(crate::ErrorKind::NotFound)
     };
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let dir = if path.is_dir() {
@@ -566,7 +568,8 @@ impl Adapter {
                 ));
             }
             return Err(Error::invalid(&weights_path, "adapter weights not found")
-                .with_hint("the folder needs adapter_model.safetensors next to adapter_config.json"));
+                .with_hint("the folder needs adapter_model.safetensors next to adapter_config.json")
+                .with_kind(crate::ErrorKind::NotFound));
         }
         let file = File::open(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
         let file_size = file.metadata().map_err(|e| Error::io(&weights_path, e))?.len();

@@ -25,7 +25,7 @@ use reqwest::blocking::{Client, Response};
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, ETAG, LOCATION, RANGE, RETRY_AFTER};
 
 use crate::engine::cache::sha256_file;
-use crate::error::{Error, Patience, Result, json_problem, printable, retry_after};
+use crate::error::{Error, ErrorKind, Patience, Result, json_problem, printable, retry_after};
 use crate::progress::Progress;
 use crate::remote::ollama::{BodyError, MESSAGE_CHARS, error_body, read_capped};
 
@@ -244,7 +244,8 @@ pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Resu
         } else {
             "check the repo name, or pass --subfolder for an adapter in a folder"
         },
-    ))
+    )
+    .with_kind(ErrorKind::NotFound))
 }
 
 /// A Hub client for one endpoint, with the token sent only to it.
@@ -431,6 +432,7 @@ impl Hub {
             path,
             msg,
             hint: Some(hint),
+            kind: ErrorKind::Server,
         }
     }
 
@@ -461,7 +463,8 @@ impl Hub {
                 Path::new(&url),
                 format!("the Hub answered {} without a Location to follow", resp.status()),
             )
-            .with_hint("if HF_ENDPOINT points at a mirror or a proxy, check its configuration"));
+            .with_hint("if HF_ENDPOINT points at a mirror or a proxy, check its configuration")
+            .with_kind(ErrorKind::Server));
         }
         #[derive(serde::Deserialize)]
         struct Info {
@@ -476,13 +479,15 @@ impl Hub {
         let announced = resp.content_length();
         let body = read_capped(resp, announced, LISTING_CAP).map_err(|e| match e {
             BodyError::Read(e) => self.unreachable(&url, &NetError::Broken(crate::remote::ollama::root_cause(&e))),
-            too_large => Error::invalid(Path::new(&url), format!("the Hub's repo listing: {too_large}")),
+            too_large => Error::invalid(Path::new(&url), format!("the Hub's repo listing: {too_large}"))
+                .with_kind(ErrorKind::Server),
         })?;
         let info: Info = serde_json::from_slice(&body).map_err(|e| {
             Error::invalid(
                 Path::new(&url),
                 format!("the Hub's answer is not a repo listing: {}", json_problem(&e, &body)),
             )
+            .with_kind(ErrorKind::Server)
         })?;
         if !is_commit(&info.sha) {
             return Err(Error::invalid(
@@ -491,7 +496,8 @@ impl Hub {
                     "the Hub's listing gives the commit {:?}, not 40 hex digits",
                     printable(&info.sha, 80)
                 ),
-            ));
+            )
+            .with_kind(ErrorKind::Server));
         }
         Ok(Ok(RepoInfo {
             sha: info.sha,
@@ -519,8 +525,9 @@ impl Hub {
         }
         let page = format!("{}/{repo}", self.settings.endpoint);
         let login = "set HF_TOKEN to a token with read access (or run `huggingface-cli login`)";
-        let (msg, hint) = match (status.as_u16(), code.as_str()) {
+        let (kind, msg, hint) = match (status.as_u16(), code.as_str()) {
             (_, "GatedRepo") => (
+                ErrorKind::Unauthorized,
                 format!("`{repo}` is gated: {message}"),
                 if self.settings.token.is_some() {
                     format!("accept its conditions at {page} with the account whose token you use")
@@ -529,6 +536,7 @@ impl Hub {
                 },
             ),
             (_, "RepoNotFound") => (
+                ErrorKind::NotFound,
                 format!(
                     "repository `{repo}` not found on {} ({message})",
                     self.settings.endpoint
@@ -540,10 +548,12 @@ impl Hub {
                 },
             ),
             (_, "RevisionNotFound") => (
+                ErrorKind::NotFound,
                 format!("revision `{revision}` of `{repo}` not found ({message})"),
                 format!("check --revision against the branches and commits at {page}"),
             ),
             (_, "EntryNotFound") => (
+                ErrorKind::NotFound,
                 format!(
                     "`{}` is not in `{repo}` at `{revision}` ({message})",
                     printable(file.unwrap_or("?"), 200)
@@ -551,14 +561,22 @@ impl Hub {
                 "the repo changed since it was listed; run again".into(),
             ),
             (429, _) => (
+                ErrorKind::RateLimited,
                 format!("the Hub is rate-limiting requests: {message}"),
                 rate_limit_hint(retry.as_deref()),
             ),
             (401 | 403, _) => (
+                ErrorKind::Unauthorized,
                 format!("the Hub refused access to `{repo}` ({status}: {message})"),
                 login.to_string(),
             ),
             _ => (
+                // A mirror or proxy may answer a plain 404, without the Hub's error code.
+                if matches!(status.as_u16(), 404 | 410) {
+                    ErrorKind::NotFound
+                } else {
+                    ErrorKind::Server
+                },
                 format!("the Hub answered {status} for `{repo}`: {message}"),
                 "try again later".into(),
             ),
@@ -567,6 +585,7 @@ impl Hub {
             path: PathBuf::from(format!("{page}/tree/{revision}")),
             msg,
             hint: Some(hint),
+            kind,
         })
     }
 
@@ -612,7 +631,8 @@ impl Hub {
                     printable(&etag, 80)
                 ),
             )
-            .with_hint("if HF_ENDPOINT points at a mirror, check that it forwards the Hub's headers"));
+            .with_hint("if HF_ENDPOINT points at a mirror, check that it forwards the Hub's headers")
+            .with_kind(ErrorKind::Server));
         }
         let redirect = resp.status().is_redirection();
         // A redirect's Content-Length is that of the redirect's own body, not the file's.
@@ -660,6 +680,7 @@ impl Hub {
                     format!("HF_HUB_OFFLINE is set and `{file}` of `{repo}` at `{revision}` is not in the Hugging Face cache"),
                     "unset HF_HUB_OFFLINE to download it, or point HF_HOME / HF_HUB_CACHE at the cache that has it",
                 )
+                .with_kind(ErrorKind::NotFound)
             });
         }
         let meta = self.meta(repo, revision, at.unwrap_or(revision), file, None, ui)?;
@@ -870,6 +891,7 @@ impl Hub {
                         retries + 1
                     ),
                     hint: Some(format!("run the command again: it resumes from {}", partial.display())),
+                    kind: ErrorKind::Server,
                 });
             };
             retries += 1;
@@ -891,6 +913,7 @@ impl Hub {
                 path: PathBuf::from(without_query(url)),
                 msg: format!("{file} downloaded with {kind} {found}, and the Hub says it is {}: the file was deleted", meta.etag),
                 hint: Some("something between here and the Hub altered it; run again, and if it repeats, check any proxy or mirror (HF_ENDPOINT)".into()),
+                kind: ErrorKind::Server,
             });
         }
         fs::rename(&partial, blob).map_err(|e| Error::io(blob, e))
@@ -938,6 +961,12 @@ impl Hub {
                 path: PathBuf::from(without_query(url)),
                 msg: format!("the download answered {status}"),
                 hint: Some(hint),
+                kind: match status.as_u16() {
+                    429 => ErrorKind::RateLimited,
+                    401 | 403 => ErrorKind::Unauthorized,
+                    404 | 410 => ErrorKind::NotFound,
+                    _ => ErrorKind::Server,
+                },
             }));
         }
         let start = if append { from } else { 0 };
@@ -968,6 +997,7 @@ impl Hub {
                 path: PathBuf::from(without_query(url)),
                 msg: format!("the server sent more than the {limit} bytes announced for it; the partial file was deleted"),
                 hint: Some("something between here and the Hub is broken; run again later, and check any proxy or mirror (HF_ENDPOINT)".into()),
+                kind: ErrorKind::Server,
             }));
         }
         match meta.size {
@@ -1374,6 +1404,7 @@ pub fn fetch_adapter(
                                     list.join("\n")
                                 ),
                                 hint: Some("pass --subfolder with one of them (a folder, or a .gguf file)".into()),
+                                kind: ErrorKind::Usage,
                             });
                         }
                     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::error::{Patience, printable};
+use crate::error::{ErrorKind, Patience, printable};
 use crate::progress::Progress;
 
 use serde::Deserialize;
@@ -243,6 +243,28 @@ impl ApiError {
         match self {
             ApiError::Status { message, .. } | ApiError::Failed { message, .. } => Some(message),
             _ => None,
+        }
+    }
+
+    /// What went wrong, for matching: a 404 or Ollama's "file does not exist" / "not found" (a pull
+    /// of a model no registry has) is [`ErrorKind::NotFound`], 401 and 403 [`ErrorKind::Unauthorized`],
+    /// 429 [`ErrorKind::RateLimited`], Ctrl-C [`ErrorKind::Interrupted`]; anything else, no server
+    /// included, [`ErrorKind::Server`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ApiError::Status { status: 404, .. } => ErrorKind::NotFound,
+            ApiError::Status { status: 401 | 403, .. } => ErrorKind::Unauthorized,
+            ApiError::Status { status: 429, .. } => ErrorKind::RateLimited,
+            // A streamed error has no status: Ollama's words are all there is.
+            ApiError::Failed { message, .. }
+                if ["file does not exist", "not found"]
+                    .iter()
+                    .any(|m| message.to_lowercase().contains(m)) =>
+            {
+                ErrorKind::NotFound
+            }
+            ApiError::Cancelled => ErrorKind::Interrupted,
+            _ => ErrorKind::Server,
         }
     }
 }

@@ -19,7 +19,7 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 use crate::engine::base::{self, BaseModel};
-use crate::error::{Patience, printable, retry_after};
+use crate::error::{ErrorKind, Patience, printable, retry_after};
 use crate::progress::Progress;
 use crate::remote::ollama::{
     MESSAGE_CHARS, MODEL_LAYER, Manifest, ModelName, blob_path, error_body, read_capped, root_cause,
@@ -103,6 +103,7 @@ pub fn pull_model_blob_with(
             Path::new(&manifest_url),
             format!("the model layer's digest `{}` is not a sha256 digest", layer.digest),
         )
+        .with_kind(ErrorKind::Server)
     })?;
     if let Ok(meta) = fs::metadata(&dest) {
         if meta.is_file() && (layer.size == 0 || meta.len() == layer.size) {
@@ -129,6 +130,7 @@ fn fetch_model_layer(http: &Client, name: &ModelName, base: &str, url: &str) -> 
             "check the network and the registry host `{}` in the model name",
             name.registry
         ))
+        .with_kind(ErrorKind::Server)
     })?;
     let status = resp.status();
     if !status.is_success() {
@@ -136,7 +138,8 @@ fn fetch_model_layer(http: &Client, name: &ModelName, base: &str, url: &str) -> 
         if status == StatusCode::NOT_FOUND {
             let text = registry_message(&body).unwrap_or_else(|| "not found".to_string());
             return Err(Error::invalid(path, format!("model or tag not found: the registry has no {name} (404: {text})"))
-                .with_hint("check the model name and tag (as in `llama3.2:3b`); a model's tags are listed on its page at ollama.com"));
+                .with_hint("check the model name and tag (as in `llama3.2:3b`); a model's tags are listed on its page at ollama.com")
+                .with_kind(ErrorKind::NotFound));
         }
         return Err(status_error(status, &body, path, &format!("the manifest of {name}")));
     }
@@ -144,6 +147,7 @@ fn fetch_model_layer(http: &Client, name: &ModelName, base: &str, url: &str) -> 
     let body = read_capped(resp, announced, MANIFEST_CAP).map_err(|e| {
         Error::invalid(path, format!("the registry's answer for the manifest of {name}: {e}"))
             .with_hint("run the command again")
+            .with_kind(ErrorKind::Server)
     })?;
     let manifest: Manifest = serde_json::from_slice(&body).map_err(|e| {
         Error::invalid(
@@ -153,6 +157,7 @@ fn fetch_model_layer(http: &Client, name: &ModelName, base: &str, url: &str) -> 
                 crate::error::json_problem(&e, &body)
             ),
         )
+        .with_kind(ErrorKind::Server)
     })?;
     manifest
         .layers
@@ -195,9 +200,15 @@ fn status_error(status: StatusCode, body: &str, path: &Path, what: &str) -> Erro
             format!("the registry refused access to {what} ({code}: {text})"),
             "ollama-tools pulls without credentials, so only public models can be downloaded; check the name, or pull \
              the model with `ollama pull` where Ollama's store is readable and pass the base as a GGUF file",
-        ),
+        )
+        .with_kind(ErrorKind::Unauthorized),
         _ => Error::invalid(path, format!("the registry answered {code} for {what}: {text}"))
-            .with_hint("run the command again later"),
+            .with_hint("run the command again later")
+            .with_kind(match code {
+                404 | 410 => ErrorKind::NotFound,
+                429 => ErrorKind::RateLimited,
+                _ => ErrorKind::Server,
+            }),
     }
 }
 
@@ -356,6 +367,7 @@ impl<'a> Download<'a> {
             "run the command again: it resumes from {}",
             self.partial.display()
         ))
+        .with_kind(ErrorKind::Server)
     }
 
     /// The error for a body longer than the manifest says, its partial file deleted: what came is
@@ -372,6 +384,7 @@ impl<'a> Download<'a> {
         let _ = fs::remove_file(&partial);
         Error::invalid(Path::new(url), format!("the registry sent more than the {size} bytes the manifest gives for {digest}; the partial file was deleted"))
             .with_hint("the registry or something between it and here is broken; try again later")
+            .with_kind(ErrorKind::Server)
     }
 
     /// Hashes what an earlier run left in the partial file, leaving the file positioned at its end.
@@ -440,7 +453,8 @@ impl<'a> Download<'a> {
                             start.map_or_else(|| "an unknown byte".to_string(), |s| s.to_string())
                         ),
                     )
-                    .with_hint(format!("delete {} and run the command again", self.partial.display())));
+                    .with_hint(format!("delete {} and run the command again", self.partial.display()))
+                    .with_kind(ErrorKind::Server));
                 }
             }
             // The whole blob: the registry ignored our Range (or we asked for none).
@@ -532,7 +546,8 @@ impl<'a> Download<'a> {
                     if size > 0 { format!(", the manifest says {size}") } else { String::new() }
                 ),
             )
-            .with_hint("the download was corrupted on the way or the registry sent other content; the partial file was deleted, so running the command again downloads it afresh"));
+            .with_hint("the download was corrupted on the way or the registry sent other content; the partial file was deleted, so running the command again downloads it afresh")
+            .with_kind(ErrorKind::Server));
         }
         fs::rename(&partial, dest).map_err(|e| Error::io(dest, e))
     }
