@@ -170,6 +170,30 @@ pub(crate) fn refuse(adapter: &Adapter, base: &BaseModel, findings: &[Finding]) 
     }
 }
 
+/// The kind of a refusal for `findings` (those with `warnings` appended under `--strict`): a
+/// mismatch, unless every error is about the adapter alone (a PEFT feature or flaw, whatever the
+/// base) or the base alone (its format, architecture or tensor types), so that no other pairing
+/// would do: then it is unsupported. A validation finding carries no kind, so the adapter's own
+/// analysis (only made again on this error path) tells its problems apart.
+fn refusal_kind(adapter: &Adapter, findings: &[Finding], warnings: &[Finding]) -> crate::ErrorKind {
+    let own = adapter.analyze();
+    let alone = |f: &Finding| {
+        f.subject == "base"
+            || own
+                .problems
+                .iter()
+                .chain(&own.merge_only)
+                .chain(&own.adapter_only)
+                .any(|p| p.subject == f.subject && p.why == f.message)
+    };
+    let errors: Vec<&Finding> = findings.iter().filter(|f| !warnings.contains(f)).collect();
+    if !errors.is_empty() && errors.into_iter().all(alone) {
+        crate::ErrorKind::Unsupported
+    } else {
+        crate::ErrorKind::Mismatch
+    }
+}
+
 /// The name of an adapter for `general.name`: its folder.
 pub(crate) fn adapter_label(adapter: &Adapter) -> String {
     let dir = adapter.config_path.parent().unwrap_or(Path::new("."));
@@ -282,7 +306,13 @@ fn leave_out_towers(plan: &mut Plan, inputs: &[Input], strict: bool) -> Result<(
             &inputs[0].adapter.path,
             format!("{what} cannot go into a GGUF adapter ({why})"),
             hint,
-        ));
+        )
+        // Under --strict this is a warning made an error; otherwise nothing else is left to convert.
+        .with_kind(if strict {
+            crate::ErrorKind::Mismatch
+        } else {
+            crate::ErrorKind::Unsupported
+        }));
     }
     plan.tensors.retain(|t| !arch::is_tower_tensor(&t.spec.name));
     plan.notices.push(format!(
@@ -437,7 +467,8 @@ fn gather_targets(inputs: &[Input], base: &BaseModel, opts: &Options) -> Result<
             errors.extend(v.warnings.iter().cloned());
         }
         if !errors.is_empty() {
-            return Err(refuse(&input.adapter, base, &errors));
+            let kind = refusal_kind(&input.adapter, &errors, &v.warnings);
+            return Err(refuse(&input.adapter, base, &errors).with_kind(kind));
         }
         if v.modules.is_empty() && v.replacements.is_empty() {
             return Err(Error::refused(

@@ -1031,7 +1031,8 @@ fn check_adapter_kind(path: &Path, header: &crate::formats::gguf::Header, base: 
                 base.arch
             ),
             "use the base model the adapter was made for",
-        ));
+        )
+        .with_kind(crate::ErrorKind::Mismatch));
     }
     Ok(())
 }
@@ -1093,6 +1094,7 @@ fn adapter_pairs(
                 ),
                 "use the base model the adapter was made for",
             )
+            .with_kind(crate::ErrorKind::Mismatch)
         })?;
         check_pair_fits(path, name, t, bt, &base_t.ne)?;
         pairs.push((name.to_string(), i, b));
@@ -1145,7 +1147,8 @@ fn check_pair_fits(
                 "`{name}` is {bn:?} in the base, and its lora_a {an:?} / lora_b {bbn:?} do not fit it (ggml order)"
             ),
             "the adapter was made for a different model; use its own base",
-        ));
+        )
+        .with_kind(crate::ErrorKind::Mismatch));
     }
     Ok(())
 }
