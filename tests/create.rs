@@ -1018,3 +1018,79 @@ fn push_refuses_a_name_without_namespace_and_with_no_create_before_anything_is_d
         .code(2)
         .stderr(contains("--push"));
 }
+
+/// A caller that pressed Ctrl-C before the run started.
+struct Interrupted;
+
+impl ollama_tools::progress::Progress for Interrupted {
+    fn cancelled(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_library_caller_matches_what_went_wrong_by_the_kind() {
+    use ollama_tools::ErrorKind;
+    use ollama_tools::commands::create::{Options, create, push};
+    use ollama_tools::progress::Silent;
+    let env = setup();
+    let fake = server("0.34.2", RefuseAdapters::Http400);
+    let opts = |base: &str| Options {
+        name: Some("m".into()),
+        base: base.into(),
+        adapter: Some(env.adapter.clone()),
+        host: fake.url.clone(),
+        yes: true,
+        ..Options::default()
+    };
+    // A base neither the server nor its registry has: Ollama's pull says "file does not exist".
+    let err = create(&opts("nothere"), &Silent).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("file does not exist"), "{err}");
+    // Whether to pull it, with nobody to ask.
+    let err = create(
+        &Options {
+            yes: false,
+            ..opts("nothere")
+        },
+        &Silent,
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Usage, "{err}");
+    let err = create(
+        &Options {
+            host: format!("http://{NO_SERVER}"),
+            ..opts("tiny")
+        },
+        &Silent,
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Server, "{err}");
+    let err = create(&opts("tiny"), &Interrupted).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Interrupted, "{err}");
+    assert!(fake.model("m").is_none());
+    // The API client's own errors, for a caller that talks to Ollama directly.
+    let client = ollama_tools::remote::ollama::Client::new(&fake.url);
+    assert_eq!(client.show("nothere").unwrap_err().kind(), ErrorKind::NotFound);
+    let err = client.pull("nothere", &Silent, &mut |_| {}).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+
+    // A push the registry refuses, in a streamed error line or as a 401: unauthorized; one cut
+    // half-way: the server's failure.
+    let fake = ollama_server::start(Config {
+        models: vec![("me/tuned".into(), show_json(TINY, "F32", true))],
+        ..Config::default()
+    });
+    let client = ollama_tools::remote::ollama::Client::new(&fake.url);
+    fake.lock().faults.push_refusal = Some("unauthorized: access denied".into());
+    let err = push(&client, "me/tuned", false, &Silent).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthorized, "{err}");
+    fake.lock().faults.push_refusal = None;
+    fake.lock().faults.push_error = Some((401, "unauthorized: unknown ollama key".into()));
+    let err = push(&client, "me/tuned", false, &Silent).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthorized, "{err}");
+    fake.lock().faults.push_error = None;
+    fake.lock().faults.cut_push = true;
+    let err = push(&client, "me/tuned", false, &Silent).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Server, "{err}");
+}

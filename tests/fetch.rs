@@ -301,6 +301,43 @@ fn the_hubs_errors_say_what_happened_and_what_to_do() {
 }
 
 #[test]
+fn the_hubs_errors_have_a_kind_a_library_caller_can_match() {
+    use ollama_tools::ErrorKind;
+    let env = setup();
+    let hub = hub_server::start(vec![
+        repo("me/lora", adapter_files(&env, ""), Access::Public),
+        repo("corp/gated-lora", adapter_files(&env, ""), Access::Gated),
+    ]);
+    let cache = tempfile::tempdir().unwrap();
+    let lib = client(&hub.url, cache.path());
+    let kind = |repo: &str, revision: &str| {
+        let err = fetch_adapter(&lib, repo, revision, None, &Silent).unwrap_err();
+        (err.kind(), err.to_string())
+    };
+    let (k, text) = kind("me/nope", "main");
+    assert_eq!(k, ErrorKind::NotFound, "{text}");
+    let (k, text) = kind("me/lora", "v9");
+    assert_eq!(k, ErrorKind::NotFound, "{text}");
+    let (k, text) = kind("corp/gated-lora", "main");
+    assert_eq!(k, ErrorKind::Unauthorized, "{text}");
+    // Its Retry-After (7 s) is longer than this client waits: no retry, and the kind says so.
+    hub.set_faults(HubFaults {
+        rate_limit: 1,
+        ..HubFaults::default()
+    });
+    let (k, text) = kind("me/lora", "main");
+    assert_eq!(k, ErrorKind::RateLimited, "{text}");
+    assert!(text.contains("rate-limiting"), "{text}");
+    let (k, text) = kind("not-a-repo-id", "main");
+    assert_eq!(k, ErrorKind::Usage, "{text}");
+    let nobody = client("http://127.0.0.1:1", cache.path());
+    let err = fetch_adapter(&nobody, "me/lora", "main", None, &Silent).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Server, "{err}");
+    // And the adapter itself comes once the Hub lets it.
+    assert!(fetch_adapter(&lib, "me/lora", "main", None, &Silent).is_ok());
+}
+
+#[test]
 fn a_token_opens_a_gated_repo_and_never_reaches_the_cdn() {
     let env = setup();
     let hub = hub_server::start(vec![repo("corp/gated-lora", adapter_files(&env, ""), Access::Gated)]);
@@ -995,6 +1032,29 @@ fn stalling_gguf_files_are_peeked_at_together_within_one_deadline() {
         started.elapsed()
     );
     assert!(err.contains("holds 12 adapters"), "{err}");
+}
+
+#[test]
+fn a_hub_still_rate_limiting_after_the_retries_is_rate_limited() {
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    let hub = rogue::start(move |_, _| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Retry-After: 0, so the retries cost no time.
+        let r = axum::response::Response::builder()
+            .status(429)
+            .header("retry-after", "0")
+            .header("x-error-message", "slow down")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        Reply::Now(r)
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let err = fetch_adapter(&client(&hub.url, cache.path()), "me/lora", "main", None, &Silent).unwrap_err();
+    assert_eq!(err.kind(), ollama_tools::ErrorKind::RateLimited, "{err}");
+    assert!(err.to_string().contains("rate-limiting requests: slow down"), "{err}");
+    // The first request and the client's 2 retries.
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
 #[test]

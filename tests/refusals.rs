@@ -405,3 +405,113 @@ fn base_that_is_not_a_model() {
         .stderr(contains("not a GGUF file"))
         .stderr(contains("--base takes"));
 }
+
+/// What `convert` refuses through the library, with `strict` as `--strict`: the error's kind.
+fn kind_of(dir: &Path, arch: &str, dims: Dims, strict: bool) -> ollama_tools::ErrorKind {
+    use ollama_tools::engine::convert::{self, Input, Options};
+    let base_path = dir.join("base.gguf");
+    write_base_gguf(&base_path, arch, dims);
+    let base = ollama_tools::engine::base::BaseModel::load(&base_path).unwrap();
+    let err = ollama_tools::formats::peft::Adapter::open(&dir.join("a"))
+        .and_then(|adapter| {
+            // `merging` is the crate's own: the options are set field by field.
+            let mut opts = Options::default();
+            opts.strict = strict;
+            convert::convert(
+                &[Input { adapter, weight: 1.0 }],
+                &base,
+                &dir.join("out.gguf"),
+                &opts,
+                &ollama_tools::progress::Silent,
+            )
+        })
+        .unwrap_err();
+    assert!(!dir.join("out.gguf").exists(), "{err}");
+    err.kind()
+}
+
+/// [`kind_of`] for an adapter of `config` and `tensors`, in a folder of its own.
+fn kind_for(
+    config: serde_json::Value,
+    tensors: Vec<T>,
+    arch: &str,
+    dims: Dims,
+    strict: bool,
+) -> ollama_tools::ErrorKind {
+    let d = tempfile::tempdir().unwrap();
+    adapter(d.path(), config, tensors);
+    kind_of(d.path(), arch, dims, strict)
+}
+
+#[test]
+fn a_library_caller_tells_a_mismatch_from_an_unsupported_adapter_by_the_kind() {
+    use ollama_tools::ErrorKind::{Mismatch, Unsupported};
+    let wider = Dims { hidden: 64, ..TINY };
+    // The adapter does not fit this base: another one would do.
+    assert_eq!(
+        kind_for(cfg(json!({})), pair(0, "v_proj", 2), "llama", wider, false),
+        Mismatch,
+        "shapes"
+    );
+    assert_eq!(
+        kind_for(cfg(json!({})), pair(5, "q_proj", 2), "llama", TINY, false),
+        Mismatch,
+        "layers"
+    );
+    assert_eq!(
+        kind_for(cfg(json!({})), pair(0, "q_proj", 2), "phi3", TINY, false),
+        Mismatch,
+        "module"
+    );
+    // A warning (trained for another family) made an error by --strict.
+    let qwen = cfg(json!({"base_model_name_or_path": "Qwen/Qwen2.5-0.5B"}));
+    assert_eq!(
+        kind_for(qwen, pair(0, "q_proj", 2), "llama", TINY, true),
+        Mismatch,
+        "family"
+    );
+    // No base would do: the adapter's own features, or a base this tool does not handle.
+    let ia3 = json!({"peft_type": "IA3", "target_modules": ["k_proj"]});
+    assert_eq!(
+        kind_for(ia3, pair(0, "k_proj", 2), "llama", TINY, false),
+        Unsupported,
+        "peft type"
+    );
+    assert_eq!(
+        kind_for(cfg(json!({})), pair(0, "q_proj", 2), "gpt2", TINY, false),
+        Unsupported,
+        "base arch"
+    );
+    // The same family warning without --strict is no error at all.
+    let d = tempfile::tempdir().unwrap();
+    let config = cfg(json!({"base_model_name_or_path": "Qwen/Qwen2.5-0.5B"}));
+    adapter(d.path(), config, pair(0, "q_proj", 2));
+    write_base_gguf(&d.path().join("base.gguf"), "llama", TINY);
+    bin()
+        .arg("convert")
+        .arg(d.path().join("a"))
+        .arg("--base")
+        .arg(d.path().join("base.gguf"))
+        .arg("-o")
+        .arg(d.path().join("out.gguf"))
+        .assert()
+        .success();
+
+    // DoRA as a GGUF adapter, beside a pair that fits: unsupported, not a mismatch.
+    let d = tempfile::tempdir().unwrap();
+    let mut ts = pair(0, "q_proj", 2);
+    ts.push(t(
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector",
+        &[32],
+        vec![1.0; 32],
+    ));
+    adapter(d.path(), cfg(json!({"use_dora": true})), ts);
+    assert_eq!(kind_of(d.path(), "llama", TINY, false), Unsupported);
+
+    // A pickled adapter is refused when it is opened.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("a")).unwrap();
+    std::fs::write(d.path().join("a/adapter_config.json"), cfg(json!({})).to_string()).unwrap();
+    std::fs::write(d.path().join("a/adapter_model.bin"), b"PK\x03\x04pickle").unwrap();
+    assert_eq!(kind_of(d.path(), "llama", TINY, false), Unsupported);
+}

@@ -14,11 +14,11 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use ollama_tools::Error;
 use ollama_tools::error::Patience;
 use ollama_tools::progress::{Progress, Silent};
 use ollama_tools::remote::ollama::ModelName;
 use ollama_tools::remote::registry::{pull_model_blob, pull_model_blob_with};
+use ollama_tools::{Error, ErrorKind};
 use sha2::{Digest, Sha256};
 
 mod common;
@@ -465,6 +465,7 @@ fn a_corrupted_blob_is_refused_and_nothing_is_left() {
     let err = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err();
     let text = err_text(&err);
     assert!(matches!(err, Error::Invalid { .. }), "{text}");
+    assert_eq!(err.kind(), ErrorKind::Server, "the registry sent other bytes: {text}");
     assert!(text.contains(&format!("expected {}", server.registry.digest)), "{text}");
     let mut bad = server.registry.blob.clone();
     let half = bad.len() / 2;
@@ -509,13 +510,16 @@ fn missing_model_or_tag() {
         text.contains("library/tiny:latest") && text.contains("check the model name and tag"),
         "{text}"
     );
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{text}");
     assert_eq!(server.blob_requests(), 0);
 
     // An unknown tag on a well-behaved registry says the same.
     let server = Server::start(Misbehave::default());
     let name = ModelName::parse(&format!("{}/library/tiny:nope", server.addr)).unwrap();
-    let text = err_text(&pull_model_blob(&name, cache.path(), &Silent).unwrap_err());
+    let err = pull_model_blob(&name, cache.path(), &Silent).unwrap_err();
+    let text = err_text(&err);
     assert!(text.contains("tiny:nope") && text.contains("not found"), "{text}");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{text}");
 }
 
 #[test]
@@ -528,6 +532,7 @@ fn unauthorized_passes_the_registry_text_on() {
     let err = pull_model_blob(&server.name(), cache.path(), &Silent).unwrap_err();
     let text = err_text(&err);
     assert!(matches!(err, Error::Refused { .. }), "{text}");
+    assert_eq!(err.kind(), ErrorKind::Unauthorized, "{text}");
     assert!(
         text.contains("401") && text.contains("UNAUTHORIZED: authentication required"),
         "{text}"
@@ -560,6 +565,7 @@ fn cancel_keeps_the_partial_and_the_next_run_resumes() {
     };
     let err = pull_model_blob(&server.name(), cache.path(), &rec).unwrap_err();
     assert!(matches!(err, Error::Cancelled), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Interrupted);
     let partial = partial_file(cache.path(), &server);
     let have = std::fs::metadata(&partial).unwrap().len();
     assert!(have >= 1 << 20 && have < server.registry.blob.len() as u64, "{have}");
@@ -595,11 +601,13 @@ fn an_unreachable_registry_is_named() {
         .port();
     let name = ModelName::parse(&format!("127.0.0.1:{port}/library/tiny")).unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let text = err_text(&pull_model_blob(&name, cache.path(), &Silent).unwrap_err());
+    let err = pull_model_blob(&name, cache.path(), &Silent).unwrap_err();
+    let text = err_text(&err);
     assert!(
         text.contains(&format!("http://127.0.0.1:{port}")) && text.contains("no registry answers"),
         "{text}"
     );
+    assert_eq!(err.kind(), ErrorKind::Server, "{text}");
 }
 
 /// The whole path as a user meets it: the Ollama server is elsewhere (it answers /api/show, the
@@ -697,12 +705,24 @@ fn a_busy_registry_is_asked_again_after_its_retry_after() {
         ..Default::default()
     });
     let cache = tempfile::tempdir().unwrap();
-    let text = err_text(&pull_model_blob_with(&server.name(), cache.path(), &Silent, patience(3)).unwrap_err());
+    let err = pull_model_blob_with(&server.name(), cache.path(), &Silent, patience(3)).unwrap_err();
+    let text = err_text(&err);
     assert!(
         text.contains("429") && text.contains("TOOMANYREQUESTS: slow down"),
         "{text}"
     );
+    assert_eq!(err.kind(), ErrorKind::RateLimited, "{text}");
     assert_eq!(server.blob_requests(), 1);
+
+    // Still 429 once the retries are spent: rate limited, after 1 + 2 requests.
+    let server = Server::start(Misbehave {
+        busy: vec![(429, None); 3],
+        ..Default::default()
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let err = pull_model_blob_with(&server.name(), cache.path(), &Silent, patience(2)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited, "{err}");
+    assert_eq!(server.blob_requests(), 3);
 }
 
 #[test]

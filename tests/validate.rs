@@ -276,3 +276,56 @@ fn unknown_ggml_type_in_a_gguf_base() {
         .failure()
         .stdout(contains("blk.0.odd.weight: type 99"));
 }
+
+#[test]
+fn a_library_caller_gets_a_kind_for_gguf_adapters_that_do_not_fit_and_models_the_store_lacks() {
+    use ollama_tools::ErrorKind::{Mismatch, NotFound, Unsupported};
+    use ollama_tools::engine::base::BaseModel;
+    use ollama_tools::engine::validate::check_gguf_adapter;
+    let d = tempfile::tempdir().unwrap();
+    let a = tiny_adapter(&d.path().join("a"), json!({}), vec![]);
+    let gguf = d.path().join("tiny.gguf");
+    write_base_gguf(&gguf, "llama", TINY);
+    let lora = d.path().join("lora.gguf");
+    bin()
+        .arg("convert")
+        .arg(&a)
+        .arg("--base")
+        .arg(&gguf)
+        .arg("-o")
+        .arg(&lora)
+        .assert()
+        .success();
+    let base = |name: &str, arch: &str, dims: Dims| {
+        let p = d.path().join(name);
+        write_base_gguf(&p, arch, dims);
+        BaseModel::load(&p).unwrap()
+    };
+    assert!(check_gguf_adapter(&lora, &base("same.gguf", "llama", TINY)).is_ok());
+    for (what, other) in [
+        ("wider", base("wider.gguf", "llama", Dims { hidden: 64, ..TINY })),
+        ("fewer layers", base("short.gguf", "llama", Dims { layers: 1, ..TINY })),
+        ("another architecture", base("qwen.gguf", "qwen2", TINY)),
+    ] {
+        let err = check_gguf_adapter(&lora, &other).err().expect(what);
+        assert_eq!(err.kind(), Mismatch, "{what}: {err}");
+    }
+    // A model given where the adapter goes fits nothing.
+    let err = check_gguf_adapter(&gguf, &base("again.gguf", "llama", TINY))
+        .err()
+        .expect("a model as the adapter");
+    assert_eq!(err.kind(), Unsupported, "{err}");
+
+    // A model the store does not hold, and one whose blob is gone.
+    let store = d.path().join("models");
+    write_store(&store, "registry.ollama.ai", "library", "tiny", "latest", &gguf);
+    let name = |n: &str| ollama_tools::remote::ollama::ModelName::parse(n).unwrap();
+    assert!(BaseModel::from_store(&name("tiny"), &store).is_ok());
+    let err = BaseModel::from_store(&name("absent"), &store).unwrap_err();
+    assert_eq!(err.kind(), NotFound, "{err}");
+    for e in std::fs::read_dir(store.join("blobs")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let err = BaseModel::from_store(&name("tiny"), &store).unwrap_err();
+    assert_eq!(err.kind(), NotFound, "{err}");
+}
