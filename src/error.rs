@@ -1,7 +1,7 @@
 //! The library's error type. Every variant names the file it is about; refusals and bad input carry
 //! a hint saying what the user can do, because "invalid adapter" alone helps nobody, and a kind
 //! ([`ErrorKind`]) a caller can match on, because the message is for people. Also here:
-//! what every talk with a server shares ([`printable`] for server text, [`Patience`] for timeouts
+//! what every talk with a server shares (`printable` for server text, [`Patience`] for timeouts
 //! and retries).
 
 use std::path::{Path, PathBuf};
@@ -160,7 +160,7 @@ impl Error {
 /// bidirectional overrides that reorder what a terminal shows) become visible escapes such as
 /// `\u{1b}`, newline and tab are kept, and at most `max_chars` characters are shown. A hostile or
 /// broken server must not be able to recolour, rewrite or flood the user's terminal.
-pub fn printable(s: &str, max_chars: usize) -> String {
+pub(crate) fn printable(s: &str, max_chars: usize) -> String {
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
         if i == max_chars {
@@ -182,7 +182,7 @@ pub fn printable(s: &str, max_chars: usize) -> String {
 
 /// What a JSON answer that could not be read is, in words: empty, cut short, not JSON at all, or
 /// JSON of another shape (serde's own text, which then names the field).
-pub fn json_problem(e: &serde_json::Error, body: &[u8]) -> String {
+pub(crate) fn json_problem(e: &serde_json::Error, body: &[u8]) -> String {
     use serde_json::error::Category;
     match e.classify() {
         Category::Eof if body.iter().all(u8::is_ascii_whitespace) => "the answer was empty".into(),
@@ -204,8 +204,11 @@ pub fn json_problem(e: &serde_json::Error, body: &[u8]) -> String {
 /// the total wait is at most `retries * max_wait`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Patience {
+    /// How long a server may send nothing before it is given up on (`OLLAMA_TOOLS_TIMEOUT`).
     pub idle: std::time::Duration,
+    /// How often a broken transfer or a "later" answer is retried (`OLLAMA_TOOLS_RETRIES`).
     pub retries: u32,
+    /// The longest single wait between tries (`OLLAMA_TOOLS_RETRY_MAX_WAIT`).
     pub max_wait: std::time::Duration,
 }
 
@@ -220,6 +223,7 @@ impl Default for Patience {
 }
 
 impl Patience {
+    /// The patience this process's environment asks for (see [`Patience`]).
     pub fn from_env() -> Self {
         Self::from_vars(|k| std::env::var(k).ok())
     }
@@ -244,7 +248,7 @@ impl Patience {
 
     /// The wait before retry number `n` (0 for the first), honouring the server's `Retry-After`;
     /// `None` when no retry is left or the server asks for longer than `max_wait`.
-    pub fn delay(&self, n: u32, retry_after: Option<std::time::Duration>) -> Option<std::time::Duration> {
+    pub(crate) fn delay(&self, n: u32, retry_after: Option<std::time::Duration>) -> Option<std::time::Duration> {
         if n >= self.retries || retry_after.is_some_and(|r| r > self.max_wait) {
             return None;
         }
@@ -259,7 +263,7 @@ impl Patience {
     }
 
     /// Sleeps `d` in short steps, stopping early with [`Error::Cancelled`] when `cancelled` says so.
-    pub fn sleep(&self, d: std::time::Duration, cancelled: impl Fn() -> bool) -> Result<()> {
+    pub(crate) fn sleep(&self, d: std::time::Duration, cancelled: impl Fn() -> bool) -> Result<()> {
         let end = std::time::Instant::now() + d;
         while let Some(left) = end
             .checked_duration_since(std::time::Instant::now())
@@ -290,7 +294,7 @@ fn jitter(salt: u32) -> f64 {
 
 /// A `Retry-After` value: delay-seconds, or an HTTP date (IMF-fixdate, `Sun, 06 Nov 1994 08:49:37
 /// GMT`) taken relative to `now`; a date in the past means at once. `None` when unreadable.
-pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<std::time::Duration> {
+pub(crate) fn retry_after(value: &str, now: std::time::SystemTime) -> Option<std::time::Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(std::time::Duration::from_secs(secs));

@@ -29,7 +29,8 @@ use crate::error::{Error, ErrorKind, Patience, Result, json_problem, printable, 
 use crate::progress::Progress;
 use crate::remote::ollama::{BodyError, MESSAGE_CHARS, error_body, read_capped};
 
-pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+/// The Hub's address when `HF_ENDPOINT` is not set.
+pub(crate) const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// Where and how to reach the Hub, from the environment variables `huggingface_hub` reads. Its
 /// `Debug` leaves the token out.
@@ -57,10 +58,13 @@ impl std::fmt::Debug for Settings {
 }
 
 impl Settings {
+    /// The settings from this process's environment (empty variables count as unset).
     pub fn from_env() -> Self {
         Self::from_vars(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     }
 
+    /// The settings from the variables `var` gives (`None`: unset), read as `huggingface_hub`
+    /// reads them; the token file is read when no token variable is set.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
         let home = var("HOME").or_else(|| var("USERPROFILE")).unwrap_or_default();
         let hf_home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
@@ -145,8 +149,8 @@ impl Candidate {
     }
 }
 
-/// The tokenizer files transformers saves, that `listing` holds in folder `dir`.
-pub const TOKENIZER_FILES: &[&str] = &[
+/// The tokenizer files transformers saves beside a model or adapter.
+pub(crate) const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "added_tokens.json",
@@ -250,9 +254,10 @@ pub fn candidates(repo: &str, files: &[String], subfolder: Option<&str>) -> Resu
 
 /// A Hub client for one endpoint, with the token sent only to it.
 pub struct Hub {
-    pub settings: Settings,
+    /// Where the Hub is, the token, the cache, whether offline.
+    pub(crate) settings: Settings,
     /// Timeouts and retries (`OLLAMA_TOOLS_TIMEOUT`, ...; see [`Patience`]).
-    pub patience: Patience,
+    pub(crate) patience: Patience,
     /// How long the peeks at GGUF files' headers may take together (they run side by side).
     pub probe_time: Duration,
     http: Client,
@@ -277,10 +282,13 @@ enum NetError {
 }
 
 impl Hub {
+    /// A client for `settings`, with the timeouts and retries of [`Patience::from_env`]. Nothing is
+    /// asked of the Hub yet.
     pub fn new(settings: Settings) -> Self {
         Self::with_patience(settings, Patience::from_env())
     }
 
+    /// [`Hub::new`] with its timeouts and retries given rather than taken from the environment.
     pub fn with_patience(settings: Settings, patience: Patience) -> Self {
         let http = Client::builder()
             // Redirects are followed by hand: an LFS file's redirect to another host must go there
@@ -309,7 +317,7 @@ impl Hub {
     }
 
     /// The repo's folder in the cache.
-    pub fn repo_dir(&self, repo: &str) -> PathBuf {
+    pub(crate) fn repo_dir(&self, repo: &str) -> PathBuf {
         self.settings.cache.join(Repo::model(repo.to_string()).folder_name())
     }
 
@@ -436,7 +444,10 @@ impl Hub {
         }
     }
 
-    /// The files of `repo` at `revision` (a branch, tag or commit).
+    /// The files of `repo` at `revision` (a branch, tag or commit), and the commit it is at. A repo
+    /// or revision the Hub does not have is [`ErrorKind::NotFound`], a gated or private one
+    /// [`ErrorKind::Unauthorized`], a Hub still answering 429 after the retries
+    /// [`ErrorKind::RateLimited`], no Hub [`ErrorKind::Server`].
     pub fn info(&self, repo: &str, revision: &str) -> Result<RepoInfo> {
         self.try_info(repo, revision, &crate::progress::Silent)?
     }
@@ -662,7 +673,7 @@ impl Hub {
     /// an error saying so). Returns the snapshot path (`snapshots/<commit>/<file>`).
     /// `at` is the commit the listing gave, so every file comes from one commit even if the branch
     /// moves meanwhile (`None`: the revision as it is now).
-    pub fn fetch(
+    pub(crate) fn fetch(
         &self,
         repo: &str,
         revision: &str,
@@ -832,7 +843,7 @@ impl Hub {
 
     /// The commit a revision points at in the cache (`refs/<revision>`), or the revision itself when
     /// it is a commit; `None` for a revision that is not a valid name.
-    pub fn cached_commit(&self, repo: &str, revision: &str) -> Option<String> {
+    pub(crate) fn cached_commit(&self, repo: &str, revision: &str) -> Option<String> {
         if is_commit(revision) {
             return Some(revision.to_string());
         }
@@ -846,7 +857,7 @@ impl Hub {
     }
 
     /// The file in the cache for this revision, if a download (ours or another tool's) put it there.
-    pub fn cached(&self, repo: &str, revision: &str, file: &str) -> Option<PathBuf> {
+    pub(crate) fn cached(&self, repo: &str, revision: &str, file: &str) -> Option<PathBuf> {
         check_file_path(repo, file).ok()?;
         let commit = self.cached_commit(repo, revision)?;
         let p = self.repo_dir(repo).join("snapshots").join(commit).join(file);
@@ -1136,7 +1147,7 @@ fn rate_limit_hint(retry: Option<&str>) -> String {
 /// A revision (`--revision`) before it is used in a URL or a path in the cache (`refs/<revision>`):
 /// a commit, or a branch or tag name as git allows them (`main`, `v1.0`, `refs/pr/1`), so nothing
 /// like `../..`, an absolute path, a backslash or a control character gets near the file system.
-pub fn check_revision(revision: &str) -> Result<()> {
+pub(crate) fn check_revision(revision: &str) -> Result<()> {
     let bad_part = |p: &str| p.is_empty() || p.starts_with('.') || p.ends_with(".lock") || p.ends_with('.');
     let bad_char = |c: char| c.is_control() || " ~^:?*[\\".contains(c);
     if is_commit(revision)
@@ -1290,11 +1301,15 @@ fn copy_atomically(from: &Path, to: &Path) -> Result<()> {
 /// What `fetch-adapter` downloaded.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Fetched {
+    /// The repo (`ORG/NAME`).
     pub repo: String,
+    /// The revision asked for (a branch, tag or commit).
     pub revision: String,
+    /// The commit the files come from (40 hex).
     pub commit: String,
     /// The adapter folder (PEFT) or file (GGUF) in the cache's snapshot.
     pub path: PathBuf,
+    /// The adapter is a GGUF file, not a PEFT folder.
     pub gguf: bool,
     /// Every file downloaded or found in the cache.
     pub files: Vec<PathBuf>,
@@ -1302,6 +1317,10 @@ pub struct Fetched {
 
 /// Finds the adapter in `repo` at `revision` (asking which one when there are several), and makes its
 /// files available in the cache: downloaded, or as they are when another run or tool put them there.
+/// Without the Hub, a revision the cache knows is served from it. Errors carry a kind: the Hub's as
+/// for [`Hub::info`]; a repo without an adapter [`ErrorKind::NotFound`], one with only a pickle or a
+/// full model [`ErrorKind::Unsupported`], several adapters and nobody to ask [`ErrorKind::Usage`];
+/// Ctrl-C [`Error::Cancelled`], keeping what was downloaded for the next run to resume.
 pub fn fetch_adapter(
     hub: &Hub,
     repo: &str,

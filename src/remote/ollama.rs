@@ -15,17 +15,25 @@ use crate::progress::Progress;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
+/// The registry of a model name without a host ([`ModelName::registry`]): ollama.com's.
 pub const DEFAULT_REGISTRY: &str = "registry.ollama.ai";
+/// The namespace of a model name without one ([`ModelName::namespace`]): Ollama's own models.
 pub const DEFAULT_NAMESPACE: &str = "library";
+/// The tag of a model name without one ([`ModelName::tag`]).
 pub const DEFAULT_TAG: &str = "latest";
 /// The media type of a manifest layer holding the model's GGUF weights.
 pub const MODEL_LAYER: &str = "application/vnd.ollama.image.model";
-/// Media types of the other layers a model's manifest may carry (text, or JSON for params/messages).
+/// The media type of a layer holding a GGUF LoRA adapter (`ADAPTER` in a Modelfile).
 pub const ADAPTER_LAYER: &str = "application/vnd.ollama.image.adapter";
+/// The media type of a layer holding the chat template (text, Go template syntax).
 pub const TEMPLATE_LAYER: &str = "application/vnd.ollama.image.template";
+/// The media type of a layer holding the system prompt (text).
 pub const SYSTEM_LAYER: &str = "application/vnd.ollama.image.system";
+/// The media type of a layer holding a license (text).
 pub const LICENSE_LAYER: &str = "application/vnd.ollama.image.license";
+/// The media type of a layer holding the parameters (a JSON object).
 pub const PARAMS_LAYER: &str = "application/vnd.ollama.image.params";
+/// The media type of a layer holding the example messages (a JSON list).
 pub const MESSAGES_LAYER: &str = "application/vnd.ollama.image.messages";
 
 /// The server's base URL from `OLLAMA_HOST`, with the ollama CLI's rules: no scheme means http;
@@ -34,6 +42,8 @@ pub fn host() -> String {
     host_from(std::env::var("OLLAMA_HOST").ok().as_deref().unwrap_or(""))
 }
 
+/// [`host`] for the value `value` of `OLLAMA_HOST` (`""` when unset): always a base URL
+/// `scheme://host:port[/path]`, whatever the value holds.
 pub fn host_from(value: &str) -> String {
     let value = value.trim();
     let (scheme, rest, default_port) = match value.split_once("://") {
@@ -70,7 +80,7 @@ fn split_host_port(s: &str) -> Option<(&str, &str)> {
 }
 
 /// The model store: `OLLAMA_MODELS`, else `~/.ollama/models`.
-pub fn store_dir() -> PathBuf {
+pub(crate) fn store_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("OLLAMA_MODELS").filter(|v| !v.is_empty()) {
         return PathBuf::from(dir);
     }
@@ -83,9 +93,13 @@ pub fn store_dir() -> PathBuf {
 /// A model name split the way Ollama splits it: `[host/][namespace/]model[:tag]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelName {
+    /// The registry's host (and port): [`DEFAULT_REGISTRY`] unless the name gives one.
     pub registry: String,
+    /// [`DEFAULT_NAMESPACE`] unless the name gives one (a user's, for `user/model`).
     pub namespace: String,
+    /// The model.
     pub model: String,
+    /// [`DEFAULT_TAG`] unless the name gives one.
     pub tag: String,
 }
 
@@ -141,6 +155,7 @@ impl std::fmt::Display for ModelName {
 /// `POST /api/show` with `verbose: true`, the parts we use.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Show {
+    /// Format, family, size and quantization, in words.
     #[serde(default, deserialize_with = "null_as_default")]
     pub details: Details,
     /// The base GGUF's metadata (`general.architecture`, `llama.block_count`, ...).
@@ -149,24 +164,28 @@ pub struct Show {
     /// Tensor names, types and shapes (ggml order), where the server lists them.
     #[serde(default, deserialize_with = "null_as_default")]
     pub tensors: Vec<ShowTensor>,
-    /// The chat template (Go template syntax), system prompt and license the model carries.
+    /// The chat template (Go template syntax) the model carries; empty without one.
     #[serde(default, deserialize_with = "null_as_default")]
     pub template: String,
+    /// The system prompt the model carries; empty without one.
     #[serde(default, deserialize_with = "null_as_default")]
     pub system: String,
-    /// A string; some servers send a list of licenses.
+    /// The license: a string; some servers send a list of licenses ([`Show::license_text`] reads both).
     #[serde(default)]
     pub license: Json,
     /// Parameters as text: one `name value` line each, values printed as Go's `%#v`.
     #[serde(default, deserialize_with = "null_as_default")]
     pub parameters: String,
+    /// The example messages the model carries (Modelfile `MESSAGE`).
     #[serde(default, deserialize_with = "null_as_default")]
     pub messages: Vec<crate::formats::modelfile::Message>,
-    /// Built-in prompt renderer and output parser (current Ollama's alternative to a template).
+    /// The built-in prompt renderer (current Ollama's alternative to a template); empty without one.
     #[serde(default, deserialize_with = "null_as_default")]
     pub renderer: String,
+    /// The built-in output parser that goes with [`Show::renderer`]; empty without one.
     #[serde(default, deserialize_with = "null_as_default")]
     pub parser: String,
+    /// When the model was last changed, as the server writes it (RFC 3339).
     #[serde(default, deserialize_with = "null_as_default")]
     pub modified_at: String,
     /// The model's Modelfile as the server prints it (`ADAPTER` lines show an adapter layer).
@@ -185,23 +204,32 @@ impl Show {
     }
 }
 
+/// `details` of `/api/show`; a field the server leaves out is empty.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Details {
+    /// `gguf`, or `safetensors` for a model the MLX runner runs.
     #[serde(default, deserialize_with = "null_as_default")]
     pub format: String,
+    /// The architecture family (`llama`, `qwen2`, ...).
     #[serde(default, deserialize_with = "null_as_default")]
     pub family: String,
+    /// The size in words (`3.2B`).
     #[serde(default, deserialize_with = "null_as_default")]
     pub parameter_size: String,
+    /// The file type (`Q4_K_M`, `F16`, ...).
     #[serde(default, deserialize_with = "null_as_default")]
     pub quantization_level: String,
 }
 
+/// A tensor `/api/show` lists.
 #[derive(Clone, Debug, Deserialize)]
 pub struct ShowTensor {
+    /// Its GGUF name (`blk.0.attn_q.weight`).
     pub name: String,
+    /// Its ggml type's name (`Q4_K`, `F32`, ...).
     #[serde(rename = "type")]
     pub ty: String,
+    /// Its shape in ggml order (innermost dimension first).
     pub shape: Vec<u64>,
 }
 
@@ -210,28 +238,71 @@ pub struct ShowTensor {
 pub enum ApiError {
     /// Nobody answered: no server there (the caller may fall back to the local store).
     #[error("no Ollama server answers at {url} ({err})")]
-    Unreachable { url: String, err: String },
+    Unreachable {
+        /// The server's base URL.
+        url: String,
+        /// Why, in words (the innermost cause: "Connection refused").
+        err: String,
+    },
     /// The server answered with an error; `message` is Ollama's own text.
     #[error("Ollama at {url} answered {status}: {message}")]
-    Status { url: String, status: u16, message: String },
+    Status {
+        /// The server's base URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// Ollama's `{"error": ...}` text, else the body, with control characters escaped.
+        message: String,
+    },
+    /// An answer that is not what Ollama's API documents: not JSON, another shape, too large, a
+    /// stream that ends without `success`, a redirect loop.
     #[error("Ollama at {url} sent an answer that is not what its API documents: {err}")]
-    Malformed { url: String, err: String },
+    Malformed {
+        /// The URL asked.
+        url: String,
+        /// What is wrong with the answer.
+        err: String,
+    },
     /// A streamed call ended with an `{"error": ...}` line; `message` is Ollama's own text.
     #[error("Ollama at {url}: {message}")]
-    Failed { url: String, message: String },
+    Failed {
+        /// The server's base URL.
+        url: String,
+        /// Ollama's text, with control characters escaped.
+        message: String,
+    },
     /// The connection broke while the server was streaming its answer (a create, pull or push
     /// cut half-way): unlike [`ApiError::Unreachable`], the server was there.
     #[error("the connection to Ollama at {url} broke off while it was streaming its answer to {path} ({err})")]
-    BrokeOff { url: String, path: String, err: String },
+    BrokeOff {
+        /// The server's base URL.
+        url: String,
+        /// The API path called (`/api/push`).
+        path: String,
+        /// Why, in words.
+        err: String,
+    },
     /// The connection broke while a request body was being sent (an upload cut half-way).
     #[error("the connection to Ollama at {url} broke during the upload ({err})")]
-    Cut { url: String, err: String },
+    Cut {
+        /// The server's base URL.
+        url: String,
+        /// Why, in words.
+        err: String,
+    },
     /// A long call (upload, create, pull) got no byte for the idle timeout.
     #[error(
         "Ollama at {url} sent nothing for {secs} s while {doing}: it may be stuck or overloaded; check its log, or set \
          OLLAMA_TOOLS_TIMEOUT (seconds) to wait longer"
     )]
-    Stalled { url: String, doing: String, secs: u64 },
+    Stalled {
+        /// The server's base URL.
+        url: String,
+        /// What was being waited for, in words.
+        doing: String,
+        /// The idle timeout that ran out, in seconds.
+        secs: u64,
+    },
     /// The user pressed Ctrl-C.
     #[error("interrupted")]
     Cancelled,
@@ -239,7 +310,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// Ollama's own message, for an error the server answered.
-    pub fn message(&self) -> Option<&str> {
+    pub(crate) fn message(&self) -> Option<&str> {
         match self {
             ApiError::Status { message, .. } | ApiError::Failed { message, .. } => Some(message),
             _ => None,
@@ -272,14 +343,19 @@ impl ApiError {
 /// One line of a streamed answer (`/api/create`, `/api/pull`, `/api/push`).
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct StreamStatus {
+    /// What the server is doing (`pulling manifest`, `success`), control characters escaped, on one line.
     #[serde(default, deserialize_with = "null_as_default")]
     pub status: String,
+    /// The layer a transfer's status is about; empty for other statuses.
     #[serde(default, deserialize_with = "null_as_default")]
     pub digest: String,
+    /// The layer's size in bytes; 0 when not given.
     #[serde(default, deserialize_with = "null_as_default")]
     pub total: u64,
+    /// Bytes of the layer done so far.
     #[serde(default, deserialize_with = "null_as_default")]
     pub completed: u64,
+    /// Ollama's error: the line that ends the stream (the client returns it as [`ApiError::Failed`]).
     #[serde(default)]
     pub error: Option<String>,
 }
@@ -287,9 +363,12 @@ pub struct StreamStatus {
 /// An entry of `GET /api/tags`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Tag {
+    /// The model's name with its tag (`llama3.2:latest`).
     pub name: String,
+    /// Its size in bytes, all layers together.
     #[serde(default, deserialize_with = "null_as_default")]
     pub size: u64,
+    /// Its manifest's sha256, in hex.
     #[serde(default, deserialize_with = "null_as_default")]
     pub digest: String,
 }
@@ -325,10 +404,14 @@ pub(crate) const LINE_CAP: usize = 1 << 20;
 pub(crate) const MESSAGE_CHARS: usize = 400;
 
 impl Client {
+    /// A client for the server at `base` (a URL such as [`host`] gives), with the timeouts of
+    /// [`Patience::from_env`]. Nothing is asked of the server yet.
     pub fn new(base: &str) -> Self {
         Self::with_patience(base, Patience::from_env())
     }
 
+    /// [`Client::new`] with its idle timeout ([`Patience::idle`]) given rather than taken from the
+    /// environment.
     pub fn with_patience(base: &str, patience: Patience) -> Self {
         let build = |timeout: Option<Duration>| {
             reqwest::blocking::Client::builder()
@@ -345,7 +428,8 @@ impl Client {
         }
     }
 
-    pub fn base(&self) -> &str {
+    /// The server's base URL, without a trailing slash.
+    pub(crate) fn base(&self) -> &str {
         &self.base
     }
 
@@ -416,7 +500,7 @@ impl Client {
     }
 
     /// Whether `model` exists on the server: its `/api/show`, or `None` on 404.
-    pub fn find(&self, model: &str) -> Result<Option<Show>, ApiError> {
+    pub(crate) fn find(&self, model: &str) -> Result<Option<Show>, ApiError> {
         match self.show(model) {
             Ok(show) => Ok(Some(show)),
             Err(ApiError::Status { status: 404, .. }) => Ok(None),
@@ -458,7 +542,7 @@ impl Client {
     }
 
     /// `HEAD /api/blobs/<digest>`: whether the server already holds the blob.
-    pub fn has_blob(&self, digest: &str) -> Result<bool, ApiError> {
+    pub(crate) fn has_blob(&self, digest: &str) -> Result<bool, ApiError> {
         let resp = self
             .http
             .head(format!("{}/api/blobs/{digest}", self.base))
@@ -568,7 +652,7 @@ impl Client {
     /// for `user/model`), streaming `{status, digest, total, completed}` per layer to `on_status`.
     /// The registry's refusals (`unauthorized: access denied`, an unknown key) arrive as an
     /// `{"error": ...}` line, [`ApiError::Failed`]. `insecure` lets Ollama use plain http for the registry.
-    pub fn push(
+    pub(crate) fn push(
         &self,
         model: &str,
         insecure: bool,
@@ -841,14 +925,20 @@ pub struct Manifest {
     /// The model's config blob (architecture, file type, renderer, parser...).
     #[serde(default)]
     pub config: Option<Layer>,
+    /// The model's parts: weights ([`MODEL_LAYER`]), template, parameters, ... in the order Ollama
+    /// applies them.
     pub layers: Vec<Layer>,
 }
 
+/// One layer of a [`Manifest`]: a blob and what it holds.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Layer {
+    /// What the blob holds ([`MODEL_LAYER`], [`TEMPLATE_LAYER`], ...).
     #[serde(rename = "mediaType")]
     pub media_type: String,
+    /// The blob's digest, `sha256:<64 hex>` in a well-formed manifest ([`blob_path`] checks).
     pub digest: String,
+    /// The blob's size in bytes; 0 when not given.
     #[serde(default, deserialize_with = "null_as_default")]
     pub size: u64,
 }

@@ -27,7 +27,7 @@ use crate::remote::ollama::{
 use crate::{Error, Result};
 
 /// What registries answer a manifest request with, as Ollama's registry does.
-pub const MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// How much of the body is read and written at a time.
 const CHUNK: usize = 1 << 20;
@@ -54,7 +54,7 @@ fn cache_dir_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
 
 /// The registry's base URL for a model name: `https://<registry>`, or `http://` for a registry on
 /// this machine (`localhost`, `127.0.0.1`, `[::1]`, with or without a port), which runs without TLS.
-pub fn registry_url(name: &ModelName) -> String {
+pub(crate) fn registry_url(name: &ModelName) -> String {
     let host = name.registry.as_str();
     let bare = if host.starts_with('[') {
         host.split_once(']').map_or(host, |(h, _)| h).trim_start_matches('[')
@@ -69,7 +69,11 @@ pub fn registry_url(name: &ModelName) -> String {
 /// `cache/blobs/sha256-<hex>`, resuming an earlier partial download and verifying the sha256 before
 /// the blob is put in place. A blob already in the cache is reused without a download. Bytes are
 /// reported through `progress`; when it is cancelled the download stops with [`Error::Cancelled`] and
-/// keeps its `.partial` file for the next run to resume. Returns the blob's path.
+/// keeps its `.partial` file for the next run to resume. Returns the blob's path. A model or tag the
+/// registry does not have is [`ErrorKind::NotFound`], one it refuses [`ErrorKind::Unauthorized`]
+/// (this pulls without credentials), a registry still answering 429 after the retries
+/// [`ErrorKind::RateLimited`], and one that is unreachable, breaks off or sends other bytes
+/// [`ErrorKind::Server`].
 pub fn pull_model_blob(name: &ModelName, cache: &Path, progress: &dyn Progress) -> Result<PathBuf> {
     pull_model_blob_with(name, cache, progress, Patience::from_env())
 }
@@ -583,7 +587,7 @@ pub fn resolve_gguf(spec: &str, progress: &dyn Progress) -> Result<BaseModel> {
 
 /// A named model with its GGUF file: the blob in the local store, else the model's GGUF layer
 /// downloaded from its registry (as `ollama pull` does) into this tool's cache.
-pub fn local_or_pulled(name: &ModelName, progress: &dyn Progress) -> Result<BaseModel> {
+pub(crate) fn local_or_pulled(name: &ModelName, progress: &dyn Progress) -> Result<BaseModel> {
     if let Ok(local) = BaseModel::from_store(name, &crate::remote::ollama::store_dir()) {
         return Ok(local);
     }
