@@ -1328,16 +1328,7 @@ pub fn fetch_adapter(
     subfolder: Option<&str>,
     ui: &dyn Progress,
 ) -> Result<Fetched> {
-    if repo.split('/').count() != 2
-        || repo
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\\') || p.contains(char::is_control))
-    {
-        return Err(Error::Usage(format!(
-            "`{}` is not a Hugging Face repo id: use ORG/NAME, e.g. `someone/llama3-lora`",
-            printable(repo, 100)
-        )));
-    }
+    check_repo_id(repo)?;
     check_revision(revision)?;
     let (commit, listing) = if hub.settings.offline {
         (hub.cached_commit(repo, revision), None)
@@ -1363,72 +1354,9 @@ pub fn fetch_adapter(
     };
     let candidate = match &listing {
         Some(files) => {
-            let mut found = candidates(repo, files, subfolder)?;
-            // A .gguf may be the whole model rather than an adapter: its header says which, from
-            // its first bytes, before anything large is downloaded.
             let at = commit.as_deref().unwrap_or(revision);
-            let ggufs: Vec<String> = found
-                .iter()
-                .filter_map(|c| {
-                    if let Candidate::Gguf(f) = c {
-                        Some(f.clone())
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            let types = hub.gguf_types(repo, revision, at, &ggufs);
-            let mut models = Vec::new();
-            for (f, t) in ggufs.iter().zip(&types) {
-                if let Some(t) = t.as_deref().filter(|t| *t != "adapter") {
-                    models.push(format!("{} (general.type `{}`)", printable(f, 200), printable(t, 40)));
-                    found.retain(|c| c != &Candidate::Gguf(f.clone()));
-                }
-            }
-            if found.is_empty() {
-                return Err(Error::refused(
-                    Path::new(repo),
-                    format!(
-                        "`{repo}` holds no LoRA adapter; its GGUF files are not adapters: {}",
-                        models.join(", ")
-                    ),
-                    "a full-model GGUF is imported with Ollama directly (`FROM ./file.gguf` in a Modelfile), not with this command",
-                ));
-            }
-            if !models.is_empty() {
-                ui.notice(&format!("not adapters, left out: {}", models.join(", ")));
-            }
-            match found.len() {
-                1 => found.into_iter().next().expect("one"),
-                _ => {
-                    let items: Vec<String> = found.iter().map(|c| c.to_string()).collect();
-                    match ui.choose(&format!("`{repo}` holds {} adapters; which one?", found.len()), &items) {
-                        Some(i) => found[i].clone(),
-                        None => {
-                            let list: Vec<String> = found
-                                .iter()
-                                .map(|c| match c {
-                                    Candidate::Peft(d) if d.is_empty() => {
-                                        "  --subfolder .   (the PEFT adapter at the repo's root)".to_string()
-                                    }
-                                    Candidate::Peft(d) => format!("  --subfolder {}", printable(d, 200)),
-                                    Candidate::Gguf(p) => format!("  --subfolder {}", printable(p, 200)),
-                                })
-                                .collect();
-                            return Err(Error::Refused {
-                                path: PathBuf::from(repo),
-                                msg: format!(
-                                    "the repo holds {} adapters and there is no terminal to ask which one:\n{}",
-                                    found.len(),
-                                    list.join("\n")
-                                ),
-                                hint: Some("pass --subfolder with one of them (a folder, or a .gguf file)".into()),
-                                kind: ErrorKind::Usage,
-                            });
-                        }
-                    }
-                }
-            }
+            let found = adapters_only(hub, repo, revision, at, candidates(repo, files, subfolder)?, ui)?;
+            pick_candidate(repo, found, ui)?
         }
         // Offline: what the cache holds decides.
         None => match subfolder {
@@ -1460,6 +1388,92 @@ pub fn fetch_adapter(
         gguf: matches!(candidate, Candidate::Gguf(_)),
         path,
         files,
+    })
+}
+
+/// Refuses what is not `ORG/NAME` (and could name a path outside the cache).
+fn check_repo_id(repo: &str) -> Result<()> {
+    if repo.split('/').count() != 2
+        || repo
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\\') || p.contains(char::is_control))
+    {
+        return Err(Error::Usage(format!(
+            "`{}` is not a Hugging Face repo id: use ORG/NAME, e.g. `someone/llama3-lora`",
+            printable(repo, 100)
+        )));
+    }
+    Ok(())
+}
+
+/// The candidates without the GGUF files that are whole models (a .gguf's header says which, from
+/// its first bytes, before anything large is downloaded); refused when nothing is left.
+fn adapters_only(
+    hub: &Hub,
+    repo: &str,
+    revision: &str,
+    at: &str,
+    mut found: Vec<Candidate>,
+    ui: &dyn Progress,
+) -> Result<Vec<Candidate>> {
+    let ggufs: Vec<String> = found
+        .iter()
+        .filter_map(|c| match c {
+            Candidate::Gguf(f) => Some(f.clone()),
+            Candidate::Peft(_) => None,
+        })
+        .collect();
+    let types = hub.gguf_types(repo, revision, at, &ggufs);
+    let mut models = Vec::new();
+    for (f, t) in ggufs.iter().zip(&types) {
+        if let Some(t) = t.as_deref().filter(|t| *t != "adapter") {
+            models.push(format!("{} (general.type `{}`)", printable(f, 200), printable(t, 40)));
+            found.retain(|c| c != &Candidate::Gguf(f.clone()));
+        }
+    }
+    if found.is_empty() {
+        return Err(Error::refused(
+            Path::new(repo),
+            format!(
+                "`{repo}` holds no LoRA adapter; its GGUF files are not adapters: {}",
+                models.join(", ")
+            ),
+            "a full-model GGUF is imported with Ollama directly (`FROM ./file.gguf` in a Modelfile), not with this command",
+        ));
+    }
+    if !models.is_empty() {
+        ui.notice(&format!("not adapters, left out: {}", models.join(", ")));
+    }
+    Ok(found)
+}
+
+/// The one adapter, or the one the user chooses; refused, with the `--subfolder` values, when there
+/// are several and nobody to ask.
+fn pick_candidate(repo: &str, found: Vec<Candidate>, ui: &dyn Progress) -> Result<Candidate> {
+    if found.len() == 1 {
+        return Ok(found.into_iter().next().expect("one"));
+    }
+    let items: Vec<String> = found.iter().map(|c| c.to_string()).collect();
+    if let Some(i) = ui.choose(&format!("`{repo}` holds {} adapters; which one?", found.len()), &items) {
+        return Ok(found[i].clone());
+    }
+    let list: Vec<String> = found
+        .iter()
+        .map(|c| match c {
+            Candidate::Peft(d) if d.is_empty() => "  --subfolder .   (the PEFT adapter at the repo's root)".to_string(),
+            Candidate::Peft(d) => format!("  --subfolder {}", printable(d, 200)),
+            Candidate::Gguf(p) => format!("  --subfolder {}", printable(p, 200)),
+        })
+        .collect();
+    Err(Error::Refused {
+        path: PathBuf::from(repo),
+        msg: format!(
+            "the repo holds {} adapters and there is no terminal to ask which one:\n{}",
+            found.len(),
+            list.join("\n")
+        ),
+        hint: Some("pass --subfolder with one of them (a folder, or a .gguf file)".into()),
+        kind: ErrorKind::Usage,
     })
 }
 
