@@ -1,6 +1,6 @@
 //! An ordered parallel map: worker threads compute results for a list of jobs, and one consumer (the
 //! calling thread, which writes the output file) receives them in job order. Each worker has at most
-//! [`QUEUE`] finished results waiting, so memory stays at a few results however long the list.
+//! `QUEUE` finished results waiting, so memory stays at a few results however long the list.
 
 use std::sync::mpsc::sync_channel;
 
