@@ -9,47 +9,47 @@
 #[derive(Debug)]
 pub struct Arch {
     /// `general.architecture` in GGUF.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// Hugging Face `config.json` `model_type` values (top level or `text_config`) that llama.cpp's
     /// converter turns into this architecture (Mistral becomes `llama`).
-    pub hf_model_types: &'static [&'static str],
+    pub(crate) hf_model_types: &'static [&'static str],
     /// The models it covers, for messages and docs.
-    pub models: &'static str,
+    pub(crate) models: &'static str,
     /// HF module name inside a decoder layer -> GGUF tensor stem inside `blk.{i}.`, in groups.
-    pub layer_modules: &'static [&'static [(&'static str, &'static str)]],
+    pub(crate) layer_modules: &'static [&'static [(&'static str, &'static str)]],
     /// HF module name directly under the decoder -> GGUF tensor name without `.weight`
     /// (besides `embed_tokens` and `lm_head`).
-    pub model_modules: &'static [(&'static str, &'static str)],
+    pub(crate) model_modules: &'static [(&'static str, &'static str)],
     /// llama.cpp's `llama` converter interleaves the rows of q_proj/k_proj per head for its RoPE
     /// (see [`permute_rows`]); LoRA must do the same to lora_B.
-    pub permute_qk: bool,
+    pub(crate) permute_qk: bool,
     /// Base tensors (GGUF names without `.weight`) that llama.cpp's runtime multiplies without
     /// applying LoRA: an adapter on them can only be merged.
-    pub merge_only: &'static [&'static str],
+    pub(crate) merge_only: &'static [&'static str],
     /// Qwen3.5's converter reorders linear-attention V heads from grouped to tiled order (see
     /// [`v_head_order`]); LoRA follows on lora_B's rows or lora_A's columns.
-    pub reorder_v_heads: bool,
+    pub(crate) reorder_v_heads: bool,
     /// The multimodal towers' linear modules, for bases that carry a tower (see [`TowerModule`]).
-    pub towers: &'static [TowerModule],
+    pub(crate) towers: &'static [TowerModule],
     /// Mixture-of-experts: HF module inside `experts.{e}.` -> GGUF stem of the 3-D tensor that
     /// stacks every expert's weight (`blk.{i}.{stem}.weight`, ggml `[in, out, n_expert]`).
-    pub experts: &'static [(&'static str, &'static str)],
+    pub(crate) experts: &'static [(&'static str, &'static str)],
     /// Mixture-of-experts as fused 3-D parameters (transformers 5, PEFT `target_parameters`):
     /// parameter -> the stacked expert tensors its rows go to (equal consecutive parts).
-    pub fused_experts: &'static [(&'static str, &'static [&'static str])],
+    pub(crate) fused_experts: &'static [(&'static str, &'static [&'static str])],
     /// The fused `gate_up_proj` alternates gate and up (gpt-oss: `[..., ::2]` / `[..., 1::2]`),
     /// rather than gate then up.
-    pub interleaved_gate_up: bool,
+    pub(crate) interleaved_gate_up: bool,
     /// How the fused expert parameters are stored, which decides how PEFT lays out their LoRA.
-    pub fused_layout: FusedLayout,
+    pub(crate) fused_layout: FusedLayout,
     /// HF modules whose weight llama.cpp's converter splits by rows into equal consecutive parts,
     /// one GGUF tensor stem per part: their LoRA becomes one pair per part, sharing lora_A.
-    pub row_splits: &'static [(&'static str, &'static [&'static str])],
+    pub(crate) row_splits: &'static [(&'static str, &'static [&'static str])],
 }
 
 /// The layout of transformers' fused expert parameters (`gate_up_proj`, `down_proj`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FusedLayout {
+pub(crate) enum FusedLayout {
     /// `[n, out, in]`, used as `F.linear(x, W[e])` (Qwen3-MoE, Qwen3.5-MoE, Mixtral).
     OutIn,
     /// `[n, in, out]`, used as `x @ W[e]`, and the experts class says so with `is_transposed`
@@ -66,7 +66,7 @@ impl FusedLayout {
     /// three layouts (tuners/lora/layer.py, ParamWrapper): before 0.19.0 lora_A takes the middle
     /// dimension; 0.19.0 takes the last one when the class is marked `is_transposed`; from 0.19.1
     /// the last one when it is not.
-    pub fn peft_swaps(self, version: Option<&str>) -> bool {
+    pub(crate) fn peft_swaps(self, version: Option<&str>) -> bool {
         let v = version.map(parse_version).unwrap_or_default();
         match self {
             FusedLayout::OutIn => v < (0, 19, 1),
@@ -184,12 +184,12 @@ const GPT_OSS: &[(&str, &str)] = &[
 /// llama.cpp's mmproj names as the alternative where they differ; no tower linear weight is
 /// permuted or transposed on the way, only Qwen's fused `qkv` is split into thirds by Ollama.
 #[derive(Debug)]
-pub struct TowerModule {
+pub(crate) struct TowerModule {
     /// Module path without the leading `model.`, `{N}` standing for a block number.
-    pub hf: &'static str,
+    pub(crate) hf: &'static str,
     /// Alternative namings; each lists the tensors (without `.weight`) whose rows, in order, make up
     /// the weight: one tensor, or several for a split. The first alternative the base has wins.
-    pub gguf: &'static [&'static [&'static str]],
+    pub(crate) gguf: &'static [&'static [&'static str]],
 }
 
 const fn tower(hf: &'static str, gguf: &'static [&'static [&'static str]]) -> TowerModule {
@@ -368,7 +368,7 @@ const fn dense(
     }
 }
 
-pub const ARCHS: &[Arch] = &[
+pub(crate) const ARCHS: &[Arch] = &[
     Arch {
         // Mixtral is `llama` with experts.
         layer_modules: &[STANDARD, ROUTER],
@@ -469,18 +469,19 @@ pub const ARCHS: &[Arch] = &[
         ..dense("qwen35", &["qwen3_5", "qwen3_5_text"], "Qwen3.5 (dense)", false)
     },
 ];
-/// The table entry for a GGUF architecture name.
+/// The table entry for a GGUF architecture name (`general.architecture`); `None` for one this tool
+/// has no table for, which it refuses.
 pub fn by_name(name: &str) -> Option<&'static Arch> {
     ARCHS.iter().find(|a| a.name == name)
 }
 
 /// The table entry for a Hugging Face `model_type`.
-pub fn by_hf_model_type(model_type: &str) -> Option<&'static Arch> {
+pub(crate) fn by_hf_model_type(model_type: &str) -> Option<&'static Arch> {
     ARCHS.iter().find(|a| a.hf_model_types.contains(&model_type))
 }
 
 /// "llama (Llama 2/3 ...), qwen2 (...)" for error messages.
-pub fn supported_list() -> String {
+pub(crate) fn supported_list() -> String {
     ARCHS
         .iter()
         .map(|a| format!("{} ({})", a.name, a.models))
@@ -490,7 +491,7 @@ pub fn supported_list() -> String {
 
 /// Where in the model a PEFT module sits.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Site {
+pub(crate) enum Site {
     /// A module inside decoder layer `layer`, e.g. `self_attn.q_proj` -> `("q_proj")`.
     Layer { layer: u32, module: String },
     /// One expert's projection in a sparse MoE block (`mlp.experts.3.gate_proj`).
@@ -547,7 +548,7 @@ const TOWERS: &[&str] = &[
 /// Finds the site of a PEFT module path (`model.layers.3.self_attn.q_proj`, without the
 /// `base_model.model.` prefix). `None` for paths outside the text decoder that are not a known
 /// multimodal tower either (GPT-2's `transformer.h.N`, classifier heads).
-pub fn site_of(module_path: &str) -> Option<Site> {
+pub(crate) fn site_of(module_path: &str) -> Option<Site> {
     if module_path == "lm_head" || module_path == "language_model.lm_head" {
         return Some(Site::Output);
     }
@@ -610,7 +611,7 @@ pub fn site_of(module_path: &str) -> Option<Site> {
 
 impl Arch {
     /// The GGUF base tensor a site maps to, or `None` when this architecture has no such module.
-    pub fn tensor_name(&self, site: &Site) -> Option<String> {
+    pub(crate) fn tensor_name(&self, site: &Site) -> Option<String> {
         match site {
             Site::Embedding => Some("token_embd.weight".into()),
             Site::Output => Some("output.weight".into()),
@@ -633,7 +634,7 @@ impl Arch {
     /// The tower tensors (with `.weight`) a tower module's rows go to in a base whose tensors
     /// satisfy `has`: the first naming in [`TowerModule::gguf`] the base has in full. `None` when
     /// the module is not in the table or the base has none of its namings.
-    pub fn tower_targets(&self, path: &str, has: impl Fn(&str) -> bool) -> Option<Vec<String>> {
+    pub(crate) fn tower_targets(&self, path: &str, has: impl Fn(&str) -> bool) -> Option<Vec<String>> {
         // Gemma 4's clippable linears: PEFT may wrap the inner `.linear`, the weight is the same.
         let path = path.strip_suffix(".linear").unwrap_or(path);
         let (module, block) = self.towers.iter().find_map(|t| Some((t, block_of(t.hf, path)?)))?;
@@ -648,7 +649,7 @@ impl Arch {
 
     /// The GGUF base tensors a site maps to: one, or for a row-split module one per part, in row
     /// order (each part takes an equal share of lora_B's rows). `None` when there is no such module.
-    pub fn targets(&self, site: &Site) -> Option<Vec<String>> {
+    pub(crate) fn targets(&self, site: &Site) -> Option<Vec<String>> {
         let (layer, splits, key) = match site {
             Site::Layer { layer, module } => (layer, self.row_splits, module),
             Site::FusedExperts { layer, param } => (layer, self.fused_experts, param),
@@ -661,17 +662,17 @@ impl Arch {
     }
 
     /// Every (HF module, GGUF stem) of a decoder layer.
-    pub fn layer_stems(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+    pub(crate) fn layer_stems(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
         self.layer_modules.iter().flat_map(|group| group.iter().copied())
     }
 
     /// Whether llama.cpp applies no LoRA to base tensor `name` at run time (see `merge_only`).
-    pub fn is_merge_only(&self, name: &str) -> bool {
+    pub(crate) fn is_merge_only(&self, name: &str) -> bool {
         self.merge_only.iter().any(|m| name.strip_suffix(".weight") == Some(m))
     }
 
     /// The HF module names this architecture maps, for messages.
-    pub fn module_names(&self) -> Vec<&'static str> {
+    pub(crate) fn module_names(&self) -> Vec<&'static str> {
         let mut names: Vec<&str> = self
             .layer_stems()
             .chain(self.model_modules.iter().copied())
@@ -687,7 +688,7 @@ impl Arch {
     /// How llama.cpp's converter reorders the base tensor of `site`, which a LoRA must follow: a
     /// permutation of lora_B's rows (output features) and/or of lora_A's columns (input features).
     /// `Err` says why the geometry does not allow it.
-    pub fn reorder(
+    pub(crate) fn reorder(
         &self,
         site: &Site,
         g: &Geometry,
@@ -763,7 +764,7 @@ fn block_of(pattern: &str, path: &str) -> Option<String> {
 
 /// The decoder layer of a fused-experts module (`model.layers.3.mlp.experts` -> 3), for PEFT's
 /// `target_parameters` wrappers, which are keyed by the module, not the parameter.
-pub fn experts_layer(module_path: &str) -> Option<u32> {
+pub(crate) fn experts_layer(module_path: &str) -> Option<u32> {
     DECODER_PREFIXES.iter().find_map(|prefix| {
         let parts: Vec<&str> = module_path.strip_prefix(prefix)?.split('.').collect();
         match parts[..] {
@@ -774,16 +775,18 @@ pub fn experts_layer(module_path: &str) -> Option<u32> {
 }
 
 /// Whether a GGUF tensor belongs to a multimodal tower or projector (Ollama's in-file towers).
-pub fn is_tower_tensor(name: &str) -> bool {
+pub(crate) fn is_tower_tensor(name: &str) -> bool {
     ["v.", "a.", "mm."].iter().any(|p| name.starts_with(p))
 }
 
-/// What [`Arch::reorder`] needs to know of the base model.
+/// What the LoRA layout transforms (`Arch::reorder`) need to know of the base model; from
+/// [`BaseModel::geometry`](crate::engine::base::BaseModel::geometry).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Geometry {
     /// Attention heads, when every layer has the same number.
-    pub head_count: Option<u64>,
-    pub head_count_kv: Option<u64>,
+    pub(crate) head_count: Option<u64>,
+    /// Key/value heads, when every layer has the same number.
+    pub(crate) head_count_kv: Option<u64>,
     /// Linear-attention (Gated DeltaNet) heads, for architectures that have them.
     pub linear_attn: Option<LinearAttn>,
 }
@@ -792,23 +795,24 @@ pub struct Geometry {
 /// `linear_value_head_dim`; GGUF `ssm.group_count`, `ssm.time_step_rank`, `ssm.inner_size` / heads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinearAttn {
-    pub k_heads: usize,
+    pub(crate) k_heads: usize,
+    /// Value heads (HF `linear_num_value_heads`, GGUF `ssm.time_step_rank`).
     pub v_heads: usize,
-    pub v_head_dim: usize,
+    pub(crate) v_head_dim: usize,
 }
 
 /// Source index of each output row of lora_B (`b_rows`) and of each output column of lora_A
 /// (`a_cols`); `None` keeps the order.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Reorder {
-    pub b_rows: Option<Vec<usize>>,
-    pub a_cols: Option<Vec<usize>>,
+pub(crate) struct Reorder {
+    pub(crate) b_rows: Option<Vec<usize>>,
+    pub(crate) a_cols: Option<Vec<usize>>,
 }
 
 /// Qwen3.5's V-head reorder over `len` = `v_heads * head_dim` features: HF groups V heads by K
 /// head (`[k][v_per_k][d]`), llama.cpp tiles them (`[v_per_k][k][d]`); output feature
 /// `(j * k_heads + g) * head_dim + d` takes source `(g * v_per_k + j) * head_dim + d`.
-pub fn v_head_order(len: usize, k_heads: usize, v_heads: usize, head_dim: usize) -> Option<Vec<usize>> {
+pub(crate) fn v_head_order(len: usize, k_heads: usize, v_heads: usize, head_dim: usize) -> Option<Vec<usize>> {
     if k_heads == 0 || !v_heads.is_multiple_of(k_heads) || len != v_heads * head_dim {
         return None;
     }
@@ -826,7 +830,7 @@ pub fn v_head_order(len: usize, k_heads: usize, v_heads: usize, head_dim: usize)
 /// the `[n_head * head_dim, in]` weight as `[n_head, 2, head_dim/2, in]` and swaps the two middle axes,
 /// turning Hugging Face's rotate-half order into interleaved pairs. Returns `None` when the row count
 /// does not split into `n_head` heads of even size.
-pub fn permute_rows(rows: usize, n_head: usize) -> Option<Vec<usize>> {
+pub(crate) fn permute_rows(rows: usize, n_head: usize) -> Option<Vec<usize>> {
     if n_head == 0 || !rows.is_multiple_of(n_head) || !(rows / n_head).is_multiple_of(2) {
         return None;
     }

@@ -3,7 +3,7 @@
 //! Sources: an Ollama model name, answered by the server's `/api/show` or, when no server answers,
 //! read from the local model store (manifest -> GGUF blob); a GGUF file (only its header is read); a
 //! Hugging Face model directory with `config.json` (tensor shapes derived from the hyper-parameters the
-//! way llama.cpp's converter lays them out). Every source fills [`BaseModel`]; [`resolve`] picks the
+//! way llama.cpp's converter lays them out). Every source fills [`BaseModel`]; `resolve` picks the
 //! source for what the user typed.
 
 use std::collections::BTreeMap;
@@ -22,46 +22,49 @@ pub struct BaseTensor {
     /// ggml order (`ne[0]` = input width for a weight matrix).
     pub ne: Vec<u64>,
     /// Known when the source lists tensors (GGUF, the store, `/api/show`), not for `config.json`.
-    pub ty: Option<GgmlType>,
+    pub(crate) ty: Option<GgmlType>,
 }
 
+/// What is known of a base model from whichever source described it (a GGUF header, `config.json`,
+/// Ollama's store or `/api/show`): architecture, hyper-parameters and tensor shapes, enough to
+/// validate an adapter without reading any weights.
 #[derive(Clone, Debug)]
 pub struct BaseModel {
     /// Where the description came from, for messages.
-    pub source: PathBuf,
+    pub(crate) source: PathBuf,
     /// `general.architecture`.
     pub arch: String,
     /// `general.name` or the config's `_name_or_path`.
-    pub name: Option<String>,
-    pub block_count: u64,
+    pub(crate) name: Option<String>,
+    pub(crate) block_count: u64,
     /// Attention heads (the largest value where layers differ, see `uniform_heads`).
-    pub head_count: u64,
-    pub head_count_kv: u64,
+    pub(crate) head_count: u64,
+    pub(crate) head_count_kv: u64,
     /// Whether every layer has `head_count` / `head_count_kv` heads (Gemma 4 and the hybrid models
     /// give per-layer arrays).
-    pub uniform_heads: bool,
+    pub(crate) uniform_heads: bool,
     /// Linear-attention head layout of hybrid models (Qwen3.5).
     pub linear_attn: Option<arch::LinearAttn>,
     /// The last this many layers reuse an earlier layer's keys and values (Gemma 4's
     /// `shared_kv_layers`): their k/v projections, where present, are never used.
     pub shared_kv_layers: u64,
-    pub vocab_size: Option<u64>,
+    pub(crate) vocab_size: Option<u64>,
     /// GGUF tensor name -> shape (and type where known).
     pub tensors: BTreeMap<String, BaseTensor>,
     /// Whether `tensors` was listed by the source, or derived from hyper-parameters (`config.json`,
     /// or a server that does not list tensors).
-    pub exact_tensors: bool,
+    pub(crate) exact_tensors: bool,
     /// The GGUF file, when the base is one (the merge needs its bytes).
-    pub gguf_path: Option<PathBuf>,
+    pub(crate) gguf_path: Option<PathBuf>,
     /// `gguf`, or what Ollama reports for a model imported otherwise (`safetensors`, MLX...); `None`
     /// for a `config.json` description, which only describes shapes.
-    pub format: Option<String>,
+    pub(crate) format: Option<String>,
     /// `general.size_label` / Ollama's `parameter_size`, e.g. `3B`, `3.2B`.
-    pub size_label: Option<String>,
+    pub(crate) size_label: Option<String>,
     /// `general.file_type` / Ollama's `quantization_level`, e.g. `Q4_K_M`.
-    pub quantization: Option<String>,
+    pub(crate) quantization: Option<String>,
     /// Tensor types the source names that this tool does not know, `tensor: type`.
-    pub unknown_types: Vec<String>,
+    pub(crate) unknown_types: Vec<String>,
 }
 
 /// A head count given once or per layer.
@@ -515,7 +518,8 @@ fn layer_types(
         .collect()
 }
 
-/// llama.cpp's `llama_ftype` names, for `general.file_type`.
+/// llama.cpp's `llama_ftype` name for a `general.file_type` value (`15` is `Q4_K_M`); `None` for a
+/// number not in this table.
 pub fn file_type_name(ftype: u64) -> Option<&'static str> {
     Some(match ftype {
         0 => "F32",
@@ -557,7 +561,7 @@ pub fn file_type_name(ftype: u64) -> Option<&'static str> {
 
 /// What the user typed as `--base`: an existing file or folder, else an Ollama model name, asked of
 /// the server at `OLLAMA_HOST` and, when no server answers, read from the local store.
-pub fn resolve(spec: &str) -> Result<BaseModel> {
+pub(crate) fn resolve(spec: &str) -> Result<BaseModel> {
     let path = Path::new(spec);
     if path.exists() {
         return BaseModel::load(path);
@@ -645,11 +649,12 @@ impl BaseModel {
         Self::from_gguf(path)
     }
 
-    pub fn arch_spec(&self) -> Option<&'static Arch> {
+    pub(crate) fn arch_spec(&self) -> Option<&'static Arch> {
         arch::by_name(&self.arch)
     }
 
-    /// What the LoRA layout transforms need to know (see [`Arch::reorder`]).
+    /// What the LoRA layout transforms (`Arch::reorder`) need to know; head counts only where every
+    /// layer has the same.
     pub fn geometry(&self) -> arch::Geometry {
         let uniform = |n: u64| (self.uniform_heads && n > 0).then_some(n);
         arch::Geometry {
@@ -733,7 +738,7 @@ impl BaseModel {
 
     /// From a Hugging Face `config.json`: tensor shapes derived from the hyper-parameters the way
     /// llama.cpp's converter lays them out.
-    pub fn from_hf_config(path: &Path) -> Result<Self> {
+    pub(crate) fn from_hf_config(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let root: Json =
             serde_json::from_str(&text).map_err(|e| Error::invalid(path, format!("not valid JSON: {e}")))?;

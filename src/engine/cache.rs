@@ -21,18 +21,18 @@ use crate::progress::Progress;
 use sha2::{Digest, Sha256};
 
 /// Entries unused this long are pruned after each create.
-pub const MAX_AGE_DAYS: u64 = 30;
+pub(crate) const MAX_AGE_DAYS: u64 = 30;
 
 /// One cached file (a build with its sidecar counts as one).
 #[derive(Debug, Serialize)]
-pub struct Entry {
-    pub path: PathBuf,
+pub(crate) struct Entry {
+    pub(crate) path: PathBuf,
     /// `build`, `blob` or `digest`.
-    pub kind: &'static str,
-    pub bytes: u64,
+    pub(crate) kind: &'static str,
+    pub(crate) bytes: u64,
     /// When a run last made or took it.
     #[serde(serialize_with = "unix_seconds")]
-    pub last_used: SystemTime,
+    pub(crate) last_used: SystemTime,
 }
 
 fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -41,13 +41,13 @@ fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> std::result::Resu
 
 /// What a prune or clear removed.
 #[derive(Debug, Default, Serialize)]
-pub struct Removed {
-    pub files: usize,
-    pub bytes: u64,
+pub(crate) struct Removed {
+    pub(crate) files: usize,
+    pub(crate) bytes: u64,
 }
 
 /// Every entry under `dir` (the cache root), oldest use first.
-pub fn list(dir: &Path) -> Result<Vec<Entry>> {
+pub(crate) fn list(dir: &Path) -> Result<Vec<Entry>> {
     let mut entries = Vec::new();
     for (sub, kind) in [("builds", "build"), ("blobs", "blob"), ("digests", "digest")] {
         let folder = dir.join(sub);
@@ -81,7 +81,7 @@ pub fn list(dir: &Path) -> Result<Vec<Entry>> {
 }
 
 /// Removes entries not used for `max_age`.
-pub fn prune(dir: &Path, max_age: Duration) -> Result<Removed> {
+pub(crate) fn prune(dir: &Path, max_age: Duration) -> Result<Removed> {
     let now = SystemTime::now();
     let stale = list(dir)?
         .into_iter()
@@ -90,7 +90,7 @@ pub fn prune(dir: &Path, max_age: Duration) -> Result<Removed> {
 }
 
 /// Removes every entry.
-pub fn clear(dir: &Path) -> Result<Removed> {
+pub(crate) fn clear(dir: &Path) -> Result<Removed> {
     remove_all(list(dir)?.into_iter())
 }
 
@@ -105,7 +105,7 @@ fn remove_all(entries: impl Iterator<Item = Entry>) -> Result<Removed> {
 }
 
 /// Removes one cached file and its sidecar.
-pub fn remove(path: &Path) -> Result<()> {
+pub(crate) fn remove(path: &Path) -> Result<()> {
     let sidecar = sidecar(path);
     for p in [path, sidecar.as_path()] {
         match std::fs::remove_file(p) {
@@ -118,19 +118,19 @@ pub fn remove(path: &Path) -> Result<()> {
 
 /// Marks a build used now, so pruning keeps it: its sidecar's time is set, the build itself is left
 /// as written (best effort: a read-only cache still works).
-pub fn touch(path: &Path) {
+pub(crate) fn touch(path: &Path) {
     if let Ok(f) = std::fs::File::options().append(true).open(sidecar(path)) {
         let _ = f.set_modified(SystemTime::now());
     }
 }
 
 /// Whether `path` is a build in the cache at `dir` (and so may be removed; a user's own file never).
-pub fn is_build(dir: &Path, path: &Path) -> bool {
+pub(crate) fn is_build(dir: &Path, path: &Path) -> bool {
     path.parent().is_some_and(|p| p == dir.join("builds"))
 }
 
 /// The digest sidecar of a build: `X.gguf` -> `X.gguf.sha256`.
-pub fn sidecar(path: &Path) -> PathBuf {
+pub(crate) fn sidecar(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".sha256");
     PathBuf::from(s)
@@ -140,7 +140,7 @@ pub fn sidecar(path: &Path) -> PathBuf {
 /// (canonical path, size, modification time in nanoseconds, inode), as cargo and make decide
 /// whether a file changed, and computed by `hash` only when that identity is new. A file rewritten
 /// in place within the same nanosecond and size would be missed, as it would by those tools.
-pub fn file_digest(dir: &Path, path: &Path, hash: impl FnOnce() -> Result<String>) -> Result<String> {
+pub(crate) fn file_digest(dir: &Path, path: &Path, hash: impl FnOnce() -> Result<String>) -> Result<String> {
     let Some(key) = identity(path) else {
         return hash();
     };
@@ -188,13 +188,13 @@ fn identity(path: &Path) -> Option<String> {
 }
 
 /// The sha256 of a file, in hex, read in large blocks (reported as a "hashing" stage).
-pub fn sha256_file(path: &Path, ui: &dyn Progress) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path, ui: &dyn Progress) -> Result<String> {
     hash_file::<Sha256>(path, b"", ui)
 }
 
 /// The hex digest of `prefix` followed by the file's bytes, read in large blocks (a large file is
 /// reported as a "hashing" stage, and Ctrl-C stops it).
-pub fn hash_file<D: Digest>(path: &Path, prefix: &[u8], ui: &dyn Progress) -> Result<String> {
+pub(crate) fn hash_file<D: Digest>(path: &Path, prefix: &[u8], ui: &dyn Progress) -> Result<String> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let big = len > 64 << 20;
@@ -223,7 +223,7 @@ pub fn hash_file<D: Digest>(path: &Path, prefix: &[u8], ui: &dyn Progress) -> Re
     Ok(hex(&hasher.finalize()))
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -37,28 +37,31 @@ pub enum OutType {
     /// f16, except f32 for a tensor whose values f16 cannot hold (overflow, or all in f16's subnormal range).
     #[default]
     Auto,
+    /// f16 throughout; a tensor with values beyond f16's range (65504) is refused.
     F16,
+    /// bf16 throughout: f32's range, 8 bits of precision.
     Bf16,
+    /// f32 throughout: exact, twice the size of f16.
     F32,
 }
 
 /// One adapter to convert, with its weight when several are stacked.
-pub struct Input {
-    pub adapter: Adapter,
-    pub weight: f64,
+pub(crate) struct Input {
+    pub(crate) adapter: Adapter,
+    pub(crate) weight: f64,
 }
 
 #[derive(Clone, Debug)]
-pub struct Options {
-    pub outtype: OutType,
+pub(crate) struct Options {
+    pub(crate) outtype: OutType,
     /// Multiplies the whole effect (0.5 = half strength).
-    pub scale: f64,
+    pub(crate) scale: f64,
     /// `general.name`; defaults to the adapter folder names.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Replace an existing output file.
-    pub force: bool,
+    pub(crate) force: bool,
     /// Treat validation warnings as errors.
-    pub strict: bool,
+    pub(crate) strict: bool,
     /// The plan is for a merge into the base, not a GGUF adapter (what each can apply differs).
     pub(crate) merging: bool,
 }
@@ -78,18 +81,18 @@ impl Default for Options {
 
 /// What was written.
 #[derive(Debug, serde::Serialize)]
-pub struct Summary {
-    pub output: PathBuf,
-    pub arch: String,
-    pub alpha: f32,
+pub(crate) struct Summary {
+    pub(crate) output: PathBuf,
+    pub(crate) arch: String,
+    pub(crate) alpha: f32,
     /// LoRA pairs written.
-    pub pairs: usize,
+    pub(crate) pairs: usize,
     /// Pairs whose scale did not fit the file alpha and was folded into lora_B.
-    pub folded: usize,
+    pub(crate) folded: usize,
     /// Tensor type name -> count.
-    pub types: BTreeMap<String, usize>,
-    pub bytes: u64,
-    pub notices: Vec<String>,
+    pub(crate) types: BTreeMap<String, usize>,
+    pub(crate) bytes: u64,
+    pub(crate) notices: Vec<String>,
 }
 
 /// How one source tensor goes into an output tensor.
@@ -203,7 +206,7 @@ pub(crate) fn adapter_label(adapter: &Adapter) -> String {
 }
 
 /// Converts `inputs` for `base` into the GGUF LoRA adapter `output`.
-pub fn convert(
+pub(crate) fn convert(
     inputs: &[Input],
     base: &BaseModel,
     output: &Path,

@@ -32,42 +32,44 @@ pub enum MergedType {
     /// The base tensor's own type (Q8_0 for a type this tool cannot re-quantize).
     #[default]
     Keep,
+    /// f16, whatever the base tensor's type.
     F16,
+    /// Q8_0, whatever the base tensor's type (f16 for rows that do not divide into its 32-value blocks).
     #[value(name = "q8_0")]
     Q8_0,
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct Options {
-    pub merged_type: MergedType,
+pub(crate) struct Options {
+    pub(crate) merged_type: MergedType,
     /// Quantize the whole model with llama-quantize's mix for this scheme (instead of keeping the
     /// base's types); excludes `merged_type`.
-    pub quantize: Option<Scheme>,
+    pub(crate) quantize: Option<Scheme>,
     /// Multiplies the adapters' effect.
-    pub scale: f64,
-    pub force: bool,
-    pub strict: bool,
+    pub(crate) scale: f64,
+    pub(crate) force: bool,
+    pub(crate) strict: bool,
     /// A Jinja chat template written as `tokenizer.chat_template` (a fine-tune's own).
-    pub chat_template: Option<String>,
+    pub(crate) chat_template: Option<String>,
 }
 
 /// What was written.
 #[derive(Debug, serde::Serialize)]
-pub struct Summary {
-    pub output: PathBuf,
-    pub base: PathBuf,
+pub(crate) struct Summary {
+    pub(crate) output: PathBuf,
+    pub(crate) base: PathBuf,
     /// Tensors the adapters changed, untouched tensors converted to another type (--quantize), and
     /// tensors copied unchanged.
-    pub merged: usize,
-    pub converted: usize,
-    pub copied: usize,
+    pub(crate) merged: usize,
+    pub(crate) converted: usize,
+    pub(crate) copied: usize,
     /// The --quantize scheme, when one was asked for.
-    pub quantize: Option<String>,
+    pub(crate) quantize: Option<String>,
     /// Type name of the merged tensors -> count.
-    pub merged_types: std::collections::BTreeMap<String, usize>,
-    pub bytes: u64,
-    pub base_bytes: u64,
-    pub notices: Vec<String>,
+    pub(crate) merged_types: std::collections::BTreeMap<String, usize>,
+    pub(crate) bytes: u64,
+    pub(crate) base_bytes: u64,
+    pub(crate) notices: Vec<String>,
 }
 
 /// About 256 K values per job: 1 MiB of f32, so that a job's rows stay in a core's L2 cache from
@@ -103,7 +105,7 @@ enum Piece {
 }
 
 /// Merges `inputs` into the GGUF of `base` (which must have one), writing `output`.
-pub fn merge(
+pub(crate) fn merge(
     inputs: &[Input],
     base: &BaseModel,
     output: &Path,
@@ -144,7 +146,7 @@ pub fn merge(
 }
 
 /// Merges a ready GGUF LoRA adapter (checked against `base` first) into the GGUF of `base`.
-pub fn merge_gguf_adapter(
+pub(crate) fn merge_gguf_adapter(
     adapter: &Path,
     base: &BaseModel,
     output: &Path,

@@ -3,11 +3,11 @@
 
 pub mod arch;
 pub mod base;
-pub mod cache;
+pub(crate) mod cache;
 pub mod convert;
 pub mod merge;
 pub mod output;
-pub mod pipeline;
+pub(crate) mod pipeline;
 pub mod quant;
 pub mod quant_mix;
 pub mod validate;

@@ -23,7 +23,7 @@ const ALIGN: usize = 4096;
 const CHUNK: usize = 8 << 20;
 
 /// A sequential writer of a new file, with direct I/O where the file system allows it. Call
-/// [`DirectWriter::finish`] at the end: dropping it loses what is still buffered.
+/// `finish` at the end: dropping it loses what is still buffered.
 pub struct DirectWriter {
     /// The file opened with `O_DIRECT`, while direct writes work.
     direct: Option<File>,
@@ -40,7 +40,7 @@ pub struct DirectWriter {
 impl DirectWriter {
     /// Writes `path` (an existing, empty file, e.g. a fresh temporary file) from its start, through
     /// `plain` (an open handle on it) when direct I/O is not available.
-    pub fn new(path: &Path, plain: File) -> Self {
+    pub(crate) fn new(path: &Path, plain: File) -> Self {
         let direct = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags_direct()
@@ -58,7 +58,8 @@ impl DirectWriter {
         }
     }
 
-    /// Whether writes still go around the page cache (for tests).
+    /// Whether writes still go around the page cache: false where the file system refused direct I/O,
+    /// at open or at the first write.
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
     }
@@ -92,7 +93,7 @@ impl DirectWriter {
     }
 
     /// Writes what is buffered and sets the file's length to the bytes written; returns that length.
-    pub fn finish(mut self) -> io::Result<u64> {
+    pub(crate) fn finish(mut self) -> io::Result<u64> {
         self.flush_buffer(true)?;
         self.plain.set_len(self.written)?;
         Ok(self.written)
@@ -111,7 +112,7 @@ impl Write for DirectWriter {
         Ok(n)
     }
 
-    /// Buffered bytes stay until a whole chunk is full or [`DirectWriter::finish`]: a partial block
+    /// Buffered bytes stay until a whole chunk is full or `finish`: a partial block
     /// cannot be written directly.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -138,7 +139,7 @@ impl DirectFlag for std::fs::OpenOptions {
 
 /// A temporary file beside `output` (same filesystem, so the final rename is atomic), readable by
 /// others as a normal file would be (tempfile creates 0600; llama.cpp or Ollama may run as another user).
-pub fn temp_beside(output: &Path) -> Result<tempfile::NamedTempFile> {
+pub(crate) fn temp_beside(output: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = output
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -162,14 +163,14 @@ fn temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
 }
 
 /// Deletes every temporary output still on disk, for a process about to exit without unwinding.
-pub fn remove_temporaries() {
+pub(crate) fn remove_temporaries() {
     for path in temporaries().drain(..) {
         let _ = std::fs::remove_file(path);
     }
 }
 
 /// Renames the finished temporary file into place; without `force` an existing file is kept.
-pub fn persist(tmp: tempfile::NamedTempFile, output: &Path, force: bool) -> Result<()> {
+pub(crate) fn persist(tmp: tempfile::NamedTempFile, output: &Path, force: bool) -> Result<()> {
     let tmp_path = tmp.path().to_path_buf();
     let done = if force {
         tmp.persist(output)

@@ -11,7 +11,7 @@ use crate::error::Result;
 const QUEUE: usize = 4;
 
 /// How many threads to work with: the machine's cores, but no more than there are jobs.
-pub fn worker_count(jobs: usize) -> usize {
+pub(crate) fn worker_count(jobs: usize) -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, jobs.max(1))
@@ -19,7 +19,7 @@ pub fn worker_count(jobs: usize) -> usize {
 
 /// Runs `work` on every job across the cores (`init` makes each worker's scratch state) and hands
 /// each result to `sink` in job order. Stops at the first error `sink` returns.
-pub fn ordered<J, S, R>(
+pub(crate) fn ordered<J, S, R>(
     jobs: &[J],
     init: impl Fn() -> S + Sync,
     work: impl Fn(&mut S, &J) -> R + Sync,

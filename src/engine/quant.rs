@@ -40,21 +40,33 @@ pub use simd::Simd;
 /// Why a conversion could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {
+    /// A type without a codec here (see [`can_quantize`], [`can_dequantize`]).
     #[error("tensor type {0} cannot be converted to or from f32 by this tool")]
     Unsupported(GgmlType),
+    /// The input is not a whole number of blocks.
     #[error("{ty}: {len} {unit} is not a whole number of blocks of {block}")]
     PartialBlock {
+        /// The type converted to or from.
         ty: GgmlType,
+        /// The input's length, in `unit`s.
         len: usize,
+        /// `bytes` (dequantizing) or `values` (quantizing).
         unit: &'static str,
+        /// The block, in `unit`s.
         block: usize,
     },
+    /// The output's length is not what the input's blocks give.
     #[error("{ty}: {values} values do not fit {bytes} bytes of blocks ({block} values per {block_bytes} bytes)")]
     SizeMismatch {
+        /// The type converted to or from.
         ty: GgmlType,
+        /// Length of the f32 side.
         values: usize,
+        /// Length of the encoded side, in bytes.
         bytes: usize,
+        /// Values per block.
         block: usize,
+        /// Bytes per block.
         block_bytes: usize,
     },
 }
@@ -154,13 +166,14 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Quant
 
 /// Encodes `src` (len a multiple of block_len) into `dst` (exactly the bytes `ty` takes), with
 /// ggml's reference quantizers (`quantize_row_*_ref`), so the output equals what llama-quantize
-/// writes without an importance matrix. Runs at [`Simd::current`].
+/// writes without an importance matrix. Runs at the highest [`Simd`] level this CPU has, capped by
+/// `OLLAMA_TOOLS_SIMD`.
 pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     quantize_with(Simd::current(), ty, src, dst)
 }
 
 /// [`quantize`] at a given instruction-set level (the bytes are the same at every level; tests and
-/// benchmarks compare them). Panics if the CPU cannot run `level` ([`Simd::supported`]).
+/// benchmarks compare them). Panics if the CPU cannot run `level` (not in [`Simd::available`]).
 pub fn quantize_with(level: Simd, ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     assert!(level.supported(), "this CPU cannot run the {} encoders", level.name());
     let (qk, bs) = layout(ty).ok_or(QuantError::Unsupported(ty))?;

@@ -16,27 +16,48 @@
 use crate::formats::gguf::{GgmlType, Header};
 
 /// A `llama-quantize` file type this tool writes (spelt as llama.cpp's `LLAMA_FTYPE_MOSTLY_*`, so
-/// the rules below read like its source).
+/// the rules below read like its source). The type a scheme names is what most tensors get; tensors
+/// llama-quantize never quantizes (1-d, norms, routers ...) keep theirs, the output matrix usually
+/// gets Q6_K, and which tensors get more bits also depends on the architecture, the layer count and
+/// the expert count, as in llama.cpp. Bits per weight include the blocks' scales.
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
+    /// f32 for every tensor llama-quantize quantizes.
     F32,
+    /// f16 for every tensor llama-quantize quantizes.
     F16,
+    /// bf16 for every tensor llama-quantize quantizes.
     BF16,
+    /// Q4_0: 4.5 bits per weight.
     Q4_0,
+    /// Q4_1: 5 bits per weight.
     Q4_1,
+    /// Q5_0: 5.5 bits per weight.
     Q5_0,
+    /// Q5_1: 6 bits per weight.
     Q5_1,
+    /// Q8_0: 8.5 bits per weight, the output matrix included.
     Q8_0,
+    /// Q2_K (2.625 bits per weight), with Q3_K or Q4_K for attn_v and Q3_K for attn_output and ffn_down.
     Q2_K,
+    /// Q3_K (3.44 bits per weight), the small mix: Q3_K nearly throughout.
     Q3_K_S,
+    /// Q3_K, the medium mix: Q4_K or Q5_K for attn_v, attn_output and ffn_down.
     Q3_K_M,
+    /// Q3_K, the large mix: Q5_K for attn_v, attn_output and ffn_down.
     Q3_K_L,
+    /// Q4_K (4.5 bits per weight), with Q5_K for the first layers' attn_v and ffn_down.
     Q4_K_S,
+    /// Q4_K, with Q6_K for half the layers' attn_v and ffn_down.
     Q4_K_M,
+    /// Q5_K (5.5 bits per weight), the small mix: Q5_K nearly throughout.
     Q5_K_S,
+    /// Q5_K, with Q6_K for half the layers' attn_v and ffn_down.
     Q5_K_M,
+    /// Q6_K: 6.5625 bits per weight.
     Q6_K,
+    /// MXFP4 (4.25 bits per weight) for stacked expert tensors, Q8_0 for everything else.
     MXFP4_MOE,
 }
 
@@ -70,12 +91,12 @@ const ALIASES: [(&str, Scheme); 3] = [
 ];
 
 /// The version of the quantized block formats llama-quantize records (`GGML_QNT_VERSION`).
-pub const QUANTIZATION_VERSION: u32 = 2;
+pub(crate) const QUANTIZATION_VERSION: u32 = 2;
 
 impl Scheme {
     /// Parses a scheme name as llama-quantize spells it (any case); IQ / TQ schemes and the ones that
     /// need an importance matrix are refused with the reason.
-    pub fn parse(text: &str) -> Result<Scheme, String> {
+    pub(crate) fn parse(text: &str) -> Result<Scheme, String> {
         let lower = text.trim().to_ascii_lowercase();
         if let Some(&(s, _, _)) = SCHEMES.iter().find(|(_, n, _)| *n == lower) {
             return Ok(s);
@@ -86,12 +107,12 @@ impl Scheme {
         Err(refusal(&lower).unwrap_or_else(|| format!("`{text}` is not a quantization type; {}", supported_list())))
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         SCHEMES.iter().find(|(s, _, _)| *s == self).map_or("", |e| e.1)
     }
 
     /// `general.file_type` of a file written with this scheme (`LLAMA_FTYPE_MOSTLY_*`).
-    pub fn file_type(self) -> u32 {
+    pub(crate) fn file_type(self) -> u32 {
         SCHEMES.iter().find(|(s, _, _)| *s == self).map_or(0, |e| e.2)
     }
 
@@ -153,19 +174,19 @@ fn refusal(name: &str) -> Option<String> {
 
 /// What the mix needs to know of the model (llama.cpp reads it from the same keys).
 #[derive(Clone, Debug, Default)]
-pub struct Model {
-    pub arch: String,
+pub(crate) struct Model {
+    pub(crate) arch: String,
     /// `block_count`: llama.cpp's `n_layer_all`, the layer count of the `ffn_*` rules.
-    pub n_layer_all: i64,
+    pub(crate) n_layer_all: i64,
     /// Blocks without the next-token-prediction ones (`n_layer()`, for the 70B rule).
-    pub n_layer: i64,
-    pub n_expert: i64,
-    pub n_head: i64,
-    pub n_head_kv: i64,
+    pub(crate) n_layer: i64,
+    pub(crate) n_expert: i64,
+    pub(crate) n_head: i64,
+    pub(crate) n_head_kv: i64,
 }
 
 impl Model {
-    pub fn from_header(h: &Header) -> Model {
+    pub(crate) fn from_header(h: &Header) -> Model {
         let arch = h.get_str("general.architecture").unwrap_or_default().to_string();
         // A per-layer array (Deci) counts by its first layer, as llama.cpp's n_head() does.
         let key = |k: &str| {
@@ -207,17 +228,17 @@ impl Model {
 
 /// One tensor as the mix sees it.
 #[derive(Clone, Copy, Debug)]
-pub struct Tensor<'a> {
-    pub name: &'a str,
+pub(crate) struct Tensor<'a> {
+    pub(crate) name: &'a str,
     /// ggml order: `ne[0]` is the row length.
-    pub ne: &'a [u64],
-    pub ty: GgmlType,
+    pub(crate) ne: &'a [u64],
+    pub(crate) ty: GgmlType,
 }
 
 /// The type llama-quantize gives each tensor (same order as `tensors`): for tensors it does not
 /// quantize, their own type. Errs where llama.cpp would (an expert model's FFN tensor without a block
 /// number).
-pub fn plan(scheme: Scheme, model: &Model, tensors: &[Tensor]) -> Result<Vec<GgmlType>, String> {
+pub(crate) fn plan(scheme: Scheme, model: &Model, tensors: &[Tensor]) -> Result<Vec<GgmlType>, String> {
     let mut state = State::new(model, tensors);
     let mut out: Vec<GgmlType> = tensors.iter().map(|t| t.ty).collect();
     for i in llama_order(tensors) {

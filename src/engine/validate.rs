@@ -16,9 +16,12 @@ use crate::formats::peft::{Adapter, Analysis, LoraModule};
 /// One error or warning: what it is about, what is wrong, what to do.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Finding {
+    /// What it is about: `base`, a field of adapter_config.json, a module or tensor name.
     pub subject: String,
+    /// What is wrong, or what to look out for, in one sentence.
     pub message: String,
-    pub hint: String,
+    /// What to do about it.
+    pub(crate) hint: String,
 }
 
 fn finding(subject: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Finding {
@@ -43,29 +46,34 @@ pub(crate) fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// What [`validate`] found; the adapter can be used with the base when `errors` is empty. Serialized,
+/// without `modules`, as `validate --json`'s report.
 #[derive(Debug, Serialize)]
 pub struct Validation {
-    pub adapter: PathBuf,
-    pub base: String,
-    pub arch: String,
+    pub(crate) adapter: PathBuf,
+    pub(crate) base: String,
+    pub(crate) arch: String,
     /// What was checked and passed, in words.
     pub checks: Vec<String>,
+    /// What rules out both a GGUF adapter and a merge: the adapter cannot be used with this base.
     pub errors: Vec<Finding>,
     /// What rules out a GGUF adapter (`convert`, `--mode adapter`) but merges (DoRA).
-    pub merge_only: Vec<Finding>,
+    pub(crate) merge_only: Vec<Finding>,
     /// What rules out merging but a GGUF adapter carries (activated LoRA).
-    pub adapter_only: Vec<Finding>,
+    pub(crate) adapter_only: Vec<Finding>,
+    /// What fits but is probably not what was meant (a base below 4 bits, another model than the
+    /// adapter was trained on, a resized vocabulary ...).
     pub warnings: Vec<Finding>,
     /// Notices from reading the adapter (tensors skipped per PEFT's own rules).
     pub notices: Vec<String>,
     /// One line: "32 layers, 224 tensors, all shapes match llama3.2:3b", or what failed.
-    pub summary: String,
+    pub(crate) summary: String,
     /// Every LoRA pair with the base tensor it adapts (complete only when there are no errors).
     #[serde(skip)]
     pub modules: Vec<Target>,
     /// Embedding / output weights replaced, with the GGUF tensor each replaces (merge only).
     #[serde(skip)]
-    pub replacements: Vec<(String, crate::formats::peft::Replacement)>,
+    pub(crate) replacements: Vec<(String, crate::formats::peft::Replacement)>,
 }
 
 /// A LoRA pair and the base tensor it adapts.
@@ -80,8 +88,8 @@ pub struct Target {
     pub b_row_offset: usize,
     /// Step between this tensor's rows in lora_B: 1, or the number of parts for a split whose
     /// parts interleave (gpt-oss's gate/up rows alternate).
-    pub b_row_stride: usize,
-    /// lora_A and lora_B change roles (see [`arch::FusedLayout::peft_swaps`]): `module`'s in and
+    pub(crate) b_row_stride: usize,
+    /// lora_A and lora_B change roles (see `arch::FusedLayout::peft_swaps`): `module`'s in and
     /// out features are already the real ones, and its lora_A's columns face the outputs.
     pub swapped: bool,
 }
@@ -104,13 +112,13 @@ struct Tally {
 }
 
 impl Validation {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.errors.is_empty()
     }
 
     /// The errors that rule out one way of using the adapter: a GGUF adapter (`merging` false) or
     /// a merge into the base.
-    pub fn errors_for(&self, merging: bool) -> impl Iterator<Item = &Finding> {
+    pub(crate) fn errors_for(&self, merging: bool) -> impl Iterator<Item = &Finding> {
         let other = if merging { &self.adapter_only } else { &self.merge_only };
         self.errors.iter().chain(other)
     }
@@ -124,7 +132,8 @@ fn below_q4(t: GgmlType) -> bool {
     )
 }
 
-/// The llama.cpp architecture a Hugging Face model id most likely has, from its name.
+/// The llama.cpp architecture a Hugging Face model id most likely has, guessed from the name after its
+/// last `/` (case-insensitive); `None` when no known family's name is in it.
 pub fn family_of(id: &str) -> Option<&'static str> {
     let id = id.to_ascii_lowercase();
     let name = id.rsplit('/').next().unwrap_or(&id);
@@ -195,7 +204,8 @@ fn size_of(s: &str) -> Option<f64> {
     found
 }
 
-/// Checks `adapter` against `base`.
+/// Checks `adapter` against `base`: architecture, tensor names and shapes, ranks, types. Never fails:
+/// what rules the pair out is in [`Validation::errors`].
 pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
     let analysis = adapter.analyze();
     let mut v = Validation {
@@ -952,18 +962,18 @@ fn finish(mut v: Validation, base: &BaseModel, layers: usize) -> Validation {
 }
 
 /// A ready GGUF LoRA adapter, checked against a base the way llama.cpp checks it when loading.
-pub struct GgufAdapter {
-    pub path: PathBuf,
-    pub header: crate::formats::gguf::Header,
+pub(crate) struct GgufAdapter {
+    pub(crate) path: PathBuf,
+    pub(crate) header: crate::formats::gguf::Header,
     /// `adapter.lora.alpha`; 0 means llama.cpp applies each pair with scale 1.
-    pub alpha: f32,
+    pub(crate) alpha: f32,
     /// Per adapted base tensor: its name and the indexes of its lora_a and lora_b in `header.tensors`.
-    pub pairs: Vec<(String, usize, usize)>,
+    pub(crate) pairs: Vec<(String, usize, usize)>,
 }
 
 impl GgufAdapter {
     /// The factor llama.cpp multiplies `lora_b @ lora_a` by for a pair of rank `rank`.
-    pub fn scale(&self, rank: u64) -> f32 {
+    pub(crate) fn scale(&self, rank: u64) -> f32 {
         if self.alpha == 0.0 {
             1.0
         } else {
@@ -978,7 +988,7 @@ const GGUF_ADAPTER_HINT: &str = "pass a GGUF LoRA adapter (from `ollama-tools co
 /// Reads the GGUF LoRA adapter at `path` and checks it fits `base`: `general.type` is `adapter`, the
 /// architecture is the base's, every lora_a has its lora_b, and each pair's shapes match the base
 /// tensor as llama.cpp requires (for the token embedding, lora_a is stored transposed).
-pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAdapter> {
+pub(crate) fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAdapter> {
     let header = crate::formats::gguf::read_header(path).map_err(|e| Error::invalid(path, e.to_string()))?;
     check_adapter_kind(path, &header, base)?;
     let alpha = adapter_alpha(path, &header)?;

@@ -60,19 +60,19 @@ const FORMATS: &[Format] = &[
 
 /// The Ollama form of a Jinja chat template.
 #[derive(Debug, PartialEq)]
-pub struct Mapped {
+pub(crate) struct Mapped {
     /// The format's name, for messages.
-    pub format: &'static str,
+    pub(crate) format: &'static str,
     /// The Go template (Modelfile `TEMPLATE`).
-    pub go: &'static str,
+    pub(crate) go: &'static str,
     /// Modelfile `PARAMETER stop` values.
-    pub stop: &'static [&'static str],
+    pub(crate) stop: &'static [&'static str],
 }
 
 /// The chat template of the tokenizer saved in `dir` (`None` without one). transformers keeps it
 /// in `chat_template.jinja` (since 4.43), or in `tokenizer_config.json`'s `chat_template`, a string
 /// or a list of named templates (the `default` one is taken).
-pub fn read(dir: &Path) -> Result<Option<String>> {
+pub(crate) fn read(dir: &Path) -> Result<Option<String>> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
         return std::fs::read_to_string(&jinja)
@@ -99,7 +99,7 @@ pub fn read(dir: &Path) -> Result<Option<String>> {
 }
 
 /// The refusal of `--chat-template adapter` for an adapter whose tokenizer has no chat template.
-pub fn missing() -> Error {
+pub(crate) fn missing() -> Error {
     Error::Usage(
         "--chat-template adapter: the adapter has no chat template (tokenizer_config.json `chat_template` or \
          chat_template.jinja beside it)"
@@ -108,7 +108,7 @@ pub fn missing() -> Error {
 }
 
 /// The Go form of `jinja` when it writes its turns in a known format; `None` otherwise.
-pub fn to_ollama(jinja: &str) -> Option<Mapped> {
+pub(crate) fn to_ollama(jinja: &str) -> Option<Mapped> {
     FORMATS
         .iter()
         .find(|f| f.markers.iter().all(|m| jinja.contains(m)))
@@ -120,7 +120,7 @@ pub fn to_ollama(jinja: &str) -> Option<Mapped> {
 }
 
 /// The known formats' names, for messages.
-pub fn known_formats() -> String {
+pub(crate) fn known_formats() -> String {
     FORMATS.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
 }
 

@@ -13,31 +13,40 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
 
-pub const MAGIC: [u8; 4] = *b"GGUF";
-pub const VERSION: u32 = 3;
-pub const DEFAULT_ALIGNMENT: u64 = 32;
+pub(crate) const MAGIC: [u8; 4] = *b"GGUF";
+pub(crate) const VERSION: u32 = 3;
+pub(crate) const DEFAULT_ALIGNMENT: u64 = 32;
 
 /// A ggml tensor type id, as stored in a GGUF tensor info.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GgmlType(pub u32);
 
 impl GgmlType {
+    /// 32-bit IEEE float.
     pub const F32: Self = Self(0);
+    /// 16-bit IEEE float.
     pub const F16: Self = Self(1);
+    /// Blocks of 32 values: an f16 scale and 4-bit values (18 bytes).
     pub const Q4_0: Self = Self(2);
-    pub const Q4_1: Self = Self(3);
+    pub(crate) const Q4_1: Self = Self(3);
+    /// Blocks of 32 values: an f16 scale and 5-bit values (22 bytes).
     pub const Q5_0: Self = Self(6);
-    pub const Q5_1: Self = Self(7);
+    pub(crate) const Q5_1: Self = Self(7);
+    /// Blocks of 32 values: an f16 scale and 8-bit values (34 bytes).
     pub const Q8_0: Self = Self(8);
+    /// ggml's intermediate type for dot products (36-byte blocks of 32); sized, never converted here.
     pub const Q8_1: Self = Self(9);
-    pub const Q2_K: Self = Self(10);
-    pub const Q3_K: Self = Self(11);
-    pub const Q4_K: Self = Self(12);
-    pub const Q5_K: Self = Self(13);
-    pub const Q6_K: Self = Self(14);
+    pub(crate) const Q2_K: Self = Self(10);
+    pub(crate) const Q3_K: Self = Self(11);
+    pub(crate) const Q4_K: Self = Self(12);
+    pub(crate) const Q5_K: Self = Self(13);
+    pub(crate) const Q6_K: Self = Self(14);
+    /// ggml's intermediate type for K-quant dot products (292-byte blocks of 256); sized, never
+    /// converted here.
     pub const Q8_K: Self = Self(15);
+    /// bfloat16: f32's exponent range with 8 bits of precision.
     pub const BF16: Self = Self(30);
-    pub const MXFP4: Self = Self(39);
+    pub(crate) const MXFP4: Self = Self(39);
 
     /// `(name, elements per block, bytes per block)`, from ggml's type traits table.
     fn traits(self) -> Option<(&'static str, u64, u64)> {
@@ -93,10 +102,11 @@ impl GgmlType {
     }
 
     /// Whether this table knows the type (its block layout, so its size).
-    pub fn is_known(self) -> bool {
+    pub(crate) fn is_known(self) -> bool {
         self.traits().is_some()
     }
 
+    /// ggml's name (`Q4_K`, `BF16`), or `type N` for an id this table does not know.
     pub fn name(self) -> String {
         self.traits()
             .map_or_else(|| format!("type {}", self.0), |t| t.0.to_string())
@@ -162,18 +172,31 @@ impl std::fmt::Display for GgmlType {
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// Value type 0.
     U8(u8),
+    /// Value type 1.
     I8(i8),
+    /// Value type 2.
     U16(u16),
+    /// Value type 3.
     I16(i16),
+    /// Value type 4.
     U32(u32),
+    /// Value type 5.
     I32(i32),
+    /// Value type 6.
     F32(f32),
+    /// Value type 7: one byte, 0 or 1.
     Bool(bool),
+    /// Value type 8: UTF-8, with a `u64` byte length in the file.
     String(String),
+    /// Value type 9: an element type, a `u64` count, the elements.
     Array(Array),
+    /// Value type 10.
     U64(u64),
+    /// Value type 11.
     I64(i64),
+    /// Value type 12.
     F64(f64),
 }
 
@@ -182,17 +205,29 @@ pub enum Value {
 /// The element type is kept, so an empty array round-trips.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Array {
+    /// Elements of value type 0.
     U8(Vec<u8>),
+    /// Elements of value type 1.
     I8(Vec<i8>),
+    /// Elements of value type 2.
     U16(Vec<u16>),
+    /// Elements of value type 3.
     I16(Vec<i16>),
+    /// Elements of value type 4.
     U32(Vec<u32>),
+    /// Elements of value type 5.
     I32(Vec<i32>),
+    /// Elements of value type 6.
     F32(Vec<f32>),
+    /// Elements of value type 7.
     Bool(Vec<bool>),
+    /// Elements of value type 8 (a tokenizer's vocabulary, merges).
     String(Strings),
+    /// Elements of value type 10.
     U64(Vec<u64>),
+    /// Elements of value type 11.
     I64(Vec<i64>),
+    /// Elements of value type 12.
     F64(Vec<f64>),
 }
 
@@ -205,26 +240,27 @@ pub struct Strings {
 }
 
 impl Strings {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.ends.len()
     }
 
+    /// Whether there are no strings (an empty string counts as one).
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
 
-    pub fn push(&mut self, s: &str) {
+    pub(crate) fn push(&mut self, s: &str) {
         self.text.push_str(s);
         self.ends.push(self.text.len());
     }
 
-    pub fn get(&self, i: usize) -> Option<&str> {
+    pub(crate) fn get(&self, i: usize) -> Option<&str> {
         let end = *self.ends.get(i)?;
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         self.text.get(start..end)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &str> {
         (0..self.len()).filter_map(|i| self.get(i))
     }
 }
@@ -241,7 +277,7 @@ impl<S: AsRef<str>> FromIterator<S> for Strings {
 
 impl Array {
     /// The GGUF value type id of the elements.
-    pub fn elem_type(&self) -> u32 {
+    pub(crate) fn elem_type(&self) -> u32 {
         match self {
             Array::U8(_) => 0,
             Array::I8(_) => 1,
@@ -258,6 +294,7 @@ impl Array {
         }
     }
 
+    /// The number of elements.
     pub fn len(&self) -> usize {
         match self {
             Array::U8(v) => v.len(),
@@ -275,13 +312,14 @@ impl Array {
         }
     }
 
+    /// Whether there are no elements; an empty array still has its element type.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Every element as an unsigned integer (per-layer counts), `None` for a non-integer array or
     /// a negative element.
-    pub fn as_u64s(&self) -> Option<Vec<u64>> {
+    pub(crate) fn as_u64s(&self) -> Option<Vec<u64>> {
         fn all<T: Copy>(v: &[T], f: impl Fn(T) -> Option<u64>) -> Option<Vec<u64>> {
             v.iter().map(|&x| f(x)).collect()
         }
@@ -298,6 +336,7 @@ impl Array {
         }
     }
 
+    /// The strings of a string array, `None` for any other element type.
     pub fn as_strings(&self) -> Option<&Strings> {
         match self {
             Array::String(s) => Some(s),
@@ -340,6 +379,8 @@ impl Value {
         }
     }
 
+    /// The value as a float: either float type, or an integer ([`as_u64`](Self::as_u64)'s, so not a
+    /// negative one); `None` for anything else.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
             Value::F32(v) => Some(v.into()),
@@ -348,13 +389,14 @@ impl Value {
         }
     }
 
-    pub fn as_str(&self) -> Option<&str> {
+    pub(crate) fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) => Some(s),
             _ => None,
         }
     }
 
+    /// The array, `None` for a scalar or a string.
     pub fn as_array(&self) -> Option<&Array> {
         match self {
             Value::Array(a) => Some(a),
@@ -362,7 +404,7 @@ impl Value {
         }
     }
 
-    pub fn array_len(&self) -> Option<usize> {
+    pub(crate) fn array_len(&self) -> Option<usize> {
         self.as_array().map(Array::len)
     }
 }
@@ -370,9 +412,11 @@ impl Value {
 /// One entry of the tensor table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorInfo {
+    /// The tensor's name, unique in the file (`blk.0.attn_q.weight`).
     pub name: String,
     /// ggml order: `ne[0]` varies fastest.
     pub ne: Vec<u64>,
+    /// The element type; may be one this tool does not know (then the tensor is not sized).
     pub ty: GgmlType,
     /// Relative to the start of the data section.
     pub offset: u64,
@@ -381,23 +425,30 @@ pub struct TensorInfo {
 /// A parsed GGUF header: metadata and tensor table, no tensor data.
 #[derive(Clone, Debug)]
 pub struct Header {
+    /// The GGUF version: 2 or 3.
     pub version: u32,
+    /// The metadata, in file order.
     pub kvs: Vec<(String, Value)>,
+    /// The tensor table, in file order; every tensor of a known type lies inside the file.
     pub tensors: Vec<TensorInfo>,
+    /// `general.alignment` (a power of two), or 32 when the file does not set it.
     pub alignment: u64,
     /// Absolute file offset of the data section.
     pub data_offset: u64,
 }
 
 impl Header {
+    /// The metadata value of `key` (the first, should a file repeat one).
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.kvs.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
+    /// The metadata value of `key` if it is a string.
     pub fn get_str(&self, key: &str) -> Option<&str> {
         self.get(key).and_then(Value::as_str)
     }
 
+    /// The tensor-table entry named `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }
@@ -410,7 +461,7 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 /// The most header (metadata and tensor table) the reader takes. The largest real headers (a
 /// 262k-token vocabulary with its merges) are tens of MiB; this bound keeps a crafted length field
 /// in a huge (or sparse) file from making the reader take gigabytes.
-pub const MAX_HEADER_BYTES: u64 = 256 << 20;
+pub(crate) const MAX_HEADER_BYTES: u64 = 256 << 20;
 
 /// Elements a list is given room for before any of them is read: a count field alone never
 /// allocates more than this; the list then grows as elements really arrive.
@@ -624,7 +675,7 @@ pub fn kv_in_prefix(prefix: &[u8], file_len: u64, key: &str) -> Option<Value> {
 }
 
 /// Whether the file at `path` starts with the GGUF magic.
-pub fn is_gguf(path: &Path) -> bool {
+pub(crate) fn is_gguf(path: &Path) -> bool {
     let mut magic = [0u8; 4];
     std::fs::File::open(path)
         .and_then(|mut f| io::Read::read_exact(&mut f, &mut magic))
@@ -633,7 +684,7 @@ pub fn is_gguf(path: &Path) -> bool {
 }
 
 /// Reads the header and tensor table of a GGUF file, checking that every tensor lies inside the file.
-/// Memory is bounded by the bytes really read (at most [`MAX_HEADER_BYTES`]), never by a length field.
+/// Memory is bounded by the bytes really read (at most 256 MiB of header), never by a length field.
 pub fn read_header(path: &Path) -> io::Result<Header> {
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
@@ -738,8 +789,11 @@ pub fn read_tensor_data(file: &File, header: &Header, t: &TensorInfo, buf: &mut 
 /// What the writer needs to know about a tensor before any data is written.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorSpec {
+    /// The tensor's name; names are not checked for uniqueness, which llama.cpp requires.
     pub name: String,
+    /// Dimensions in ggml order (`ne[0]` varies fastest), 1 to 4 of them.
     pub ne: Vec<u64>,
+    /// The element type; the writer refuses one whose size it does not know.
     pub ty: GgmlType,
 }
 
@@ -907,6 +961,7 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
+    /// Checks that every declared tensor was written, flushes, and returns the output.
     pub fn finish(mut self) -> io::Result<W> {
         if self.next != self.sizes.len() {
             return Err(invalid(format!(

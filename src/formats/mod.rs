@@ -5,4 +5,4 @@ pub mod chat_template;
 pub mod gguf;
 pub mod modelfile;
 pub mod peft;
-pub mod vocab;
+pub(crate) mod vocab;

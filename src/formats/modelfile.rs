@@ -79,26 +79,57 @@ fn valid_names() -> String {
 /// A parameter Ollama would not accept, or a server answer that cannot be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ParamError {
+    /// A `--parameter` without `=`, or with nothing before it.
     #[error("--parameter {arg:?} is not NAME=VALUE; write it like --parameter temperature=0.7")]
-    NotKeyValue { arg: String },
+    NotKeyValue {
+        /// The argument as given.
+        arg: String,
+    },
+    /// A name current Ollama does not know.
     #[error("unknown parameter {name:?}; Ollama accepts: {}", valid_names())]
-    Unknown { name: String },
+    Unknown {
+        /// The parameter name.
+        name: String,
+    },
+    /// A name Ollama removed in 2025.
     #[error("Ollama no longer accepts the parameter {name} (removed from its options in 2025); leave it out")]
-    Removed { name: String },
+    Removed {
+        /// The parameter name.
+        name: String,
+    },
+    /// A value Ollama's parser would refuse for the parameter's type.
     #[error("parameter {name}: {value:?} is not {expected}; {hint}")]
     BadValue {
+        /// The parameter name.
         name: String,
+        /// The value as given.
         value: String,
+        /// What the type takes, in words ("a whole number").
         expected: &'static str,
+        /// How to write such a value.
         hint: &'static str,
     },
+    /// NaN or an infinity, which JSON cannot carry.
     #[error(
         "parameter {name}: {value:?} is not a finite number; JSON (and so Ollama's API) cannot carry NaN or \
          infinity, give a number like 0.7"
     )]
-    NonFinite { name: String, value: String },
+    NonFinite {
+        /// The parameter name.
+        name: String,
+        /// The value as given.
+        value: String,
+    },
+    /// A line of `/api/show`'s `parameters` text that does not parse.
     #[error("line {line} of the parameters Ollama reported ({text:?}) cannot be read: {reason}")]
-    ShowText { line: usize, text: String, reason: String },
+    ShowText {
+        /// 1-based line number.
+        line: usize,
+        /// The line.
+        text: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// What a kind expects, and what to do instead, for [`ParamError::BadValue`].
@@ -237,10 +268,12 @@ impl Parameters {
         }
     }
 
+    /// Whether no parameter is set.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The value of `name` as `/api/create` takes it (`stop` is an array).
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.0.get(name)
     }
@@ -474,7 +507,9 @@ fn go_float_text(f: f64) -> String {
 /// A chat message given to the model before the user's first turn (Modelfile `MESSAGE`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
+    /// `system`, `user` or `assistant` (a Modelfile takes no other; the API may).
     pub role: String,
+    /// The text, verbatim.
     pub content: String,
 }
 
@@ -485,46 +520,75 @@ pub struct Modelfile {
     pub from: String,
     /// Absolute GGUF adapter path.
     pub adapter: Option<String>,
+    /// PARAMETER lines.
     pub parameters: Parameters,
+    /// TEMPLATE: the Go template of the prompt; `None` keeps what Ollama gives the FROM model.
     pub template: Option<String>,
+    /// SYSTEM: the default system message.
     pub system: Option<String>,
+    /// LICENSE text.
     pub license: Option<String>,
+    /// MESSAGE lines, in order.
     pub messages: Vec<Message>,
     /// RENDERER / PARSER exist in current Ollama for models with built-in renderers.
     pub renderer: Option<String>,
+    /// PARSER: the built-in output parser (see `renderer`).
     pub parser: Option<String>,
 }
 
 /// The built-in template; a user template gets the same context and filters.
-pub const BUILTIN_TEMPLATE: &str = include_str!("../../templates/Modelfile");
+pub(crate) const BUILTIN_TEMPLATE: &str = include_str!("../../templates/Modelfile");
 
 /// Why a Modelfile could not be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     /// The template itself does not parse; `detail` names the file and line.
     #[error("Modelfile template {template} cannot be used: {detail}")]
-    Syntax { template: String, detail: String },
+    Syntax {
+        /// The template's name, as passed to [`Modelfile::render`].
+        template: String,
+        /// minijinja's message.
+        detail: String,
+    },
     /// A value the template quoted cannot be carried by a Modelfile.
     #[error("{template} line {line}: {source}")]
     Quote {
+        /// The template's name, as passed to [`Modelfile::render`].
         template: String,
+        /// The template line that quoted it (0 when minijinja does not say).
         line: usize,
+        /// Why the value cannot be quoted.
         #[source]
         source: QuoteError,
     },
     /// Any other failure while rendering (undefined variable, bad filter argument...).
     #[error("rendering Modelfile template {template} failed: {detail}")]
-    Render { template: String, detail: String },
+    Render {
+        /// The template's name, as passed to [`Modelfile::render`].
+        template: String,
+        /// minijinja's message.
+        detail: String,
+    },
+    /// A message whose role a Modelfile MESSAGE cannot carry.
     #[error(
         "message {index} has role {role:?}, but a Modelfile MESSAGE takes only system, user or assistant; \
          send it through the API instead (leave out --out-modelfile)"
     )]
-    MessageRole { index: usize, role: String },
+    MessageRole {
+        /// 1-based position in [`Modelfile::messages`].
+        index: usize,
+        /// The role.
+        role: String,
+    },
+    /// A parameter name a PARAMETER line cannot carry (only letters, digits and `_`).
     #[error(
         "parameter name {name:?} cannot be written to a Modelfile (PARAMETER names are letters, digits and \
          _); leave it out or send it through the API (leave out --out-modelfile)"
     )]
-    ParameterName { name: String },
+    ParameterName {
+        /// The parameter name.
+        name: String,
+    },
 }
 
 impl Modelfile {
@@ -641,6 +705,7 @@ fn quote_filter(value: &JValue) -> Result<String, minijinja::Error> {
 /// A value Ollama's Modelfile grammar cannot carry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuoteError {
+    /// A character Ollama's reader drops (not printable, not a tab or line break).
     #[error(
         "the value {preview} contains {escaped} (U+{code:04X}) at line {line}, column {column}, which \
          Ollama's Modelfile reader silently drops, so a Modelfile cannot carry this value; remove that \
@@ -648,11 +713,16 @@ pub enum QuoteError {
         escaped = ch.escape_unicode(), code = *ch as u32
     )]
     Unprintable {
+        /// The character.
         ch: char,
+        /// 1-based line of the value it is on (`\r\n` counts once).
         line: usize,
+        /// 1-based column, in characters.
         column: usize,
+        /// The value's first 40 characters, escaped and quoted.
         preview: String,
     },
+    /// Line ends that would close both `"` and `"""` quoting early.
     #[error(
         "no Modelfile quoting can carry the value {preview}: in \"\"\" quotes Ollama's Modelfile reader would \
          end it at the end of line {triple_line} (the text up to there ends with \"\"\"), and in \" quotes \
@@ -660,8 +730,11 @@ pub enum QuoteError {
          value through the API instead (leave out --out-modelfile)"
     )]
     Unquotable {
+        /// The value's first 40 characters, escaped and quoted.
         preview: String,
+        /// 1-based line at whose end `"""` quoting would close.
         triple_line: usize,
+        /// What `"` quoting would do, in words.
         single: String,
     },
 }

@@ -17,10 +17,13 @@ use serde_json::Value as Json;
 use crate::engine::arch::{self, Site};
 use crate::error::{Error, Result};
 
+/// The name of the config PEFT's `save_pretrained` writes into an adapter folder.
 pub const CONFIG_FILE: &str = "adapter_config.json";
 /// The largest rank (and layer number) a config may give: real ranks are at most a few thousand.
 const MAX_RANK: u64 = 1 << 16;
 const MAX_LAYER: u64 = 1 << 16;
+/// The name of the weights file in an adapter folder: the only weights format read (a pickled
+/// `adapter_model.bin` is refused, with how to re-save it).
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 const PICKLE_FILE: &str = "adapter_model.bin";
 
@@ -34,30 +37,39 @@ st.save_file({k: v.contiguous() for k, v in torch.load('adapter_model.bin', map_
 /// PEFT adds new ones every release.
 #[derive(Clone, Debug, Default)]
 pub struct LoraConfig {
+    /// The adapter kind (`LORA`); only LoRA has a GGUF form, [`Adapter::analyze`] refuses the others.
     pub peft_type: Option<String>,
-    pub task_type: Option<String>,
+    pub(crate) task_type: Option<String>,
+    /// The model it was trained on, as PEFT wrote it: a Hub id or a local path.
     pub base_model_name_or_path: Option<String>,
-    pub revision: Option<String>,
-    pub peft_version: Option<String>,
+    pub(crate) revision: Option<String>,
+    pub(crate) peft_version: Option<String>,
+    /// The rank of modules `rank_pattern` does not match; 1 to 65536.
     pub r: Option<u64>,
-    pub lora_alpha: Option<f64>,
-    pub use_rslora: bool,
+    pub(crate) lora_alpha: Option<f64>,
+    pub(crate) use_rslora: bool,
+    /// DoRA: a magnitude vector rescales each adapted weight. A merge applies it; llama.cpp's LoRA
+    /// cannot, so it rules out a GGUF adapter.
     pub use_dora: bool,
-    pub fan_in_fan_out: bool,
+    pub(crate) fan_in_fan_out: bool,
     /// Pattern -> rank (PEFT takes the first pattern, in file order, that matches).
-    pub rank_pattern: Patterns<u64>,
+    pub(crate) rank_pattern: Patterns<u64>,
     /// Pattern -> alpha.
-    pub alpha_pattern: Patterns<f64>,
+    pub(crate) alpha_pattern: Patterns<f64>,
     /// As written: a list of names, a regex string, or absent.
-    pub target_modules: Option<Json>,
+    pub(crate) target_modules: Option<Json>,
+    /// Modules trained in full and saved whole beside the pairs (a classifier head, or the embeddings
+    /// of a resized vocabulary).
     pub modules_to_save: Vec<String>,
-    pub layers_to_transform: Option<Vec<u64>>,
+    pub(crate) layers_to_transform: Option<Vec<u64>>,
     /// PEFT `target_parameters`: raw parameters wrapped with LoRA (fused MoE experts, routers).
-    pub target_parameters: Vec<String>,
+    pub(crate) target_parameters: Vec<String>,
     /// Activated LoRA (PEFT 0.18+): the token ids after which the adapter applies.
     pub alora_invocation_tokens: Vec<u32>,
     /// PEFT's trainable tokens: module name (`embed_tokens` for the list form) -> vocabulary rows.
     pub trainable_token_indices: Vec<(String, Vec<u32>)>,
+    /// PEFT's `bias` setting, `none` when absent; as written, since trained biases are refused by
+    /// their tensors whatever it says.
     pub bias: String,
     /// Fields set to a value that changes what the adapter computes in a way GGUF cannot carry.
     unsupported: Vec<Problem>,
@@ -68,7 +80,9 @@ pub struct LoraConfig {
 pub struct Problem {
     /// The config field or tensor name concerned.
     pub subject: String,
+    /// What is wrong, in one sentence.
     pub why: String,
+    /// What the user can do about it.
     pub hint: String,
 }
 
@@ -346,7 +360,7 @@ impl<'a> Fields<'a> {
 /// `rank_pattern` / `alpha_pattern`: module-name patterns with their values, in file order,
 /// compiled once.
 #[derive(Clone, Debug, Default)]
-pub struct Patterns<T> {
+pub(crate) struct Patterns<T> {
     entries: Vec<(String, regex::Regex, T)>,
 }
 
@@ -374,18 +388,18 @@ impl<T: Copy> Patterns<T> {
     }
 
     /// The value of the first pattern, in file order, that matches `module_path`.
-    pub fn lookup(&self, module_path: &str) -> Option<T> {
+    pub(crate) fn lookup(&self, module_path: &str) -> Option<T> {
         self.entries
             .iter()
             .find(|(_, re, _)| re.is_match(module_path))
             .map(|(_, _, v)| *v)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, T)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, T)> {
         self.entries.iter().map(|(p, _, v)| (p.as_str(), *v))
     }
 }
@@ -400,21 +414,23 @@ impl<T: Copy + Serialize> Serialize for Patterns<T> {
 /// One tensor of the safetensors file.
 #[derive(Clone, Debug)]
 pub struct RawTensor {
+    /// The safetensors key, as PEFT wrote it (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`).
     pub key: String,
-    pub dtype: Dtype,
-    pub shape: Vec<usize>,
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<usize>,
     /// Byte range inside the memory map.
     range: (usize, usize),
 }
 
 impl RawTensor {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Whether a dimension is 0.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    pub fn byte_len(&self) -> usize {
+    pub(crate) fn byte_len(&self) -> usize {
         self.range.1 - self.range.0
     }
 }
@@ -442,11 +458,12 @@ pub fn hub_repo_id(base: &str) -> Option<String> {
 /// An opened PEFT adapter: parsed config, safetensors header, and the open weights file.
 pub struct Adapter {
     /// What the user passed, for messages.
-    pub path: PathBuf,
-    pub config_path: PathBuf,
-    pub weights_path: PathBuf,
-    pub config: LoraConfig,
-    pub file_size: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) config_path: PathBuf,
+    pub(crate) weights_path: PathBuf,
+    pub(crate) config: LoraConfig,
+    pub(crate) file_size: u64,
+    /// The safetensors header's `__metadata__` (PEFT writes `format: pt`), when present.
     pub metadata: Option<HashMap<String, String>>,
     /// In file order.
     pub tensors: Vec<RawTensor>,
@@ -660,7 +677,7 @@ impl Adapter {
 
     /// Reads rows `rows` (of the first dimension) of a tensor as f32 into `out`, so a full embedding
     /// copy streams in blocks like the base it replaces.
-    pub fn read_rows_f32(
+    pub(crate) fn read_rows_f32(
         &self,
         t: &RawTensor,
         rows: std::ops::Range<usize>,
@@ -764,59 +781,61 @@ fn parse_key(key: &str) -> KeyKind {
 #[derive(Clone, Debug)]
 pub struct LoraModule {
     /// Module name in the HF model, e.g. `model.layers.0.self_attn.q_proj`.
-    pub path: String,
-    pub site: Site,
+    pub(crate) path: String,
+    pub(crate) site: Site,
     /// Embedding LoRA (`lora_embedding_A/B`): A is `[r, vocab]`, B `[hidden, r]`.
-    pub embedding: bool,
+    pub(crate) embedding: bool,
     /// Indices into [`Adapter::tensors`].
-    pub a: usize,
-    pub b: usize,
-    pub rank: u64,
+    pub(crate) a: usize,
+    pub(crate) b: usize,
+    pub(crate) rank: u64,
     /// Input width of the adapted weight (vocab size for an embedding).
     pub in_features: u64,
+    /// Output height of the adapted weight (hidden size for an embedding).
     pub out_features: u64,
-    pub alpha: f64,
+    pub(crate) alpha: f64,
     /// `alpha / rank` or `alpha / sqrt(rank)`.
-    pub scale: f64,
+    pub(crate) scale: f64,
     /// Experts a fused 3-D parameter's pair covers (`target_parameters`): lora_A `[rank * experts,
     /// in]` holds expert e's rows at `e * rank`, lora_B `[out, rank * experts]` its columns at
     /// `e + k * experts` (PEFT's ParamWrapper). 1 for every other pair.
-    pub experts: u64,
+    pub(crate) experts: u64,
     /// DoRA: the index of its magnitude vector (`[out_features]`) in [`Adapter::tensors`].
-    pub magnitude: Option<usize>,
+    pub(crate) magnitude: Option<usize>,
 }
 
 /// Weights an adapter replaces instead of adding a low-rank delta: a full copy of the embeddings or
 /// the output projection (`modules_to_save`, or saved because the vocabulary was resized), or some
 /// of their rows (PEFT's trainable tokens, whose `trainable_tokens_delta` holds the new rows).
 #[derive(Clone, Debug)]
-pub struct Replacement {
+pub(crate) struct Replacement {
     /// [`Site::Embedding`] or [`Site::Output`].
-    pub site: Site,
+    pub(crate) site: Site,
     /// Index into [`Adapter::tensors`]: `[vocab, hidden]`, or `[rows.len(), hidden]`.
-    pub tensor: usize,
+    pub(crate) tensor: usize,
     /// The vocabulary rows it replaces, in its own row order; `None`: all of them.
-    pub rows: Option<Vec<u32>>,
+    pub(crate) rows: Option<Vec<u32>>,
 }
 
 /// The result of pairing and checking an adapter's tensors.
 #[derive(Debug, Default)]
 pub struct Analysis {
+    /// Every complete LoRA pair that passed its checks, sorted by where it sits in the model.
     pub modules: Vec<LoraModule>,
     /// Everything that keeps the adapter from converting.
-    pub problems: Vec<Problem>,
+    pub(crate) problems: Vec<Problem>,
     /// What only a merge into the base can apply (DoRA): refusals in adapter mode.
-    pub merge_only: Vec<Problem>,
+    pub(crate) merge_only: Vec<Problem>,
     /// What only a GGUF adapter can carry (activated LoRA): refusals in merge mode.
-    pub adapter_only: Vec<Problem>,
+    pub(crate) adapter_only: Vec<Problem>,
     /// Embedding and output weights the adapter replaces (merge only).
-    pub replacements: Vec<Replacement>,
+    pub(crate) replacements: Vec<Replacement>,
     /// Things done that the user should know about (tensors skipped per PEFT's own rules).
-    pub notices: Vec<String>,
+    pub(crate) notices: Vec<String>,
     /// Module paths of the LoRA pairs (also in `modules`) on a multimodal model's vision or audio
     /// tower: not part of the language model's GGUF, so whether they can be used depends on the
     /// base (see `validate`).
-    pub towers: Vec<String>,
+    pub(crate) towers: Vec<String>,
 }
 
 /// LoRA pairs by module path and whether they are embedding LoRA: the indices of lora_A and lora_B
@@ -1364,55 +1383,58 @@ fn group_problems(problems: Vec<Problem>) -> Vec<Problem> {
 /// `inspect`'s view of an adapter: everything a user wants to know before using it.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    pub adapter: PathBuf,
-    pub config_file: PathBuf,
-    pub weights_file: PathBuf,
-    pub file_size: u64,
-    pub peft_type: Option<String>,
-    pub task_type: Option<String>,
-    pub peft_version: Option<String>,
-    pub base_model: Option<String>,
-    pub r: Option<u64>,
-    pub lora_alpha: Option<f64>,
-    pub use_rslora: bool,
-    pub use_dora: bool,
-    pub fan_in_fan_out: bool,
-    pub rank_pattern: Patterns<u64>,
-    pub alpha_pattern: Patterns<f64>,
-    pub target_modules: Option<Json>,
+    pub(crate) adapter: PathBuf,
+    pub(crate) config_file: PathBuf,
+    pub(crate) weights_file: PathBuf,
+    pub(crate) file_size: u64,
+    pub(crate) peft_type: Option<String>,
+    pub(crate) task_type: Option<String>,
+    pub(crate) peft_version: Option<String>,
+    pub(crate) base_model: Option<String>,
+    pub(crate) r: Option<u64>,
+    pub(crate) lora_alpha: Option<f64>,
+    pub(crate) use_rslora: bool,
+    pub(crate) use_dora: bool,
+    pub(crate) fan_in_fan_out: bool,
+    pub(crate) rank_pattern: Patterns<u64>,
+    pub(crate) alpha_pattern: Patterns<f64>,
+    pub(crate) target_modules: Option<Json>,
     /// One entry per module name and (rank, alpha): e.g. q_proj over layers 0-31 at rank 16.
-    pub modules: Vec<ModuleGroup>,
-    pub layers: Vec<u32>,
+    pub(crate) modules: Vec<ModuleGroup>,
+    pub(crate) layers: Vec<u32>,
+    /// Tensors in the safetensors file, of every kind.
     pub tensor_count: usize,
-    pub parameter_count: u64,
+    pub(crate) parameter_count: u64,
     /// dtype name -> tensor count.
-    pub dtypes: BTreeMap<String, usize>,
+    pub(crate) dtypes: BTreeMap<String, usize>,
     /// Usable as a GGUF adapter (`convert`).
     pub convertible: bool,
     /// Usable merged into the base (`merge`, create-from-base).
-    pub mergeable: bool,
+    pub(crate) mergeable: bool,
+    /// What keeps it from converting, grouped by reason.
     pub problems: Vec<Problem>,
-    pub merge_only: Vec<Problem>,
-    pub adapter_only: Vec<Problem>,
+    pub(crate) merge_only: Vec<Problem>,
+    pub(crate) adapter_only: Vec<Problem>,
     /// What the adapter carries besides LoRA pairs, in words (DoRA, full copies, trainable tokens,
     /// activated LoRA).
-    pub carries: Vec<String>,
-    pub notices: Vec<String>,
+    pub(crate) carries: Vec<String>,
+    pub(crate) notices: Vec<String>,
     /// LoRA pairs on vision/audio towers (module paths), which the language model's GGUF lacks.
-    pub towers: Vec<String>,
+    pub(crate) towers: Vec<String>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
-pub struct ModuleGroup {
+pub(crate) struct ModuleGroup {
     /// `q_proj`, `embed_tokens`, `lm_head`.
-    pub module: String,
-    pub layers: Vec<u32>,
-    pub rank: u64,
-    pub alpha: f64,
-    pub scale: f64,
+    pub(crate) module: String,
+    pub(crate) layers: Vec<u32>,
+    pub(crate) rank: u64,
+    pub(crate) alpha: f64,
+    pub(crate) scale: f64,
 }
 
 impl Report {
+    /// The report on `adapter`, from its [`Adapter::analyze`].
     pub fn new(adapter: &Adapter, analysis: &Analysis) -> Self {
         let cfg = &adapter.config;
         let mut groups: BTreeMap<(String, u64, u64), ModuleGroup> = BTreeMap::new();

@@ -20,24 +20,24 @@ const UNUSED: i32 = 5;
 /// The score llama.cpp's converter gives added tokens in vocabularies that have scores.
 const ADDED_SCORE: f32 = -1000.0;
 /// The tokenizer files that name added tokens, read in this order of precedence.
-pub const TOKEN_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "added_tokens.json"];
+pub(crate) const TOKEN_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "added_tokens.json"];
 /// Tokenizer files are JSON of a few megabytes; anything far larger is not one.
 const MAX_FILE: u64 = 256 << 20;
 
 /// The tokens of ids `from..` of a resized vocabulary, and the special-token ids the adapter's
 /// tokenizer names.
 #[derive(Debug, PartialEq)]
-pub struct Added {
+pub(crate) struct Added {
     /// `(text, special)` per id from the base's old size on.
-    pub tokens: Vec<(String, bool)>,
+    pub(crate) tokens: Vec<(String, bool)>,
     /// `tokenizer_config.json`'s `bos_token`, `eos_token`, ... as `(GGUF key suffix, text)`.
-    pub specials: Vec<(&'static str, String)>,
+    pub(crate) specials: Vec<(&'static str, String)>,
 }
 
 /// Reads the tokens of ids `old..new` from the tokenizer files in `dir` (tokenizer.json's
 /// `added_tokens`, else tokenizer_config.json's `added_tokens_decoder`, else added_tokens.json).
 /// Ids none of them names become `[PAD{id}]`, as llama.cpp's converter pads.
-pub fn added_tokens(dir: &Path, old: usize, new: usize) -> Result<Added> {
+pub(crate) fn added_tokens(dir: &Path, old: usize, new: usize) -> Result<Added> {
     let mut named: Vec<Option<(String, bool)>> = vec![None; new.saturating_sub(old)];
     let mut put = |id: u64, text: &str, special: bool| {
         if let Some(slot) = (id as usize).checked_sub(old).and_then(|i| named.get_mut(i)) {
@@ -108,7 +108,7 @@ fn read_json(path: &Path) -> Result<Option<Json>> {
 /// appends `added`'s tokens (CONTROL when special, else USER_DEFINED; `[PAD]` fillers UNUSED), with
 /// the converter's score for added tokens where the vocabulary has scores; points the special ids
 /// at the adapter tokenizer's tokens. Refuses a duplicate token text (llama.cpp would abort).
-pub fn resize(kvs: &mut Vec<(String, Value)>, arch: &str, new: usize, added: &Added, file: &Path) -> Result<()> {
+pub(crate) fn resize(kvs: &mut Vec<(String, Value)>, arch: &str, new: usize, added: &Added, file: &Path) -> Result<()> {
     let tokens = kvs
         .iter_mut()
         .find(|(k, _)| k == "tokenizer.ggml.tokens")

@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 /// An instruction-set level for [`quantize_with`](super::quantize_with); [`quantize`](super::quantize)
-/// runs [`Simd::current`].
+/// runs the highest this CPU has, capped by `OLLAMA_TOOLS_SIMD`. Every level writes the same bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Simd {
     /// The build's baseline target (SSE2 on x86-64): runs everywhere.
@@ -20,11 +20,11 @@ pub enum Simd {
 }
 
 /// The environment variable that caps the level, read once: `scalar`, `avx2` or `avx512`.
-pub const ENV: &str = "OLLAMA_TOOLS_SIMD";
+pub(crate) const ENV: &str = "OLLAMA_TOOLS_SIMD";
 
 impl Simd {
     /// Every level, lowest first.
-    pub const ALL: [Simd; 3] = [Simd::Scalar, Simd::Avx2, Simd::Avx512];
+    pub(crate) const ALL: [Simd; 3] = [Simd::Scalar, Simd::Avx2, Simd::Avx512];
 
     /// The name `OLLAMA_TOOLS_SIMD` takes.
     pub fn name(self) -> &'static str {
@@ -40,7 +40,7 @@ impl Simd {
     }
 
     /// Whether this CPU can run the level.
-    pub fn supported(self) -> bool {
+    pub(crate) fn supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
@@ -62,7 +62,7 @@ impl Simd {
     }
 
     /// The highest level this CPU can run.
-    pub fn best() -> Simd {
+    pub(crate) fn best() -> Simd {
         Simd::ALL
             .into_iter()
             .rev()
@@ -72,7 +72,7 @@ impl Simd {
 
     /// The level [`quantize`](super::quantize) uses: the best one, capped by `OLLAMA_TOOLS_SIMD` when
     /// that names a level (a level above what the CPU has gives the best it has). Read once.
-    pub fn current() -> Simd {
+    pub(crate) fn current() -> Simd {
         static LEVEL: OnceLock<Simd> = OnceLock::new();
         *LEVEL.get_or_init(|| capped(std::env::var(ENV).ok().as_deref()))
     }
