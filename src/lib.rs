@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! ollama-tools: turn Hugging Face PEFT LoRA adapters into something llama.cpp and Ollama run exactly.
 //!
 //! The modules follow the data (see `docs/DESIGN.md`): [`formats`] reads and writes the files (PEFT

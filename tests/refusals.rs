@@ -414,9 +414,10 @@ fn kind_of(dir: &Path, arch: &str, dims: Dims, strict: bool) -> ollama_tools::Er
     let base = ollama_tools::engine::base::BaseModel::load(&base_path).unwrap();
     let err = ollama_tools::formats::peft::Adapter::open(&dir.join("a"))
         .and_then(|adapter| {
-            // `merging` is the crate's own: the options are set field by field.
-            let mut opts = Options::default();
-            opts.strict = strict;
+            let opts = Options {
+                strict,
+                ..Default::default()
+            };
             convert::convert(
                 &[Input { adapter, weight: 1.0 }],
                 &base,

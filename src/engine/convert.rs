@@ -46,24 +46,28 @@ pub enum OutType {
 }
 
 /// One adapter to convert, with its weight when several are stacked.
-pub(crate) struct Input {
-    pub(crate) adapter: Adapter,
-    pub(crate) weight: f64,
+pub struct Input {
+    /// The PEFT adapter.
+    pub adapter: Adapter,
+    /// Its delta is multiplied by this (1 for one adapter).
+    pub weight: f64,
 }
 
+/// How to convert.
 #[derive(Clone, Debug)]
-pub(crate) struct Options {
-    pub(crate) outtype: OutType,
+pub struct Options {
+    /// The tensor type written.
+    pub outtype: OutType,
     /// Multiplies the whole effect (0.5 = half strength).
-    pub(crate) scale: f64,
+    pub scale: f64,
     /// `general.name`; defaults to the adapter folder names.
-    pub(crate) name: Option<String>,
+    pub name: Option<String>,
     /// Replace an existing output file.
-    pub(crate) force: bool,
+    pub force: bool,
     /// Treat validation warnings as errors.
-    pub(crate) strict: bool,
+    pub strict: bool,
     /// The plan is for a merge into the base, not a GGUF adapter (what each can apply differs).
-    pub(crate) merging: bool,
+    pub merging: bool,
 }
 
 impl Default for Options {
@@ -81,18 +85,23 @@ impl Default for Options {
 
 /// What was written.
 #[derive(Debug, serde::Serialize)]
-pub(crate) struct Summary {
-    pub(crate) output: PathBuf,
-    pub(crate) arch: String,
-    pub(crate) alpha: f32,
+pub struct Summary {
+    /// The file written.
+    pub output: PathBuf,
+    /// The base architecture the tensors are named for.
+    pub arch: String,
+    /// The `adapter.lora.alpha` written.
+    pub alpha: f32,
     /// LoRA pairs written.
-    pub(crate) pairs: usize,
+    pub pairs: usize,
     /// Pairs whose scale did not fit the file alpha and was folded into lora_B.
-    pub(crate) folded: usize,
+    pub folded: usize,
     /// Tensor type name -> count.
-    pub(crate) types: BTreeMap<String, usize>,
-    pub(crate) bytes: u64,
-    pub(crate) notices: Vec<String>,
+    pub types: BTreeMap<String, usize>,
+    /// The file's size.
+    pub bytes: u64,
+    /// What the user was told on the way.
+    pub notices: Vec<String>,
 }
 
 /// How one source tensor goes into an output tensor.
@@ -206,7 +215,7 @@ pub(crate) fn adapter_label(adapter: &Adapter) -> String {
 }
 
 /// Converts `inputs` for `base` into the GGUF LoRA adapter `output`.
-pub(crate) fn convert(
+pub fn convert(
     inputs: &[Input],
     base: &BaseModel,
     output: &Path,

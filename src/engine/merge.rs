@@ -39,37 +39,47 @@ pub enum MergedType {
     Q8_0,
 }
 
+/// How to merge.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Options {
-    pub(crate) merged_type: MergedType,
+pub struct Options {
+    /// Type of the merged tensors (their own, f16 or q8_0).
+    pub merged_type: MergedType,
     /// Quantize the whole model with llama-quantize's mix for this scheme (instead of keeping the
     /// base's types); excludes `merged_type`.
-    pub(crate) quantize: Option<Scheme>,
+    pub quantize: Option<Scheme>,
     /// Multiplies the adapters' effect.
-    pub(crate) scale: f64,
-    pub(crate) force: bool,
-    pub(crate) strict: bool,
+    pub scale: f64,
+    /// Replace an existing output file.
+    pub force: bool,
+    /// Treat validation warnings as errors.
+    pub strict: bool,
     /// A Jinja chat template written as `tokenizer.chat_template` (a fine-tune's own).
-    pub(crate) chat_template: Option<String>,
+    pub chat_template: Option<String>,
 }
 
 /// What was written.
 #[derive(Debug, serde::Serialize)]
-pub(crate) struct Summary {
-    pub(crate) output: PathBuf,
-    pub(crate) base: PathBuf,
-    /// Tensors the adapters changed, untouched tensors converted to another type (--quantize), and
-    /// tensors copied unchanged.
-    pub(crate) merged: usize,
-    pub(crate) converted: usize,
-    pub(crate) copied: usize,
+pub struct Summary {
+    /// The file written.
+    pub output: PathBuf,
+    /// The base GGUF read.
+    pub base: PathBuf,
+    /// Tensors the adapters changed.
+    pub merged: usize,
+    /// Tensors no adapter touches, converted to another type (--quantize).
+    pub converted: usize,
+    /// Tensors copied unchanged.
+    pub copied: usize,
     /// The --quantize scheme, when one was asked for.
-    pub(crate) quantize: Option<String>,
+    pub quantize: Option<String>,
     /// Type name of the merged tensors -> count.
-    pub(crate) merged_types: std::collections::BTreeMap<String, usize>,
-    pub(crate) bytes: u64,
-    pub(crate) base_bytes: u64,
-    pub(crate) notices: Vec<String>,
+    pub merged_types: std::collections::BTreeMap<String, usize>,
+    /// The file's size.
+    pub bytes: u64,
+    /// The base file's size.
+    pub base_bytes: u64,
+    /// What the user was told on the way.
+    pub notices: Vec<String>,
 }
 
 /// About 256 K values per job: 1 MiB of f32, so that a job's rows stay in a core's L2 cache from
@@ -105,7 +115,7 @@ enum Piece {
 }
 
 /// Merges `inputs` into the GGUF of `base` (which must have one), writing `output`.
-pub(crate) fn merge(
+pub fn merge(
     inputs: &[Input],
     base: &BaseModel,
     output: &Path,
@@ -146,7 +156,7 @@ pub(crate) fn merge(
 }
 
 /// Merges a ready GGUF LoRA adapter (checked against `base` first) into the GGUF of `base`.
-pub(crate) fn merge_gguf_adapter(
+pub fn merge_gguf_adapter(
     adapter: &Path,
     base: &BaseModel,
     output: &Path,

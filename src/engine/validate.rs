@@ -962,7 +962,7 @@ fn finish(mut v: Validation, base: &BaseModel, layers: usize) -> Validation {
 }
 
 /// A ready GGUF LoRA adapter, checked against a base the way llama.cpp checks it when loading.
-pub(crate) struct GgufAdapter {
+pub struct GgufAdapter {
     pub(crate) path: PathBuf,
     pub(crate) header: crate::formats::gguf::Header,
     /// `adapter.lora.alpha`; 0 means llama.cpp applies each pair with scale 1.
@@ -988,7 +988,7 @@ const GGUF_ADAPTER_HINT: &str = "pass a GGUF LoRA adapter (from `ollama-tools co
 /// Reads the GGUF LoRA adapter at `path` and checks it fits `base`: `general.type` is `adapter`, the
 /// architecture is the base's, every lora_a has its lora_b, and each pair's shapes match the base
 /// tensor as llama.cpp requires (for the token embedding, lora_a is stored transposed).
-pub(crate) fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAdapter> {
+pub fn check_gguf_adapter(path: &Path, base: &BaseModel) -> crate::Result<GgufAdapter> {
     let header = crate::formats::gguf::read_header(path).map_err(|e| Error::invalid(path, e.to_string()))?;
     check_adapter_kind(path, &header, base)?;
     let alpha = adapter_alpha(path, &header)?;

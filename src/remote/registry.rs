@@ -571,7 +571,7 @@ fn range_start(resp: &Response) -> Option<u64> {
         .ok()
 }
 
-/// Like [`base::resolve`], but the base comes with its GGUF file (a merge reads its tensors): a GGUF path
+/// Like `base::resolve`, but the base comes with its GGUF file (a merge reads its tensors): a GGUF path
 /// as given; for an Ollama model name, the blob in the local store, else the model's GGUF layer
 /// downloaded from its registry (as `ollama pull` does) into this tool's cache.
 pub fn resolve_gguf(spec: &str, progress: &dyn Progress) -> Result<BaseModel> {
