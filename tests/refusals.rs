@@ -59,16 +59,21 @@ fn adapter(dir: &Path, config: serde_json::Value, tensors: Vec<T>) {
     write_adapter(&dir.join("a"), &config, &tensors);
 }
 
-#[test]
-fn dora() {
-    let d = tempfile::tempdir().unwrap();
+/// A DoRA adapter on one q_proj: a LoRA pair and its magnitude vector.
+fn dora_adapter(dir: &std::path::Path) {
     let mut ts = pair(0, "q_proj", 2);
     ts.push(t(
         "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector",
         &[32],
         vec![1.0; 32],
     ));
-    adapter(d.path(), cfg(json!({"use_dora": true})), ts);
+    adapter(dir, cfg(json!({"use_dora": true})), ts);
+}
+
+#[test]
+fn dora() {
+    let d = tempfile::tempdir().unwrap();
+    dora_adapter(d.path());
     refused(d.path(), "llama", TINY, &["use_dora", "DoRA", "ollama-tools merge"]);
 }
 
@@ -500,13 +505,7 @@ fn a_library_caller_tells_a_mismatch_from_an_unsupported_adapter_by_the_kind() {
 
     // DoRA as a GGUF adapter, beside a pair that fits: unsupported, not a mismatch.
     let d = tempfile::tempdir().unwrap();
-    let mut ts = pair(0, "q_proj", 2);
-    ts.push(t(
-        "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector",
-        &[32],
-        vec![1.0; 32],
-    ));
-    adapter(d.path(), cfg(json!({"use_dora": true})), ts);
+    dora_adapter(d.path());
     assert_eq!(kind_of(d.path(), "llama", TINY, false), Unsupported);
 
     // A pickled adapter is refused when it is opened.
