@@ -183,23 +183,11 @@ pub(crate) fn refuse(adapter: &Adapter, base: &BaseModel, findings: &[Finding]) 
 }
 
 /// The kind of a refusal for `findings` (those with `warnings` appended under `--strict`): a
-/// mismatch, unless every error is about the adapter alone (a PEFT feature or flaw, whatever the
-/// base) or the base alone (its format, architecture or tensor types), so that no other pairing
-/// would do: then it is unsupported. A validation finding carries no kind, so the adapter's own
-/// analysis (only made again on this error path) tells its problems apart.
-fn refusal_kind(adapter: &Adapter, findings: &[Finding], warnings: &[Finding]) -> crate::ErrorKind {
-    let own = adapter.analyze();
-    let alone = |f: &Finding| {
-        f.subject == "base"
-            || own
-                .problems
-                .iter()
-                .chain(&own.merge_only)
-                .chain(&own.adapter_only)
-                .any(|p| p.subject == f.subject && p.why == f.message)
-    };
-    let errors: Vec<&Finding> = findings.iter().filter(|f| !warnings.contains(f)).collect();
-    if !errors.is_empty() && errors.into_iter().all(alone) {
+/// mismatch, unless every error is about the adapter alone or the base alone, so that no other
+/// pairing would do: then it is unsupported.
+fn refusal_kind(findings: &[Finding], warnings: &[Finding]) -> crate::ErrorKind {
+    let mut errors = findings.iter().filter(|f| !warnings.contains(f)).peekable();
+    if errors.peek().is_some() && errors.all(|f| f.alone) {
         crate::ErrorKind::Unsupported
     } else {
         crate::ErrorKind::Mismatch
@@ -479,7 +467,7 @@ fn gather_targets(inputs: &[Input], base: &BaseModel, opts: &Options) -> Result<
             errors.extend(v.warnings.iter().cloned());
         }
         if !errors.is_empty() {
-            let kind = refusal_kind(&input.adapter, &errors, &v.warnings);
+            let kind = refusal_kind(&errors, &v.warnings);
             return Err(refuse(&input.adapter, base, &errors).with_kind(kind));
         }
         if v.modules.is_empty() && v.replacements.is_empty() {

@@ -22,6 +22,11 @@ pub struct Finding {
     pub message: String,
     /// What to do about it.
     pub(crate) hint: String,
+    /// About the adapter alone (a PEFT feature or flaw, whatever the base) or the base alone (its
+    /// format, architecture or tensor types): no other pairing would do, so a refusal for it is
+    /// "unsupported" rather than "mismatch".
+    #[serde(skip)]
+    pub(crate) alone: bool,
 }
 
 fn finding(subject: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Finding {
@@ -29,6 +34,15 @@ fn finding(subject: impl Into<String>, message: impl Into<String>, hint: impl In
         subject: subject.into(),
         message: message.into(),
         hint: hint.into(),
+        alone: false,
+    }
+}
+
+/// A [`finding`] about the adapter alone or the base alone (see [`Finding::alone`]).
+fn finding_alone(subject: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Finding {
+    Finding {
+        alone: true,
+        ..finding(subject, message, hint)
     }
 }
 
@@ -242,7 +256,10 @@ pub fn validate(adapter: &Adapter, base: &BaseModel) -> Validation {
 
 /// The analysis' problems as findings.
 fn findings(problems: &[crate::formats::peft::Problem]) -> Vec<Finding> {
-    problems.iter().map(|p| finding(&p.subject, &p.why, &p.hint)).collect()
+    problems
+        .iter()
+        .map(|p| finding_alone(&p.subject, &p.why, &p.hint))
+        .collect()
 }
 
 /// Checks the base itself (GGUF, tensor types this tool knows) and records what it is; its
@@ -250,7 +267,7 @@ fn findings(problems: &[crate::formats::peft::Problem]) -> Vec<Finding> {
 fn check_base(v: &mut Validation, base: &BaseModel) -> Option<&'static arch::Arch> {
     let base_name = base.source.display();
     match base.format.as_deref() {
-        Some(f) if f != "gguf" => v.errors.push(finding(
+        Some(f) if f != "gguf" => v.errors.push(finding_alone(
             "base",
             format!("{base_name} is a {f} model, not GGUF: Ollama applies adapters only to GGUF models, and only a GGUF base can be merged"),
             "use a GGUF build of the model, e.g. one from the Ollama library",
@@ -258,7 +275,7 @@ fn check_base(v: &mut Validation, base: &BaseModel) -> Option<&'static arch::Arc
         _ => {}
     }
     if !base.unknown_types.is_empty() {
-        v.errors.push(finding(
+        v.errors.push(finding_alone(
             "base",
             format!(
                 "tensor types this tool can neither apply an adapter to nor re-quantize: {}",
@@ -268,7 +285,7 @@ fn check_base(v: &mut Validation, base: &BaseModel) -> Option<&'static arch::Arc
         ));
     }
     let Some(arch) = base.arch_spec() else {
-        v.errors.push(finding(
+        v.errors.push(finding_alone(
             "base",
             format!("base architecture `{}` is not supported", base.arch),
             format!("supported: {}", arch::supported_list()),
