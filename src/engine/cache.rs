@@ -144,11 +144,7 @@ pub(crate) fn file_digest(dir: &Path, path: &Path, hash: impl FnOnce() -> Result
     let Some(key) = identity(path) else {
         return hash();
     };
-    use sha2::Digest;
-    let name: String = sha2::Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let name = hex(&Sha256::digest(key.as_bytes()));
     let memo = dir.join("digests").join(name);
     if let Ok(d) = std::fs::read_to_string(&memo)
         && d.len() == 64

@@ -538,7 +538,7 @@ impl<'a> Download<'a> {
         let file = out.into_inner().map_err(|e| Error::io(&partial, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&partial, e))?;
         drop(file);
-        let found: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let found = crate::engine::cache::hex(&hasher.finalize());
         let expected = digest.strip_prefix("sha256:").unwrap_or(digest);
         if found != expected || (size > 0 && have != size) {
             fs::remove_file(&partial).map_err(|e| Error::io(&partial, e))?;
