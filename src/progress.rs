@@ -30,6 +30,15 @@ pub trait Progress: Sync {
     }
 }
 
+/// `Err(Cancelled)` once the user asked to stop: what long operations call between steps.
+pub(crate) fn check_cancelled(progress: &dyn Progress) -> crate::Result<()> {
+    if progress.cancelled() {
+        Err(crate::Error::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
 /// Reports nothing.
 pub struct Silent;
 

@@ -31,7 +31,7 @@ use crate::engine::{convert, merge, output};
 use crate::error::{Error, Result};
 use crate::formats::modelfile::{Message, Modelfile, Parameters};
 use crate::formats::peft::Adapter;
-use crate::progress::Progress;
+use crate::progress::{Progress, check_cancelled};
 use crate::remote::ollama::{self, ApiError, Client, ModelName};
 use crate::remote::registry;
 
@@ -452,7 +452,7 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
         (Some(client), Some(name)) => consult_server(client, name, file_base.as_ref(), opts, ui)?,
         _ => Server::default(),
     };
-    check_cancel(ui)?;
+    check_cancelled(ui)?;
 
     let base_name = (!base_is_file).then(|| ModelName::parse(&opts.base)).flatten();
     let base = describe_base(file_base, server.base_show.as_ref(), base_name.as_ref(), opts)?;
@@ -478,7 +478,7 @@ pub fn create(opts: &Options, ui: &dyn Progress) -> Result<Report> {
     let mut report = Report::new(opts, used, client.as_ref(), server.version.clone());
     let mut replacing = server.replacing;
     loop {
-        check_cancel(ui)?;
+        check_cancelled(ui)?;
         match job.attempt(used, &reason, client.as_ref(), &mut replacing, &mut report, ui)? {
             Attempt::Done => break,
             Attempt::MergeInstead(msg) => {
@@ -762,7 +762,7 @@ impl Job<'_> {
         // As typed, the way `ollama create NAME` sends it.
         let name = opts.name.clone().expect("checked by check_request");
         let request = self.upload(client, used, built.as_ref(), &name, &modelfile, report, ui)?;
-        check_cancel(ui)?;
+        check_cancelled(ui)?;
         if let Some(msg) = self.create_on(client, &name, &request, used, replacing, ui)? {
             return Ok(Attempt::MergeInstead(msg));
         }
@@ -1513,10 +1513,6 @@ fn has_weights(dir: &Path) -> bool {
 
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(|e| Error::io(path, e))
-}
-
-fn check_cancel(ui: &dyn Progress) -> Result<()> {
-    if ui.cancelled() { Err(Error::Cancelled) } else { Ok(()) }
 }
 
 /// A line about an existing model for the replace question.

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::progress::Progress;
+use crate::progress::{Progress, check_cancelled};
 use sha2::{Digest, Sha256};
 
 /// Entries unused this long are pruned after each create.
@@ -208,9 +208,7 @@ pub(crate) fn hash_file<D: Digest>(path: &Path, prefix: &[u8], ui: &dyn Progress
         hasher.update(&buf[..n]);
         if big {
             ui.advance(n as u64);
-            if ui.cancelled() {
-                return Err(Error::Cancelled);
-            }
+            check_cancelled(ui)?;
         }
     }
     if big {

@@ -24,7 +24,7 @@ use crate::engine::quant_mix::{self, Scheme};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{self, GgmlType, TensorSpec, Value};
 use crate::formats::peft::Replacement;
-use crate::progress::Progress;
+use crate::progress::{Progress, check_cancelled};
 
 /// The type touched tensors are written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -505,9 +505,7 @@ fn write_merged(
             } => merger.rows(state, *tensor, *pair, *start, *end).map(Piece::Bytes),
         },
         |job, piece| {
-            if progress.cancelled() {
-                return Err(Error::Cancelled);
-            }
+            check_cancelled(progress)?;
             match (job, piece?) {
                 (Job::Copy { tensor }, _) => merger.copy_tensor(*tensor, &mut copy_buf, &mut writer, output, progress),
                 (Job::Rows { tensor, end, .. }, Piece::Bytes(bytes)) => {
